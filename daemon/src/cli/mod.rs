@@ -1,0 +1,59 @@
+//! The command line: one file per subcommand, each with its own clap `Args` and a `run`.
+
+pub mod drain;
+pub mod gc;
+pub mod key;
+pub mod push;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// niks3 — a Nix binary cache that fills itself.
+#[derive(Parser, Debug)]
+#[command(name = "niks3", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the cache server: drain the spool, upload, serve the cache and the API.
+    Serve(serve::Args),
+    /// Push the closures of local store paths to a niks3 server.
+    Push(push::Args),
+    /// Empty this builder's spool into a remote niks3 server (the builder-side drainer).
+    Drain(drain::Args),
+    /// Run garbage collection on a niks3 server.
+    Gc(gc::Args),
+    /// Manage signing keys (same file formats as `nix key`).
+    #[command(subcommand)]
+    Key(key::Command),
+}
+
+/// Dispatches to the subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Push(a) => push::run(a),
+        Command::Drain(a) => drain::run(a),
+        Command::Gc(a) => gc::run(a),
+        Command::Key(c) => key::run(c),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

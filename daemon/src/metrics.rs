@@ -1,0 +1,131 @@
+//! Process-wide counters for `/metrics` (Prometheus text format). Passed around explicitly as
+//! `Arc<Metrics>`; there is no global registry.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the upload latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+
+/// Counters and gauges the server exports.
+#[derive(Default)]
+pub struct Metrics {
+    /// Entries waiting in the spool (set by the drainer).
+    pub queue_depth: AtomicU64,
+    /// Store paths uploaded successfully.
+    pub uploads_ok: AtomicU64,
+    /// Store path uploads that failed (will be retried or quarantined).
+    pub uploads_failed: AtomicU64,
+    /// Compressed bytes written to the store by this server.
+    pub bytes_uploaded: AtomicU64,
+    /// Uncompressed NAR bytes processed by this server.
+    pub nar_bytes: AtomicU64,
+    /// Bytes received through the HTTP API (NARs relayed for the local backend).
+    pub api_bytes_received: AtomicU64,
+    latency: Mutex<Histogram>,
+    http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    gc: Mutex<Option<GcFigures>>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The five figures of the last GC run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcFigures {
+    /// In-flight uploads aborted and cleaned up.
+    pub failed_uploads_deleted: u64,
+    /// Closures forgotten for being too old.
+    pub old_closures_deleted: u64,
+    /// Objects newly marked unreachable.
+    pub objects_marked_for_deletion: u64,
+    /// Objects deleted after their grace period (or at once with --force).
+    pub objects_deleted_after_grace_period: u64,
+    /// Objects the store failed to delete (retried next run).
+    pub objects_failed_to_delete: u64,
+}
+
+impl Metrics {
+    /// Records one finished path upload.
+    pub fn record_upload(&self, ok: bool, nar_bytes: u64, stored_bytes: u64, seconds: f64) {
+        if ok {
+            self.uploads_ok.fetch_add(1, Ordering::Relaxed);
+            self.nar_bytes.fetch_add(nar_bytes, Ordering::Relaxed);
+            self.bytes_uploaded.fetch_add(stored_bytes, Ordering::Relaxed);
+        } else {
+            self.uploads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut h) = self.latency.lock() {
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                if seconds <= *le {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += seconds;
+        }
+    }
+
+    /// Records one HTTP response.
+    pub fn record_http(&self, route: &str, status: u16) {
+        if let Ok(mut m) = self.http.lock() {
+            *m.entry((route.to_owned(), status)).or_default() += 1;
+        }
+    }
+
+    /// Records the figures of a finished GC run.
+    pub fn record_gc(&self, figures: GcFigures) {
+        if let Ok(mut g) = self.gc.lock() {
+            *g = Some(figures);
+        }
+    }
+
+    /// Renders everything in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        counter(&mut out, "niks3_queue_depth", "Spool entries waiting to be uploaded.", "gauge", self.queue_depth.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP niks3_uploads_total Store path uploads by result.\n# TYPE niks3_uploads_total counter");
+        let _ = writeln!(out, "niks3_uploads_total{{result=\"ok\"}} {}", self.uploads_ok.load(Ordering::Relaxed));
+        let _ = writeln!(out, "niks3_uploads_total{{result=\"failed\"}} {}", self.uploads_failed.load(Ordering::Relaxed));
+        counter(&mut out, "niks3_uploaded_bytes_total", "Compressed bytes written to the store.", "counter", self.bytes_uploaded.load(Ordering::Relaxed));
+        counter(&mut out, "niks3_nar_bytes_total", "Uncompressed NAR bytes uploaded.", "counter", self.nar_bytes.load(Ordering::Relaxed));
+        counter(&mut out, "niks3_api_received_bytes_total", "Bytes received through the push API.", "counter", self.api_bytes_received.load(Ordering::Relaxed));
+        if let Ok(h) = self.latency.lock() {
+            let _ = writeln!(out, "# HELP niks3_upload_duration_seconds Time to upload one store path.\n# TYPE niks3_upload_duration_seconds histogram");
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "niks3_upload_duration_seconds_bucket{{le=\"{le}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "niks3_upload_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "niks3_upload_duration_seconds_sum {}", h.sum);
+            let _ = writeln!(out, "niks3_upload_duration_seconds_count {}", h.count);
+        }
+        if let Ok(m) = self.http.lock() {
+            let _ = writeln!(out, "# HELP niks3_http_requests_total HTTP requests by route and status.\n# TYPE niks3_http_requests_total counter");
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(out, "niks3_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+        }
+        if let Ok(g) = self.gc.lock()
+            && let Some(g) = *g
+        {
+            for (name, v) in [
+                ("failed_uploads_deleted", g.failed_uploads_deleted),
+                ("old_closures_deleted", g.old_closures_deleted),
+                ("objects_marked_for_deletion", g.objects_marked_for_deletion),
+                ("objects_deleted_after_grace_period", g.objects_deleted_after_grace_period),
+                ("objects_failed_to_delete", g.objects_failed_to_delete),
+            ] {
+                counter(&mut out, &format!("niks3_gc_last_{name}"), "Figure of the last GC run.", "gauge", v);
+            }
+        }
+        out
+    }
+}

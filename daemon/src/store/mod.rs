@@ -1,0 +1,136 @@
+//! Object storage: the bucket layout as typed keys, and two backends with the same layout — S3 (through
+//! rust-s3, multipart for large objects, presigned URLs for remote uploaders) and a local directory.
+//!
+//! Keys are built only from validated parts ([`ObjectKey`]); nothing here accepts a raw caller string as a
+//! key. This module knows nothing of PostgreSQL.
+
+pub mod key;
+pub mod local;
+pub mod s3;
+
+pub use key::{ObjectKey, ObjectKind};
+
+use bytes::Bytes;
+use std::time::Duration;
+
+/// What went wrong talking to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Local file system error at `path`.
+    #[error("{op} {path:?}: {source}")]
+    Io { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    /// S3 request for `key` failed.
+    #[error("S3 {op} {key}: {reason}")]
+    S3 { op: &'static str, key: String, reason: String },
+    /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// The data source feeding an upload failed (e.g. the NAR could not be read).
+    #[error("upload source for {key}: {reason}")]
+    Source { key: String, reason: String },
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (network, 5xx, throttling), false for configuration errors.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::S3 { .. } | StoreError::Io { .. })
+    }
+}
+
+/// Metadata of a stored object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A byte stream read from the store (for serving NARs without buffering them).
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// A configured backend.
+pub enum Store {
+    /// A local directory with the bucket layout.
+    Local(local::LocalStore),
+    /// An S3 bucket.
+    S3(s3::S3Store),
+}
+
+impl Store {
+    /// Writes a small object in one request (narinfo, listing, log, nix-cache-info).
+    pub async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => s.put(key, body, content_type).await,
+            Store::S3(s) => s.put(key, body, content_type).await,
+        }
+    }
+
+    /// Streams an object of unknown size from `chunks` (a bounded channel, so memory stays bounded):
+    /// one PUT when it ends up small, a multipart upload otherwise. The object becomes visible only when
+    /// complete; on error nothing partial is left visible (an unfinished multipart upload is aborted).
+    /// Returns the number of bytes stored.
+    pub async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        content_type: &str,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Local(s) => s.put_stream(key, chunks, content_type).await,
+            Store::S3(s) => s.put_stream(key, chunks, content_type).await,
+        }
+    }
+
+    /// Reads a whole small object; `None` when absent.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
+        match self {
+            Store::Local(s) => s.get(key).await,
+            Store::S3(s) => s.get(key).await,
+        }
+    }
+
+    /// Streams an object, optionally a byte range `(start, end_inclusive)`; `None` when absent.
+    pub async fn get_stream(
+        &self,
+        key: &ObjectKey,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+        match self {
+            Store::Local(s) => s.get_stream(key, range).await,
+            Store::S3(s) => s.get_stream(key, range).await,
+        }
+    }
+
+    /// Size of an object, `None` when absent.
+    pub async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+        match self {
+            Store::Local(s) => s.head(key).await,
+            Store::S3(s) => s.head(key).await,
+        }
+    }
+
+    /// Deletes objects (absent ones count as deleted); returns the keys that could not be deleted, with why.
+    pub async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
+        match self {
+            Store::Local(s) => s.delete_many(keys).await,
+            Store::S3(s) => s.delete_many(keys).await,
+        }
+    }
+
+    /// A presigned PUT URL for `key`, valid for `expiry`, so a remote client can upload straight to the
+    /// bucket. `None` for the local backend (clients then upload through the server).
+    pub async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Local(_) => Ok(None),
+            Store::S3(s) => s.presign_put(key, expiry).await.map(Some),
+        }
+    }
+
+    /// Aborts unfinished multipart uploads started more than `older_than` ago (GC phase 1); returns how
+    /// many were aborted. A no-op for the local backend beyond removing stale temporary files.
+    pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
+        match self {
+            Store::Local(s) => s.abort_stale_uploads(older_than).await,
+            Store::S3(s) => s.abort_stale_uploads(older_than).await,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite: installs what it needs, then lint, unit, property, integration and
+# end-to-end tests against real Nix, PostgreSQL and Garage, and the NixOS module evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$HOME/.cargo/bin:$PATH
+scripts/install-deps.sh --test
+echo "== rustfmt"; cargo fmt --all --check
+echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== nix files parse"
+for f in $(git ls-files '*.nix'); do nix-instantiate --parse "$f" >/dev/null || { echo "parse failed: $f"; exit 1; }; done
+echo "== NixOS module evaluation"; tests/nixos-eval.sh
+echo "== cargo test"; cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,1 @@
+//! garage test support (to be written).

@@ -1,0 +1,1 @@
+//! nix test support (to be written).

@@ -1,0 +1,1 @@
+//! postgres test support (to be written).
