@@ -224,7 +224,7 @@ impl Spool {
         let new_dir = self.new_dir();
         let claimed_dir = self.claimed_dir();
         // keep the `max` smallest names: a max-heap whose top is the first to drop
-        let mut oldest = BinaryHeap::with_capacity(max + 1);
+        let mut oldest = BinaryHeap::with_capacity(max.saturating_add(1).min(1024));
         for_each_name(&new_dir, |name| {
             oldest.push(name);
             if oldest.len() > max {
