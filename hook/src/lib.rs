@@ -122,7 +122,8 @@ impl Spool {
     pub fn open_existing(dir: &Path) -> Result<Self, SpoolError> {
         let meta = fs::metadata(dir).map_err(|source| io("open spool dir", dir, source))?;
         if !meta.is_dir() {
-            return Err(io("open spool dir", dir, std::io::Error::from(ErrorKind::NotADirectory)));
+            // ENOTDIR (20 on Linux and the BSDs), so the message reads like the OS's own
+            return Err(io("open spool dir", dir, std::io::Error::from_raw_os_error(20)));
         }
         let spool = Spool { dir: dir.to_owned(), counter: Arc::new(AtomicU64::new(0)) };
         for sub in ["tmp", "new", "claimed", "quarantine"] {
