@@ -28,7 +28,7 @@ impl Dirs {
     fn roots(&self) -> PathBuf {
         self.tmp.path().join("gcroots")
     }
-    fn env<'a>(&'a self, spool: &'a str, roots: &'a str) -> Vec<(&'a str, &'a str)> {
+    fn env<'a>(spool: &'a str, roots: &'a str) -> Vec<(&'a str, &'a str)> {
         vec![("NIKS3_SPOOL_DIR", spool), ("NIKS3_GCROOTS_DIR", roots)]
     }
     fn entries(&self) -> Vec<Entry> {
@@ -53,7 +53,7 @@ fn s(p: &Path) -> String {
 fn hook_queues_out_paths_given_by_nix_and_roots_them() {
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     let outs = format!("{OUT} {DEV}");
     env.extend([("DRV_PATH", DRV), ("OUT_PATHS", outs.as_str())]);
     let o = run_hook(&env);
@@ -92,7 +92,7 @@ fn hook_reads_outputs_from_the_drv_when_out_paths_is_empty() {
 
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     env.extend([("DRV_PATH", drv.as_str()), ("OUT_PATHS", "")]);
     let o = run_hook(&env);
     assert!(o.status.success());
@@ -111,7 +111,7 @@ fn hook_reads_outputs_from_the_drv_when_out_paths_is_empty() {
     // OUT_PATHS unset behaves the same as empty
     let d2 = Dirs::new();
     let (sp2, rt2) = (s(&d2.spool()), s(&d2.roots()));
-    let mut env2 = d2.env(&sp2, &rt2);
+    let mut env2 = Dirs::env(&sp2, &rt2);
     env2.push(("DRV_PATH", drv.as_str()));
     assert!(run_hook(&env2).status.success());
     assert_eq!(d2.entries()[0].outs.len(), 3);
@@ -121,7 +121,7 @@ fn hook_reads_outputs_from_the_drv_when_out_paths_is_empty() {
 fn hook_rejects_invalid_paths_with_a_message_and_still_exits_zero() {
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     let outs = format!("/etc/passwd /nix/store/../etc/shadow {OUT} /nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x");
     env.extend([("DRV_PATH", "/tmp/evil.drv"), ("OUT_PATHS", outs.as_str())]);
     let o = run_hook(&env);
@@ -145,7 +145,7 @@ fn hook_rejects_invalid_paths_with_a_message_and_still_exits_zero() {
     // nothing valid at all: nothing queued, no roots, one clear line per problem plus the verdict
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     env.extend([("OUT_PATHS", "relative/path")]);
     let o = run_hook(&env);
     assert!(o.status.success());
@@ -163,7 +163,7 @@ fn hook_rejects_invalid_paths_with_a_message_and_still_exits_zero() {
 fn hook_honours_a_custom_store_dir() {
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     let out = "/gnu/store/mszzps44c0d8dq4928m9byf3l2g64409-hk-test";
     let outs = format!("{out} {OUT}");
     env.extend([("NIKS3_NIX_STORE_DIR", "/gnu/store/"), ("OUT_PATHS", outs.as_str())]);
@@ -177,7 +177,7 @@ fn hook_honours_a_custom_store_dir() {
 fn hook_queues_the_drv_alone_when_the_drv_cannot_be_read() {
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
-    let mut env = d.env(&sp, &rt);
+    let mut env = Dirs::env(&sp, &rt);
     let missing = "/nix/store/00000000000000000000000000000000-never-built.drv";
     env.extend([("DRV_PATH", missing), ("OUT_PATHS", " ")]);
     let o = run_hook(&env);
@@ -293,8 +293,12 @@ fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc(
 
     // what Nix built, according to Nix
     let c_drv = nix.run("nix-store", &["-q", "--deriver", &c_out]);
-    let drvs: Vec<String> =
-        nix.run("nix-store", &["-qR", &c_drv]).lines().filter(|l| l.ends_with(".drv")).map(str::to_owned).collect();
+    let drvs: Vec<String> = nix
+        .run("nix-store", &["-qR", &c_drv])
+        .lines()
+        .filter(|l| Path::new(l).extension().is_some_and(|e| e == "drv"))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(drvs.len(), 3, "{drvs:?}");
     let mut entries = d.entries();
     assert_eq!(entries.len(), 3, "one entry per built derivation");

@@ -224,7 +224,7 @@ fn stale_tmp_files_are_removed_only_when_old() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = Spool::open(dir.path()).expect("open");
     std::fs::write(dir.path().join("tmp/leftover"), "half").expect("write");
-    assert_eq!(spool.remove_stale_tmp(std::time::Duration::from_secs(3600)).expect("clean"), 0);
+    assert_eq!(spool.remove_stale_tmp(std::time::Duration::from_hours(1)).expect("clean"), 0);
     assert_eq!(spool.remove_stale_tmp(std::time::Duration::ZERO).expect("clean"), 1);
     assert_eq!(count(&dir.path().join("tmp")), 0);
 }
