@@ -23,7 +23,7 @@ use std::collections::BinaryHeap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -128,11 +128,18 @@ impl Spool {
         let spool = Spool { dir: dir.to_owned(), counter: Arc::new(AtomicU64::new(0)) };
         for sub in ["tmp", "new", "claimed", "quarantine"] {
             let p = dir.join(sub);
-            if let Err(source) = fs::create_dir(&p) {
+            match fs::create_dir(&p) {
+                // The hook runs as root, the daemon usually not: a subdir the hook creates gets the spool
+                // dir's owner, so the daemon can still rename and remove entries in it.
+                Ok(()) => {
+                    let _ = std::os::unix::fs::chown(&p, Some(meta.uid()), Some(meta.gid()));
+                }
                 // EEXIST is the normal case; on a read-only file system mkdir may report EROFS even for an
                 // existing dir, so what matters is whether the directory is there.
-                if !p.is_dir() {
-                    return Err(io("create spool subdir", &p, source));
+                Err(source) => {
+                    if !p.is_dir() {
+                        return Err(io("create spool subdir", &p, source));
+                    }
                 }
             }
         }

@@ -190,6 +190,24 @@ fn hook_queues_the_drv_alone_when_the_drv_cannot_be_read() {
     assert!(entries[0].outs.is_empty());
 }
 
+#[test]
+fn hook_creates_spool_subdirs_owned_like_the_spool_dir_so_a_non_root_daemon_can_drain() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Dirs::new();
+    std::os::unix::fs::chown(d.spool(), Some(4242), Some(4343)).expect("chown (test runs as root)");
+    let (sp, rt) = (s(&d.spool()), s(&d.roots()));
+    let mut env = Dirs::env(&sp, &rt);
+    env.push(("OUT_PATHS", OUT));
+    let o = run_hook(&env);
+    assert!(o.status.success());
+    assert_eq!(stderr(&o), "");
+    for sub in ["tmp", "new", "claimed", "quarantine"] {
+        let m = std::fs::metadata(d.spool().join(sub)).expect("subdir");
+        assert_eq!((m.uid(), m.gid()), (4242, 4343), "{sub}/ owned like the spool dir");
+    }
+    assert_eq!(d.entries().len(), 1);
+}
+
 /// Runs the hook against a spool that cannot take the entry; checks exit 0, the message, and that no GC
 /// root is left behind for a path nobody will ever upload.
 fn assert_survives_unwritable_spool(spool_dir: &Path, expect_in_message: &str) {
