@@ -208,6 +208,52 @@ fn hook_creates_spool_subdirs_owned_like_the_spool_dir_so_a_non_root_daemon_can_
     assert_eq!(d.entries().len(), 1);
 }
 
+#[test]
+fn hook_reports_a_garbage_or_truncated_drv_and_queues_the_drv_alone() {
+    let d = Dirs::new();
+    let store = d.tmp.path().join("store");
+    std::fs::create_dir(&store).expect("mkdir store");
+    let (sp, rt, st) = (s(&d.spool()), s(&d.roots()), s(&store));
+    for (content, why) in [
+        (&b"\x7fELF not a derivation"[..], "at byte 0: expected `Derive([`"),
+        (&br#"Derive([("out","/nix/store/mszzps44c0d8dq4928m9byf"#[..], "file ends inside the outputs list"),
+        (&b"Derive([(\"out\",\"\xff\",\"\",\"\")],"[..], "string is not UTF-8"),
+    ] {
+        let drv = store.join("92gvrkx5bkbxcwjgqdgql0hchrldma0l-bad.drv");
+        std::fs::write(&drv, content).expect("write drv");
+        let drv = s(&drv);
+        let mut env = Dirs::env(&sp, &rt);
+        env.extend([("NIKS3_NIX_STORE_DIR", st.as_str()), ("DRV_PATH", drv.as_str())]);
+        let o = run_hook(&env);
+        assert!(o.status.success());
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with(&format!("niks3-hook: cannot parse derivation {drv}")), "{err}");
+        assert!(err.contains(why), "{err:?} lacks {why:?}");
+    }
+    let entries = d.entries();
+    assert_eq!(entries.len(), 3);
+    assert!(entries.iter().all(|e| e.outs.is_empty() && e.drv.is_some()));
+}
+
+#[test]
+fn hook_reports_non_utf8_environment_and_exits_zero() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = Dirs::new();
+    let o = std::process::Command::new(common::hook_bin())
+        .env_clear()
+        .env("NIKS3_SPOOL_DIR", d.spool())
+        .env("NIKS3_GCROOTS_DIR", d.roots())
+        .env("OUT_PATHS", std::ffi::OsStr::from_bytes(b"/nix/store/\xff\xfe"))
+        .output()
+        .expect("run hook");
+    assert!(o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("niks3-hook: OUT_PATHS is not valid UTF-8, ignored"), "{err}");
+    assert!(err.contains("nothing queued"), "{err}");
+    assert!(d.entries().is_empty());
+}
+
 /// Runs the hook against a spool that cannot take the entry; checks exit 0, the message, and that no GC
 /// root is left behind for a path nobody will ever upload.
 fn assert_survives_unwritable_spool(spool_dir: &Path, expect_in_message: &str) {
