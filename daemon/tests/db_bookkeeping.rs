@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use niks3::db::{Db, DbError, NewObject};
+use niks3::nix::hash::Sha256Hash;
 use niks3::store::ObjectKey;
 use niks3_testkit::postgres::Postgres;
 
@@ -27,7 +28,7 @@ fn narinfo(n: u64) -> ObjectKey {
 }
 
 fn nar(n: u64) -> ObjectKey {
-    ObjectKey::parse(&format!("nar/{}{}.nar.zst", hash_part(n), &hash_part(n + 7)[..20])).expect("valid nar key").1
+    ObjectKey::nar(&Sha256Hash::digest(&n.to_le_bytes()))
 }
 
 fn t0() -> DateTime<Utc> {
