@@ -333,7 +333,7 @@ async fn create_private_dir(dir: &Path, owner: Option<&str>) -> Result<(), Embed
             .await
             .map_err(|e| EmbeddedError::Command { command: "chown".into(), log: log.clone(), reason: e.to_string() })?;
         if !status.success() {
-            return Err(EmbeddedError::Command { command: format!("chown {user}: {dir:?}"), log, reason: status.to_string() });
+            return Err(EmbeddedError::Command { command: format!("chown {user}: {}", dir.display()), log, reason: status.to_string() });
         }
         let mut p = dir.parent();
         while let Some(d) = p {
