@@ -204,10 +204,15 @@ fn ensure_template(bin: &Path) -> io::Result<PathBuf> {
     chown_to_postgres(work.path())?;
     let data = work.path().join("data");
     run(
-        as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]),
+        as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]),
         "initdb",
     )?;
     let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off", work.path().display());

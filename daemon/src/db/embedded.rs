@@ -168,9 +168,14 @@ impl EmbeddedPostgres {
     /// Creates the `niks3` database unless it exists.
     async fn create_database(&self) -> Result<(), EmbeddedError> {
         let log = self.log_path();
-        let fail = |reason: String| EmbeddedError::Command { command: "CREATE DATABASE niks3".into(), log: log.clone(), reason };
+        let fail = |reason: String| EmbeddedError::Command {
+            command: "CREATE DATABASE niks3".into(),
+            log: log.clone(),
+            reason,
+        };
         let cfg = format!("host={} user=postgres dbname=postgres", self.dir.display());
-        let (client, conn) = tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.map_err(|e| fail(e.to_string()))?;
+        let (client, conn) =
+            tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.map_err(|e| fail(e.to_string()))?;
         let task = tokio::spawn(conn);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = 'niks3'", &[])
@@ -226,13 +231,9 @@ async fn run(mut cmd: Command, what: &str, out: &Path, log: &Path) -> Result<(),
     let io = |source| EmbeddedError::Io { path: out.to_path_buf(), source };
     let stdout = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(io)?;
     let stderr = stdout.try_clone().map_err(io)?;
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .status()
-        .await
-        .map_err(|e| EmbeddedError::Command { command: what.to_owned(), log: log.to_path_buf(), reason: e.to_string() })?;
+    let status = cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).status().await.map_err(|e| {
+        EmbeddedError::Command { command: what.to_owned(), log: log.to_path_buf(), reason: e.to_string() }
+    })?;
     if status.success() {
         Ok(())
     } else {
@@ -326,14 +327,16 @@ async fn create_private_dir(dir: &Path, owner: Option<&str>) -> Result<(), Embed
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     if let Some(user) = owner {
         let log = PathBuf::from("/dev/null");
-        let status = Command::new("chown")
-            .arg(format!("{user}:"))
-            .arg(dir)
-            .status()
-            .await
-            .map_err(|e| EmbeddedError::Command { command: "chown".into(), log: log.clone(), reason: e.to_string() })?;
+        let status =
+            Command::new("chown").arg(format!("{user}:")).arg(dir).status().await.map_err(|e| {
+                EmbeddedError::Command { command: "chown".into(), log: log.clone(), reason: e.to_string() }
+            })?;
         if !status.success() {
-            return Err(EmbeddedError::Command { command: format!("chown {user}: {}", dir.display()), log, reason: status.to_string() });
+            return Err(EmbeddedError::Command {
+                command: format!("chown {user}: {}", dir.display()),
+                log,
+                reason: status.to_string(),
+            });
         }
         let mut p = dir.parent();
         while let Some(d) = p {
