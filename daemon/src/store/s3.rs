@@ -110,7 +110,10 @@ impl S3Store {
             )));
         }
         let region = if config.endpoint.is_empty() {
-            config.region.parse::<Region>().map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
+            config
+                .region
+                .parse::<Region>()
+                .map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
         } else {
             if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
                 return Err(StoreError::Config(format!(
@@ -270,9 +273,8 @@ impl S3Store {
             Some((start, end)) => Command::GetObjectRange { start, end },
         };
         let bucket = &*self.stream_bucket;
-        let request = ReqwestRequest::new(bucket, key.as_str(), command)
-            .await
-            .map_err(|e| self.error("GET", key.as_str(), e))?;
+        let request =
+            ReqwestRequest::new(bucket, key.as_str(), command).await.map_err(|e| self.error("GET", key.as_str(), e))?;
         let response = match request.response().await {
             Ok(r) => r,
             Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
@@ -292,7 +294,10 @@ impl S3Store {
                     op: "GET",
                     key: key.as_str().to_owned(),
                     status,
-                    reason: format!("unexpected answer to a {} request", if range.is_some() { "range" } else { "full" }),
+                    reason: format!(
+                        "unexpected answer to a {} request",
+                        if range.is_some() { "range" } else { "full" }
+                    ),
                 });
             }
         };
@@ -317,7 +322,11 @@ impl S3Store {
                         Err(StoreError::S3 {
                             op: "GET",
                             key,
-                            reason: format!("no data for {}s (bucket {})", STREAM_IDLE_TIMEOUT.as_secs(), config.bucket),
+                            reason: format!(
+                                "no data for {}s (bucket {})",
+                                STREAM_IDLE_TIMEOUT.as_secs(),
+                                config.bucket
+                            ),
                         }),
                         None,
                     )),
@@ -375,9 +384,12 @@ impl S3Store {
                     let first = self.error("DELETE", "(batch)", e);
                     for key in batch {
                         let e = match &first {
-                            StoreError::S3Status { op, status, reason, .. } => {
-                                StoreError::S3Status { op, key: key.to_string(), status: *status, reason: reason.clone() }
-                            }
+                            StoreError::S3Status { op, status, reason, .. } => StoreError::S3Status {
+                                op,
+                                key: key.to_string(),
+                                status: *status,
+                                reason: reason.clone(),
+                            },
                             other => StoreError::S3 { op: "DELETE", key: key.to_string(), reason: other.to_string() },
                         };
                         failed.push((key.clone(), e));
