@@ -18,21 +18,49 @@ use std::time::Duration;
 pub enum StoreError {
     /// Local file system error at `path`.
     #[error("{op} {path:?}: {source}")]
-    Io { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        /// What was being done (`write`, `rename into`, …).
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// S3 request for `key` failed without an HTTP answer (connection refused or reset, timeout, TLS):
     /// transient, the server may be back later.
     #[error("S3 {op} {key}: {reason}")]
-    S3 { op: &'static str, key: String, reason: String },
+    S3 {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// What failed, with the bucket and endpoint.
+        reason: String,
+    },
     /// The S3 server answered the request for `key` with an error status (`reason` carries its error code
     /// and message, never credentials). Transient only for 408, 429 and 5xx.
     #[error("S3 {op} {key}: HTTP {status}: {reason}")]
-    S3Status { op: &'static str, key: String, status: u16, reason: String },
+    S3Status {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code and message (or a hint when the answer had no body), with the bucket.
+        reason: String,
+    },
     /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
     #[error("store configuration: {0}")]
     Config(String),
     /// The data source feeding an upload failed (e.g. the NAR could not be read).
     #[error("upload source for {key}: {reason}")]
-    Source { key: String, reason: String },
+    Source {
+        /// The object key being uploaded.
+        key: String,
+        /// What the source reported.
+        reason: String,
+    },
 }
 
 impl StoreError {

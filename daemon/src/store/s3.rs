@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Timeout for small requests (HEAD, GET of a narinfo, DELETE, multipart bookkeeping).
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Timeout for one part or one single-request upload of a NAR (a part of 8 MiB over a slow uplink).
-const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_mins(10);
 
 /// A streamed download fails when the server sends nothing for this long (the whole download may take
 /// longer: a slow client must not cut a NAR off).
-const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Longest a presigned URL may live (S3's limit: one week).
 const MAX_PRESIGN_SECS: u64 = 604_800;
@@ -439,7 +439,7 @@ impl S3Store {
         let mut aborted = 0;
         let mut first_error = None;
         for upload in self.pending_uploads().await? {
-            if !upload.initiated.is_some_and(|t| t <= cutoff) {
+            if upload.initiated.is_none_or(|t| t > cutoff) {
                 continue;
             }
             match self.bucket.abort_upload(&upload.key, &upload.upload_id).await {
@@ -606,7 +606,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected() {
-        let cases: [(fn(&mut S3Config), &str); 3] = [
+        type Edit = fn(&mut S3Config);
+        let cases: [(Edit, &str); 3] = [
             (|c| c.bucket.clear(), "bucket name is empty"),
             (|c| c.part_size = 1024, "part size"),
             (|c| c.endpoint = "127.0.0.1:3900".to_owned(), "must start with http"),
