@@ -104,8 +104,15 @@ async fn read_all(store: &Store, key: &ObjectKey, range: Option<(u64, Option<u64
     (meta.size, out)
 }
 
+/// The ETag (multipart objects have `-<parts>` at its end), checking on the way that NARs carry the
+/// immutable `Cache-Control` and the content type given.
 async fn etag(g: &Garage, key: &ObjectKey) -> String {
     let (head, _) = raw_bucket(g).head_object(key.as_str()).await.expect("head");
+    if key.kind() == ObjectKind::Nar {
+        let cc = head.cache_control.unwrap_or_default();
+        assert!(cc.contains("immutable"), "NAR {key} has Cache-Control {cc:?}");
+        assert_eq!(head.content_type.as_deref(), Some("application/x-nix-nar"), "{key}");
+    }
     head.e_tag.expect("etag")
 }
 
