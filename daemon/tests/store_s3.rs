@@ -314,3 +314,33 @@ async fn extra_bucket_is_usable() {
         .expect("put into second bucket");
     assert!(store.get(&ObjectKey::cache_info()).await.expect("get").is_some());
 }
+
+#[tokio::test]
+async fn presigned_multipart_upload_by_a_remote_client() {
+    let (_g, store) = setup();
+    let s3 = s3(&store);
+    let d = data(PART + 3 * MIB, 9);
+    let key = nar_key(&d);
+    let id = s3.initiate_multipart(&key, "application/x-nix-nar").await.expect("initiate");
+    let client = reqwest::Client::new();
+    let mut etags = Vec::new();
+    for (i, part) in d.chunks(PART).enumerate() {
+        let n = u32::try_from(i + 1).expect("few parts");
+        let url = s3.presign_part(&key, &id, n, Duration::from_secs(600)).await.expect("presign part");
+        let resp = client.put(&url).body(part.to_vec()).send().await.expect("PUT part");
+        assert!(resp.status().is_success(), "part {n}: {}", resp.status());
+        etags.push(resp.headers()["etag"].to_str().expect("ascii etag").to_owned());
+    }
+    assert_eq!(store.head(&key).await.expect("head"), None, "invisible until completed");
+    s3.complete_multipart(&key, &id, etags).await.expect("complete");
+    let (size, back) = read_all(&store, &key, None).await;
+    assert_eq!((size, sha2::Sha256::digest(&back)), (d.len() as u64, sha2::Sha256::digest(&d)));
+
+    // An abandoned one is aborted and leaves nothing.
+    let key2 = nar_key(b"abandoned by the client");
+    let id2 = s3.initiate_multipart(&key2, "application/x-nix-nar").await.expect("initiate");
+    s3.abort_multipart(&key2, &id2).await.expect("abort");
+    s3.abort_multipart(&key2, &id2).await.expect("aborting twice is fine");
+    assert!(s3.pending_uploads().await.expect("list").is_empty());
+    assert!(s3.presign_part(&key2, &id2, 0, Duration::from_secs(60)).await.is_err(), "part numbers start at 1");
+}
