@@ -344,3 +344,34 @@ async fn presigned_multipart_upload_by_a_remote_client() {
     assert!(s3.pending_uploads().await.expect("list").is_empty());
     assert!(s3.presign_part(&key2, &id2, 0, Duration::from_secs(60)).await.is_err(), "part numbers start at 1");
 }
+
+/// Not a pass/fail check: prints streamed (multipart, two parts in flight at most) upload throughput
+/// against one plain PUT of the same bytes, measured in the same run.
+/// `cargo test -p niks3 --test store_s3 -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn throughput_of_put_stream_vs_single_put() {
+    let (g, store) = setup();
+    let len = 256 * MIB;
+    let d = data(len, 11);
+    let raw = raw_bucket(&g);
+    let t = std::time::Instant::now();
+    raw.put_object("baseline", &d).await.expect("baseline PUT");
+    let base = t.elapsed();
+    let key = nar_key(&d);
+    let t = std::time::Instant::now();
+    store.put_stream(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar").await.expect("put_stream");
+    let ours = t.elapsed();
+    let t = std::time::Instant::now();
+    let (size, _) = read_all(&store, &key, None).await;
+    let read = t.elapsed();
+    assert_eq!(size, len as u64);
+    let mibs = |t: Duration| len as f64 / MIB as f64 / t.as_secs_f64();
+    println!(
+        "256 MiB to Garage: single PUT {:.0} MiB/s, put_stream (8 MiB parts) {:.0} MiB/s (ratio {:.2}), get_stream {:.0} MiB/s",
+        mibs(base),
+        mibs(ours),
+        base.as_secs_f64() / ours.as_secs_f64(),
+        mibs(read)
+    );
+}
