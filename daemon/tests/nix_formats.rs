@@ -20,7 +20,10 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 enum Tree {
     /// `mode`: permission bits; only the owner's execute bit (0o100) survives in a NAR.
-    File { contents: Vec<u8>, mode: u32 },
+    File {
+        contents: Vec<u8>,
+        mode: u32,
+    },
     Link(Vec<u8>),
     Dir(BTreeMap<Vec<u8>, Tree>),
 }
@@ -63,9 +66,7 @@ fn tree() -> impl Strategy<Value = Tree> {
             .prop_map(|(contents, mode)| Tree::File { contents, mode }),
         link_target().prop_map(Tree::Link),
     ];
-    leaf.prop_recursive(6, 48, 6, |inner| {
-        proptest::collection::btree_map(name(), inner, 0..6).prop_map(Tree::Dir)
-    })
+    leaf.prop_recursive(6, 48, 6, |inner| proptest::collection::btree_map(name(), inner, 0..6).prop_map(Tree::Dir))
 }
 
 fn materialise(path: &Path, t: &Tree) {
@@ -216,10 +217,9 @@ printf 'y' > "$out/$(printf 'caf\351')"
     assert_eq!(our_listing(&out), nix_listing(&env, &cache, &out));
     // The NAR Nix put in the cache is the one we write.
     let info = NarInfo::parse(
-        &std::fs::read_to_string(cache.join(format!(
-            "{}.narinfo",
-            StoreDir::default().parse_path(&out).expect("store path").hash_part()
-        )))
+        &std::fs::read_to_string(
+            cache.join(format!("{}.narinfo", StoreDir::default().parse_path(&out).expect("store path").hash_part())),
+        )
         .expect("narinfo"),
         &StoreDir::default(),
     )
@@ -273,7 +273,7 @@ fn narinfos_written_by_nix_round_trip() {
             let cache = env.dir().join(format!("cache-{compression}-{signed}"));
             let mut url = format!("file://{}?compression={compression}", cache.display());
             if signed {
-                url.push_str(&format!("&secret-key={}", sec.display()));
+                url = format!("{url}&secret-key={}", sec.display());
             }
             env.run(env.command("nix").args(["copy", "--to", &url, &app])).expect("nix copy");
             let mut seen = 0;
@@ -291,7 +291,7 @@ fn narinfos_written_by_nix_round_trip() {
                 assert_eq!(ni.verify(std::slice::from_ref(&public), &dir), signed, "{p:?}");
                 if ni.store_path.name() == "app" {
                     assert_eq!(ni.references.len(), 2, "app refers to hello and itself");
-                    assert!(ni.deriver.as_ref().is_some_and(|d| d.is_derivation()));
+                    assert!(ni.deriver.as_ref().is_some_and(niks3::nix::store_path::StorePath::is_derivation));
                 }
             }
             assert_eq!(seen, 2, "app and hello");

@@ -58,7 +58,8 @@ fn niks3_key_generate_writes_nix_compatible_files_and_refuses_to_overwrite() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     assert_eq!(std::fs::read_to_string(&sec).expect("still there"), sec_text);
     let p2 = env.dir().join("k2.pub");
-    let again = niks3(&["key", "generate", "--name", "o", "--secret-out", s, "--public-out", p2.to_str().expect("utf8")]);
+    let again =
+        niks3(&["key", "generate", "--name", "o", "--secret-out", s, "--public-out", p2.to_str().expect("utf8")]);
     assert!(!again.status.success());
     assert!(!p2.exists(), "nothing written when one target exists");
     // A broken key file: a clear error naming the file, without its contents.
@@ -78,8 +79,14 @@ fn signatures_made_by_nix_verify_in_niks3() {
     let sec = env.dir().join("k.sec");
     let publ = env.dir().join("k.pub");
     let out = niks3(&[
-        "key", "generate", "--name", "ours-1",
-        "--secret-out", sec.to_str().expect("utf8"), "--public-out", publ.to_str().expect("utf8"),
+        "key",
+        "generate",
+        "--name",
+        "ours-1",
+        "--secret-out",
+        sec.to_str().expect("utf8"),
+        "--public-out",
+        publ.to_str().expect("utf8"),
     ]);
     assert!(out.status.success());
     let ours_pub = PublicKey::parse(&std::fs::read_to_string(&publ).expect("pub")).expect("our public key");
@@ -176,7 +183,13 @@ async fn a_cache_written_by_niks3_substitutes_with_signatures_checked() {
 
     // A wrong key: rejected.
     let other = SecretKey::generate("niks3-cache-1").expect("key");
-    let out = nix_copy_from(&env, &good, &env.chroot_store("wrongkey").expect("chroot"), &other.public().to_nix_string(), &app);
+    let out = nix_copy_from(
+        &env,
+        &good,
+        &env.chroot_store("wrongkey").expect("chroot"),
+        &other.public().to_nix_string(),
+        &app,
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lacks a valid signature"));
 
@@ -208,7 +221,8 @@ async fn a_cache_written_by_niks3_substitutes_with_signatures_checked() {
         let text = std::fs::read_to_string(cache.join(format!("{}.narinfo", hello.path.hash_part()))).expect("read");
         let ni = NarInfo::parse(&text, &dir).expect("still parses");
         assert!(!ni.verify(&[key.public()], &dir), "{label}: niks3 must reject");
-        let out = nix_copy_from(&env, &cache, &env.chroot_store(label).expect("chroot"), &public, &dir.display(&hello.path));
+        let out =
+            nix_copy_from(&env, &cache, &env.chroot_store(label).expect("chroot"), &public, &dir.display(&hello.path));
         assert!(!out.status.success(), "{label}: nix accepted a tampered narinfo");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("lacks a valid signature"), "{label}: {err}");
