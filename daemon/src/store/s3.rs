@@ -172,7 +172,8 @@ impl S3Store {
     }
 
     /// Buffers up to one part; a stream that ends within one part is a single PUT, a longer one a multipart
-    /// upload of `part_size` parts, one part uploading while the next fills (at most two parts in memory).
+    /// upload of `part_size` parts, one part uploading while the next fills (two part buffers, plus the copy
+    /// rust-s3 makes of the part it sends: at most three part sizes of memory per upload).
     /// Any failure, including an `Err` from `chunks`, aborts the multipart upload. A stream whose sender is
     /// dropped without an `Err` counts as complete: producers must send their error. If this future is
     /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it.
