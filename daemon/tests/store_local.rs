@@ -122,6 +122,7 @@ async fn abort_stale_uploads_removes_old_temp_files_only() {
     let tmp = dir.path().join("cache/.tmp/crashed.part");
     std::fs::write(&tmp, b"partial").expect("write");
     assert_eq!(store.abort_stale_uploads(Duration::from_secs(3600)).await.expect("abort"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::MAX).await.expect("absurd age"), 0);
     assert!(tmp.exists());
     assert_eq!(store.abort_stale_uploads(Duration::ZERO).await.expect("abort"), 1);
     assert!(!tmp.exists());

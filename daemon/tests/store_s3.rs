@@ -257,6 +257,7 @@ async fn abort_stale_uploads_removes_only_old_ones() {
     assert!(pending[0].initiated.is_some(), "initiated date parsed");
 
     assert_eq!(store.abort_stale_uploads(Duration::from_secs(3600)).await.expect("abort none"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::MAX).await.expect("absurd age"), 0);
     assert_eq!(s3(&store).pending_uploads().await.expect("list").len(), 1);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(store.abort_stale_uploads(Duration::ZERO).await.expect("abort"), 1);

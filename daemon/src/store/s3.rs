@@ -483,7 +483,9 @@ impl S3Store {
     /// Aborts every upload initiated before now − `older_than` (uploads with an unreadable date are left
     /// alone). Tries them all; returns the first failure if any abort failed.
     pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Duration::from_std(older_than).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d));
+        // A cutoff before any representable date: nothing is that old.
+        let Some(cutoff) = cutoff else { return Ok(0) };
         let mut aborted = 0;
         let mut first_error = None;
         for upload in self.pending_uploads().await? {
