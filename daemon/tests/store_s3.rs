@@ -208,7 +208,7 @@ async fn presigned_put_works_with_reqwest_and_curl() {
     let (_g, store) = setup();
     let d = data(300 * 1024, 4);
     let key = nar_key(&d);
-    let url = store.presign_put(&key, Duration::from_secs(600)).await.expect("presign").expect("S3 presigns");
+    let url = store.presign_put(&key, Duration::from_mins(10)).await.expect("presign").expect("S3 presigns");
     let resp = reqwest::Client::new().put(&url).body(d.clone()).send().await.expect("PUT");
     assert!(resp.status().is_success(), "{}: {:?}", resp.status(), resp.text().await);
     assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from(d)));
@@ -217,7 +217,7 @@ async fn presigned_put_works_with_reqwest_and_curl() {
     let file = dir.path().join("body");
     std::fs::write(&file, b"hello from curl").expect("write");
     let key2 = narinfo_key(3);
-    let url2 = store.presign_put(&key2, Duration::from_secs(60)).await.expect("presign").expect("url");
+    let url2 = store.presign_put(&key2, Duration::from_mins(1)).await.expect("presign").expect("url");
     let out = std::process::Command::new("curl")
         .args(["-sf", "-X", "PUT", "--data-binary"])
         .arg(format!("@{}", file.display()))
@@ -256,7 +256,7 @@ async fn abort_stale_uploads_removes_only_old_ones() {
     assert_eq!(pending[0].key, key.as_str());
     assert!(pending[0].initiated.is_some(), "initiated date parsed");
 
-    assert_eq!(store.abort_stale_uploads(Duration::from_secs(3600)).await.expect("abort none"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::from_hours(1)).await.expect("abort none"), 0);
     assert_eq!(store.abort_stale_uploads(Duration::MAX).await.expect("absurd age"), 0);
     assert_eq!(s3(&store).pending_uploads().await.expect("list").len(), 1);
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -327,7 +327,7 @@ async fn presigned_multipart_upload_by_a_remote_client() {
     let mut etags = Vec::new();
     for (i, part) in d.chunks(PART).enumerate() {
         let n = u32::try_from(i + 1).expect("few parts");
-        let url = s3.presign_part(&key, &id, n, Duration::from_secs(600)).await.expect("presign part");
+        let url = s3.presign_part(&key, &id, n, Duration::from_mins(10)).await.expect("presign part");
         let resp = client.put(&url).body(part.to_vec()).send().await.expect("PUT part");
         assert!(resp.status().is_success(), "part {n}: {}", resp.status());
         etags.push(resp.headers()["etag"].to_str().expect("ascii etag").to_owned());
@@ -343,7 +343,7 @@ async fn presigned_multipart_upload_by_a_remote_client() {
     s3.abort_multipart(&key2, &id2).await.expect("abort");
     s3.abort_multipart(&key2, &id2).await.expect("aborting twice is fine");
     assert!(s3.pending_uploads().await.expect("list").is_empty());
-    assert!(s3.presign_part(&key2, &id2, 0, Duration::from_secs(60)).await.is_err(), "part numbers start at 1");
+    assert!(s3.presign_part(&key2, &id2, 0, Duration::from_mins(1)).await.is_err(), "part numbers start at 1");
 }
 
 /// Not a pass/fail check: prints streamed (multipart, two parts in flight at most) upload throughput
