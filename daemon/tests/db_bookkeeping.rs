@@ -49,16 +49,16 @@ async fn fresh() -> (Postgres, Db) {
 async fn migrations_apply_once_even_when_servers_start_together() {
     let pg = Postgres::start().expect("start PostgreSQL");
     let url = pg.url();
-    let (a, b, c) = tokio::join!(Db::connect(&url), Db::connect(&url), Db::connect(&url));
-    let a = a.expect("first connect");
-    b.expect("second connect");
-    c.expect("third connect");
+    let (first, second, third) = tokio::join!(Db::connect(&url), Db::connect(&url), Db::connect(&url));
+    let first = first.expect("first connect");
+    second.expect("second connect");
+    third.expect("third connect");
     // And again, later: nothing to do.
     let d = Db::connect(&url).await.expect("reconnect");
     let client = d.client().await.expect("client");
     let n: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.expect("count").get(0);
     assert_eq!(n, 1, "each migration recorded exactly once");
-    a.ping().await.expect("ping");
+    first.ping().await.expect("ping");
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //! Prints the time of each GC run, the baseline (one sequential read of every object and its references,
 //! the least work any collector must do), their ratio, and this process's peak RSS.
 
+#![allow(clippy::many_single_char_names, reason = "short names for a linear script")]
+
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use niks3::db::Db;
 use niks3::gc::{self, GcOptions};
@@ -89,15 +91,18 @@ async fn gc_one_million_objects() {
     println!("baseline: one sequential read of all objects and {n} references: {baseline:.2?}");
 
     let opts = GcOptions {
-        older_than: Duration::from_secs(35 * 86_400),
-        failed_uploads_older_than: Duration::from_secs(6 * 3600),
+        older_than: Duration::from_hours(35 * 24),
+        failed_uploads_older_than: Duration::from_hours(6),
         force: false,
         dry_run: false,
     };
     let t = Instant::now();
     let f = gc::run(&db, &store, opts, now).await.expect("gc: mark");
     let mark = t.elapsed();
-    println!("gc run 1 (expire + mark, grace keeps all): {mark:.2?} ({:.1}x baseline) {f:?}", mark.as_secs_f64() / baseline.as_secs_f64());
+    println!(
+        "gc run 1 (expire + mark, grace keeps all): {mark:.2?} ({:.1}x baseline) {f:?}",
+        mark.as_secs_f64() / baseline.as_secs_f64()
+    );
 
     let t = Instant::now();
     let f2 = gc::run(&db, &store, opts, now + ChronoDuration::hours(7)).await.expect("gc: delete");
@@ -110,7 +115,10 @@ async fn gc_one_million_objects() {
     let t = Instant::now();
     let f3 = gc::run(&db, &store, opts, now + ChronoDuration::hours(8)).await.expect("gc: idle");
     let idle = t.elapsed();
-    println!("gc run 3 (nothing to do): {idle:.2?} ({:.1}x baseline) {f3:?}", idle.as_secs_f64() / baseline.as_secs_f64());
+    println!(
+        "gc run 3 (nothing to do): {idle:.2?} ({:.1}x baseline) {f3:?}",
+        idle.as_secs_f64() / baseline.as_secs_f64()
+    );
     println!("peak RSS of the niks3 side: {} MiB", peak_rss_kib() / 1024);
 
     assert_eq!(f.old_closures_deleted, 50_000);

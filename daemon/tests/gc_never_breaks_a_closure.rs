@@ -3,6 +3,8 @@
 //! has its NAR and its references' narinfos, every object of every remembered closure exists, and every
 //! recorded object exists.
 
+#![allow(clippy::many_single_char_names, reason = "u, n, c, a, b: the universe, its size, the cache, two roots")]
+
 mod gc_support;
 
 use chrono::Duration as ChronoDuration;
@@ -13,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::time::Duration;
 
-const HOUR: Duration = Duration::from_secs(3600);
+const HOUR: Duration = Duration::from_hours(1);
 const OLDER_THAN_HOURS: i64 = 24;
 
 async fn history(seed: u64, steps: usize) {
@@ -56,8 +58,9 @@ async fn history(seed: u64, steps: usize) {
         } else {
             // Pushes racing a forced GC (no grace period: the harshest case).
             let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
-            let opts = GcOptions { older_than: 24 * HOUR, failed_uploads_older_than: 6 * HOUR, force: true, dry_run: false };
-            let (_, _, g) = tokio::join!(c.push(a, now), c.push(b, now), gc::run(&c.db, &c.store, opts, now));
+            let opts =
+                GcOptions { older_than: 24 * HOUR, failed_uploads_older_than: 6 * HOUR, force: true, dry_run: false };
+            let ((), (), g) = tokio::join!(c.push(a, now), c.push(b, now), gc::run(&c.db, &c.store, opts, now));
             match g {
                 Ok(_) | Err(GcError::AlreadyRunning) => {}
                 Err(e) => panic!("seed {seed} step {step}: gc: {e}"),
@@ -109,7 +112,12 @@ async fn pushes_racing_gc_runs_never_break_a_closure() {
         let gcs = {
             let c = c.clone();
             tokio::spawn(async move {
-                let opts = GcOptions { older_than: 24 * HOUR, failed_uploads_older_than: 6 * HOUR, force: true, dry_run: false };
+                let opts = GcOptions {
+                    older_than: 24 * HOUR,
+                    failed_uploads_older_than: 6 * HOUR,
+                    force: true,
+                    dry_run: false,
+                };
                 for _ in 0..5 {
                     match gc::run(&c.db, &c.store, opts, now).await {
                         Ok(_) | Err(GcError::AlreadyRunning) => {}

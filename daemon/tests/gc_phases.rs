@@ -7,7 +7,7 @@ use niks3::gc::{self, GcError, GcOptions};
 use niks3::metrics::GcFigures;
 use std::time::Duration;
 
-const HOUR: Duration = Duration::from_secs(3600);
+const HOUR: Duration = Duration::from_hours(1);
 
 fn opts(force: bool) -> GcOptions {
     GcOptions { older_than: 24 * HOUR, failed_uploads_older_than: 6 * HOUR, force, dry_run: false }
@@ -159,15 +159,14 @@ async fn a_narinfo_the_store_cannot_delete_keeps_its_whole_closure() {
     let f = gc::run(&c.db, &c.store, opts(true), Cache::at(30)).await.expect("gc");
     assert_eq!(f, figures(0, 1, 6, 0, 1), "narinfo 2 failed; everything it refers to was kept");
     assert!(c.has(&nar_key(2)).await && c.has(&narinfo_key(1)).await && c.has(&nar_key(0)).await);
-    let marked: Option<chrono::DateTime<chrono::Utc>> = c
-        .db
-        .client()
-        .await
-        .expect("client")
-        .query_one("SELECT marked_at FROM objects WHERE key = $1", &[&narinfo_key(2).as_str()])
-        .await
-        .expect("row")
-        .get(0);
+    let marked: Option<chrono::DateTime<chrono::Utc>> =
+        c.db.client()
+            .await
+            .expect("client")
+            .query_one("SELECT marked_at FROM objects WHERE key = $1", &[&narinfo_key(2).as_str()])
+            .await
+            .expect("row")
+            .get(0);
     assert_eq!(marked, None, "the failed object is active again");
     // Once the store cooperates, the next runs delete everything, referrers first.
     std::fs::remove_dir_all(&p).expect("unstick");

@@ -56,6 +56,7 @@ impl From<&Args> for GcBody {
 }
 
 /// Runs `niks3 gc`.
+#[allow(clippy::needless_pass_by_value, reason = "the dispatcher hands every subcommand its Args by value")]
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&args.auth_token_file)
         .with_context(|| format!("reading the API token from {}", args.auth_token_file.display()))?;
@@ -74,16 +75,10 @@ async fn post(url: &str, token: &str, body: &GcBody) -> anyhow::Result<GcFigures
     // A large cache can take minutes to collect; the server holds the connection until it is done.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(6 * 3600))
+        .timeout(Duration::from_hours(6))
         .build()
         .context("building the HTTP client")?;
-    let resp = client
-        .post(url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let resp = client.post(url).bearer_auth(token).json(body).send().await.with_context(|| format!("POST {url}"))?;
     let status = resp.status();
     let text = resp.text().await.with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
@@ -154,8 +149,8 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds() {
         let cli = Cli::try_parse_from(["gc", "--auth-token-file=/dev/null"]).expect("valid flags");
-        assert_eq!(cli.args.older_than, Duration::from_secs(720 * 3600));
-        assert_eq!(cli.args.failed_uploads_older_than, Duration::from_secs(6 * 3600));
+        assert_eq!(cli.args.older_than, Duration::from_hours(720));
+        assert_eq!(cli.args.failed_uploads_older_than, Duration::from_hours(6));
         assert!(!cli.args.force && !cli.args.dry_run);
     }
 

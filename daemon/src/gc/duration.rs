@@ -69,11 +69,11 @@ mod tests {
         let h = |n: u64| Duration::from_secs(n * 3600);
         assert_eq!(parse_duration("720h"), Ok(h(720)));
         assert_eq!(parse_duration("6h"), Ok(h(6)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_mins(30)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("30d"), Ok(h(720)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_mins(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_mins(90)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));

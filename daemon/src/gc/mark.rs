@@ -15,7 +15,7 @@ pub(super) struct Marked {
     /// Closures forgotten.
     pub old_closures: u64,
     /// Objects newly marked unreachable.
-    pub newly_marked: u64,
+    pub new: u64,
     /// Objects eligible for deletion now (marked before the cutoff, or left half-deleted by a crash).
     pub deletable: u64,
 }
@@ -36,8 +36,10 @@ pub(super) async fn run(
     // step from one second into many minutes in the 1M-object benchmark. JIT only adds compile time here.
     t.batch_execute("SET LOCAL enable_nestloop = off; SET LOCAL jit = off").await.map_err(q("gc mark: settings"))?;
 
-    let failed_uploads =
-        t.execute("DELETE FROM uploads WHERE started_at < $1", &[&uploads_before]).await.map_err(q("gc: drop failed uploads"))?;
+    let failed_uploads = t
+        .execute("DELETE FROM uploads WHERE started_at < $1", &[&uploads_before])
+        .await
+        .map_err(q("gc: drop failed uploads"))?;
     let old_closures = t
         .execute("DELETE FROM closures WHERE pushed_at < $1", &[&closures_before])
         .await
@@ -79,10 +81,7 @@ pub(super) async fn run(
     .map_err(q("gc: unmark reachable"))?;
 
     let deletable: i64 = t
-        .query_one(
-            "SELECT count(*) FROM objects WHERE deleting OR marked_at <= $1",
-            &[&delete_marked_before],
-        )
+        .query_one("SELECT count(*) FROM objects WHERE deleting OR marked_at <= $1", &[&delete_marked_before])
         .await
         .map_err(q("gc: count deletable"))?
         .get(0);
@@ -92,5 +91,5 @@ pub(super) async fn run(
     } else {
         t.commit().await.map_err(q("gc mark: commit"))?;
     }
-    Ok(Marked { failed_uploads, old_closures, newly_marked, deletable: count(deletable) })
+    Ok(Marked { failed_uploads, old_closures, new: newly_marked, deletable: count(deletable) })
 }

@@ -102,11 +102,8 @@ pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) ->
     let pooled = db.client().await?;
     let mut client = deadpool_postgres::Object::take(pooled);
 
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&GC_RUN_LOCK])
-        .await
-        .map_err(q("gc: run lock"))?
-        .get(0);
+    let got: bool =
+        client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_RUN_LOCK]).await.map_err(q("gc: run lock"))?.get(0);
     if !got {
         return Err(GcError::AlreadyRunning);
     }
@@ -145,7 +142,7 @@ async fn collect(
     let marked = mark::run(client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run).await?;
     figures.failed_uploads_deleted = marked.failed_uploads;
     figures.old_closures_deleted = marked.old_closures;
-    figures.objects_marked_for_deletion = marked.newly_marked;
+    figures.objects_marked_for_deletion = marked.new;
     if opts.dry_run {
         figures.objects_deleted_after_grace_period = marked.deletable;
         return Ok(figures);

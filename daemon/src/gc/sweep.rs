@@ -169,8 +169,7 @@ async fn delete_batch_locked(
         }
     }
     failed.extend(store_failed.iter().cloned());
-    let deleted: Vec<&str> =
-        keys.iter().map(ObjectKey::as_str).filter(|k| !store_failed.contains(*k)).collect();
+    let deleted: Vec<&str> = keys.iter().map(ObjectKey::as_str).filter(|k| !store_failed.contains(*k)).collect();
 
     // Forget the deleted rows and, in the same statement, release what they referred to.
     let n: i64 = client

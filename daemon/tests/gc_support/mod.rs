@@ -138,7 +138,7 @@ impl Cache {
             self.write_missing(root, now, usize::MAX).await;
             match self.db.finish_upload(id, &narinfo_key(root), now).await {
                 Ok(()) => return,
-                Err(DbError::UploadExpired(_)) => continue,
+                Err(DbError::UploadExpired(_)) => {}
                 Err(e) => panic!("finish_upload: {e}"),
             }
         }
