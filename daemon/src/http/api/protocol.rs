@@ -29,6 +29,9 @@ pub struct PushRequest {
     pub roots: Vec<String>,
     /// Every path of the closure of `roots` (references closed under `paths`).
     pub paths: Vec<PathInfoWire>,
+    /// Only report what is missing: claim nothing, hand out no upload URLs.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One NAR the server lacks.

@@ -203,6 +203,26 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             nars.push((key, p));
         }
     }
+    if body.dry_run {
+        let missing_nars = nars
+            .iter()
+            .map(|(_, p)| MissingNar {
+                path: state.store_dir.display(&p.path),
+                nar_hash: p.nar_hash.to_nix_string(),
+                upload_url: String::new(),
+                presigned: false,
+            })
+            .collect();
+        return response::json(
+            StatusCode::OK,
+            &PushResponse {
+                uploads: Vec::new(),
+                missing_paths: missing_paths.iter().map(|p| state.store_dir.display(&p.path)).collect(),
+                missing_nars,
+                compression: "zstd".to_owned(),
+            },
+        );
+    }
     let mut claimed = narinfo_keys.clone();
     claimed.extend(nars.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
