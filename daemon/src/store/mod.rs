@@ -19,9 +19,14 @@ pub enum StoreError {
     /// Local file system error at `path`.
     #[error("{op} {path:?}: {source}")]
     Io { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
-    /// S3 request for `key` failed.
+    /// S3 request for `key` failed without an HTTP answer (connection refused or reset, timeout, TLS):
+    /// transient, the server may be back later.
     #[error("S3 {op} {key}: {reason}")]
     S3 { op: &'static str, key: String, reason: String },
+    /// The S3 server answered the request for `key` with an error status (`reason` carries its error code
+    /// and message, never credentials). Transient only for 408, 429 and 5xx.
+    #[error("S3 {op} {key}: HTTP {status}: {reason}")]
+    S3Status { op: &'static str, key: String, status: u16, reason: String },
     /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
     #[error("store configuration: {0}")]
     Config(String),
@@ -33,14 +38,19 @@ pub enum StoreError {
 impl StoreError {
     /// True when retrying later may succeed (network, 5xx, throttling), false for configuration errors.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::S3 { .. } | StoreError::Io { .. })
+        match self {
+            StoreError::S3 { .. } | StoreError::Io { .. } => true,
+            StoreError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            StoreError::Config(_) | StoreError::Source { .. } => false,
+        }
     }
 }
 
 /// Metadata of a stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
-    /// Size in bytes.
+    /// Size in bytes of the whole object (also when a range of it is read, so callers can build
+    /// `Content-Range`).
     pub size: u64,
 }
 
@@ -89,6 +99,8 @@ impl Store {
     }
 
     /// Streams an object, optionally a byte range `(start, end_inclusive)`; `None` when absent.
+    /// The range is clamped to the object: a range starting at or past the end yields an empty stream
+    /// (the caller answers 416 by comparing `start` with `meta.size`).
     pub async fn get_stream(
         &self,
         key: &ObjectKey,
@@ -131,6 +143,15 @@ impl Store {
         match self {
             Store::Local(s) => s.abort_stale_uploads(older_than).await,
             Store::S3(s) => s.abort_stale_uploads(older_than).await,
+        }
+    }
+
+    /// Keys of the stored objects starting with `prefix`, sorted (for tests, audits and the GC's sweep of
+    /// objects the database does not know). Lists the whole prefix: use narrow prefixes on big buckets.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(s) => s.list(prefix).await,
+            Store::S3(s) => s.list(prefix).await,
         }
     }
 }
