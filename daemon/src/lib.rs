@@ -4,6 +4,7 @@
 //! Data flows one way: spool → `upload` → `store` + `db`; `http` and `gc` call into those rooms.
 
 pub mod client;
+pub mod config;
 pub mod db;
 pub mod gc;
 pub mod http;

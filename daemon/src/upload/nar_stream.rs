@@ -227,3 +227,94 @@ pub fn stream_nar(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::local::LocalStore;
+
+    /// A small tree: a file, an executable, a symlink, a nested directory.
+    fn sample_tree(root: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.join("tree");
+        std::fs::create_dir_all(p.join("bin")).expect("mkdir");
+        std::fs::write(p.join("README"), "hello\n".repeat(1000)).expect("write");
+        std::fs::write(p.join("bin/tool"), "#!/bin/sh\necho tool\n").expect("write");
+        std::fs::set_permissions(p.join("bin/tool"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::symlink("README", p.join("link")).expect("symlink");
+        p
+    }
+
+    fn nar_of(path: &Path) -> (Sha256Hash, u64, Vec<u8>) {
+        let mut w = HashingWriter::new(Vec::new());
+        dump_path(path, &mut w).expect("dump");
+        w.finish()
+    }
+
+    async fn run(
+        store: &Store,
+        path: std::path::PathBuf,
+        hash: Sha256Hash,
+        size: u64,
+    ) -> (Result<NarStreamed, UploadError>, Result<u64, StoreError>, ObjectKey) {
+        let key = ObjectKey::nar(&hash);
+        let (tx, rx) = mpsc::channel(4);
+        let k = key.clone();
+        let producer = tokio::task::spawn_blocking(move || stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, true));
+        let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
+        (producer.await.expect("join"), stored, key)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_stores_compressed_nar_with_listing_and_hashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let (hash, size, nar) = nar_of(&tree);
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, tree, hash, size).await;
+        let streamed = produced.expect("stream");
+        let stored_size = stored.expect("stored");
+        assert_eq!((streamed.nar_hash, streamed.nar_size), (hash, size));
+        assert_eq!(stored_size, streamed.file_size);
+        let body = store.get(&key).await.expect("get").expect("object present");
+        assert_eq!(body.len() as u64, streamed.file_size);
+        let (fh, _, ()) = {
+            let mut w = HashingWriter::new(std::io::sink());
+            w.write_all(&body).expect("hash");
+            let (h, n, _) = w.finish();
+            (h, n, ())
+        };
+        assert_eq!(fh, streamed.file_hash);
+        assert_eq!(zstd::decode_all(&body[..]).expect("zstd"), nar);
+        let listing = streamed.listing.expect("listing");
+        assert_eq!(listing["root"]["entries"]["bin"]["entries"]["tool"]["executable"], true);
+        assert_eq!(listing["root"]["entries"]["link"]["target"], "README");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hash_mismatch_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let (_, size, _) = nar_of(&tree);
+        let wrong = Sha256Hash([7; 32]);
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, tree, wrong, size).await;
+        let err = produced.expect_err("mismatch");
+        assert!(matches!(err, UploadError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("does not match Nix's record"), "{err}");
+        assert!(stored.is_err(), "the store must refuse the stream");
+        assert!(store.head(&key).await.expect("head").is_none(), "no object may be visible");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vanished_path_aborts_the_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8).await;
+        let err = produced.expect_err("vanished");
+        assert!(matches!(err, UploadError::Nar { .. }) && !err.is_transient(), "{err}");
+        assert!(stored.is_err());
+        assert!(store.head(&key).await.expect("head").is_none());
+    }
+}

@@ -50,12 +50,12 @@ pub struct Publisher {
     store: Arc<Store>,
     db: Db,
     store_dir: StoreDir,
-    keys: Arc<[SecretKey]>,
+    keys: Arc<Vec<SecretKey>>,
 }
 
 impl Publisher {
     /// A publisher writing to `store`, recording in `db`, signing with every key in `keys`.
-    pub fn new(store: Arc<Store>, db: Db, store_dir: StoreDir, keys: Arc<[SecretKey]>) -> Self {
+    pub fn new(store: Arc<Store>, db: Db, store_dir: StoreDir, keys: Arc<Vec<SecretKey>>) -> Self {
         Self { store, db, store_dir, keys }
     }
 

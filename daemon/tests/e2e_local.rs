@@ -1,0 +1,55 @@
+//! End to end with the local backend: `nix-build` with `post-build-hook = niks3-hook` → spool →
+//! `niks3 serve` → the cache directory; stock Nix then substitutes the closure into a fresh store with
+//! signatures required, reads the build log and verifies the cache.
+
+mod e2e_support;
+
+use e2e_support::{Backend, GRAPH, World};
+use std::time::Duration;
+
+#[test]
+fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
+    let w = World::local();
+    let mut server = w.serve();
+    let public_key = w.public_key();
+    let app = w.build(GRAPH, "app");
+    let tree = w.build(GRAPH, "tree");
+    w.wait_uploaded(&app, &server, Duration::from_secs(60));
+
+    let Backend::Local(cache) = &w.backend else { unreachable!() };
+    let cache_url = format!("file://{}", cache.display());
+    // Every closure member has a signed narinfo whose NAR exists; nix-cache-info is there.
+    let info = std::fs::read_to_string(cache.join("nix-cache-info")).expect("nix-cache-info");
+    assert!(info.contains("StoreDir: /nix/store") && info.contains("WantMassQuery: 1"), "{info}");
+
+    // A fresh store substitutes the whole closure, checking signatures.
+    let store = w.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache dir");
+    let tool = std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
+    assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
+
+    // The wrong key is refused.
+    let other = "other-1:E+qMd1hoNRkB6JA0pLyjqzcS4bb6qclIWzGuUNfZVYk=";
+    let err = w.substitute(&cache_url, "wrong-key", &app, other).expect_err("unsigned for that key");
+    assert!(err.contains("lacks a valid signature"), "{err}");
+
+    // nix store verify over the whole closure, and the build log.
+    let verify = w
+        .nix
+        .command("nix")
+        .args(["store", "verify", "--store", &cache_url, "--trusted-public-keys", &public_key, "-r", &app[0]])
+        .output()
+        .expect("nix store verify");
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &cache_url, &tree[0]])).expect("nix log");
+    assert!(log.contains("building tree"), "{log}");
+
+    // The spool is empty and the GC roots of the outputs are gone.
+    let drained = e2e_support::wait_for(Duration::from_secs(10), || {
+        w.spool_entries("new").is_empty()
+            && w.spool_entries("claimed").is_empty()
+            && std::fs::read_dir(w.gcroots()).map(|d| d.count() == 0).unwrap_or(true)
+    });
+    assert!(drained, "spool or GC roots not emptied:\n{}", server.log_text());
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+    server.terminate();
+}
