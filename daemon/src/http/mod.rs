@@ -53,7 +53,7 @@ pub struct HttpState {
     /// Public keys shown on the landing page (what clients put in `trusted-public-keys`).
     pub public_keys: Vec<PublicKey>,
     /// Keys the push API signs narinfos with (shared with the local pipeline).
-    pub sign_keys: Arc<[SecretKey]>,
+    pub sign_keys: Arc<Vec<SecretKey>>,
     /// The public substituter URL printed on the landing page (e.g. `https://cache.example.org`).
     pub cache_url: String,
     /// Human name of the cache for the landing page (default: the host name).
