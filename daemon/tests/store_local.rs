@@ -79,7 +79,7 @@ async fn put_get_head_delete_round_trip() {
     assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from_static(b"hello!")));
     assert_eq!(store.head(&key).await.expect("head").map(|m| m.size), Some(6));
     assert_eq!(tmp_files(&dir), 0);
-    assert!(store.presign_put(&key, Duration::from_secs(60)).await.expect("presign").is_none());
+    assert!(store.presign_put(&key, Duration::from_mins(1)).await.expect("presign").is_none());
     assert!(store.delete_many(&[key.clone(), narinfo_key(2)]).await.is_empty());
     assert_eq!(store.get(&key).await.expect("get"), None);
 }
@@ -121,7 +121,8 @@ async fn abort_stale_uploads_removes_old_temp_files_only() {
     let (dir, store) = setup();
     let tmp = dir.path().join("cache/.tmp/crashed.part");
     std::fs::write(&tmp, b"partial").expect("write");
-    assert_eq!(store.abort_stale_uploads(Duration::from_secs(3600)).await.expect("abort"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::from_hours(1)).await.expect("abort"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::MAX).await.expect("absurd age"), 0);
     assert!(tmp.exists());
     assert_eq!(store.abort_stale_uploads(Duration::ZERO).await.expect("abort"), 1);
     assert!(!tmp.exists());

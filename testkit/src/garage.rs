@@ -1,6 +1,6 @@
 //! A throwaway single-node Garage S3 server, started exactly as `/work/shared/recipes/start-garage.sh` does:
 //! sqlite metadata in a temp directory, free localhost ports, one key and one default bucket, SigV4
-//! enforced, region `garage`. [`Garage::stop`] and [`Garage::start`] kill and restart the same server (same
+//! enforced, region `garage`. [`Garage::stop`] and [`Garage::resume`] kill and restart the same server (same
 //! directory, ports and data) for outage tests; dropping a [`Garage`] kills it and removes its directory.
 
 use std::fmt;

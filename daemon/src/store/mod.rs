@@ -183,3 +183,30 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The pipeline and the HTTP server run these futures on a multi-threaded runtime.
+    #[test]
+    fn futures_and_streams_are_send() {
+        fn check(store: &Store, key: &ObjectKey) {
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            assert_send(&store.put(key, Bytes::new(), "x"));
+            assert_send(&store.put_stream(key, rx, "x"));
+            assert_send(&store.get(key));
+            assert_send(&store.get_stream(key, None));
+            assert_send(&store.head(key));
+            assert_send(&store.delete_many(std::slice::from_ref(key)));
+            assert_send(&store.presign_put(key, Duration::from_secs(1)));
+            assert_send(&store.abort_stale_uploads(Duration::from_secs(1)));
+            assert_send(&store.list(""));
+        }
+        fn sync_store<T: Send + Sync>() {}
+        sync_store::<Store>();
+        let _ = check;
+    }
+}
