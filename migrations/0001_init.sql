@@ -10,15 +10,21 @@ CREATE TABLE objects (
     refs        TEXT[] NOT NULL DEFAULT '{}',
     first_seen  TIMESTAMPTZ NOT NULL,
     last_pushed TIMESTAMPTZ NOT NULL,
-    marked_at   TIMESTAMPTZ
+    -- When GC found it unreachable (NULL: reachable, or not looked at yet). Cleared by any claim.
+    marked_at   TIMESTAMPTZ,
+    -- GC is deleting the object from the store: the row counts as missing. A crashed GC leaves it set; the
+    -- next GC finishes the deletion, and an upload claiming the key drops the row first.
+    deleting    BOOLEAN NOT NULL DEFAULT false
 );
 CREATE INDEX objects_marked_at ON objects (marked_at) WHERE marked_at IS NOT NULL;
+CREATE INDEX objects_deleting ON objects (key) WHERE deleting;
 
 -- A pushed root (the narinfo key of an output); alive while pushed_at is recent enough.
 CREATE TABLE closures (
     root      TEXT PRIMARY KEY,
     pushed_at TIMESTAMPTZ NOT NULL
 );
+CREATE INDEX closures_pushed_at ON closures (pushed_at);
 
 -- Named roots that never expire.
 CREATE TABLE pins (
@@ -34,7 +40,9 @@ CREATE TABLE uploads (
     claimed    TEXT[] NOT NULL,
     started_at TIMESTAMPTZ NOT NULL
 );
+CREATE INDEX uploads_started_at ON uploads (started_at);
 
+-- One row per GC run (not dry runs), with its five figures.
 CREATE TABLE gc_runs (
     id                                 BIGSERIAL PRIMARY KEY,
     started_at                         TIMESTAMPTZ NOT NULL,

@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL cluster from the system's server binaries, exactly like
 //! `/work/shared/recipes/start-postgres.sh`: a unix socket in a temporary directory (no TCP port to collide
 //! on), run as the `postgres` system user when we are root (initdb and postgres refuse root), fsync off.
+//! Unlike the recipe, `synchronous_commit` stays on: a committed transaction must survive
+//! [`Postgres::stop`] (an immediate shutdown), or outage tests would see commits vanish.
 //!
 //! Starting is fast because `initdb` (about a second) runs once per machine into a cached template data
 //! directory; every cluster starts from a copy of it (about 0.3 s in all). The cluster is killed
@@ -86,8 +88,8 @@ impl Postgres {
     pub fn restart(&self) -> io::Result<()> {
         let dir = self.dir.path();
         let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200",
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off \
+             -c max_connections=200",
             dir.display()
         );
         run(

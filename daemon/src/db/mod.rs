@@ -6,11 +6,37 @@
 //! (`begin_upload`, which also clears `marked_at` on them), then asks what is missing; GC deletes only rows
 //! that are still marked when it deletes them, so a claim made at any moment protects the object.
 //! Every function takes the current time from the caller so tests can move the clock.
+//!
+//! How that is made true, precisely:
+//! - [`Db::begin_upload`] holds the *shared* [`GC_LOCK`] for its transaction; GC's mark phase and each
+//!   delete batch hold it *exclusively*. So a claim lands either before a mark/delete step (which then sees
+//!   the claim or the cleared mark) or after it (the batch's rows are gone, so the keys read as missing and
+//!   are uploaded again).
+//! - GC deletes in two steps: rows are flagged `deleting`, the store objects are deleted, then the rows go.
+//!   A flagged row counts as missing. If GC dies in between, the flags stay: the next GC resumes them and
+//!   `begin_upload` drops flagged rows it claims (their objects are in an unknown state, so they must be
+//!   uploaded again).
+//! - [`Db::record_object`] never clears `deleting`: an object must be claimed before it is written.
+//! - [`Db::finish_upload`] fails with [`DbError::UploadExpired`] if GC dropped the upload as failed
+//!   (older than `failed_uploads_older_than`); the path must then be uploaded again from the start.
 
 pub mod embedded;
+mod migrate;
 
 use crate::store::ObjectKey;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// Advisory lock taken shared by uploads claiming keys and exclusively by GC while it marks or deletes.
+pub const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
+/// Advisory lock held for a whole GC run, so two runs never overlap.
+pub const GC_RUN_LOCK: i64 = 0x6e69_6b73_0000_0003;
+/// Advisory lock serialising migrations between servers starting together.
+pub const MIGRATION_LOCK: i64 = 0x6e69_6b73_0000_0001;
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -23,17 +49,56 @@ pub enum DbError {
     Pool(String),
     /// A query failed; `what` names the operation.
     #[error("PostgreSQL {what}: {source}")]
-    Query { what: &'static str, source: tokio_postgres::Error },
+    Query {
+        /// The operation (e.g. `begin_upload: unmark`).
+        what: &'static str,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
     /// A migration failed; `name` is its file name.
     #[error("migration {name}: {source}")]
-    Migration { name: String, source: tokio_postgres::Error },
+    Migration {
+        /// The migration's file name.
+        name: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The upload was dropped by GC as failed (it was older than `failed_uploads_older_than`) before it
+    /// finished; its claims are gone, so the path must be uploaded again from the start.
+    #[error("upload {0:?} expired: garbage collection dropped it as failed; upload the path again")]
+    UploadExpired(UploadId),
 }
 
 impl DbError {
     /// True when retrying later may succeed (connection lost, server down), false for bugs/config.
     pub fn is_transient(&self) -> bool {
-        todo!()
+        match self {
+            DbError::Config(_) => false,
+            DbError::Pool(_) | DbError::UploadExpired(_) => true,
+            DbError::Query { source, .. } | DbError::Migration { source, .. } => pg_error_is_transient(source),
+        }
     }
+}
+
+/// Connection lost or refused, server shutting down or starting, serialization failure or deadlock.
+fn pg_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01" || c == "53300";
+    }
+    // No SQLSTATE: the failure was below SQL (socket, connect, timeout).
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        src = s.source();
+    }
+    let text = e.to_string();
+    text.starts_with("error connecting") || text.starts_with("timeout") || text.starts_with("error communicating")
 }
 
 /// Identifies an upload in flight.
@@ -51,47 +116,275 @@ pub struct NewObject {
     pub refs: Vec<ObjectKey>,
 }
 
+/// Counts for the landing page, `/metrics` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Rows in `objects` (not being deleted).
+    pub objects: u64,
+    /// Sum of their sizes in bytes.
+    pub bytes: u64,
+    /// Of those, narinfos (store paths in the cache).
+    pub narinfos: u64,
+    /// Closures (pushed roots) remembered.
+    pub closures: u64,
+    /// Uploads in flight.
+    pub uploads: u64,
+    /// Objects marked unreachable, waiting for their grace period.
+    pub marked: u64,
+    /// Pins.
+    pub pins: u64,
+}
+
 /// A pool of connections to the cache's database.
 #[derive(Clone)]
 pub struct Db {
     pool: deadpool_postgres::Pool,
 }
 
+/// Maps a tokio-postgres error of operation `what` into [`DbError::Query`].
+fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+    move |source| DbError::Query { what, source }
+}
+
+/// The keys as `&str`, for `text[]` parameters.
+fn strs(keys: &[ObjectKey]) -> Vec<&str> {
+    keys.iter().map(ObjectKey::as_str).collect()
+}
+
 impl Db {
     /// Connects (a `postgres://` URL or `host=… dbname=…` string; `host` may be a socket directory) and
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
-        todo!("{url}")
+        let db = Self::connect_without_migrating(url)?;
+        let mut client = db.client().await?;
+        migrate::run(&mut client).await?;
+        Ok(db)
     }
+
+    /// Builds the pool without touching the server (connections are made on first use) and without
+    /// migrating; for tools that must not change the schema.
+    pub fn connect_without_migrating(url: &str) -> Result<Self, DbError> {
+        // The parse error never echoes the string (it may hold a password).
+        let cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| DbError::Config(format!("unparsable connection string: {e}")))?;
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(mgr)
+            .max_size((2 * cores).max(4))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| DbError::Config(format!("building the connection pool: {e}")))?;
+        Ok(Db { pool })
+    }
+
     /// The underlying pool (for GC and the API's own queries).
     pub fn pool(&self) -> &deadpool_postgres::Pool {
         &self.pool
     }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(|e| DbError::Pool(e.to_string()))
+    }
+
     /// Cheap liveness check for `/health`.
     pub async fn ping(&self) -> Result<(), DbError> {
-        todo!()
+        let c = self.client().await?;
+        c.simple_query("SELECT 1").await.map_err(q("ping"))?;
+        Ok(())
     }
+
     /// Registers an upload of the closure rooted at `root` that will write or rely on `claimed`; unmarks
     /// every claimed key that exists. One transaction.
-    pub async fn begin_upload(&self, root: &ObjectKey, claimed: &[ObjectKey], now: DateTime<Utc>) -> Result<UploadId, DbError> {
-        todo!("{root} {claimed:?} {now}")
+    pub async fn begin_upload(
+        &self,
+        root: &ObjectKey,
+        claimed: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<UploadId, DbError> {
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(q("begin_upload: begin"))?;
+        let keys = strs(claimed);
+        t.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK]).await.map_err(q("begin_upload: lock"))?;
+        // Rows a crashed GC left half-deleted: their objects may be gone, so they must be uploaded again.
+        t.execute("DELETE FROM objects WHERE key = ANY($1) AND deleting", &[&keys])
+            .await
+            .map_err(q("begin_upload: drop half-deleted"))?;
+        t.execute("UPDATE objects SET marked_at = NULL WHERE key = ANY($1) AND marked_at IS NOT NULL", &[&keys])
+            .await
+            .map_err(q("begin_upload: unmark"))?;
+        let row = t
+            .query_one(
+                "INSERT INTO uploads (root, claimed, started_at) VALUES ($1, $2, $3) RETURNING id",
+                &[&root.as_str(), &keys, &now],
+            )
+            .await
+            .map_err(q("begin_upload: insert"))?;
+        t.commit().await.map_err(q("begin_upload: commit"))?;
+        Ok(UploadId(row.get(0)))
     }
+
     /// Of `keys`, those with no row in `objects` (one round trip, whatever the count), in input order.
     pub async fn missing(&self, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>, DbError> {
-        todo!("{keys:?}")
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT k FROM unnest($1::text[]) k \
+                 WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = k AND NOT o.deleting)",
+                &[&strs(keys)],
+            )
+            .await
+            .map_err(q("missing"))?;
+        let absent: HashSet<&str> = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
+        Ok(keys.iter().filter(|k| absent.contains(k.as_str())).cloned().collect())
     }
+
+    /// True when `key` has a row (and is not being deleted).
+    pub async fn object_exists(&self, key: &ObjectKey) -> Result<bool, DbError> {
+        Ok(self.missing(std::slice::from_ref(key)).await?.is_empty())
+    }
+
     /// Records that `obj` is now in the store (upsert: sets size/refs, last_pushed = now, clears marked_at).
     pub async fn record_object(&self, obj: &NewObject, now: DateTime<Utc>) -> Result<(), DbError> {
-        todo!("{obj:?} {now}")
+        self.record_objects(std::slice::from_ref(obj), now).await
     }
+
+    /// [`Db::record_object`] for many objects in one round trip.
+    pub async fn record_objects(&self, objs: &[NewObject], now: DateTime<Utc>) -> Result<(), DbError> {
+        if objs.is_empty() {
+            return Ok(());
+        }
+        // One INSERT cannot touch a row twice: keep the last record of each key.
+        let mut last = std::collections::HashMap::with_capacity(objs.len());
+        for (i, o) in objs.iter().enumerate() {
+            last.insert(o.key.as_str(), i);
+        }
+        let objs: Vec<&NewObject> =
+            objs.iter().enumerate().filter(|(i, o)| last.get(o.key.as_str()) == Some(i)).map(|(_, o)| o).collect();
+        let keys: Vec<&str> = objs.iter().map(|o| o.key.as_str()).collect();
+        let kinds: Vec<&str> = objs.iter().map(|o| o.key.kind().as_str()).collect();
+        let sizes: Vec<i64> = objs.iter().map(|o| i64::try_from(o.size).unwrap_or(i64::MAX)).collect();
+        // text[][] must be rectangular, so refs travel as one newline-joined string per object (keys never
+        // contain newlines: they are built from validated parts).
+        let refs: Vec<String> = objs.iter().map(|o| strs(&o.refs).join("\n")).collect();
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
+             SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
+             ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
+             last_pushed = EXCLUDED.last_pushed, marked_at = NULL",
+            &[&keys, &kinds, &sizes, &refs, &now],
+        )
+        .await
+        .map_err(q("record_object"))?;
+        Ok(())
+    }
+
     /// Ends an upload successfully: the closure `root` gets pushed_at = now and the upload row goes. One
-    /// transaction.
+    /// transaction. Fails with [`DbError::UploadExpired`] if GC dropped the upload meanwhile.
     pub async fn finish_upload(&self, id: UploadId, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
-        todo!("{id:?} {root} {now}")
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(q("finish_upload: begin"))?;
+        let n = t.execute("DELETE FROM uploads WHERE id = $1", &[&id.0]).await.map_err(q("finish_upload: delete"))?;
+        if n == 0 {
+            return Err(DbError::UploadExpired(id));
+        }
+        t.execute(
+            "INSERT INTO closures (root, pushed_at) VALUES ($1, $2) \
+             ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at)",
+            &[&root.as_str(), &now],
+        )
+        .await
+        .map_err(q("finish_upload: closure"))?;
+        t.commit().await.map_err(q("finish_upload: commit"))?;
+        Ok(())
     }
+
     /// Ends an upload that failed: drops the claim; the objects it wrote stay recorded (GC reclaims them
     /// if nothing reaches them).
     pub async fn abort_upload(&self, id: UploadId) -> Result<(), DbError> {
-        todo!("{id:?}")
+        let c = self.client().await?;
+        c.execute("DELETE FROM uploads WHERE id = $1", &[&id.0]).await.map_err(q("abort_upload"))?;
+        Ok(())
+    }
+
+    /// Pins the closure of `root` under `name` so GC never collects it (replaces a pin of the same name)
+    /// and clears the marks on everything it reaches, under the same lock uploads take.
+    pub async fn pin(&self, name: &str, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(q("pin: begin"))?;
+        t.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK]).await.map_err(q("pin: lock"))?;
+        t.execute(
+            "INSERT INTO pins (name, root, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET root = EXCLUDED.root, created_at = EXCLUDED.created_at",
+            &[&name, &root.as_str(), &now],
+        )
+        .await
+        .map_err(q("pin: insert"))?;
+        t.execute(
+            "WITH RECURSIVE r(key) AS (SELECT $1::text UNION \
+               SELECT unnest(o.refs) FROM objects o JOIN r ON o.key = r.key) \
+             UPDATE objects SET marked_at = NULL FROM r WHERE objects.key = r.key AND objects.marked_at IS NOT NULL",
+            &[&root.as_str()],
+        )
+        .await
+        .map_err(q("pin: unmark"))?;
+        t.commit().await.map_err(q("pin: commit"))?;
+        Ok(())
+    }
+
+    /// Removes a pin; true if it existed.
+    pub async fn unpin(&self, name: &str) -> Result<bool, DbError> {
+        let c = self.client().await?;
+        let n = c.execute("DELETE FROM pins WHERE name = $1", &[&name]).await.map_err(q("unpin"))?;
+        Ok(n > 0)
+    }
+
+    /// The pins as `(name, root key)`, sorted by name.
+    pub async fn pins(&self) -> Result<Vec<(String, String)>, DbError> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT name, root FROM pins ORDER BY name", &[]).await.map_err(q("pins"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Number of closures remembered.
+    pub async fn closure_count(&self) -> Result<u64, DbError> {
+        Ok(self.stats().await?.closures)
+    }
+
+    /// Counts over the whole cache (one round trip).
+    pub async fn stats(&self) -> Result<Stats, DbError> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "SELECT \
+                   (SELECT count(*) FROM objects WHERE NOT deleting), \
+                   (SELECT coalesce(sum(size), 0)::int8 FROM objects WHERE NOT deleting), \
+                   (SELECT count(*) FROM objects WHERE kind = 'narinfo' AND NOT deleting), \
+                   (SELECT count(*) FROM closures), \
+                   (SELECT count(*) FROM uploads), \
+                   (SELECT count(*) FROM objects WHERE marked_at IS NOT NULL), \
+                   (SELECT count(*) FROM pins)",
+                &[],
+            )
+            .await
+            .map_err(q("stats"))?;
+        let n = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        Ok(Stats {
+            objects: n(0),
+            bytes: n(1),
+            narinfos: n(2),
+            closures: n(3),
+            uploads: n(4),
+            marked: n(5),
+            pins: n(6),
+        })
     }
 }

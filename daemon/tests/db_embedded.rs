@@ -1,0 +1,44 @@
+//! The embedded private cluster: created on first start, adopted when already running, restartable.
+
+use niks3::db::Db;
+use niks3::db::embedded::EmbeddedPostgres;
+
+#[tokio::test]
+async fn embedded_cluster_starts_adopts_and_restarts() {
+    let state = tempfile::tempdir().expect("state dir");
+    let first = EmbeddedPostgres::start(state.path()).await.expect("first start (initdb)");
+    assert!(first.started_here());
+    assert!(state.path().join("postgres/data/PG_VERSION").exists());
+    let db = Db::connect(&first.url()).await.expect("connect");
+    let c = db.client().await.expect("client");
+    c.execute("CREATE TABLE survivor (x int)", &[]).await.expect("create");
+    drop(c);
+
+    // A second start on the same directory adopts the running server instead of failing.
+    let second = EmbeddedPostgres::start(state.path()).await.expect("second start adopts");
+    assert!(!second.started_here());
+    assert_eq!(second.url(), first.url());
+    drop(second);
+    db.ping().await.expect("dropping the adopter leaves the server running");
+
+    drop(first);
+    assert!(db.ping().await.is_err(), "the starter stopped it on drop");
+    assert!(!state.path().join("postgres/data/postmaster.pid").exists(), "clean shutdown");
+
+    // Restart after stop: no initdb, data kept.
+    let again = EmbeddedPostgres::start(state.path()).await.expect("restart");
+    assert!(again.started_here());
+    let db = Db::connect(&again.url()).await.expect("reconnect");
+    let c = db.client().await.expect("client");
+    c.execute("SELECT * FROM survivor", &[]).await.expect("data survived the restart");
+    drop(c);
+    again.stop().await.expect("explicit stop");
+}
+
+#[tokio::test]
+async fn an_interrupted_initdb_is_redone() {
+    let state = tempfile::tempdir().expect("state dir");
+    std::fs::create_dir_all(state.path().join("postgres/data.new/junk")).expect("leftover");
+    let pg = EmbeddedPostgres::start(state.path()).await.expect("start over a half-made cluster");
+    Db::connect(&pg.url()).await.expect("connect").ping().await.expect("ping");
+}
