@@ -69,7 +69,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             url
         }
     };
-    let db = Db::connect(&db_url).await.context("connecting to PostgreSQL")?;
+    let db = Db::connect(&db_url).await?;
     let store = Arc::new(match &config.store {
         StoreChoice::Local(dir) => Store::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
         StoreChoice::S3(s3) => Store::S3(S3Store::new(s3.clone()).context("configuring S3")?),

@@ -102,6 +102,8 @@ impl World {
         .expect("write hook wrapper");
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
         w.nix.set_post_build_hook(&wrapper).expect("set hook");
+        // The hook only queues into an existing spool (it never creates one under a wrong owner).
+        spool::Spool::open(&w.spool()).expect("create the spool");
         w
     }
 
