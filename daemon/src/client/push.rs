@@ -12,7 +12,6 @@
 
 use super::{ApiClient, ClientError, check_status};
 use crate::http::api::protocol::{CompleteRequest, MissingNar, PathInfoWire, PushRequest, UploadedNar};
-use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::{NixCli, PathInfo};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
@@ -196,7 +195,7 @@ impl Pusher {
         let url = self.api.resolve(&m.upload_url);
         let sent = if m.presigned {
             // S3 needs the length up front: compress to a temporary file, then PUT it.
-            let tmp = TempFile::create(&self.tmp_dir)?;
+            let tmp = TempFile::create(&self.tmp_dir);
             let written = write_chunks(rx, &tmp.path).await;
             let streamed = join_producer(producer).await?;
             written?;
@@ -277,11 +276,11 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path) -> Result<Self, ClientError> {
+    fn create(dir: &Path) -> Self {
         use rand::Rng;
         let name = format!("niks3-push-{}-{:016x}.nar.zst", std::process::id(), rand::thread_rng().r#gen::<u64>());
         let path = dir.join(name);
-        Ok(TempFile { path })
+        TempFile { path }
     }
 }
 
@@ -363,6 +362,7 @@ impl crate::upload::drain::Process for Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::hash::Sha256Hash;
 
     #[test]
     fn status_errors_classify_for_the_drainer() {

@@ -34,10 +34,20 @@ pub use api::ApiLimits;
 pub enum HttpError {
     /// The listen address is not `host:port`, `:port` or `[v6]:port`.
     #[error("invalid HTTP listen address {input:?}: {reason}")]
-    InvalidAddr { input: String, reason: String },
+    InvalidAddr {
+        /// What was given.
+        input: String,
+        /// Why it is not usable.
+        reason: String,
+    },
     /// The socket could not be bound (in use, permission, …).
     #[error("binding HTTP listener on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error from `bind(2)`.
+        source: std::io::Error,
+    },
 }
 
 /// Everything a request handler needs. Built once by `niks3 serve` and shared (read-only) by all requests.
@@ -77,8 +87,7 @@ pub fn parse_http_addr(input: &str) -> Result<SocketAddr, HttpError> {
         return Err(err("expected host:port"));
     }
     // `localhost:5751` and other names: resolve without network (only /etc/hosts style names work).
-    use std::net::ToSocketAddrs;
-    full.to_socket_addrs()
+    std::net::ToSocketAddrs::to_socket_addrs(&full)
         .map_err(|e| err(&e.to_string()))?
         .next()
         .ok_or_else(|| err("the host name resolves to no address"))

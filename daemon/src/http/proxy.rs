@@ -120,7 +120,11 @@ pub fn parse_range(value: &str, size: u64) -> RangeRequest {
 }
 
 fn nar_content_type(key: &ObjectKey) -> &'static str {
-    if key.as_str().ends_with(".nar") { "application/x-nix-archive" } else { "application/zstd" }
+    if std::path::Path::new(key.as_str()).extension().is_some_and(|e| e == "nar") {
+        "application/x-nix-archive"
+    } else {
+        "application/zstd"
+    }
 }
 
 async fn serve_nar(state: &HttpState, key: &ObjectKey, range: Option<&http::HeaderValue>, head: bool) -> Response {

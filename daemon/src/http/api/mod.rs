@@ -32,7 +32,7 @@ impl Default for ApiLimits {
             max_json_body: 64 << 20,
             max_paths: 100_000,
             max_nar_upload: 64 << 30,
-            presign_expiry: std::time::Duration::from_secs(3600),
+            presign_expiry: std::time::Duration::from_hours(1),
         }
     }
 }
