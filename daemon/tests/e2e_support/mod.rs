@@ -360,3 +360,25 @@ in rec {
   '';
 }
 "#;
+
+/// Checks the cache invariant on a local cache directory: every narinfo's NAR exists, and so do the
+/// narinfos of all its references. Returns the number of narinfos checked.
+pub fn check_local_invariant(cache: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(cache).expect("cache dir").filter_map(Result::ok) {
+        let p = entry.path();
+        if p.extension().is_none_or(|x| x != "narinfo") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&p).expect("narinfo");
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
+        let url = field("URL:");
+        assert!(cache.join(url).is_file(), "{} points at missing NAR {url}", p.display());
+        for r in field("References:").split_whitespace() {
+            assert!(cache.join(format!("{}.narinfo", &r[..32])).is_file(), "{} lacks its reference {r}", p.display());
+        }
+        assert!(text.contains("\nSig: "), "{} is unsigned", p.display());
+    }
+    n
+}
