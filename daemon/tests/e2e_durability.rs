@@ -45,7 +45,8 @@ fn sigkill_mid_upload_loses_nothing_and_leaves_no_narinfo_without_its_nar() {
     let server = w.serve();
     w.wait_uploaded(&top, &server, Duration::from_secs(120));
     assert_eq!(check_local_invariant(cache), 2);
-    assert!(wait_for(Duration::from_secs(10), || w.spool_entries("claimed").is_empty() && w.spool_entries("new").is_empty()));
+    assert!(wait_for(Duration::from_secs(10), || w.spool_entries("claimed").is_empty()
+        && w.spool_entries("new").is_empty()));
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     let public_key = w.public_key();
     w.substitute(&format!("file://{}", cache.display()), "after-crash", &top, &public_key).expect("substitute");
@@ -59,7 +60,8 @@ fn postgres_outage_delays_uploads_but_loses_nothing() {
     w.wait_uploaded(&[first], &server, Duration::from_secs(60));
 
     w.pg.stop().expect("stop postgres");
-    let during = w.nix.build_script("e2e-during-outage", "echo during > $out").expect("build succeeds during the outage");
+    let during =
+        w.nix.build_script("e2e-during-outage", "echo during > $out").expect("build succeeds during the outage");
     server.wait_log("will be retried", Duration::from_secs(30));
     assert!(!w.has_narinfo(&during));
     assert_eq!(w.spool_entries("claimed").len(), 1, "the entry stays claimed during the outage");

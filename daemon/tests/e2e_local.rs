@@ -24,7 +24,8 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
 
     // A fresh store substitutes the whole closure, checking signatures.
     let store = w.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache dir");
-    let tool = std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
+    let tool =
+        std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
 
     // The wrong key is refused.

@@ -120,7 +120,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let http = start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone()).await?;
+    let http =
+        start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone())
+            .await?;
 
     eprint!("{banner}");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -149,7 +151,9 @@ fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::Se
     config
         .sign_key_files
         .iter()
-        .map(|f| niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display())))
+        .map(|f| {
+            niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display()))
+        })
         .collect()
 }
 

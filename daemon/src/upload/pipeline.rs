@@ -105,7 +105,11 @@ impl Uploader {
     /// `jobs` NARs at a time (at least 1).
     pub fn new(publisher: Publisher, nix: NixCli, metrics: Arc<Metrics>, jobs: usize) -> Self {
         let jobs = jobs.max(1);
-        Self { publisher, nix, metrics, nar_slots: Arc::new(Semaphore::new(jobs)),
+        Self {
+            publisher,
+            nix,
+            metrics,
+            nar_slots: Arc::new(Semaphore::new(jobs)),
             locks: PathLocks::default(),
             jobs,
             listings: true,
@@ -267,7 +271,7 @@ impl Uploader {
                     published.push(p);
                 } else if let Some(p) = published.pop() {
                     waiting.remove(&p);
-                    for &d in dependents.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+                    for &d in dependents.get(&p).map_or(&[][..], Vec::as_slice) {
                         if let Some(w) = waiting.get_mut(&d) {
                             *w = w.saturating_sub(1);
                             if *w == 0 && done.contains_key(&d) {
@@ -291,7 +295,10 @@ impl Uploader {
     async fn publish(&self, info: &PathInfo, up: &PathUploaded) -> Result<(), UploadError> {
         let started = Instant::now();
         self.publisher
-            .publish(&PublishInput { info, nar: up.nar, listing: up.listing.clone(), log: up.log.clone() }, chrono::Utc::now())
+            .publish(
+                &PublishInput { info, nar: up.nar, listing: up.listing.clone(), log: up.log.clone() },
+                chrono::Utc::now(),
+            )
             .await?;
         let seconds = up.seconds + started.elapsed().as_secs_f64();
         self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
@@ -354,7 +361,11 @@ impl Uploader {
     }
 
     /// Uploads the build log of `drv` if Nix has one and the cache does not.
-    async fn upload_log(&self, drv: &StorePath, now: chrono::DateTime<chrono::Utc>) -> Result<Option<ObjectKey>, UploadError> {
+    async fn upload_log(
+        &self,
+        drv: &StorePath,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<ObjectKey>, UploadError> {
         let key = ObjectKey::log(drv);
         if self.db().missing(std::slice::from_ref(&key)).await?.is_empty() {
             return Ok(Some(key));
@@ -381,16 +392,16 @@ impl Uploader {
         let fs_path = self.store_dir().path_of(&info.path);
         let display = self.store_dir().display(&info.path);
         let (hash, size, listings, nar_key) = (info.nar_hash, info.nar_size, self.listings, key.clone());
-        let producer = tokio::task::spawn_blocking(move || stream_nar(&fs_path, &display, hash, size, nar_key, tx, listings));
+        let producer =
+            tokio::task::spawn_blocking(move || stream_nar(&fs_path, &display, hash, size, nar_key, tx, listings));
         let stored = self.store().put_stream(&key, rx, NAR_CONTENT_TYPE).await;
-        let produced = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
-        match (produced, stored) {
-            (Ok(streamed), Ok(_)) => Ok(streamed),
+        let nar_result = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
+        match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.
-            (Err(e @ UploadError::HashMismatch { .. }), _) => Err(e),
-            // The store failed first; the NAR thread only saw the channel close.
-            (_, Err(store_err)) => Err(store_err.into()),
-            (Err(e), Ok(_)) => Err(e),
+            Err(e @ UploadError::HashMismatch { .. }) => Err(e),
+            Ok(streamed) => stored.map(|_| streamed).map_err(Into::into),
+            // When the store failed first, the NAR thread only saw the channel close: report the store.
+            Err(e) => Err(stored.err().map_or(e, Into::into)),
         }
     }
 }

@@ -169,7 +169,9 @@ impl World {
     pub fn public_key(&self) -> String {
         let keys = self.state().join("keys");
         let ok = wait_for(Duration::from_secs(20), || {
-            std::fs::read_dir(&keys).map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub"))).unwrap_or(false)
+            std::fs::read_dir(&keys)
+                .map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub")))
+                .unwrap_or(false)
         });
         assert!(ok, "no public key generated in {}", keys.display());
         let pubfile = std::fs::read_dir(&keys)
@@ -206,7 +208,8 @@ impl World {
     /// The narinfo text for `path` as the read proxy serves it.
     pub fn narinfo_text(&self, path: &str) -> Option<String> {
         let base = Path::new(path).file_name().and_then(|n| n.to_str()).expect("basename");
-        let out = Command::new("curl").args(["-sf", &format!("{}/{}.narinfo", self.url(), &base[..32])]).output().ok()?;
+        let out =
+            Command::new("curl").args(["-sf", &format!("{}/{}.narinfo", self.url(), &base[..32])]).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -235,7 +238,10 @@ impl World {
     pub fn spool_entries(&self, sub: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.spool().join(sub))
             .map(|d| {
-                d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_none_or(|x| x != "reason")).collect()
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_none_or(|x| x != "reason"))
+                    .collect()
             })
             .unwrap_or_default()
     }
