@@ -163,7 +163,12 @@ async fn claiming_unmarks_and_drops_half_deleted_rows() {
 async fn pins_unmark_their_closure() {
     let (_pg, db) = fresh().await;
     db.record_objects(
-        &[obj(narinfo(1), vec![nar(1), narinfo(2)]), obj(nar(1), vec![]), obj(narinfo(2), vec![nar(2)]), obj(nar(2), vec![])],
+        &[
+            obj(narinfo(1), vec![nar(1), narinfo(2)]),
+            obj(nar(1), vec![]),
+            obj(narinfo(2), vec![nar(2)]),
+            obj(nar(2), vec![]),
+        ],
         t0(),
     )
     .await

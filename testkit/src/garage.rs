@@ -1,6 +1,6 @@
 //! A throwaway single-node Garage S3 server, started exactly as `/work/shared/recipes/start-garage.sh` does:
 //! sqlite metadata in a temp directory, free localhost ports, one key and one default bucket, SigV4
-//! enforced, region `garage`. [`Garage::stop`] and [`Garage::start`] kill and restart the same server (same
+//! enforced, region `garage`. [`Garage::stop`] and [`Garage::resume`] kill and restart the same server (same
 //! directory, ports and data) for outage tests; dropping a [`Garage`] kills it and removes its directory.
 
 use std::fmt;
@@ -60,8 +60,9 @@ fn err(msg: impl Into<String>) -> GarageError {
 
 /// `garage` on PATH, else `~/.cargo/bin/garage`.
 fn find_binary() -> Result<PathBuf, GarageError> {
-    let mut candidates: Vec<PathBuf> =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).collect()).unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(Path::new(&home).join(".cargo/bin/garage"));
     }
@@ -86,7 +87,8 @@ impl Garage {
     /// Starts a fresh server with its own directory, ports, key and bucket `niks3-test`.
     pub fn start() -> Result<Self, GarageError> {
         let binary = find_binary()?;
-        let dir = tempfile::Builder::new().prefix("niks3-garage-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
+        let dir =
+            tempfile::Builder::new().prefix("niks3-garage-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
         let (s3_port, rpc_port, admin_port) = (free_port()?, free_port()?, free_port()?);
         let d = dir.path();
         for sub in ["meta", "data"] {
@@ -183,7 +185,10 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(err(format!("garage exited with {status}; see {}", self.dir().join("garage.log").display())));
+                return Err(err(format!(
+                    "garage exited with {status}; see {}",
+                    self.dir().join("garage.log").display()
+                )));
             }
             if let Some(code) = http_status(addr, &format!("/{}", self.bucket))
                 && (code == 200 || code == 403)

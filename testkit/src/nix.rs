@@ -180,9 +180,7 @@ fn base_conf() -> String {
 }
 
 fn group_exists(name: &str) -> bool {
-    std::fs::read_to_string("/etc/group")
-        .map(|g| g.lines().any(|l| l.split(':').next() == Some(name)))
-        .unwrap_or(false)
+    std::fs::read_to_string("/etc/group").is_ok_and(|g| g.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
 /// Quotes `s` as a Nix string literal.
@@ -209,8 +207,8 @@ fn check(cmd: &Command, out: &Output) -> io::Result<()> {
         return Ok(());
     }
     Err(io::Error::other(format!(
-        "{:?} {:?} failed ({}): {}",
-        cmd.get_program(),
+        "{} {:?} failed ({}): {}",
+        cmd.get_program().display(),
         cmd.get_args().collect::<Vec<_>>(),
         out.status,
         String::from_utf8_lossy(&out.stderr)

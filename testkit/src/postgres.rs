@@ -134,7 +134,7 @@ pub fn server_bin() -> io::Result<PathBuf> {
 
 /// True when this process runs as root (then PostgreSQL must run as the `postgres` user).
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// A command running `program` as the `postgres` user when we are root, as ourselves otherwise.
@@ -191,7 +191,7 @@ fn make_traversable(path: &Path) -> io::Result<()> {
 /// wins, so nobody ever copies a half-made template.
 fn ensure_template(bin: &Path) -> io::Result<PathBuf> {
     let major = bin.parent().and_then(Path::file_name).and_then(|s| s.to_str()).unwrap_or("pg");
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
     let base = std::env::temp_dir().join(format!("niks3-testkit-pg{major}-u{uid}"));
     let template = base.join("template");
     if template.join("PG_VERSION").exists() {
@@ -204,10 +204,15 @@ fn ensure_template(bin: &Path) -> io::Result<PathBuf> {
     chown_to_postgres(work.path())?;
     let data = work.path().join("data");
     run(
-        as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]),
+        as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]),
         "initdb",
     )?;
     let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off", work.path().display());

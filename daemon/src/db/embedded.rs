@@ -105,11 +105,10 @@ impl EmbeddedPostgres {
     /// Stops the server now (fast mode: sessions are disconnected, data is flushed), whoever started it.
     pub async fn stop(mut self) -> Result<(), EmbeddedError> {
         self.started_here = false;
-        let log = self.log_path();
         let data = self.dir.join("data");
         let mut cmd = self.pg_command("pg_ctl");
         cmd.arg("-D").arg(&data).args(["stop", "-m", "fast", "-w", "-t", "60"]);
-        run(cmd, "pg_ctl stop", &log).await
+        run(cmd, "pg_ctl stop", &self.dir.join("pg_ctl.log"), &self.log_path()).await
     }
 
     /// A command running PostgreSQL program `name` as the server user.
@@ -139,7 +138,7 @@ impl EmbeddedPostgres {
         let log = self.dir.join("initdb.log");
         let mut cmd = self.pg_command("initdb");
         cmd.arg("-D").arg(&tmp).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"]);
-        run(cmd, "initdb", &log).await?;
+        run(cmd, "initdb", &log, &log).await?;
         std::fs::rename(&tmp, &data).map_err(|source| EmbeddedError::Io { path: data.clone(), source })?;
         tracing::info!(data = %data.display(), "created the private PostgreSQL cluster");
         Ok(())
@@ -163,15 +162,20 @@ impl EmbeddedPostgres {
         let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}'", self.dir.display());
         let mut cmd = self.pg_command("pg_ctl");
         cmd.arg("-D").arg(self.dir.join("data")).arg("-l").arg(&log).args(["-w", "-t", "60", "-o", &opts, "start"]);
-        run(cmd, "pg_ctl start", &log).await
+        run(cmd, "pg_ctl start", &self.dir.join("pg_ctl.log"), &log).await
     }
 
     /// Creates the `niks3` database unless it exists.
     async fn create_database(&self) -> Result<(), EmbeddedError> {
         let log = self.log_path();
-        let fail = |reason: String| EmbeddedError::Command { command: "CREATE DATABASE niks3".into(), log: log.clone(), reason };
+        let fail = |reason: String| EmbeddedError::Command {
+            command: "CREATE DATABASE niks3".into(),
+            log: log.clone(),
+            reason,
+        };
         let cfg = format!("host={} user=postgres dbname=postgres", self.dir.display());
-        let (client, conn) = tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.map_err(|e| fail(e.to_string()))?;
+        let (client, conn) =
+            tokio_postgres::connect(&cfg, tokio_postgres::NoTls).await.map_err(|e| fail(e.to_string()))?;
         let task = tokio::spawn(conn);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = 'niks3'", &[])
@@ -221,27 +225,24 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
-/// Runs `cmd` with its output appended to `log`; an error names the command, its status and the log.
-async fn run(mut cmd: Command, what: &str, log: &Path) -> Result<(), EmbeddedError> {
-    let io = |source| EmbeddedError::Io { path: log.to_path_buf(), source };
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io)?;
-    let err = out.try_clone().map_err(io)?;
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .await
-        .map_err(|e| EmbeddedError::Command { command: what.to_owned(), log: log.to_path_buf(), reason: e.to_string() })?;
+/// Runs `cmd` with its output appended to `out` (a file only we write); a failure names the command, its
+/// status, the last line it printed and `log`, the file to read (the server log for the server itself).
+async fn run(mut cmd: Command, what: &str, out: &Path, log: &Path) -> Result<(), EmbeddedError> {
+    let io = |source| EmbeddedError::Io { path: out.to_path_buf(), source };
+    let stdout = std::fs::OpenOptions::new().create(true).append(true).open(out).map_err(io)?;
+    let stderr = stdout.try_clone().map_err(io)?;
+    let status = cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr).status().await.map_err(|e| {
+        EmbeddedError::Command { command: what.to_owned(), log: log.to_path_buf(), reason: e.to_string() }
+    })?;
     if status.success() {
         Ok(())
     } else {
-        let tail = std::fs::read_to_string(log).unwrap_or_default();
-        let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
         Err(EmbeddedError::Command {
             command: what.to_owned(),
             log: log.to_path_buf(),
-            reason: format!("{status}; last log line: {last}"),
+            reason: format!("{status}; it said: {last}"),
         })
     }
 }
@@ -326,14 +327,16 @@ async fn create_private_dir(dir: &Path, owner: Option<&str>) -> Result<(), Embed
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
     if let Some(user) = owner {
         let log = PathBuf::from("/dev/null");
-        let status = Command::new("chown")
-            .arg(format!("{user}:"))
-            .arg(dir)
-            .status()
-            .await
-            .map_err(|e| EmbeddedError::Command { command: "chown".into(), log: log.clone(), reason: e.to_string() })?;
+        let status =
+            Command::new("chown").arg(format!("{user}:")).arg(dir).status().await.map_err(|e| {
+                EmbeddedError::Command { command: "chown".into(), log: log.clone(), reason: e.to_string() }
+            })?;
         if !status.success() {
-            return Err(EmbeddedError::Command { command: format!("chown {user}: {dir:?}"), log, reason: status.to_string() });
+            return Err(EmbeddedError::Command {
+                command: format!("chown {user}: {}", dir.display()),
+                log,
+                reason: status.to_string(),
+            });
         }
         let mut p = dir.parent();
         while let Some(d) = p {

@@ -48,7 +48,7 @@ pub enum DbError {
     #[error("connecting to PostgreSQL: {0}")]
     Pool(String),
     /// A query failed; `what` names the operation.
-    #[error("PostgreSQL {what}: {source}")]
+    #[error("PostgreSQL {what}: {}", describe(source))]
     Query {
         /// The operation (e.g. `begin_upload: unmark`).
         what: &'static str,
@@ -56,7 +56,7 @@ pub enum DbError {
         source: tokio_postgres::Error,
     },
     /// A migration failed; `name` is its file name.
-    #[error("migration {name}: {source}")]
+    #[error("migration {name}: {}", describe(source))]
     Migration {
         /// The migration's file name.
         name: String,
@@ -77,6 +77,23 @@ impl DbError {
             DbError::Pool(_) | DbError::UploadExpired(_) => true,
             DbError::Query { source, .. } | DbError::Migration { source, .. } => pg_error_is_transient(source),
         }
+    }
+}
+
+/// The driver's error with what it hides behind "db error": the server's message, detail and SQLSTATE,
+/// or the underlying cause (e.g. the socket error).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(": ");
+            s.push_str(d);
+        }
+        return s;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 

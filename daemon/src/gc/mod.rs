@@ -1,3 +1,168 @@
 //! Garbage collection: failed uploads → expired closures → mark unreachable → delete after grace, under a
 //! PostgreSQL advisory lock, keeping the invariant that every narinfo in the bucket has its NAR and the
 //! narinfos of all its references.
+//!
+//! A run ([`run`]) happens on one dedicated connection (closed at the end, so a crash or an error can never
+//! leave a lock or a temporary table behind):
+//! 1. [`GC_RUN_LOCK`](crate::db::GC_RUN_LOCK) is tried; if another run holds it, [`GcError::AlreadyRunning`]
+//!    is returned at once (a second run never waits).
+//! 2. [`mark`]: one transaction under the exclusive [`GC_LOCK`](crate::db::GC_LOCK) drops failed uploads,
+//!    forgets expired closures and marks what nothing live reaches (clearing marks on what is reachable).
+//!    A dry run rolls it back after counting.
+//! 3. [`sweep`]: deletes what has been marked longer than the grace period, referrers before what they
+//!    refer to (so narinfos go before their NARs and before the narinfos they reference), in batches that
+//!    each hold the exclusive lock. An object the store fails to delete becomes active again, and
+//!    everything it refers to is then kept too.
+//!
+//! Time is injected (`now`), never read from a clock here.
+
+pub mod duration;
+mod mark;
+mod sweep;
+
+pub use duration::{DurationError, parse_duration};
+
+use crate::db::{Db, DbError, GC_RUN_LOCK};
+use crate::metrics::GcFigures;
+use crate::store::Store;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// What a GC run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcOptions {
+    /// Closures last pushed longer ago than this are forgotten (`--older-than`, e.g. 720h).
+    pub older_than: Duration,
+    /// Uploads in flight longer than this are dropped as failed, and objects must stay marked this long
+    /// before they are deleted (the grace period) (`--failed-uploads-older-than`, e.g. 6h).
+    pub failed_uploads_older_than: Duration,
+    /// Delete unreachable objects at once, without the grace period.
+    pub force: bool,
+    /// Compute and report the figures without changing anything.
+    pub dry_run: bool,
+}
+
+/// Why a GC run failed. Whatever it had already done stays consistent.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Another GC run (this server or another one sharing the database) holds the GC lock.
+    #[error("GC already running (another run holds the PostgreSQL advisory lock); try again when it ends")]
+    AlreadyRunning,
+    /// An option is out of range.
+    #[error("invalid GC option {name}: {reason}")]
+    Options {
+        /// The option.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Getting a connection or a query failed.
+    #[error("GC: {0}")]
+    Db(#[from] DbError),
+}
+
+impl GcError {
+    /// True when running again later may succeed (database down, another run in progress).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GcError::AlreadyRunning => true,
+            GcError::Options { .. } => false,
+            GcError::Db(e) => e.is_transient(),
+        }
+    }
+}
+
+/// Maps a query error of GC step `what` into [`GcError`].
+fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> GcError {
+    move |source| GcError::Db(DbError::Query { what, source })
+}
+
+/// A count from PostgreSQL (`u64` from the driver's `u64`/`i64`).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// `now - d`, or an options error naming `name` when `d` is absurdly large.
+fn before(now: DateTime<Utc>, d: Duration, name: &'static str) -> Result<DateTime<Utc>, GcError> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| GcError::Options { name, reason: format!("{d:?} is too large") })
+}
+
+/// Runs one GC: drops failed uploads, forgets closures older than `older_than`, marks what nothing reaches
+/// and deletes what stayed marked for the grace period. Returns the five figures and logs them in one line.
+pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) -> Result<GcFigures, GcError> {
+    let closures_before = before(now, opts.older_than, "older_than")?;
+    let uploads_before = before(now, opts.failed_uploads_older_than, "failed_uploads_older_than")?;
+    let delete_marked_before = if opts.force { now } else { uploads_before };
+
+    // A connection of our own, closed when this function returns: session locks and temporary tables
+    // never outlive the run, whatever happens.
+    let pooled = db.client().await?;
+    let mut client = deadpool_postgres::Object::take(pooled);
+
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&GC_RUN_LOCK])
+        .await
+        .map_err(q("gc: run lock"))?
+        .get(0);
+    if !got {
+        return Err(GcError::AlreadyRunning);
+    }
+
+    let mut figures = GcFigures::default();
+    let marked = mark::run(&mut client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run)
+        .await?;
+    figures.failed_uploads_deleted = marked.failed_uploads;
+    figures.old_closures_deleted = marked.old_closures;
+    figures.objects_marked_for_deletion = marked.newly_marked;
+
+    if opts.dry_run {
+        figures.objects_deleted_after_grace_period = marked.deletable;
+    } else {
+        match store.abort_stale_uploads(opts.failed_uploads_older_than).await {
+            Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; next GC retries"),
+        }
+        let swept = sweep::run(&mut client, store, delete_marked_before).await?;
+        figures.objects_deleted_after_grace_period = swept.deleted;
+        figures.objects_failed_to_delete = swept.failed;
+        record_run(&client, now, figures).await?;
+    }
+
+    tracing::info!(
+        dry_run = opts.dry_run,
+        "gc finished: failed-uploads-deleted={} old-closures-deleted={} objects-marked-for-deletion={} \
+         objects-deleted-after-grace-period={} objects-failed-to-delete={}",
+        figures.failed_uploads_deleted,
+        figures.old_closures_deleted,
+        figures.objects_marked_for_deletion,
+        figures.objects_deleted_after_grace_period,
+        figures.objects_failed_to_delete,
+    );
+    Ok(figures)
+}
+
+/// Keeps the figures of a finished run in `gc_runs`.
+async fn record_run(client: &tokio_postgres::Client, now: DateTime<Utc>, f: GcFigures) -> Result<(), GcError> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    client
+        .execute(
+            "INSERT INTO gc_runs (started_at, finished_at, failed_uploads_deleted, old_closures_deleted, \
+             objects_marked_for_deletion, objects_deleted_after_grace_period, objects_failed_to_delete) \
+             VALUES ($1, $1, $2, $3, $4, $5, $6)",
+            &[
+                &now,
+                &n(f.failed_uploads_deleted),
+                &n(f.old_closures_deleted),
+                &n(f.objects_marked_for_deletion),
+                &n(f.objects_deleted_after_grace_period),
+                &n(f.objects_failed_to_delete),
+            ],
+        )
+        .await
+        .map_err(q("gc: record run"))?;
+    Ok(())
+}

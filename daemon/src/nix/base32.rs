@@ -12,7 +12,12 @@ pub const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 pub enum Base32Error {
     /// A character outside Nix's alphabet, with its position.
     #[error("invalid nixbase32 character {ch:?} at position {pos}")]
-    InvalidChar { ch: char, pos: usize },
+    InvalidChar {
+        /// The offending character.
+        ch: char,
+        /// Its byte position in the input.
+        pos: usize,
+    },
     /// Bits left over that a valid encoding never has.
     #[error("invalid nixbase32 string (non-zero padding bits)")]
     Padding,
@@ -49,6 +54,7 @@ pub fn encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes a nixbase32 string; the output length is `s.len() * 5 / 8`.
+#[allow(clippy::many_single_char_names, reason = "mirrors the bit arithmetic of Nix's own decoder")]
 pub fn decode(s: &str) -> Result<Vec<u8>, Base32Error> {
     if let Some((pos, ch)) = s.char_indices().find(|&(_, c)| !c.is_ascii() || !is_nix32_char(c as u8)) {
         return Err(Base32Error::InvalidChar { ch, pos });
@@ -98,11 +104,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_characters_and_padding() {
-        assert_eq!(decode("0e").unwrap_err(), Base32Error::InvalidChar { ch: 'e', pos: 1 });
-        assert_eq!(decode("aé").unwrap_err(), Base32Error::InvalidChar { ch: 'é', pos: 1 });
+        assert_eq!(decode("0e").expect_err("invalid"), Base32Error::InvalidChar { ch: 'e', pos: 1 });
+        assert_eq!(decode("aé").expect_err("invalid"), Base32Error::InvalidChar { ch: 'é', pos: 1 });
         // 2 chars = 10 bits for 1 byte: the top two bits of the first char must be zero.
-        assert_eq!(decode("8z").unwrap_err(), Base32Error::Padding);
-        assert_eq!(decode("z").unwrap_err(), Base32Error::Padding);
+        assert_eq!(decode("8z").expect_err("invalid"), Base32Error::Padding);
+        assert_eq!(decode("z").expect_err("invalid"), Base32Error::Padding);
         assert_eq!(decode("0").expect("zero bits"), Vec::<u8>::new());
     }
 

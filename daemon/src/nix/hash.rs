@@ -11,7 +11,12 @@ pub struct Sha256Hash(pub [u8; 32]);
 pub enum HashError {
     /// Not `sha256:<nix32|base16>` nor SRI `sha256-<base64>`.
     #[error("invalid sha256 hash {input:?}: {reason}")]
-    Invalid { input: String, reason: String },
+    Invalid {
+        /// The input as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Sha256Hash {

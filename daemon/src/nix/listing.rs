@@ -52,7 +52,12 @@ mod tests {
     fn shape_matches_nix() {
         let tree = NarNode::Directory {
             entries: vec![
-                (b"bin".to_vec(), NarNode::Directory { entries: vec![(b"x".to_vec(), NarNode::Regular { size: 3, executable: true, nar_offset: 400 })] }),
+                (
+                    b"bin".to_vec(),
+                    NarNode::Directory {
+                        entries: vec![(b"x".to_vec(), NarNode::Regular { size: 3, executable: true, nar_offset: 400 })],
+                    },
+                ),
                 (b"link".to_vec(), NarNode::Symlink { target: b"bin/x".to_vec() }),
                 (b"f".to_vec(), NarNode::Regular { size: 0, executable: false, nar_offset: 96 }),
             ],

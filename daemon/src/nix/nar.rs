@@ -15,16 +15,29 @@ use std::path::{Path, PathBuf};
 pub enum NarError {
     /// Reading the file system failed at `path`.
     #[error("reading {path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// Writing the NAR to its sink failed.
     #[error("writing NAR: {0}")]
     Write(std::io::Error),
     /// A file type NAR cannot represent (socket, device, fifo) at `path`.
     #[error("{path:?} has an unsupported file type")]
-    UnsupportedFileType { path: PathBuf },
+    UnsupportedFileType {
+        /// The file or directory concerned.
+        path: PathBuf,
+    },
     /// Reading a NAR: the stream is malformed at byte `offset`.
     #[error("malformed NAR at byte {offset}: {reason}")]
-    Malformed { offset: u64, reason: String },
+    Malformed {
+        /// Byte offset in the NAR where the problem was found.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The magic string every NAR starts with.
@@ -42,7 +55,8 @@ pub const MAX_DEPTH: usize = 2048;
 
 /// Writes the NAR serialisation of `path` to `out`. Returns the number of bytes written.
 pub fn dump_path(path: &Path, out: &mut dyn Write) -> Result<u64, NarError> {
-    let mut w = NarWriter { out: std::io::BufWriter::with_capacity(8 * 1024, out), written: 0, buf: vec![0u8; COPY_BUF] };
+    let mut w =
+        NarWriter { out: std::io::BufWriter::with_capacity(8 * 1024, out), written: 0, buf: vec![0u8; COPY_BUF] };
     w.token(NAR_MAGIC)?;
     w.node(path)?;
     w.out.flush().map_err(NarError::Write)?;
@@ -159,11 +173,24 @@ fn padding_len(len: u64) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NarNode {
     /// A regular file: size, executable bit and the offset of its contents in the NAR.
-    Regular { size: u64, executable: bool, nar_offset: u64 },
+    Regular {
+        /// Length of the contents in bytes.
+        size: u64,
+        /// Whether the owner-execute bit is set.
+        executable: bool,
+        /// Where the contents start in the NAR (the `narOffset` of listings).
+        nar_offset: u64,
+    },
     /// A symlink and its target, raw bytes.
-    Symlink { target: Vec<u8> },
+    Symlink {
+        /// The link target, raw bytes.
+        target: Vec<u8>,
+    },
     /// A directory and its entries, sorted by raw name bytes.
-    Directory { entries: Vec<(Vec<u8>, NarNode)> },
+    Directory {
+        /// Name (raw bytes) and node of each entry, sorted by name.
+        entries: Vec<(Vec<u8>, NarNode)>,
+    },
 }
 
 /// Reads and validates a whole NAR from `input` (streaming; file contents are skipped, not stored),
@@ -364,15 +391,12 @@ impl NarReader<'_> {
             }
             let Some(top) = stack.last_mut() else { return Err(self.malformed("internal: no open directory")) };
             let prev = top.entries.last().map(|(n, _)| n.as_slice());
-            match self.dir_item(prev)? {
-                Some(name) => {
-                    top.pending = name;
-                    step = self.node_start()?;
-                }
-                None => {
-                    let entries = stack.pop().map(|d| d.entries).unwrap_or_default();
-                    step = Some(NarNode::Directory { entries });
-                }
+            if let Some(name) = self.dir_item(prev)? {
+                top.pending = name;
+                step = self.node_start()?;
+            } else {
+                let entries = stack.pop().map(|d| d.entries).unwrap_or_default();
+                step = Some(NarNode::Directory { entries });
             }
         }
     }
@@ -462,9 +486,34 @@ mod tests {
             assert!(err.to_string().contains("invalid entry name"), "{err}");
         }
         let unsorted = nar(&[
-            NAR_MAGIC, b"(", b"type", b"directory",
-            b"entry", b"(", b"name", b"b", b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")",
-            b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")",
+            NAR_MAGIC,
+            b"(",
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b"b",
+            b"node",
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            b"x",
+            b")",
+            b")",
+            b"entry",
+            b"(",
+            b"name",
+            b"a",
+            b"node",
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            b"x",
+            b")",
+            b")",
             b")",
         ]);
         assert!(read_tree(&mut unsorted.as_slice()).expect_err("unsorted").to_string().contains("not sorted"));

@@ -10,13 +10,30 @@ use std::path::PathBuf;
 pub enum PathInfoError {
     /// The `nix` command could not be started.
     #[error("running {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        /// The command that was run.
+        program: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// `nix` failed; `stderr` is what it said (e.g. a path is not valid).
     #[error("{program} failed for {paths:?}: {stderr}")]
-    Failed { program: String, paths: Vec<String>, stderr: String },
+    Failed {
+        /// The command that was run.
+        program: String,
+        /// The paths it was asked about.
+        paths: Vec<String>,
+        /// What it printed on stderr (truncated).
+        stderr: String,
+    },
     /// `nix` printed something we could not understand.
     #[error("unexpected output from {program}: {reason}")]
-    Parse { program: String, reason: String },
+    Parse {
+        /// The command that was run.
+        program: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// One valid path of the local store and its metadata.
@@ -59,12 +76,17 @@ impl NixCli {
         topo_sort(infos)
     }
     /// The outputs of a derivation (`nix-store --query --outputs`), used when the hook got no OUT_PATHS.
-    pub async fn derivation_outputs(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Vec<StorePath>, PathInfoError> {
+    pub async fn derivation_outputs(
+        &self,
+        store_dir: &StoreDir,
+        drv: &StorePath,
+    ) -> Result<Vec<StorePath>, PathInfoError> {
         let args = vec![store_dir.display(drv)];
         let mut cmd = self.command("nix-store");
         cmd.args(["--query", "--outputs", "--"]).args(&args);
         let stdout = run(cmd, "nix-store --query --outputs", &args).await?;
-        let text = String::from_utf8(stdout).map_err(|_| parse_err("nix-store --query --outputs", "output is not UTF-8"))?;
+        let text =
+            String::from_utf8(stdout).map_err(|_| parse_err("nix-store --query --outputs", "output is not UTF-8"))?;
         text.lines()
             .filter(|l| !l.is_empty())
             .map(|l| store_dir.parse_path(l).map_err(|e| parse_err("nix-store --query --outputs", &e.to_string())))
@@ -98,10 +120,7 @@ impl NixCli {
 const MAX_STDERR: usize = 4096;
 
 async fn run(mut cmd: tokio::process::Command, program: &str, paths: &[String]) -> Result<Vec<u8>, PathInfoError> {
-    let out = cmd
-        .output()
-        .await
-        .map_err(|source| PathInfoError::Spawn { program: program.to_owned(), source })?;
+    let out = cmd.output().await.map_err(|source| PathInfoError::Spawn { program: program.to_owned(), source })?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         if stderr.len() > MAX_STDERR {
@@ -181,9 +200,12 @@ pub fn topo_sort(mut infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoErro
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
     for (i, info) in infos.iter().enumerate() {
         for r in info.references.iter().filter(|r| **r != info.path) {
-            let &j = index
-                .get(r)
-                .ok_or_else(|| parse_err(P, &format!("{} refers to {}, which is not in the closure", info.path.basename(), r.basename())))?;
+            let &j = index.get(r).ok_or_else(|| {
+                parse_err(
+                    P,
+                    &format!("{} refers to {}, which is not in the closure", info.path.basename(), r.basename()),
+                )
+            })?;
             missing_deps[i] += 1;
             dependents[j].push(i);
         }

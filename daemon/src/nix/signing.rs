@@ -9,10 +9,22 @@ use std::path::{Path, PathBuf};
 pub enum KeyError {
     /// Reading a key file failed.
     #[error("reading key file {path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The key text is malformed; the key material itself never appears in the message.
-    #[error("invalid {what} key{}: {reason}", .file.as_ref().map(|f| format!(" in {f:?}")).unwrap_or_default())]
-    Invalid { what: &'static str, file: Option<PathBuf>, reason: String },
+    #[error("invalid {what} key{}: {reason}", .file.as_ref().map(|f| format!(" in {}", f.display())).unwrap_or_default())]
+    Invalid {
+        /// Which kind of key (`secret` or `public`).
+        what: &'static str,
+        /// The key file, when the key came from one.
+        file: Option<PathBuf>,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// A secret signing key (`name:base64(64 bytes)`, as `nix key generate-secret` writes).

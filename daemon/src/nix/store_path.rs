@@ -11,13 +11,28 @@ use std::path::{Path, PathBuf};
 pub enum StorePathError {
     /// The path is not under the store directory (or is the store directory itself).
     #[error("{path:?} is not in the Nix store {store_dir:?}")]
-    NotInStore { path: String, store_dir: String },
+    NotInStore {
+        /// The file or directory concerned.
+        path: String,
+        /// The store directory it should be in.
+        store_dir: String,
+    },
     /// The basename is malformed; `reason` says how.
     #[error("invalid store path {input:?}: {reason}")]
-    Invalid { input: String, reason: String },
+    Invalid {
+        /// The input as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store directory is not an absolute, normalised path.
     #[error("invalid store directory {input:?}: {reason}")]
-    InvalidStoreDir { input: String, reason: String },
+    InvalidStoreDir {
+        /// The input as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The store directory (`StoreDir` in `nix-cache-info`), `/nix/store` unless configured otherwise.
@@ -33,7 +48,8 @@ impl Default for StoreDir {
 impl StoreDir {
     /// Accepts an absolute path without `.`/`..` components, NUL or a trailing slash.
     pub fn new(dir: &str) -> Result<Self, StorePathError> {
-        let invalid = |reason: &str| StorePathError::InvalidStoreDir { input: dir.to_owned(), reason: reason.to_owned() };
+        let invalid =
+            |reason: &str| StorePathError::InvalidStoreDir { input: dir.to_owned(), reason: reason.to_owned() };
         if !dir.starts_with('/') {
             return Err(invalid("not an absolute path"));
         }
@@ -62,7 +78,8 @@ impl StoreDir {
     /// Parses a full path such as `/nix/store/<hash>-name`; a sub-path inside a store path is rejected.
     pub fn parse_path(&self, path: &str) -> Result<StorePath, StorePathError> {
         let not_in_store = || StorePathError::NotInStore { path: path.to_owned(), store_dir: self.0.clone() };
-        let base = path.strip_prefix(self.0.as_str()).and_then(|rest| rest.strip_prefix('/')).ok_or_else(not_in_store)?;
+        let base =
+            path.strip_prefix(self.0.as_str()).and_then(|rest| rest.strip_prefix('/')).ok_or_else(not_in_store)?;
         if base.is_empty() {
             return Err(not_in_store());
         }
@@ -104,9 +121,7 @@ fn validate_name(name: &str) -> Result<(), String> {
     if name.starts_with('.') {
         return Err("name starts with `.`".to_owned());
     }
-    if let Some((pos, ch)) =
-        name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c)))
-    {
+    if let Some((pos, ch)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
         return Err(format!("name has the forbidden character {ch:?} at position {pos}"));
     }
     Ok(())
@@ -131,7 +146,8 @@ impl StorePath {
             StorePathError::Invalid { reason, .. } => invalid(reason),
             other => other,
         })?;
-        let name = rest.strip_prefix('-').ok_or_else(|| invalid(format!("no `-` after the {HASH_LEN}-character hash")))?;
+        let name =
+            rest.strip_prefix('-').ok_or_else(|| invalid(format!("no `-` after the {HASH_LEN}-character hash")))?;
         validate_name(name).map_err(invalid)?;
         Ok(StorePath { hash: hash.to_owned(), name: name.to_owned() })
     }
@@ -141,7 +157,9 @@ impl StorePath {
         if hash.len() != HASH_LEN {
             return Err(invalid(format!("hash part has {} bytes, expected {HASH_LEN}", hash.len())));
         }
-        if let Some((pos, ch)) = hash.char_indices().find(|&(_, c)| !c.is_ascii() || !crate::nix::base32::is_nix32_char(c as u8)) {
+        if let Some((pos, ch)) =
+            hash.char_indices().find(|&(_, c)| !c.is_ascii() || !crate::nix::base32::is_nix32_char(c as u8))
+        {
             return Err(invalid(format!("hash part has {ch:?} at position {pos}, outside the nix32 alphabet")));
         }
         Ok(())
@@ -159,6 +177,7 @@ impl StorePath {
         format!("{}-{}", self.hash, self.name)
     }
     /// True for `.drv` store paths.
+    #[allow(clippy::case_sensitive_file_extension_comparisons, reason = "Nix itself compares `.drv` exactly")]
     pub fn is_derivation(&self) -> bool {
         self.name.ends_with(".drv")
     }

@@ -96,9 +96,11 @@ impl LocalStore {
             f.sync_all().await.map_err(io_err("fsync", &tmp))?;
             drop(f);
             let (tmp2, dest2) = (tmp.clone(), dest.clone());
-            tokio::task::spawn_blocking(move || publish(&tmp2, &dest2))
-                .await
-                .map_err(|e| StoreError::Io { op: "rename", path: dest.clone(), source: std::io::Error::other(e) })??;
+            tokio::task::spawn_blocking(move || publish(&tmp2, &dest2)).await.map_err(|e| StoreError::Io {
+                op: "rename",
+                path: dest.clone(),
+                source: std::io::Error::other(e),
+            })??;
             Ok(total)
         }
         .await;
@@ -225,7 +227,11 @@ impl LocalStore {
             Ok(keys)
         })
         .await
-        .map_err(|e| StoreError::Io { op: "list", path: self.root.clone(), source: std::io::Error::other(e) })?
+        .map_err(|e| StoreError::Io {
+            op: "list",
+            path: self.root.clone(),
+            source: std::io::Error::other(e),
+        })?
     }
 }
 

@@ -18,21 +18,49 @@ use std::time::Duration;
 pub enum StoreError {
     /// Local file system error at `path`.
     #[error("{op} {path:?}: {source}")]
-    Io { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        /// What was being done (`write`, `rename into`, …).
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// S3 request for `key` failed without an HTTP answer (connection refused or reset, timeout, TLS):
     /// transient, the server may be back later.
     #[error("S3 {op} {key}: {reason}")]
-    S3 { op: &'static str, key: String, reason: String },
+    S3 {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// What failed, with the bucket and endpoint.
+        reason: String,
+    },
     /// The S3 server answered the request for `key` with an error status (`reason` carries its error code
     /// and message, never credentials). Transient only for 408, 429 and 5xx.
     #[error("S3 {op} {key}: HTTP {status}: {reason}")]
-    S3Status { op: &'static str, key: String, status: u16, reason: String },
+    S3Status {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code and message (or a hint when the answer had no body), with the bucket.
+        reason: String,
+    },
     /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
     #[error("store configuration: {0}")]
     Config(String),
     /// The data source feeding an upload failed (e.g. the NAR could not be read).
     #[error("upload source for {key}: {reason}")]
-    Source { key: String, reason: String },
+    Source {
+        /// The object key being uploaded.
+        key: String,
+        /// What the source reported.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -153,5 +181,32 @@ impl Store {
             Store::Local(s) => s.list(prefix).await,
             Store::S3(s) => s.list(prefix).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The pipeline and the HTTP server run these futures on a multi-threaded runtime.
+    #[test]
+    fn futures_and_streams_are_send() {
+        fn check(store: &Store, key: &ObjectKey) {
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            assert_send(&store.put(key, Bytes::new(), "x"));
+            assert_send(&store.put_stream(key, rx, "x"));
+            assert_send(&store.get(key));
+            assert_send(&store.get_stream(key, None));
+            assert_send(&store.head(key));
+            assert_send(&store.delete_many(std::slice::from_ref(key)));
+            assert_send(&store.presign_put(key, Duration::from_secs(1)));
+            assert_send(&store.abort_stale_uploads(Duration::from_secs(1)));
+            assert_send(&store.list(""));
+        }
+        fn sync_store<T: Send + Sync>() {}
+        sync_store::<Store>();
+        let _ = check;
     }
 }

@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Timeout for small requests (HEAD, GET of a narinfo, DELETE, multipart bookkeeping).
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Timeout for one part or one single-request upload of a NAR (a part of 8 MiB over a slow uplink).
-const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_mins(10);
 
 /// A streamed download fails when the server sends nothing for this long (the whole download may take
 /// longer: a slow client must not cut a NAR off).
-const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// Longest a presigned URL may live (S3's limit: one week).
 const MAX_PRESIGN_SECS: u64 = 604_800;
@@ -110,7 +110,10 @@ impl S3Store {
             )));
         }
         let region = if config.endpoint.is_empty() {
-            config.region.parse::<Region>().map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
+            config
+                .region
+                .parse::<Region>()
+                .map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
         } else {
             if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
                 return Err(StoreError::Config(format!(
@@ -169,7 +172,8 @@ impl S3Store {
     }
 
     /// Buffers up to one part; a stream that ends within one part is a single PUT, a longer one a multipart
-    /// upload of `part_size` parts, one part uploading while the next fills (at most two parts in memory).
+    /// upload of `part_size` parts, one part uploading while the next fills (two part buffers, plus the copy
+    /// rust-s3 makes of the part it sends: at most three part sizes of memory per upload).
     /// Any failure, including an `Err` from `chunks`, aborts the multipart upload. A stream whose sender is
     /// dropped without an `Err` counts as complete: producers must send their error. If this future is
     /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it.
@@ -270,9 +274,8 @@ impl S3Store {
             Some((start, end)) => Command::GetObjectRange { start, end },
         };
         let bucket = &*self.stream_bucket;
-        let request = ReqwestRequest::new(bucket, key.as_str(), command)
-            .await
-            .map_err(|e| self.error("GET", key.as_str(), e))?;
+        let request =
+            ReqwestRequest::new(bucket, key.as_str(), command).await.map_err(|e| self.error("GET", key.as_str(), e))?;
         let response = match request.response().await {
             Ok(r) => r,
             Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
@@ -292,7 +295,10 @@ impl S3Store {
                     op: "GET",
                     key: key.as_str().to_owned(),
                     status,
-                    reason: format!("unexpected answer to a {} request", if range.is_some() { "range" } else { "full" }),
+                    reason: format!(
+                        "unexpected answer to a {} request",
+                        if range.is_some() { "range" } else { "full" }
+                    ),
                 });
             }
         };
@@ -317,7 +323,11 @@ impl S3Store {
                         Err(StoreError::S3 {
                             op: "GET",
                             key,
-                            reason: format!("no data for {}s (bucket {})", STREAM_IDLE_TIMEOUT.as_secs(), config.bucket),
+                            reason: format!(
+                                "no data for {}s (bucket {})",
+                                STREAM_IDLE_TIMEOUT.as_secs(),
+                                config.bucket
+                            ),
                         }),
                         None,
                     )),
@@ -375,9 +385,12 @@ impl S3Store {
                     let first = self.error("DELETE", "(batch)", e);
                     for key in batch {
                         let e = match &first {
-                            StoreError::S3Status { op, status, reason, .. } => {
-                                StoreError::S3Status { op, key: key.to_string(), status: *status, reason: reason.clone() }
-                            }
+                            StoreError::S3Status { op, status, reason, .. } => StoreError::S3Status {
+                                op,
+                                key: key.to_string(),
+                                status: *status,
+                                reason: reason.clone(),
+                            },
                             other => StoreError::S3 { op: "DELETE", key: key.to_string(), reason: other.to_string() },
                         };
                         failed.push((key.clone(), e));
@@ -389,17 +402,64 @@ impl S3Store {
     }
 
     pub(super) async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<String, StoreError> {
-        let secs = expiry.as_secs();
-        if secs == 0 || secs > MAX_PRESIGN_SECS {
-            return Err(StoreError::Config(format!(
-                "presigned URL lifetime must be 1..={MAX_PRESIGN_SECS} seconds, got {secs}"
-            )));
-        }
-        let secs = u32::try_from(secs).map_err(|_| StoreError::Config("presign expiry out of range".to_owned()))?;
+        let secs = presign_secs(expiry)?;
         self.bucket
             .presign_put(key.as_str(), secs, None, None)
             .await
             .map_err(|e| self.error("presign PUT", key.as_str(), e))
+    }
+
+    /// Starts a multipart upload whose parts a remote client sends straight to the bucket through
+    /// [`S3Store::presign_part`] URLs; returns the upload id.
+    pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StoreError> {
+        Ok(self.initiate(key, content_type).await?.upload_id)
+    }
+
+    /// A presigned URL for `PUT`ting part `part_number` (1-based, ≤ 10 000) of upload `upload_id`; the
+    /// `ETag` header of the answer is what [`S3Store::complete_multipart`] needs for that part.
+    pub async fn presign_part(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        expiry: Duration,
+    ) -> Result<String, StoreError> {
+        if !(1..=10_000).contains(&part_number) {
+            return Err(StoreError::Config(format!("part number {part_number} is outside 1..=10000")));
+        }
+        let secs = presign_secs(expiry)?;
+        let queries = std::collections::HashMap::from([
+            ("partNumber".to_owned(), part_number.to_string()),
+            ("uploadId".to_owned(), upload_id.to_owned()),
+        ]);
+        self.bucket
+            .presign_put(key.as_str(), secs, None, Some(queries))
+            .await
+            .map_err(|e| self.error("presign upload part", key.as_str(), e))
+    }
+
+    /// Completes upload `upload_id` from the parts' ETags in part order (part 1 first). The object becomes
+    /// visible only now.
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        etags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let parts = etags.into_iter().zip(1u32..).map(|(etag, part_number)| Part { part_number, etag }).collect();
+        self.upload_bucket(key)
+            .complete_multipart_upload(key.as_str(), upload_id, parts)
+            .await
+            .map_err(|e| self.error("complete multipart upload", key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Aborts upload `upload_id` (a remote client gave up); an upload already gone counts as aborted.
+    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StoreError> {
+        match self.bucket.abort_upload(key.as_str(), upload_id).await {
+            Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
+            Err(e) => Err(self.error("abort multipart upload", key.as_str(), e)),
+        }
     }
 
     /// Unfinished multipart uploads in the bucket (all of them, following pagination).
@@ -423,11 +483,13 @@ impl S3Store {
     /// Aborts every upload initiated before now − `older_than` (uploads with an unreadable date are left
     /// alone). Tries them all; returns the first failure if any abort failed.
     pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = chrono::Duration::from_std(older_than).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d));
+        // A cutoff before any representable date: nothing is that old.
+        let Some(cutoff) = cutoff else { return Ok(0) };
         let mut aborted = 0;
         let mut first_error = None;
         for upload in self.pending_uploads().await? {
-            if !upload.initiated.is_some_and(|t| t <= cutoff) {
+            if upload.initiated.is_none_or(|t| t > cutoff) {
                 continue;
             }
             match self.bucket.abort_upload(&upload.key, &upload.upload_id).await {
@@ -534,6 +596,17 @@ fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) ->
     }
 }
 
+/// A presigned URL lifetime in seconds, within S3's limits.
+fn presign_secs(expiry: Duration) -> Result<u32, StoreError> {
+    let secs = expiry.as_secs();
+    if secs == 0 || secs > MAX_PRESIGN_SECS {
+        return Err(StoreError::Config(format!(
+            "presigned URL lifetime must be 1..={MAX_PRESIGN_SECS} seconds, got {secs}"
+        )));
+    }
+    u32::try_from(secs).map_err(|_| StoreError::Config("presign expiry out of range".to_owned()))
+}
+
 fn endpoint_name(config: &S3Config) -> &str {
     if config.endpoint.is_empty() { "AWS" } else { &config.endpoint }
 }
@@ -594,7 +667,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected() {
-        let cases: [(fn(&mut S3Config), &str); 3] = [
+        type Edit = fn(&mut S3Config);
+        let cases: [(Edit, &str); 3] = [
             (|c| c.bucket.clear(), "bucket name is empty"),
             (|c| c.part_size = 1024, "part size"),
             (|c| c.endpoint = "127.0.0.1:3900".to_owned(), "must start with http"),

@@ -1,0 +1,393 @@
+//! Pushing closures to a niks3 server: the client half of the protocol in docs/api.md.
+//!
+//! 1. the closure of the roots from the local Nix store, in dependency order (one `nix path-info`);
+//! 2. one `POST /api/v1/push` learns which paths the cache lacks and where each missing NAR goes;
+//! 3. each missing NAR is serialised from disk, checked against Nix's NarHash and zstd-compressed here
+//!    ([`crate::upload::nar_stream::stream_nar`], the pipeline's single pass), several NARs in parallel,
+//!    in bounded memory: to a temporary file first when the target is a presigned S3 URL (S3 wants a
+//!    Content-Length), straight into the request otherwise;
+//! 4. `POST /api/v1/complete` makes the server check the NARs and publish the signed narinfos.
+//!
+//! Idempotent: pushing twice uploads nothing the second time.
+
+use super::{ApiClient, ClientError, check_status};
+use crate::http::api::protocol::{CompleteRequest, MissingNar, PathInfoWire, PushRequest, UploadedNar};
+use crate::nix::hash::Sha256Hash;
+use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::store_path::{StoreDir, StorePath};
+use crate::store::{ObjectKey, StoreError};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Chunks buffered between the compressor and the network, per NAR (each up to 1 MiB).
+const CHUNK_QUEUE: usize = 8;
+/// Attempts per NAR upload before giving up (transient failures only).
+const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// Receives progress events (a progress bar on a TTY, log lines otherwise, nothing for the drainer).
+pub trait Progress: Send + Sync {
+    /// The plan: `paths` in the closure, of which `missing` lack, needing `nars` uploads of `nar_bytes`
+    /// uncompressed bytes.
+    fn planned(&self, paths: usize, missing: usize, nars: usize, nar_bytes: u64);
+    /// `n` more uncompressed bytes were serialised and sent.
+    fn advanced(&self, n: u64);
+    /// One NAR is uploaded (`file_size` compressed bytes).
+    fn nar_done(&self, path: &str, nar_size: u64, file_size: u64);
+}
+
+/// Progress that reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn planned(&self, _: usize, _: usize, _: usize, _: u64) {}
+    fn advanced(&self, _: u64) {}
+    fn nar_done(&self, _: &str, _: u64, _: u64) {}
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Paths in the closure.
+    pub closure_paths: usize,
+    /// Paths the cache lacked (published now, or listed under `--dry-run`).
+    pub missing_paths: Vec<String>,
+    /// NARs uploaded.
+    pub nars_uploaded: usize,
+    /// Uncompressed NAR bytes uploaded.
+    pub nar_bytes: u64,
+    /// Compressed bytes uploaded.
+    pub file_bytes: u64,
+    /// Of those, sent to presigned S3 URLs (not through the server).
+    pub presigned_uploads: usize,
+    /// Narinfos the server wrote.
+    pub published: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Pushes closures of the local store to a server.
+#[derive(Clone, Debug)]
+pub struct Pusher {
+    /// The server.
+    pub api: ApiClient,
+    /// The local Nix tools.
+    pub nix: NixCli,
+    /// The local store directory.
+    pub store_dir: StoreDir,
+    /// NARs compressed and uploaded at once.
+    pub jobs: usize,
+    /// Where temporary compressed NARs go (presigned uploads); default: the system temp dir.
+    pub tmp_dir: PathBuf,
+}
+
+impl Pusher {
+    /// A pusher with `jobs` parallel NARs and the system temporary directory.
+    pub fn new(api: ApiClient, nix: NixCli, store_dir: StoreDir, jobs: usize) -> Self {
+        Pusher { api, nix, store_dir, jobs: jobs.max(1), tmp_dir: std::env::temp_dir() }
+    }
+
+    /// Resolves a command-line argument (`./result`, a store path, a symlink to one) to a store path.
+    pub fn resolve_arg(&self, arg: &str) -> Result<StorePath, ClientError> {
+        if let Ok(p) = self.store_dir.parse_path(arg) {
+            return Ok(p);
+        }
+        let canon = std::fs::canonicalize(arg)
+            .map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))?;
+        let s = canon.to_str().ok_or_else(|| ClientError::BadPath(format!("{arg}: not UTF-8")))?;
+        self.store_dir.parse_path(s).map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))
+    }
+
+    /// Pushes the closures of `roots`; with `dry_run`, only asks what is missing (nothing is written).
+    pub async fn push(
+        &self,
+        roots: &[StorePath],
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<PushReport, ClientError> {
+        let t0 = Instant::now();
+        let closure = self.nix.closure(&self.store_dir, roots).await?;
+        let wire: Vec<PathInfoWire> = closure.iter().map(|p| to_wire(&self.store_dir, p)).collect();
+        let root_strings: Vec<String> = roots.iter().map(|r| self.store_dir.display(r)).collect();
+        let plan = self.api.announce(&PushRequest { roots: root_strings.clone(), paths: wire.clone(), dry_run }).await?;
+        let by_path: HashMap<String, &PathInfo> = closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
+        let mut report = PushReport {
+            closure_paths: closure.len(),
+            missing_paths: plan.missing_paths.clone(),
+            ..PushReport::default()
+        };
+        let nar_total: u64 = plan.missing_nars.iter().filter_map(|m| by_path.get(&m.path)).map(|p| p.nar_size).sum();
+        progress.planned(closure.len(), plan.missing_paths.len(), plan.missing_nars.len(), nar_total);
+        if dry_run {
+            report.elapsed = t0.elapsed();
+            return Ok(report);
+        }
+        let mut jobs = Vec::with_capacity(plan.missing_nars.len());
+        for m in &plan.missing_nars {
+            let info = by_path.get(&m.path).ok_or_else(|| ClientError::Protocol {
+                what: "POST /api/v1/push".to_owned(),
+                reason: format!("the server asked for {}, which is not in the closure", m.path),
+            })?;
+            jobs.push(((*info).clone(), m.clone()));
+        }
+        let results: Vec<Result<(UploadedNar, bool, u64), ClientError>> = futures::stream::iter(jobs)
+            .map(|(info, m)| async move {
+                let up = self.upload_with_retries(&info, &m, progress).await?;
+                progress.nar_done(&m.path, info.nar_size, up.file_size);
+                Ok((up, m.presigned, info.nar_size))
+            })
+            .buffer_unordered(self.jobs)
+            .collect()
+            .await;
+        let mut nars = Vec::with_capacity(results.len());
+        for r in results {
+            let (up, presigned, nar_size) = r?;
+            report.nars_uploaded += 1;
+            report.nar_bytes += nar_size;
+            report.file_bytes += up.file_size;
+            report.presigned_uploads += usize::from(presigned);
+            nars.push(up);
+        }
+        let done = self
+            .api
+            .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars })
+            .await?;
+        report.published = done.published;
+        report.elapsed = t0.elapsed();
+        Ok(report)
+    }
+
+    async fn upload_with_retries(
+        &self,
+        info: &PathInfo,
+        m: &MissingNar,
+        progress: &dyn Progress,
+    ) -> Result<UploadedNar, ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.upload_one(info, m, progress).await {
+                Ok(u) => return Ok(u),
+                Err(e) if e.is_transient() && attempt < UPLOAD_ATTEMPTS => {
+                    tracing::warn!("uploading the NAR of {} (attempt {attempt}): {e}; retrying", m.path);
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Serialises, checks, compresses and uploads one NAR.
+    async fn upload_one(&self, info: &PathInfo, m: &MissingNar, progress: &dyn Progress) -> Result<UploadedNar, ClientError> {
+        let what = format!("uploading the NAR of {}", m.path);
+        let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(CHUNK_QUEUE);
+        let fs_path = self.store_dir.path_of(&info.path);
+        let display = m.path.clone();
+        let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
+        let producer = tokio::task::spawn_blocking(move || {
+            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, false)
+        });
+        let url = self.api.resolve(&m.upload_url);
+        let sent = if m.presigned {
+            // S3 needs the length up front: compress to a temporary file, then PUT it.
+            let tmp = TempFile::create(&self.tmp_dir)?;
+            let written = write_chunks(rx, &tmp.path).await;
+            let streamed = join_producer(producer).await?;
+            written?;
+            progress.advanced(info.nar_size);
+            let file = tokio::fs::File::open(&tmp.path)
+                .await
+                .map_err(|source| ClientError::Io { op: "opening", path: tmp.path.clone(), source })?;
+            let body = reqwest::Body::wrap_stream(FileChunks::new(file));
+            let resp = self
+                .api
+                .http()
+                .put(&url)
+                .header(http::header::CONTENT_LENGTH, streamed.file_size)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+            check_status(resp, &what).await?;
+            streamed
+        } else {
+            let body = reqwest::Body::wrap_stream(ChunkStream { rx });
+            let req = self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
+            let resp = req.body(body).send().await;
+            // The producer's verdict first: a hash mismatch aborts the body, which is the real cause.
+            let streamed = join_producer(producer).await?;
+            let resp = resp.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+            check_status(resp, &what).await?;
+            progress.advanced(info.nar_size);
+            streamed
+        };
+        Ok(UploadedNar {
+            nar_hash: info.nar_hash.to_nix_string(),
+            file_hash: sent.file_hash.to_nix_string(),
+            file_size: sent.file_size,
+        })
+    }
+}
+
+async fn join_producer(
+    h: tokio::task::JoinHandle<Result<crate::upload::nar_stream::NarStreamed, crate::upload::UploadError>>,
+) -> Result<crate::upload::nar_stream::NarStreamed, ClientError> {
+    match h.await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ClientError::Upload(crate::upload::UploadError::Task(e.to_string()))),
+    }
+}
+
+/// The wire form of a path's metadata.
+pub fn to_wire(store_dir: &StoreDir, p: &PathInfo) -> PathInfoWire {
+    PathInfoWire {
+        path: store_dir.display(&p.path),
+        nar_hash: p.nar_hash.to_nix_string(),
+        nar_size: p.nar_size,
+        references: p.references.iter().map(|r| store_dir.display(r)).collect(),
+        deriver: p.deriver.as_ref().map(|d| store_dir.display(d)),
+        ca: p.ca.clone(),
+    }
+}
+
+/// Writes the chunk stream to `path`; an error item (hash mismatch, unreadable file) stops it.
+async fn write_chunks(mut rx: mpsc::Receiver<Result<Bytes, StoreError>>, path: &Path) -> Result<(), ClientError> {
+    let io = |op, source| ClientError::Io { op, path: path.to_owned(), source };
+    let mut f = tokio::fs::File::create(path).await.map_err(|e| io("creating", e))?;
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Ok(b) => f.write_all(&b).await.map_err(|e| io("writing", e))?,
+            // The producer reports the reason itself (joined by the caller).
+            Err(_) => return Ok(()),
+        }
+    }
+    f.flush().await.map_err(|e| io("writing", e))?;
+    Ok(())
+}
+
+/// A temporary file removed on drop.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn create(dir: &Path) -> Result<Self, ClientError> {
+        use rand::Rng;
+        let name = format!("niks3-push-{}-{:016x}.nar.zst", std::process::id(), rand::thread_rng().r#gen::<u64>());
+        let path = dir.join(name);
+        Ok(TempFile { path })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The compressor's channel as a request body (`Sync`, as reqwest wants).
+struct ChunkStream {
+    rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+}
+
+impl Stream for ChunkStream {
+    type Item = Result<Bytes, StoreError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// A file read in 256 KiB chunks as a request body.
+struct FileChunks {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl FileChunks {
+    fn new(mut file: tokio::fs::File) -> Self {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = bytes::BytesMut::with_capacity(256 << 10);
+                match file.read_buf(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        if tx.send(Ok(buf.freeze())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        FileChunks { rx }
+    }
+}
+
+impl Stream for FileChunks {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
+impl crate::upload::drain::Process for Pusher {
+    type Error = ClientError;
+    async fn process(&self, outputs: &[StorePath]) -> Result<(), Self::Error> {
+        let r = self.push(outputs, false, &NoProgress).await?;
+        tracing::info!(
+            roots = outputs.len(),
+            closure = r.closure_paths,
+            published = r.published,
+            bytes = r.file_bytes,
+            "pushed to {}",
+            self.api.base()
+        );
+        Ok(())
+    }
+    fn is_transient(error: &Self::Error) -> bool {
+        error.is_transient()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_classify_for_the_drainer() {
+        let s = |status| ClientError::Status { what: String::new(), status, message: String::new() };
+        assert!(!s(400).is_transient());
+        assert!(s(401).is_transient());
+        assert!(s(409).is_transient());
+        assert!(s(503).is_transient());
+        assert!(!ClientError::BadPath("x".into()).is_transient());
+    }
+
+    #[test]
+    fn wire_form_uses_full_paths() {
+        let sd = StoreDir::default();
+        let p = StorePath::from_basename("00bgd045z0d4icpbc2yyz4gx48ak44la-a").expect("valid");
+        let info = PathInfo {
+            path: p.clone(),
+            nar_hash: Sha256Hash([1; 32]),
+            nar_size: 120,
+            references: vec![p],
+            deriver: None,
+            ca: None,
+        };
+        let w = to_wire(&sd, &info);
+        assert_eq!(w.path, "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-a");
+        assert_eq!(w.references, vec![w.path.clone()]);
+    }
+}
