@@ -157,7 +157,8 @@ fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::Se
         .collect()
 }
 
-/// Starts the HTTP server (read proxy, landing page, API, health, metrics).
+/// Binds and starts the HTTP server (read proxy, landing page, API, health, metrics). Binding happens
+/// here, before READY=1, so a port in use is a startup error.
 async fn start_http(
     config: &ServeConfig,
     store: Arc<Store>,
@@ -166,7 +167,20 @@ async fn start_http(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let _ = (config, store, db, keys, metrics, stop);
-    tracing::warn!("the HTTP server is not wired in yet");
-    Ok(None)
+    let api_token = niks3::http::ApiToken::new(config.api_token.expose()).context("API token")?;
+    let state = Arc::new(niks3::http::HttpState {
+        store,
+        db,
+        store_dir: config.nix_store_dir.clone(),
+        priority: config.priority,
+        public_keys: keys.iter().map(niks3::nix::signing::SecretKey::public).collect(),
+        sign_keys: keys,
+        cache_url: config.cache_url.clone(),
+        cache_name: niks3::config::hostname(),
+        metrics,
+        api_token: Some(api_token),
+        limits: niks3::http::ApiLimits::default(),
+    });
+    let listener = niks3::http::bind(config.http_addr).await?;
+    Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
 }

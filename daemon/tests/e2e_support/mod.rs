@@ -165,6 +165,12 @@ impl World {
         Server { child: Some(child), log }
     }
 
+    /// Waits until the read proxy answers `nix-cache-info` with 200.
+    pub fn wait_http(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(30), || self.http_status("/nix-cache-info") == Some(200));
+        assert!(ok, "the read proxy never served nix-cache-info:\n{}", server.log_text());
+    }
+
     /// The public key the server generated (after it started once).
     pub fn public_key(&self) -> String {
         let keys = self.state().join("keys");
