@@ -202,7 +202,7 @@ impl std::fmt::Debug for Token {
 /// `niks3 serve`'s resolved configuration.
 #[derive(Debug)]
 pub struct ServeConfig {
-    /// The state directory (created, mode 0700).
+    /// The state directory (created mode 0711; keys and token inside are private).
     pub state_dir: PathBuf,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
@@ -406,7 +406,9 @@ impl ServeConfig {
             Some(d) => d.clone(),
             None => default_state_dir()?,
         };
-        create_dir(&state_dir, 0o700)?;
+        // Traversable (not listable) by others: the embedded PostgreSQL runs as its own user when we are
+        // root and needs to reach <state>/postgres; the secrets inside have their own 0600/0700 modes.
+        create_dir(&state_dir, 0o711)?;
         let state_dir = std::fs::canonicalize(&state_dir).map_err(|source| ConfigError::Io {
             op: "resolving",
             path: state_dir.clone(),

@@ -19,7 +19,8 @@ fn built_paths_land_in_garage_and_substitute_through_the_read_proxy() {
 
     let http = w.url();
     let store = w.substitute(&http, "from-garage", &app, &public_key).expect("substitute through the read proxy");
-    let tool = std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
+    let tool =
+        std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
     let verify = w
         .nix

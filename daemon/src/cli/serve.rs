@@ -80,7 +80,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
     let uploader = Arc::new(Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs));
 
-    // nix-cache-info, retried in the background while the store is unreachable.
+    // nix-cache-info: written before READY=1 when the store is reachable, else retried in the background.
+    let first_try = uploader.write_cache_info(config.priority).await;
     let cache_info = {
         let uploader = Arc::clone(&uploader);
         let priority = config.priority;
@@ -88,8 +89,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tokio::pin!(stop);
             let mut backoff = Backoff::for_uploads();
+            let mut result = first_try;
             loop {
-                match uploader.write_cache_info(priority).await {
+                match result {
                     Ok(()) => break,
                     Err(e) => {
                         let delay = backoff.next_delay();
@@ -98,6 +100,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                             () = tokio::time::sleep(delay) => {}
                             () = &mut stop => break,
                         }
+                        result = uploader.write_cache_info(priority).await;
                     }
                 }
             }
