@@ -1,0 +1,214 @@
+//! Each GC phase and option on a small cache with a real PostgreSQL and a real local store.
+
+mod gc_support;
+
+use gc_support::{Cache, Universe, nar_key, narinfo_key};
+use niks3::gc::{self, GcError, GcOptions};
+use niks3::metrics::GcFigures;
+use std::time::Duration;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn opts(force: bool) -> GcOptions {
+    GcOptions { older_than: 24 * HOUR, failed_uploads_older_than: 6 * HOUR, force, dry_run: false }
+}
+
+fn figures(failed: u64, old: u64, marked: u64, deleted: u64, not_deleted: u64) -> GcFigures {
+    GcFigures {
+        failed_uploads_deleted: failed,
+        old_closures_deleted: old,
+        objects_marked_for_deletion: marked,
+        objects_deleted_after_grace_period: deleted,
+        objects_failed_to_delete: not_deleted,
+    }
+}
+
+#[tokio::test]
+async fn expired_closures_are_marked_then_deleted_after_the_grace_period() {
+    let c = Cache::new(Universe::chain(4)).await;
+    c.push(1, Cache::at(0)).await; // paths 0, 1
+    c.push(3, Cache::at(20)).await; // paths 0..=3
+    // At 30h path 1's closure has expired, but its objects are reachable from 3's closure: nothing marked.
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(30)).await.expect("gc");
+    assert_eq!(f, figures(0, 1, 0, 0, 0));
+    c.check("after first gc").await;
+    // At 50h 3's closure has expired: all 8 objects are marked, none deleted yet (grace).
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(50)).await.expect("gc");
+    assert_eq!(f, figures(0, 1, 8, 0, 0));
+    assert!(c.has(&narinfo_key(3)).await);
+    c.check("after marking").await;
+    // 5h later the grace period (6h) has not passed.
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(55)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 0, 0));
+    // 6h after marking, they go.
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(56)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 8, 0));
+    for p in 0..4 {
+        assert!(!c.has(&narinfo_key(p)).await && !c.has(&nar_key(p)).await, "path {p} deleted");
+    }
+    assert_eq!(c.db.stats().await.expect("stats").objects, 0);
+    c.check("after deleting").await;
+}
+
+#[tokio::test]
+async fn a_marked_object_pushed_again_is_not_deleted() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(2, Cache::at(0)).await;
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(30)).await.expect("gc");
+    assert_eq!(f.objects_marked_for_deletion, 6);
+    // Pushed again within the grace period: the claim clears the marks, nothing is uploaded twice.
+    c.push(1, Cache::at(31)).await;
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(40)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 2, 0), "only path 2 (no longer pushed) goes");
+    assert!(c.has(&narinfo_key(1)).await && c.has(&nar_key(0)).await);
+    assert!(!c.has(&narinfo_key(2)).await);
+    c.check("after re-push").await;
+}
+
+#[tokio::test]
+async fn force_deletes_unreachable_objects_at_once() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(2, Cache::at(0)).await;
+    c.push(0, Cache::at(29)).await;
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(30)).await.expect("gc");
+    assert_eq!(f, figures(0, 1, 4, 4, 0));
+    assert!(c.has(&narinfo_key(0)).await && !c.has(&narinfo_key(1)).await);
+    c.check("after force").await;
+}
+
+#[tokio::test]
+async fn failed_uploads_are_dropped_and_their_objects_collected() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(0, Cache::at(0)).await;
+    // Dies after writing path 1's NAR (path 0 is already there).
+    c.abandon(2, Cache::at(1), 1).await;
+    assert!(c.has(&nar_key(1)).await);
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(6)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 0, 0), "5h old: still in flight, its claim protects what it wrote");
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(8)).await.expect("gc");
+    assert_eq!(f, figures(1, 0, 1, 1, 0), "7h old: dropped, its orphan NAR deleted");
+    assert!(!c.has(&nar_key(1)).await);
+    assert!(c.has(&narinfo_key(0)).await, "the pushed closure it shared stays");
+    assert_eq!(c.db.stats().await.expect("stats").uploads, 0);
+    c.check("after failed upload").await;
+}
+
+#[tokio::test]
+async fn an_upload_dropped_as_failed_cannot_finish() {
+    let c = Cache::new(Universe::chain(2)).await;
+    let id = c.begin(1, Cache::at(0)).await;
+    c.write_missing(1, Cache::at(0), usize::MAX).await;
+    gc::run(&c.db, &c.store, opts(true), Cache::at(7)).await.expect("gc");
+    let err = c.db.finish_upload(id, &narinfo_key(1), Cache::at(7)).await.expect_err("dropped upload");
+    assert!(err.is_transient(), "{err}");
+    // Uploading it again works and is complete.
+    c.push(1, Cache::at(7)).await;
+    c.check("after re-upload").await;
+}
+
+#[tokio::test]
+async fn dry_run_reports_without_changing_anything() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(2, Cache::at(0)).await;
+    c.abandon(1, Cache::at(0), 0).await;
+    let dry = GcOptions { dry_run: true, ..opts(true) };
+    let before = c.db.stats().await.expect("stats");
+    let f = gc::run(&c.db, &c.store, dry, Cache::at(30)).await.expect("dry run");
+    assert_eq!(c.db.stats().await.expect("stats"), before, "dry run changed the database");
+    assert!(c.has(&narinfo_key(2)).await, "dry run deleted objects");
+    let real = gc::run(&c.db, &c.store, opts(true), Cache::at(30)).await.expect("gc");
+    assert_eq!(f, real, "a dry run predicts the real run");
+    assert_eq!(real, figures(1, 1, 6, 6, 0));
+}
+
+#[tokio::test]
+async fn a_second_concurrent_run_is_refused_clearly() {
+    let c = Cache::new(Universe::chain(1)).await;
+    let holder = c.db.client().await.expect("client");
+    holder.execute("SELECT pg_advisory_lock($1)", &[&niks3::db::GC_RUN_LOCK]).await.expect("lock");
+    let err = gc::run(&c.db, &c.store, opts(false), Cache::at(0)).await.expect_err("must refuse");
+    assert!(matches!(err, GcError::AlreadyRunning), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&niks3::db::GC_RUN_LOCK]).await.expect("unlock");
+    gc::run(&c.db, &c.store, opts(false), Cache::at(0)).await.expect("runs once the other ended");
+}
+
+#[tokio::test]
+async fn two_runs_at_once_one_runs_one_is_refused() {
+    let c = Cache::new(Universe::chain(5)).await;
+    c.push(4, Cache::at(0)).await;
+    let (a, b) = tokio::join!(
+        gc::run(&c.db, &c.store, opts(true), Cache::at(30)),
+        gc::run(&c.db, &c.store, opts(true), Cache::at(30))
+    );
+    let ok = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    let refused = [&a, &b].iter().filter(|r| matches!(r, Err(GcError::AlreadyRunning))).count();
+    assert_eq!(ok + refused, 2, "{a:?} {b:?}");
+    assert!(ok >= 1);
+    c.check("after two runs").await;
+}
+
+#[tokio::test]
+async fn a_narinfo_the_store_cannot_delete_keeps_its_whole_closure() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(2, Cache::at(0)).await;
+    // Make narinfo 2 undeletable: a non-empty directory where the file was.
+    let p = c.path_of(&narinfo_key(2));
+    std::fs::remove_file(&p).expect("rm");
+    std::fs::create_dir_all(p.join("stuck")).expect("dir");
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(30)).await.expect("gc");
+    assert_eq!(f, figures(0, 1, 6, 0, 1), "narinfo 2 failed; everything it refers to was kept");
+    assert!(c.has(&nar_key(2)).await && c.has(&narinfo_key(1)).await && c.has(&nar_key(0)).await);
+    let marked: Option<chrono::DateTime<chrono::Utc>> = c
+        .db
+        .client()
+        .await
+        .expect("client")
+        .query_one("SELECT marked_at FROM objects WHERE key = $1", &[&narinfo_key(2).as_str()])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(marked, None, "the failed object is active again");
+    // Once the store cooperates, the next runs delete everything, referrers first.
+    std::fs::remove_dir_all(&p).expect("unstick");
+    std::fs::write(&p, "narinfo").expect("restore");
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(31)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 1, 6, 0));
+    assert_eq!(c.db.stats().await.expect("stats").objects, 0);
+}
+
+#[tokio::test]
+async fn a_run_that_died_mid_delete_is_finished_by_the_next() {
+    let c = Cache::new(Universe::chain(2)).await;
+    c.push(1, Cache::at(0)).await;
+    gc::run(&c.db, &c.store, opts(false), Cache::at(30)).await.expect("mark");
+    // As if a run had flagged narinfo 1, deleted it from the store and died before removing the row.
+    let client = c.db.client().await.expect("client");
+    client
+        .execute("UPDATE objects SET deleting = true WHERE key = $1", &[&narinfo_key(1).as_str()])
+        .await
+        .expect("flag");
+    std::fs::remove_file(c.path_of(&narinfo_key(1))).expect("rm");
+    c.check("after the crash").await;
+    assert_eq!(c.db.missing(&[narinfo_key(1)]).await.expect("missing").len(), 1, "a flagged row reads as missing");
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(37)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 4, 0));
+    c.check("after the next run").await;
+}
+
+#[tokio::test]
+async fn pins_and_nix_cache_info_are_never_collected() {
+    let c = Cache::new(Universe::chain(3)).await;
+    c.push(1, Cache::at(0)).await;
+    c.push(2, Cache::at(0)).await;
+    c.db.pin("release", &narinfo_key(1), Cache::at(0)).await.expect("pin");
+    let info = niks3::store::ObjectKey::cache_info();
+    c.store.put(&info, "StoreDir: /nix/store\n".into(), "text/plain").await.expect("put");
+    c.db.record_object(&niks3::db::NewObject { key: info.clone(), size: 21, refs: vec![] }, Cache::at(0))
+        .await
+        .expect("record");
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(100)).await.expect("gc");
+    assert_eq!(f, figures(0, 2, 2, 2, 0), "only path 2 goes");
+    assert!(c.has(&info).await && c.has(&narinfo_key(1)).await && c.has(&nar_key(0)).await);
+    c.check("with a pin").await;
+}
