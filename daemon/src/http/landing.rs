@@ -68,7 +68,7 @@ pub fn render(name: &str, url: &str, keys: &[String]) -> String {
     }
     let nixconf = format!("extra-substituters = {url}\nextra-trusted-public-keys = {keys_space}\n");
     let nixos = format!(
-        "nix.settings = {{\n  substituters = [ \"{}\" ];\n  trusted-public-keys = [{} ];\n}};\n",
+        "nix.settings = {{\n  extra-substituters = [ \"{}\" ];\n  extra-trusted-public-keys = [{} ];\n}};\n",
         escape_nix_string(url),
         nix_keys
     );
@@ -76,9 +76,9 @@ pub fn render(name: &str, url: &str, keys: &[String]) -> String {
     let qkeys = shell_quote(&keys_space);
     let copy = format!(
         "# fetch a path (and its closure) from this cache into the local store\n\
-         nix copy --from {qurl} --option trusted-public-keys {qkeys} /nix/store/…-name\n\n\
+         nix copy --from {qurl} \\\n  --option trusted-public-keys {qkeys} \\\n  /nix/store/…-name\n\n\
          # one-off build using this cache\n\
-         nix-build --option extra-substituters {qurl} --option extra-trusted-public-keys {qkeys} …\n\n\
+         nix-build --option extra-substituters {qurl} \\\n  --option extra-trusted-public-keys {qkeys} …\n\n\
          # push a path and its closure to this cache (needs the API token)\n\
          niks3 push --server {qurl} --auth-token-file ./api-token ./result\n"
     );
@@ -90,7 +90,7 @@ pub fn render(name: &str, url: &str, keys: &[String]) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} — Nix binary cache</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #1d2330; }}
+body {{ font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #1d2330; }}
 h1 {{ margin-bottom: 0; }}
 .sub {{ color: #5a6272; margin-top: .2rem; }}
 pre, code {{ font-family: ui-monospace, monospace; font-size: .92rem; }}
