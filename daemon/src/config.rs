@@ -202,7 +202,7 @@ impl std::fmt::Debug for Token {
 /// `niks3 serve`'s resolved configuration.
 #[derive(Debug)]
 pub struct ServeConfig {
-    /// The state directory (created, mode 0700).
+    /// The state directory (created mode 0711; keys and token inside are private).
     pub state_dir: PathBuf,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
@@ -277,11 +277,15 @@ pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // The owner of /proc/self is the effective user; no unsafe libc call needed.
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { op: "reading", path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        op: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
     let value = text.trim().to_owned();
     if value.is_empty() {
         return Err(ConfigError::Invalid { flag: what, reason: format!("{} is empty", path.display()) });
@@ -291,11 +295,11 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), ConfigError> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(|source| ConfigError::Io { op: "creating directory", path: path.to_owned(), source })
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(|source| ConfigError::Io {
+        op: "creating directory",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Writes a new file with `mode`, failing if it exists (never overwrites a key or token).
@@ -303,7 +307,12 @@ fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), ConfigError> 
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |op, source| ConfigError::Io { op, path: path.to_owned(), source };
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| io("creating", e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
     f.write_all(contents.as_bytes()).map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
     Ok(())
@@ -397,12 +406,18 @@ impl ServeConfig {
             Some(d) => d.clone(),
             None => default_state_dir()?,
         };
-        create_dir(&state_dir, 0o700)?;
-        let state_dir = std::fs::canonicalize(&state_dir)
-            .map_err(|source| ConfigError::Io { op: "resolving", path: state_dir.clone(), source })?;
+        // Traversable (not listable) by others: the embedded PostgreSQL runs as its own user when we are
+        // root and needs to reach <state>/postgres; the secrets inside have their own 0600/0700 modes.
+        create_dir(&state_dir, 0o711)?;
+        let state_dir = std::fs::canonicalize(&state_dir).map_err(|source| ConfigError::Io {
+            op: "resolving",
+            path: state_dir.clone(),
+            source,
+        })?;
         let http_addr = parse_http_addr(&args.http_addr)?;
         let nix_store_dir = StoreDir::new(&args.nix_store_dir)?;
-        let spool_dir = if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
+        let spool_dir =
+            if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
         let db = match (&args.db, &args.db_file) {
             (Some(url), _) => DbChoice::Url(url.clone()),
             (None, Some(f)) => DbChoice::Url(read_secret(f, "db-file")?),
@@ -420,7 +435,8 @@ impl ServeConfig {
             None if http_addr.ip().is_unspecified() => format!("http://{}:{}", hostname(), http_addr.port()),
             None => format!("http://{http_addr}"),
         };
-        let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
+        let jobs =
+            args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
         Ok(Self {
             state_dir,
             http_addr,
@@ -474,7 +490,12 @@ impl ServeConfig {
         }
         match &self.api_token_file {
             Some(f) => {
-                let _ = writeln!(out, "  API token file: {}{}", f.display(), if self.generated_token { " (generated)" } else { "" });
+                let _ = writeln!(
+                    out,
+                    "  API token file: {}{}",
+                    f.display(),
+                    if self.generated_token { " (generated)" } else { "" }
+                );
             }
             None => {
                 let _ = writeln!(out, "  API token: from NIKS3_API_TOKEN");
@@ -491,7 +512,8 @@ impl ServeConfig {
             if let Some(spool) = &self.spool_dir
                 && spool != Path::new("/var/lib/niks3/spool")
             {
-                let _ = writeln!(out, "  (and run nix with NIKS3_SPOOL_DIR={} so the hook queues here)", spool.display());
+                let _ =
+                    writeln!(out, "  (and run nix with NIKS3_SPOOL_DIR={} so the hook queues here)", spool.display());
             }
         }
         out

@@ -55,7 +55,10 @@ fn bad_entries_are_quarantined_with_a_reason_and_nothing_reaches_the_cache() {
     assert!(has("/tmp/niks3-evil-path"), "outside the store: {reasons:#?}");
     assert!(has("eeee-too-short-hash"), "bad name: {reasons:#?}");
     assert!(reasons.iter().any(|r| r.contains(&vanish)), "vanished: {reasons:#?}");
-    assert!(reasons.iter().any(|r| r.contains(&corrupt) && r.contains("does not match Nix's record")), "modified: {reasons:#?}");
+    assert!(
+        reasons.iter().any(|r| r.contains(&corrupt) && r.contains("does not match Nix's record")),
+        "modified: {reasons:#?}"
+    );
     let log = server.log_text();
     assert_eq!(log.matches("quarantined spool entry").count(), 6, "one log line per entry:\n{log}");
 

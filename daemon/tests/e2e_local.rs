@@ -22,26 +22,34 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     let info = std::fs::read_to_string(cache.join("nix-cache-info")).expect("nix-cache-info");
     assert!(info.contains("StoreDir: /nix/store") && info.contains("WantMassQuery: 1"), "{info}");
 
-    // A fresh store substitutes the whole closure, checking signatures.
-    let store = w.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache dir");
-    let tool = std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
+    // A fresh store substitutes the whole closure through the read proxy, checking signatures; the
+    // cache directory itself is a valid file:// cache too.
+    w.wait_http(&server);
+    let http = w.url();
+    let store = w.substitute(&http, "from-http", &app, &public_key).expect("substitute through the read proxy");
+    let tool =
+        std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
+    w.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache directory");
 
     // The wrong key is refused.
     let other = "other-1:E+qMd1hoNRkB6JA0pLyjqzcS4bb6qclIWzGuUNfZVYk=";
-    let err = w.substitute(&cache_url, "wrong-key", &app, other).expect_err("unsigned for that key");
+    let err = w.substitute(&http, "wrong-key", &app, other).expect_err("unsigned for that key");
     assert!(err.contains("lacks a valid signature"), "{err}");
 
-    // nix store verify over the whole closure, and the build log.
+    // nix store verify over the whole closure, the build log and the file listing, over HTTP.
     let verify = w
         .nix
         .command("nix")
-        .args(["store", "verify", "--store", &cache_url, "--trusted-public-keys", &public_key, "-r", &app[0]])
+        .args(["store", "verify", "--store", &http, "--trusted-public-keys", &public_key, "-r", &app[0]])
         .output()
         .expect("nix store verify");
     assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
-    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &cache_url, &tree[0]])).expect("nix log");
+    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &http, &tree[0]])).expect("nix log");
     assert!(log.contains("building tree"), "{log}");
+    let ls =
+        w.nix.run(w.nix.command("nix").args(["store", "ls", "--store", &http, "-R", &tree[0]])).expect("nix store ls");
+    assert!(ls.contains("bin/tool") && ls.contains("README-link"), "{ls}");
 
     // The spool is empty and the GC roots of the outputs are gone.
     let drained = e2e_support::wait_for(Duration::from_secs(10), || {

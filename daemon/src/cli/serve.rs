@@ -80,7 +80,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
     let uploader = Arc::new(Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs));
 
-    // nix-cache-info, retried in the background while the store is unreachable.
+    // nix-cache-info: written before READY=1 when the store is reachable, else retried in the background.
+    let first_try = uploader.write_cache_info(config.priority).await;
     let cache_info = {
         let uploader = Arc::clone(&uploader);
         let priority = config.priority;
@@ -88,8 +89,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tokio::pin!(stop);
             let mut backoff = Backoff::for_uploads();
+            let mut result = first_try;
             loop {
-                match uploader.write_cache_info(priority).await {
+                match result {
                     Ok(()) => break,
                     Err(e) => {
                         let delay = backoff.next_delay();
@@ -98,6 +100,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                             () = tokio::time::sleep(delay) => {}
                             () = &mut stop => break,
                         }
+                        result = uploader.write_cache_info(priority).await;
                     }
                 }
             }
@@ -120,7 +123,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let http = start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone()).await?;
+    let http =
+        start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone())
+            .await?;
 
     eprint!("{banner}");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -149,11 +154,14 @@ fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::Se
     config
         .sign_key_files
         .iter()
-        .map(|f| niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display())))
+        .map(|f| {
+            niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display()))
+        })
         .collect()
 }
 
-/// Starts the HTTP server (read proxy, landing page, API, health, metrics).
+/// Binds and starts the HTTP server (read proxy, landing page, API, health, metrics). Binding happens
+/// here, before READY=1, so a port in use is a startup error.
 async fn start_http(
     config: &ServeConfig,
     store: Arc<Store>,
@@ -162,7 +170,20 @@ async fn start_http(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let _ = (config, store, db, keys, metrics, stop);
-    tracing::warn!("the HTTP server is not wired in yet");
-    Ok(None)
+    let api_token = niks3::http::ApiToken::new(config.api_token.expose()).context("API token")?;
+    let state = Arc::new(niks3::http::HttpState {
+        store,
+        db,
+        store_dir: config.nix_store_dir.clone(),
+        priority: config.priority,
+        public_keys: keys.iter().map(niks3::nix::signing::SecretKey::public).collect(),
+        sign_keys: keys,
+        cache_url: config.cache_url.clone(),
+        cache_name: niks3::config::hostname(),
+        metrics,
+        api_token: Some(api_token),
+        limits: niks3::http::ApiLimits::default(),
+    });
+    let listener = niks3::http::bind(config.http_addr).await?;
+    Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
 }

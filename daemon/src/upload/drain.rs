@@ -86,7 +86,7 @@ impl DrainConfig {
             concurrency: concurrency.max(1),
             poll_interval: Duration::from_secs(2),
             once: false,
-            backoff: (Duration::from_millis(500), Duration::from_secs(60)),
+            backoff: (Duration::from_millis(500), Duration::from_mins(1)),
         }
     }
 }
@@ -231,8 +231,12 @@ impl<P: Process> Drainer<P> {
         let entry_path = claimed.path.clone();
         match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry"),
-            Err(e) => tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry"),
+            Ok(Err(e)) => {
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry")
+            }
+            Err(e) => {
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry")
+            }
         }
         Outcome::Acked
     }
@@ -278,7 +282,9 @@ impl<P: Process> Drainer<P> {
             Ok(Err(e)) => {
                 tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry");
             }
-            Err(e) => tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry"),
+            Err(e) => {
+                tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry")
+            }
         }
         // A quarantined entry is not retried automatically: do not pin its outputs in the local store.
         self.remove_roots(outputs).await;

@@ -40,7 +40,9 @@ pub enum UploadError {
     PathInfo(#[from] PathInfoError),
     /// The NAR we serialised from disk does not match what Nix recorded when the path became valid: the
     /// path was modified after it was built. Nothing was published.
-    #[error("NAR of {path} does not match Nix's record: Nix has {expected} ({expected_size} bytes), disk gives {actual} ({actual_size} bytes)")]
+    #[error(
+        "NAR of {path} does not match Nix's record: Nix has {expected} ({expected_size} bytes), disk gives {actual} ({actual_size} bytes)"
+    )]
     HashMismatch {
         /// The store path (full).
         path: String,
@@ -82,15 +84,14 @@ impl UploadError {
         match self {
             UploadError::Store(e) => e.is_transient(),
             UploadError::Db(e) => e.is_transient(),
-            // Nix not startable is an environment problem, not the entry's fault.
-            UploadError::PathInfo(PathInfoError::Spawn { .. }) => true,
+            // Nix not startable is an environment problem, not the entry's fault. A reference vanishing
+            // from the cache between our query and the publish is a GC race: a retry recomputes what is
+            // missing and uploads it again.
+            UploadError::PathInfo(PathInfoError::Spawn { .. }) | UploadError::MissingReference { .. } => true,
             UploadError::PathInfo(_)
             | UploadError::HashMismatch { .. }
             | UploadError::Nar { .. }
             | UploadError::Task(_) => false,
-            // A reference vanished from the cache between our query and the publish (a GC race): a retry
-            // recomputes what is missing and uploads it again.
-            UploadError::MissingReference { .. } => true,
         }
     }
 }

@@ -261,7 +261,8 @@ mod tests {
         let key = ObjectKey::nar(&hash);
         let (tx, rx) = mpsc::channel(4);
         let k = key.clone();
-        let producer = tokio::task::spawn_blocking(move || stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, true));
+        let producer =
+            tokio::task::spawn_blocking(move || stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, true));
         let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
         (producer.await.expect("join"), stored, key)
     }

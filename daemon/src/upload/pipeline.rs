@@ -41,8 +41,46 @@ pub struct ClosureReport {
     pub file_bytes: u64,
 }
 
+/// Paths being uploaded by this process, so concurrent uploads of overlapping closures upload each
+/// path once: the second waits for the first and then finds the path published.
+type PathLocks = Arc<std::sync::Mutex<HashMap<StorePath, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Held from the start of a path's NAR until its narinfo is published (or the attempt failed).
+struct PathGuard {
+    locks: PathLocks,
+    path: StorePath,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl PathGuard {
+    /// Takes the path's lock; the bool is true when another upload held it (and may have published it).
+    async fn acquire(locks: &PathLocks, path: &StorePath) -> (Self, bool) {
+        let lock = {
+            let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(path.clone()).or_default())
+        };
+        let (guard, waited) = match Arc::clone(&lock).try_lock_owned() {
+            Ok(g) => (g, false),
+            Err(_) => (lock.lock_owned().await, true),
+        };
+        (Self { locks: Arc::clone(locks), path: path.clone(), guard: Some(guard) }, waited)
+    }
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map's own reference left: nobody waits for this path; forget it (keeps the map bounded).
+        if map.get(&self.path).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.path);
+        }
+    }
+}
+
 /// Everything written for one path before its narinfo.
 struct PathUploaded {
+    _guard: PathGuard,
     nar: StoredNar,
     listing: Option<ObjectKey>,
     log: Option<ObjectKey>,
@@ -57,6 +95,7 @@ pub struct Uploader {
     nix: NixCli,
     metrics: Arc<Metrics>,
     nar_slots: Arc<Semaphore>,
+    locks: PathLocks,
     jobs: usize,
     listings: bool,
 }
@@ -66,7 +105,15 @@ impl Uploader {
     /// `jobs` NARs at a time (at least 1).
     pub fn new(publisher: Publisher, nix: NixCli, metrics: Arc<Metrics>, jobs: usize) -> Self {
         let jobs = jobs.max(1);
-        Self { publisher, nix, metrics, nar_slots: Arc::new(Semaphore::new(jobs)), jobs, listings: true }
+        Self {
+            publisher,
+            nix,
+            metrics,
+            nar_slots: Arc::new(Semaphore::new(jobs)),
+            locks: PathLocks::default(),
+            jobs,
+            listings: true,
+        }
     }
 
     /// Whether to write `<hash>.ls` listings (default on).
@@ -200,23 +247,40 @@ impl Uploader {
                 in_flight.push(async move { (i, self.upload_path_objects(info).await) });
             }
             let Some((i, res)) = in_flight.next().await else { break };
-            done.insert(i, res?);
-            // Publish i, then any dependent whose NAR is done and whose references are now all published.
-            let mut ready = if waiting.get(&i) == Some(&0) { vec![i] } else { Vec::new() };
-            while let Some(p) = ready.pop() {
-                let Some(up) = done.remove(&p) else { continue };
-                self.publish(&closure[p], &up).await?;
-                report.uploaded += 1;
-                report.nar_bytes += up.nar_size;
-                report.file_bytes += up.nar.file_size;
-                waiting.remove(&p);
-                for &d in dependents.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-                    if let Some(w) = waiting.get_mut(&d) {
-                        *w = w.saturating_sub(1);
-                        if *w == 0 && done.contains_key(&d) {
-                            ready.push(d);
+            let mut ready = Vec::new();
+            let mut published = Vec::new();
+            match res? {
+                Some(up) => {
+                    done.insert(i, up);
+                    if waiting.get(&i) == Some(&0) {
+                        ready.push(i);
+                    }
+                }
+                // Another upload of this process published it meanwhile.
+                None => published.push(i),
+            }
+            // Publish what is ready; each publish may make dependents ready (their NAR done, all their
+            // missing references now published).
+            loop {
+                if let Some(p) = ready.pop() {
+                    let Some(up) = done.remove(&p) else { continue };
+                    self.publish(&closure[p], &up).await?;
+                    report.uploaded += 1;
+                    report.nar_bytes += up.nar_size;
+                    report.file_bytes += up.nar.file_size;
+                    published.push(p);
+                } else if let Some(p) = published.pop() {
+                    waiting.remove(&p);
+                    for &d in dependents.get(&p).map_or(&[][..], Vec::as_slice) {
+                        if let Some(w) = waiting.get_mut(&d) {
+                            *w = w.saturating_sub(1);
+                            if *w == 0 && done.contains_key(&d) {
+                                ready.push(d);
+                            }
                         }
                     }
+                } else {
+                    break;
                 }
             }
         }
@@ -231,7 +295,10 @@ impl Uploader {
     async fn publish(&self, info: &PathInfo, up: &PathUploaded) -> Result<(), UploadError> {
         let started = Instant::now();
         self.publisher
-            .publish(&PublishInput { info, nar: up.nar, listing: up.listing.clone(), log: up.log.clone() }, chrono::Utc::now())
+            .publish(
+                &PublishInput { info, nar: up.nar, listing: up.listing.clone(), log: up.log.clone() },
+                chrono::Utc::now(),
+            )
             .await?;
         let seconds = up.seconds + started.elapsed().as_secs_f64();
         self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
@@ -248,10 +315,16 @@ impl Uploader {
     }
 
     /// Streams the NAR, then writes the listing and build log of one path (not its narinfo).
-    async fn upload_path_objects(&self, info: &PathInfo) -> Result<PathUploaded, UploadError> {
+    /// `None` when another upload of this process published the path while we waited for it.
+    async fn upload_path_objects(&self, info: &PathInfo) -> Result<Option<PathUploaded>, UploadError> {
+        let (guard, waited) = PathGuard::acquire(&self.locks, &info.path).await;
+        if waited && self.db().missing(&[ObjectKey::narinfo(&info.path)]).await?.is_empty() {
+            return Ok(None);
+        }
         let started = Instant::now();
         let streamed = {
             let _slot = self.nar_slots.acquire().await.map_err(|e| UploadError::Task(e.to_string()))?;
+            tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
             self.stream_nar(info).await
         };
         let streamed = match streamed {
@@ -277,17 +350,22 @@ impl Uploader {
             Some(drv) => self.upload_log(drv, now).await?,
             None => None,
         };
-        Ok(PathUploaded {
+        Ok(Some(PathUploaded {
+            _guard: guard,
             nar: StoredNar { file_hash: streamed.file_hash, file_size: streamed.file_size },
             listing,
             log,
             nar_size: streamed.nar_size,
             seconds: started.elapsed().as_secs_f64(),
-        })
+        }))
     }
 
     /// Uploads the build log of `drv` if Nix has one and the cache does not.
-    async fn upload_log(&self, drv: &StorePath, now: chrono::DateTime<chrono::Utc>) -> Result<Option<ObjectKey>, UploadError> {
+    async fn upload_log(
+        &self,
+        drv: &StorePath,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<ObjectKey>, UploadError> {
         let key = ObjectKey::log(drv);
         if self.db().missing(std::slice::from_ref(&key)).await?.is_empty() {
             return Ok(Some(key));
@@ -314,16 +392,16 @@ impl Uploader {
         let fs_path = self.store_dir().path_of(&info.path);
         let display = self.store_dir().display(&info.path);
         let (hash, size, listings, nar_key) = (info.nar_hash, info.nar_size, self.listings, key.clone());
-        let producer = tokio::task::spawn_blocking(move || stream_nar(&fs_path, &display, hash, size, nar_key, tx, listings));
+        let producer =
+            tokio::task::spawn_blocking(move || stream_nar(&fs_path, &display, hash, size, nar_key, tx, listings));
         let stored = self.store().put_stream(&key, rx, NAR_CONTENT_TYPE).await;
-        let produced = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
-        match (produced, stored) {
-            (Ok(streamed), Ok(_)) => Ok(streamed),
+        let nar_result = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
+        match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.
-            (Err(e @ UploadError::HashMismatch { .. }), _) => Err(e),
-            // The store failed first; the NAR thread only saw the channel close.
-            (_, Err(store_err)) => Err(store_err.into()),
-            (Err(e), Ok(_)) => Err(e),
+            Err(e @ UploadError::HashMismatch { .. }) => Err(e),
+            Ok(streamed) => stored.map(|_| streamed).map_err(Into::into),
+            // When the store failed first, the NAR thread only saw the channel close: report the store.
+            Err(e) => Err(stored.err().map_or(e, Into::into)),
         }
     }
 }

@@ -105,12 +105,8 @@ impl Publisher {
     pub async fn publish(&self, input: &PublishInput<'_>, now: DateTime<Utc>) -> Result<NarInfo, UploadError> {
         let info = input.info;
         let nar_key = ObjectKey::nar(&info.nar_hash);
-        let ref_keys: Vec<(ObjectKey, &crate::nix::store_path::StorePath)> = info
-            .references
-            .iter()
-            .filter(|r| **r != info.path)
-            .map(|r| (ObjectKey::narinfo(r), r))
-            .collect();
+        let ref_keys: Vec<(ObjectKey, &crate::nix::store_path::StorePath)> =
+            info.references.iter().filter(|r| **r != info.path).map(|r| (ObjectKey::narinfo(r), r)).collect();
         if !ref_keys.is_empty() {
             let keys: Vec<ObjectKey> = ref_keys.iter().map(|(k, _)| k.clone()).collect();
             let missing = self.db.missing(&keys).await?;
@@ -120,7 +116,9 @@ impl Publisher {
                 return Err(UploadError::MissingReference { path: info.path.clone(), reference: (*path).clone() });
             }
         }
-        self.db.record_object(&NewObject { key: nar_key.clone(), size: input.nar.file_size, refs: Vec::new() }, now).await?;
+        self.db
+            .record_object(&NewObject { key: nar_key.clone(), size: input.nar.file_size, refs: Vec::new() }, now)
+            .await?;
 
         let narinfo = self.narinfo(input);
         let text = narinfo.to_text(&self.store_dir);

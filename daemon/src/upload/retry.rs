@@ -20,7 +20,7 @@ impl Backoff {
 
     /// The default for uploads: 0.5 s doubling up to 60 s.
     pub fn for_uploads() -> Self {
-        Self::new(Duration::from_millis(500), Duration::from_secs(60))
+        Self::new(Duration::from_millis(500), Duration::from_mins(1))
     }
 
     /// Attempts so far.

@@ -165,11 +165,19 @@ impl World {
         Server { child: Some(child), log }
     }
 
+    /// Waits until the read proxy answers `nix-cache-info` with 200.
+    pub fn wait_http(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(30), || self.http_status("/nix-cache-info") == Some(200));
+        assert!(ok, "the read proxy never served nix-cache-info:\n{}", server.log_text());
+    }
+
     /// The public key the server generated (after it started once).
     pub fn public_key(&self) -> String {
         let keys = self.state().join("keys");
         let ok = wait_for(Duration::from_secs(20), || {
-            std::fs::read_dir(&keys).map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub"))).unwrap_or(false)
+            std::fs::read_dir(&keys)
+                .map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub")))
+                .unwrap_or(false)
         });
         assert!(ok, "no public key generated in {}", keys.display());
         let pubfile = std::fs::read_dir(&keys)
@@ -206,7 +214,8 @@ impl World {
     /// The narinfo text for `path` as the read proxy serves it.
     pub fn narinfo_text(&self, path: &str) -> Option<String> {
         let base = Path::new(path).file_name().and_then(|n| n.to_str()).expect("basename");
-        let out = Command::new("curl").args(["-sf", &format!("{}/{}.narinfo", self.url(), &base[..32])]).output().ok()?;
+        let out =
+            Command::new("curl").args(["-sf", &format!("{}/{}.narinfo", self.url(), &base[..32])]).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -235,7 +244,10 @@ impl World {
     pub fn spool_entries(&self, sub: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.spool().join(sub))
             .map(|d| {
-                d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_none_or(|x| x != "reason")).collect()
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_none_or(|x| x != "reason"))
+                    .collect()
             })
             .unwrap_or_default()
     }
@@ -360,3 +372,25 @@ in rec {
   '';
 }
 "#;
+
+/// Checks the cache invariant on a local cache directory: every narinfo's NAR exists, and so do the
+/// narinfos of all its references. Returns the number of narinfos checked.
+pub fn check_local_invariant(cache: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(cache).expect("cache dir").filter_map(Result::ok) {
+        let p = entry.path();
+        if p.extension().is_none_or(|x| x != "narinfo") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&p).expect("narinfo");
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
+        let url = field("URL:");
+        assert!(cache.join(url).is_file(), "{} points at missing NAR {url}", p.display());
+        for r in field("References:").split_whitespace() {
+            assert!(cache.join(format!("{}.narinfo", &r[..32])).is_file(), "{} lacks its reference {r}", p.display());
+        }
+        assert!(text.contains("\nSig: "), "{} is unsigned", p.display());
+    }
+    n
+}
