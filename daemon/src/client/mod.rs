@@ -139,7 +139,8 @@ impl ApiClient {
     ) -> Result<Resp, ClientError> {
         let what = format!("POST {path}");
         let rb = self.authorized(self.http.post(format!("{}{path}", self.base))).json(body).timeout(timeout);
-        let resp = rb.send().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+        let resp =
+            rb.send().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
         let resp = check_status(resp, &what).await?;
         let bytes =
             resp.bytes().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;

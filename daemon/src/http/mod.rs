@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use warp::Filter;
 
-pub use api::auth::ApiToken;
 pub use api::ApiLimits;
+pub use api::auth::ApiToken;
 
 /// What went wrong starting the HTTP server.
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +175,12 @@ async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::
     let read_only = req.method == http::Method::GET || req.method == http::Method::HEAD;
     match path {
         "/" => ("landing", if read_only { landing::handle(state, &req) } else { response::method_not_allowed() }),
-        "/health" => ("health", if read_only { health::handle(state, &req).await } else { response::method_not_allowed() }),
-        "/metrics" => ("metrics", if read_only { metrics::handle(state, &req) } else { response::method_not_allowed() }),
+        "/health" => {
+            ("health", if read_only { health::handle(state, &req).await } else { response::method_not_allowed() })
+        }
+        "/metrics" => {
+            ("metrics", if read_only { metrics::handle(state, &req) } else { response::method_not_allowed() })
+        }
         "/nix-cache-info" => {
             ("cache-info", if read_only { cacheinfo::handle(state, &req) } else { response::method_not_allowed() })
         }

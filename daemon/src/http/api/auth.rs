@@ -111,7 +111,10 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("35 characters"), "{msg}");
         assert!(!msg.contains("abcdef"), "{msg}");
-        assert!(matches!(ApiToken::new("a b c d e f g h i j k l m n o p q r s t"), Err(AuthError::BadCharacters { .. })));
+        assert!(matches!(
+            ApiToken::new("a b c d e f g h i j k l m n o p q r s t"),
+            Err(AuthError::BadCharacters { .. })
+        ));
     }
 
     #[test]

@@ -67,7 +67,8 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usiz
     let mut body = req.body;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk: Bytes = chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
+        let chunk: Bytes =
+            chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(response::json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,5 +77,6 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usiz
         }
         buf.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&buf).map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&buf)
+        .map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
