@@ -63,6 +63,7 @@ fn clip(s: &str) -> String {
 }
 
 /// A validated closure: its roots and its paths, dependencies before dependents.
+#[derive(Debug)]
 pub struct ValidClosure {
     /// The roots, in request order.
     pub roots: Vec<StorePath>,
@@ -519,4 +520,47 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         StatusCode::OK,
         &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(hash: &str, refs: &[&str]) -> PathInfoWire {
+        PathInfoWire {
+            path: format!("/nix/store/{hash}-p"),
+            nar_hash: "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9".to_owned(),
+            nar_size: 120,
+            references: refs.iter().map(|r| format!("/nix/store/{r}-p")).collect(),
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    const A: &str = "0c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+    const B: &str = "1c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+    const C: &str = "2c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+
+    #[test]
+    fn closure_is_ordered_dependencies_first() {
+        let sd = StoreDir::default();
+        let paths = [w(A, &[A, B, C]), w(B, &[C]), w(C, &[])];
+        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, 10).expect("valid");
+        let order: Vec<&str> = c.paths.iter().map(|p| p.path.hash_part()).collect();
+        assert_eq!(order, [C, B, A]);
+    }
+
+    #[test]
+    fn cycles_missing_references_and_too_many_paths_are_refused() {
+        let sd = StoreDir::default();
+        let root = [format!("/nix/store/{A}-p")];
+        let e = validate_closure(&sd, &root, &[w(A, &[B]), w(B, &[A])], 10).expect_err("cycle");
+        assert!(e.contains("cycle"), "{e}");
+        let e = validate_closure(&sd, &root, &[w(A, &[C])], 10).expect_err("missing");
+        assert!(e.contains("not in the request"), "{e}");
+        let e = validate_closure(&sd, &root, &[w(A, &[]), w(B, &[])], 1).expect_err("too many");
+        assert!(e.contains("too many"), "{e}");
+        let e = validate_closure(&sd, &[format!("/nix/store/{B}-p")], &[w(A, &[])], 10).expect_err("root");
+        assert!(e.contains("not among the paths"), "{e}");
+    }
 }
