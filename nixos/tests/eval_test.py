@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+"""Evaluates nixos/module.nix with ../shared/tools/eval-nixos-module (the real nixpkgs lib, stand-ins for
+the rest of NixOS) on the example configurations and on broken ones, and checks the JSON it prints: the
+systemd units' commands, environment, credentials and hardening, the GC timer, the post-build-hook
+wrapper, and that every misconfiguration fails with a message naming the option at fault.
+
+Usage: eval_test.py REPO_ROOT EVAL_TOOL   (tests/nixos-eval.sh passes both). Prints one line per check
+and `N passed, M failed`; exits 1 if any check failed.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT, TOOL = sys.argv[1], sys.argv[2]
+MODULE = os.path.join(ROOT, "nixos/module.nix")
+EXTRA = os.path.join(ROOT, "nixos/tests/eval-pkgs.nix")
+EXAMPLES = os.path.join(ROOT, "nixos/examples")
+STUB = "/nix/store/00000000000000000000000000000000-"
+
+passed = 0
+failed = 0
+
+
+def check(desc, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"  ok   - {desc}")
+    else:
+        failed += 1
+        print(f"  FAIL - {desc}" + (f": {detail}" if detail else ""))
+
+
+def eq(desc, got, want):
+    check(desc, got == want, f"got {got!r}, want {want!r}")
+
+
+def evaluate(config_text=None, config_file=None):
+    """Runs the tool; returns (exit code, parsed JSON or None, stderr)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if config_file is None:
+            config_file = os.path.join(tmp, "config.nix")
+            with open(config_file, "w") as f:
+                f.write(config_text)
+        p = subprocess.run([TOOL, MODULE, config_file, EXTRA], capture_output=True, text=True)
+    try:
+        data = json.loads(p.stdout) if p.stdout.strip() else None
+    except json.JSONDecodeError:
+        data = None
+    return p.returncode, data, p.stderr
+
+
+def svc(d, name):
+    return d["systemd"].get("services", {}).get(name)
+
+
+def env_of(d, name):
+    return (svc(d, name) or {}).get("environment", {})
+
+
+def sc(d, name):
+    return (svc(d, name) or {}).get("serviceConfig", {})
+
+
+def all_strings(x):
+    if isinstance(x, str):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from all_strings(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from all_strings(v)
+
+
+def check_hardening(d, name):
+    c = sc(d, name)
+    eq(f"{name}: runs as the static user niks3", (c.get("User"), c.get("Group")), ("niks3", "niks3"))
+    for key, want in [
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", True),
+        ("PrivateTmp", True),
+        ("ProtectHome", True),
+        ("PrivateDevices", True),
+        ("RestrictAddressFamilies", ["AF_UNIX", "AF_INET", "AF_INET6"]),
+        ("CapabilityBoundingSet", ""),
+        ("SystemCallArchitectures", "native"),
+    ]:
+        eq(f"{name}: {key}={want}", c.get(key), want)
+
+
+def check_no_secret_leak(d, secret_paths):
+    """Secret paths may appear only in LoadCredential (and the echoed options), nowhere else."""
+    units = d["systemd"]
+    leaks = []
+    for kind, entries in units.items():
+        if kind == "tmpfiles":
+            continue
+        for uname, unit in entries.items():
+            u = dict(unit)
+            cfg = dict(u.get("serviceConfig", {}))
+            cfg.pop("LoadCredential", None)
+            u["serviceConfig"] = cfg
+            for s in all_strings(u):
+                for p in secret_paths:
+                    if p in s:
+                        leaks.append(f"{uname}: {s}")
+    check("secret paths reach the units only through LoadCredential", not leaks, "; ".join(leaks))
+
+
+def expect_failure(desc, config_text, pattern):
+    """The config must not evaluate cleanly; the failed assertion or error must match `pattern`."""
+    rc, d, err = evaluate(config_text)
+    msgs = "\n".join(d["failedAssertions"]) if d else err
+    check(f"{desc}: rejected", rc != 0, f"exit {rc}")
+    check(f"{desc}: message /{pattern}/", re.search(pattern, msgs, re.S) is not None, msgs.strip()[-600:])
+
+
+def server_s3():
+    print("== example server-s3.nix (S3 on R2, nginx + ACME, local PostgreSQL, GC timer)")
+    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "server-s3.nix"))
+    eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
+    if not d:
+        check("JSON output", False, err[-800:])
+        return
+    eq("no warnings", d["warnings"], [])
+    s = svc(d, "niks3")
+    c = sc(d, "niks3")
+    e = env_of(d, "niks3")
+    eq("niks3.service Type=notify (sd_notify READY=1)", c.get("Type"), "notify")
+    eq("ExecStart runs niks3 serve", c.get("ExecStart"), f"{STUB}niks3/bin/niks3 serve --priority 30")
+    eq("wanted by multi-user.target", s.get("wantedBy"), ["multi-user.target"])
+    check("ordered after and requires postgresql", "postgresql.service" in s.get("after", [])
+          and s.get("requires") == ["postgresql.service"], str(s.get("after")))
+    eq("StateDirectory=niks3", c.get("StateDirectory"), "niks3")
+    check_hardening(d, "niks3")
+    for k, v in {
+        "NIKS3_STATE_DIR": "/var/lib/niks3",
+        "NIKS3_HTTP_ADDR": "127.0.0.1:5751",
+        "NIKS3_DB": "host=/run/postgresql user=niks3 dbname=niks3",
+        "NIKS3_S3_ENDPOINT": "https://0123456789abcdef.r2.cloudflarestorage.com",
+        "NIKS3_S3_BUCKET": "nix-cache",
+        "NIKS3_S3_REGION": "auto",
+        "NIKS3_S3_USE_SSL": "true",
+        "NIKS3_S3_ACCESS_KEY_FILE": "%d/s3-access-key",
+        "NIKS3_S3_SECRET_KEY_FILE": "%d/s3-secret-key",
+        "NIKS3_API_TOKEN_FILE": "%d/api-token",
+        "NIKS3_SIGN_KEY_PATHS": "%d/sign-key-0",
+        "NIKS3_CACHE_URL": "https://cache.example.org",
+        "NIKS3_SPOOL_DIR": "/var/lib/niks3/spool",
+        "NIKS3_GCROOTS_DIR": "/nix/var/nix/gcroots/niks3",
+        "NIX_REMOTE": "daemon",
+    }.items():
+        eq(f"env {k}", e.get(k), v)
+    check("no local store dir with S3", "NIKS3_STORE_DIR" not in e)
+    eq("LoadCredential: token, S3 keys, signing key", sorted(c.get("LoadCredential", [])), sorted([
+        "api-token:/run/secrets/niks3/api-token",
+        "s3-access-key:/run/secrets/niks3/s3-access-key",
+        "s3-secret-key:/run/secrets/niks3/s3-secret-key",
+        "sign-key-0:/run/secrets/niks3/cache-1.sec",
+    ]))
+    check("GC roots dir writable despite ProtectSystem=strict",
+          "/nix/var/nix/gcroots/niks3" in c.get("ReadWritePaths", []), str(c.get("ReadWritePaths")))
+    check_no_secret_leak(d, ["/run/secrets/"])
+
+    pg = d["services"]["postgresql"]
+    eq("postgresql enabled", pg.get("enable"), True)
+    eq("ensureDatabases", pg.get("ensureDatabases"), ["niks3"])
+    eq("ensureUsers with DB ownership", pg.get("ensureUsers"), [{"name": "niks3", "ensureDBOwnership": True}])
+
+    vh = d["services"]["nginx"].get("virtualHosts", {}).get("cache.example.org", {})
+    eq("nginx vhost ACME + forceSSL", (vh.get("enableACME"), vh.get("forceSSL")), (True, True))
+    eq("nginx proxies / to httpAddr", vh.get("locations", {}).get("/", {}).get("proxyPass"), "http://127.0.0.1:5751")
+    api = vh.get("locations", {}).get("/api/", {})
+    check("nginx streams pushes (no body limit, no request buffering)",
+          "client_max_body_size 0;" in api.get("extraConfig", "")
+          and "proxy_request_buffering off;" in api.get("extraConfig", ""), api.get("extraConfig"))
+    eq("firewall opens 80 and 443", d["networking"].get("firewall", {}).get("allowedTCPPorts"), [80, 443])
+
+    g = sc(d, "niks3-gc")
+    eq("niks3-gc.service is oneshot", g.get("Type"), "oneshot")
+    eq("niks3-gc ExecStart", g.get("ExecStart"),
+       f"{STUB}niks3/bin/niks3 gc --server http://127.0.0.1:5751 "
+       "--auth-token-file ${CREDENTIALS_DIRECTORY}/api-token --older-than=720h --failed-uploads-older-than=6h")
+    eq("niks3-gc LoadCredential", g.get("LoadCredential"), ["api-token:/run/secrets/niks3/api-token"])
+    check_hardening(d, "niks3-gc")
+    eq("niks3-gc after niks3.service", svc(d, "niks3-gc").get("after"), ["niks3.service"])
+    t = d["systemd"].get("timers", {}).get("niks3-gc", {})
+    tc = t.get("timerConfig", {})
+    eq("timer OnCalendar=daily", tc.get("OnCalendar"), "daily")
+    eq("timer RandomizedDelaySec=1800", tc.get("RandomizedDelaySec"), 1800)
+    eq("timer Persistent=true", tc.get("Persistent"), True)
+    eq("timer wanted by timers.target", t.get("wantedBy"), ["timers.target"])
+
+    check("no post-build-hook without services.niks3.hook", "post-build-hook" not in d["nix"].get("settings", {}))
+    check("no drainer without hook.serverUrl", svc(d, "niks3-drain") is None)
+    eq("user niks3 is a system user", d["users"]["users"]["niks3"].get("isSystemUser"), True)
+
+
+def embedded():
+    print("== example embedded.nix (one machine: hook + local server + local store)")
+    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "embedded.nix"))
+    eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
+    if not d:
+        check("JSON output", False, err[-800:])
+        return
+    check("warns that the token is generated while listening on all interfaces",
+          any("apiTokenFile is null" in w for w in d["warnings"]), str(d["warnings"]))
+    e = env_of(d, "niks3")
+    c = sc(d, "niks3")
+    eq("env NIKS3_STORE_DIR", e.get("NIKS3_STORE_DIR"), "/srv/niks3-cache")
+    eq("env NIKS3_HTTP_ADDR all interfaces", e.get("NIKS3_HTTP_ADDR"), ":5751")
+    check("no S3 settings", not any(k.startswith("NIKS3_S3_") for k in e), str(e))
+    check("no key paths (the server generates a key)", "NIKS3_SIGN_KEY_PATHS" not in e)
+    check("no token file (the server generates one)", "NIKS3_API_TOKEN_FILE" not in e)
+    eq("no credentials to load", c.get("LoadCredential"), [])
+    eq("the local server drains the local spool (no --no-spool)", c.get("ExecStart"),
+       f"{STUB}niks3/bin/niks3 serve --priority 30")
+    eq("ReadWritePaths: GC roots and the object directory", c.get("ReadWritePaths"),
+       ["/nix/var/nix/gcroots/niks3", "/srv/niks3-cache"])
+    eq("firewall opens 5751", d["networking"].get("firewall", {}).get("allowedTCPPorts"), [5751])
+    eq("GC reaches the server on loopback with the generated token",
+       (sc(d, "niks3-gc").get("LoadCredential"), "--server http://127.0.0.1:5751 " in sc(d, "niks3-gc").get("ExecStart", "")),
+       (["api-token:/var/lib/niks3/api-token"], True))
+    rules = d["systemd"].get("tmpfiles", {}).get("rules", [])
+    for sub in ["", "/tmp", "/new", "/claimed", "/quarantine"]:
+        check(f"tmpfiles creates spool{sub} owned by niks3",
+              f"d /var/lib/niks3/spool{sub} 0750 niks3 niks3 - -" in rules, str(rules))
+    check("tmpfiles creates the GC roots dir owned by niks3",
+          "d /nix/var/nix/gcroots/niks3 0755 niks3 niks3 - -" in rules)
+    check("tmpfiles creates the object directory", "d /srv/niks3-cache 0750 niks3 niks3 - -" in rules)
+    eq("tmpfiles rules are not duplicated", len(rules), len(set(rules)))
+    check_hook_wrapper(d)
+    check("no drainer (the local server drains)", svc(d, "niks3-drain") is None)
+
+
+def check_hook_wrapper(d):
+    hook = d["nix"].get("settings", {}).get("post-build-hook")
+    check("nix.settings.post-build-hook is set", isinstance(hook, str) and hook.startswith("/nix/store/"), str(hook))
+    if not (isinstance(hook, str) and os.path.isfile(hook)):
+        check("post-build-hook wrapper readable", False, str(hook))
+        return
+    text = open(hook).read()
+    check("wrapper exports NIKS3_SPOOL_DIR", "export NIKS3_SPOOL_DIR=/var/lib/niks3/spool\n" in text, text)
+    check("wrapper exports NIKS3_GCROOTS_DIR", "export NIKS3_GCROOTS_DIR=/nix/var/nix/gcroots/niks3\n" in text, text)
+    check("wrapper execs niks3-hook", f"exec {STUB}niks3-hook/bin/niks3-hook\n" in text, text)
+    p = subprocess.run(["bash", "-n", hook], capture_output=True, text=True)
+    check("wrapper is valid shell (bash -n)", p.returncode == 0, p.stderr)
+
+
+def builder_remote():
+    print("== example builder-remote.nix (hook + niks3 drain to a remote server)")
+    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "builder-remote.nix"))
+    eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
+    if not d:
+        check("JSON output", False, err[-800:])
+        return
+    check("no server, no GC, no database on a builder",
+          svc(d, "niks3") is None and svc(d, "niks3-gc") is None and "niks3-gc" not in d["systemd"].get("timers", {})
+          and not d["services"]["postgresql"].get("enable", False))
+    c = sc(d, "niks3-drain")
+    eq("niks3-drain ExecStart", c.get("ExecStart"),
+       f"{STUB}niks3/bin/niks3 drain --server https://cache.example.org "
+       "--auth-token-file ${CREDENTIALS_DIRECTORY}/api-token "
+       "--spool-dir /var/lib/niks3/spool --gcroots-dir /nix/var/nix/gcroots/niks3")
+    eq("niks3-drain LoadCredential", c.get("LoadCredential"), ["api-token:/run/secrets/niks3/api-token"])
+    eq("niks3-drain restarts", c.get("Restart"), "always")
+    eq("niks3-drain may write the spool's state dir", c.get("StateDirectory"), "niks3")
+    eq("niks3-drain may remove GC roots", c.get("ReadWritePaths"), ["/nix/var/nix/gcroots/niks3"])
+    eq("niks3-drain talks to nix-daemon", env_of(d, "niks3-drain").get("NIX_REMOTE"), "daemon")
+    check_hardening(d, "niks3-drain")
+    check_no_secret_leak(d, ["/run/secrets/"])
+    check_hook_wrapper(d)
+    eq("user niks3 exists on the builder", d["users"]["users"].get("niks3", {}).get("group"), "niks3")
+
+
+BASE_SERVER = """
+    enable = true;
+    signKeyFiles = [ "/run/secrets/k1.sec" ];
+"""
+
+
+def variants():
+    print("== variants")
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {
+        enable = true;
+        database.urlFile = "/run/secrets/db-url";
+        signKeyFiles = [ "/run/secrets/k1.sec" "/run/secrets/k2.sec" ];
+        httpAddr = "0.0.0.0:8080";
+        gc = { olderThan = "30d"; failedUploadsOlderThan = "1h30m"; schedule = "*-*-* 03:00:00"; randomizedDelaySec = 0; };
+        environment.RUST_LOG = "niks3=debug";
+        extraArgs = [ "--jobs" "4" ];
+      }; }""")
+    eq("remote database: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        e, c = env_of(d, "niks3"), sc(d, "niks3")
+        eq("NIKS3_DB_FILE from a credential", e.get("NIKS3_DB_FILE"), "%d/db-url")
+        check("no peer connection string", "NIKS3_DB" not in e)
+        check("db-url credential", "db-url:/run/secrets/db-url" in c.get("LoadCredential", []))
+        check("no local postgresql", not d["services"]["postgresql"].get("enable", False)
+              and "postgresql.service" not in svc(d, "niks3").get("after", []))
+        eq("two signing keys, colon-separated", e.get("NIKS3_SIGN_KEY_PATHS"), "%d/sign-key-0:%d/sign-key-1")
+        eq("extra env passed through", e.get("RUST_LOG"), "niks3=debug")
+        check("extraArgs appended", c.get("ExecStart", "").endswith("serve --priority 30 --jobs 4"), c.get("ExecStart"))
+        g = sc(d, "niks3-gc").get("ExecStart", "")
+        check("GC maps 0.0.0.0 to loopback", "--server http://127.0.0.1:8080 " in g, g)
+        check("GC durations passed", "--older-than=30d --failed-uploads-older-than=1h30m" in g, g)
+        eq("GC schedule", d["systemd"]["timers"]["niks3-gc"]["timerConfig"]["OnCalendar"], "*-*-* 03:00:00")
+        check("firewall closed by default", "allowedTCPPorts" not in d["networking"].get("firewall", {}))
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        httpAddr = "[::]:443";
+        gc.enable = false;
+        hook = { enable = true; serverUrl = "https://other.example.org"; tokenFile = "/run/secrets/t"; };
+      }; }""")
+    eq("server + hook to another server: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        c = sc(d, "niks3")
+        check("local server leaves the spool to niks3-drain (--no-spool)", "--no-spool" in c.get("ExecStart", ""))
+        check("niks3-drain present", svc(d, "niks3-drain") is not None)
+        eq("port 443 gets CAP_NET_BIND_SERVICE only", (c.get("AmbientCapabilities"), c.get("CapabilityBoundingSet")),
+           ("CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE"))
+        check("gc.enable = false: no GC unit or timer",
+              svc(d, "niks3-gc") is None and "niks3-gc" not in d["systemd"].get("timers", {}))
+        rules = d["systemd"]["tmpfiles"]["rules"]
+        eq("tmpfiles rules are not duplicated with both roles", len(rules), len(set(rules)))
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        nginx = { enable = true; domain = "cache.lan"; enableACME = false; forceSSL = false; };
+        apiTokenFile = "/run/secrets/t";
+      }; }""")
+    eq("nginx without TLS: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        eq("cache URL defaults to http://domain", env_of(d, "niks3").get("NIKS3_CACHE_URL"), "http://cache.lan")
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        hook.enable = true;
+        hook.spoolDir = "/srv/spool";
+      }; }""")
+    eq("spool outside the state dir: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        c = sc(d, "niks3")
+        check("spool outside the state dir is writable", "/srv/spool" in c.get("ReadWritePaths", []))
+        eq("server drains the hook's spool", env_of(d, "niks3").get("NIKS3_SPOOL_DIR"), "/srv/spool")
+        check("tmpfiles creates /srv/spool/new", "d /srv/spool/new 0750 niks3 niks3 - -" in d["systemd"]["tmpfiles"]["rules"])
+
+
+def rejected():
+    print("== misconfigurations are rejected with a clear message")
+    expect_failure("partial S3", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        s3 = { endpoint = "https://s3.example.org"; bucket = "b"; }; }; }""",
+                   r"all or nothing.*missing: accessKeyFile, secretKeyFile")
+    expect_failure("S3 and storeDir", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        storeDir = "/srv/c"; s3 = { endpoint = "e"; bucket = "b"; accessKeyFile = "/run/a"; secretKeyFile = "/run/s"; };
+      }; }""", r"storeDir and s3\.\* are two stores")
+    expect_failure("nginx on a public domain without apiTokenFile", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        nginx = { enable = true; domain = "cache.example.org"; }; }; }""",
+                   r"nginx publishes the push API on cache\.example\.org; set apiTokenFile")
+    expect_failure("nginx without domain", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        apiTokenFile = "/run/t"; nginx.enable = true; }; }""", r"nginx\.enable needs services\.niks3\.nginx\.domain")
+    expect_failure("no signing key and no generateSignKey", """{ ... }: { services.niks3.enable = true; }""",
+                   r"signKeyFiles is empty.*generateSignKey = true")
+    expect_failure("secret in the Nix store", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        apiTokenFile = "/nix/store/00000000000000000000000000000000-token"; }; }""",
+                   r"secrets must be absolute runtime paths outside /nix/store.*services\.niks3\.apiTokenFile")
+    expect_failure("relative secret path", """{ ... }: { services.niks3 = {
+        enable = true; signKeyFiles = [ "keys/cache.sec" ]; }; }""",
+                   r"services\.niks3\.signKeyFiles\[0\] = keys/cache\.sec")
+    expect_failure("secret as a Nix path literal (would be copied into the store)", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        apiTokenFile = ./token; }; }""", r"services\.niks3\.apiTokenFile.*not of type")
+    expect_failure("local database and urlFile", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        database = { createLocally = true; urlFile = "/run/db"; }; }; }""", r"createLocally = true and urlFile")
+    expect_failure("no database at all", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        database.createLocally = false; }; }""", r"set urlFile .* or createLocally = true")
+    expect_failure("hook without server", """{ ... }: { services.niks3.hook.enable = true; }""",
+                   r"hook: serverUrl is null.*services\.niks3\.enable is false")
+    expect_failure("hook serverUrl without tokenFile", """{ ... }: {
+        services.niks3.hook = { enable = true; serverUrl = "https://c.example.org"; }; }""",
+                   r"serverUrl = https://c\.example\.org needs hook\.tokenFile")
+    expect_failure("bad GC duration", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        gc.olderThan = "30 days"; }; }""", r"services\.niks3\.gc\.olderThan.*not of type")
+    expect_failure("httpAddr without port", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        httpAddr = "localhost"; }; }""", r"services\.niks3\.httpAddr.*not of type")
+    expect_failure("unknown option", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        s3.acessKeyFile = "/run/a"; }; }""", r"services\.niks3\.s3\.acessKeyFile.*does not exist")
+
+
+def main():
+    for f in [TOOL, MODULE, EXTRA]:
+        if not os.path.exists(f):
+            print(f"missing {f}")
+            sys.exit(2)
+    server_s3()
+    embedded()
+    builder_remote()
+    variants()
+    rejected()
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
