@@ -8,14 +8,17 @@ Usage: eval_test.py REPO_ROOT EVAL_TOOL   (tests/nixos-eval.sh passes both). Pri
 and `N passed, M failed`; exits 1 if any check failed.
 """
 
+import ast
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 ROOT, TOOL = sys.argv[1], sys.argv[2]
+LIB = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "nixpkgs-lib/lib")
 MODULE = os.path.join(ROOT, "nixos/module.nix")
 EXTRA = os.path.join(ROOT, "nixos/tests/eval-pkgs.nix")
 EXAMPLES = os.path.join(ROOT, "nixos/examples")
@@ -389,6 +392,84 @@ def rejected():
         s3.acessKeyFile = "/run/a"; }; }""", r"services\.niks3\.s3\.acessKeyFile.*does not exist")
 
 
+def nix_eval(file, **args):
+    """nix-instantiate --eval --strict --json FILE with --arg/--argstr; returns (parsed or None, stderr)."""
+    cmd = ["nix-instantiate", "--eval", "--strict", "--json", "--arg", "libPath", LIB]
+    for k, v in args.items():
+        cmd += ["--argstr", k, v]
+    p = subprocess.run(cmd + [file], capture_output=True, text=True)
+    return (json.loads(p.stdout) if p.returncode == 0 else None), p.stderr
+
+
+def flake():
+    print("== flake.nix (the parts that evaluate without nixpkgs)")
+    d, err = nix_eval(os.path.join(ROOT, "nixos/tests/flake-eval.nix"))
+    check("flake.nix evaluates", d is not None, err[-600:])
+    if not d:
+        return
+    eq("inputs", d["inputs"], ["nixpkgs"])
+    eq("outputs", d["outputNames"], ["checks", "devShells", "formatter", "nixosModules", "overlays", "packages"])
+    pkg = os.path.join(ROOT, "nixos/package.nix")
+    version = tomllib.load(open(os.path.join(ROOT, "Cargo.toml"), "rb"))["workspace"]["package"]["version"]
+    eq("overlay: niks3 from nixos/package.nix at the workspace version",
+       d["overlay"].get("niks3"), {"crate": "niks3", "file": pkg, "version": version})
+    eq("overlay: niks3-hook from nixos/package.nix",
+       d["overlay"].get("niks3-hook"), {"crate": "niks3-hook", "file": pkg, "version": version})
+    check("package.nix takes src, version, crate, rustPlatform",
+          {"src", "version", "crate", "rustPlatform"} <= set(d["packageArgs"]), str(d["packageArgs"]))
+    eq("nixosModules.default imports nixos/module.nix", d["moduleDefaultImports"], [os.path.join(ROOT, "nixos/module.nix")])
+    eq("checks: the three VM tests", d["checks"], {n: os.path.join(ROOT, f"checks/{n}.nix") for n in ["cache", "gc", "server-down"]})
+    flake_text = open(os.path.join(ROOT, "flake.nix")).read()
+    members = tomllib.load(open(os.path.join(ROOT, "Cargo.toml"), "rb"))["workspace"]["members"]
+    missing = [m for m in members + ["Cargo.toml", "Cargo.lock", "migrations"] if f"./{m}\n" not in flake_text]
+    check("cargo source set lists every workspace member, Cargo.lock and migrations", not missing, str(missing))
+    check("Cargo.lock feeds buildRustPackage", "cargoLock.lockFile = ../Cargo.lock;" in open(pkg).read())
+
+
+VM_NODES = {
+    "cache": ["builder", "client", "server"],
+    "gc": ["machine"],
+    "server-down": ["builder", "server"],
+}
+
+
+def vm_checks():
+    print("== checks/*.nix: test scripts are Python, nodes configure the module legally")
+    for check_name, nodes in VM_NODES.items():
+        d, err = nix_eval(os.path.join(ROOT, "nixos/tests/vm-checks.nix"), check=check_name)
+        check(f"{check_name}: evaluates", d is not None, err[-600:])
+        if not d:
+            continue
+        eq(f"{check_name}: nodes", d["nodes"], nodes)
+        try:
+            ast.parse(d["testScript"])
+            check(f"{check_name}: testScript is valid Python", True)
+        except SyntaxError as e:
+            check(f"{check_name}: testScript is valid Python", False, f"{e.msg} at line {e.lineno}: {e.text}")
+        for node in nodes:
+            cfg = ("{ lib, ... }: { imports = [ ((import %s { inherit lib; }).nodes.%s) ]; }"
+                   % (os.path.join(ROOT, f"checks/{check_name}.nix"), json.dumps(node)))
+            rc, nd, nerr = evaluate(cfg)
+            eq(f"{check_name}/{node}: evaluates with no failed assertion", (rc, nd and nd["failedAssertions"]), (0, []))
+            if not nd:
+                continue
+            hook = nd["nix"].get("settings", {}).get("post-build-hook")
+            if node in ("builder", "machine"):
+                check(f"{check_name}/{node}: post-build-hook installed", isinstance(hook, str))
+            if node == "client":
+                check("cache/client: no niks3 units, no hook", not any(k.startswith("niks3") for k in nd["systemd"].get("services", {})) and hook is None)
+            if check_name == "cache" and node == "server":
+                e = env_of(nd, "niks3")
+                eq("cache/server: Garage endpoint and region", (e.get("NIKS3_S3_ENDPOINT"), e.get("NIKS3_S3_REGION")), ("http://127.0.0.1:3900", "garage"))
+                eq("cache/server: started by the test script, not at boot", svc(nd, "niks3").get("wantedBy"), [])
+                eq("cache/server: nginx vhost 'server' without TLS",
+                   {k: v for k, v in nd["services"]["nginx"]["virtualHosts"]["server"].items() if k in ("enableACME", "forceSSL")},
+                   {"enableACME": False, "forceSSL": False})
+            if check_name in ("cache", "server-down") and node == "builder":
+                x = sc(nd, "niks3-drain").get("ExecStart", "")
+                check(f"{check_name}/builder: niks3-drain pushes to the server", " --server http://server" in x, x)
+
+
 def main():
     for f in [TOOL, MODULE, EXTRA]:
         if not os.path.exists(f):
@@ -399,6 +480,8 @@ def main():
     builder_remote()
     variants()
     rejected()
+    flake()
+    vm_checks()
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
