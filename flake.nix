@@ -56,6 +56,8 @@
           contents = [
             pkgs.niks3
             pkgs.cacert
+            # pg_ctl starts the embedded PostgreSQL through /bin/sh.
+            pkgs.dockerTools.binSh
             (pkgs.dockerTools.fakeNss.override {
               extraPasswdLines = [ "niks3:x:1000:1000:niks3:/var/lib/niks3:/bin/false" ];
               extraGroupLines = [ "niks3:x:1000:" ];
