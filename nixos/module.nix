@@ -426,6 +426,16 @@ in
         example = "/run/secrets/niks3/api-token";
         description = "File holding the remote server's API token (required with serverUrl).";
       };
+      wrapper = mkOption {
+        type = types.package;
+        readOnly = true;
+        default = hookWrapper;
+        defaultText = literalExpression "pkgs.writeShellScript \"niks3-post-build-hook\" …";
+        description = ''
+          The script installed as nix.settings.post-build-hook (read-only). To run another hook too,
+          set post-build-hook with lib.mkForce to your own script ending in `exec ''${wrapper}`.
+        '';
+      };
     };
   };
 

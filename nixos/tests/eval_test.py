@@ -250,6 +250,7 @@ def check_hook_wrapper(d):
     text = open(hook).read()
     check("wrapper exports NIKS3_SPOOL_DIR", "export NIKS3_SPOOL_DIR=/var/lib/niks3/spool\n" in text, text)
     check("wrapper exports NIKS3_GCROOTS_DIR", "export NIKS3_GCROOTS_DIR=/nix/var/nix/gcroots/niks3\n" in text, text)
+    eq("hook.wrapper (read-only option) is the installed script", d["services"]["niks3"]["hook"].get("wrapper"), hook)
     check("wrapper execs niks3-hook", f"exec {STUB}niks3-hook/bin/niks3-hook\n" in text, text)
     p = subprocess.run(["bash", "-n", hook], capture_output=True, text=True)
     check("wrapper is valid shell (bash -n)", p.returncode == 0, p.stderr)
@@ -388,6 +389,8 @@ def rejected():
         gc.olderThan = "30 days"; }; }""", r"services\.niks3\.gc\.olderThan.*not of type")
     expect_failure("httpAddr without port", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         httpAddr = "localhost"; }; }""", r"services\.niks3\.httpAddr.*not of type")
+    expect_failure("setting the read-only hook.wrapper", """{ pkgs, ... }: {
+        services.niks3.hook.wrapper = pkgs.hello; }""", r"services\.niks3\.hook\.wrapper.*read-only")
     expect_failure("unknown option", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         s3.acessKeyFile = "/run/a"; }; }""", r"services\.niks3\.s3\.acessKeyFile.*does not exist")
 
