@@ -37,9 +37,9 @@ echo "== module evaluation"
 set +e
 python3 "$root/nixos/tests/eval_test.py" "$root" "$tool" | tee "$tmp/eval.out"
 set -e
-read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$tmp/eval.out" | tail -1)
+read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed\( (\([0-9]*\) skipped)\)\{0,1\}$/\1 \2 \4/p' "$tmp/eval.out" | tail -1)
 [ -n "${p:-}" ] || { p=0; f=1; echo "  FAIL - eval_test.py did not finish"; }
-pass=$((pass + p)); fail=$((fail + f))
+pass=$((pass + p)); fail=$((fail + f)); skipped=${s:-0}
 
 echo "== docs/nixos-example-output.json is up to date"
 if "$root/nixos/tests/example-output.sh" "$tool" >"$tmp/example-output.json" 2>"$tmp/example-output.err" \
@@ -50,5 +50,5 @@ else
   cat "$tmp/example-output.err"; fail=$((fail + 1))
 fi
 
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed$([ "$skipped" = 0 ] || echo " ($skipped skipped)")"
 [ "$fail" = 0 ]

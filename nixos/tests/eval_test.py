@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 
 ROOT, TOOL = sys.argv[1], sys.argv[2]
@@ -590,6 +591,82 @@ def tmpfiles_and_permissions(d, example):
         check(f"{example}: niks3 user cannot write outside its directories", p.returncode != 0, "touch succeeded")
 
 
+def hook_end_to_end():
+    """The module's post-build-hook wrapper, installed in a real Nix (2.8, offline) with the real
+    niks3-hook built from this tree: a build stays green, its output is queued in the spool the module
+    configured, and a GC root is made where the module said."""
+    print("== end to end: the module's post-build-hook wrapper under real Nix with the real niks3-hook")
+    hook_bin = os.environ.get("NIKS3_HOOK_BIN")
+    if not hook_bin:
+        lib_rs = open(os.path.join(ROOT, "hook/src/lib.rs")).read()
+        if "todo!(" in lib_rs:
+            skip("hook wrapper under real Nix", "niks3-hook is not implemented in this tree (hook/src/lib.rs has todo!())")
+            return
+        p = subprocess.run(["cargo", "build", "--locked", "-q", "-p", "niks3-hook", "--bin", "niks3-hook"],
+                           cwd=ROOT, capture_output=True, text=True)
+        check("cargo build -p niks3-hook", p.returncode == 0, p.stderr[-800:])
+        if p.returncode != 0:
+            return
+        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+        hook_bin = os.path.join(target, "debug/niks3-hook")
+    if os.geteuid() != 0 or not shutil.which("nix-build"):
+        skip("hook wrapper under real Nix", "needs root and nix-build (single-user Nix writes /nix/store)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        os.makedirs(f"{tmp}/hookpkg/bin")
+        os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
+        extra = f"{tmp}/extra.nix"
+        with open(extra, "w") as fh:
+            fh.write(f"""import {EXTRA} // {{
+  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
+}}""")
+        cfg = f"{tmp}/config.nix"
+        with open(cfg, "w") as fh:
+            fh.write(f"""{{ ... }}: {{ services.niks3 = {{
+  enable = true; generateSignKey = true;
+  hook = {{ enable = true; spoolDir = "{tmp}/spool"; gcrootsDir = "{tmp}/gcroots"; }};
+}}; }}""")
+        p = subprocess.run([TOOL, MODULE, cfg, extra], capture_output=True, text=True)
+        check("config with a spool in a scratch dir evaluates", p.returncode == 0, p.stderr[-600:])
+        if p.returncode != 0:
+            return
+        d = json.loads(p.stdout)
+        text = open(d["nix"]["settings"]["post-build-hook"]).read()
+        # pkgs.writeShellScript writes `#!<bash>` + the text into an executable file; the stand-in
+        # keeps only the text, in a read-only store file, so give it the same shape here.
+        wrapper = f"{tmp}/niks3-post-build-hook"
+        with open(wrapper, "w") as fh:
+            fh.write("#!" + shutil.which("bash") + "\n" + text)
+        os.chmod(wrapper, 0o755)
+        # What the module's tmpfiles rules create (checked above with systemd-tmpfiles).
+        for sub in ("tmp", "new", "claimed", "quarantine"):
+            os.makedirs(f"{tmp}/spool/{sub}")
+        os.makedirs(f"{tmp}/etc")
+        with open(f"{tmp}/etc/nix.conf", "w") as fh:
+            fh.write("sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
+                     "narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n"
+                     f"post-build-hook = {wrapper}\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
+        env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache")
+        salt = str(time.time_ns())
+        expr = ('derivation { name = "niks3-nixos-eval-hook"; system = builtins.currentSystem; '
+                f'builder = "/bin/sh"; args = [ "-c" "echo {salt} > $out" ]; }}')
+        p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
+        out = p.stdout.strip()
+        check("the build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
+        if p.returncode != 0:
+            return
+        check("the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
+        entries = sorted(os.listdir(f"{tmp}/spool/new"))
+        eq("one entry queued in the module's spool", len(entries), 1)
+        if entries:
+            body = open(f"{tmp}/spool/new/{entries[0]}").read()
+            check("the entry names the built output", f"\nout={out}\n" in body and body.startswith("niks3-spool-v1\n"), body)
+        root = f"{tmp}/gcroots/{os.path.basename(out)}"
+        eq("a GC root for the output in the module's gcrootsDir", os.path.islink(root) and os.readlink(root), out)
+        eq("nothing left in spool/tmp", os.listdir(f"{tmp}/spool/tmp"), [])
+
+
 def main():
     for f in [TOOL, MODULE, EXTRA]:
         if not os.path.exists(f):
@@ -602,6 +679,7 @@ def main():
     rejected()
     flake()
     vm_checks()
+    hook_end_to_end()
     print(f"{passed} passed, {failed} failed" + (f" ({skipped} skipped)" if skipped else ""))
     sys.exit(1 if failed else 0)
 
