@@ -6,7 +6,10 @@
 //! An entry is made durable by write to `tmp/`, fsync, rename into `new/`, fsync of `new/`. Claiming is a
 //! rename from `new/` to `claimed/`, atomic, so two drainers never process the same entry.
 //!
-//! Entry format (text, one `key=value` per line, version first), e.g.
+//! Entry files are named `<unix-nanos, 20 digits>-<pid, 10 digits>-<counter, 6 digits>`, so sorting
+//! by name is sorting by age. Names starting with `.` are ignored (editors, tools).
+//!
+//! Entry format (text, one `key=value` per line, version first, `queued=` last), e.g.
 //! ```text
 //! niks3-spool-v1
 //! drv=/nix/store/…-foo.drv
@@ -16,15 +19,42 @@
 //! ```
 //! std only: the hook must stay tiny and start in well under a millisecond.
 
+use std::collections::BinaryHeap;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub mod drv;
+mod entry;
+pub mod gcroots;
+pub mod store_path;
+
+pub use entry::VERSION_LINE;
 
 /// Why a spool operation failed; every variant names the file it concerns.
 #[derive(Debug)]
 pub enum SpoolError {
     /// File system error at `path`.
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        /// What was being done (`"create"`, `"fsync"`, …).
+        op: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// An entry file is not in the format above; `reason` says why.
-    Malformed { path: PathBuf, reason: String },
+    Malformed {
+        /// The entry file (or, for an entry refused before writing, the directory it was meant for).
+        path: PathBuf,
+        /// What is wrong, with the line number where there is one.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for SpoolError {
@@ -36,7 +66,14 @@ impl std::fmt::Display for SpoolError {
     }
 }
 
-impl std::error::Error for SpoolError {}
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io { source, .. } => Some(source),
+            SpoolError::Malformed { .. } => None,
+        }
+    }
+}
 
 /// One queued build: the derivation and its output paths (full paths, as Nix gave them).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,17 +86,6 @@ pub struct Entry {
     pub queued: u64,
 }
 
-impl Entry {
-    /// Serialises in the format above.
-    pub fn to_text(&self) -> String {
-        todo!()
-    }
-    /// Parses the format above; `path` is only used in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, SpoolError> {
-        todo!("{text} {path:?}")
-    }
-}
-
 /// A claimed entry: its file in `claimed/` and its parsed content (or why it could not be parsed).
 #[derive(Debug)]
 pub struct Claimed {
@@ -69,63 +95,273 @@ pub struct Claimed {
     pub entry: Result<Entry, SpoolError>,
 }
 
+/// Entries are a few hundred bytes; anything past this is not ours and is reported malformed unread.
+pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+
+/// Attempts at finding an unused entry name before giving up (collisions need the same nanosecond).
+const NAME_ATTEMPTS: u32 = 64;
+
 /// A spool directory.
 #[derive(Clone, Debug)]
 pub struct Spool {
     dir: PathBuf,
+    /// Makes names unique among entries this handle (and its clones) write within one nanosecond.
+    counter: Arc<AtomicU64>,
 }
 
 impl Spool {
-    /// Opens a spool, creating its subdirectories if needed.
+    /// Opens a spool, creating the directory (with parents) and its subdirectories if needed.
+    /// The daemon uses this; the hook uses [`Spool::open_existing`].
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
-        todo!("{dir:?}")
+        fs::create_dir_all(dir).map_err(|source| io("create spool dir", dir, source))?;
+        Self::open_existing(dir)
     }
+
+    /// Opens a spool whose directory must already exist (creating only its subdirectories): a missing
+    /// spool dir means niks3 is not set up here, and the hook must say so rather than fill a stray dir.
+    pub fn open_existing(dir: &Path) -> Result<Self, SpoolError> {
+        let meta = fs::metadata(dir).map_err(|source| io("open spool dir", dir, source))?;
+        if !meta.is_dir() {
+            // ENOTDIR (20 on Linux and the BSDs), so the message reads like the OS's own
+            return Err(io("open spool dir", dir, std::io::Error::from_raw_os_error(20)));
+        }
+        let spool = Spool { dir: dir.to_owned(), counter: Arc::new(AtomicU64::new(0)) };
+        for sub in ["tmp", "new", "claimed", "quarantine"] {
+            let p = dir.join(sub);
+            match fs::create_dir(&p) {
+                // The hook runs as root, the daemon usually not: a subdir the hook creates gets the spool
+                // dir's owner, so the daemon can still rename and remove entries in it.
+                Ok(()) => {
+                    let _ = std::os::unix::fs::chown(&p, Some(meta.uid()), Some(meta.gid()));
+                }
+                // EEXIST is the normal case; on a read-only file system mkdir may report EROFS even for an
+                // existing dir, so what matters is whether the directory is there.
+                Err(source) => {
+                    if !p.is_dir() {
+                        return Err(io("create spool subdir", &p, source));
+                    }
+                }
+            }
+        }
+        Ok(spool)
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
     /// The directory the daemon watches for new entries.
     pub fn new_dir(&self) -> PathBuf {
         self.dir.join("new")
     }
-    /// Durably queues `entry`; returns its file in `new/`.
-    pub fn enqueue(&self, entry: &Entry) -> Result<PathBuf, SpoolError> {
-        todo!("{entry:?}")
+
+    fn claimed_dir(&self) -> PathBuf {
+        self.dir.join("claimed")
     }
+
+    fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join("quarantine")
+    }
+
+    /// Durably queues `entry`; returns its file in `new/`. When this returns `Ok`, the entry survives a
+    /// crash or power loss; on `Err` nothing was queued (a stray file may be left in `tmp/`).
+    pub fn enqueue(&self, entry: &Entry) -> Result<PathBuf, SpoolError> {
+        entry.validate().map_err(|reason| SpoolError::Malformed { path: self.new_dir(), reason })?;
+        let text = entry.to_text();
+        let tmp_dir = self.dir.join("tmp");
+        let new_dir = self.new_dir();
+        for _ in 0..NAME_ATTEMPTS {
+            let name = self.next_name();
+            let tmp = tmp_dir.join(&name);
+            let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(io("create", &tmp, source)),
+            };
+            let written = file
+                .write_all(text.as_bytes())
+                .map_err(|source| io("write", &tmp, source))
+                .and_then(|()| file.sync_data().map_err(|source| io("fsync", &tmp, source)));
+            drop(file);
+            let dest = new_dir.join(&name);
+            let moved = written.and_then(|()| {
+                if dest.symlink_metadata().is_ok() {
+                    return Ok(false); // taken by a writer with the same clock reading: pick another name
+                }
+                fs::rename(&tmp, &dest).map(|()| true).map_err(|source| io("rename into", &dest, source))
+            });
+            match moved {
+                Ok(true) => {
+                    fsync_dir(&new_dir)?;
+                    return Ok(dest);
+                }
+                Ok(false) => {
+                    let _ = fs::remove_file(&tmp);
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        }
+        Err(io("find a free entry name in", &new_dir, std::io::Error::from(ErrorKind::AlreadyExists)))
+    }
+
+    fn next_name(&self) -> String {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{nanos:020}-{:010}-{n:06}", std::process::id())
+    }
+
     /// Entries left in `claimed/` by a previous run (to re-process after a crash), oldest first.
     pub fn reclaim(&self) -> Result<Vec<Claimed>, SpoolError> {
-        todo!()
+        let dir = self.claimed_dir();
+        let mut names = list(&dir)?;
+        names.sort();
+        Ok(names.into_iter().map(|n| read_claimed(dir.join(n))).collect())
     }
-    /// Atomically claims up to `max` queued entries, oldest first.
+
+    /// Atomically claims up to `max` queued entries, oldest first. An entry another drainer claimed in
+    /// the meantime is skipped, so fewer than `max` may be returned while more are queued.
+    /// Memory is bounded by `max`, however long the queue.
     pub fn claim(&self, max: usize) -> Result<Vec<Claimed>, SpoolError> {
-        todo!("{max}")
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let new_dir = self.new_dir();
+        let claimed_dir = self.claimed_dir();
+        // keep the `max` smallest names: a max-heap whose top is the first to drop
+        let mut oldest = BinaryHeap::with_capacity(max.saturating_add(1).min(1024));
+        for_each_name(&new_dir, |name| {
+            oldest.push(name);
+            if oldest.len() > max {
+                oldest.pop();
+            }
+        })?;
+        let mut out = Vec::with_capacity(oldest.len());
+        for name in oldest.into_sorted_vec() {
+            let from = new_dir.join(&name);
+            let to = claimed_dir.join(&name);
+            match fs::rename(&from, &to) {
+                Ok(()) => out.push(read_claimed(to)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {} // another drainer got it
+                // what is already claimed is returned; the rest stays queued for the next call
+                Err(_) if !out.is_empty() => break,
+                Err(source) => return Err(io("claim", &from, source)),
+            }
+        }
+        Ok(out)
     }
+
     /// Number of entries waiting in `new/` plus `claimed/` (for metrics).
     pub fn depth(&self) -> Result<usize, SpoolError> {
-        todo!()
+        let mut n = 0;
+        for_each_name(&self.new_dir(), |_| n += 1)?;
+        for_each_name(&self.claimed_dir(), |_| n += 1)?;
+        Ok(n)
     }
-    /// Removes a processed entry.
+
+    /// Removes a processed entry. Idempotent: an entry already gone is fine. Not fsynced: if the removal
+    /// is lost in a crash, the entry is processed again, which uploads nothing new.
     pub fn ack(&self, claimed: &Claimed) -> Result<(), SpoolError> {
-        todo!("{claimed:?}")
+        match fs::remove_file(&claimed.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(io("remove", &claimed.path, source)),
+        }
     }
-    /// Moves an entry to `quarantine/` with a `.reason` file next to it.
+
+    /// Moves an entry to `quarantine/` with a `.reason` file next to it; returns the entry's new path.
+    /// The reason is written first, so a quarantined entry always has one.
     pub fn quarantine(&self, claimed: &Claimed, reason: &str) -> Result<PathBuf, SpoolError> {
-        todo!("{claimed:?} {reason}")
+        let qdir = self.quarantine_dir();
+        let name = claimed.path.file_name().ok_or_else(|| SpoolError::Malformed {
+            path: claimed.path.clone(),
+            reason: "claimed entry path has no file name".into(),
+        })?;
+        let dest = qdir.join(name);
+        let mut reason_name = name.to_owned();
+        reason_name.push(".reason");
+        let reason_path = qdir.join(reason_name);
+        let mut text = reason.to_owned();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let mut f = File::create(&reason_path).map_err(|source| io("create", &reason_path, source))?;
+        f.write_all(text.as_bytes()).map_err(|source| io("write", &reason_path, source))?;
+        f.sync_data().map_err(|source| io("fsync", &reason_path, source))?;
+        fs::rename(&claimed.path, &dest).map_err(|source| io("quarantine", &claimed.path, source))?;
+        fsync_dir(&qdir)?;
+        Ok(dest)
+    }
+
+    /// Removes files in `tmp/` older than `age`: the remains of hooks killed between write and rename.
+    /// Returns how many were removed. Meant for the daemon at start-up.
+    pub fn remove_stale_tmp(&self, age: Duration) -> Result<usize, SpoolError> {
+        let dir = self.dir.join("tmp");
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for name in list(&dir)? {
+            let p = dir.join(name);
+            let old = p
+                .symlink_metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d >= age));
+            if old && fs::remove_file(&p).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 
-/// GC roots that keep queued paths alive in the local Nix store until they are uploaded:
-/// symlinks `<gcroots dir>/<store path basename>` → the store path.
-pub mod gcroots {
-    use super::SpoolError;
-    use std::path::Path;
+/// Reads and parses a claimed entry, never more than [`MAX_ENTRY_BYTES`].
+fn read_claimed(path: PathBuf) -> Claimed {
+    let entry = read_entry(&path);
+    Claimed { path, entry }
+}
 
-    /// Adds a root for `store_path` (idempotent).
-    pub fn add(gcroots_dir: &Path, store_path: &str) -> Result<(), SpoolError> {
-        todo!("{gcroots_dir:?} {store_path}")
+/// Reads and parses one entry file.
+pub fn read_entry(path: &Path) -> Result<Entry, SpoolError> {
+    let file = File::open(path).map_err(|source| io("open", path, source))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes).map_err(|source| io("read", path, source))?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(SpoolError::Malformed {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_ENTRY_BYTES} bytes"),
+        });
     }
-    /// Removes the root for `store_path` (absent is fine).
-    pub fn remove(gcroots_dir: &Path, store_path: &str) -> Result<(), SpoolError> {
-        todo!("{gcroots_dir:?} {store_path}")
+    let text = String::from_utf8(bytes).map_err(|e| SpoolError::Malformed {
+        path: path.to_owned(),
+        reason: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+    })?;
+    Entry::parse(&text, path)
+}
+
+/// Calls `f` with every entry name in `dir` (names starting with `.` are skipped).
+fn for_each_name(dir: &Path, mut f: impl FnMut(OsString)) -> Result<(), SpoolError> {
+    for item in fs::read_dir(dir).map_err(|source| io("list", dir, source))? {
+        let item = item.map_err(|source| io("list", dir, source))?;
+        let name = item.file_name();
+        if !name.as_encoded_bytes().starts_with(b".") {
+            f(name);
+        }
     }
+    Ok(())
+}
+
+fn list(dir: &Path) -> Result<Vec<OsString>, SpoolError> {
+    let mut names = Vec::new();
+    for_each_name(dir, |n| names.push(n))?;
+    Ok(names)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io("fsync", dir, source))
+}
+
+fn io(op: &'static str, path: &Path, source: std::io::Error) -> SpoolError {
+    SpoolError::Io { op, path: path.to_owned(), source }
 }
