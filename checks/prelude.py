@@ -1,5 +1,6 @@
 # Helpers shared by the niks3 VM tests (prepended to each testScript).
 import os
+import re
 
 # The API token the server and the builders share (at least 36 characters). Test only: real
 # deployments keep it in sops-nix (see docs/nixos.md).
@@ -12,6 +13,13 @@ GC_FIGURES = [
     "objects-deleted-after-grace-period",
     "objects-failed-to-delete",
 ]
+
+
+# What Nix says about a narinfo not signed by a trusted key (the wording changed across versions).
+UNTRUSTED_SIGNATURE = (
+    r"lacks a valid signature|does not have a valid signature|not signed by any of the keys"
+    r"|lacks a signature by a trusted key"
+)
 
 
 def write_secret(machine, path, value):
