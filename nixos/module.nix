@@ -465,6 +465,10 @@ in
       # `niks3 push`, `niks3 key`, `niks3 gc` for the administrator.
       environment.systemPackages = [ cfg.package ];
 
+      # The server and the drainer read path metadata through nix-daemon, also on machines that
+      # restrict nix.settings.allowed-users.
+      nix.settings.extra-allowed-users = [ user ];
+
       systemd.tmpfiles.rules = [
         "d ${stateDir} 0750 ${user} ${group} - -"
         "d ${hookCfg.gcrootsDir} 0755 ${user} ${group} - -"
@@ -533,7 +537,7 @@ in
         # after a unit that does not exist is a no-op, so this works across releases.
         after = [ "network-online.target" "nix-daemon.socket" ]
           ++ optionals cfg.database.createLocally [ "postgresql.service" "postgresql-setup.service" "postgresql.target" ];
-        requires = optional cfg.database.createLocally "postgresql.service";
+        requires = [ "nix-daemon.socket" ] ++ optional cfg.database.createLocally "postgresql.service";
         path = [ nixPackage ];
         environment = serverEnv;
         serviceConfig = hardening // {
@@ -639,6 +643,7 @@ in
         wantedBy = [ "multi-user.target" ];
         wants = [ "network-online.target" ];
         after = [ "network-online.target" "nix-daemon.socket" ];
+        requires = [ "nix-daemon.socket" ];
         path = [ nixPackage ];
         environment.NIX_REMOTE = "daemon";
         serviceConfig = hardening // {

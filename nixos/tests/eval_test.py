@@ -146,8 +146,8 @@ def server_s3():
     eq("niks3.service Type=notify (sd_notify READY=1)", c.get("Type"), "notify")
     eq("ExecStart runs niks3 serve", c.get("ExecStart"), f"{STUB}niks3/bin/niks3 serve --priority 30")
     eq("wanted by multi-user.target", s.get("wantedBy"), ["multi-user.target"])
-    check("ordered after and requires postgresql", "postgresql.service" in s.get("after", [])
-          and s.get("requires") == ["postgresql.service"], str(s.get("after")))
+    check("ordered after and requires postgresql and nix-daemon", "postgresql.service" in s.get("after", [])
+          and s.get("requires") == ["nix-daemon.socket", "postgresql.service"], str(s.get("requires")))
     eq("StateDirectory=niks3", c.get("StateDirectory"), "niks3")
     check_hardening(d, "niks3")
     for k, v in {
@@ -288,6 +288,9 @@ def builder_remote():
     eq("niks3-drain may write the spool's state dir", c.get("StateDirectory"), "niks3")
     eq("niks3-drain may remove GC roots", c.get("ReadWritePaths"), ["/nix/var/nix/gcroots/niks3"])
     eq("niks3-drain talks to nix-daemon", env_of(d, "niks3-drain").get("NIX_REMOTE"), "daemon")
+    eq("niks3-drain requires nix-daemon", svc(d, "niks3-drain").get("requires"), ["nix-daemon.socket"])
+    eq("niks3 may use nix-daemon where allowed-users is restricted",
+       d["nix"]["settings"].get("extra-allowed-users"), ["niks3"])
     check_hardening(d, "niks3-drain")
     check_no_secret_leak(d, ["/run/secrets/"])
     check_hook_wrapper(d)
