@@ -307,6 +307,14 @@ BASE_SERVER = """
 
 def variants():
     print("== variants")
+    rc, d, err = evaluate("{ ... }: { }")
+    eq("module imported but nothing enabled: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        check("nothing enabled: no units, users, tmpfiles, hook or packages",
+              not d["systemd"].get("services") and not d["systemd"].get("timers")
+              and not d["systemd"].get("tmpfiles") and not d["users"] and not d["nix"]
+              and not d["environment"] and not d["services"]["postgresql"] and not d["services"]["nginx"],
+              json.dumps({k: d[k] for k in ("systemd", "users", "nix", "environment")})[:600])
     rc, d, err = evaluate("""{ ... }: { services.niks3 = {
         enable = true;
         database.urlFile = "/run/secrets/db-url";
