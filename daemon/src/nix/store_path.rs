@@ -11,13 +11,28 @@ use std::path::{Path, PathBuf};
 pub enum StorePathError {
     /// The path is not under the store directory (or is the store directory itself).
     #[error("{path:?} is not in the Nix store {store_dir:?}")]
-    NotInStore { path: String, store_dir: String },
+    NotInStore {
+        /// The file or directory concerned.
+        path: String,
+        /// The store directory it should be in.
+        store_dir: String,
+    },
     /// The basename is malformed; `reason` says how.
     #[error("invalid store path {input:?}: {reason}")]
-    Invalid { input: String, reason: String },
+    Invalid {
+        /// The input as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store directory is not an absolute, normalised path.
     #[error("invalid store directory {input:?}: {reason}")]
-    InvalidStoreDir { input: String, reason: String },
+    InvalidStoreDir {
+        /// The input as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The store directory (`StoreDir` in `nix-cache-info`), `/nix/store` unless configured otherwise.
@@ -33,7 +48,28 @@ impl Default for StoreDir {
 impl StoreDir {
     /// Accepts an absolute path without `.`/`..` components, NUL or a trailing slash.
     pub fn new(dir: &str) -> Result<Self, StorePathError> {
-        todo!("{dir}")
+        let invalid =
+            |reason: &str| StorePathError::InvalidStoreDir { input: dir.to_owned(), reason: reason.to_owned() };
+        if !dir.starts_with('/') {
+            return Err(invalid("not an absolute path"));
+        }
+        if dir.len() == 1 {
+            return Err(invalid("the root directory cannot be a store"));
+        }
+        if dir.ends_with('/') {
+            return Err(invalid("trailing slash"));
+        }
+        if dir.contains('\0') {
+            return Err(invalid("contains NUL"));
+        }
+        for component in dir[1..].split('/') {
+            match component {
+                "" => return Err(invalid("empty path component (`//`)")),
+                "." | ".." => return Err(invalid("`.` or `..` component")),
+                _ => {}
+            }
+        }
+        Ok(StoreDir(dir.to_owned()))
     }
     /// The directory as a string, e.g. `/nix/store`.
     pub fn as_str(&self) -> &str {
@@ -41,7 +77,22 @@ impl StoreDir {
     }
     /// Parses a full path such as `/nix/store/<hash>-name`; a sub-path inside a store path is rejected.
     pub fn parse_path(&self, path: &str) -> Result<StorePath, StorePathError> {
-        todo!("{path}")
+        let not_in_store = || StorePathError::NotInStore { path: path.to_owned(), store_dir: self.0.clone() };
+        let base =
+            path.strip_prefix(self.0.as_str()).and_then(|rest| rest.strip_prefix('/')).ok_or_else(not_in_store)?;
+        if base.is_empty() {
+            return Err(not_in_store());
+        }
+        if base.contains('/') {
+            return Err(StorePathError::Invalid {
+                input: path.to_owned(),
+                reason: "a path inside a store path, not a store path".to_owned(),
+            });
+        }
+        StorePath::from_basename(base).map_err(|e| match e {
+            StorePathError::Invalid { reason, .. } => StorePathError::Invalid { input: path.to_owned(), reason },
+            other => other,
+        })
     }
     /// The full path of `p` in this store.
     pub fn display(&self, p: &StorePath) -> String {
@@ -51,6 +102,29 @@ impl StoreDir {
     pub fn path_of(&self, p: &StorePath) -> PathBuf {
         Path::new(&self.0).join(p.basename())
     }
+}
+
+/// Length of the hash part of a store path (160 bits in nix32).
+pub const HASH_LEN: usize = 32;
+
+/// Longest name Nix accepts (`<hash>-<name>` then fits in 244 bytes).
+pub const MAX_NAME_LEN: usize = 211;
+
+/// Checks a store path name as Nix does: 1..=211 characters of `[A-Za-z0-9+-._?=]`, not starting with `.`.
+fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".to_owned());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("name is {} bytes long, the limit is {MAX_NAME_LEN}", name.len()));
+    }
+    if name.starts_with('.') {
+        return Err("name starts with `.`".to_owned());
+    }
+    if let Some((pos, ch)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
+        return Err(format!("name has the forbidden character {ch:?} at position {pos}"));
+    }
+    Ok(())
 }
 
 /// A validated store path, independent of the store directory.
@@ -63,11 +137,32 @@ pub struct StorePath {
 impl StorePath {
     /// Parses `<32 nix32 chars>-<name>`.
     pub fn from_basename(basename: &str) -> Result<Self, StorePathError> {
-        todo!("{basename}")
+        let invalid = |reason: String| StorePathError::Invalid { input: basename.to_owned(), reason };
+        if basename.len() < HASH_LEN + 2 {
+            return Err(invalid(format!("too short: expected {HASH_LEN} hash characters, `-` and a name")));
+        }
+        let (hash, rest) = basename.split_at_checked(HASH_LEN).ok_or_else(|| invalid("not ASCII".to_owned()))?;
+        Self::validate_hash_part(hash).map_err(|e| match e {
+            StorePathError::Invalid { reason, .. } => invalid(reason),
+            other => other,
+        })?;
+        let name =
+            rest.strip_prefix('-').ok_or_else(|| invalid(format!("no `-` after the {HASH_LEN}-character hash")))?;
+        validate_name(name).map_err(invalid)?;
+        Ok(StorePath { hash: hash.to_owned(), name: name.to_owned() })
     }
     /// Parses a bare 32-character hash part (as in `<hash>.narinfo`).
     pub fn validate_hash_part(hash: &str) -> Result<(), StorePathError> {
-        todo!("{hash}")
+        let invalid = |reason: String| StorePathError::Invalid { input: hash.to_owned(), reason };
+        if hash.len() != HASH_LEN {
+            return Err(invalid(format!("hash part has {} bytes, expected {HASH_LEN}", hash.len())));
+        }
+        if let Some((pos, ch)) =
+            hash.char_indices().find(|&(_, c)| !c.is_ascii() || !crate::nix::base32::is_nix32_char(c as u8))
+        {
+            return Err(invalid(format!("hash part has {ch:?} at position {pos}, outside the nix32 alphabet")));
+        }
+        Ok(())
     }
     /// The 32-character nix32 hash part.
     pub fn hash_part(&self) -> &str {
@@ -82,7 +177,105 @@ impl StorePath {
         format!("{}-{}", self.hash, self.name)
     }
     /// True for `.drv` store paths.
+    #[allow(clippy::case_sensitive_file_extension_comparisons, reason = "Nix itself compares `.drv` exactly")]
     pub fn is_derivation(&self) -> bool {
         self.name.ends_with(".drv")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5pr";
+
+    #[test]
+    fn parses_valid_paths() {
+        let dir = StoreDir::default();
+        let p = dir.parse_path(&format!("/nix/store/{H}-hello-2.12.1")).expect("valid");
+        assert_eq!(p.hash_part(), H);
+        assert_eq!(p.name(), "hello-2.12.1");
+        assert_eq!(p.basename(), format!("{H}-hello-2.12.1"));
+        assert_eq!(dir.display(&p), format!("/nix/store/{H}-hello-2.12.1"));
+        assert!(!p.is_derivation());
+        let d = StorePath::from_basename(&format!("{H}-x+y_z?a=b-1.0.drv")).expect("valid drv");
+        assert!(d.is_derivation());
+        StorePath::from_basename(&format!("{H}-{}", "a".repeat(MAX_NAME_LEN))).expect("longest name");
+        let other = StoreDir::new("/gnu/store").expect("valid dir");
+        assert_eq!(other.display(&p), format!("/gnu/store/{H}-hello-2.12.1"));
+        assert_eq!(other.path_of(&p), PathBuf::from(format!("/gnu/store/{H}-hello-2.12.1")));
+    }
+
+    #[test]
+    fn rejects_bad_basenames_naming_the_input() {
+        let long = format!("{H}-{}", "a".repeat(MAX_NAME_LEN + 1));
+        for bad in [
+            String::new(),
+            H.to_owned(),
+            format!("{H}-"),
+            format!("{H}_name"),
+            format!("{H}-.hidden"),
+            format!("{H}-.."),
+            format!("{H}-a/b"),
+            format!("{H}-a\0b"),
+            format!("{H}-a b"),
+            format!("{H}-caf\u{e9}"),
+            format!("e{}-name", &H[1..]),
+            format!("{}-name", &H[1..]),
+            format!("\u{e9}{}-name", &H[2..]),
+            long,
+        ] {
+            let err = StorePath::from_basename(&bad).expect_err(&bad);
+            assert!(matches!(err, StorePathError::Invalid { ref input, .. } if *input == bad), "{err:?}");
+        }
+        assert!(StorePath::validate_hash_part(H).is_ok());
+        assert!(StorePath::validate_hash_part(&H[1..]).is_err());
+        assert!(StorePath::validate_hash_part(&format!("{}u", &H[1..])).is_err());
+    }
+
+    #[test]
+    fn rejects_paths_outside_or_inside_the_store() {
+        let dir = StoreDir::default();
+        for (bad, not_in_store) in [
+            ("/nix/store".to_owned(), true),
+            ("/nix/store/".to_owned(), true),
+            (format!("/nix/storefoo/{H}-a"), true),
+            (format!("/gnu/store/{H}-a"), true),
+            (format!("nix/store/{H}-a"), true),
+            (format!("/nix/store/{H}-a/bin/sh"), false),
+            (format!("/nix/store/../store/{H}-a"), false),
+            (format!("/nix/store/{H}-a/"), false),
+        ] {
+            let err = dir.parse_path(&bad).expect_err(&bad);
+            assert_eq!(matches!(err, StorePathError::NotInStore { .. }), not_in_store, "{bad}: {err:?}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn store_dir_validation() {
+        assert_eq!(StoreDir::new("/nix/store").expect("default"), StoreDir::default());
+        for bad in ["", "nix/store", "/", "/nix/store/", "/nix//store", "/nix/./store", "/nix/../store", "/a\0b"] {
+            let err = StoreDir::new(bad).expect_err(bad);
+            assert!(matches!(err, StorePathError::InvalidStoreDir { .. }), "{err:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,300}") {
+            let _ = StorePath::from_basename(&s);
+            let _ = StorePath::validate_hash_part(&s);
+            let _ = StoreDir::default().parse_path(&s);
+            let _ = StoreDir::default().parse_path(&format!("/nix/store/{s}"));
+            let _ = StoreDir::new(&s);
+        }
+
+        #[test]
+        fn valid_names_roundtrip(name in "[A-Za-z0-9+\\-_?=][A-Za-z0-9+\\-._?=]{0,210}") {
+            let base = format!("{H}-{name}");
+            let p = StorePath::from_basename(&base).expect("valid by construction");
+            proptest::prop_assert_eq!(p.basename(), base);
+        }
     }
 }
