@@ -678,6 +678,33 @@ def hook_end_to_end():
         eq("nothing left in spool/tmp", os.listdir(f"{tmp}/spool/tmp"), [])
 
 
+def options_documented():
+    print("== every option has a description and a row in docs/nixos.md")
+    stubs = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "eval-nixos-module.d/stubs.nix")
+    cmd = ["nix-instantiate", "--eval", "--strict", "--json", "--arg", "libPath", LIB, "--arg", "stubsPath", stubs,
+           os.path.join(ROOT, "nixos/tests/options.nix")]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    check("options evaluate", p.returncode == 0, p.stderr[-600:])
+    if p.returncode != 0:
+        return
+    options = json.loads(p.stdout)
+    check("services.niks3 declares options", len(options) > 30, str(len(options)))
+    undocumented = [o["name"] for o in options if len(o["description"].strip()) < 20]
+    check("every option has a description", not undocumented, str(undocumented))
+    doc = open(os.path.join(ROOT, "docs/nixos.md")).read()
+    table = doc.split("## Options", 1)[1].split("\n## ", 1)[0] if "## Options" in doc else ""
+    listed = set()
+    for cell in re.findall(r"^\| ([^|]*)\|", table, re.M):
+        for name in re.findall(r"`([A-Za-z0-9_.{},]+)`", cell):
+            m = re.match(r"(.*)\{(.*)\}$", name)
+            for n in ([m.group(1) + x for x in m.group(2).split(",")] if m else [name]):
+                listed.add(n.removeprefix("services.niks3."))
+    missing = [o["name"] for o in options if o["name"].removeprefix("services.niks3.") not in listed]
+    check("docs/nixos.md's option table lists every option", not missing, str(missing))
+    unknown = sorted(n for n in listed if "services.niks3." + n not in {o["name"] for o in options})
+    check("docs/nixos.md's option table lists no option that does not exist", not unknown, str(unknown))
+
+
 def main():
     for f in [TOOL, MODULE, EXTRA]:
         if not os.path.exists(f):
@@ -688,6 +715,7 @@ def main():
     builder_remote()
     variants()
     rejected()
+    options_documented()
     flake()
     vm_checks()
     hook_end_to_end()
