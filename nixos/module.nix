@@ -24,7 +24,7 @@
 let
   inherit (lib)
     mkOption mkEnableOption mkPackageOption mkIf mkMerge mkDefault types optional optionals
-    optionalAttrs concatStringsSep imap0 escapeShellArgs escapeShellArg hasPrefix filter length
+    optionalAttrs concatStringsSep imap0 escapeShellArgs escapeShellArg hasPrefix
     literalExpression;
 
   cfg = config.services.niks3;
