@@ -9,15 +9,20 @@ and `N passed, M failed`; exits 1 if any check failed.
 """
 
 import ast
+import glob
 import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+import urllib.error
+import urllib.request
 
 ROOT, TOOL = sys.argv[1], sys.argv[2]
 LIB = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "nixpkgs-lib/lib")
@@ -602,28 +607,84 @@ def tmpfiles_and_permissions(d, example):
         check(f"{example}: niks3 user cannot write outside its directories", p.returncode != 0, "touch succeeded")
 
 
-def hook_end_to_end():
-    """The module's post-build-hook wrapper, installed in a real Nix (2.8, offline) with the real
-    niks3-hook built from this tree: a build stays green, its output is queued in the spool the module
-    configured, and a GC root is made where the module said."""
-    print("== end to end: the module's post-build-hook wrapper under real Nix with the real niks3-hook")
+def cargo_bin(name, package):
+    """Builds `package`'s binary `name` from this tree; returns its path or None (reported)."""
+    p = subprocess.run(["cargo", "build", "--locked", "-q", "-p", package, "--bin", name],
+                       cwd=ROOT, capture_output=True, text=True)
+    check(f"cargo build -p {package} --bin {name}", p.returncode == 0, p.stderr[-800:])
+    if p.returncode != 0:
+        return None
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    return os.path.join(target, "debug", name)
+
+
+def start_postgres(tmp):
+    """A throwaway PostgreSQL on a unix socket in tmp/pg, run as the postgres user (initdb refuses
+    root); returns (connection string, stop function) or None when the server binaries are missing."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins or subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
+        return None
+    pg, bin_dir = f"{tmp}/pg", bins[-1]
+    os.makedirs(pg, mode=0o700)
+    shutil.chown(pg, "postgres", "postgres")
+    as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+    subprocess.run(as_pg + [f"{bin_dir}/initdb", "-D", f"{pg}/data", "-U", "postgres", "-A", "trust", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run(as_pg + [f"{bin_dir}/pg_ctl", "-D", f"{pg}/data", "-l", f"{pg}/log", "-w", "-o",
+                            f"-c listen_addresses='' -c unix_socket_directories='{pg}' -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    subprocess.run(as_pg + [f"{bin_dir}/createdb", "-h", pg, "-U", "postgres", "niks3"], check=True, capture_output=True)
+
+    def stop():
+        subprocess.run(as_pg + [f"{bin_dir}/pg_ctl", "-D", f"{pg}/data", "stop", "-m", "immediate"], capture_output=True)
+    return f"host={pg} user=postgres dbname=niks3", stop
+
+
+def http_get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except (urllib.error.URLError, OSError):
+        return None, ""
+
+
+def wait_for(desc, pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def single_host_end_to_end():
+    """The one-machine setup of the module, run for real without systemd: the post-build-hook wrapper
+    the module generates is installed in a real Nix (2.8, offline) with the real niks3-hook built from
+    this tree; a build stays green, is queued in the configured spool and gets its GC root. Then (once
+    `niks3 serve` is implemented) the server runs with exactly the environment and arguments of the
+    module's niks3.service (paths moved into a scratch directory, a throwaway PostgreSQL instead of
+    services.postgresql, no nix-daemon here), drains that spool, and the path substitutes from its
+    read proxy into an empty store with the generated key trusted."""
+    print("== end to end: one machine as the module configures it (real Nix, niks3-hook, niks3 serve, PostgreSQL)")
     hook_bin = os.environ.get("NIKS3_HOOK_BIN")
     if not hook_bin:
         lib_rs = open(os.path.join(ROOT, "hook/src/lib.rs")).read()
         if "todo!(" in lib_rs:
             skip("hook wrapper under real Nix", "niks3-hook is not implemented in this tree (hook/src/lib.rs has todo!())")
             return
-        p = subprocess.run(["cargo", "build", "--locked", "-q", "-p", "niks3-hook", "--bin", "niks3-hook"],
-                           cwd=ROOT, capture_output=True, text=True)
-        check("cargo build -p niks3-hook", p.returncode == 0, p.stderr[-800:])
-        if p.returncode != 0:
+        hook_bin = cargo_bin("niks3-hook", "niks3-hook")
+        if not hook_bin:
             return
-        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-        hook_bin = os.path.join(target, "debug/niks3-hook")
     if os.geteuid() != 0 or not shutil.which("nix-build"):
         skip("hook wrapper under real Nix", "needs root and nix-build (single-user Nix writes /nix/store)")
         return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # the postgres user must traverse it
         os.makedirs(f"{tmp}/hookpkg/bin")
         os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
         extra = f"{tmp}/extra.nix"
@@ -635,10 +696,12 @@ def hook_end_to_end():
         with open(cfg, "w") as fh:
             fh.write(f"""{{ ... }}: {{ services.niks3 = {{
   enable = true; generateSignKey = true;
+  httpAddr = "127.0.0.1:{port}";
+  storeDir = "{tmp}/cache";
   hook = {{ enable = true; spoolDir = "{tmp}/spool"; gcrootsDir = "{tmp}/gcroots"; }};
 }}; }}""")
         p = subprocess.run([TOOL, MODULE, cfg, extra], capture_output=True, text=True)
-        check("config with a spool in a scratch dir evaluates", p.returncode == 0, p.stderr[-600:])
+        check("one-machine config with scratch paths evaluates", p.returncode == 0, p.stderr[-600:])
         if p.returncode != 0:
             return
         d = json.loads(p.stdout)
@@ -652,22 +715,27 @@ def hook_end_to_end():
         # What the module's tmpfiles rules create (checked above with systemd-tmpfiles).
         for sub in ("tmp", "new", "claimed", "quarantine"):
             os.makedirs(f"{tmp}/spool/{sub}")
+        os.makedirs(f"{tmp}/gcroots")
         os.makedirs(f"{tmp}/etc")
         with open(f"{tmp}/etc/nix.conf", "w") as fh:
             fh.write("sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
                      "narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n"
                      f"post-build-hook = {wrapper}\n")
-        env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
-        env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache")
-        salt = str(time.time_ns())
-        expr = ('derivation { name = "niks3-nixos-eval-hook"; system = builtins.currentSystem; '
-                f'builder = "/bin/sh"; args = [ "-c" "echo {salt} > $out" ]; }}')
-        p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
-        out = p.stdout.strip()
-        check("the build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
-        if p.returncode != 0:
+        nix_env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
+        nix_env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache-xdg")
+
+        def build(tag):
+            expr = ('derivation { name = "niks3-nixos-eval-' + tag + '"; system = builtins.currentSystem; '
+                    f'builder = "/bin/sh"; args = [ "-c" "echo {tag} {time.time_ns()} > $out" ]; }}')
+            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
+            out = p.stdout.strip()
+            check(f"build {tag} with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
+            check(f"build {tag}: the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
+            return out if p.returncode == 0 else None
+
+        out = build("first")
+        if not out:
             return
-        check("the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
         entries = sorted(os.listdir(f"{tmp}/spool/new"))
         eq("one entry queued in the module's spool", len(entries), 1)
         if entries:
@@ -677,6 +745,73 @@ def hook_end_to_end():
         eq("a GC root for the output in the module's gcrootsDir", os.path.islink(root) and os.readlink(root), out)
         eq("nothing left in spool/tmp", os.listdir(f"{tmp}/spool/tmp"), [])
 
+        # The server, as niks3.service would run it.
+        niks3 = os.environ.get("NIKS3_BIN") or cargo_bin("niks3", "niks3")
+        if not niks3:
+            return
+        help_out = subprocess.run([niks3, "serve", "--help"], capture_output=True, text=True).stdout
+        if "--http-addr" not in help_out:
+            skip("niks3 serve with the unit's environment", "`niks3 serve` is not implemented in this tree")
+            return
+        pg = start_postgres(tmp)
+        if pg is None:
+            skip("niks3 serve with the unit's environment", "needs PostgreSQL server binaries and a postgres user")
+            return
+        conn, stop_pg = pg
+        unit = svc(d, "niks3")
+        env = {"PATH": os.environ["PATH"], "NO_COLOR": "1", **{k: v for k, v in nix_env.items() if k in ("NIX_CONF_DIR", "XDG_CACHE_HOME")}}
+        for k, v in unit["environment"].items():
+            if k == "NIX_REMOTE":
+                continue  # no nix-daemon on this machine: root reads the store directly
+            env[k] = {"NIKS3_STATE_DIR": f"{tmp}/state", "NIKS3_DB": conn}.get(k, v)
+        args = unit["serviceConfig"]["ExecStart"].split()[1:]
+        log = open(f"{tmp}/serve.log", "w")
+        server = subprocess.Popen([niks3] + args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for("health", lambda: http_get(f"{base}/health")[0] == 200 or server.poll() is not None, 90)
+            serving = server.poll() is None and http_get(f"{base}/health")[0] == 200
+            check("niks3 serve starts with the unit's environment and answers /health",
+                  serving, open(f"{tmp}/serve.log").read()[-1500:])
+            if server.poll() is not None:
+                return
+            second = build("second")
+            check("the server drains the spool the hook filled (new/ and claimed/ empty)",
+                  wait_for("spool", lambda: not os.listdir(f"{tmp}/spool/new") and not os.listdir(f"{tmp}/spool/claimed"), 90),
+                  str(os.listdir(f"{tmp}/spool/new") + os.listdir(f"{tmp}/spool/claimed")))
+            for o in [out] + ([second] if second else []):
+                name = os.path.basename(o)
+                ok = serving and wait_for("narinfo", lambda: http_get(f"{base}/{name[:32]}.narinfo")[0] == 200, 60)
+                check(f"{name[33:]} is served by the read proxy", ok, "" if serving else "the HTTP server is not up")
+            check("GC roots removed after upload", wait_for("gcroots", lambda: not os.listdir(f"{tmp}/gcroots"), 30),
+                  str(os.listdir(f"{tmp}/gcroots")))
+            eq("nothing quarantined", os.listdir(f"{tmp}/spool/quarantine"), [])
+            pubs = glob.glob(f"{tmp}/state/keys/*.pub")
+            eq("one signing key generated in the state directory", len(pubs), 1)
+            if pubs and second and serving:
+                pub = open(pubs[0]).read().strip()
+                p = subprocess.run(["nix", "copy", "--from", base, "--to", f"{tmp}/chroot",
+                                    "--option", "trusted-public-keys", pub, second],
+                                   env={**nix_env, "NIX_CONF_DIR": f"{tmp}/etc"}, capture_output=True, text=True)
+                check("the path substitutes from the read proxy into an empty store, signature checked",
+                      p.returncode == 0 and os.path.exists(f"{tmp}/chroot{second}"), p.stderr[-800:])
+            elif not serving:
+                check("the path substitutes from the read proxy into an empty store, signature checked",
+                      False, "the HTTP server is not up")
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                rc = server.wait(timeout=30)
+                check("niks3 serve stops on SIGTERM", True, "")
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+                rc = None
+                check("niks3 serve stops on SIGTERM", False, "still running 30 s after SIGTERM")
+            log.close()
+            stop_pg()
+            if rc not in (0, None, -signal.SIGTERM):
+                print(f"         (niks3 serve exited with {rc})")
 
 def options_documented():
     print("== every option has a description and a row in docs/nixos.md")
@@ -718,7 +853,7 @@ def main():
     options_documented()
     flake()
     vm_checks()
-    hook_end_to_end()
+    single_host_end_to_end()
     print(f"{passed} passed, {failed} failed" + (f" ({skipped} skipped)" if skipped else ""))
     sys.exit(1 if failed else 0)
 
