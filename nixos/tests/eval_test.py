@@ -659,6 +659,99 @@ def wait_for(desc, pred, timeout):
     return False
 
 
+def write_nix_conf(etc, hook):
+    """A private, offline nix.conf (as the shared recipe does) with `hook` as post-build-hook."""
+    with open(f"{etc}/nix.conf", "w") as fh:
+        fh.write("sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
+                 f"narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\npost-build-hook = {hook}\n")
+
+
+GC_FIGURES = ["failed-uploads-deleted", "old-closures-deleted", "objects-marked-for-deletion",
+              "objects-deleted-after-grace-period", "objects-failed-to-delete"]
+
+
+def gc_unit(tmp, d, niks3):
+    """niks3-gc.service's exact command line (the credential is the token the server generated) against
+    the running server: it succeeds, prints the five figures, and deletes nothing (720h)."""
+    unit = svc(d, "niks3-gc")
+    creds = f"{tmp}/gc-credentials"
+    os.makedirs(creds)
+    shutil.copy(f"{tmp}/state/api-token", f"{creds}/api-token")
+    args = [a.replace("${CREDENTIALS_DIRECTORY}", creds) for a in unit["serviceConfig"]["ExecStart"].split()[1:]]
+    p = subprocess.run([niks3] + args, env={"PATH": os.environ["PATH"], "NO_COLOR": "1"},
+                       capture_output=True, text=True, timeout=120)
+    output = p.stdout + p.stderr
+    check("niks3-gc.service's command line succeeds against the server", p.returncode == 0, output[-800:])
+    normalised = output.replace("_", "-")
+    check("its output carries the five figures", all(f in normalised for f in GC_FIGURES), output[-800:])
+    print("         " + "\n         ".join(output.strip().splitlines()[-8:]))
+
+
+def remote_builder(tmp, base, nix_env, extra):
+    """A second 'machine' configured like nixos/examples/builder-remote.nix: its own spool, the module's
+    hook wrapper, and `niks3 drain` run with the exact arguments of niks3-drain.service (the credential
+    is the token the server generated) pushing to the server started above."""
+    niks3 = os.environ.get("NIKS3_BIN") or cargo_bin("niks3", "niks3")
+    if not niks3 or "--spool-dir" not in subprocess.run([niks3, "drain", "--help"], capture_output=True, text=True).stdout:
+        skip("builder-remote: niks3 drain with the unit's command line", "`niks3 drain` is not implemented in this tree")
+        return
+    b = f"{tmp}/builder"
+    cfg = f"{b}/config.nix"
+    os.makedirs(f"{b}/etc")
+    with open(cfg, "w") as fh:
+        fh.write(f"""{{ ... }}: {{ services.niks3.hook = {{
+  enable = true; serverUrl = "{base}"; tokenFile = "/run/secrets/niks3/api-token";
+  spoolDir = "{b}/spool"; gcrootsDir = "{b}/gcroots";
+}}; }}""")
+    p = subprocess.run([TOOL, MODULE, cfg, extra], capture_output=True, text=True)
+    check("builder-remote config evaluates", p.returncode == 0, p.stderr[-600:])
+    if p.returncode != 0:
+        return
+    d = json.loads(p.stdout)
+    wrapper = f"{b}/niks3-post-build-hook"
+    with open(wrapper, "w") as fh:
+        fh.write("#!" + shutil.which("bash") + "\n" + open(d["nix"]["settings"]["post-build-hook"]).read())
+    os.chmod(wrapper, 0o755)
+    for sub in ("tmp", "new", "claimed", "quarantine"):
+        os.makedirs(f"{b}/spool/{sub}")
+    os.makedirs(f"{b}/gcroots")
+    write_nix_conf(f"{b}/etc", wrapper)
+    env = {**nix_env, "NIX_CONF_DIR": f"{b}/etc"}
+    expr = ('derivation { name = "niks3-nixos-eval-remote"; system = builtins.currentSystem; '
+            f'builder = "/bin/sh"; args = [ "-c" "echo remote {time.time_ns()} > $out" ]; }}')
+    p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
+    out = p.stdout.strip()
+    check("builder-remote: build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
+    if p.returncode != 0:
+        return
+    eq("builder-remote: queued in its own spool", len(os.listdir(f"{b}/spool/new")), 1)
+    creds = f"{b}/credentials"
+    os.makedirs(creds)
+    shutil.copy(f"{tmp}/state/api-token", f"{creds}/api-token")
+    unit = svc(d, "niks3-drain")
+    args = [a.replace("${CREDENTIALS_DIRECTORY}", creds) for a in unit["serviceConfig"]["ExecStart"].split()[1:]]
+    denv = {"PATH": os.environ["PATH"], "NO_COLOR": "1", "NIX_CONF_DIR": f"{b}/etc", "XDG_CACHE_HOME": nix_env["XDG_CACHE_HOME"]}
+    log = open(f"{b}/drain.log", "w")
+    drain = subprocess.Popen([niks3] + args, env=denv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        name = os.path.basename(out)
+        ok = wait_for("narinfo", lambda: http_get(f"{base}/{name[:32]}.narinfo")[0] == 200, 90)
+        check("builder-remote: niks3 drain pushed the path to the server", ok, open(f"{b}/drain.log").read()[-1500:])
+        check("builder-remote: its spool and GC roots are emptied",
+              wait_for("drained", lambda: not os.listdir(f"{b}/spool/new") and not os.listdir(f"{b}/spool/claimed")
+                       and not os.listdir(f"{b}/gcroots"), 30),
+              str(os.listdir(f"{b}/spool/new") + os.listdir(f"{b}/spool/claimed") + os.listdir(f"{b}/gcroots")))
+    finally:
+        drain.send_signal(signal.SIGTERM)
+        try:
+            drain.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            drain.kill()
+            drain.wait()
+            check("builder-remote: niks3 drain stops on SIGTERM", False, "still running 30 s after SIGTERM")
+        log.close()
+
+
 def single_host_end_to_end():
     """The one-machine setup of the module, run for real without systemd: the post-build-hook wrapper
     the module generates is installed in a real Nix (2.8, offline) with the real niks3-hook built from
@@ -717,10 +810,7 @@ def single_host_end_to_end():
             os.makedirs(f"{tmp}/spool/{sub}")
         os.makedirs(f"{tmp}/gcroots")
         os.makedirs(f"{tmp}/etc")
-        with open(f"{tmp}/etc/nix.conf", "w") as fh:
-            fh.write("sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
-                     "narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\n"
-                     f"post-build-hook = {wrapper}\n")
+        write_nix_conf(f"{tmp}/etc", wrapper)
         nix_env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
         nix_env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache-xdg")
 
@@ -798,6 +888,9 @@ def single_host_end_to_end():
             elif not serving:
                 check("the path substitutes from the read proxy into an empty store, signature checked",
                       False, "the HTTP server is not up")
+            if serving:
+                remote_builder(tmp, base, nix_env, extra)
+                gc_unit(tmp, d, niks3)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
