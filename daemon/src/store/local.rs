@@ -1,53 +1,268 @@
 //! The local directory backend: the bucket layout as files, written atomically (temp file, fsync,
 //! rename) so a reader never sees a partial object.
+//!
+//! Temporary files live in `<root>/.tmp/` (same file system as the objects, so `rename` is atomic); a
+//! crashed writer leaves only a temp file there, which [`LocalStore::abort_stale_uploads`] removes later.
+//! Every object key maps to `<root>/<key>`: keys are validated ([`ObjectKey`]), so none escapes the root.
 
 use super::{ByteStream, ObjectKey, ObjectMeta, StoreError};
-use bytes::Bytes;
-use std::path::PathBuf;
-use std::time::Duration;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Size of the chunks a read stream yields.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Name of the directory holding temporary files, inside the root.
+const TMP_DIR: &str = ".tmp";
+
+/// Sub-directories of the layout, created up front so writers only ever rename into existing directories.
+const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
 
 /// A directory holding the cache layout.
 pub struct LocalStore {
     root: PathBuf,
 }
 
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_owned(), source }
+}
+
 impl LocalStore {
     /// Opens (creating if needed) the directory.
     pub fn open(root: PathBuf) -> Result<Self, StoreError> {
-        todo!("{root:?}")
+        for dir in std::iter::once(TMP_DIR).chain(LAYOUT_DIRS) {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
+        }
+        Ok(LocalStore { root })
     }
     /// The root directory.
     pub fn root(&self) -> &std::path::Path {
         &self.root
     }
-    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
-        todo!("{key} {}", body.len())
+
+    /// Where `key` lives on disk.
+    pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
+        self.root.join(key.as_str())
     }
+
+    /// A fresh temporary file path in `.tmp/`.
+    fn temp_path(&self) -> PathBuf {
+        let n: u64 = rand::random();
+        self.root.join(TMP_DIR).join(format!("{n:016x}.part"))
+    }
+
+    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
+        let tmp = self.temp_path();
+        let dest = self.path_of(key);
+        let result = tokio::task::spawn_blocking({
+            let tmp = tmp.clone();
+            move || -> Result<(), StoreError> {
+                let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+                f.write_all(&body).map_err(io_err("write", &tmp))?;
+                f.sync_all().map_err(io_err("fsync", &tmp))?;
+                drop(f);
+                publish(&tmp, &dest)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io { op: "write", path: tmp.clone(), source: std::io::Error::other(e) })?;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
         _content_type: &str,
     ) -> Result<u64, StoreError> {
-        todo!("{key} {}", chunks.len())
+        let tmp = self.temp_path();
+        let dest = self.path_of(key);
+        let result = async {
+            let mut f = tokio::fs::File::create(&tmp).await.map_err(io_err("create", &tmp))?;
+            let mut total = 0u64;
+            while let Some(chunk) = chunks.recv().await {
+                let chunk = chunk?;
+                f.write_all(&chunk).await.map_err(io_err("write", &tmp))?;
+                total += chunk.len() as u64;
+            }
+            f.sync_all().await.map_err(io_err("fsync", &tmp))?;
+            drop(f);
+            let (tmp2, dest2) = (tmp.clone(), dest.clone());
+            tokio::task::spawn_blocking(move || publish(&tmp2, &dest2)).await.map_err(|e| StoreError::Io {
+                op: "rename",
+                path: dest.clone(),
+                source: std::io::Error::other(e),
+            })??;
+            Ok(total)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
     }
+
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
-        todo!("{key}")
+        let path = self.path_of(key);
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Some(Bytes::from(data))),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
     }
+
+    /// Streams the object; `meta.size` is the whole object's size also for range reads, so a caller can
+    /// build `Content-Range`. A range starting at or beyond the end yields an empty stream.
     pub(super) async fn get_stream(
         &self,
         key: &ObjectKey,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
-        todo!("{key} {range:?}")
+        let path = self.path_of(key);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let size = file.metadata().await.map_err(io_err("stat", &path))?.len();
+        let (start, end_exclusive) = match range {
+            None => (0, size),
+            Some((start, end)) => {
+                let end = end.map_or(size, |e| e.saturating_add(1).min(size));
+                (start.min(size), end.max(start.min(size)))
+            }
+        };
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_err("seek", &path))?;
+        }
+        let remaining = end_exclusive - start;
+        let stream = futures::stream::unfold((file, remaining, path), |(mut file, remaining, path)| async move {
+            if remaining == 0 {
+                return None;
+            }
+            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(READ_CHUNK);
+            let mut buf = BytesMut::with_capacity(want);
+            loop {
+                match file.read_buf(&mut buf).await {
+                    Ok(0) if buf.is_empty() => {
+                        let e = std::io::Error::new(ErrorKind::UnexpectedEof, "object shrank while being read");
+                        return Some((Err(io_err("read", &path)(e)), (file, 0, path)));
+                    }
+                    Ok(0) => break,
+                    Ok(_) if buf.len() >= want => break,
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(io_err("read", &path)(e)), (file, 0, path))),
+                }
+            }
+            buf.truncate(want);
+            let n = buf.len() as u64;
+            Some((Ok(buf.freeze()), (file, remaining - n, path)))
+        });
+        Ok(Some((ObjectMeta { size }, stream.boxed())))
     }
+
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
-        todo!("{key}")
+        let path = self.path_of(key);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
+            Ok(_) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(io_err("stat", &path)(e)),
+        }
     }
+
     pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
-        todo!("{keys:?}")
+        let mut failed = Vec::new();
+        for key in keys {
+            let path = self.path_of(key);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => failed.push((key.clone(), io_err("delete", &path)(e))),
+            }
+        }
+        failed
     }
+
     pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
-        todo!("{older_than:?}")
+        let dir = self.root.join(TMP_DIR);
+        let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err("list", &dir))?;
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(io_err("list", &dir))? {
+            let path = entry.path();
+            let modified = match entry.metadata().await.and_then(|m| m.modified()) {
+                Ok(t) => t,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &path)(e)),
+            };
+            if modified <= cutoff {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("delete", &path)(e)),
+                }
+            }
+        }
+        Ok(removed)
     }
+
+    /// Keys of all stored objects starting with `prefix`, sorted (temporary files are not objects).
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            list_dir(&root, "", &mut keys)?;
+            keys.retain(|k| k.starts_with(&prefix));
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "list",
+            path: self.root.clone(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+/// Collects the files under `dir` (relative names joined with `/`), skipping the temp directory.
+fn list_dir(dir: &Path, rel: &str, keys: &mut Vec<String>) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir).map_err(io_err("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if rel.is_empty() && name == TMP_DIR {
+            continue;
+        }
+        let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+        let ty = entry.file_type().map_err(io_err("stat", &entry.path()))?;
+        if ty.is_dir() {
+            list_dir(&entry.path(), &key, keys)?;
+        } else if ty.is_file() {
+            keys.push(key);
+        }
+    }
+    Ok(())
+}
+
+/// Moves a complete, fsynced temp file into place and makes the rename durable.
+fn publish(tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+    std::fs::rename(tmp, dest).map_err(io_err("rename into", dest))?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+}
+
+/// Absent, or a path component that is not a directory (e.g. a key under a file): either way, no object.
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }

@@ -18,29 +18,67 @@ use std::time::Duration;
 pub enum StoreError {
     /// Local file system error at `path`.
     #[error("{op} {path:?}: {source}")]
-    Io { op: &'static str, path: std::path::PathBuf, source: std::io::Error },
-    /// S3 request for `key` failed.
+    Io {
+        /// What was being done (`write`, `rename into`, …).
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// S3 request for `key` failed without an HTTP answer (connection refused or reset, timeout, TLS):
+    /// transient, the server may be back later.
     #[error("S3 {op} {key}: {reason}")]
-    S3 { op: &'static str, key: String, reason: String },
+    S3 {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// What failed, with the bucket and endpoint.
+        reason: String,
+    },
+    /// The S3 server answered the request for `key` with an error status (`reason` carries its error code
+    /// and message, never credentials). Transient only for 408, 429 and 5xx.
+    #[error("S3 {op} {key}: HTTP {status}: {reason}")]
+    S3Status {
+        /// The request (`PUT`, `HEAD`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code and message (or a hint when the answer had no body), with the bucket.
+        reason: String,
+    },
     /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
     #[error("store configuration: {0}")]
     Config(String),
     /// The data source feeding an upload failed (e.g. the NAR could not be read).
     #[error("upload source for {key}: {reason}")]
-    Source { key: String, reason: String },
+    Source {
+        /// The object key being uploaded.
+        key: String,
+        /// What the source reported.
+        reason: String,
+    },
 }
 
 impl StoreError {
     /// True when retrying later may succeed (network, 5xx, throttling), false for configuration errors.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::S3 { .. } | StoreError::Io { .. })
+        match self {
+            StoreError::S3 { .. } | StoreError::Io { .. } => true,
+            StoreError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            StoreError::Config(_) | StoreError::Source { .. } => false,
+        }
     }
 }
 
 /// Metadata of a stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
-    /// Size in bytes.
+    /// Size in bytes of the whole object (also when a range of it is read, so callers can build
+    /// `Content-Range`).
     pub size: u64,
 }
 
@@ -89,6 +127,8 @@ impl Store {
     }
 
     /// Streams an object, optionally a byte range `(start, end_inclusive)`; `None` when absent.
+    /// The range is clamped to the object: a range starting at or past the end yields an empty stream
+    /// (the caller answers 416 by comparing `start` with `meta.size`).
     pub async fn get_stream(
         &self,
         key: &ObjectKey,
@@ -132,5 +172,41 @@ impl Store {
             Store::Local(s) => s.abort_stale_uploads(older_than).await,
             Store::S3(s) => s.abort_stale_uploads(older_than).await,
         }
+    }
+
+    /// Keys of the stored objects starting with `prefix`, sorted (for tests, audits and the GC's sweep of
+    /// objects the database does not know). Lists the whole prefix: use narrow prefixes on big buckets.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(s) => s.list(prefix).await,
+            Store::S3(s) => s.list(prefix).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The pipeline and the HTTP server run these futures on a multi-threaded runtime.
+    #[test]
+    fn futures_and_streams_are_send() {
+        fn check(store: &Store, key: &ObjectKey) {
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            assert_send(&store.put(key, Bytes::new(), "x"));
+            assert_send(&store.put_stream(key, rx, "x"));
+            assert_send(&store.get(key));
+            assert_send(&store.get_stream(key, None));
+            assert_send(&store.head(key));
+            assert_send(&store.delete_many(std::slice::from_ref(key)));
+            assert_send(&store.presign_put(key, Duration::from_secs(1)));
+            assert_send(&store.abort_stale_uploads(Duration::from_secs(1)));
+            assert_send(&store.list(""));
+        }
+        fn sync_store<T: Send + Sync>() {}
+        sync_store::<Store>();
+        let _ = check;
     }
 }

@@ -1,9 +1,46 @@
 //! The S3 backend (rust-s3, rustls): path-style addressing for Garage/MinIO, SigV4, multipart uploads
 //! in equal parts (R2 requires equal sizes) above a threshold, presigned PUT URLs.
+//!
+//! Error mapping: an absent object (404) is `None`, never an error; an HTTP error answer becomes
+//! [`StoreError::S3Status`] (its S3 error code and message, the key and the bucket — never credentials, and
+//! never a URL, since presigned URLs carry signatures); a failure without an answer (connection refused,
+//! timeout) becomes [`StoreError::S3`]. Retrying is the caller's job; [`StoreError::is_transient`] says when.
 
 use super::{ByteStream, ObjectKey, ObjectMeta, StoreError};
 use bytes::Bytes;
+use futures::StreamExt;
+use s3::command::Command;
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::request::Request as _;
+use s3::request::tokio_backend::ReqwestRequest;
+use s3::serde_types::{ObjectIdentifier, Part};
+use s3::{Bucket, Region};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Smallest part size S3 accepts for all but the last part.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Timeout for small requests (HEAD, GET of a narinfo, DELETE, multipart bookkeeping).
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Timeout for one part or one single-request upload of a NAR (a part of 8 MiB over a slow uplink).
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_mins(10);
+
+/// A streamed download fails when the server sends nothing for this long (the whole download may take
+/// longer: a slow client must not cut a NAR off).
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// Longest a presigned URL may live (S3's limit: one week).
+const MAX_PRESIGN_SECS: u64 = 604_800;
+
+/// Keys per multi-object delete request (S3's limit).
+const DELETE_BATCH: usize = 1000;
+
+/// `Cache-Control` of NARs: their key is their content hash, so they never change.
+const NAR_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
 /// How to reach a bucket. Secrets are held here only in memory and never printed (see `Debug`).
 #[derive(Clone)]
@@ -36,51 +73,626 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// An unfinished multipart upload found in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key being uploaded (raw: another writer may have started it).
+    pub key: String,
+    /// The upload id (needed to abort it).
+    pub upload_id: String,
+    /// When the upload was initiated, as the server reports it (`None` when unparseable).
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A connected bucket.
 pub struct S3Store {
     config: S3Config,
+    /// Small requests.
+    bucket: Arc<Bucket>,
+    /// Uploads of NARs: long timeout, immutable `Cache-Control`.
+    nar_bucket: Arc<Bucket>,
+    /// Uploads of everything else: long timeout.
+    bulk_bucket: Arc<Bucket>,
+    /// Streamed downloads: no overall timeout (an idle timeout per chunk instead).
+    stream_bucket: Arc<Bucket>,
 }
 
 impl S3Store {
     /// Builds the client; does no network I/O.
     pub fn new(config: S3Config) -> Result<Self, StoreError> {
-        todo!("{config:?}")
+        if config.bucket.is_empty() {
+            return Err(StoreError::Config("S3 bucket name is empty".to_owned()));
+        }
+        if config.part_size < MIN_PART_SIZE {
+            return Err(StoreError::Config(format!(
+                "S3 part size {} is below the minimum of {MIN_PART_SIZE} bytes",
+                config.part_size
+            )));
+        }
+        let region = if config.endpoint.is_empty() {
+            config
+                .region
+                .parse::<Region>()
+                .map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
+        } else {
+            if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
+                return Err(StoreError::Config(format!(
+                    "S3 endpoint {:?} must start with http:// or https://",
+                    config.endpoint
+                )));
+            }
+            Region::Custom { region: config.region.clone(), endpoint: config.endpoint.trim_end_matches('/').to_owned() }
+        };
+        // Never format the credentials error: it could quote what it was given.
+        let credentials = Credentials::new(Some(&config.access_key), Some(&config.secret_key), None, None, None)
+            .map_err(|_| StoreError::Config("S3 credentials rejected by the client library".to_owned()))?;
+        let config_err = |e: S3Error| StoreError::Config(format!("S3 client for bucket {}: {e}", config.bucket));
+        let mut base = *Bucket::new(&config.bucket, region, credentials).map_err(config_err)?;
+        if config.path_style {
+            base.set_path_style();
+        }
+        let mut bucket = base.clone();
+        bucket.set_request_timeout(Some(SMALL_REQUEST_TIMEOUT));
+        let mut bulk = base.clone();
+        bulk.set_request_timeout(Some(BULK_REQUEST_TIMEOUT));
+        let mut nar_headers = http::HeaderMap::new();
+        nar_headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static(NAR_CACHE_CONTROL));
+        let nar = bulk.with_extra_headers(nar_headers).map_err(config_err)?;
+        let mut stream = base;
+        stream.set_request_timeout(None);
+        Ok(S3Store {
+            config,
+            bucket: Arc::new(bucket),
+            nar_bucket: Arc::new(nar),
+            bulk_bucket: Arc::new(bulk),
+            stream_bucket: Arc::new(stream),
+        })
     }
     /// The configuration (for logging; secrets are redacted by `Debug`).
     pub fn config(&self) -> &S3Config {
         &self.config
     }
-    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
-        todo!("{key} {} {content_type}", body.len())
+
+    /// The bucket uploads of `key` go through.
+    fn upload_bucket(&self, key: &ObjectKey) -> &Arc<Bucket> {
+        if key.kind().is_immutable() { &self.nar_bucket } else { &self.bulk_bucket }
     }
+
+    /// Maps a rust-s3 error for `key` to ours.
+    fn error(&self, op: &'static str, key: &str, e: S3Error) -> StoreError {
+        describe_error(op, key, &self.config, e)
+    }
+
+    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        self.upload_bucket(key)
+            .put_object_with_content_type(key.as_str(), &body, content_type)
+            .await
+            .map_err(|e| self.error("PUT", key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Buffers up to one part; a stream that ends within one part is a single PUT, a longer one a multipart
+    /// upload of `part_size` parts, one part uploading while the next fills (two part buffers, plus the copy
+    /// rust-s3 makes of the part it sends: at most three part sizes of memory per upload).
+    /// Any failure, including an `Err` from `chunks`, aborts the multipart upload. A stream whose sender is
+    /// dropped without an `Err` counts as complete: producers must send their error. If this future is
+    /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it.
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
         content_type: &str,
     ) -> Result<u64, StoreError> {
-        todo!("{key} {} {content_type}", chunks.len())
+        let part_size = self.config.part_size;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut total = 0u64;
+        let mut multipart: Option<Multipart> = None;
+        let result = async {
+            while let Some(chunk) = chunks.recv().await {
+                let mut chunk = chunk?;
+                total += chunk.len() as u64;
+                while !chunk.is_empty() {
+                    if buf.len() == part_size {
+                        // More data follows a full part: this is a multipart upload.
+                        let full = std::mem::replace(&mut buf, Vec::with_capacity(part_size));
+                        let mp = match &mut multipart {
+                            Some(mp) => mp,
+                            None => multipart.insert(self.initiate(key, content_type).await?),
+                        };
+                        mp.send_part(full, self).await?;
+                    }
+                    if buf.capacity() == 0 {
+                        buf.reserve_exact(part_size.min(chunk.len().max(64 * 1024)));
+                    }
+                    let take = (part_size - buf.len()).min(chunk.len());
+                    buf.extend_from_slice(&chunk.split_to(take));
+                }
+            }
+            match &mut multipart {
+                None => {
+                    let body = std::mem::take(&mut buf);
+                    self.upload_bucket(key)
+                        .put_object_with_content_type(key.as_str(), &body, content_type)
+                        .await
+                        .map_err(|e| self.error("PUT", key.as_str(), e))?;
+                }
+                Some(mp) => {
+                    mp.send_part(std::mem::take(&mut buf), self).await?;
+                    let parts = mp.finish(self).await?;
+                    self.upload_bucket(key)
+                        .complete_multipart_upload(key.as_str(), &mp.upload_id, parts)
+                        .await
+                        .map_err(|e| self.error("complete multipart upload", key.as_str(), e))?;
+                }
+            }
+            Ok(total)
+        }
+        .await;
+        if result.is_err()
+            && let Some(mp) = multipart
+        {
+            mp.abort(self).await;
+        }
+        result
     }
+
+    /// Starts a multipart upload of `key`.
+    async fn initiate(&self, key: &ObjectKey, content_type: &str) -> Result<Multipart, StoreError> {
+        let resp = self
+            .upload_bucket(key)
+            .initiate_multipart_upload(key.as_str(), content_type)
+            .await
+            .map_err(|e| self.error("initiate multipart upload", key.as_str(), e))?;
+        Ok(Multipart {
+            key: key.as_str().to_owned(),
+            upload_id: resp.upload_id,
+            content_type: content_type.to_owned(),
+            bucket: Arc::clone(self.upload_bucket(key)),
+            parts: Vec::new(),
+            in_flight: None,
+        })
+    }
+
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
-        todo!("{key}")
+        match self.bucket.get_object(key.as_str()).await {
+            Ok(data) => Ok(Some(data.into_bytes())),
+            Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
+            Err(e) => Err(self.error("GET", key.as_str(), e)),
+        }
     }
+
+    /// One GET (no HEAD first); `meta.size` is the whole object's size, from `Content-Length` or the total
+    /// in `Content-Range`.
     pub(super) async fn get_stream(
         &self,
         key: &ObjectKey,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
-        todo!("{key} {range:?}")
+        let command = match range {
+            None => Command::GetObject,
+            Some((start, Some(end))) if end < start => return self.empty_stream(key).await,
+            Some((start, end)) => Command::GetObjectRange { start, end },
+        };
+        let bucket = &*self.stream_bucket;
+        let request =
+            ReqwestRequest::new(bucket, key.as_str(), command).await.map_err(|e| self.error("GET", key.as_str(), e))?;
+        let response = match request.response().await {
+            Ok(r) => r,
+            Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
+            Err(S3Error::HttpFailWithBody(416, _)) => return self.empty_stream(key).await,
+            Err(e) => return Err(self.error("GET", key.as_str(), e)),
+        };
+        let size = match (response.status().as_u16(), range) {
+            (200, None) => response.content_length(),
+            (206, Some(_)) => response
+                .headers()
+                .get(http::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit_once('/'))
+                .and_then(|(_, total)| total.parse().ok()),
+            (status, _) => {
+                return Err(StoreError::S3Status {
+                    op: "GET",
+                    key: key.as_str().to_owned(),
+                    status,
+                    reason: format!(
+                        "unexpected answer to a {} request",
+                        if range.is_some() { "range" } else { "full" }
+                    ),
+                });
+            }
+        };
+        let size = size.ok_or_else(|| StoreError::S3 {
+            op: "GET",
+            key: key.as_str().to_owned(),
+            reason: "response lacks the object size (Content-Length/Content-Range)".to_owned(),
+        })?;
+        let key_owned = key.as_str().to_owned();
+        let config = self.config.clone();
+        let body = response.bytes_stream();
+        let stream = futures::stream::unfold(Some(body), move |body| {
+            let key = key_owned.clone();
+            let config = config.clone();
+            async move {
+                let mut body = body?;
+                match tokio::time::timeout(STREAM_IDLE_TIMEOUT, body.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
+                    Ok(Some(Err(e))) => Some((Err(describe_error("GET", &key, &config, S3Error::Reqwest(e))), None)),
+                    Err(_) => Some((
+                        Err(StoreError::S3 {
+                            op: "GET",
+                            key,
+                            reason: format!(
+                                "no data for {}s (bucket {})",
+                                STREAM_IDLE_TIMEOUT.as_secs(),
+                                config.bucket
+                            ),
+                        }),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(Some((ObjectMeta { size }, stream.boxed())))
     }
+
+    /// The answer to a range that selects nothing: the object's size and no bytes (or `None` if absent).
+    async fn empty_stream(&self, key: &ObjectKey) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+        Ok(self.head(key).await?.map(|meta| (meta, futures::stream::empty().boxed())))
+    }
+
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
-        todo!("{key}")
+        match self.bucket.head_object(key.as_str()).await {
+            Ok((head, _)) => {
+                let size = head.content_length.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| StoreError::S3 {
+                    op: "HEAD",
+                    key: key.as_str().to_owned(),
+                    reason: "response lacks Content-Length".to_owned(),
+                })?;
+                Ok(Some(ObjectMeta { size }))
+            }
+            Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
+            Err(e) => Err(self.error("HEAD", key.as_str(), e)),
+        }
     }
+
+    /// Multi-object delete, up to 1000 keys per request.
     pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
-        todo!("{keys:?}")
+        let mut failed = Vec::new();
+        for batch in keys.chunks(DELETE_BATCH) {
+            let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(k.as_str())).collect();
+            match self.bucket.delete_objects(ids).await {
+                Ok(result) => {
+                    for err in result.errors {
+                        // Absent objects count as deleted.
+                        if err.code == "NoSuchKey" {
+                            continue;
+                        }
+                        if let Some(key) = batch.iter().find(|k| k.as_str() == err.key) {
+                            failed.push((
+                                key.clone(),
+                                StoreError::S3 {
+                                    op: "DELETE",
+                                    key: err.key.clone(),
+                                    reason: format!("{}: {} (bucket {})", err.code, err.message, self.config.bucket),
+                                },
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let first = self.error("DELETE", "(batch)", e);
+                    for key in batch {
+                        let e = match &first {
+                            StoreError::S3Status { op, status, reason, .. } => StoreError::S3Status {
+                                op,
+                                key: key.to_string(),
+                                status: *status,
+                                reason: reason.clone(),
+                            },
+                            other => StoreError::S3 { op: "DELETE", key: key.to_string(), reason: other.to_string() },
+                        };
+                        failed.push((key.clone(), e));
+                    }
+                }
+            }
+        }
+        failed
     }
+
     pub(super) async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<String, StoreError> {
-        todo!("{key} {expiry:?}")
+        let secs = presign_secs(expiry)?;
+        self.bucket
+            .presign_put(key.as_str(), secs, None, None)
+            .await
+            .map_err(|e| self.error("presign PUT", key.as_str(), e))
     }
+
+    /// Starts a multipart upload whose parts a remote client sends straight to the bucket through
+    /// [`S3Store::presign_part`] URLs; returns the upload id.
+    pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StoreError> {
+        Ok(self.initiate(key, content_type).await?.upload_id)
+    }
+
+    /// A presigned URL for `PUT`ting part `part_number` (1-based, ≤ 10 000) of upload `upload_id`; the
+    /// `ETag` header of the answer is what [`S3Store::complete_multipart`] needs for that part.
+    pub async fn presign_part(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        part_number: u32,
+        expiry: Duration,
+    ) -> Result<String, StoreError> {
+        if !(1..=10_000).contains(&part_number) {
+            return Err(StoreError::Config(format!("part number {part_number} is outside 1..=10000")));
+        }
+        let secs = presign_secs(expiry)?;
+        let queries = std::collections::HashMap::from([
+            ("partNumber".to_owned(), part_number.to_string()),
+            ("uploadId".to_owned(), upload_id.to_owned()),
+        ]);
+        self.bucket
+            .presign_put(key.as_str(), secs, None, Some(queries))
+            .await
+            .map_err(|e| self.error("presign upload part", key.as_str(), e))
+    }
+
+    /// Completes upload `upload_id` from the parts' ETags in part order (part 1 first). The object becomes
+    /// visible only now.
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        etags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let parts = etags.into_iter().zip(1u32..).map(|(etag, part_number)| Part { part_number, etag }).collect();
+        self.upload_bucket(key)
+            .complete_multipart_upload(key.as_str(), upload_id, parts)
+            .await
+            .map_err(|e| self.error("complete multipart upload", key.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Aborts upload `upload_id` (a remote client gave up); an upload already gone counts as aborted.
+    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StoreError> {
+        match self.bucket.abort_upload(key.as_str(), upload_id).await {
+            Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
+            Err(e) => Err(self.error("abort multipart upload", key.as_str(), e)),
+        }
+    }
+
+    /// Unfinished multipart uploads in the bucket (all of them, following pagination).
+    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, StoreError> {
+        let pages = self
+            .bucket
+            .list_multiparts_uploads(None, None)
+            .await
+            .map_err(|e| self.error("list multipart uploads", "", e))?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|page| page.uploads)
+            .map(|u| PendingUpload {
+                initiated: chrono::DateTime::parse_from_rfc3339(&u.initiated).ok().map(|t| t.to_utc()),
+                key: u.key,
+                upload_id: u.id,
+            })
+            .collect())
+    }
+
+    /// Aborts every upload initiated before now − `older_than` (uploads with an unreadable date are left
+    /// alone). Tries them all; returns the first failure if any abort failed.
     pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
-        todo!("{older_than:?}")
+        let cutoff = chrono::Duration::from_std(older_than).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d));
+        // A cutoff before any representable date: nothing is that old.
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let mut aborted = 0;
+        let mut first_error = None;
+        for upload in self.pending_uploads().await? {
+            if upload.initiated.is_none_or(|t| t > cutoff) {
+                continue;
+            }
+            match self.bucket.abort_upload(&upload.key, &upload.upload_id).await {
+                Ok(()) => aborted += 1,
+                // Finished or aborted by someone else meanwhile.
+                Err(S3Error::HttpFailWithBody(404, _)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(self.error("abort multipart upload", &upload.key, e));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(aborted),
+        }
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let pages = self.bucket.list(prefix.to_owned(), None).await.map_err(|e| self.error("LIST", prefix, e))?;
+        let mut keys: Vec<String> = pages.into_iter().flat_map(|p| p.contents).map(|o| o.key).collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// One multipart upload in progress: the parts done and the one uploading.
+struct Multipart {
+    key: String,
+    upload_id: String,
+    content_type: String,
+    bucket: Arc<Bucket>,
+    parts: Vec<Part>,
+    in_flight: Option<JoinHandle<Result<Part, S3Error>>>,
+}
+
+impl Multipart {
+    /// Waits for the part uploading now, then starts uploading `data` as the next part.
+    async fn send_part(&mut self, data: Vec<u8>, store: &S3Store) -> Result<(), StoreError> {
+        self.wait_in_flight(store).await?;
+        let number = u32::try_from(self.parts.len() + 1)
+            .map_err(|_| StoreError::Config(format!("too many parts uploading {}", self.key)))?;
+        let (bucket, key, id, ct) =
+            (Arc::clone(&self.bucket), self.key.clone(), self.upload_id.clone(), self.content_type.clone());
+        self.in_flight =
+            Some(tokio::spawn(async move { bucket.put_multipart_chunk(data, &key, number, &id, &ct).await }));
+        Ok(())
+    }
+
+    async fn wait_in_flight(&mut self, store: &S3Store) -> Result<(), StoreError> {
+        if let Some(task) = self.in_flight.take() {
+            let part = task
+                .await
+                .map_err(|e| StoreError::S3 { op: "upload part", key: self.key.clone(), reason: e.to_string() })?
+                .map_err(|e| store.error("upload part", &self.key, e))?;
+            self.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Waits for the last part; returns all parts in order.
+    async fn finish(&mut self, store: &S3Store) -> Result<Vec<Part>, StoreError> {
+        self.wait_in_flight(store).await?;
+        Ok(std::mem::take(&mut self.parts))
+    }
+
+    /// Best effort: stops the part in flight and aborts the upload (GC retries what fails here).
+    async fn abort(mut self, store: &S3Store) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Err(e) = self.bucket.abort_upload(&self.key, &self.upload_id).await {
+            let e = store.error("abort multipart upload", &self.key, e);
+            tracing::warn!(error = %e, "could not abort a failed multipart upload; GC will retry");
+        }
+    }
+}
+
+/// Maps a rust-s3 error to ours, naming the key and the bucket but never credentials or URLs.
+fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) -> StoreError {
+    let key = key.to_owned();
+    let bucket = &config.bucket;
+    match e {
+        S3Error::HttpFailWithBody(status, body) => {
+            let detail = summarize_error_body(&body).unwrap_or_else(|| status_hint(status).to_owned());
+            StoreError::S3Status { op, key, status, reason: format!("{detail} (bucket {bucket})") }
+        }
+        S3Error::Reqwest(e) => {
+            let e = e.without_url();
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason.push_str(": ");
+                reason.push_str(&s.to_string());
+                source = s.source();
+            }
+            StoreError::S3 { op, key, reason: format!("{reason} (bucket {bucket} at {})", endpoint_name(config)) }
+        }
+        S3Error::Credentials(_) => StoreError::Config(format!("S3 credentials for bucket {bucket} are unusable")),
+        S3Error::Region(e) => StoreError::Config(format!("S3 region for bucket {bucket}: {e}")),
+        S3Error::UrlParse(e) => StoreError::Config(format!("S3 URL for bucket {bucket}: {e}")),
+        other => StoreError::S3 { op, key, reason: format!("{other} (bucket {bucket})") },
+    }
+}
+
+/// A presigned URL lifetime in seconds, within S3's limits.
+fn presign_secs(expiry: Duration) -> Result<u32, StoreError> {
+    let secs = expiry.as_secs();
+    if secs == 0 || secs > MAX_PRESIGN_SECS {
+        return Err(StoreError::Config(format!(
+            "presigned URL lifetime must be 1..={MAX_PRESIGN_SECS} seconds, got {secs}"
+        )));
+    }
+    u32::try_from(secs).map_err(|_| StoreError::Config("presign expiry out of range".to_owned()))
+}
+
+fn endpoint_name(config: &S3Config) -> &str {
+    if config.endpoint.is_empty() { "AWS" } else { &config.endpoint }
+}
+
+/// What an error status means when the server sent no body (HEAD answers never have one).
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        401 | 403 => "access denied (check the access key, secret key, region and bucket permissions)",
+        404 => "not found (does the bucket exist?)",
+        408 | 504 => "timeout",
+        429 | 503 => "slow down / service unavailable",
+        500..=599 => "server error",
+        _ => "error",
+    }
+}
+
+/// `Code: Message` from an S3 XML error body, or a short prefix of a non-XML body.
+fn summarize_error_body(body: &str) -> Option<String> {
+    fn tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+        let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = body[start..].find(&format!("</{name}>"))?;
+        Some(body[start..start + len].trim())
+    }
+    let body = body.trim();
+    if body.is_empty() {
+        return None;
+    }
+    match (tag(body, "Code"), tag(body, "Message")) {
+        (Some(code), Some(msg)) => Some(format!("{code}: {msg}")),
+        (Some(code), None) => Some(code.to_owned()),
+        (None, Some(msg)) => Some(msg.to_owned()),
+        (None, None) => Some(body.chars().take(200).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> S3Config {
+        S3Config {
+            endpoint: "http://127.0.0.1:1".to_owned(),
+            bucket: "b".to_owned(),
+            region: "garage".to_owned(),
+            access_key: "GKaccess".to_owned(),
+            secret_key: "supersecretvalue".to_owned(),
+            path_style: true,
+            part_size: 8 << 20,
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let s = format!("{:?}", config());
+        assert!(!s.contains("supersecretvalue") && !s.contains("GKaccess"), "{s}");
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        type Edit = fn(&mut S3Config);
+        let cases: [(Edit, &str); 3] = [
+            (|c| c.bucket.clear(), "bucket name is empty"),
+            (|c| c.part_size = 1024, "part size"),
+            (|c| c.endpoint = "127.0.0.1:3900".to_owned(), "must start with http"),
+        ];
+        for (edit, want) in cases {
+            let mut c = config();
+            edit(&mut c);
+            match S3Store::new(c) {
+                Err(StoreError::Config(msg)) => assert!(msg.contains(want), "{msg}"),
+                Err(e) => panic!("wrong error {e}"),
+                Ok(_) => panic!("accepted a config that should fail with {want}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_summarised() {
+        let xml = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Forbidden: Invalid signature</Message></Error>";
+        assert_eq!(summarize_error_body(xml).as_deref(), Some("AccessDenied: Forbidden: Invalid signature"));
+        assert_eq!(summarize_error_body("  "), None);
+        let e = describe_error("HEAD", "k", &config(), S3Error::HttpFailWithBody(403, String::new()));
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("access denied") && e.to_string().contains("bucket b"), "{e}");
+        let e = describe_error("GET", "k", &config(), S3Error::HttpFailWithBody(503, String::new()));
+        assert!(e.is_transient(), "{e}");
     }
 }

@@ -1,0 +1,378 @@
+//! The S3 backend against a real single-node Garage: round trips, single and multipart streaming uploads,
+//! failed uploads leaving nothing behind, range reads, presigned PUTs, batch deletes, stale multipart
+//! cleanup, bad credentials and outages.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use niks3::nix::hash::Sha256Hash;
+use niks3::store::s3::{S3Config, S3Store};
+use niks3::store::{ObjectKey, ObjectKind, Store, StoreError};
+use niks3_testkit::garage::Garage;
+use rand::{RngCore, SeedableRng};
+use sha2::Digest;
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+const PART: usize = 8 * MIB;
+
+fn config(g: &Garage) -> S3Config {
+    S3Config {
+        endpoint: g.endpoint.clone(),
+        bucket: g.bucket.clone(),
+        region: g.region.clone(),
+        access_key: g.access_key.clone(),
+        secret_key: g.secret_key.clone(),
+        path_style: true,
+        part_size: PART,
+    }
+}
+
+fn setup() -> (Garage, Store) {
+    let g = Garage::start().expect("start garage");
+    let store = Store::S3(S3Store::new(config(&g)).expect("valid config"));
+    (g, store)
+}
+
+fn s3(store: &Store) -> &S3Store {
+    match store {
+        Store::S3(s) => s,
+        Store::Local(_) => unreachable!("these tests use S3"),
+    }
+}
+
+/// A raw rust-s3 client on the same bucket, for what the store API deliberately hides (ETags, multipart).
+fn raw_bucket(g: &Garage) -> Box<s3::Bucket> {
+    let region = s3::Region::Custom { region: g.region.clone(), endpoint: g.endpoint.clone() };
+    let creds =
+        s3::creds::Credentials::new(Some(&g.access_key), Some(&g.secret_key), None, None, None).expect("credentials");
+    s3::Bucket::new(&g.bucket, region, creds).expect("bucket").with_path_style()
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn nar_key(data: &[u8]) -> ObjectKey {
+    ObjectKey::nar(&Sha256Hash(sha2::Sha256::digest(data).into()))
+}
+
+fn narinfo_key(n: u8) -> ObjectKey {
+    let hash: String = std::iter::repeat_n(char::from(b'0' + n % 10), 32).collect();
+    let (kind, key) = ObjectKey::parse(&format!("{hash}.narinfo")).expect("valid narinfo key");
+    assert_eq!(kind, ObjectKind::NarInfo);
+    key
+}
+
+/// Feeds `data` in chunks of the given sizes (cycled) through a bounded channel, optionally failing after
+/// `fail_after` bytes, as the upload pipeline does.
+fn feed(
+    data: Vec<u8>,
+    sizes: &[usize],
+    fail_after: Option<usize>,
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let sizes = sizes.to_vec();
+    tokio::spawn(async move {
+        let data = Bytes::from(data);
+        let mut pos = 0;
+        for size in sizes.iter().cycle() {
+            if pos >= data.len() {
+                break;
+            }
+            if fail_after.is_some_and(|f| pos >= f) {
+                let _ = tx.send(Err(StoreError::Source { key: "test".into(), reason: "NAR read failed".into() })).await;
+                return;
+            }
+            let end = (pos + size).min(data.len());
+            if tx.send(Ok(data.slice(pos..end))).await.is_err() {
+                return;
+            }
+            pos = end;
+        }
+    });
+    rx
+}
+
+async fn read_all(store: &Store, key: &ObjectKey, range: Option<(u64, Option<u64>)>) -> (u64, Vec<u8>) {
+    let (meta, mut stream) = store.get_stream(key, range).await.expect("get_stream").expect("object exists");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("chunk"));
+    }
+    (meta.size, out)
+}
+
+/// The ETag (multipart objects have `-<parts>` at its end), checking on the way that NARs carry the
+/// immutable `Cache-Control` and the content type given.
+async fn etag(g: &Garage, key: &ObjectKey) -> String {
+    let (head, _) = raw_bucket(g).head_object(key.as_str()).await.expect("head");
+    if key.kind() == ObjectKind::Nar {
+        let cc = head.cache_control.unwrap_or_default();
+        assert!(cc.contains("immutable"), "NAR {key} has Cache-Control {cc:?}");
+        assert_eq!(head.content_type.as_deref(), Some("application/x-nix-nar"), "{key}");
+    }
+    head.e_tag.expect("etag")
+}
+
+#[tokio::test]
+async fn put_get_head_delete_round_trip() {
+    let (_g, store) = setup();
+    let key = narinfo_key(1);
+    let body = Bytes::from_static(b"StorePath: /nix/store/x\n");
+    assert_eq!(store.get(&key).await.expect("get absent"), None);
+    assert_eq!(store.head(&key).await.expect("head absent"), None);
+    assert!(store.get_stream(&key, None).await.expect("stream absent").is_none());
+
+    store.put(&key, body.clone(), "text/x-nix-narinfo").await.expect("put");
+    assert_eq!(store.get(&key).await.expect("get"), Some(body.clone()));
+    assert_eq!(store.head(&key).await.expect("head").map(|m| m.size), Some(body.len() as u64));
+    assert_eq!(store.list("").await.expect("list"), vec![key.to_string()]);
+
+    assert!(store.delete_many(std::slice::from_ref(&key)).await.is_empty());
+    assert_eq!(store.get(&key).await.expect("get deleted"), None);
+}
+
+#[tokio::test]
+async fn small_stream_is_one_put() {
+    let (g, store) = setup();
+    let d = data(100 * 1024 + 7, 1);
+    let key = nar_key(&d);
+    let n =
+        store.put_stream(&key, feed(d.clone(), &[7000, 1, 65536], None), "application/x-nix-nar").await.expect("put");
+    assert_eq!(n, d.len() as u64);
+    assert_eq!(read_all(&store, &key, None).await, (d.len() as u64, d));
+    assert!(!etag(&g, &key).await.contains('-'), "a small object must not be multipart");
+    // An empty stream stores an empty object.
+    let empty = nar_key(b"");
+    assert_eq!(store.put_stream(&empty, feed(Vec::new(), &[1], None), "x").await.expect("put empty"), 0);
+    assert_eq!(store.head(&empty).await.expect("head").map(|m| m.size), Some(0));
+}
+
+#[tokio::test]
+async fn large_stream_is_multipart_in_equal_parts() {
+    let (g, store) = setup();
+    for (len, parts) in [(20 * MIB + 12345, Some(3)), (2 * PART, Some(2)), (PART, None)] {
+        let d = data(len, len as u64);
+        let key = nar_key(&d);
+        let n = store
+            .put_stream(&key, feed(d.clone(), &[MIB, 3 * MIB + 1, 4096], None), "application/x-nix-nar")
+            .await
+            .expect("put_stream");
+        assert_eq!(n, len as u64);
+        let (size, back) = read_all(&store, &key, None).await;
+        assert_eq!(size, len as u64);
+        assert_eq!(sha2::Sha256::digest(&back), sha2::Sha256::digest(&d), "content of {len} bytes");
+        let tag = etag(&g, &key).await;
+        match parts {
+            Some(p) => assert!(tag.trim_matches('"').ends_with(&format!("-{p}")), "{len} bytes: etag {tag}"),
+            None => assert!(!tag.contains('-'), "exactly one part must be a single PUT: {tag}"),
+        }
+    }
+    assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty());
+}
+
+#[tokio::test]
+async fn failed_stream_leaves_nothing() {
+    let (_g, store) = setup();
+    // Fails after two full parts were sent (multipart started) and before the first part (single PUT).
+    for fail_after in [2 * PART + MIB, 3 * MIB] {
+        let d = data(3 * PART, 7);
+        let key = nar_key(&d);
+        let err = store.put_stream(&key, feed(d, &[MIB], Some(fail_after)), "x").await.expect_err("must fail");
+        assert!(matches!(err, StoreError::Source { .. }), "{err}");
+        assert_eq!(store.head(&key).await.expect("head"), None);
+        assert!(store.list("").await.expect("list").is_empty());
+        assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty(), "multipart upload left");
+    }
+}
+
+#[tokio::test]
+async fn range_reads() {
+    let (_g, store) = setup();
+    let d = data(1000, 3);
+    let key = nar_key(&d);
+    store.put(&key, Bytes::from(d.clone()), "application/x-nix-nar").await.expect("put");
+    assert_eq!(read_all(&store, &key, Some((10, Some(19)))).await, (1000, d[10..20].to_vec()));
+    assert_eq!(read_all(&store, &key, Some((990, None))).await, (1000, d[990..].to_vec()));
+    assert_eq!(read_all(&store, &key, Some((995, Some(5000)))).await, (1000, d[995..].to_vec()));
+    assert_eq!(read_all(&store, &key, Some((0, Some(0)))).await, (1000, d[..1].to_vec()));
+    assert_eq!(read_all(&store, &key, Some((1000, None))).await, (1000, Vec::new()));
+    assert_eq!(read_all(&store, &key, Some((20, Some(10)))).await, (1000, Vec::new()));
+    assert!(store.get_stream(&narinfo_key(2), Some((0, None))).await.expect("absent").is_none());
+}
+
+#[tokio::test]
+async fn presigned_put_works_with_reqwest_and_curl() {
+    let (_g, store) = setup();
+    let d = data(300 * 1024, 4);
+    let key = nar_key(&d);
+    let url = store.presign_put(&key, Duration::from_mins(10)).await.expect("presign").expect("S3 presigns");
+    let resp = reqwest::Client::new().put(&url).body(d.clone()).send().await.expect("PUT");
+    assert!(resp.status().is_success(), "{}: {:?}", resp.status(), resp.text().await);
+    assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from(d)));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("body");
+    std::fs::write(&file, b"hello from curl").expect("write");
+    let key2 = narinfo_key(3);
+    let url2 = store.presign_put(&key2, Duration::from_mins(1)).await.expect("presign").expect("url");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-X", "PUT", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(&url2)
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(store.get(&key2).await.expect("get"), Some(Bytes::from_static(b"hello from curl")));
+
+    let too_long = store.presign_put(&key2, Duration::from_hours(8 * 24)).await;
+    assert!(matches!(too_long, Err(StoreError::Config(_))), "{too_long:?}");
+}
+
+#[tokio::test]
+async fn delete_many_present_and_absent() {
+    let (_g, store) = setup();
+    let keys: Vec<ObjectKey> = (0..5).map(narinfo_key).collect();
+    for k in &keys[..3] {
+        store.put(k, Bytes::from_static(b"x"), "text/plain").await.expect("put");
+    }
+    let failed = store.delete_many(&keys).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(store.list("").await.expect("list").is_empty());
+    assert!(store.delete_many(&[]).await.is_empty());
+}
+
+#[tokio::test]
+async fn abort_stale_uploads_removes_only_old_ones() {
+    let (g, store) = setup();
+    let raw = raw_bucket(&g);
+    let key = nar_key(b"abandoned");
+    let up = raw.initiate_multipart_upload(key.as_str(), "application/x-nix-nar").await.expect("initiate");
+    raw.put_multipart_chunk(vec![1; MIB], key.as_str(), 1, &up.upload_id, "application/x-nix-nar").await.expect("part");
+    let pending = s3(&store).pending_uploads().await.expect("list");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].key, key.as_str());
+    assert!(pending[0].initiated.is_some(), "initiated date parsed");
+
+    assert_eq!(store.abort_stale_uploads(Duration::from_hours(1)).await.expect("abort none"), 0);
+    assert_eq!(store.abort_stale_uploads(Duration::MAX).await.expect("absurd age"), 0);
+    assert_eq!(s3(&store).pending_uploads().await.expect("list").len(), 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.abort_stale_uploads(Duration::ZERO).await.expect("abort"), 1);
+    assert!(s3(&store).pending_uploads().await.expect("list").is_empty());
+    assert_eq!(store.head(&key).await.expect("head"), None);
+}
+
+#[tokio::test]
+async fn wrong_secret_is_a_clear_permanent_error_without_the_secret() {
+    let g = Garage::start().expect("start garage");
+    let wrong = "0123456789abcdef0123456789abcdefWRONGSECRET";
+    let store = Store::S3(S3Store::new(S3Config { secret_key: wrong.to_owned(), ..config(&g) }).expect("config"));
+    let key = narinfo_key(4);
+    for err in [
+        store.put(&key, Bytes::from_static(b"x"), "text/plain").await.expect_err("put must fail"),
+        store.head(&key).await.expect_err("head must fail, not report absence"),
+        store.get(&key).await.expect_err("get must fail"),
+    ] {
+        let msg = err.to_string();
+        eprintln!("bad credentials: {msg}");
+        assert!(!err.is_transient(), "bad credentials are not transient: {msg}");
+        assert!(msg.contains(key.as_str()) && msg.contains(&g.bucket), "{msg}");
+        assert!(!msg.contains(wrong) && !msg.contains(&g.secret_key), "secret leaked: {msg}");
+        assert!(!format!("{err:?}").contains(wrong), "secret leaked in Debug");
+    }
+    let d = data(PART + 1, 5);
+    let err = store.put_stream(&nar_key(&d), feed(d, &[MIB], None), "x").await.expect_err("multipart must fail");
+    assert!(!err.is_transient() && !err.to_string().contains(wrong), "{err}");
+}
+
+#[tokio::test]
+async fn outage_is_transient_and_recovers() {
+    let (mut g, store) = setup();
+    let key = narinfo_key(5);
+    g.stop();
+    let err = store.put(&key, Bytes::from_static(b"x"), "text/plain").await.expect_err("server down");
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains(&g.bucket), "{err}");
+    eprintln!("outage: {err}");
+    let err = store.head(&key).await.expect_err("server down");
+    assert!(err.is_transient(), "{err}");
+    g.resume().expect("restart garage");
+    store.put(&key, Bytes::from_static(b"x"), "text/plain").await.expect("put after restart");
+    assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from_static(b"x")));
+}
+
+#[tokio::test]
+async fn extra_bucket_is_usable() {
+    let g = Garage::start().expect("start garage");
+    g.create_bucket("second").expect("create bucket");
+    let store = Store::S3(S3Store::new(S3Config { bucket: "second".into(), ..config(&g) }).expect("config"));
+    store
+        .put(&ObjectKey::cache_info(), Bytes::from_static(b"StoreDir: /nix/store\n"), "text/x-nix-cache-info")
+        .await
+        .expect("put into second bucket");
+    assert!(store.get(&ObjectKey::cache_info()).await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn presigned_multipart_upload_by_a_remote_client() {
+    let (_g, store) = setup();
+    let s3 = s3(&store);
+    let d = data(PART + 3 * MIB, 9);
+    let key = nar_key(&d);
+    let id = s3.initiate_multipart(&key, "application/x-nix-nar").await.expect("initiate");
+    let client = reqwest::Client::new();
+    let mut etags = Vec::new();
+    for (i, part) in d.chunks(PART).enumerate() {
+        let n = u32::try_from(i + 1).expect("few parts");
+        let url = s3.presign_part(&key, &id, n, Duration::from_mins(10)).await.expect("presign part");
+        let resp = client.put(&url).body(part.to_vec()).send().await.expect("PUT part");
+        assert!(resp.status().is_success(), "part {n}: {}", resp.status());
+        etags.push(resp.headers()["etag"].to_str().expect("ascii etag").to_owned());
+    }
+    assert_eq!(store.head(&key).await.expect("head"), None, "invisible until completed");
+    s3.complete_multipart(&key, &id, etags).await.expect("complete");
+    let (size, back) = read_all(&store, &key, None).await;
+    assert_eq!((size, sha2::Sha256::digest(&back)), (d.len() as u64, sha2::Sha256::digest(&d)));
+
+    // An abandoned one is aborted and leaves nothing.
+    let key2 = nar_key(b"abandoned by the client");
+    let id2 = s3.initiate_multipart(&key2, "application/x-nix-nar").await.expect("initiate");
+    s3.abort_multipart(&key2, &id2).await.expect("abort");
+    s3.abort_multipart(&key2, &id2).await.expect("aborting twice is fine");
+    assert!(s3.pending_uploads().await.expect("list").is_empty());
+    assert!(s3.presign_part(&key2, &id2, 0, Duration::from_mins(1)).await.is_err(), "part numbers start at 1");
+}
+
+/// Not a pass/fail check: prints streamed (multipart, two parts in flight at most) upload throughput
+/// against one plain PUT of the same bytes, measured in the same run.
+/// `cargo test -p niks3 --test store_s3 -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn throughput_of_put_stream_vs_single_put() {
+    let (g, store) = setup();
+    let len = 256 * MIB;
+    let d = data(len, 11);
+    let raw = raw_bucket(&g);
+    let t = std::time::Instant::now();
+    raw.put_object("baseline", &d).await.expect("baseline PUT");
+    let base = t.elapsed();
+    let key = nar_key(&d);
+    let t = std::time::Instant::now();
+    store.put_stream(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar").await.expect("put_stream");
+    let ours = t.elapsed();
+    let t = std::time::Instant::now();
+    let (size, _) = read_all(&store, &key, None).await;
+    let read = t.elapsed();
+    assert_eq!(size, len as u64);
+    let mibs = |t: Duration| len as f64 / MIB as f64 / t.as_secs_f64();
+    println!(
+        "256 MiB to Garage: single PUT {:.0} MiB/s, put_stream (8 MiB parts) {:.0} MiB/s (ratio {:.2}), get_stream {:.0} MiB/s",
+        mibs(base),
+        mibs(ours),
+        base.as_secs_f64() / ours.as_secs_f64(),
+        mibs(read)
+    );
+}
