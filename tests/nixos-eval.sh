@@ -3,7 +3,12 @@
 #   1. every .nix file of the repository parses (nix-instantiate --parse);
 #   2. nixos/module.nix evaluates with ../shared/tools/eval-nixos-module (the real nixpkgs lib, stand-ins
 #      for the rest of NixOS) on the example configurations and on broken ones, and the systemd units,
-#      timer, credentials, hardening and post-build-hook it produces are checked (nixos/tests/eval_test.py);
+#      timer, credentials, hardening and post-build-hook it produces are checked (nixos/tests/eval_test.py),
+#      also with systemd-analyze, systemd-tmpfiles and real permission checks; the flake's outputs and the
+#      VM tests' nodes evaluate; and the one-machine and remote-builder setups run for real without
+#      systemd (the hook wrapper under real Nix, `niks3 serve`, `niks3 drain` and `niks3 gc` with the
+#      units' exact environment and command lines, a throwaway PostgreSQL) — parts whose binaries are
+#      still skeletons are reported as skipped;
 #   3. docs/nixos-example-output.json is what the module really produces for the examples.
 # Prints one line per check and `N passed, M failed`; exits non-zero on any failure.
 # The shared tools live at ../shared beside the repository; NIKS3_SHARED_DIR overrides that location.
@@ -37,7 +42,7 @@ echo "== module evaluation"
 set +e
 python3 "$root/nixos/tests/eval_test.py" "$root" "$tool" | tee "$tmp/eval.out"
 set -e
-read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed\( (\([0-9]*\) skipped)\)\{0,1\}$/\1 \2 \4/p' "$tmp/eval.out" | tail -1)
+read -r p f s < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed\( (\([0-9]*\) skipped)\)\{0,1\}$/\1 \2 \4/p' "$tmp/eval.out" | tail -1) || true
 [ -n "${p:-}" ] || { p=0; f=1; echo "  FAIL - eval_test.py did not finish"; }
 pass=$((pass + p)); fail=$((fail + f)); skipped=${s:-0}
 
