@@ -752,6 +752,193 @@ def remote_builder(tmp, base, nix_env, extra):
         log.close()
 
 
+def start_garage(tmp):
+    """A single-node Garage S3 server (sqlite metadata, one key, one default bucket, SigV4, region
+    `garage`) in tmp/garage; returns (endpoint, region, bucket, key id, secret, process) or None."""
+    garage = shutil.which("garage") or os.path.expanduser("~/.cargo/bin/garage")
+    if not os.path.exists(garage):
+        return None
+    g = f"{tmp}/garage"
+    os.makedirs(f"{g}/meta")
+    os.makedirs(f"{g}/data")
+    ports = []
+    for _ in range(3):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    s3, rpc, admin = ports
+    with open(f"{g}/garage.toml", "w") as fh:
+        fh.write(f"""metadata_dir = "{g}/meta"
+data_dir = "{g}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{os.urandom(32).hex()}"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+""")
+    key_id, secret, bucket = "GK" + os.urandom(12).hex(), os.urandom(32).hex(), "niks3-nixos-eval"
+    env = {**os.environ, "GARAGE_DEFAULT_ACCESS_KEY": key_id, "GARAGE_DEFAULT_SECRET_KEY": secret,
+           "GARAGE_DEFAULT_BUCKET": bucket}
+    log = open(f"{g}/log", "w")
+    proc = subprocess.Popen([garage, "-c", f"{g}/garage.toml", "server", "--single-node", "--default-bucket"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{s3}"
+    if not wait_for("garage", lambda: http_get(f"{endpoint}/{bucket}")[0] in (200, 403) or proc.poll() is not None, 30) \
+            or proc.poll() is not None:
+        proc.kill()
+        proc.wait()
+        check("garage starts", False, open(f"{g}/log").read()[-800:])
+        return None
+    return endpoint, "garage", bucket, key_id, secret, proc
+
+
+def install_wrapper(d, directory):
+    """The post-build-hook wrapper the module generated, made executable as pkgs.writeShellScript does
+    (the stand-in keeps only the text, in a read-only store file)."""
+    wrapper = f"{directory}/niks3-post-build-hook"
+    with open(wrapper, "w") as fh:
+        fh.write("#!" + shutil.which("bash") + "\n" + open(d["nix"]["settings"]["post-build-hook"]).read())
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
+def s3_end_to_end():
+    """The S3 setup of the module (like nixos/examples/server-s3.nix, without nginx), run for real: a
+    single-node Garage, secrets handed over as credentials (`%d`), a signing key made with
+    `niks3 key generate`; `niks3 serve` with the unit's exact environment drains the hook's spool into
+    the bucket, and the path substitutes through the read proxy with the key trusted."""
+    print("== end to end: the S3 setup as the module configures it (Garage, credentials, niks3 key generate)")
+    if "todo!(" in open(os.path.join(ROOT, "hook/src/lib.rs")).read() or os.geteuid() != 0:
+        skip("S3 setup", "needs root and an implemented niks3-hook")
+        return
+    hook_bin = os.environ.get("NIKS3_HOOK_BIN") or cargo_bin("niks3-hook", "niks3-hook")
+    niks3 = os.environ.get("NIKS3_BIN") or cargo_bin("niks3", "niks3")
+    if not hook_bin or not niks3:
+        return
+    if "--http-addr" not in subprocess.run([niks3, "serve", "--help"], capture_output=True, text=True).stdout:
+        skip("S3 setup", "`niks3 serve` is not implemented in this tree")
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        garage = start_garage(tmp)
+        if garage is None:
+            skip("S3 setup", "garage is not installed (scripts/install-deps.sh --test installs it)")
+            return
+        endpoint, region, bucket, key_id, secret, garage_proc = garage
+        pg = start_postgres(tmp)
+        if pg is None:
+            garage_proc.kill()
+            garage_proc.wait()
+            skip("S3 setup", "needs PostgreSQL server binaries and a postgres user")
+            return
+        conn, stop_pg = pg
+        server = None
+        try:
+            os.makedirs(f"{tmp}/hookpkg/bin")
+            os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
+            extra = f"{tmp}/extra.nix"
+            with open(extra, "w") as fh:
+                fh.write(f"""import {EXTRA} // {{
+  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
+}}""")
+            with open(f"{tmp}/config.nix", "w") as fh:
+                fh.write(f"""{{ ... }}: {{ services.niks3 = {{
+  enable = true;
+  httpAddr = "127.0.0.1:{port}";
+  s3 = {{ endpoint = "{endpoint}"; bucket = "{bucket}"; region = "{region}";
+         accessKeyFile = "/run/secrets/niks3/s3-access-key"; secretKeyFile = "/run/secrets/niks3/s3-secret-key"; }};
+  apiTokenFile = "/run/secrets/niks3/api-token";
+  signKeyFiles = [ "/run/secrets/niks3/cache-1.sec" ];
+  hook = {{ enable = true; spoolDir = "{tmp}/spool"; gcrootsDir = "{tmp}/gcroots"; }};
+}}; }}""")
+            p = subprocess.run([TOOL, MODULE, f"{tmp}/config.nix", extra], capture_output=True, text=True)
+            check("S3 config evaluates", p.returncode == 0, p.stderr[-600:])
+            if p.returncode != 0:
+                return
+            d = json.loads(p.stdout)
+            unit = svc(d, "niks3")
+            # systemd's LoadCredential, done by hand: each credential is a copy of its source under %d.
+            secrets = f"{tmp}/run-secrets"
+            os.makedirs(secrets, mode=0o700)
+            for name, value in [("s3-access-key", key_id), ("s3-secret-key", secret),
+                                ("api-token", os.urandom(24).hex())]:
+                with open(f"{secrets}/{name}", "w") as fh:
+                    fh.write(value)
+            p = subprocess.run([niks3, "key", "generate", "--name", "cache-1", "--secret-out", f"{secrets}/cache-1.sec",
+                                "--public-out", f"{tmp}/cache-1.pub"], capture_output=True, text=True)
+            check("niks3 key generate makes the signing key", p.returncode == 0, p.stderr[-400:])
+            creds = f"{tmp}/credentials"
+            os.makedirs(creds, mode=0o700)
+            for entry in unit["serviceConfig"]["LoadCredential"]:
+                cred, source = entry.split(":", 1)
+                shutil.copy(source.replace("/run/secrets/niks3", secrets), f"{creds}/{cred}")
+            eq("credentials loaded", sorted(os.listdir(creds)),
+               ["api-token", "s3-access-key", "s3-secret-key", "sign-key-0"])
+            for sub in ("tmp", "new", "claimed", "quarantine"):
+                os.makedirs(f"{tmp}/spool/{sub}")
+            os.makedirs(f"{tmp}/gcroots")
+            os.makedirs(f"{tmp}/etc")
+            write_nix_conf(f"{tmp}/etc", install_wrapper(d, tmp))
+            nix_env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
+            nix_env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache-xdg")
+            env = {"PATH": os.environ["PATH"], "NO_COLOR": "1", "NIX_CONF_DIR": f"{tmp}/etc",
+                   "XDG_CACHE_HOME": f"{tmp}/cache-xdg"}
+            for k, v in unit["environment"].items():
+                if k == "NIX_REMOTE":
+                    continue
+                env[k] = {"NIKS3_STATE_DIR": f"{tmp}/state", "NIKS3_DB": conn}.get(k, v.replace("%d", creds))
+            log = open(f"{tmp}/serve.log", "w")
+            server = subprocess.Popen([niks3] + unit["serviceConfig"]["ExecStart"].split()[1:], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            base = f"http://127.0.0.1:{port}"
+            wait_for("health", lambda: http_get(f"{base}/health")[0] == 200 or server.poll() is not None, 90)
+            serving = server.poll() is None and http_get(f"{base}/health")[0] == 200
+            check("niks3 serve starts with S3 credentials from %d and answers /health", serving,
+                  open(f"{tmp}/serve.log").read()[-1500:])
+            if not serving:
+                return
+            expr = ('derivation { name = "niks3-nixos-eval-s3"; system = builtins.currentSystem; '
+                    f'builder = "/bin/sh"; args = [ "-c" "echo s3 {time.time_ns()} > $out" ]; }}')
+            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
+            out = p.stdout.strip()
+            check("build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
+            if p.returncode != 0:
+                return
+            name = os.path.basename(out)
+            ok = wait_for("narinfo", lambda: http_get(f"{base}/{name[:32]}.narinfo")[0] == 200, 90)
+            check("the path went through the bucket and is served by the read proxy", ok,
+                  open(f"{tmp}/serve.log").read()[-1500:])
+            narinfo = http_get(f"{base}/{name[:32]}.narinfo")[1]
+            check("its narinfo is signed with the key from the credential", "Sig: cache-1:" in narinfo, narinfo)
+            pub = open(f"{tmp}/cache-1.pub").read().strip()
+            p = subprocess.run(["nix", "copy", "--from", base, "--to", f"{tmp}/chroot",
+                                "--option", "trusted-public-keys", pub, out], env=nix_env, capture_output=True, text=True)
+            check("it substitutes into an empty store with cache-1 trusted",
+                  p.returncode == 0 and os.path.exists(f"{tmp}/chroot{out}"), p.stderr[-800:])
+            objects = sum(len(files) for _, _, files in os.walk(f"{tmp}/garage/data"))
+            check("the objects are in Garage's data directory", objects > 0, str(objects))
+        finally:
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+            garage_proc.kill()
+            garage_proc.wait()
+            stop_pg()
+
+
 def single_host_end_to_end():
     """The one-machine setup of the module, run for real without systemd: the post-build-hook wrapper
     the module generates is installed in a real Nix (2.8, offline) with the real niks3-hook built from
@@ -947,6 +1134,7 @@ def main():
     flake()
     vm_checks()
     single_host_end_to_end()
+    s3_end_to_end()
     print(f"{passed} passed, {failed} failed" + (f" ({skipped} skipped)" if skipped else ""))
     sys.exit(1 if failed else 0)
 
