@@ -245,7 +245,12 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
         let (upload_url, presigned) = match state.store.presign_put(key, state.limits.presign_expiry).await {
             Ok(Some(url)) => (url, true),
             Ok(None) => (format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32()), false),
-            Err(e) => return store_failed(&e),
+            Err(e) => {
+                for id in &uploads {
+                    let _ = state.db.abort_upload(UploadId(*id)).await;
+                }
+                return store_failed(&e);
+            }
         };
         missing_nars.push(MissingNar {
             path: state.store_dir.display(&p.path),
