@@ -58,6 +58,7 @@ fn postgres_outage_delays_uploads_but_loses_nothing() {
     let server = w.serve();
     let first = w.nix.build_script("e2e-before-outage", "echo before > $out").expect("build");
     w.wait_uploaded(&[first], &server, Duration::from_secs(60));
+    w.wait_drained(&server);
 
     w.pg.stop().expect("stop postgres");
     let during =

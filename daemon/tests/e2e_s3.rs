@@ -44,6 +44,7 @@ fn garage_outage_delays_uploads_but_loses_nothing() {
     let public_key = w.public_key();
     let before = w.nix.build_script("e2e-s3-before", "echo before > $out").expect("build");
     w.wait_uploaded(&[before], &server, Duration::from_secs(60));
+    w.wait_drained(&server);
 
     if let Backend::S3(g) = &mut w.backend {
         g.stop();

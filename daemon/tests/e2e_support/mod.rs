@@ -240,6 +240,14 @@ impl World {
         }
     }
 
+    /// Waits until `new/` and `claimed/` are empty (every entry acknowledged or quarantined).
+    pub fn wait_drained(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            self.spool_entries("new").is_empty() && self.spool_entries("claimed").is_empty()
+        });
+        assert!(ok, "spool not drained:\n{}", server.log_text());
+    }
+
     /// Spool entries in `sub` (`new`, `claimed`, `quarantine`), without `.reason` files.
     pub fn spool_entries(&self, sub: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.spool().join(sub))
