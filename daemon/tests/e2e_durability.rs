@@ -1,5 +1,6 @@
 //! Never lose a path, never break a build, never serve a broken closure: the daemon down while builds
 //! run, the daemon killed with SIGKILL in the middle of a big upload, PostgreSQL down for a while.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 

@@ -1,6 +1,7 @@
 //! End to end with the local backend: `nix-build` with `post-build-hook = niks3-hook` → spool →
 //! `niks3 serve` → the cache directory; stock Nix then substitutes the closure into a fresh store with
 //! signatures required, reads the build log and verifies the cache.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 
@@ -55,7 +56,7 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     let drained = e2e_support::wait_for(Duration::from_secs(10), || {
         w.spool_entries("new").is_empty()
             && w.spool_entries("claimed").is_empty()
-            && std::fs::read_dir(w.gcroots()).map(|d| d.count() == 0).unwrap_or(true)
+            && std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0)
     });
     assert!(drained, "spool or GC roots not emptied:\n{}", server.log_text());
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());

@@ -1,6 +1,7 @@
 //! End to end with the S3 backend (a real single-node Garage): built paths are uploaded to the bucket and
 //! substitute through the read proxy with signatures required; a Garage outage delays uploads without
 //! losing anything.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 
