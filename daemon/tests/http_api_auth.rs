@@ -108,14 +108,26 @@ async fn crafted_paths_and_keys_get_400_and_nothing_is_written() {
     bad_bodies.push(json!({ "roots": [root], "paths": [p] }));
     for body in &bad_bodies {
         for route in ["/api/v1/push", "/api/v1/complete"] {
-            let r = c.post(format!("{}{route}", s.url)).header("authorization", &auth).json(body).send().await.expect("post");
+            let r = c
+                .post(format!("{}{route}", s.url))
+                .header("authorization", &auth)
+                .json(body)
+                .send()
+                .await
+                .expect("post");
             let status = r.status();
             let text = r.text().await.expect("body");
             assert_eq!(status, 400, "{route} {body}: {text}");
             assert!(text.contains("error"), "{text}");
         }
     }
-    let r = c.post(format!("{}/api/v1/push", s.url)).header("authorization", &auth).body("{not json").send().await.expect("post");
+    let r = c
+        .post(format!("{}/api/v1/push", s.url))
+        .header("authorization", &auth)
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 400);
     for bad in ["../../x", "1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdjE", "abc"] {
         let r = c
@@ -156,7 +168,8 @@ async fn relay_upload_rejects_a_nar_that_does_not_match_its_hash_and_keeps_nothi
     let auth = format!("Bearer {TOKEN}");
     let root = format!("/nix/store/{H1}-a");
     let body = json!({ "roots": [root], "paths": [a_path(H1, "a")] });
-    let r = c.post(format!("{}/api/v1/push", s.url)).header("authorization", &auth).json(&body).send().await.expect("push");
+    let r =
+        c.post(format!("{}/api/v1/push", s.url)).header("authorization", &auth).json(&body).send().await.expect("push");
     assert_eq!(r.status(), 200);
     let plan: serde_json::Value = r.json().await.expect("json");
     let url = plan["missing_nars"][0]["upload_url"].as_str().expect("upload url").to_owned();
@@ -167,14 +180,26 @@ async fn relay_upload_rejects_a_nar_that_does_not_match_its_hash_and_keeps_nothi
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("body").contains("decompresses to"));
     // not zstd at all
-    let r = c.put(format!("{}{url}", s.url)).header("authorization", &auth).body(vec![7u8; 5000]).send().await.expect("put");
+    let r = c
+        .put(format!("{}{url}", s.url))
+        .header("authorization", &auth)
+        .body(vec![7u8; 5000])
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 400);
     assert!(s.cache_files().iter().all(|f| !f.starts_with("nar/")), "{:?}", s.cache_files());
     // completing without the NAR publishes nothing
     let done = json!({ "uploads": plan["uploads"], "roots": [root], "paths": [a_path(H1, "a")],
         "nars": [{ "nar_hash": "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9",
                    "file_hash": "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9", "file_size": 10 }] });
-    let r = c.post(format!("{}/api/v1/complete", s.url)).header("authorization", &auth).json(&done).send().await.expect("complete");
+    let r = c
+        .post(format!("{}/api/v1/complete", s.url))
+        .header("authorization", &auth)
+        .json(&done)
+        .send()
+        .await
+        .expect("complete");
     assert_eq!(r.status(), 409);
     assert!(s.cache_files().iter().all(|f| !f.ends_with(".narinfo")), "{:?}", s.cache_files());
     s.shutdown().await;

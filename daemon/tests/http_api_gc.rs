@@ -17,14 +17,16 @@ async fn gc_route_runs_the_collector_and_records_its_figures() {
         .await
         .expect("dry run");
     assert_eq!(dry, niks3::metrics::GcFigures::default());
-    let metrics = TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
+    let metrics =
+        TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
     assert!(!metrics.contains("niks3_gc_last_"), "a dry run records nothing");
     let real = api
         .gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 3600, force: true, dry_run: false })
         .await
         .expect("gc");
     assert_eq!(real.objects_failed_to_delete, 0);
-    let metrics = TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
+    let metrics =
+        TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
     assert!(metrics.contains("niks3_gc_last_objects_deleted_after_grace_period 0"), "{metrics}");
     // absurd options are a 400, not a crash
     let err = api

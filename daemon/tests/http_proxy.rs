@@ -104,7 +104,8 @@ async fn proxy_answers_404_for_absent_objects_and_anything_outside_the_layout() 
     // something outside the cache directory that a traversal would reach
     std::fs::write(s.dir.path().join("secret.narinfo"), "secret").expect("write secret");
     let c = TestServer::client();
-    let absent = c.get(format!("{}/{}.narinfo", s.url, "1c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl")).send().await.expect("absent");
+    let absent =
+        c.get(format!("{}/{}.narinfo", s.url, "1c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl")).send().await.expect("absent");
     assert_eq!(absent.status(), 404);
     assert_eq!(absent.headers()["cache-control"], "public, max-age=5");
     for bad in [
@@ -115,8 +116,8 @@ async fn proxy_answers_404_for_absent_objects_and_anything_outside_the_layout() 
         "/log/..",
         "//etc/passwd",
         "/etc/passwd",
-        "/0c0pcvxgzbblkhq7cwcs8z4vgp6xfjke.narinfo",   // 'e' is not in the nix32 alphabet
-        "/0c0pcvxgzbblkhq7cwcs8z4vgp6xfjk.narinfo",    // 31 characters
+        "/0c0pcvxgzbblkhq7cwcs8z4vgp6xfjke.narinfo", // 'e' is not in the nix32 alphabet
+        "/0c0pcvxgzbblkhq7cwcs8z4vgp6xfjk.narinfo",  // 31 characters
         "/nar/xyz.nar.zst",
         "/nar/1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9.nar.zst/../../x",
         "/api",

@@ -52,7 +52,13 @@ async fn pushed_closure_substitutes_into_a_fresh_store_with_signatures_required(
     // like ./result: a symlink to the store path
     let result_link = s.dir.path().join("result");
     std::os::unix::fs::symlink(&app, &result_link).expect("symlink");
-    let base = vec!["push".to_owned(), "--server".to_owned(), s.url.clone(), "--auth-token-file".to_owned(), token_file.display().to_string()];
+    let base = vec![
+        "push".to_owned(),
+        "--server".to_owned(),
+        s.url.clone(),
+        "--auth-token-file".to_owned(),
+        token_file.display().to_string(),
+    ];
 
     let mut dry = base.clone();
     dry.extend(["--dry-run".to_owned(), result_link.display().to_string()]);
@@ -131,7 +137,14 @@ async fn push_fails_clearly_on_bad_token_bad_path_or_unreachable_server() {
     let short = s.dir.path().join("short");
     std::fs::write(&short, "too-short").expect("write");
     let run = |server: String, tok: &std::path::Path, path: &str| {
-        vec!["push".to_owned(), "--server".to_owned(), server, "--auth-token-file".to_owned(), tok.display().to_string(), path.to_owned()]
+        vec![
+            "push".to_owned(),
+            "--server".to_owned(),
+            server,
+            "--auth-token-file".to_owned(),
+            tok.display().to_string(),
+            path.to_owned(),
+        ]
     };
     let out = niks3(&env, run(s.url.clone(), &wrong, &lonely)).await;
     assert!(!out.status.success());

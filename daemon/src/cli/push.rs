@@ -64,6 +64,7 @@ fn default_state_dirs() -> Vec<PathBuf> {
 }
 
 /// Runs `niks3 push`.
+#[allow(clippy::needless_pass_by_value, reason = "every subcommand's run takes its Args by value")]
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = load_token(args.auth_token_file.as_deref())?;
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
@@ -75,8 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         roots.push(pusher.resolve_arg(p)?);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let progress: Box<dyn Progress> =
-        if std::io::stderr().is_terminal() && !args.dry_run { Box::new(BarProgress::new()) } else { Box::new(LineProgress) };
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() && !args.dry_run {
+        Box::new(BarProgress::new())
+    } else {
+        Box::new(LineProgress)
+    };
     let report = rt
         .block_on(pusher.push(&roots, args.dry_run, progress.as_ref()))
         .with_context(|| format!("pushing to {}", args.server))?;
@@ -106,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             String::new()
         },
         secs,
-        report.nar_bytes as f64 / (1 << 20) as f64 / secs.max(0.001),
+        report.nar_bytes as f64 / 1_048_576.0 / secs.max(0.001),
         report.closure_paths - report.missing_paths.len(),
         report.closure_paths
     );

@@ -69,9 +69,11 @@ impl ClientError {
     /// quarantines such entries instead of retrying them forever.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport { .. } | ClientError::Io { .. } => true,
+            ClientError::Transport { .. }
+            | ClientError::Io { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::Config(_) => true,
             ClientError::Status { status, .. } => *status != 400 && *status != 413,
-            ClientError::Protocol { .. } | ClientError::Config(_) => true,
             ClientError::PathInfo(e) => matches!(e, crate::nix::pathinfo::PathInfoError::Spawn { .. }),
             ClientError::Upload(e) => e.is_transient(),
             ClientError::BadPath(_) => false,
@@ -102,7 +104,7 @@ impl ApiClient {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(20))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_mins(1))
             .user_agent(concat!("niks3/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Config(format!("building the HTTP client: {}", e.without_url())))?;
@@ -137,7 +139,8 @@ impl ApiClient {
     ) -> Result<Resp, ClientError> {
         let what = format!("POST {path}");
         let rb = self.authorized(self.http.post(format!("{}{path}", self.base))).json(body).timeout(timeout);
-        let resp = rb.send().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+        let resp =
+            rb.send().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
         let resp = check_status(resp, &what).await?;
         let bytes =
             resp.bytes().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
@@ -146,17 +149,17 @@ impl ApiClient {
 
     /// `POST /api/v1/push`.
     pub async fn announce(&self, req: &PushRequest) -> Result<PushResponse, ClientError> {
-        self.post_json("/api/v1/push", req, Duration::from_secs(300)).await
+        self.post_json("/api/v1/push", req, Duration::from_mins(5)).await
     }
 
     /// `POST /api/v1/complete`.
     pub async fn complete(&self, req: &CompleteRequest) -> Result<CompleteResponse, ClientError> {
-        self.post_json("/api/v1/complete", req, Duration::from_secs(3600)).await
+        self.post_json("/api/v1/complete", req, Duration::from_hours(1)).await
     }
 
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.
     pub async fn gc(&self, req: &GcRequest) -> Result<crate::metrics::GcFigures, ClientError> {
-        self.post_json("/api/v1/gc", req, Duration::from_secs(6 * 3600)).await
+        self.post_json("/api/v1/gc", req, Duration::from_hours(6)).await
     }
 }
 

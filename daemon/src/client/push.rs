@@ -12,7 +12,6 @@
 
 use super::{ApiClient, ClientError, check_status};
 use crate::http::api::protocol::{CompleteRequest, MissingNar, PathInfoWire, PushRequest, UploadedNar};
-use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::{NixCli, PathInfo};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
@@ -98,8 +97,7 @@ impl Pusher {
         if let Ok(p) = self.store_dir.parse_path(arg) {
             return Ok(p);
         }
-        let canon = std::fs::canonicalize(arg)
-            .map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))?;
+        let canon = std::fs::canonicalize(arg).map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))?;
         let s = canon.to_str().ok_or_else(|| ClientError::BadPath(format!("{arg}: not UTF-8")))?;
         self.store_dir.parse_path(s).map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))
     }
@@ -115,8 +113,10 @@ impl Pusher {
         let closure = self.nix.closure(&self.store_dir, roots).await?;
         let wire: Vec<PathInfoWire> = closure.iter().map(|p| to_wire(&self.store_dir, p)).collect();
         let root_strings: Vec<String> = roots.iter().map(|r| self.store_dir.display(r)).collect();
-        let plan = self.api.announce(&PushRequest { roots: root_strings.clone(), paths: wire.clone(), dry_run }).await?;
-        let by_path: HashMap<String, &PathInfo> = closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
+        let plan =
+            self.api.announce(&PushRequest { roots: root_strings.clone(), paths: wire.clone(), dry_run }).await?;
+        let by_path: HashMap<String, &PathInfo> =
+            closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
         let mut report = PushReport {
             closure_paths: closure.len(),
             missing_paths: plan.missing_paths.clone(),
@@ -184,7 +184,12 @@ impl Pusher {
     }
 
     /// Serialises, checks, compresses and uploads one NAR.
-    async fn upload_one(&self, info: &PathInfo, m: &MissingNar, progress: &dyn Progress) -> Result<UploadedNar, ClientError> {
+    async fn upload_one(
+        &self,
+        info: &PathInfo,
+        m: &MissingNar,
+        progress: &dyn Progress,
+    ) -> Result<UploadedNar, ClientError> {
         let what = format!("uploading the NAR of {}", m.path);
         let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(CHUNK_QUEUE);
         let fs_path = self.store_dir.path_of(&info.path);
@@ -196,14 +201,16 @@ impl Pusher {
         let url = self.api.resolve(&m.upload_url);
         let sent = if m.presigned {
             // S3 needs the length up front: compress to a temporary file, then PUT it.
-            let tmp = TempFile::create(&self.tmp_dir)?;
+            let tmp = TempFile::create(&self.tmp_dir);
             let written = write_chunks(rx, &tmp.path).await;
             let streamed = join_producer(producer).await?;
             written?;
             progress.advanced(info.nar_size);
-            let file = tokio::fs::File::open(&tmp.path)
-                .await
-                .map_err(|source| ClientError::Io { op: "opening", path: tmp.path.clone(), source })?;
+            let file = tokio::fs::File::open(&tmp.path).await.map_err(|source| ClientError::Io {
+                op: "opening",
+                path: tmp.path.clone(),
+                source,
+            })?;
             let body = reqwest::Body::wrap_stream(FileChunks::new(file));
             let resp = self
                 .api
@@ -218,7 +225,8 @@ impl Pusher {
             streamed
         } else {
             let body = reqwest::Body::wrap_stream(ChunkStream { rx });
-            let req = self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
+            let req =
+                self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
             let resp = req.body(body).send().await;
             // The producer's verdict first: a hash mismatch aborts the body, which is the real cause.
             let streamed = join_producer(producer).await?;
@@ -277,11 +285,11 @@ struct TempFile {
 }
 
 impl TempFile {
-    fn create(dir: &Path) -> Result<Self, ClientError> {
+    fn create(dir: &Path) -> Self {
         use rand::Rng;
         let name = format!("niks3-push-{}-{:016x}.nar.zst", std::process::id(), rand::thread_rng().r#gen::<u64>());
         let path = dir.join(name);
-        Ok(TempFile { path })
+        TempFile { path }
     }
 }
 
@@ -363,6 +371,7 @@ impl crate::upload::drain::Process for Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::hash::Sha256Hash;
 
     #[test]
     fn status_errors_classify_for_the_drainer() {

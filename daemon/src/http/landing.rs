@@ -131,9 +131,11 @@ mod tests {
 
     #[test]
     fn hostile_names_and_urls_cannot_inject_markup() {
-        let page = render("<script>alert(1)</script>", "http://x/\"><img src=x onerror=alert(1)>${builtins.x}", &[
-            "k-1:<b>".to_owned(),
-        ]);
+        let page = render(
+            "<script>alert(1)</script>",
+            "http://x/\"><img src=x onerror=alert(1)>${builtins.x}",
+            &["k-1:<b>".to_owned()],
+        );
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("<img"), "{page}");
         assert!(!page.contains("<b>"), "{page}");

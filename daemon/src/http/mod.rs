@@ -26,18 +26,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use warp::Filter;
 
-pub use api::auth::ApiToken;
 pub use api::ApiLimits;
+pub use api::auth::ApiToken;
 
 /// What went wrong starting the HTTP server.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The listen address is not `host:port`, `:port` or `[v6]:port`.
     #[error("invalid HTTP listen address {input:?}: {reason}")]
-    InvalidAddr { input: String, reason: String },
+    InvalidAddr {
+        /// What was given.
+        input: String,
+        /// Why it is not usable.
+        reason: String,
+    },
     /// The socket could not be bound (in use, permission, …).
     #[error("binding HTTP listener on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error from `bind(2)`.
+        source: std::io::Error,
+    },
 }
 
 /// Everything a request handler needs. Built once by `niks3 serve` and shared (read-only) by all requests.
@@ -77,8 +87,7 @@ pub fn parse_http_addr(input: &str) -> Result<SocketAddr, HttpError> {
         return Err(err("expected host:port"));
     }
     // `localhost:5751` and other names: resolve without network (only /etc/hosts style names work).
-    use std::net::ToSocketAddrs;
-    full.to_socket_addrs()
+    std::net::ToSocketAddrs::to_socket_addrs(&full)
         .map_err(|e| err(&e.to_string()))?
         .next()
         .ok_or_else(|| err("the host name resolves to no address"))
@@ -166,8 +175,12 @@ async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::
     let read_only = req.method == http::Method::GET || req.method == http::Method::HEAD;
     match path {
         "/" => ("landing", if read_only { landing::handle(state, &req) } else { response::method_not_allowed() }),
-        "/health" => ("health", if read_only { health::handle(state, &req).await } else { response::method_not_allowed() }),
-        "/metrics" => ("metrics", if read_only { metrics::handle(state, &req) } else { response::method_not_allowed() }),
+        "/health" => {
+            ("health", if read_only { health::handle(state, &req).await } else { response::method_not_allowed() })
+        }
+        "/metrics" => {
+            ("metrics", if read_only { metrics::handle(state, &req) } else { response::method_not_allowed() })
+        }
         "/nix-cache-info" => {
             ("cache-info", if read_only { cacheinfo::handle(state, &req) } else { response::method_not_allowed() })
         }

@@ -120,7 +120,11 @@ pub fn parse_range(value: &str, size: u64) -> RangeRequest {
 }
 
 fn nar_content_type(key: &ObjectKey) -> &'static str {
-    if key.as_str().ends_with(".nar") { "application/x-nix-archive" } else { "application/zstd" }
+    if std::path::Path::new(key.as_str()).extension().is_some_and(|e| e == "nar") {
+        "application/x-nix-archive"
+    } else {
+        "application/zstd"
+    }
 }
 
 async fn serve_nar(state: &HttpState, key: &ObjectKey, range: Option<&http::HeaderValue>, head: bool) -> Response {
@@ -135,7 +139,8 @@ async fn serve_nar(state: &HttpState, key: &ObjectKey, range: Option<&http::Head
         let want = range.map_or(RangeRequest::Full, |r| parse_range(r, size));
         match want {
             RangeRequest::Unsatisfiable => {
-                let mut r = response::text(StatusCode::RANGE_NOT_SATISFIABLE, response::NO_STORE, "range not satisfiable");
+                let mut r =
+                    response::text(StatusCode::RANGE_NOT_SATISFIABLE, response::NO_STORE, "range not satisfiable");
                 response::set(&mut r, header::CONTENT_RANGE, &format!("bytes */{size}"));
                 return r;
             }
@@ -220,7 +225,10 @@ mod tests {
 
     #[test]
     fn percent_decoding_rejects_malformed_escapes() {
-        assert_eq!(percent_decode("realisations/sha256:abc%21out.doi").as_deref(), Some("realisations/sha256:abc!out.doi"));
+        assert_eq!(
+            percent_decode("realisations/sha256:abc%21out.doi").as_deref(),
+            Some("realisations/sha256:abc!out.doi")
+        );
         assert_eq!(percent_decode("%2e%2e%2fetc").as_deref(), Some("../etc"));
         assert_eq!(percent_decode("a%zz"), None);
         assert_eq!(percent_decode("a%2"), None);

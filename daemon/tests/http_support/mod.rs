@@ -8,9 +8,9 @@ use niks3::http::{ApiLimits, ApiToken, HttpState};
 use niks3::metrics::Metrics;
 use niks3::nix::signing::SecretKey;
 use niks3::nix::store_path::StoreDir;
+use niks3::store::Store;
 use niks3::store::local::LocalStore;
 use niks3::store::s3::{S3Config, S3Store};
-use niks3::store::Store;
 use niks3_testkit::garage::Garage;
 use niks3_testkit::postgres::Postgres;
 use std::net::SocketAddr;
@@ -49,7 +49,12 @@ impl TestServer {
     }
 
     /// Like [`TestServer::start`] with a chosen token, cache name and cache URL.
-    pub async fn start_with(backend: Backend, token: Option<ApiToken>, name: &str, cache_url: Option<&str>) -> TestServer {
+    pub async fn start_with(
+        backend: Backend,
+        token: Option<ApiToken>,
+        name: &str,
+        cache_url: Option<&str>,
+    ) -> TestServer {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
         let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");

@@ -13,13 +13,26 @@ pub const MIN_TOKEN_LEN: usize = 36;
 pub enum AuthError {
     /// The token is shorter than [`MIN_TOKEN_LEN`] (the token itself is never shown).
     #[error("the API token{} has {len} characters; at least {MIN_TOKEN_LEN} are required", .source_desc)]
-    TooShort { len: usize, source_desc: String },
+    TooShort {
+        /// Its length in characters.
+        len: usize,
+        /// Where it came from (` in <file>`, or empty).
+        source_desc: String,
+    },
     /// The token contains whitespace or control characters inside it.
     #[error("the API token{} contains whitespace or control characters", .source_desc)]
-    BadCharacters { source_desc: String },
+    BadCharacters {
+        /// Where it came from (` in <file>`, or empty).
+        source_desc: String,
+    },
     /// The token file could not be read.
     #[error("reading API token file {path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// A validated API token. `Debug` is redacted; only a SHA-256 of it is kept for comparisons.
@@ -94,11 +107,14 @@ mod tests {
 
     #[test]
     fn short_tokens_are_refused_without_showing_them() {
-        let e = ApiToken::new("abcdefghijklmnopqrstuvwxyz0123456").expect_err("35 chars");
+        let e = ApiToken::new("abcdefghijklmnopqrstuvwxyz012345678").expect_err("35 chars");
         let msg = e.to_string();
         assert!(msg.contains("35 characters"), "{msg}");
         assert!(!msg.contains("abcdef"), "{msg}");
-        assert!(matches!(ApiToken::new("a b c d e f g h i j k l m n o p q r s t"), Err(AuthError::BadCharacters { .. })));
+        assert!(matches!(
+            ApiToken::new("a b c d e f g h i j k l m n o p q r s t"),
+            Err(AuthError::BadCharacters { .. })
+        ));
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl Default for ApiLimits {
             max_json_body: 64 << 20,
             max_paths: 100_000,
             max_nar_upload: 64 << 30,
-            presign_expiry: std::time::Duration::from_secs(3600),
+            presign_expiry: std::time::Duration::from_hours(1),
         }
     }
 }
@@ -67,7 +67,8 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usiz
     let mut body = req.body;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk: Bytes = chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
+        let chunk: Bytes =
+            chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(response::json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,5 +77,6 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usiz
         }
         buf.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&buf).map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&buf)
+        .map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }

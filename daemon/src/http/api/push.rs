@@ -291,7 +291,10 @@ pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &s
     match session_claims(state, id, &key).await {
         Ok(true) => {}
         Ok(false) => {
-            return response::json_error(StatusCode::NOT_FOUND, format!("upload {id} does not exist or did not claim {key}"));
+            return response::json_error(
+                StatusCode::NOT_FOUND,
+                format!("upload {id} does not exist or did not claim {key}"),
+            );
         }
         Err(e) => return db_failed(&e),
     }
@@ -457,7 +460,8 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         Ok(m) => m.into_iter().collect(),
         Err(e) => return db_failed(&e),
     };
-    let todo: Vec<&PathInfo> = closure.paths.iter().filter(|p| missing.contains(&ObjectKey::narinfo(&p.path))).collect();
+    let todo: Vec<&PathInfo> =
+        closure.paths.iter().filter(|p| missing.contains(&ObjectKey::narinfo(&p.path))).collect();
     // Check every NAR first, so that a missing one publishes nothing.
     let mut stored: HashMap<Sha256Hash, StoredNar> = HashMap::new();
     for p in &todo {
@@ -486,8 +490,12 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         }
         stored.insert(p.nar_hash, StoredNar { file_hash, file_size });
     }
-    let publisher =
-        Publisher::new(Arc::clone(&state.store), state.db.clone(), state.store_dir.clone(), Arc::clone(&state.sign_keys));
+    let publisher = Publisher::new(
+        Arc::clone(&state.store),
+        state.db.clone(),
+        state.store_dir.clone(),
+        Arc::clone(&state.sign_keys),
+    );
     let now = chrono::Utc::now();
     for p in &todo {
         let nar = stored[&p.nar_hash];
