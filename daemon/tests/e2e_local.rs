@@ -62,3 +62,20 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     server.terminate();
 }
+
+#[test]
+fn an_entry_naming_only_its_derivation_uploads_the_outputs() {
+    let w = World::local();
+    let out = w.nix.build_script("e2e-drv-only", "echo drv-only > $out").expect("build");
+    let drv = w.nix.deriver(&out).expect("deriver");
+    // Replace what the hook queued by an entry with no out= lines (as when Nix gives no OUT_PATHS and the
+    // .drv could not be read at hook time).
+    for e in w.spool_entries("new") {
+        std::fs::remove_file(e).expect("remove hook entry");
+    }
+    w.enqueue_raw("0001-drv-only", format!("niks3-spool-v1\ndrv={drv}\nqueued=1\n").as_bytes());
+    let server = w.serve();
+    w.wait_uploaded(std::slice::from_ref(&out), &server, Duration::from_secs(60));
+    w.wait_drained(&server);
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+}
