@@ -52,6 +52,16 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
         w.nix.run(w.nix.command("nix").args(["store", "ls", "--store", &http, "-R", &tree[0]])).expect("nix store ls");
     assert!(ls.contains("bin/tool") && ls.contains("README-link"), "{ls}");
 
+    // The metrics count the uploads.
+    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let ok: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("niks3_uploads_total{result=\"ok\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no upload counter in /metrics:\n{metrics}"));
+    assert_eq!(ok, 3, "three paths uploaded:\n{metrics}");
+
     // The spool is empty and the GC roots of the outputs are gone.
     let drained = e2e_support::wait_for(Duration::from_secs(10), || {
         w.spool_entries("new").is_empty()
