@@ -1,5 +1,6 @@
 //! Never lose a path, never break a build, never serve a broken closure: the daemon down while builds
 //! run, the daemon killed with SIGKILL in the middle of a big upload, PostgreSQL down for a while.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 
@@ -58,6 +59,7 @@ fn postgres_outage_delays_uploads_but_loses_nothing() {
     let server = w.serve();
     let first = w.nix.build_script("e2e-before-outage", "echo before > $out").expect("build");
     w.wait_uploaded(&[first], &server, Duration::from_secs(60));
+    w.wait_drained(&server);
 
     w.pg.stop().expect("stop postgres");
     let during =

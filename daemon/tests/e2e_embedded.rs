@@ -1,6 +1,7 @@
 //! The no-configuration default: `niks3 serve` with no database, store, key or token flags creates its
 //! own private PostgreSQL, local cache, signing key and API token in the state directory, prints what
 //! to add to nix.conf, tells systemd it is ready, and works end to end; a second start reuses all of it.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 

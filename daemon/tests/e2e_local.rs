@@ -1,6 +1,7 @@
 //! End to end with the local backend: `nix-build` with `post-build-hook = niks3-hook` → spool →
 //! `niks3 serve` → the cache directory; stock Nix then substitutes the closure into a fresh store with
 //! signatures required, reads the build log and verifies the cache.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 
@@ -51,13 +52,40 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
         w.nix.run(w.nix.command("nix").args(["store", "ls", "--store", &http, "-R", &tree[0]])).expect("nix store ls");
     assert!(ls.contains("bin/tool") && ls.contains("README-link"), "{ls}");
 
+    // The metrics count the uploads.
+    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let ok: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("niks3_uploads_total{result=\"ok\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no upload counter in /metrics:\n{metrics}"));
+    assert_eq!(ok, 3, "three paths uploaded:\n{metrics}");
+
     // The spool is empty and the GC roots of the outputs are gone.
     let drained = e2e_support::wait_for(Duration::from_secs(10), || {
         w.spool_entries("new").is_empty()
             && w.spool_entries("claimed").is_empty()
-            && std::fs::read_dir(w.gcroots()).map(|d| d.count() == 0).unwrap_or(true)
+            && std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0)
     });
     assert!(drained, "spool or GC roots not emptied:\n{}", server.log_text());
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     server.terminate();
+}
+
+#[test]
+fn an_entry_naming_only_its_derivation_uploads_the_outputs() {
+    let w = World::local();
+    let out = w.nix.build_script("e2e-drv-only", "echo drv-only > $out").expect("build");
+    let drv = w.nix.deriver(&out).expect("deriver");
+    // Replace what the hook queued by an entry with no out= lines (as when Nix gives no OUT_PATHS and the
+    // .drv could not be read at hook time).
+    for e in w.spool_entries("new") {
+        std::fs::remove_file(e).expect("remove hook entry");
+    }
+    w.enqueue_raw("0001-drv-only", format!("niks3-spool-v1\ndrv={drv}\nqueued=1\n").as_bytes());
+    let server = w.serve();
+    w.wait_uploaded(std::slice::from_ref(&out), &server, Duration::from_secs(60));
+    w.wait_drained(&server);
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
 }

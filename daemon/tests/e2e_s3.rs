@@ -1,6 +1,7 @@
 //! End to end with the S3 backend (a real single-node Garage): built paths are uploaded to the bucket and
 //! substitute through the read proxy with signatures required; a Garage outage delays uploads without
 //! losing anything.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 mod e2e_support;
 
@@ -44,6 +45,7 @@ fn garage_outage_delays_uploads_but_loses_nothing() {
     let public_key = w.public_key();
     let before = w.nix.build_script("e2e-s3-before", "echo before > $out").expect("build");
     w.wait_uploaded(&[before], &server, Duration::from_secs(60));
+    w.wait_drained(&server);
 
     if let Backend::S3(g) = &mut w.backend {
         g.stop();

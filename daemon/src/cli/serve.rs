@@ -23,6 +23,7 @@ use tokio::sync::watch;
 pub use niks3::config::ServeArgs as Args;
 
 /// Runs `niks3 serve`.
+#[allow(clippy::needless_pass_by_value, reason = "the signature every subcommand shares")]
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = ServeConfig::resolve(&args).context("configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -42,10 +43,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 }
 
 /// A future that resolves once shutdown was requested.
-fn on_shutdown(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn on_shutdown(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

@@ -232,10 +232,10 @@ impl<P: Process> Drainer<P> {
         match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry")
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
             }
             Err(e) => {
-                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry")
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
             }
         }
         Outcome::Acked
@@ -283,7 +283,7 @@ impl<P: Process> Drainer<P> {
                 tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry");
             }
             Err(e) => {
-                tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry")
+                tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry");
             }
         }
         // A quarantined entry is not retried automatically: do not pin its outputs in the local store.

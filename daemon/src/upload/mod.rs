@@ -55,6 +55,12 @@ pub enum UploadError {
         /// NarSize of what is on disk now.
         actual_size: u64,
     },
+    /// The path is gone from the local store (deleted, e.g. by a GC, before it could be uploaded).
+    #[error("{path} is no longer in the local store (deleted before it could be uploaded)")]
+    Vanished {
+        /// The store path (full).
+        path: String,
+    },
     /// Serialising the path from disk failed (it vanished, unreadable, unsupported file type).
     #[error("serialising {path}: {reason}")]
     Nar {
@@ -90,6 +96,7 @@ impl UploadError {
             UploadError::PathInfo(PathInfoError::Spawn { .. }) | UploadError::MissingReference { .. } => true,
             UploadError::PathInfo(_)
             | UploadError::HashMismatch { .. }
+            | UploadError::Vanished { .. }
             | UploadError::Nar { .. }
             | UploadError::Task(_) => false,
         }

@@ -157,6 +157,16 @@ impl Uploader {
         if roots.is_empty() {
             return Ok(ClosureReport::default());
         }
+        // A root deleted from the store is reported as such (and without asking Nix, which may try its
+        // substituters for a path it does not have).
+        for root in roots {
+            let fs_path = self.store_dir().path_of(root);
+            if let Err(e) = tokio::fs::symlink_metadata(&fs_path).await
+                && e.kind() == std::io::ErrorKind::NotFound
+            {
+                return Err(UploadError::Vanished { path: self.store_dir().display(root) });
+            }
+        }
         let closure = self.nix.closure(self.store_dir(), roots).await?;
         let index: HashMap<&StorePath, usize> = closure.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
 

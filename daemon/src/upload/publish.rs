@@ -146,3 +146,64 @@ impl std::fmt::Debug for Publisher {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    fn info(name: &str, hash_byte: u8, references: Vec<crate::nix::store_path::StorePath>) -> PathInfo {
+        let hash =
+            format!("{}", "0123456789abcdfghijklmnpqrsvwxyz".chars().nth(usize::from(hash_byte) % 32).unwrap_or('0'));
+        PathInfo {
+            path: crate::nix::store_path::StorePath::from_basename(&format!("{}-{name}", hash.repeat(32)))
+                .expect("path"),
+            nar_hash: Sha256Hash([hash_byte; 32]),
+            nar_size: 120,
+            references,
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_refuses_a_narinfo_whose_reference_is_missing_and_signs_what_it_writes() {
+        let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
+        let db = Db::connect(&pg.url()).await.expect("db");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let key = SecretKey::generate("test-1").expect("key");
+        let public = key.public();
+        let store_dir = StoreDir::default();
+        let publisher = Publisher::new(Arc::clone(&store), db.clone(), store_dir.clone(), Arc::new(vec![key]));
+        let dep = info("dep", 1, Vec::new());
+        let top = info("top", 2, vec![dep.path.clone()]);
+        let nar = StoredNar { file_hash: Sha256Hash([9; 32]), file_size: 99 };
+        let now = chrono::Utc::now();
+
+        // The dependency is not published yet: refuse, write nothing.
+        let err = publisher
+            .publish(&PublishInput { info: &top, nar, listing: None, log: None }, now)
+            .await
+            .expect_err("reference missing");
+        assert!(matches!(err, UploadError::MissingReference { .. }) && err.is_transient(), "{err}");
+        assert!(err.to_string().contains("dep"), "{err}");
+        assert!(store.head(&ObjectKey::narinfo(&top.path)).await.expect("head").is_none());
+
+        // Dependencies first, then the dependent: both signed, both recorded with their liveness refs.
+        publisher.publish(&PublishInput { info: &dep, nar, listing: None, log: None }, now).await.expect("dep");
+        let written =
+            publisher.publish(&PublishInput { info: &top, nar, listing: None, log: None }, now).await.expect("top");
+        assert!(written.verify(std::slice::from_ref(&public), &store_dir));
+        let text = store.get(&ObjectKey::narinfo(&top.path)).await.expect("get").expect("narinfo stored");
+        let parsed = NarInfo::parse(std::str::from_utf8(&text).expect("utf8"), &store_dir).expect("parse");
+        assert_eq!(parsed, written);
+        assert_eq!(parsed.url, ObjectKey::nar(&top.nar_hash).as_str());
+        assert_eq!((parsed.compression.as_str(), parsed.file_size), ("zstd", Some(99)));
+        let missing = db
+            .missing(&[ObjectKey::narinfo(&dep.path), ObjectKey::narinfo(&top.path), ObjectKey::nar(&top.nar_hash)])
+            .await
+            .expect("missing");
+        assert!(missing.is_empty(), "everything recorded: {missing:?}");
+    }
+}

@@ -153,7 +153,7 @@ impl World {
 
     /// Starts `niks3 serve`; its stderr goes to `<dir>/serve-N.log`.
     pub fn serve(&self) -> Server {
-        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(self.dir.path()).map_or(0, Iterator::count);
         let log = self.dir.path().join(format!("serve-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = self.nix.command(niks3_bin());
@@ -176,8 +176,7 @@ impl World {
         let keys = self.state().join("keys");
         let ok = wait_for(Duration::from_secs(20), || {
             std::fs::read_dir(&keys)
-                .map(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub")))
-                .unwrap_or(false)
+                .is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub")))
         });
         assert!(ok, "no public key generated in {}", keys.display());
         let pubfile = std::fs::read_dir(&keys)
@@ -238,6 +237,14 @@ impl World {
             let missing: Vec<&String> = all.iter().filter(|p| !self.has_narinfo(p)).collect();
             panic!("not uploaded within {timeout:?}: {missing:?}\n--- server log ---\n{}", server.log_text());
         }
+    }
+
+    /// Waits until `new/` and `claimed/` are empty (every entry acknowledged or quarantined).
+    pub fn wait_drained(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            self.spool_entries("new").is_empty() && self.spool_entries("claimed").is_empty()
+        });
+        assert!(ok, "spool not drained:\n{}", server.log_text());
     }
 
     /// Spool entries in `sub` (`new`, `claimed`, `quarantine`), without `.reason` files.
@@ -384,7 +391,7 @@ pub fn check_local_invariant(cache: &Path) -> usize {
         }
         n += 1;
         let text = std::fs::read_to_string(&p).expect("narinfo");
-        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("");
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map_or("", str::trim);
         let url = field("URL:");
         assert!(cache.join(url).is_file(), "{} points at missing NAR {url}", p.display());
         for r in field("References:").split_whitespace() {
