@@ -385,22 +385,27 @@ async fn relay_nar(
             // The verifier may have stopped (bad data); its verdict is collected below.
             let _ = vtx.send(chunk.clone()).await;
             if tx.send(Ok(chunk)).await.is_err() {
-                return Err("the store stopped reading".to_owned());
+                // The store gave up; its own error says why.
+                return Ok(None);
             }
         }
         drop(vtx);
-        Ok((Sha256Hash(hasher.finalize().into()), size))
+        Ok(Some((Sha256Hash(hasher.finalize().into()), size)))
     });
     let stored = state.store.put_stream(key, rx, "application/zstd").await;
     let fed = feeder.await.map_err(|e| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let verdict = verifier.await.map_err(|e| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (file_hash, size) = match fed {
-        Ok(v) => v,
-        Err(reason) => return Err(bad(reason)),
+    let (file_hash, size) = match (fed, stored) {
+        (Err(reason), _) => return Err(bad(reason)),
+        (Ok(_), Err(e)) => return Err(store_failed(&e)),
+        (Ok(Some(v)), Ok(_)) => v,
+        (Ok(None), Ok(_)) => {
+            return Err(response::json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store stopped reading the upload",
+            ));
+        }
     };
-    if let Err(e) = stored {
-        return Err(store_failed(&e));
-    }
     match verdict {
         Ok(h) if h == nar_hash => {}
         Ok(h) => {
@@ -451,7 +456,8 @@ pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &st
             match item {
                 Ok(c) => {
                     if tx.send(Ok(c)).await.is_err() {
-                        return Err("the store stopped reading".to_owned());
+                        // The store gave up; its own error (below) says why.
+                        return Ok(size);
                     }
                 }
                 Err(reason) => {
