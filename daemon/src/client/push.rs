@@ -22,6 +22,8 @@ use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -245,40 +247,34 @@ impl Pusher {
             crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, true)
         });
         let url = self.api.resolve(&m.upload_url);
+        let counter = Arc::new(AtomicU64::new(0));
         let sent = if m.presigned {
             // S3 needs the length up front: compress to a temporary file, then PUT it.
             let tmp = TempFile::create(&self.tmp_dir);
             let written = write_chunks(rx, &tmp.path).await;
             let streamed = join_producer(producer).await?;
             written?;
-            progress.advanced(info.nar_size);
             let file = tokio::fs::File::open(&tmp.path).await.map_err(|source| ClientError::Io {
                 op: "opening",
                 path: tmp.path.clone(),
                 source,
             })?;
-            let body = reqwest::Body::wrap_stream(FileChunks::new(file));
-            let resp = self
-                .api
-                .http()
-                .put(&url)
-                .header(http::header::CONTENT_LENGTH, streamed.file_size)
-                .body(body)
-                .send()
+            let body = reqwest::Body::wrap_stream(FileChunks::new(file, Arc::clone(&counter)));
+            let req = self.api.http().put(&url).header(http::header::CONTENT_LENGTH, streamed.file_size).body(body);
+            let resp = with_ticks(req.send(), &counter, info.nar_size, progress)
                 .await
                 .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
             check_status(resp, &what).await?;
             streamed
         } else {
-            let body = reqwest::Body::wrap_stream(ChunkStream { rx });
+            let body = reqwest::Body::wrap_stream(ChunkStream { rx, sent: Arc::clone(&counter) });
             let req =
                 self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
-            let resp = req.body(body).send().await;
+            let resp = with_ticks(req.body(body).send(), &counter, info.nar_size, progress).await;
             // The producer's verdict first: a hash mismatch aborts the body, which is the real cause.
             let streamed = join_producer(producer).await?;
             let resp = resp.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
             check_status(resp, &what).await?;
-            progress.advanced(info.nar_size);
             streamed
         };
         let up = UploadedNar {
@@ -349,12 +345,46 @@ impl Drop for TempFile {
 /// The compressor's channel as a request body (`Sync`, as reqwest wants).
 struct ChunkStream {
     rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Stream for ChunkStream {
     type Item = Result<Bytes, StoreError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        let item = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &item {
+            self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        item
+    }
+}
+
+/// Drives `fut` (one NAR's request) while reporting, every 200 ms, the compressed bytes sent so far as
+/// progress; when it ends, tops the report up to the NAR's size, so the bar ends exactly at the total.
+async fn with_ticks<F: std::future::Future>(
+    fut: F,
+    sent: &AtomicU64,
+    nar_size: u64,
+    progress: &dyn Progress,
+) -> F::Output {
+    let mut reported = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => {
+                progress.advanced(nar_size.saturating_sub(reported));
+                return out;
+            }
+            _ = tick.tick() => {
+                // compressed bytes undercount the NAR bytes; never report past the NAR's size
+                let now = sent.load(Ordering::Relaxed).min(nar_size);
+                if now > reported {
+                    progress.advanced(now - reported);
+                    reported = now;
+                }
+            }
+        }
     }
 }
 
@@ -364,7 +394,7 @@ struct FileChunks {
 }
 
 impl FileChunks {
-    fn new(mut file: tokio::fs::File) -> Self {
+    fn new(mut file: tokio::fs::File, sent: Arc<AtomicU64>) -> Self {
         use tokio::io::AsyncReadExt;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -372,7 +402,8 @@ impl FileChunks {
                 let mut buf = bytes::BytesMut::with_capacity(256 << 10);
                 match file.read_buf(&mut buf).await {
                     Ok(0) => return,
-                    Ok(_) => {
+                    Ok(n) => {
+                        sent.fetch_add(n as u64, Ordering::Relaxed);
                         if tx.send(Ok(buf.freeze())).await.is_err() {
                             return;
                         }
