@@ -111,26 +111,12 @@ pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) ->
         return Err(GcError::AlreadyRunning);
     }
 
-    let mut figures = GcFigures::default();
-    let marked = mark::run(&mut client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run)
-        .await?;
-    figures.failed_uploads_deleted = marked.failed_uploads;
-    figures.old_closures_deleted = marked.old_closures;
-    figures.objects_marked_for_deletion = marked.newly_marked;
-
-    if opts.dry_run {
-        figures.objects_deleted_after_grace_period = marked.deletable;
-    } else {
-        match store.abort_stale_uploads(opts.failed_uploads_older_than).await {
-            Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; next GC retries"),
-        }
-        let swept = sweep::run(&mut client, store, delete_marked_before).await?;
-        figures.objects_deleted_after_grace_period = swept.deleted;
-        figures.objects_failed_to_delete = swept.failed;
-        record_run(&client, now, figures).await?;
-    }
+    let result = collect(&mut client, store, opts, now, closures_before, uploads_before, delete_marked_before).await;
+    // Release the run lock explicitly: closing the connection would too, but the server notices that a
+    // moment later, and a run started right after this one must not see the lock still held.
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&GC_RUN_LOCK]).await;
+    let figures = result?;
+    unlocked.map_err(q("gc: run unlock"))?;
 
     tracing::info!(
         dry_run = opts.dry_run,
@@ -142,6 +128,37 @@ pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) ->
         figures.objects_deleted_after_grace_period,
         figures.objects_failed_to_delete,
     );
+    Ok(figures)
+}
+
+/// The three phases, under the run lock.
+async fn collect(
+    client: &mut deadpool_postgres::ClientWrapper,
+    store: &Store,
+    opts: GcOptions,
+    now: DateTime<Utc>,
+    closures_before: DateTime<Utc>,
+    uploads_before: DateTime<Utc>,
+    delete_marked_before: DateTime<Utc>,
+) -> Result<GcFigures, GcError> {
+    let mut figures = GcFigures::default();
+    let marked = mark::run(client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run).await?;
+    figures.failed_uploads_deleted = marked.failed_uploads;
+    figures.old_closures_deleted = marked.old_closures;
+    figures.objects_marked_for_deletion = marked.newly_marked;
+    if opts.dry_run {
+        figures.objects_deleted_after_grace_period = marked.deletable;
+        return Ok(figures);
+    }
+    match store.abort_stale_uploads(opts.failed_uploads_older_than).await {
+        Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; the next GC retries"),
+    }
+    let swept = sweep::run(client, store, delete_marked_before).await?;
+    figures.objects_deleted_after_grace_period = swept.deleted;
+    figures.objects_failed_to_delete = swept.failed;
+    record_run(client, now, figures).await?;
     Ok(figures)
 }
 

@@ -15,7 +15,7 @@
 //! Stopping anywhere leaves flagged rows at worst: they read as missing, a claim drops them, and the next run
 //! finishes them.
 
-use super::{GcError, q};
+use super::{GcError, count, q};
 use crate::db::GC_LOCK;
 use crate::store::{ObjectKey, Store};
 use chrono::{DateTime, Utc};
@@ -37,24 +37,20 @@ pub(super) async fn run(
     store: &Store,
     marked_before: DateTime<Utc>,
 ) -> Result<Swept, GcError> {
-    client
-        .execute(
-            "CREATE TEMP TABLE gc_cand (key text PRIMARY KEY, narinfo bool NOT NULL, pending int NOT NULL DEFAULT 0)",
-            &[],
-        )
-        .await
-        .map_err(q("gc sweep: candidates table"))?;
-    client
-        .batch_execute(
-            "CREATE TEMP TABLE gc_level (id int PRIMARY KEY, key text NOT NULL);
-             CREATE TEMP TABLE gc_done (key text NOT NULL, refs text[] NOT NULL);",
-        )
-        .await
-        .map_err(q("gc sweep: work tables"))?;
+    // The candidates with their referrer counts, in one statement. Only rows that are marked or being
+    // deleted can refer to a candidate: a row that is neither was reachable at the mark phase (then so
+    // was everything it refers to, which is therefore unmarked), or was claimed or recorded since (a claim
+    // covers the whole closure, which clears the marks of what it refers to too). A row whose deletion
+    // fails is reactivated only after it was counted here, so its referees stay held.
     let n = client
         .execute(
-            "INSERT INTO gc_cand (key, narinfo) SELECT key, kind = 'narinfo' FROM objects \
-             WHERE deleting OR marked_at <= $1",
+            "CREATE TEMP TABLE gc_cand AS
+             SELECT o.key, o.kind = 'narinfo' AS narinfo, coalesce(x.n, 0)::int AS pending
+             FROM objects o LEFT JOIN (
+                 SELECT r, count(*) AS n FROM objects f CROSS JOIN LATERAL unnest(f.refs) AS r
+                 WHERE (f.marked_at IS NOT NULL OR f.deleting) AND r <> f.key GROUP BY r
+             ) x ON x.r = o.key
+             WHERE o.deleting OR o.marked_at <= $1",
             &[&marked_before],
         )
         .await
@@ -62,26 +58,24 @@ pub(super) async fn run(
     if n == 0 {
         return Ok(Swept { deleted: 0, failed: 0 });
     }
-    // How many rows (other than itself) refer to each candidate. Only candidates and rows marked later can
-    // refer to a candidate (a live referrer would have made it live), but counting every row is what
-    // keeps a narinfo whose deletion failed, or one marked within the grace period, complete.
     client
         .batch_execute(
-            "ANALYZE gc_cand;
-             UPDATE gc_cand c SET pending = x.n FROM (
-                 SELECT r, count(*)::int AS n FROM objects o CROSS JOIN LATERAL unnest(o.refs) AS r
-                 WHERE r <> o.key AND r IN (SELECT key FROM gc_cand) GROUP BY r
-             ) x WHERE c.key = x.r;",
+            "ALTER TABLE gc_cand ADD PRIMARY KEY (key);
+             CREATE INDEX gc_cand_free ON gc_cand (narinfo DESC, key) WHERE pending = 0;
+             ANALYZE gc_cand;
+             CREATE TEMP TABLE gc_level (id int PRIMARY KEY, key text NOT NULL);",
         )
         .await
-        .map_err(q("gc sweep: count referrers"))?;
+        .map_err(q("gc sweep: work tables"))?;
 
     let mut swept = Swept { deleted: 0, failed: 0 };
     loop {
+        // The next level: every candidate nothing refers to any more (narinfos first).
         let level = client
             .execute(
-                "INSERT INTO gc_level (id, key) \
-                 SELECT row_number() OVER (ORDER BY narinfo DESC, key), key FROM gc_cand WHERE pending = 0",
+                "WITH free AS (DELETE FROM gc_cand WHERE pending = 0 RETURNING key, narinfo)
+                 INSERT INTO gc_level (id, key)
+                 SELECT row_number() OVER (ORDER BY narinfo DESC, key), key FROM free",
                 &[],
             )
             .await
@@ -89,7 +83,6 @@ pub(super) async fn run(
         if level == 0 {
             break;
         }
-        client.execute("DELETE FROM gc_cand WHERE pending = 0", &[]).await.map_err(q("gc sweep: take level"))?;
         let level = i64::try_from(level).unwrap_or(i64::MAX);
         let mut first = 1i64;
         while first <= level {
@@ -97,17 +90,7 @@ pub(super) async fn run(
             delete_batch(client, store, marked_before, first, last, &mut swept).await?;
             first = last + 1;
         }
-        // What this level deleted no longer holds anything back.
-        client
-            .batch_execute(
-                "UPDATE gc_cand c SET pending = c.pending - x.n FROM (
-                     SELECT r, count(*)::int AS n FROM gc_done d CROSS JOIN LATERAL unnest(d.refs) AS r
-                     WHERE r <> d.key GROUP BY r
-                 ) x WHERE c.key = x.r;
-                 TRUNCATE gc_level, gc_done;",
-            )
-            .await
-            .map_err(q("gc sweep: release referees"))?;
+        client.execute("TRUNCATE gc_level", &[]).await.map_err(q("gc sweep: next level"))?;
     }
     Ok(swept)
 }
@@ -183,15 +166,23 @@ async fn delete_batch_locked(
     let deleted: Vec<&str> =
         keys.iter().map(ObjectKey::as_str).filter(|k| !store_failed.contains(*k)).collect();
 
-    let n = client
-        .execute(
-            "WITH d AS (DELETE FROM objects WHERE key = ANY($1) AND deleting RETURNING key, refs) \
-             INSERT INTO gc_done SELECT key, refs FROM d",
+    // Forget the deleted rows and, in the same statement, release what they referred to.
+    let n: i64 = client
+        .query_one(
+            "WITH d AS (DELETE FROM objects WHERE key = ANY($1) AND deleting RETURNING key, refs),
+             released AS (
+                 UPDATE gc_cand c SET pending = c.pending - x.n FROM (
+                     SELECT r, count(*)::int AS n FROM d CROSS JOIN LATERAL unnest(d.refs) AS r
+                     WHERE r <> d.key GROUP BY r
+                 ) x WHERE c.key = x.r
+             )
+             SELECT count(*) FROM d",
             &[&deleted],
         )
         .await
-        .map_err(q("gc sweep: forget deleted"))?;
-    swept.deleted += n;
+        .map_err(q("gc sweep: forget deleted"))?
+        .get(0);
+    swept.deleted += count(n);
     if !failed.is_empty() {
         let f = client
             .execute("UPDATE objects SET deleting = false, marked_at = NULL WHERE key = ANY($1)", &[&failed])
