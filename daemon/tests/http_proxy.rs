@@ -98,6 +98,34 @@ async fn proxy_serves_get_head_and_ranges_with_the_right_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn proxy_serves_build_logs_and_realisations() {
+    let s = TestServer::start(Backend::Local).await;
+    let c = TestServer::client();
+    let log_key = format!("log/{HASH}-hello.drv");
+    let real_key = format!("realisations/sha256:{}!out.doi", "ab".repeat(32));
+    for (k, body) in [(&log_key, "building hello\n"), (&real_key, "{\"id\":\"x\"}")] {
+        let (_, key) = ObjectKey::parse(k).expect("key");
+        s.state.store.put(&key, Bytes::from(body.to_owned()), "text/plain").await.expect("put");
+    }
+    let r = c.get(format!("{}/{log_key}", s.url)).send().await.expect("log");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.expect("body"), "building hello\n");
+    // Nix may percent-encode the `!`
+    let r = c.get(format!("{}/{}", s.url, real_key.replace('!', "%21"))).send().await.expect("realisation");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let r = c.get(format!("{}/realisations/sha256:{}!out.doi", s.url, "cd".repeat(32))).send().await.expect("absent");
+    assert_eq!(r.status(), 404);
+    let r = c.get(format!("{}/log/{HASH}-absent.drv", s.url)).send().await.expect("absent log");
+    assert_eq!(r.status(), 404);
+    let text = c.get(format!("{}/metrics", s.url)).send().await.expect("metrics").text().await.expect("body");
+    assert!(text.contains("route=\"log\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("route=\"realisation\",status=\"404\"} 1"), "{text}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn proxy_answers_404_for_absent_objects_and_anything_outside_the_layout() {
     let s = TestServer::start(Backend::Local).await;
     put_objects(&s).await;

@@ -48,6 +48,20 @@ in rec {
         assert!(s.state.store.head(&ObjectKey::narinfo(&sp)).await.expect("head").is_some(), "{p}");
     }
 
+    // the read proxy streams it from the bucket, whole and by range
+    let nar_url = format!("{}/{}", s.url, ObjectKey::nar(&nar_hash));
+    let c = reqwest::Client::new();
+    let whole = c.get(&nar_url).send().await.expect("GET nar");
+    assert_eq!(whole.status(), 200);
+    let whole = whole.bytes().await.expect("body");
+    assert_eq!(whole.len() as u64, meta.size);
+    let part = c.get(&nar_url).header("range", "bytes=1000-1999").send().await.expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], format!("bytes 1000-1999/{}", meta.size).as_str());
+    assert_eq!(part.bytes().await.expect("body"), whole.slice(1000..2000));
+    let head = c.head(&nar_url).send().await.expect("HEAD");
+    assert_eq!(head.headers()["content-length"], meta.size.to_string().as_str());
+
     let chroot = env.chroot_store("client").expect("chroot");
     let pubkey = s.key.public().to_nix_string();
     let copy = env

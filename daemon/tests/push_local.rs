@@ -15,6 +15,7 @@ let mk = name: script: derivation { inherit name salt; system = builtins.current
 in rec {
   hello = mk "push-hello" ''echo "hello ${salt}" > $out'';
   tree = mk "push-tree" ''
+    echo "building tree ${salt}"
     /bin/mkdir -p $out/bin $out/share/doc
     echo "doc ${salt}" > $out/share/doc/README
     printf '#!/bin/sh\necho tool\n' > $out/bin/tool
@@ -78,6 +79,29 @@ async fn pushed_closure_substitutes_into_a_fresh_store_with_signatures_required(
     assert!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed) > 0, "local backend relays through the server");
     let narinfos = s.cache_files().iter().filter(|f| f.ends_with(".narinfo")).count();
     assert_eq!(narinfos, 3, "{:?}", s.cache_files());
+
+    // the file listing and the build log came along
+    let files = s.cache_files();
+    let tree_hash = &tree["/nix/store/".len().."/nix/store/".len() + 32];
+    assert!(files.contains(&format!("{tree_hash}.ls")), "{files:?}");
+    let tree_drv = env.deriver(&tree).expect("deriver");
+    assert!(files.contains(&format!("log/{}", &tree_drv["/nix/store/".len()..])), "{files:?}");
+    let narinfo_refs: Vec<String> = {
+        let c = s.state.db.pool().get().await.expect("db");
+        let row = c
+            .query_one("SELECT refs FROM objects WHERE key = $1", &[&format!("{tree_hash}.narinfo")])
+            .await
+            .expect("narinfo row");
+        row.get(0)
+    };
+    assert!(narinfo_refs.contains(&format!("{tree_hash}.ls")), "{narinfo_refs:?}");
+    assert!(narinfo_refs.iter().any(|r| r.starts_with("log/")), "{narinfo_refs:?}");
+    let ls = env.command("nix").args(["store", "ls", "--store", &s.url, "-R", &tree]).output().expect("nix store ls");
+    assert!(ls.status.success(), "nix store ls: {}", text(&ls));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("bin/tool"), "{}", text(&ls));
+    let log = env.command("nix").args(["log", "--store", &s.url, &tree]).output().expect("nix log");
+    assert!(log.status.success(), "nix log: {}", text(&log));
+    assert!(String::from_utf8_lossy(&log.stdout).contains("building tree"), "{}", text(&log));
 
     // idempotent: nothing is uploaded twice
     let received = s.state.metrics.api_bytes_received.load(Ordering::Relaxed);

@@ -11,7 +11,9 @@
 //! Idempotent: pushing twice uploads nothing the second time.
 
 use super::{ApiClient, ClientError, check_status};
-use crate::http::api::protocol::{CompleteRequest, MissingNar, PathInfoWire, PushRequest, UploadedNar};
+use crate::http::api::protocol::{
+    CompleteRequest, ListingWire, MissingLog, MissingNar, PathInfoWire, PushRequest, UploadedNar,
+};
 use crate::nix::pathinfo::{NixCli, PathInfo};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
@@ -29,6 +31,9 @@ use tokio::sync::mpsc;
 const CHUNK_QUEUE: usize = 8;
 /// Attempts per NAR upload before giving up (transient failures only).
 const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// One finished NAR upload: what was sent, its listing, whether presigned, its NAR size.
+type Done = (UploadedNar, Option<serde_json::Value>, bool, u64);
 
 /// Receives progress events (a progress bar on a TTY, log lines otherwise, nothing for the drainer).
 pub trait Progress: Send + Sync {
@@ -136,27 +141,44 @@ impl Pusher {
             })?;
             jobs.push(((*info).clone(), m.clone()));
         }
-        let results: Vec<Result<(UploadedNar, bool, u64), ClientError>> = futures::stream::iter(jobs)
+        let results: Vec<Result<Done, ClientError>> = futures::stream::iter(jobs)
             .map(|(info, m)| async move {
-                let up = self.upload_with_retries(&info, &m, progress).await?;
+                let (up, listing) = self.upload_with_retries(&info, &m, progress).await?;
                 progress.nar_done(&m.path, info.nar_size, up.file_size);
-                Ok((up, m.presigned, info.nar_size))
+                Ok((up, listing, m.presigned, info.nar_size))
             })
             .buffer_unordered(self.jobs)
             .collect()
             .await;
         let mut nars = Vec::with_capacity(results.len());
+        let mut listing_of: HashMap<String, serde_json::Value> = HashMap::new();
         for r in results {
-            let (up, presigned, nar_size) = r?;
+            let (up, listing, presigned, nar_size) = r?;
+            if let Some(l) = listing {
+                listing_of.insert(up.nar_hash.clone(), l);
+            }
             report.nars_uploaded += 1;
             report.nar_bytes += nar_size;
             report.file_bytes += up.file_size;
             report.presigned_uploads += usize::from(presigned);
             nars.push(up);
         }
+        // Identical contents give identical listings: every missing path gets the one of its NAR.
+        let listings = plan
+            .missing_paths
+            .iter()
+            .filter_map(|p| {
+                let info = by_path.get(p)?;
+                let l = listing_of.get(&info.nar_hash.to_nix_string())?;
+                Some(ListingWire { path: p.clone(), listing: l.clone() })
+            })
+            .collect();
+        for log in &plan.missing_logs {
+            self.upload_log(log).await;
+        }
         let done = self
             .api
-            .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars })
+            .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars, listings })
             .await?;
         report.published = done.published;
         report.elapsed = t0.elapsed();
@@ -168,7 +190,7 @@ impl Pusher {
         info: &PathInfo,
         m: &MissingNar,
         progress: &dyn Progress,
-    ) -> Result<UploadedNar, ClientError> {
+    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
         let mut attempt = 1;
         loop {
             match self.upload_one(info, m, progress).await {
@@ -183,20 +205,44 @@ impl Pusher {
         }
     }
 
-    /// Serialises, checks, compresses and uploads one NAR.
+    /// Uploads the build log Nix has for `log.deriver`, if any. A log is a nicety: failures are logged,
+    /// never fatal.
+    async fn upload_log(&self, log: &MissingLog) {
+        let Ok(drv) = self.store_dir.parse_path(&log.deriver) else { return };
+        let text = match self.nix.build_log(&self.store_dir, &drv).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("no build log for {}: {e}", log.deriver);
+                return;
+            }
+        };
+        let what = format!("uploading the build log of {}", log.deriver);
+        let url = self.api.resolve(&log.upload_url);
+        let sent = self.api.authorized(self.api.http().put(&url)).body(text).send().await;
+        let res = match sent {
+            Ok(resp) => check_status(resp, &what).await.map(|_| ()),
+            Err(e) => Err(ClientError::Transport { what, source: e.without_url() }),
+        };
+        if let Err(e) = res {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Serialises, checks, compresses and uploads one NAR; returns what was sent and the NAR's listing.
     async fn upload_one(
         &self,
         info: &PathInfo,
         m: &MissingNar,
         progress: &dyn Progress,
-    ) -> Result<UploadedNar, ClientError> {
+    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
         let what = format!("uploading the NAR of {}", m.path);
         let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(CHUNK_QUEUE);
         let fs_path = self.store_dir.path_of(&info.path);
         let display = m.path.clone();
         let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
         let producer = tokio::task::spawn_blocking(move || {
-            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, false)
+            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, true)
         });
         let url = self.api.resolve(&m.upload_url);
         let sent = if m.presigned {
@@ -235,11 +281,12 @@ impl Pusher {
             progress.advanced(info.nar_size);
             streamed
         };
-        Ok(UploadedNar {
+        let up = UploadedNar {
             nar_hash: info.nar_hash.to_nix_string(),
             file_hash: sent.file_hash.to_nix_string(),
             file_size: sent.file_size,
-        })
+        };
+        Ok((up, sent.listing))
     }
 }
 

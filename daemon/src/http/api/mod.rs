@@ -22,6 +22,10 @@ pub struct ApiLimits {
     pub max_paths: usize,
     /// Largest NAR accepted through `PUT /api/v1/uploads/…` (compressed bytes).
     pub max_nar_upload: u64,
+    /// Largest build log accepted through `PUT /api/v1/uploads/{id}/log/{drv}`.
+    pub max_log_upload: u64,
+    /// Largest `.ls` listing accepted in a complete request (serialised JSON bytes).
+    pub max_listing: usize,
     /// How long presigned upload URLs stay valid.
     pub presign_expiry: std::time::Duration,
 }
@@ -32,6 +36,8 @@ impl Default for ApiLimits {
             max_json_body: 64 << 20,
             max_paths: 100_000,
             max_nar_upload: 64 << 30,
+            max_log_upload: 64 << 20,
+            max_listing: 16 << 20,
             presign_expiry: std::time::Duration::from_hours(1),
         }
     }
@@ -54,8 +60,12 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
             ("api-upload", push::upload_nar(state, req, &id, &hash).await)
         }
+        ["v1", "uploads", id, "log", drv] if req.method == http::Method::PUT => {
+            let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
+            ("api-upload-log", push::upload_log(state, req, &id, &drv).await)
+        }
         ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),
-        ["v1", "push" | "complete" | "gc"] | ["v1", "uploads", _, "nar", _] => {
+        ["v1", "push" | "complete" | "gc"] | ["v1", "uploads", _, "nar" | "log", _] => {
             ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),

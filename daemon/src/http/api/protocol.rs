@@ -48,6 +48,25 @@ pub struct MissingNar {
     pub presigned: bool,
 }
 
+/// A build log the server lacks for one of the missing paths.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingLog {
+    /// The derivation (`.drv` store path) whose log is wanted.
+    pub deriver: String,
+    /// Where to `PUT` the plain-text log: a path on the server (needs the bearer token).
+    pub upload_url: String,
+}
+
+/// The `.ls` file listing of a pushed path (as `nix store ls` reads it), computed by the client from the
+/// NAR it serialised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListingWire {
+    /// The store path.
+    pub path: String,
+    /// `{"version":1,"root":{…}}`.
+    pub listing: serde_json::Value,
+}
+
 /// Answer to [`PushRequest`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PushResponse {
@@ -59,6 +78,9 @@ pub struct PushResponse {
     pub missing_nars: Vec<MissingNar>,
     /// The compression the server expects NARs in (`zstd`).
     pub compression: String,
+    /// Build logs the cache lacks for the missing paths (optional to upload).
+    #[serde(default)]
+    pub missing_logs: Vec<MissingLog>,
 }
 
 /// What the client measured of an uploaded NAR file.
@@ -83,6 +105,9 @@ pub struct CompleteRequest {
     pub paths: Vec<PathInfoWire>,
     /// What was uploaded.
     pub nars: Vec<UploadedNar>,
+    /// File listings of the missing paths (optional).
+    #[serde(default)]
+    pub listings: Vec<ListingWire>,
 }
 
 /// Answer to [`CompleteRequest`].

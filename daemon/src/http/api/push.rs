@@ -12,10 +12,10 @@
 
 use super::super::{HttpState, Request, response};
 use super::protocol::{
-    CompleteRequest, CompleteResponse, MissingNar, PathInfoWire, PushRequest, PushResponse, UploadResponse,
+    CompleteRequest, CompleteResponse, MissingLog, MissingNar, PathInfoWire, PushRequest, PushResponse, UploadResponse,
 };
 use super::read_json;
-use crate::db::UploadId;
+use crate::db::{NewObject, UploadId};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::{StoreDir, StorePath};
@@ -63,6 +63,7 @@ fn clip(s: &str) -> String {
 }
 
 /// A validated closure: its roots and its paths, dependencies before dependents.
+#[derive(Debug)]
 pub struct ValidClosure {
     /// The roots, in request order.
     pub roots: Vec<StorePath>,
@@ -220,11 +221,33 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
                 missing_paths: missing_paths.iter().map(|p| state.store_dir.display(&p.path)).collect(),
                 missing_nars,
                 compression: "zstd".to_owned(),
+                missing_logs: Vec::new(),
             },
         );
     }
+    // Build logs of the missing paths that the cache lacks (one query).
+    let mut log_keys: Vec<(ObjectKey, &StorePath)> = Vec::new();
+    for p in &missing_paths {
+        if let Some(drv) = &p.deriver {
+            let k = ObjectKey::log(drv);
+            if !log_keys.iter().any(|(x, _)| *x == k) {
+                log_keys.push((k, drv));
+            }
+        }
+    }
+    let absent_logs: HashSet<ObjectKey> = if log_keys.is_empty() {
+        HashSet::new()
+    } else {
+        let keys: Vec<ObjectKey> = log_keys.iter().map(|(k, _)| k.clone()).collect();
+        match state.db.missing(&keys).await {
+            Ok(m) => m.into_iter().collect(),
+            Err(e) => return db_failed(&e),
+        }
+    };
     let mut claimed = narinfo_keys.clone();
     claimed.extend(nars.iter().map(|(k, _)| k.clone()));
+    claimed.extend(missing_paths.iter().map(|p| ObjectKey::listing(&p.path)));
+    claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
     let mut uploads = Vec::with_capacity(closure.roots.len());
     for root in &closure.roots {
@@ -244,7 +267,12 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
         let (upload_url, presigned) = match state.store.presign_put(key, state.limits.presign_expiry).await {
             Ok(Some(url)) => (url, true),
             Ok(None) => (format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32()), false),
-            Err(e) => return store_failed(&e),
+            Err(e) => {
+                for id in &uploads {
+                    let _ = state.db.abort_upload(UploadId(*id)).await;
+                }
+                return store_failed(&e);
+            }
         };
         missing_nars.push(MissingNar {
             path: state.store_dir.display(&p.path),
@@ -253,6 +281,14 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             presigned,
         });
     }
+    let missing_logs = log_keys
+        .iter()
+        .filter(|(k, _)| absent_logs.contains(k))
+        .map(|(_, drv)| MissingLog {
+            deriver: state.store_dir.display(drv),
+            upload_url: format!("/api/v1/uploads/{session}/log/{}", drv.basename()),
+        })
+        .collect();
     tracing::info!(
         paths = closure.paths.len(),
         missing = missing_paths.len(),
@@ -266,6 +302,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             missing_paths: missing_paths.iter().map(|p| state.store_dir.display(&p.path)).collect(),
             missing_nars,
             compression: "zstd".to_owned(),
+            missing_logs,
         },
     )
 }
@@ -378,6 +415,65 @@ async fn relay_nar(
     Ok(UploadResponse { size, file_hash: file_hash.to_nix_string() })
 }
 
+/// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
+pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &str) -> Response {
+    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
+    let drv = match StorePath::from_basename(drv) {
+        Ok(p) if p.is_derivation() => p,
+        Ok(p) => return bad(format!("{} is not a .drv", p.basename())),
+        Err(e) => return bad(e.to_string()),
+    };
+    let key = ObjectKey::log(&drv);
+    match session_claims(state, id, &key).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return response::json_error(
+                StatusCode::NOT_FOUND,
+                format!("upload {id} does not exist or did not claim {key}"),
+            );
+        }
+        Err(e) => return db_failed(&e),
+    }
+    let limit = state.limits.max_log_upload;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
+    let key_s = key.to_string();
+    let mut body = req.body;
+    let feeder = tokio::spawn(async move {
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let item = match chunk {
+                Ok(c) => {
+                    size += c.len() as u64;
+                    if size > limit { Err(format!("build log larger than {limit} bytes")) } else { Ok(c) }
+                }
+                Err(e) => Err(format!("reading request body: {e}")),
+            };
+            match item {
+                Ok(c) => {
+                    if tx.send(Ok(c)).await.is_err() {
+                        return Err("the store stopped reading".to_owned());
+                    }
+                }
+                Err(reason) => {
+                    let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
+                    return Err(reason);
+                }
+            }
+        }
+        Ok(size)
+    });
+    let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8").await;
+    match feeder.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(reason)) => return bad(reason),
+        Err(e) => return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    match stored {
+        Ok(size) => response::json(StatusCode::OK, &serde_json::json!({ "size": size })),
+        Err(e) => store_failed(&e),
+    }
+}
+
 /// Reads chunks from `rx`, decompresses them as zstd and returns the SHA-256 of the decompressed bytes.
 fn verify_zstd_nar(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Result<Sha256Hash, std::io::Error> {
     struct ChanReader {
@@ -409,6 +505,50 @@ fn verify_zstd_nar(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Result<Sha256Hash,
         hasher.update(&buf[..n]);
     }
     Ok(Sha256Hash(hasher.finalize().into()))
+}
+
+/// Writes and records the `.ls` listing of `path`.
+async fn put_listing(
+    state: &HttpState,
+    path: &StorePath,
+    json: &serde_json::Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ObjectKey, Response> {
+    let text = json.to_string();
+    if text.len() > state.limits.max_listing {
+        return Err(bad(format!("listing for {} is larger than {} bytes", path.basename(), state.limits.max_listing)));
+    }
+    let key = ObjectKey::listing(path);
+    let size = text.len() as u64;
+    state.store.put(&key, Bytes::from(text), "application/json").await.map_err(|e| store_failed(&e))?;
+    state
+        .db
+        .record_object(&NewObject { key: key.clone(), size, refs: Vec::new() }, now)
+        .await
+        .map_err(|e| db_failed(&e))?;
+    Ok(key)
+}
+
+/// The log key of `drv` when the log is in the store (recording it if the database did not know it yet).
+async fn record_log_if_stored(
+    state: &HttpState,
+    drv: &StorePath,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<ObjectKey>, Response> {
+    let key = ObjectKey::log(drv);
+    let known = state.db.missing(std::slice::from_ref(&key)).await.map_err(|e| db_failed(&e))?.is_empty();
+    if known {
+        return Ok(Some(key));
+    }
+    match state.store.head(&key).await {
+        Ok(Some(meta)) => {
+            let obj = NewObject { key: key.clone(), size: meta.size, refs: Vec::new() };
+            state.db.record_object(&obj, now).await.map_err(|e| db_failed(&e))?;
+            Ok(Some(key))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(store_failed(&e)),
+    }
 }
 
 /// `POST /api/v1/complete`.
@@ -490,6 +630,16 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         }
         stored.insert(p.nar_hash, StoredNar { file_hash, file_size });
     }
+    let mut listings: HashMap<StorePath, &serde_json::Value> = HashMap::new();
+    for l in &body.listings {
+        let Ok(p) = state.store_dir.parse_path(&l.path) else {
+            return bad(format!("listing for {:?}: not a store path", clip(&l.path)));
+        };
+        if l.listing.get("version").and_then(serde_json::Value::as_u64) != Some(1) || l.listing.get("root").is_none() {
+            return bad(format!("listing for {}: not a version 1 listing", p.basename()));
+        }
+        listings.insert(p, &l.listing);
+    }
     let publisher = Publisher::new(
         Arc::clone(&state.store),
         state.db.clone(),
@@ -499,7 +649,21 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
     let now = chrono::Utc::now();
     for p in &todo {
         let nar = stored[&p.nar_hash];
-        if let Err(e) = publisher.publish(&PublishInput { info: p, nar, listing: None, log: None }, now).await {
+        let listing = match listings.get(&p.path) {
+            Some(json) => match put_listing(state, &p.path, json, now).await {
+                Ok(k) => Some(k),
+                Err(r) => return r,
+            },
+            None => None,
+        };
+        let log = match &p.deriver {
+            Some(drv) => match record_log_if_stored(state, drv, now).await {
+                Ok(k) => k,
+                Err(r) => return r,
+            },
+            None => None,
+        };
+        if let Err(e) = publisher.publish(&PublishInput { info: p, nar, listing, log }, now).await {
             tracing::warn!("publishing {}: {e}", p.path.basename());
             state.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
             let status = if e.is_transient() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
@@ -519,4 +683,47 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         StatusCode::OK,
         &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(hash: &str, refs: &[&str]) -> PathInfoWire {
+        PathInfoWire {
+            path: format!("/nix/store/{hash}-p"),
+            nar_hash: "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9".to_owned(),
+            nar_size: 120,
+            references: refs.iter().map(|r| format!("/nix/store/{r}-p")).collect(),
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    const A: &str = "0c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+    const B: &str = "1c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+    const C: &str = "2c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+
+    #[test]
+    fn closure_is_ordered_dependencies_first() {
+        let sd = StoreDir::default();
+        let paths = [w(A, &[A, B, C]), w(B, &[C]), w(C, &[])];
+        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, 10).expect("valid");
+        let order: Vec<&str> = c.paths.iter().map(|p| p.path.hash_part()).collect();
+        assert_eq!(order, [C, B, A]);
+    }
+
+    #[test]
+    fn cycles_missing_references_and_too_many_paths_are_refused() {
+        let sd = StoreDir::default();
+        let root = [format!("/nix/store/{A}-p")];
+        let e = validate_closure(&sd, &root, &[w(A, &[B]), w(B, &[A])], 10).expect_err("cycle");
+        assert!(e.contains("cycle"), "{e}");
+        let e = validate_closure(&sd, &root, &[w(A, &[C])], 10).expect_err("missing");
+        assert!(e.contains("not in the request"), "{e}");
+        let e = validate_closure(&sd, &root, &[w(A, &[]), w(B, &[])], 1).expect_err("too many");
+        assert!(e.contains("too many"), "{e}");
+        let e = validate_closure(&sd, &[format!("/nix/store/{B}-p")], &[w(A, &[])], 10).expect_err("root");
+        assert!(e.contains("not among the paths"), "{e}");
+    }
 }
