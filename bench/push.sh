@@ -68,12 +68,12 @@ for root in ("/usr/lib", "/usr/bin"):
             if size + s > total:
                 continue
             files.append((p, s)); size += s
-per = size / parts
-lists = [[] for _ in range(parts)]; acc = 0
-for p, s in files:
-    lists[min(int(acc / per), parts - 1)].append(p); acc += s
+# balance: biggest files first, each into the currently smallest part
+lists = [[] for _ in range(parts)]; sizes = [0] * parts
+for p, s in sorted(files, key=lambda f: -f[1]):
+    i = sizes.index(min(sizes)); lists[i].append(p); sizes[i] += s
 for i, l in enumerate(lists):
-    open(os.path.join(w, "list-%d" % i), "w").write("\n".join(l) + "\n")
+    open(os.path.join(w, "list-%d" % i), "w").write("".join(f + "\n" for f in sorted(l)))
 EOF
 
 cat >"$W/hook.sh" <<EOF
@@ -89,7 +89,7 @@ let
   part = i: derivation {
     name = "bench-part-\${toString i}"; inherit salt;
     system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "/bin/mkdir -p \$out && /usr/bin/xargs -d '\\\\n' -a $W/list-\${toString i} /bin/cp --parents -t \$out" ];
+    args = [ "-c" "/bin/mkdir -p \$out && /usr/bin/xargs -r -d '\\\\n' -a $W/list-\${toString i} /bin/cp --parents -t \$out" ];
   };
   parts = builtins.genList part $PARTS;
 in derivation {

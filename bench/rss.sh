@@ -10,6 +10,8 @@
 # (Three passes over /usr/lib at most: SIZE_MIB must not exceed three times its size.)
 # Env: CARGO_TARGET_DIR (default /work/target-pipeline), SIZE_MIB (4096), PROFILE (release), NO_BUILD=1,
 #      BENCH_DIR (scratch on the real disk, default /var/tmp; needs ~2.5x SIZE_MIB free).
+#      S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY: push to that bucket instead of a
+#      local directory (e.g. the output of /work/shared/recipes/start-garage.sh, eval'ed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
@@ -76,8 +78,15 @@ rm -rf "$W/nixcopy"
 
 echo "== niks3 serve" >&2
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  STORE_ARGS=(--s3-endpoint "$S3_ENDPOINT" --s3-bucket "$S3_BUCKET" --s3-region "${S3_REGION:-garage}")
+  export NIKS3_S3_ACCESS_KEY=$S3_ACCESS_KEY NIKS3_S3_SECRET_KEY=$S3_SECRET_KEY
+  BACKEND="S3 $S3_ENDPOINT"
+else
+  STORE_ARGS=(--store-dir "$W/cache"); BACKEND="local directory"
+fi
 RUST_LOG=info "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
-  --store-dir "$W/cache" --http-addr "127.0.0.1:$PORT" 2>"$W/serve.log" &
+  "${STORE_ARGS[@]}" --http-addr "127.0.0.1:$PORT" 2>"$W/serve.log" &
 SERVER_PID=$!
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null && break; sleep 0.1; done
 sleep 1
@@ -85,7 +94,7 @@ IDLE_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
 H=${BIG##*/}; H=${H:0:32}
 t0=$(date +%s%N)
 mv "$W"/staging/* "$W/spool/new/"
-until [ -e "$W/cache/$H.narinfo" ]; do
+until curl -sf -o /dev/null "http://127.0.0.1:$PORT/$H.narinfo"; do
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.log" >&2; exit 1; }
   sleep 0.05
 done
@@ -93,6 +102,7 @@ t1=$(date +%s%N)
 PEAK_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
 
+echo "backend: $BACKEND"
 python3 - "$NAR_BYTES" "$IDLE_KB" "$PEAK_KB" "$NIXCOPY_KB" "$NIXCOPY_S" "$((t1 - t0))" <<'EOF'
 import sys
 nar, idle, peak, nc_kb, nc_s, nk_ns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])

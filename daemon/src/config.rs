@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 /// Shortest accepted API token.
 pub const MIN_TOKEN_LEN: usize = 36;
-/// Multipart part size for S3 uploads (also the single-PUT threshold).
-pub const S3_PART_SIZE: usize = 16 << 20;
+/// Multipart part size for S3 uploads (also the single-PUT threshold). The S3 backend holds two part
+/// buffers per upload (one filling, one sending), so memory per parallel upload is about twice this.
+pub const S3_PART_SIZE: usize = 8 << 20;
 
 /// The flags of `niks3 serve` (see docs and `niks3 serve --help`).
 #[derive(clap::Args, Clone, Default)]
