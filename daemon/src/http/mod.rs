@@ -188,3 +188,20 @@ async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::
         _ => proxy::handle(state, &req).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_with_colon_port_meaning_all_interfaces() {
+        assert_eq!(parse_http_addr(":5751").expect(":port"), "0.0.0.0:5751".parse().expect("addr"));
+        assert_eq!(parse_http_addr("127.0.0.1:80").expect("v4"), "127.0.0.1:80".parse().expect("addr"));
+        assert_eq!(parse_http_addr("[::1]:5751").expect("v6"), "[::1]:5751".parse().expect("addr"));
+        assert!(parse_http_addr("localhost:5751").expect("name").ip().is_loopback());
+        for bad in ["", "5751", ":", ":99999", "localhost", "1.2.3.4:x"] {
+            let e = parse_http_addr(bad).expect_err(bad);
+            assert!(e.to_string().contains("invalid HTTP listen address"), "{e}");
+        }
+    }
+}
