@@ -214,3 +214,42 @@ fn check(cmd: &Command, out: &Output) -> io::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn builds_fresh_paths_and_runs_the_post_build_hook() {
+        let env = NixEnv::new().expect("nix env");
+        let log = env.dir().join("hook.log");
+        let hook = env.dir().join("hook.sh");
+        std::fs::write(&hook, format!("#!/bin/sh\necho \"$DRV_PATH\" >> {}\n", log.display())).expect("write hook");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        env.set_post_build_hook(&hook).expect("hook");
+        let out = env.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build");
+        assert!(out.starts_with("/nix/store/") && out.ends_with("-testkit-hello"), "{out}");
+        assert_eq!(std::fs::read_to_string(&out).expect("output"), format!("hi {}\n", env.salt()));
+        let drv = env.deriver(&out).expect("deriver");
+        assert_eq!(std::fs::read_to_string(&log).expect("hook ran"), format!("{drv}\n"));
+        // Another environment has another salt, so the same script is a new path.
+        let other = NixEnv::new().expect("nix env");
+        assert_ne!(other.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build"), out);
+        let chroot = env.chroot_store("c").expect("chroot");
+        assert!(chroot.is_dir());
+        assert!(env.chroot_store("c").is_err(), "a chroot store is fresh");
+    }
+
+    #[test]
+    fn failures_carry_stderr() {
+        let env = NixEnv::new().expect("nix env");
+        let err = env.build_script("testkit-fails", "echo boom >&2; exit 3").expect_err("builder fails");
+        assert!(err.to_string().contains("boom") || err.to_string().contains("failed"), "{err}");
+    }
+
+    #[test]
+    fn nix_strings_are_quoted() {
+        assert_eq!(nix_string("a\"b\\c${d}\n"), "\"a\\\"b\\\\c\\${d}\\n\"");
+    }
+}

@@ -1,10 +1,77 @@
-//! `niks3 drain`.
+//! `niks3 drain --server URL --auth-token-file F [--spool-dir DIR] [--gcroots-dir DIR] [--once]`: the
+//! builder-side drainer. The pipeline's [`niks3::upload::drain::Drainer`] (claim, process, ack only after
+//! success, remove GC roots, retry transient failures with backoff, quarantine bad entries) with the push
+//! client as its processor, so a remote builder's spool gets the same durability as the server's own.
+
+use anyhow::Context as _;
+use niks3::client::ApiClient;
+use niks3::client::push::Pusher;
+use niks3::metrics::Metrics;
+use niks3::nix::pathinfo::NixCli;
+use niks3::nix::store_path::StoreDir;
+use niks3::upload::drain::{DrainConfig, Drainer};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Arguments of `niks3 drain`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The niks3 server to push to.
+    #[arg(long, env = "NIKS3_SERVER_URL")]
+    pub server: String,
+    /// File holding the API token.
+    #[arg(long, env = "NIKS3_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// The spool the post-build hook fills.
+    #[arg(long, env = "NIKS3_SPOOL_DIR", default_value = "/var/lib/niks3/spool")]
+    pub spool_dir: PathBuf,
+    /// Where the hook keeps GC roots for queued paths.
+    #[arg(long, env = "NIKS3_GCROOTS_DIR", default_value = "/nix/var/nix/gcroots/niks3")]
+    pub gcroots_dir: PathBuf,
+    /// The local Nix store directory.
+    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
+    pub nix_store_dir: String,
+    /// Entries (and NARs per entry) processed in parallel (default: number of cores).
+    #[arg(long, env = "NIKS3_JOBS")]
+    pub jobs: Option<usize>,
+    /// Exit once the spool is empty instead of waiting for new entries.
+    #[arg(long)]
+    pub once: bool,
+}
 
 /// Runs `niks3 drain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("niks3 drain is not implemented yet ({args:?})")
+    let token = super::push::load_token(args.auth_token_file.as_deref())?;
+    let store_dir = StoreDir::new(&args.nix_store_dir)?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    let api = ApiClient::new(&args.server, token)?;
+    let nix = NixCli::default();
+    let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs);
+    let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);
+    config.once = args.once;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let drainer = Drainer::new(config, Arc::new(pusher), Arc::new(Metrics::default()))
+            .with_context(|| format!("opening the spool {}", args.spool_dir.display()))?;
+        tracing::info!(server = %args.server, spool = %args.spool_dir.display(), "draining the spool");
+        let stats = drainer.run(shutdown_signal()).await?;
+        tracing::info!(acked = stats.acked, quarantined = stats.quarantined, "drainer stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

@@ -1,10 +1,188 @@
-//! `niks3 serve`.
+//! `niks3 serve`: the cache server. Resolves the configuration (embedded defaults included), starts the
+//! database and the store, drains the local spool through the upload pipeline and serves HTTP, until
+//! SIGTERM or SIGINT. Tells systemd READY=1 once serving. On shutdown, in-flight uploads are abandoned
+//! safely: their spool entries stay claimed and are re-processed on the next start.
 
-/// Arguments of `niks3 serve`.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context as _;
+use niks3::config::{DbChoice, ServeConfig, StoreChoice};
+use niks3::db::Db;
+use niks3::db::embedded::EmbeddedPostgres;
+use niks3::metrics::Metrics;
+use niks3::nix::pathinfo::NixCli;
+use niks3::store::Store;
+use niks3::store::local::LocalStore;
+use niks3::store::s3::S3Store;
+use niks3::upload::drain::{DrainConfig, Drainer};
+use niks3::upload::pipeline::Uploader;
+use niks3::upload::publish::Publisher;
+use niks3::upload::retry::Backoff;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Arguments of `niks3 serve` (defined in the library so tests and docs share them).
+pub use niks3::config::ServeArgs as Args;
 
 /// Runs `niks3 serve`.
+#[allow(clippy::needless_pass_by_value, reason = "the signature every subcommand shares")]
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("niks3 serve is not implemented yet ({args:?})")
+    let config = ServeConfig::resolve(&args).context("configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+/// A future that resolves once shutdown was requested.
+async fn on_shutdown(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "no signal handling; stop with SIGKILL"),
+        }
+        let _ = stop_tx.send(true);
+    });
+
+    // Keep the embedded cluster alive for as long as we serve; it stops when dropped.
+    let mut _embedded: Option<EmbeddedPostgres> = None;
+    let db_url = match &config.db {
+        DbChoice::Url(url) => url.clone(),
+        DbChoice::Embedded(dir) => {
+            let pg = EmbeddedPostgres::start(dir).await.context("starting the embedded PostgreSQL")?;
+            let url = pg.url();
+            _embedded = Some(pg);
+            url
+        }
+    };
+    let db = Db::connect(&db_url).await?;
+    let store = Arc::new(match &config.store {
+        StoreChoice::Local(dir) => Store::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
+        StoreChoice::S3(s3) => Store::S3(S3Store::new(s3.clone()).context("configuring S3")?),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let banner = config.startup_banner();
+    let keys = Arc::new(load_keys(&config)?);
+    let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
+    let uploader = Arc::new(Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs));
+
+    // nix-cache-info: written before READY=1 when the store is reachable, else retried in the background.
+    let first_try = uploader.write_cache_info(config.priority).await;
+    let cache_info = {
+        let uploader = Arc::clone(&uploader);
+        let priority = config.priority;
+        let stop = on_shutdown(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            let mut backoff = Backoff::for_uploads();
+            let mut result = first_try;
+            loop {
+                match result {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in = format_args!("{:.1}s", delay.as_secs_f64()), "writing nix-cache-info failed");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = &mut stop => break,
+                        }
+                        result = uploader.write_cache_info(priority).await;
+                    }
+                }
+            }
+        })
+    };
+
+    let drainer = match &config.spool_dir {
+        Some(spool_dir) => {
+            let drain_config = DrainConfig::new(
+                spool_dir.clone(),
+                config.gcroots_dir.clone(),
+                config.nix_store_dir.clone(),
+                NixCli::default(),
+                config.jobs,
+            );
+            let drainer = Drainer::new(drain_config, Arc::clone(&uploader), Arc::clone(&metrics))
+                .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
+            Some(tokio::spawn(drainer.run(on_shutdown(stop_rx.clone()))))
+        }
+        None => None,
+    };
+
+    let http =
+        start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone())
+            .await?;
+
+    eprint!("{banner}");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(cache_url = %config.cache_url, http_addr = %config.http_addr, "serving");
+
+    on_shutdown(stop_rx.clone()).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(d) = drainer {
+        match d.await {
+            Ok(Ok(stats)) => tracing::info!(acked = stats.acked, quarantined = stats.quarantined, "drainer stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "drainer failed"),
+            Err(e) => tracing::error!(error = %e, "drainer task failed"),
+        }
+    }
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    let _ = cache_info.await;
+    signals.abort();
+    Ok(())
+}
+
+/// The signing keys, read again from their files (the resolved config keeps its own copies for the
+/// banner; keys are not `Clone` on purpose).
+fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::SecretKey>> {
+    config
+        .sign_key_files
+        .iter()
+        .map(|f| {
+            niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display()))
+        })
+        .collect()
+}
+
+/// Binds and starts the HTTP server (read proxy, landing page, API, health, metrics). Binding happens
+/// here, before READY=1, so a port in use is a startup error.
+async fn start_http(
+    config: &ServeConfig,
+    store: Arc<Store>,
+    db: Db,
+    keys: Arc<Vec<niks3::nix::signing::SecretKey>>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let api_token = niks3::http::ApiToken::new(config.api_token.expose()).context("API token")?;
+    let state = Arc::new(niks3::http::HttpState {
+        store,
+        db,
+        store_dir: config.nix_store_dir.clone(),
+        priority: config.priority,
+        public_keys: keys.iter().map(niks3::nix::signing::SecretKey::public).collect(),
+        sign_keys: keys,
+        cache_url: config.cache_url.clone(),
+        cache_name: niks3::config::hostname(),
+        metrics,
+        api_token: Some(api_token),
+        limits: niks3::http::ApiLimits::default(),
+    });
+    let listener = niks3::http::bind(config.http_addr).await?;
+    Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
 }

@@ -1,3 +1,207 @@
 //! The HTTP face (warp): the read proxy (a Nix binary cache over HTTP), the push API, the landing page,
 //! `/health` and `/metrics`. Never builds object keys from raw request strings: everything goes through
 //! [`crate::store::ObjectKey::parse`] or validated store paths.
+//!
+//! One file per thing a user asks for: [`cacheinfo`], [`proxy`] (narinfo, NARs, listings, logs,
+//! realisations), [`landing`], [`health`], [`metrics`], [`api`]. This file only binds the socket, routes a
+//! request to one of them and counts the answer in the metrics.
+
+pub mod api;
+pub mod cacheinfo;
+pub mod health;
+pub mod landing;
+pub mod metrics;
+pub mod proxy;
+mod response;
+
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::nix::signing::{PublicKey, SecretKey};
+use crate::nix::store_path::StoreDir;
+use crate::store::Store;
+use bytes::{Buf, Bytes};
+use futures::TryStreamExt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use warp::Filter;
+
+pub use api::ApiLimits;
+pub use api::auth::ApiToken;
+
+/// What went wrong starting the HTTP server.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The listen address is not `host:port`, `:port` or `[v6]:port`.
+    #[error("invalid HTTP listen address {input:?}: {reason}")]
+    InvalidAddr {
+        /// What was given.
+        input: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// The socket could not be bound (in use, permission, …).
+    #[error("binding HTTP listener on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error from `bind(2)`.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request handler needs. Built once by `niks3 serve` and shared (read-only) by all requests.
+pub struct HttpState {
+    /// Where the objects live.
+    pub store: Arc<Store>,
+    /// Bookkeeping (health checks, the push API, GC).
+    pub db: Db,
+    /// `StoreDir` announced in `nix-cache-info` and used to validate pushed paths.
+    pub store_dir: StoreDir,
+    /// `Priority` announced in `nix-cache-info` (lower is preferred by Nix; default 30).
+    pub priority: u32,
+    /// Public keys shown on the landing page (what clients put in `trusted-public-keys`).
+    pub public_keys: Vec<PublicKey>,
+    /// Keys the push API signs narinfos with (shared with the local pipeline).
+    pub sign_keys: Arc<Vec<SecretKey>>,
+    /// The public substituter URL printed on the landing page (e.g. `https://cache.example.org`).
+    pub cache_url: String,
+    /// Human name of the cache for the landing page (default: the host name).
+    pub cache_name: String,
+    /// Counters exported at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The bearer token of the API; `None` disables `/api/v1/` (it answers 404).
+    pub api_token: Option<ApiToken>,
+    /// Size and count limits of API requests.
+    pub limits: ApiLimits,
+}
+
+/// Parses a listen address: `host:port`, `[v6]:port`, or `:port` meaning all interfaces (`0.0.0.0`).
+pub fn parse_http_addr(input: &str) -> Result<SocketAddr, HttpError> {
+    let err = |reason: &str| HttpError::InvalidAddr { input: input.to_owned(), reason: reason.to_owned() };
+    let full = if input.starts_with(':') { format!("0.0.0.0{input}") } else { input.to_owned() };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if full == "localhost" || !full.contains(':') {
+        return Err(err("expected host:port"));
+    }
+    // `localhost:5751` and other names: resolve without network (only /etc/hosts style names work).
+    std::net::ToSocketAddrs::to_socket_addrs(&full)
+        .map_err(|e| err(&e.to_string()))?
+        .next()
+        .ok_or_else(|| err("the host name resolves to no address"))
+}
+
+/// Binds the listener (separately from [`serve_listener`] so that a caller learns the port of `:0` and
+/// bind failures are errors, not panics).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// Binds `addr` and serves every route until `shutdown` completes; in-flight requests are then finished.
+pub async fn serve(
+    state: Arc<HttpState>,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    let listener = bind(addr).await?;
+    serve_listener(state, listener, shutdown).await;
+    Ok(())
+}
+
+/// Serves on an already bound listener until `shutdown` completes.
+pub async fn serve_listener(
+    state: Arc<HttpState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!(addr = %a, "HTTP server listening");
+    }
+    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// The request body as a stream of chunks (read lazily: the NAR upload route streams it to the store).
+pub type RequestBody = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, warp::Error>> + Send + Sync>>;
+
+/// One request, as the handlers see it.
+pub struct Request {
+    /// GET, HEAD, POST, PUT, …
+    pub method: http::Method,
+    /// The raw (percent-encoded) path, starting with `/`.
+    pub path: String,
+    /// The request headers.
+    pub headers: http::HeaderMap,
+    /// The body, unread.
+    pub body: RequestBody,
+}
+
+/// The single warp filter: every request goes to [`handle`].
+pub fn routes(
+    state: Arc<HttpState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream().map(box_body))
+        .then(move |method, path: warp::path::FullPath, headers, body| {
+            let req = Request { method, path: path.as_str().to_owned(), headers, body };
+            handle(Arc::clone(&state), req)
+        })
+}
+
+fn box_body<S, B>(s: S) -> RequestBody
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + Sync + 'static,
+    B: Buf,
+{
+    Box::pin(s.map_ok(|mut b| b.copy_to_bytes(b.remaining())))
+}
+
+/// Routes one request and records its answer in the metrics under a bounded route label.
+pub async fn handle(state: Arc<HttpState>, req: Request) -> warp::reply::Response {
+    let (route, resp) = dispatch(&state, req).await;
+    state.metrics.record_http(route, resp.status().as_u16());
+    resp
+}
+
+async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::reply::Response) {
+    let path = req.path.as_str();
+    if let Some(rest) = path.strip_prefix("/api/") {
+        let rest = rest.to_owned();
+        return api::handle(state, req, &rest).await;
+    }
+    let read_only = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    match path {
+        "/" => ("landing", if read_only { landing::handle(state, &req) } else { response::method_not_allowed() }),
+        "/health" => {
+            ("health", if read_only { health::handle(state, &req).await } else { response::method_not_allowed() })
+        }
+        "/metrics" => {
+            ("metrics", if read_only { metrics::handle(state, &req) } else { response::method_not_allowed() })
+        }
+        "/nix-cache-info" => {
+            ("cache-info", if read_only { cacheinfo::handle(state, &req) } else { response::method_not_allowed() })
+        }
+        _ if !read_only => ("other", response::method_not_allowed()),
+        _ => proxy::handle(state, &req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse_with_colon_port_meaning_all_interfaces() {
+        assert_eq!(parse_http_addr(":5751").expect(":port"), "0.0.0.0:5751".parse().expect("addr"));
+        assert_eq!(parse_http_addr("127.0.0.1:80").expect("v4"), "127.0.0.1:80".parse().expect("addr"));
+        assert_eq!(parse_http_addr("[::1]:5751").expect("v6"), "[::1]:5751".parse().expect("addr"));
+        assert!(parse_http_addr("localhost:5751").expect("name").ip().is_loopback());
+        for bad in ["", "5751", ":", ":99999", "localhost", "1.2.3.4:x"] {
+            let e = parse_http_addr(bad).expect_err(bad);
+            assert!(e.to_string().contains("invalid HTTP listen address"), "{e}");
+        }
+    }
+}

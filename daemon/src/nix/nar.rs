@@ -557,6 +557,23 @@ mod tests {
         }
 
         #[test]
+        fn reader_never_panics_on_mutated_nars(flips in proptest::collection::vec((0usize..2000, 0u8..8), 1..4), cut in 0usize..2000) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("r");
+            std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+            std::fs::write(root.join("a/f"), b"contents of f").expect("write");
+            std::os::unix::fs::symlink("a/f", root.join("l")).expect("symlink");
+            let mut v = Vec::new();
+            dump_path(&root, &mut v).expect("dump");
+            for (pos, bit) in flips {
+                let i = pos % v.len();
+                v[i] ^= 1 << bit;
+            }
+            v.truncate(cut.max(1));
+            let _ = read_tree(&mut v.as_slice());
+        }
+
+        #[test]
         fn reader_rejects_every_truncation(cut in 0usize..400) {
             let mut v = nar(&[NAR_MAGIC, b"(", b"type", b"directory", b"entry", b"(", b"name", b"f", b"node",
                 b"(", b"type", b"regular", b"executable", b"", b"contents"]);

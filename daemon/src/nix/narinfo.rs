@@ -275,6 +275,24 @@ Sig: demo-1:placeholder
     }
 
     #[test]
+    fn other_store_dirs_are_honoured() {
+        let gnu = StoreDir::new("/gnu/store").expect("store dir");
+        let text = NIX_NARINFO.replace("/nix/store/", "/gnu/store/");
+        let ni = NarInfo::parse(&text, &gnu).expect("parses in /gnu/store");
+        assert_eq!(ni.to_text(&gnu), text);
+        assert!(ni.fingerprint(&gnu).starts_with("1;/gnu/store/0i6zbjd8w6w1hwxg3m5fv8dqpbs21ybb-e2e-app;"));
+        assert!(ni.fingerprint(&gnu).ends_with(",/gnu/store/8y0hxmv4pfbyfnqjdl7kyk7lqhq0l8am-e2e-hello"));
+        let err = NarInfo::parse(&text, &StoreDir::default()).expect_err("wrong store");
+        assert!(err.to_string().contains("not in the Nix store"), "{err}");
+        // A signature binds the store dir: valid in one, invalid when read as another.
+        let key = SecretKey::generate("k-1").expect("key");
+        let mut signed = ni;
+        signed.sign(&key, &gnu);
+        assert!(signed.verify(&[key.public()], &gnu));
+        assert!(!signed.verify(&[key.public()], &StoreDir::default()));
+    }
+
+    #[test]
     fn lenient_about_unknown_keys_blank_lines_and_crlf() {
         let text = format!("\n{}Foo: bar\nSystem: x86_64-linux\n\n\n", NIX_NARINFO.replace('\n', "\r\n"));
         assert_eq!(NarInfo::parse(&text, &StoreDir::default()).expect("lenient"), sample());

@@ -2,3 +2,103 @@
 //! one DB query for what the cache lacks, then per missing path (dependencies first) NAR → sha256 check
 //! against Nix's NarHash → zstd → store, then the signed narinfo; plus listing, build log, realisations
 //! and `nix-cache-info`. Never touches HTTP.
+//!
+//! Rooms:
+//! - [`publish`]: the step shared with the push API — sign and write a narinfo once its NAR is stored,
+//!   and record the objects in the database.
+//! - [`nar_stream`]: the single pass over a store path (NAR → NarHash → zstd → FileHash → bounded chunk
+//!   channel, with the `.ls` listing parsed from the same bytes on a side thread).
+//! - [`pipeline`]: uploads the closures of local store paths (the [`pipeline::Uploader`]).
+//! - [`drain`]: watches the spool and feeds claimed entries to a [`drain::Process`] (the uploader
+//!   locally, or a remote push client for `niks3 drain`).
+//! - [`retry`]: jittered, capped exponential backoff for transient outages.
+
+pub mod drain;
+pub mod nar_stream;
+pub mod pipeline;
+pub mod publish;
+pub mod retry;
+
+use crate::db::DbError;
+use crate::nix::hash::Sha256Hash;
+use crate::nix::pathinfo::PathInfoError;
+use crate::nix::store_path::StorePath;
+use crate::store::StoreError;
+
+/// Why uploading a store path (or a closure) failed. [`UploadError::is_transient`] tells the drainer
+/// whether to keep the entry and retry later, or to quarantine it.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Nix could not tell us about a path (not valid, vanished, nix missing, …).
+    #[error(transparent)]
+    PathInfo(#[from] PathInfoError),
+    /// The NAR we serialised from disk does not match what Nix recorded when the path became valid: the
+    /// path was modified after it was built. Nothing was published.
+    #[error(
+        "NAR of {path} does not match Nix's record: Nix has {expected} ({expected_size} bytes), disk gives {actual} ({actual_size} bytes)"
+    )]
+    HashMismatch {
+        /// The store path (full).
+        path: String,
+        /// NarHash Nix recorded.
+        expected: Sha256Hash,
+        /// NarSize Nix recorded.
+        expected_size: u64,
+        /// NarHash of what is on disk now.
+        actual: Sha256Hash,
+        /// NarSize of what is on disk now.
+        actual_size: u64,
+    },
+    /// The path is gone from the local store (deleted, e.g. by a GC, before it could be uploaded).
+    #[error("{path} is no longer in the local store (deleted before it could be uploaded)")]
+    Vanished {
+        /// The store path (full).
+        path: String,
+    },
+    /// Serialising the path from disk failed (it vanished, unreadable, unsupported file type).
+    #[error("serialising {path}: {reason}")]
+    Nar {
+        /// The store path (full).
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A narinfo would have been published while one of its references is not in the cache; refusing
+    /// keeps the invariant "every narinfo has all its references".
+    #[error("refusing to publish {}: its reference {} is not in the cache", .path.basename(), .reference.basename())]
+    MissingReference {
+        /// The path being published.
+        path: StorePath,
+        /// The reference that is absent.
+        reference: StorePath,
+    },
+    /// A background task died (panic or cancellation).
+    #[error("internal task failure: {0}")]
+    Task(String),
+}
+
+impl UploadError {
+    /// True when retrying later may succeed (S3 or PostgreSQL unreachable). False when the input itself
+    /// is bad (path invalid, vanished or modified): the entry is quarantined instead of retried forever.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Store(e) => e.is_transient(),
+            UploadError::Db(e) => e.is_transient(),
+            // Nix not startable is an environment problem, not the entry's fault. A reference vanishing
+            // from the cache between our query and the publish is a GC race: a retry recomputes what is
+            // missing and uploads it again.
+            UploadError::PathInfo(PathInfoError::Spawn { .. }) | UploadError::MissingReference { .. } => true,
+            UploadError::PathInfo(_)
+            | UploadError::HashMismatch { .. }
+            | UploadError::Vanished { .. }
+            | UploadError::Nar { .. }
+            | UploadError::Task(_) => false,
+        }
+    }
+}

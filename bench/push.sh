@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# bench/push.sh — push throughput of niks3's upload pipeline vs `nix copy --to 'file://…?compression=zstd'`,
+# both measured in this run on the same fresh closure.
+#
+# The closure: PARTS derivations, each copying a slice of the real files under /usr/lib and /usr/bin (about
+# TOTAL_MIB in all), and one small `top` referring to all of them. It is built with niks3-hook as the
+# post-build-hook into a staging spool; then
+#   niks3:    `niks3 serve` (embedded PostgreSQL, local store) is started and idle; the staged entries are
+#             moved into its spool at t0; t1 is when the last narinfo (top's, published after all the
+#             others) appears in the cache directory.
+#   nix copy: `nix copy --to file://DIR?compression=zstd` of the same closure (Nix 2.8, zstd level 3).
+# Prints NAR MiB, seconds, MiB/s and the ratio. Needs: root, nix (Debian nix-bin), PostgreSQL server
+# binaries, python3, curl, cargo.
+# Env: CARGO_TARGET_DIR (default /work/target-pipeline), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
+#      BENCH_DIR (scratch on the real disk, default /var/tmp), PROFILE (release), NO_BUILD=1 to use
+#      binaries already built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
+TOTAL_MIB=${TOTAL_MIB:-1024}
+PARTS=${PARTS:-8}
+JOBS=${JOBS:-$(nproc)}
+
+PROFILE=${PROFILE:-release}
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  echo "== building niks3 and niks3-hook ($PROFILE)" >&2
+  cargo build --profile "$PROFILE" -q -p niks3 -p niks3-hook
+fi
+BIN=$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+NIKS3=$BIN/niks3
+HOOK=$BIN/niks3-hook
+
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-push.XXXXXX")
+chmod 711 "$W" # the embedded PostgreSQL runs as the postgres user and must reach $W/state
+SERVER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# private offline Nix, as in shared/recipes/nix-offline-demo.sh
+mkdir -p "$W/etc" "$W/xdg" "$W/staging" "$W/roots"
+cat >"$W/etc/nix.conf" <<CONF
+sandbox = false
+build-users-group =
+substituters =
+experimental-features = nix-command
+narinfo-cache-positive-ttl = 0
+narinfo-cache-negative-ttl = 0
+max-jobs = 2
+CONF
+export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
+unset NIX_REMOTE NIX_CONFIG NIX_PATH
+
+# File lists: real binaries and libraries, PARTS slices of about TOTAL_MIB/PARTS each.
+python3 - "$W" "$TOTAL_MIB" "$PARTS" <<'EOF'
+import os, sys
+w, total, parts = sys.argv[1], int(sys.argv[2]) << 20, int(sys.argv[3])
+files, size = [], 0
+for root in ("/usr/lib", "/usr/bin"):
+    for d, _, names in sorted(os.walk(root)):
+        for n in sorted(names):
+            p = os.path.join(d, n)
+            if os.path.islink(p) or not os.path.isfile(p) or any(c in p for c in "\n\"'$`\\ "):
+                continue
+            s = os.path.getsize(p)
+            if size + s > total:
+                continue
+            files.append((p, s)); size += s
+# balance: biggest files first, each into the currently smallest part
+lists = [[] for _ in range(parts)]; sizes = [0] * parts
+for p, s in sorted(files, key=lambda f: -f[1]):
+    i = sizes.index(min(sizes)); lists[i].append(p); sizes[i] += s
+for i, l in enumerate(lists):
+    open(os.path.join(w, "list-%d" % i), "w").write("".join(f + "\n" for f in sorted(l)))
+EOF
+
+cat >"$W/hook.sh" <<EOF
+#!/bin/sh
+export NIKS3_SPOOL_DIR='$W/staging' NIKS3_GCROOTS_DIR='$W/roots'
+exec '$HOOK'
+EOF
+chmod +x "$W/hook.sh"
+mkdir -p "$W/staging/new" "$W/staging/tmp" "$W/staging/claimed" "$W/staging/quarantine"
+cat >"$W/closure.nix" <<EOF
+{ salt }:
+let
+  part = i: derivation {
+    name = "bench-part-\${toString i}"; inherit salt;
+    system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir -p \$out && /usr/bin/xargs -r -d '\\\\n' -a $W/list-\${toString i} /bin/cp --parents -t \$out" ];
+  };
+  parts = builtins.genList part $PARTS;
+in derivation {
+  name = "bench-top"; inherit salt;
+  system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "echo \${toString parts} > \$out" ];
+}
+EOF
+echo "== building the closure ($PARTS parts, ~$TOTAL_MIB MiB of /usr/lib and /usr/bin)" >&2
+TOP=$(nix-build --no-out-link "$W/closure.nix" --argstr salt "push-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
+  || { cat "$W/build.log" >&2; exit 1; }
+mapfile -t CLOSURE < <(nix-store -qR "$TOP")
+NAR_BYTES=$(nix path-info --json -r "$TOP" | python3 -c 'import json,sys; print(sum(e["narSize"] for e in json.load(sys.stdin)))')
+echo "closure: ${#CLOSURE[@]} paths, $((NAR_BYTES >> 20)) MiB of NAR; staged entries: $(ls "$W/staging/new" | wc -l)" >&2
+# warm the page cache for both contenders alike
+nix-store --dump "$TOP" >/dev/null; for p in "${CLOSURE[@]}"; do nix-store --dump "$p" >/dev/null; done
+
+echo "== nix copy --to file://…?compression=zstd" >&2
+t0=$(date +%s%N)
+nix copy --to "file://$W/nixcopy?compression=zstd" "$TOP"
+t1=$(date +%s%N)
+NIXCOPY_NS=$((t1 - t0))
+
+echo "== niks3 serve (jobs=$JOBS)" >&2
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RUST_LOG=warn "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
+  --store-dir "$W/cache" --http-addr "127.0.0.1:$PORT" --jobs "$JOBS" 2>"$W/serve.log" &
+SERVER_PID=$!
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null || { cat "$W/serve.log" >&2; exit 1; }
+hashes=(); for p in "${CLOSURE[@]}"; do b=${p##*/}; hashes+=("${b:0:32}"); done
+t0=$(date +%s%N)
+python3 -c 'import os,sys; [os.rename(os.path.join(sys.argv[1], n), os.path.join(sys.argv[2], n)) for n in sorted(os.listdir(sys.argv[1]))]' "$W/staging/new" "$W/spool/new"
+python3 - "$W/cache" "${hashes[@]}" <<'EOF'
+import os, sys, time
+cache, hashes = sys.argv[1], sys.argv[2:]
+deadline = time.time() + 1800
+while not all(os.path.exists(os.path.join(cache, h + ".narinfo")) for h in hashes):
+    if time.time() > deadline:
+        sys.exit("timed out")
+    time.sleep(0.01)
+EOF
+t1=$(date +%s%N)
+NIKS3_NS=$((t1 - t0))
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+
+python3 - "$NAR_BYTES" "$NIXCOPY_NS" "$NIKS3_NS" "$W/nixcopy" "$W/cache" "$JOBS" <<'EOF'
+import os, sys
+nar, nc, nk, ncdir, nkdir, jobs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+def size(d):
+    return sum(os.path.getsize(os.path.join(d, "nar", f)) for f in os.listdir(os.path.join(d, "nar")))
+mib = nar / 2**20
+print(f"closure NAR size: {mib:.0f} MiB")
+print(f"| pusher | seconds | MiB/s (NAR) | compressed | vs nix copy |")
+print(f"|---|---|---|---|---|")
+print(f"| nix copy --to file://…?compression=zstd | {nc/1e9:.2f} | {mib/(nc/1e9):.0f} | {size(ncdir)/2**20:.0f} MiB | 1.00x |")
+print(f"| niks3 (jobs={jobs}) | {nk/1e9:.2f} | {mib/(nk/1e9):.0f} | {size(nkdir)/2**20:.0f} MiB | {nc/nk:.2f}x |")
+EOF

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# bench/rss.sh — peak memory of `niks3 serve` while it pushes one big NAR (default 4 GiB), measured in
+# this run against two baselines: the same daemon idle (before the push), and `nix copy --to
+# 'file://…?compression=zstd'` of the same path (/usr/bin/time -v).
+#
+# The path: one derivation writing SIZE_MIB of semi-compressible data (real binaries and libraries from
+# /usr/lib concatenated, repeated as needed). The daemon (embedded PostgreSQL, local store) gets it from
+# its spool; its peak RSS is the kernel's VmHWM of the process after the upload.
+# Needs: root, nix (Debian nix-bin), PostgreSQL server binaries, python3, curl, cargo, /usr/bin/time.
+# (Three passes over /usr/lib at most: SIZE_MIB must not exceed three times its size.)
+# Env: CARGO_TARGET_DIR (default /work/target-pipeline), SIZE_MIB (4096), PROFILE (release), NO_BUILD=1,
+#      BENCH_DIR (scratch on the real disk, default /var/tmp; needs ~2.5x SIZE_MIB free).
+#      S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY: push to that bucket instead of a
+#      local directory (e.g. the output of /work/shared/recipes/start-garage.sh, eval'ed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
+SIZE_MIB=${SIZE_MIB:-4096}
+PROFILE=${PROFILE:-release}
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  echo "== building niks3 and niks3-hook ($PROFILE)" >&2
+  cargo build --profile "$PROFILE" -q -p niks3 -p niks3-hook
+fi
+BIN=$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+NIKS3=$BIN/niks3
+HOOK=$BIN/niks3-hook
+
+W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-rss.XXXXXX")
+chmod 711 "$W" # the embedded PostgreSQL runs as the postgres user and must reach $W/state
+SERVER_PID=
+BIG=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  rm -rf "$W"
+  [ -n "$BIG" ] && nix-store --delete "$BIG" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+mkdir -p "$W/etc" "$W/xdg" "$W/roots"
+cat >"$W/etc/nix.conf" <<CONF
+sandbox = false
+build-users-group =
+substituters =
+experimental-features = nix-command
+narinfo-cache-positive-ttl = 0
+narinfo-cache-negative-ttl = 0
+CONF
+export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
+unset NIX_REMOTE NIX_CONFIG NIX_PATH
+
+cat >"$W/hook.sh" <<EOF
+#!/bin/sh
+export NIKS3_SPOOL_DIR='$W/spool' NIKS3_GCROOTS_DIR='$W/roots'
+exec '$HOOK'
+EOF
+chmod +x "$W/hook.sh"
+mkdir -p "$W/spool/new" "$W/spool/tmp" "$W/spool/claimed" "$W/spool/quarantine"
+BYTES=$((SIZE_MIB << 20))
+cat >"$W/big.nix" <<EOF
+{ salt }: derivation {
+  name = "bench-big"; inherit salt;
+  system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "export PATH=/usr/bin:/bin; for pass in 1 2 3; do find /usr/lib -type f -print0 | xargs -0 cat 2>/dev/null; done | head -c $BYTES > \$out" ];
+}
+EOF
+echo "== building one $SIZE_MIB MiB path" >&2
+BIG=$(nix-build --no-out-link "$W/big.nix" --argstr salt "rss-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
+  || { cat "$W/build.log" >&2; exit 1; }
+NAR_BYTES=$(nix-store -q --size "$BIG")
+# keep the entry aside until the daemon is up and idle
+mkdir -p "$W/staging"; mv "$W"/spool/new/* "$W/staging/"
+
+echo "== nix copy --to file://…?compression=zstd (baseline)" >&2
+/usr/bin/time -v nix copy --to "file://$W/nixcopy?compression=zstd" "$BIG" 2>"$W/time.log" >/dev/null
+NIXCOPY_KB=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$W/time.log")
+NIXCOPY_S=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$W/time.log")
+rm -rf "$W/nixcopy"
+
+echo "== niks3 serve" >&2
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  STORE_ARGS=(--s3-endpoint "$S3_ENDPOINT" --s3-bucket "$S3_BUCKET" --s3-region "${S3_REGION:-garage}")
+  export NIKS3_S3_ACCESS_KEY=$S3_ACCESS_KEY NIKS3_S3_SECRET_KEY=$S3_SECRET_KEY
+  BACKEND="S3 $S3_ENDPOINT"
+else
+  STORE_ARGS=(--store-dir "$W/cache"); BACKEND="local directory"
+fi
+RUST_LOG=info "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
+  "${STORE_ARGS[@]}" --http-addr "127.0.0.1:$PORT" 2>"$W/serve.log" &
+SERVER_PID=$!
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null && break; sleep 0.1; done
+sleep 1
+IDLE_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
+H=${BIG##*/}; H=${H:0:32}
+t0=$(date +%s%N)
+mv "$W"/staging/* "$W/spool/new/"
+until curl -sf -o /dev/null "http://127.0.0.1:$PORT/$H.narinfo"; do
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.log" >&2; exit 1; }
+  sleep 0.05
+done
+t1=$(date +%s%N)
+PEAK_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+
+echo "backend: $BACKEND"
+python3 - "$NAR_BYTES" "$IDLE_KB" "$PEAK_KB" "$NIXCOPY_KB" "$NIXCOPY_S" "$((t1 - t0))" <<'EOF'
+import sys
+nar, idle, peak, nc_kb, nc_s, nk_ns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(nc_s.split(":"))))
+print(f"one path, NAR size {nar / 2**20:.0f} MiB")
+print("| process | peak RSS | push time |")
+print("|---|---|---|")
+print(f"| niks3 serve, idle (before the push) | {idle / 1024:.1f} MiB | |")
+print(f"| niks3 serve, pushing | {peak / 1024:.1f} MiB | {nk_ns / 1e9:.1f} s |")
+print(f"| nix copy --to file://…?compression=zstd | {nc_kb / 1024:.1f} MiB | {secs:.1f} s |")
+print(f"niks3 peak / NAR size = {peak * 1024 / nar * 100:.2f}%; niks3 peak vs nix copy = {peak / nc_kb:.2f}x")
+EOF

@@ -1,0 +1,178 @@
+//! The HTTP client of the niks3 API, shared by `niks3 push`, `niks3 drain` and `niks3 gc`: the JSON
+//! calls ([`ApiClient`]) and the push procedure ([`push::Pusher`]: closure → what is missing → NARs
+//! serialised, checked and compressed here → uploaded straight to S3 when the server hands out presigned
+//! URLs → complete). Never prints the token or a presigned URL (both are credentials).
+
+pub mod push;
+
+use crate::http::ApiToken;
+use crate::http::api::protocol::{CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse};
+use std::time::Duration;
+
+/// What went wrong talking to a niks3 server (or preparing what to send it).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server URL or token is unusable.
+    #[error("client configuration: {0}")]
+    Config(String),
+    /// The request did not get an answer (connection refused, timeout, TLS, body error). The URL is left
+    /// out on purpose: presigned URLs carry a signature.
+    #[error("{what}: {source}")]
+    Transport {
+        /// The operation (`POST /api/v1/push`, `uploading the NAR of …`).
+        what: String,
+        /// The underlying error, without its URL.
+        source: reqwest::Error,
+    },
+    /// The server (or S3) answered with an error status.
+    #[error("{what}: HTTP {status}: {message}")]
+    Status {
+        /// The operation.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error message the server gave (its `error` field, or the start of the body).
+        message: String,
+    },
+    /// The server answered something that is not the expected JSON.
+    #[error("{what}: unexpected answer: {reason}")]
+    Protocol {
+        /// The operation.
+        what: String,
+        /// Why it could not be understood.
+        reason: String,
+    },
+    /// The local Nix store could not tell us about the paths.
+    #[error(transparent)]
+    PathInfo(#[from] crate::nix::pathinfo::PathInfoError),
+    /// Serialising a path failed, or it does not match what Nix recorded (modified after build).
+    #[error(transparent)]
+    Upload(#[from] crate::upload::UploadError),
+    /// A local argument is not a store path.
+    #[error("{0}")]
+    BadPath(String),
+    /// Local file I/O (temporary files).
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// True when retrying later may help (network, server or S3 unavailable, expired session, auth that
+    /// an operator may fix). False when the input itself is bad (invalid or modified path, 400): a drainer
+    /// quarantines such entries instead of retrying them forever.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. }
+            | ClientError::Io { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::Config(_) => true,
+            ClientError::Status { status, .. } => *status != 400 && *status != 413,
+            ClientError::PathInfo(e) => matches!(e, crate::nix::pathinfo::PathInfoError::Spawn { .. }),
+            ClientError::Upload(e) => e.is_transient(),
+            ClientError::BadPath(_) => false,
+        }
+    }
+}
+
+/// A connection to one niks3 server's API.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    token: ApiToken,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    /// A client for the server at `base` (e.g. `http://cache:5751`), authenticating with `token`.
+    pub fn new(base: &str, token: ApiToken) -> Result<Self, ClientError> {
+        let base = base.trim().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Config(format!("server URL {base:?} must start with http:// or https://")));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(Duration::from_mins(1))
+            .user_agent(concat!("niks3/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Config(format!("building the HTTP client: {}", e.without_url())))?;
+        Ok(ApiClient { http, base, token })
+    }
+
+    /// The server URL (without a trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The underlying HTTP client (connection pool shared by all requests).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Adds the bearer token to a request for the server (never to a presigned S3 URL).
+    pub fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        rb.bearer_auth(self.token.expose_secret())
+    }
+
+    /// `url` if absolute, else the server URL joined with the path `url`.
+    pub fn resolve(&self, url: &str) -> String {
+        if url.starts_with('/') { format!("{}{url}", self.base) } else { url.to_owned() }
+    }
+
+    async fn post_json<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        let what = format!("POST {path}");
+        let rb = self.authorized(self.http.post(format!("{}{path}", self.base))).json(body).timeout(timeout);
+        let resp =
+            rb.send().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+        let resp = check_status(resp, &what).await?;
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol { what, reason: e.to_string() })
+    }
+
+    /// `POST /api/v1/push`.
+    pub async fn announce(&self, req: &PushRequest) -> Result<PushResponse, ClientError> {
+        self.post_json("/api/v1/push", req, Duration::from_mins(5)).await
+    }
+
+    /// `POST /api/v1/complete`.
+    pub async fn complete(&self, req: &CompleteRequest) -> Result<CompleteResponse, ClientError> {
+        self.post_json("/api/v1/complete", req, Duration::from_hours(1)).await
+    }
+
+    /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.
+    pub async fn gc(&self, req: &GcRequest) -> Result<crate::metrics::GcFigures, ClientError> {
+        self.post_json("/api/v1/gc", req, Duration::from_hours(6)).await
+    }
+}
+
+/// Turns an error status into [`ClientError::Status`] with the server's message.
+pub async fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(300).collect::<String>().trim().to_owned());
+    Err(ClientError::Status { what: what.to_owned(), status: status.as_u16(), message })
+}

@@ -1,0 +1,480 @@
+//! Pushing closures to a niks3 server: the client half of the protocol in docs/api.md.
+//!
+//! 1. the closure of the roots from the local Nix store, in dependency order (one `nix path-info`);
+//! 2. one `POST /api/v1/push` learns which paths the cache lacks and where each missing NAR goes;
+//! 3. each missing NAR is serialised from disk, checked against Nix's NarHash and zstd-compressed here
+//!    ([`crate::upload::nar_stream::stream_nar`], the pipeline's single pass), several NARs in parallel,
+//!    in bounded memory: to a temporary file first when the target is a presigned S3 URL (S3 wants a
+//!    Content-Length), straight into the request otherwise;
+//! 4. `POST /api/v1/complete` makes the server check the NARs and publish the signed narinfos.
+//!
+//! Idempotent: pushing twice uploads nothing the second time.
+
+use super::{ApiClient, ClientError, check_status};
+use crate::http::api::protocol::{
+    CompleteRequest, ListingWire, MissingLog, MissingNar, PathInfoWire, PushRequest, UploadedNar,
+};
+use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::store_path::{StoreDir, StorePath};
+use crate::store::{ObjectKey, StoreError};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Chunks buffered between the compressor and the network, per NAR (each up to 1 MiB).
+const CHUNK_QUEUE: usize = 8;
+/// Attempts per NAR upload before giving up (transient failures only).
+const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// One finished NAR upload: what was sent, its listing, whether presigned, its NAR size.
+type Done = (UploadedNar, Option<serde_json::Value>, bool, u64);
+
+/// Receives progress events (a progress bar on a TTY, log lines otherwise, nothing for the drainer).
+pub trait Progress: Send + Sync {
+    /// The plan: `paths` in the closure, of which `missing` lack, needing `nars` uploads of `nar_bytes`
+    /// uncompressed bytes.
+    fn planned(&self, paths: usize, missing: usize, nars: usize, nar_bytes: u64);
+    /// `n` more uncompressed bytes were serialised and sent.
+    fn advanced(&self, n: u64);
+    /// One NAR is uploaded (`file_size` compressed bytes).
+    fn nar_done(&self, path: &str, nar_size: u64, file_size: u64);
+}
+
+/// Progress that reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn planned(&self, _: usize, _: usize, _: usize, _: u64) {}
+    fn advanced(&self, _: u64) {}
+    fn nar_done(&self, _: &str, _: u64, _: u64) {}
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Paths in the closure.
+    pub closure_paths: usize,
+    /// Paths the cache lacked (published now, or listed under `--dry-run`).
+    pub missing_paths: Vec<String>,
+    /// NARs uploaded.
+    pub nars_uploaded: usize,
+    /// Uncompressed NAR bytes uploaded.
+    pub nar_bytes: u64,
+    /// Compressed bytes uploaded.
+    pub file_bytes: u64,
+    /// Of those, sent to presigned S3 URLs (not through the server).
+    pub presigned_uploads: usize,
+    /// Narinfos the server wrote.
+    pub published: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Pushes closures of the local store to a server.
+#[derive(Clone, Debug)]
+pub struct Pusher {
+    /// The server.
+    pub api: ApiClient,
+    /// The local Nix tools.
+    pub nix: NixCli,
+    /// The local store directory.
+    pub store_dir: StoreDir,
+    /// NARs compressed and uploaded at once.
+    pub jobs: usize,
+    /// Where temporary compressed NARs go (presigned uploads); default: the system temp dir.
+    pub tmp_dir: PathBuf,
+}
+
+impl Pusher {
+    /// A pusher with `jobs` parallel NARs and the system temporary directory.
+    pub fn new(api: ApiClient, nix: NixCli, store_dir: StoreDir, jobs: usize) -> Self {
+        Pusher { api, nix, store_dir, jobs: jobs.max(1), tmp_dir: std::env::temp_dir() }
+    }
+
+    /// Resolves a command-line argument (`./result`, a store path, a symlink to one) to a store path.
+    pub fn resolve_arg(&self, arg: &str) -> Result<StorePath, ClientError> {
+        if let Ok(p) = self.store_dir.parse_path(arg) {
+            return Ok(p);
+        }
+        let canon = std::fs::canonicalize(arg).map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))?;
+        let s = canon.to_str().ok_or_else(|| ClientError::BadPath(format!("{arg}: not UTF-8")))?;
+        self.store_dir.parse_path(s).map_err(|e| ClientError::BadPath(format!("{arg}: {e}")))
+    }
+
+    /// Pushes the closures of `roots`; with `dry_run`, only asks what is missing (nothing is written).
+    pub async fn push(
+        &self,
+        roots: &[StorePath],
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<PushReport, ClientError> {
+        let t0 = Instant::now();
+        let closure = self.nix.closure(&self.store_dir, roots).await?;
+        let wire: Vec<PathInfoWire> = closure.iter().map(|p| to_wire(&self.store_dir, p)).collect();
+        let root_strings: Vec<String> = roots.iter().map(|r| self.store_dir.display(r)).collect();
+        let plan =
+            self.api.announce(&PushRequest { roots: root_strings.clone(), paths: wire.clone(), dry_run }).await?;
+        let by_path: HashMap<String, &PathInfo> =
+            closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
+        let mut report = PushReport {
+            closure_paths: closure.len(),
+            missing_paths: plan.missing_paths.clone(),
+            ..PushReport::default()
+        };
+        let nar_total: u64 = plan.missing_nars.iter().filter_map(|m| by_path.get(&m.path)).map(|p| p.nar_size).sum();
+        progress.planned(closure.len(), plan.missing_paths.len(), plan.missing_nars.len(), nar_total);
+        if dry_run {
+            report.elapsed = t0.elapsed();
+            return Ok(report);
+        }
+        let mut jobs = Vec::with_capacity(plan.missing_nars.len());
+        for m in &plan.missing_nars {
+            let info = by_path.get(&m.path).ok_or_else(|| ClientError::Protocol {
+                what: "POST /api/v1/push".to_owned(),
+                reason: format!("the server asked for {}, which is not in the closure", m.path),
+            })?;
+            jobs.push(((*info).clone(), m.clone()));
+        }
+        let results: Vec<Result<Done, ClientError>> = futures::stream::iter(jobs)
+            .map(|(info, m)| async move {
+                let (up, listing) = self.upload_with_retries(&info, &m, progress).await?;
+                progress.nar_done(&m.path, info.nar_size, up.file_size);
+                Ok((up, listing, m.presigned, info.nar_size))
+            })
+            .buffer_unordered(self.jobs)
+            .collect()
+            .await;
+        let mut nars = Vec::with_capacity(results.len());
+        let mut listing_of: HashMap<String, serde_json::Value> = HashMap::new();
+        for r in results {
+            let (up, listing, presigned, nar_size) = r?;
+            if let Some(l) = listing {
+                listing_of.insert(up.nar_hash.clone(), l);
+            }
+            report.nars_uploaded += 1;
+            report.nar_bytes += nar_size;
+            report.file_bytes += up.file_size;
+            report.presigned_uploads += usize::from(presigned);
+            nars.push(up);
+        }
+        // Identical contents give identical listings: every missing path gets the one of its NAR.
+        let listings = plan
+            .missing_paths
+            .iter()
+            .filter_map(|p| {
+                let info = by_path.get(p)?;
+                let l = listing_of.get(&info.nar_hash.to_nix_string())?;
+                Some(ListingWire { path: p.clone(), listing: l.clone() })
+            })
+            .collect();
+        for log in &plan.missing_logs {
+            self.upload_log(log).await;
+        }
+        let done = self
+            .api
+            .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars, listings })
+            .await?;
+        report.published = done.published;
+        report.elapsed = t0.elapsed();
+        Ok(report)
+    }
+
+    async fn upload_with_retries(
+        &self,
+        info: &PathInfo,
+        m: &MissingNar,
+        progress: &dyn Progress,
+    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.upload_one(info, m, progress).await {
+                Ok(u) => return Ok(u),
+                Err(e) if e.is_transient() && attempt < UPLOAD_ATTEMPTS => {
+                    tracing::warn!("uploading the NAR of {} (attempt {attempt}): {e}; retrying", m.path);
+                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Uploads the build log Nix has for `log.deriver`, if any. A log is a nicety: failures are logged,
+    /// never fatal.
+    async fn upload_log(&self, log: &MissingLog) {
+        let Ok(drv) = self.store_dir.parse_path(&log.deriver) else { return };
+        let text = match self.nix.build_log(&self.store_dir, &drv).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("no build log for {}: {e}", log.deriver);
+                return;
+            }
+        };
+        let what = format!("uploading the build log of {}", log.deriver);
+        let url = self.api.resolve(&log.upload_url);
+        let sent = self.api.authorized(self.api.http().put(&url)).body(text).send().await;
+        let res = match sent {
+            Ok(resp) => check_status(resp, &what).await.map(|_| ()),
+            Err(e) => Err(ClientError::Transport { what, source: e.without_url() }),
+        };
+        if let Err(e) = res {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Serialises, checks, compresses and uploads one NAR; returns what was sent and the NAR's listing.
+    async fn upload_one(
+        &self,
+        info: &PathInfo,
+        m: &MissingNar,
+        progress: &dyn Progress,
+    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
+        let what = format!("uploading the NAR of {}", m.path);
+        let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(CHUNK_QUEUE);
+        let fs_path = self.store_dir.path_of(&info.path);
+        let display = m.path.clone();
+        let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
+        let producer = tokio::task::spawn_blocking(move || {
+            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, true)
+        });
+        let url = self.api.resolve(&m.upload_url);
+        let counter = Arc::new(AtomicU64::new(0));
+        let sent = if m.presigned {
+            // S3 needs the length up front: compress to a temporary file, then PUT it.
+            let tmp = TempFile::create(&self.tmp_dir);
+            let written = write_chunks(rx, &tmp.path).await;
+            let streamed = join_producer(producer).await?;
+            written?;
+            let file = tokio::fs::File::open(&tmp.path).await.map_err(|source| ClientError::Io {
+                op: "opening",
+                path: tmp.path.clone(),
+                source,
+            })?;
+            let body = reqwest::Body::wrap_stream(FileChunks::new(file, Arc::clone(&counter)));
+            let req = self.api.http().put(&url).header(http::header::CONTENT_LENGTH, streamed.file_size).body(body);
+            let resp = with_ticks(req.send(), &counter, info.nar_size, progress)
+                .await
+                .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+            check_status(resp, &what).await?;
+            streamed
+        } else {
+            let body = reqwest::Body::wrap_stream(ChunkStream { rx, sent: Arc::clone(&counter) });
+            let req =
+                self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
+            let resp = with_ticks(req.body(body).send(), &counter, info.nar_size, progress).await;
+            // The producer's verdict first: a hash mismatch aborts the body, which is the real cause.
+            let streamed = join_producer(producer).await?;
+            let resp = resp.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
+            check_status(resp, &what).await?;
+            streamed
+        };
+        let up = UploadedNar {
+            nar_hash: info.nar_hash.to_nix_string(),
+            file_hash: sent.file_hash.to_nix_string(),
+            file_size: sent.file_size,
+        };
+        Ok((up, sent.listing))
+    }
+}
+
+async fn join_producer(
+    h: tokio::task::JoinHandle<Result<crate::upload::nar_stream::NarStreamed, crate::upload::UploadError>>,
+) -> Result<crate::upload::nar_stream::NarStreamed, ClientError> {
+    match h.await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(ClientError::Upload(crate::upload::UploadError::Task(e.to_string()))),
+    }
+}
+
+/// The wire form of a path's metadata.
+pub fn to_wire(store_dir: &StoreDir, p: &PathInfo) -> PathInfoWire {
+    PathInfoWire {
+        path: store_dir.display(&p.path),
+        nar_hash: p.nar_hash.to_nix_string(),
+        nar_size: p.nar_size,
+        references: p.references.iter().map(|r| store_dir.display(r)).collect(),
+        deriver: p.deriver.as_ref().map(|d| store_dir.display(d)),
+        ca: p.ca.clone(),
+    }
+}
+
+/// Writes the chunk stream to `path`; an error item (hash mismatch, unreadable file) stops it.
+async fn write_chunks(mut rx: mpsc::Receiver<Result<Bytes, StoreError>>, path: &Path) -> Result<(), ClientError> {
+    let io = |op, source| ClientError::Io { op, path: path.to_owned(), source };
+    let mut f = tokio::fs::File::create(path).await.map_err(|e| io("creating", e))?;
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Ok(b) => f.write_all(&b).await.map_err(|e| io("writing", e))?,
+            // The producer reports the reason itself (joined by the caller).
+            Err(_) => return Ok(()),
+        }
+    }
+    f.flush().await.map_err(|e| io("writing", e))?;
+    Ok(())
+}
+
+/// A temporary file removed on drop.
+struct TempFile {
+    path: PathBuf,
+}
+
+impl TempFile {
+    fn create(dir: &Path) -> Self {
+        use rand::Rng;
+        let name = format!("niks3-push-{}-{:016x}.nar.zst", std::process::id(), rand::thread_rng().r#gen::<u64>());
+        let path = dir.join(name);
+        TempFile { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The compressor's channel as a request body (`Sync`, as reqwest wants).
+struct ChunkStream {
+    rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Stream for ChunkStream {
+    type Item = Result<Bytes, StoreError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(b))) = &item {
+            self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        item
+    }
+}
+
+/// Drives `fut` (one NAR's request) while reporting, every 200 ms, the compressed bytes sent so far as
+/// progress; when it ends, tops the report up to the NAR's size, so the bar ends exactly at the total.
+async fn with_ticks<F: std::future::Future>(
+    fut: F,
+    sent: &AtomicU64,
+    nar_size: u64,
+    progress: &dyn Progress,
+) -> F::Output {
+    let mut reported = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => {
+                progress.advanced(nar_size.saturating_sub(reported));
+                return out;
+            }
+            _ = tick.tick() => {
+                // compressed bytes undercount the NAR bytes; never report past the NAR's size
+                let now = sent.load(Ordering::Relaxed).min(nar_size);
+                if now > reported {
+                    progress.advanced(now - reported);
+                    reported = now;
+                }
+            }
+        }
+    }
+}
+
+/// A file read in 256 KiB chunks as a request body.
+struct FileChunks {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl FileChunks {
+    fn new(mut file: tokio::fs::File, sent: Arc<AtomicU64>) -> Self {
+        use tokio::io::AsyncReadExt;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = bytes::BytesMut::with_capacity(256 << 10);
+                match file.read_buf(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        sent.fetch_add(n as u64, Ordering::Relaxed);
+                        if tx.send(Ok(buf.freeze())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        FileChunks { rx }
+    }
+}
+
+impl Stream for FileChunks {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
+impl crate::upload::drain::Process for Pusher {
+    type Error = ClientError;
+    async fn process(&self, outputs: &[StorePath]) -> Result<(), Self::Error> {
+        let r = self.push(outputs, false, &NoProgress).await?;
+        tracing::info!(
+            roots = outputs.len(),
+            closure = r.closure_paths,
+            published = r.published,
+            bytes = r.file_bytes,
+            "pushed to {}",
+            self.api.base()
+        );
+        Ok(())
+    }
+    fn is_transient(error: &Self::Error) -> bool {
+        error.is_transient()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::hash::Sha256Hash;
+
+    #[test]
+    fn status_errors_classify_for_the_drainer() {
+        let s = |status| ClientError::Status { what: String::new(), status, message: String::new() };
+        assert!(!s(400).is_transient());
+        assert!(s(401).is_transient());
+        assert!(s(409).is_transient());
+        assert!(s(503).is_transient());
+        assert!(!ClientError::BadPath("x".into()).is_transient());
+    }
+
+    #[test]
+    fn wire_form_uses_full_paths() {
+        let sd = StoreDir::default();
+        let p = StorePath::from_basename("00bgd045z0d4icpbc2yyz4gx48ak44la-a").expect("valid");
+        let info = PathInfo {
+            path: p.clone(),
+            nar_hash: Sha256Hash([1; 32]),
+            nar_size: 120,
+            references: vec![p],
+            deriver: None,
+            ca: None,
+        };
+        let w = to_wire(&sd, &info);
+        assert_eq!(w.path, "/nix/store/00bgd045z0d4icpbc2yyz4gx48ak44la-a");
+        assert_eq!(w.references, vec![w.path.clone()]);
+    }
+}

@@ -1,0 +1,606 @@
+//! Configuration of `niks3 serve`: the flags (every one also an environment variable, the Docker/compose
+//! and NixOS contract), resolved into a [`ServeConfig`] with the embedded defaults filled in.
+//!
+//! With no flags at all the server is usable: state in a local directory, a private PostgreSQL there, a
+//! local object directory, and a signing key and an API token generated on first start (and reused
+//! afterwards). Secrets are read from files, written with mode 0600, and never printed: `Debug` of
+//! [`ServeArgs`] and [`ServeConfig`] redacts them.
+
+use crate::nix::signing::{KeyError, SecretKey};
+use crate::nix::store_path::{StoreDir, StorePathError};
+use crate::store::s3::S3Config;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Shortest accepted API token.
+pub const MIN_TOKEN_LEN: usize = 36;
+/// Multipart part size for S3 uploads (also the single-PUT threshold). The S3 backend holds two part
+/// buffers per upload (one filling, one sending), so memory per parallel upload is about twice this.
+pub const S3_PART_SIZE: usize = 8 << 20;
+
+/// The flags of `niks3 serve` (see docs and `niks3 serve --help`).
+#[derive(clap::Args, Clone, Default)]
+pub struct ServeArgs {
+    /// State directory (keys, token, embedded PostgreSQL, local cache). Default: /var/lib/niks3 as root,
+    /// else $XDG_STATE_HOME/niks3 or ~/.local/state/niks3.
+    #[arg(long, env = "NIKS3_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Listen address of the read proxy, landing page and API; `:PORT` means all interfaces.
+    #[arg(long, env = "NIKS3_HTTP_ADDR", default_value = "127.0.0.1:5751")]
+    pub http_addr: String,
+    /// Spool directory to drain (the hook's NIKS3_SPOOL_DIR). Default: <state-dir>/spool.
+    #[arg(long, env = "NIKS3_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Do not drain a local spool (API-only server).
+    #[arg(long, env = "NIKS3_NO_SPOOL")]
+    pub no_spool: bool,
+    /// Where the hook keeps GC roots for queued paths.
+    #[arg(long, env = "NIKS3_GCROOTS_DIR", default_value = "/nix/var/nix/gcroots/niks3")]
+    pub gcroots_dir: PathBuf,
+    /// PostgreSQL connection string. Default: a private cluster in <state-dir>/postgres.
+    #[arg(long, env = "NIKS3_DB", hide_env_values = true, conflicts_with = "db_file")]
+    pub db: Option<String>,
+    /// File holding the PostgreSQL connection string.
+    #[arg(long, env = "NIKS3_DB_FILE")]
+    pub db_file: Option<PathBuf>,
+    /// Local object directory (instead of S3). Default when no S3 bucket is given: <state-dir>/cache.
+    #[arg(long, env = "NIKS3_STORE_DIR", conflicts_with = "s3_bucket")]
+    pub store_dir: Option<PathBuf>,
+    /// S3 endpoint (`host:port` or a URL); empty for AWS.
+    #[arg(long, env = "NIKS3_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket; setting it selects the S3 backend.
+    #[arg(long, env = "NIKS3_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "NIKS3_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Use https for an endpoint given without a scheme.
+    #[arg(long, env = "NIKS3_S3_USE_SSL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_use_ssl: bool,
+    /// File holding the S3 access key id.
+    #[arg(long, env = "NIKS3_S3_ACCESS_KEY_FILE")]
+    pub s3_access_key_file: Option<PathBuf>,
+    /// File holding the S3 secret key.
+    #[arg(long, env = "NIKS3_S3_SECRET_KEY_FILE")]
+    pub s3_secret_key_file: Option<PathBuf>,
+    /// S3 access key id (prefer the file).
+    #[arg(long, env = "NIKS3_S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<String>,
+    /// S3 secret key (prefer the file).
+    #[arg(long, env = "NIKS3_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+    /// Path-style bucket addressing (Garage, MinIO).
+    #[arg(long, env = "NIKS3_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+    /// Signing key file (repeatable; env: colon-separated). Default: generated in <state-dir>/keys.
+    #[arg(long = "sign-key-file", env = "NIKS3_SIGN_KEY_PATHS", value_delimiter = ':')]
+    pub sign_key_files: Vec<PathBuf>,
+    /// File holding the API token (at least 36 characters). Default: generated <state-dir>/api-token.
+    #[arg(long, env = "NIKS3_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// The API token itself (prefer the file).
+    #[arg(long, env = "NIKS3_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    pub api_token: Option<String>,
+    /// Public substituter URL shown on the landing page. Default: http://<http-addr>.
+    #[arg(long, env = "NIKS3_CACHE_URL")]
+    pub cache_url: Option<String>,
+    /// The Nix store directory of the paths served.
+    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
+    pub nix_store_dir: String,
+    /// Priority announced in nix-cache-info (lower is preferred).
+    #[arg(long, env = "NIKS3_PRIORITY", default_value_t = 30)]
+    pub priority: u32,
+    /// NARs uploaded in parallel. Default: the number of cores.
+    #[arg(long, env = "NIKS3_JOBS")]
+    pub jobs: Option<usize>,
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ServeArgs")
+            .field("state_dir", &self.state_dir)
+            .field("http_addr", &self.http_addr)
+            .field("spool_dir", &self.spool_dir)
+            .field("no_spool", &self.no_spool)
+            .field("gcroots_dir", &self.gcroots_dir)
+            .field("db", &redact(&self.db))
+            .field("db_file", &self.db_file)
+            .field("store_dir", &self.store_dir)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key", &redact(&self.s3_access_key))
+            .field("s3_secret_key", &redact(&self.s3_secret_key))
+            .field("sign_key_files", &self.sign_key_files)
+            .field("api_token_file", &self.api_token_file)
+            .field("api_token", &redact(&self.api_token))
+            .field("cache_url", &self.cache_url)
+            .field("nix_store_dir", &self.nix_store_dir)
+            .field("priority", &self.priority)
+            .field("jobs", &self.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the configuration is unusable. Messages name files and flags, never secret values.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or writing a file failed.
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A flag's value is invalid.
+    #[error("--{flag}: {reason}")]
+    Invalid {
+        /// The flag (without dashes).
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A signing key could not be read or made.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The Nix store directory is invalid.
+    #[error("--nix-store-dir: {0}")]
+    StoreDir(#[from] StorePathError),
+    /// No state directory could be chosen.
+    #[error("no state directory: pass --state-dir (HOME and XDG_STATE_HOME are unset)")]
+    NoStateDir,
+}
+
+/// Where the bookkeeping lives.
+#[derive(Clone)]
+pub enum DbChoice {
+    /// An external PostgreSQL (the connection string is a secret: not printed).
+    Url(String),
+    /// The private cluster in this directory (the state dir).
+    Embedded(PathBuf),
+}
+
+impl std::fmt::Debug for DbChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbChoice::Url(_) => f.write_str("Url(<redacted>)"),
+            DbChoice::Embedded(d) => f.debug_tuple("Embedded").field(d).finish(),
+        }
+    }
+}
+
+/// Where the objects live.
+#[derive(Clone, Debug)]
+pub enum StoreChoice {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket (secrets redacted by `S3Config`'s `Debug`).
+    S3(S3Config),
+}
+
+/// The API token (a secret: `Debug` redacts it).
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// The token value, for the HTTP layer only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// `niks3 serve`'s resolved configuration.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// The state directory (created mode 0711; keys and token inside are private).
+    pub state_dir: PathBuf,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// The spool to drain, unless `--no-spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// The hook's GC roots directory.
+    pub gcroots_dir: PathBuf,
+    /// PostgreSQL.
+    pub db: DbChoice,
+    /// Objects.
+    pub store: StoreChoice,
+    /// Signing keys (at least one).
+    pub sign_keys: Vec<SecretKey>,
+    /// The key files in use (generated or given).
+    pub sign_key_files: Vec<PathBuf>,
+    /// True when the signing key was generated by this start.
+    pub generated_key: bool,
+    /// The API token.
+    pub api_token: Token,
+    /// Where the API token is stored, when it came from a file (or was generated).
+    pub api_token_file: Option<PathBuf>,
+    /// True when the token was generated by this start.
+    pub generated_token: bool,
+    /// The public substituter URL.
+    pub cache_url: String,
+    /// The Nix store directory.
+    pub nix_store_dir: StoreDir,
+    /// `Priority` in nix-cache-info.
+    pub priority: u32,
+    /// Parallel NAR uploads.
+    pub jobs: usize,
+}
+
+/// `:5751` → all interfaces; otherwise a socket address (`host:port`, `[v6]:port`) or `localhost:port`.
+pub fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid { flag: "http-addr", reason: format!("{input:?}: {reason}") };
+    let full = if input.starts_with(':') { format!("0.0.0.0{input}") } else { input.to_owned() };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = full.strip_prefix("localhost:") {
+        let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(invalid("expected HOST:PORT, [V6]:PORT or :PORT"))
+}
+
+/// The host name (for key names and the default cache URL).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The default state directory: /var/lib/niks3 as root, else $XDG_STATE_HOME/niks3 or
+/// ~/.local/state/niks3.
+pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    if is_root() {
+        return Ok(PathBuf::from("/var/lib/niks3"));
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("niks3"));
+    }
+    match std::env::var_os("HOME").filter(|x| !x.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/niks3")),
+        None => Err(ConfigError::NoStateDir),
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of /proc/self is the effective user; no unsafe libc call needed.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        op: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    let value = text.trim().to_owned();
+    if value.is_empty() {
+        return Err(ConfigError::Invalid { flag: what, reason: format!("{} is empty", path.display()) });
+    }
+    Ok(value)
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(path).map_err(|source| ConfigError::Io {
+        op: "creating directory",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a new file with `mode`, failing if it exists (never overwrites a key or token).
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |op, source| ConfigError::Io { op, path: path.to_owned(), source };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io("creating", e))?;
+    f.write_all(contents.as_bytes()).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    Ok(())
+}
+
+/// Loads the given keys, or the key generated earlier in `<state>/keys`, or generates one.
+fn resolve_keys(args: &ServeArgs, state: &Path) -> Result<(Vec<SecretKey>, Vec<PathBuf>, bool), ConfigError> {
+    if !args.sign_key_files.is_empty() {
+        let keys = args.sign_key_files.iter().map(|f| SecretKey::from_file(f)).collect::<Result<Vec<_>, _>>()?;
+        return Ok((keys, args.sign_key_files.clone(), false));
+    }
+    let dir = state.join("keys");
+    create_dir(&dir, 0o700)?;
+    let mut existing: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| ConfigError::Io { op: "listing", path: dir.clone(), source })?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sec"))
+        .collect();
+    existing.sort();
+    if let Some(first) = existing.first() {
+        let key = SecretKey::from_file(first)?;
+        return Ok((vec![key], vec![first.clone()], false));
+    }
+    let name = format!("{}-1", hostname());
+    let key = SecretKey::generate(&name)?;
+    let sec = dir.join(format!("{name}.sec"));
+    let public = dir.join(format!("{name}.pub"));
+    write_new(&public, &key.public().to_nix_string(), 0o644)?;
+    write_new(&sec, &key.to_nix_string(), 0o600)?;
+    Ok((vec![key], vec![sec], true))
+}
+
+/// The token from the flag, the file, `<state>/api-token`, or a new random one written there.
+fn resolve_token(args: &ServeArgs, state: &Path) -> Result<(Token, Option<PathBuf>, bool), ConfigError> {
+    let (value, file, generated) = if let Some(v) = &args.api_token {
+        (v.trim().to_owned(), None, false)
+    } else if let Some(f) = &args.api_token_file {
+        (read_secret(f, "api-token-file")?, Some(f.clone()), false)
+    } else {
+        let f = state.join("api-token");
+        if f.exists() {
+            (read_secret(&f, "api-token-file")?, Some(f), false)
+        } else {
+            let token: [u8; 32] = rand::random();
+            let value = hex::encode(token);
+            write_new(&f, &value, 0o600)?;
+            (value, Some(f), true)
+        }
+    };
+    if value.chars().count() < MIN_TOKEN_LEN {
+        return Err(ConfigError::Invalid {
+            flag: "api-token-file",
+            reason: format!("the API token is shorter than {MIN_TOKEN_LEN} characters; refusing to start"),
+        });
+    }
+    Ok((Token(value), file, generated))
+}
+
+fn resolve_s3(args: &ServeArgs, bucket: &str) -> Result<S3Config, ConfigError> {
+    let secret = |value: &Option<String>, file: &Option<PathBuf>, flag: &'static str| -> Result<String, ConfigError> {
+        match (value, file) {
+            (Some(v), _) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            (_, Some(f)) => read_secret(f, flag),
+            _ => Err(ConfigError::Invalid { flag, reason: "required with --s3-bucket".to_owned() }),
+        }
+    };
+    let access_key = secret(&args.s3_access_key, &args.s3_access_key_file, "s3-access-key-file")?;
+    let secret_key = secret(&args.s3_secret_key, &args.s3_secret_key_file, "s3-secret-key-file")?;
+    let endpoint = match args.s3_endpoint.as_deref().map(str::trim) {
+        None | Some("") => String::new(),
+        Some(e) if e.contains("://") => e.trim_end_matches('/').to_owned(),
+        Some(e) => format!("{}://{}", if args.s3_use_ssl { "https" } else { "http" }, e.trim_end_matches('/')),
+    };
+    Ok(S3Config {
+        endpoint,
+        bucket: bucket.to_owned(),
+        region: args.s3_region.clone(),
+        access_key,
+        secret_key,
+        path_style: args.s3_path_style,
+        part_size: S3_PART_SIZE,
+    })
+}
+
+impl ServeConfig {
+    /// Resolves the flags: picks defaults, creates the state directory, reads secrets, and generates
+    /// the signing key and API token on first start.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let state_dir = match &args.state_dir {
+            Some(d) => d.clone(),
+            None => default_state_dir()?,
+        };
+        // Traversable (not listable) by others: the embedded PostgreSQL runs as its own user when we are
+        // root and needs to reach <state>/postgres; the secrets inside have their own 0600/0700 modes.
+        create_dir(&state_dir, 0o711)?;
+        let state_dir = std::fs::canonicalize(&state_dir).map_err(|source| ConfigError::Io {
+            op: "resolving",
+            path: state_dir.clone(),
+            source,
+        })?;
+        let http_addr = parse_http_addr(&args.http_addr)?;
+        let nix_store_dir = StoreDir::new(&args.nix_store_dir)?;
+        let spool_dir =
+            if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
+        let db = match (&args.db, &args.db_file) {
+            (Some(url), _) => DbChoice::Url(url.clone()),
+            (None, Some(f)) => DbChoice::Url(read_secret(f, "db-file")?),
+            (None, None) => DbChoice::Embedded(state_dir.clone()),
+        };
+        let store = match (&args.s3_bucket, &args.store_dir) {
+            (Some(bucket), _) if !bucket.trim().is_empty() => StoreChoice::S3(resolve_s3(args, bucket.trim())?),
+            (_, Some(dir)) => StoreChoice::Local(dir.clone()),
+            _ => StoreChoice::Local(state_dir.join("cache")),
+        };
+        let (sign_keys, sign_key_files, generated_key) = resolve_keys(args, &state_dir)?;
+        let (api_token, api_token_file, generated_token) = resolve_token(args, &state_dir)?;
+        let cache_url = match &args.cache_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None if http_addr.ip().is_unspecified() => format!("http://{}:{}", hostname(), http_addr.port()),
+            None => format!("http://{http_addr}"),
+        };
+        let jobs =
+            args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
+        Ok(Self {
+            state_dir,
+            http_addr,
+            spool_dir,
+            gcroots_dir: args.gcroots_dir.clone(),
+            db,
+            store,
+            sign_keys,
+            sign_key_files,
+            generated_key,
+            api_token,
+            api_token_file,
+            generated_token,
+            cache_url,
+            nix_store_dir,
+            priority: args.priority,
+            jobs,
+        })
+    }
+
+    /// The `niks3-hook` binary to put in `post-build-hook`: next to this executable, else on `PATH`.
+    pub fn hook_path() -> PathBuf {
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            let beside = dir.join("niks3-hook");
+            if beside.exists() {
+                return beside;
+            }
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join("niks3-hook");
+                if candidate.exists() {
+                    return candidate;
+                }
+            }
+        }
+        PathBuf::from("niks3-hook")
+    }
+
+    /// What to tell the operator on start: the public keys, the token file, the substituter URL and the
+    /// nix.conf lines that make this machine use (and fill) the cache. No secret appears in it.
+    pub fn startup_banner(&self) -> String {
+        use std::fmt::Write as _;
+        let keys: Vec<String> = self.sign_keys.iter().map(|k| k.public().to_nix_string()).collect();
+        let mut out = String::new();
+        let _ = writeln!(out, "niks3 is serving the cache at {}", self.cache_url);
+        for k in &keys {
+            let _ = writeln!(out, "  public key: {k}");
+        }
+        match &self.api_token_file {
+            Some(f) => {
+                let _ = writeln!(
+                    out,
+                    "  API token file: {}{}",
+                    f.display(),
+                    if self.generated_token { " (generated)" } else { "" }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  API token: from NIKS3_API_TOKEN");
+            }
+        }
+        if let Some(spool) = &self.spool_dir {
+            let _ = writeln!(out, "  spool: {}", spool.display());
+        }
+        let _ = writeln!(out, "Add to nix.conf (or nix.settings on NixOS):");
+        let _ = writeln!(out, "  extra-substituters = {}", self.cache_url);
+        let _ = writeln!(out, "  extra-trusted-public-keys = {}", keys.join(" "));
+        if self.spool_dir.is_some() {
+            let _ = writeln!(out, "  post-build-hook = {}", Self::hook_path().display());
+            if let Some(spool) = &self.spool_dir
+                && spool != Path::new("/var/lib/niks3/spool")
+            {
+                let _ =
+                    writeln!(out, "  (and run nix with NIKS3_SPOOL_DIR={} so the hook queues here)", spool.display());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_addr_forms() {
+        assert_eq!(parse_http_addr(":5751").expect("all interfaces"), "0.0.0.0:5751".parse().expect("addr"));
+        assert_eq!(parse_http_addr("127.0.0.1:80").expect("v4"), "127.0.0.1:80".parse().expect("addr"));
+        assert_eq!(parse_http_addr("[::1]:5751").expect("v6"), "[::1]:5751".parse().expect("addr"));
+        assert_eq!(parse_http_addr("localhost:9").expect("localhost"), "127.0.0.1:9".parse().expect("addr"));
+        for bad in ["", "5751", "host", ":x", "1.2.3.4:99999"] {
+            let err = parse_http_addr(bad).expect_err(bad).to_string();
+            assert!(err.contains("--http-addr"), "{err}");
+        }
+    }
+
+    #[test]
+    fn short_token_refused_and_secret_not_in_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ServeArgs { api_token: Some("too-short-secret-value".to_owned()), ..ServeArgs::default() };
+        let err = resolve_token(&args, dir.path()).expect_err("short token").to_string();
+        assert!(err.contains("shorter than 36"), "{err}");
+        assert!(!err.contains("too-short-secret-value"), "{err}");
+    }
+
+    #[test]
+    fn token_generated_once_with_mode_0600_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ServeArgs::default();
+        let (t1, f1, gen1) = resolve_token(&args, dir.path()).expect("generate");
+        let f1 = f1.expect("file");
+        assert!(gen1);
+        assert_eq!(std::fs::metadata(&f1).expect("stat").permissions().mode() & 0o777, 0o600);
+        let (t2, _, gen2) = resolve_token(&args, dir.path()).expect("reuse");
+        assert!(!gen2);
+        assert_eq!(t1.expose(), t2.expose());
+        assert!(!format!("{t1:?}").contains(t1.expose()));
+    }
+
+    #[test]
+    fn empty_secret_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("token");
+        std::fs::write(&f, "\n").expect("write");
+        let args = ServeArgs { api_token_file: Some(f.clone()), ..ServeArgs::default() };
+        let err = resolve_token(&args, dir.path()).expect_err("empty").to_string();
+        assert!(err.contains("is empty") && err.contains("token"), "{err}");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let args = ServeArgs {
+            db: Some("postgres://u:hunter2@h/db".to_owned()),
+            s3_secret_key: Some("s3cr3t-value".to_owned()),
+            api_token: Some("tok-tok-tok".to_owned()),
+            ..ServeArgs::default()
+        };
+        let dbg = format!("{args:?}");
+        for s in ["hunter2", "s3cr3t-value", "tok-tok-tok"] {
+            assert!(!dbg.contains(s), "{dbg}");
+        }
+        assert!(!format!("{:?}", DbChoice::Url("postgres://u:hunter2@h/db".to_owned())).contains("hunter2"));
+    }
+
+    #[test]
+    fn s3_endpoint_scheme_follows_use_ssl() {
+        let args = ServeArgs {
+            s3_endpoint: Some("garage.local:3900".to_owned()),
+            s3_access_key: Some("GKid".to_owned()),
+            s3_secret_key: Some("secret".to_owned()),
+            s3_use_ssl: false,
+            s3_region: "garage".to_owned(),
+            ..ServeArgs::default()
+        };
+        assert_eq!(resolve_s3(&args, "b").expect("s3").endpoint, "http://garage.local:3900");
+        let ssl = ServeArgs { s3_use_ssl: true, ..args.clone() };
+        assert_eq!(resolve_s3(&ssl, "b").expect("s3").endpoint, "https://garage.local:3900");
+        let missing = ServeArgs { s3_secret_key: None, ..args };
+        let err = resolve_s3(&missing, "b").expect_err("no secret").to_string();
+        assert!(err.contains("s3-secret-key-file"), "{err}");
+    }
+}

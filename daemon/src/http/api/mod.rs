@@ -1,0 +1,92 @@
+//! The push API under `/api/v1/` (see docs/api.md): bearer-token auth on every route, bounded request
+//! bodies, then [`push`] (announce a closure, upload NARs, complete) and [`gc`].
+
+pub mod auth;
+pub mod gc;
+pub mod protocol;
+pub mod push;
+
+use super::{HttpState, Request, response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::StatusCode;
+use std::sync::Arc;
+use warp::reply::Response;
+
+/// Limits on what one API request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    /// Largest JSON body accepted (bytes).
+    pub max_json_body: usize,
+    /// Most store paths in one push/complete request.
+    pub max_paths: usize,
+    /// Largest NAR accepted through `PUT /api/v1/uploads/…` (compressed bytes).
+    pub max_nar_upload: u64,
+    /// Largest build log accepted through `PUT /api/v1/uploads/{id}/log/{drv}`.
+    pub max_log_upload: u64,
+    /// Largest `.ls` listing accepted in a complete request (serialised JSON bytes).
+    pub max_listing: usize,
+    /// How long presigned upload URLs stay valid.
+    pub presign_expiry: std::time::Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_json_body: 64 << 20,
+            max_paths: 100_000,
+            max_nar_upload: 64 << 30,
+            max_log_upload: 64 << 20,
+            max_listing: 16 << 20,
+            presign_expiry: std::time::Duration::from_hours(1),
+        }
+    }
+}
+
+/// Routes `/api/<rest>`; every route needs the bearer token. Returns the metrics route label too.
+pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'static str, Response) {
+    let Some(token) = &state.api_token else { return ("api", response::not_found()) };
+    if !token.authorizes(req.headers.get(http::header::AUTHORIZATION)) {
+        let mut r = response::json_error(StatusCode::UNAUTHORIZED, "missing or wrong API token");
+        response::set(&mut r, http::header::WWW_AUTHENTICATE, "Bearer");
+        return ("api-auth", r);
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    let post = req.method == http::Method::POST;
+    match segs.as_slice() {
+        ["v1", "push"] if post => ("api-push", push::announce(state, req).await),
+        ["v1", "complete"] if post => ("api-complete", push::complete(state, req).await),
+        ["v1", "uploads", id, "nar", hash] if req.method == http::Method::PUT => {
+            let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
+            ("api-upload", push::upload_nar(state, req, &id, &hash).await)
+        }
+        ["v1", "uploads", id, "log", drv] if req.method == http::Method::PUT => {
+            let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
+            ("api-upload-log", push::upload_log(state, req, &id, &drv).await)
+        }
+        ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),
+        ["v1", "push" | "complete" | "gc"] | ["v1", "uploads", _, "nar" | "log", _] => {
+            ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+        _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes and parses it; a bad body is a 400/413 response.
+pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> Result<T, Response> {
+    let mut body = req.body;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk: Bytes =
+            chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(response::json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {limit} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&buf)
+        .map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}

@@ -1,0 +1,144 @@
+//! The JSON messages of the push API (docs/api.md), shared by the server routes and `crate::client`.
+//! Strings on the wire are full store paths and Nix hash strings; the server re-validates all of them.
+
+use serde::{Deserialize, Serialize};
+
+/// What the client knows of one store path of the closure it pushes (as its local Nix registered it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfoWire {
+    /// Full store path, e.g. `/nix/store/<hash>-name`.
+    pub path: String,
+    /// `sha256:<nix32>` (or any form `Sha256Hash::parse` accepts) of the uncompressed NAR.
+    pub nar_hash: String,
+    /// Size of the uncompressed NAR.
+    pub nar_size: u64,
+    /// Full store paths it references (each must be in the same request, or be the path itself).
+    pub references: Vec<String>,
+    /// The deriver (`.drv` store path), when known.
+    #[serde(default)]
+    pub deriver: Option<String>,
+    /// Content address, when the path is content-addressed.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+/// `POST /api/v1/push`: "here is a closure; which NARs do you lack and where do I put them?"
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The paths the user asked to push (closure roots for GC); each must be among `paths`.
+    pub roots: Vec<String>,
+    /// Every path of the closure of `roots` (references closed under `paths`).
+    pub paths: Vec<PathInfoWire>,
+    /// Only report what is missing: claim nothing, hand out no upload URLs.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One NAR the server lacks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingNar {
+    /// The store path whose NAR this is (paths with identical contents share one NAR: the first is named).
+    pub path: String,
+    /// Its NarHash, as sent.
+    pub nar_hash: String,
+    /// Where to `PUT` the zstd-compressed NAR: an absolute presigned S3 URL, or a path on the server
+    /// (starting with `/`, needs the bearer token) when the backend is not S3.
+    pub upload_url: String,
+    /// True when `upload_url` is a presigned S3 URL (send no `Authorization` header there).
+    pub presigned: bool,
+}
+
+/// A build log the server lacks for one of the missing paths.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingLog {
+    /// The derivation (`.drv` store path) whose log is wanted.
+    pub deriver: String,
+    /// Where to `PUT` the plain-text log: a path on the server (needs the bearer token).
+    pub upload_url: String,
+}
+
+/// The `.ls` file listing of a pushed path (as `nix store ls` reads it), computed by the client from the
+/// NAR it serialised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListingWire {
+    /// The store path.
+    pub path: String,
+    /// `{"version":1,"root":{…}}`.
+    pub listing: serde_json::Value,
+}
+
+/// Answer to [`PushRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// Upload sessions opened for the roots (same order); the client sends them back on completion.
+    pub uploads: Vec<i64>,
+    /// Paths of the request the cache lacks (their narinfo will be written on completion).
+    pub missing_paths: Vec<String>,
+    /// NARs to upload before completing (deduplicated by NarHash; may be fewer than `missing_paths`).
+    pub missing_nars: Vec<MissingNar>,
+    /// The compression the server expects NARs in (`zstd`).
+    pub compression: String,
+    /// Build logs the cache lacks for the missing paths (optional to upload).
+    #[serde(default)]
+    pub missing_logs: Vec<MissingLog>,
+}
+
+/// What the client measured of an uploaded NAR file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedNar {
+    /// The NarHash that names the NAR.
+    pub nar_hash: String,
+    /// `sha256:<nix32>` of the compressed file.
+    pub file_hash: String,
+    /// Size of the compressed file.
+    pub file_size: u64,
+}
+
+/// `POST /api/v1/complete`: "the NARs are uploaded; publish the narinfos".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    /// The upload sessions [`PushResponse::uploads`] opened.
+    pub uploads: Vec<i64>,
+    /// The roots, as in the push request.
+    pub roots: Vec<String>,
+    /// The closure, as in the push request.
+    pub paths: Vec<PathInfoWire>,
+    /// What was uploaded.
+    pub nars: Vec<UploadedNar>,
+    /// File listings of the missing paths (optional).
+    #[serde(default)]
+    pub listings: Vec<ListingWire>,
+}
+
+/// Answer to [`CompleteRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompleteResponse {
+    /// Narinfos written by this request.
+    pub published: usize,
+    /// Paths that were already present (e.g. published meanwhile by another pusher).
+    pub already_present: usize,
+}
+
+/// Answer to `PUT /api/v1/uploads/{id}/nar/{nix32}` (the server-relayed upload).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadResponse {
+    /// Bytes stored.
+    pub size: u64,
+    /// `sha256:<nix32>` of the stored bytes, as the server computed it.
+    pub file_hash: String,
+}
+
+/// `POST /api/v1/gc`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// Forget closures last pushed more than this many seconds ago.
+    pub older_than_secs: u64,
+    /// Abort uploads in flight for longer than this; also the grace period before deleting marked objects.
+    pub failed_uploads_older_than_secs: u64,
+    /// Delete unreachable objects without waiting for the grace period.
+    #[serde(default)]
+    pub force: bool,
+    /// Only count what would be done.
+    #[serde(default)]
+    pub dry_run: bool,
+}

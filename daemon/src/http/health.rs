@@ -1,0 +1,45 @@
+//! `/health`: 200 when both PostgreSQL and the object store answer, 503 (with what failed) otherwise.
+//! Meant for load balancers and systemd/Kubernetes probes; it never reveals secrets, only which
+//! dependency is down.
+
+use super::{HttpState, Request, response};
+use crate::store::ObjectKey;
+use http::StatusCode;
+use std::time::Duration;
+use warp::reply::Response;
+
+/// How long each check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers `GET/HEAD /health` with `{"status":"ok"|"unavailable","db":…,"store":…}`.
+pub async fn handle(state: &HttpState, _req: &Request) -> Response {
+    let key = ObjectKey::cache_info();
+    let (db, store) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.store.head(&key)),
+    );
+    let db = match db {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let store = match store {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let healthy = db.is_ok() && store.is_ok();
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    if !healthy {
+        tracing::warn!(db = %show(&db), store = %show(&store), "health check failed");
+    }
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "db": show(&db),
+        "store": show(&store),
+    });
+    response::json(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
+}

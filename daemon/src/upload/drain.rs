@@ -1,0 +1,354 @@
+//! The spool drainer: turns spool entries into uploads, durably.
+//!
+//! It watches `new/` with inotify (and polls every couple of seconds anyway, in case inotify is
+//! unavailable or an event was lost), claims entries atomically (a rename, so two drainers never take the
+//! same one), and on start re-processes whatever a previous run left in `claimed/` — uploads are
+//! idempotent, so doing one twice is harmless. Each entry is handed to a [`Process`] (the local
+//! [`crate::upload::pipeline::Uploader`], or the push client of `niks3 drain`):
+//! - success → the entry is acknowledged (deleted) and the GC roots of its outputs removed;
+//! - transient failure (S3 or PostgreSQL unreachable) → the entry stays claimed and is retried with
+//!   jittered, capped exponential backoff, for as long as the outage lasts;
+//! - anything else (unparsable entry, path outside the store, vanished, modified since it was built) →
+//!   quarantined with one log line and a `.reason` file; it is never retried forever.
+//!
+//! Shutdown abandons in-flight entries: they stay in `claimed/` and are re-processed on the next start.
+
+use crate::metrics::Metrics;
+use crate::nix::pathinfo::NixCli;
+use crate::nix::store_path::{StoreDir, StorePath};
+use crate::upload::retry::Backoff;
+use spool::{Claimed, Entry, Spool, SpoolError, gcroots};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// What the drainer does with the outputs of one entry.
+pub trait Process: Send + Sync + 'static {
+    /// The processor's error.
+    type Error: std::error::Error + Send + 'static;
+    /// Uploads (the closures of) `outputs`; must be idempotent.
+    fn process(&self, outputs: &[StorePath]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// True when retrying later may succeed; false quarantines the entry.
+    fn is_transient(error: &Self::Error) -> bool;
+}
+
+impl Process for crate::upload::pipeline::Uploader {
+    type Error = crate::upload::UploadError;
+    async fn process(&self, outputs: &[StorePath]) -> Result<(), Self::Error> {
+        self.upload_closure(outputs).await.map(|_| ())
+    }
+    fn is_transient(error: &Self::Error) -> bool {
+        error.is_transient()
+    }
+}
+
+/// Why the drainer could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The spool directory is unusable.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// How the drainer runs.
+#[derive(Clone, Debug)]
+pub struct DrainConfig {
+    /// The spool directory (as the hook's `NIKS3_SPOOL_DIR`).
+    pub spool_dir: PathBuf,
+    /// Where the hook put GC roots for queued outputs (`NIKS3_GCROOTS_DIR`).
+    pub gcroots_dir: PathBuf,
+    /// The Nix store the entries' paths must lie in.
+    pub store_dir: StoreDir,
+    /// Resolves a derivation's outputs when the hook could not.
+    pub nix: NixCli,
+    /// Entries processed at once.
+    pub concurrency: usize,
+    /// Polling interval (the fallback for inotify).
+    pub poll_interval: Duration,
+    /// Stop once the spool is empty instead of waiting for more.
+    pub once: bool,
+    /// Backoff for transient failures (base, cap).
+    pub backoff: (Duration, Duration),
+}
+
+impl DrainConfig {
+    /// Defaults: 2 s polling, backoff 0.5 s doubling up to 60 s, run forever.
+    pub fn new(spool_dir: PathBuf, gcroots_dir: PathBuf, store_dir: StoreDir, nix: NixCli, concurrency: usize) -> Self {
+        Self {
+            spool_dir,
+            gcroots_dir,
+            store_dir,
+            nix,
+            concurrency: concurrency.max(1),
+            poll_interval: Duration::from_secs(2),
+            once: false,
+            backoff: (Duration::from_millis(500), Duration::from_mins(1)),
+        }
+    }
+}
+
+/// Counts of what a drainer run did (returned when it stops).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    /// Entries uploaded and acknowledged.
+    pub acked: u64,
+    /// Entries quarantined.
+    pub quarantined: u64,
+}
+
+/// How one entry ended.
+enum Outcome {
+    Acked,
+    Quarantined,
+}
+
+/// Drains a spool into a [`Process`].
+pub struct Drainer<P> {
+    config: DrainConfig,
+    spool: Spool,
+    processor: Arc<P>,
+    metrics: Arc<Metrics>,
+}
+
+impl<P: Process> Drainer<P> {
+    /// Opens (creating if needed) the spool.
+    pub fn new(config: DrainConfig, processor: Arc<P>, metrics: Arc<Metrics>) -> Result<Self, DrainError> {
+        let spool = Spool::open(&config.spool_dir)?;
+        Ok(Self { config, spool, processor, metrics })
+    }
+
+    /// Runs until `shutdown` resolves (or, with `once`, until the spool is empty). In-flight entries are
+    /// abandoned on shutdown and stay claimed for the next run.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<DrainStats, DrainError> {
+        let this = Arc::new(self);
+        let mut stats = DrainStats::default();
+        let mut pending: VecDeque<Claimed> = this.reclaim().await?.into();
+        if !pending.is_empty() {
+            tracing::info!(entries = pending.len(), "re-processing entries claimed by a previous run");
+        }
+        let mut events = watch_new_dir(&this.spool.new_dir());
+        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let free = this.config.concurrency.saturating_sub(in_flight.len());
+            if free > 0 && pending.len() < free {
+                match this.claim(free - pending.len()).await {
+                    Ok(claimed) => pending.extend(claimed),
+                    Err(e) => tracing::warn!(error = %e, "claiming spool entries failed; retrying"),
+                }
+            }
+            while in_flight.len() < this.config.concurrency
+                && let Some(c) = pending.pop_front()
+            {
+                let me = Arc::clone(&this);
+                in_flight.spawn(async move { me.handle(c).await });
+            }
+            this.update_depth().await;
+            if this.config.once && in_flight.is_empty() && pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = &mut shutdown => {
+                    if !in_flight.is_empty() {
+                        tracing::info!(entries = in_flight.len(), "shutting down; in-flight entries stay claimed for the next start");
+                    }
+                    in_flight.shutdown().await;
+                    break;
+                }
+                Some(res) = in_flight.join_next(), if !in_flight.is_empty() => match res {
+                    Ok(Outcome::Acked) => stats.acked += 1,
+                    Ok(Outcome::Quarantined) => stats.quarantined += 1,
+                    Err(e) => tracing::error!(error = %e, "an entry task failed; the entry stays claimed"),
+                },
+                () = next_event(&mut events) => {}
+                () = tokio::time::sleep(this.config.poll_interval) => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn reclaim(&self) -> Result<Vec<Claimed>, SpoolError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.reclaim()).await.unwrap_or_else(|e| Err(join_error(&e)))
+    }
+
+    async fn claim(&self, max: usize) -> Result<Vec<Claimed>, SpoolError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.claim(max)).await.unwrap_or_else(|e| Err(join_error(&e)))
+    }
+
+    async fn update_depth(&self) {
+        let spool = self.spool.clone();
+        if let Ok(Ok(depth)) = tokio::task::spawn_blocking(move || spool.depth()).await {
+            self.metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Processes one claimed entry to its end: acknowledged or quarantined (transient failures retried).
+    async fn handle(&self, claimed: Claimed) -> Outcome {
+        let entry = match &claimed.entry {
+            Ok(entry) => entry.clone(),
+            Err(e) => {
+                let reason = e.to_string();
+                return self.quarantine(claimed, &reason, &[]).await;
+            }
+        };
+        let outputs = match self.outputs_of(&entry).await {
+            Ok(outputs) => outputs,
+            Err(reason) => {
+                let valid: Vec<StorePath> =
+                    entry.outs.iter().filter_map(|o| self.config.store_dir.parse_path(o).ok()).collect();
+                return self.quarantine(claimed, &reason, &valid).await;
+            }
+        };
+        let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
+        loop {
+            match self.processor.process(&outputs).await {
+                Ok(()) => break,
+                Err(e) if P::is_transient(&e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        entry = %claimed.path.display(),
+                        attempt = backoff.attempts(),
+                        retry_in = format_args!("{:.1}s", delay.as_secs_f64()),
+                        error = %e,
+                        "upload failed (transient); the entry stays claimed and will be retried"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    return self.quarantine(claimed, &reason, &outputs).await;
+                }
+            }
+        }
+        self.remove_roots(&outputs).await;
+        let spool = self.spool.clone();
+        let entry_path = claimed.path.clone();
+        match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
+            }
+            Err(e) => {
+                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
+            }
+        }
+        Outcome::Acked
+    }
+
+    /// The entry's outputs, validated; or why the entry is unusable.
+    async fn outputs_of(&self, entry: &Entry) -> Result<Vec<StorePath>, String> {
+        let store_dir = &self.config.store_dir;
+        let mut outputs = Vec::with_capacity(entry.outs.len());
+        for out in &entry.outs {
+            outputs.push(store_dir.parse_path(out).map_err(|e| format!("output {e}"))?);
+        }
+        if outputs.is_empty() {
+            let Some(drv) = &entry.drv else {
+                return Err("the entry names no outputs and no derivation".to_owned());
+            };
+            let drv = store_dir.parse_path(drv).map_err(|e| format!("derivation {e}"))?;
+            if !drv.is_derivation() {
+                return Err(format!("{} is not a derivation", store_dir.display(&drv)));
+            }
+            outputs = self
+                .config
+                .nix
+                .derivation_outputs(store_dir, &drv)
+                .await
+                .map_err(|e| format!("resolving the outputs of {}: {e}", store_dir.display(&drv)))?;
+            if outputs.is_empty() {
+                return Err(format!("{} has no outputs", store_dir.display(&drv)));
+            }
+        }
+        outputs.sort();
+        outputs.dedup();
+        Ok(outputs)
+    }
+
+    async fn quarantine(&self, claimed: Claimed, reason: &str, outputs: &[StorePath]) -> Outcome {
+        let spool = self.spool.clone();
+        let entry_path = claimed.path.clone();
+        let reason_owned = reason.to_owned();
+        match tokio::task::spawn_blocking(move || spool.quarantine(&claimed, &reason_owned)).await {
+            Ok(Ok(dest)) => {
+                tracing::error!(entry = %entry_path.display(), quarantined_to = %dest.display(), reason, "quarantined spool entry");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry");
+            }
+            Err(e) => {
+                tracing::error!(entry = %entry_path.display(), reason, error = %e, "could not quarantine spool entry");
+            }
+        }
+        // A quarantined entry is not retried automatically: do not pin its outputs in the local store.
+        self.remove_roots(outputs).await;
+        Outcome::Quarantined
+    }
+
+    async fn remove_roots(&self, outputs: &[StorePath]) {
+        let dir = self.config.gcroots_dir.clone();
+        let paths: Vec<String> = outputs.iter().map(|o| self.config.store_dir.display(o)).collect();
+        let res = tokio::task::spawn_blocking(move || {
+            for p in &paths {
+                if let Err(e) = gcroots::remove(&dir, p) {
+                    tracing::warn!(path = %p, error = %e, "could not remove the GC root");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "removing GC roots failed");
+        }
+    }
+}
+
+fn join_error(e: &tokio::task::JoinError) -> SpoolError {
+    SpoolError::Io { op: "spool task", path: PathBuf::new(), source: std::io::Error::other(e.to_string()) }
+}
+
+type Events = Option<inotify::EventStream<[u8; 4096]>>;
+
+/// An inotify stream of entries arriving in `new/`; `None` (polling only) when inotify is unavailable.
+fn watch_new_dir(dir: &std::path::Path) -> Events {
+    let inotify = match inotify::Inotify::init() {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable; polling the spool");
+            return None;
+        }
+    };
+    let mask = inotify::WatchMask::MOVED_TO | inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::CREATE;
+    if let Err(e) = inotify.watches().add(dir, mask) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the spool; polling it");
+        return None;
+    }
+    match inotify.into_event_stream([0u8; 4096]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify stream unavailable; polling the spool");
+            None
+        }
+    }
+}
+
+/// Resolves on the next inotify event (never when polling only).
+async fn next_event(events: &mut Events) {
+    use futures::StreamExt;
+    match events {
+        Some(stream) => match stream.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "inotify failed; polling the spool from now on");
+                *events = None;
+            }
+            None => *events = None,
+        },
+        None => std::future::pending().await,
+    }
+}

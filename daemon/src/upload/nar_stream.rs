@@ -1,0 +1,321 @@
+//! One pass over a store path on disk, in a blocking thread: NAR serialisation → SHA-256 (NarHash,
+//! NarSize) → zstd (level 3, single-threaded: parallelism comes from uploading several paths at once) →
+//! SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to [`crate::store::Store::put_stream`].
+//! The same NAR bytes are teed to a side thread that parses them into the `.ls` listing, so nothing is
+//! read twice and no NAR is ever held whole in memory.
+//!
+//! The promise that matters: the chunk stream ends cleanly (channel closed without an error) only after
+//! the NarHash and NarSize we computed were found equal to Nix's record. On any failure — mismatch,
+//! unreadable file, panic — an error is sent down the channel first, so the store aborts the object and
+//! nothing partial becomes visible.
+
+use crate::nix::hash::{HashingWriter, Sha256Hash};
+use crate::nix::nar::{NarError, dump_path, read_tree};
+use crate::store::{ObjectKey, StoreError};
+use crate::upload::UploadError;
+use bytes::{Bytes, BytesMut};
+use std::io::{Read, Write};
+use std::path::Path;
+use tokio::sync::mpsc;
+
+/// Size of the chunks sent to the store.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// zstd level: 3 compresses real binaries ~2.6:1 at ~270 MiB/s per core here.
+pub const ZSTD_LEVEL: i32 = 3;
+/// Listing side channel depth (in writes of at most the NAR writer's buffer size).
+const LISTING_QUEUE: usize = 8;
+
+/// What one pass produced.
+#[derive(Debug)]
+pub struct NarStreamed {
+    /// NarHash we computed (equal to the expected one, or the pass would have failed).
+    pub nar_hash: Sha256Hash,
+    /// NarSize we computed.
+    pub nar_size: u64,
+    /// FileHash of the compressed bytes sent.
+    pub file_hash: Sha256Hash,
+    /// FileSize of the compressed bytes sent.
+    pub file_size: u64,
+    /// The `.ls` listing JSON, when the side parser succeeded.
+    pub listing: Option<serde_json::Value>,
+}
+
+/// Sends 1 MiB chunks down the bounded channel (blocking when the store is slower than we are).
+/// Dropped without [`ChunkSender::finish`], it sends an error first so the store aborts the object.
+struct ChunkSender {
+    tx: Option<mpsc::Sender<Result<Bytes, StoreError>>>,
+    buf: BytesMut,
+    key: ObjectKey,
+}
+
+impl ChunkSender {
+    fn new(tx: mpsc::Sender<Result<Bytes, StoreError>>, key: ObjectKey) -> Self {
+        Self { tx: Some(tx), buf: BytesMut::with_capacity(CHUNK_SIZE), key }
+    }
+
+    fn send(&mut self, item: Result<Bytes, StoreError>) -> std::io::Result<()> {
+        let Some(tx) = &self.tx else {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "chunk channel already closed"));
+        };
+        tx.blocking_send(item)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the store stopped receiving chunks"))
+    }
+
+    fn send_buffered(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK_SIZE);
+        self.send(Ok(chunk))
+    }
+
+    /// Sends what is buffered and closes the channel: the object is complete.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send_buffered()?;
+        self.tx = None;
+        Ok(())
+    }
+
+    /// Makes the store abort the object with `reason`.
+    fn abort(&mut self, reason: String) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.blocking_send(Err(StoreError::Source { key: self.key.to_string(), reason }));
+        }
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = CHUNK_SIZE - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK_SIZE {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ChunkSender {
+    fn drop(&mut self) {
+        self.abort("the NAR stream was abandoned before it was verified".to_owned());
+    }
+}
+
+/// Copies NAR bytes to the compressor and, best effort, to the listing parser thread.
+struct Tee<W> {
+    main: W,
+    listing: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.main.write_all(data)?;
+        if let Some(tx) = &self.listing
+            && tx.send(data.to_vec()).is_err()
+        {
+            // The parser gave up (it logs why); the upload goes on without a listing.
+            self.listing = None;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.main.flush()
+    }
+}
+
+/// Reads the teed NAR bytes on the parser thread.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.current.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.current = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Streams the NAR of `fs_path` into `tx` as zstd chunks for `key`, checking it against
+/// `expected_hash`/`expected_size` (Nix's record). Blocking: call from `spawn_blocking`.
+/// `display_path` is the store path as shown in errors.
+pub fn stream_nar(
+    fs_path: &Path,
+    display_path: &str,
+    expected_hash: Sha256Hash,
+    expected_size: u64,
+    key: ObjectKey,
+    tx: mpsc::Sender<Result<Bytes, StoreError>>,
+    with_listing: bool,
+) -> Result<NarStreamed, UploadError> {
+    let mut sender = ChunkSender::new(tx, key);
+    let (listing_tx, listing_thread) = if with_listing {
+        let (ltx, lrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LISTING_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("niks3-listing".to_owned())
+            .spawn(move || {
+                let mut reader = ChannelReader { rx: lrx, current: Vec::new(), pos: 0 };
+                read_tree(&mut reader)
+            })
+            .ok();
+        (handle.as_ref().map(|_| ltx), handle)
+    } else {
+        (None, None)
+    };
+
+    let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
+    let result = (|| {
+        let file_hashing = HashingWriter::new(&mut sender);
+        let encoder = zstd::stream::write::Encoder::new(file_hashing, ZSTD_LEVEL)
+            .map_err(|e| nar_err(format!("starting zstd: {e}")))?;
+        let mut nar_hashing = HashingWriter::new(Tee { main: encoder, listing: listing_tx });
+        dump_path(fs_path, &mut nar_hashing).map_err(|e| match e {
+            NarError::Write(io) => nar_err(format!("compressing or sending: {io}")),
+            other => nar_err(other.to_string()),
+        })?;
+        let (nar_hash, nar_size, tee) = nar_hashing.finish();
+        let Tee { main: encoder, listing: _ } = tee; // closes the listing channel: the parser sees EOF
+        if nar_hash != expected_hash || nar_size != expected_size {
+            return Err(UploadError::HashMismatch {
+                path: display_path.to_owned(),
+                expected: expected_hash,
+                expected_size,
+                actual: nar_hash,
+                actual_size: nar_size,
+            });
+        }
+        let file_hashing = encoder.finish().map_err(|e| nar_err(format!("finishing zstd: {e}")))?;
+        let (file_hash, file_size, _) = file_hashing.finish();
+        Ok((nar_hash, nar_size, file_hash, file_size))
+    })();
+
+    let joined = listing_thread.map(std::thread::JoinHandle::join);
+    let listing = match (&result, joined) {
+        (Ok(_), Some(Ok(Ok(tree)))) => Some(crate::nix::listing::listing_json(&tree)),
+        (Ok(_), Some(Ok(Err(e)))) => {
+            tracing::warn!(path = display_path, error = %e, "could not build the file listing; uploading without it");
+            None
+        }
+        _ => None,
+    };
+
+    match result {
+        Ok((nar_hash, nar_size, file_hash, file_size)) => {
+            sender.finish().map_err(|e| nar_err(format!("sending the last chunk: {e}")))?;
+            Ok(NarStreamed { nar_hash, nar_size, file_hash, file_size, listing })
+        }
+        Err(e) => {
+            sender.abort(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::local::LocalStore;
+
+    /// A small tree: a file, an executable, a symlink, a nested directory.
+    fn sample_tree(root: &Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.join("tree");
+        std::fs::create_dir_all(p.join("bin")).expect("mkdir");
+        std::fs::write(p.join("README"), "hello\n".repeat(1000)).expect("write");
+        std::fs::write(p.join("bin/tool"), "#!/bin/sh\necho tool\n").expect("write");
+        std::fs::set_permissions(p.join("bin/tool"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::symlink("README", p.join("link")).expect("symlink");
+        p
+    }
+
+    fn nar_of(path: &Path) -> (Sha256Hash, u64, Vec<u8>) {
+        let mut w = HashingWriter::new(Vec::new());
+        dump_path(path, &mut w).expect("dump");
+        w.finish()
+    }
+
+    async fn run(
+        store: &Store,
+        path: std::path::PathBuf,
+        hash: Sha256Hash,
+        size: u64,
+    ) -> (Result<NarStreamed, UploadError>, Result<u64, StoreError>, ObjectKey) {
+        let key = ObjectKey::nar(&hash);
+        let (tx, rx) = mpsc::channel(4);
+        let k = key.clone();
+        let producer =
+            tokio::task::spawn_blocking(move || stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, true));
+        let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
+        (producer.await.expect("join"), stored, key)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stream_stores_compressed_nar_with_listing_and_hashes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let (hash, size, nar) = nar_of(&tree);
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, tree, hash, size).await;
+        let streamed = produced.expect("stream");
+        let stored_size = stored.expect("stored");
+        assert_eq!((streamed.nar_hash, streamed.nar_size), (hash, size));
+        assert_eq!(stored_size, streamed.file_size);
+        let body = store.get(&key).await.expect("get").expect("object present");
+        assert_eq!(body.len() as u64, streamed.file_size);
+        let (fh, _, ()) = {
+            let mut w = HashingWriter::new(std::io::sink());
+            w.write_all(&body).expect("hash");
+            let (h, n, _) = w.finish();
+            (h, n, ())
+        };
+        assert_eq!(fh, streamed.file_hash);
+        assert_eq!(zstd::decode_all(&body[..]).expect("zstd"), nar);
+        let listing = streamed.listing.expect("listing");
+        assert_eq!(listing["root"]["entries"]["bin"]["entries"]["tool"]["executable"], true);
+        assert_eq!(listing["root"]["entries"]["link"]["target"], "README");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hash_mismatch_leaves_nothing_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = sample_tree(dir.path());
+        let (_, size, _) = nar_of(&tree);
+        let wrong = Sha256Hash([7; 32]);
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, tree, wrong, size).await;
+        let err = produced.expect_err("mismatch");
+        assert!(matches!(err, UploadError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("does not match Nix's record"), "{err}");
+        assert!(stored.is_err(), "the store must refuse the stream");
+        assert!(store.head(&key).await.expect("head").is_none(), "no object may be visible");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vanished_path_aborts_the_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8).await;
+        let err = produced.expect_err("vanished");
+        assert!(matches!(err, UploadError::Nar { .. }) && !err.is_transient(), "{err}");
+        assert!(stored.is_err());
+        assert!(store.head(&key).await.expect("head").is_none());
+    }
+}

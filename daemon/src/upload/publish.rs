@@ -1,0 +1,209 @@
+//! The publish step, shared by the local pipeline and the push API: once a path's compressed NAR is in
+//! the store, record it, sign and write the narinfo, and record the narinfo with everything it keeps
+//! alive. The narinfo is the last object written for a path, so a reader that finds it finds its NAR,
+//! listing, log and the narinfos of all its references.
+//!
+//! What the caller promises: the NAR object `nar/<nix32 NarHash>.nar.zst` is complete in the store and
+//! the upload that wrote it holds a claim ([`crate::db::Db::begin_upload`]) on every key involved. What
+//! this module checks: every reference already has a narinfo recorded (one query), otherwise it refuses.
+
+use crate::db::{Db, NewObject};
+use crate::nix::hash::Sha256Hash;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::pathinfo::PathInfo;
+use crate::nix::signing::SecretKey;
+use crate::nix::store_path::StoreDir;
+use crate::store::{ObjectKey, Store};
+use crate::upload::UploadError;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+/// Content type of narinfo objects (what Nix's own caches use).
+pub const NARINFO_CONTENT_TYPE: &str = "text/x-nix-narinfo";
+
+/// The compressed NAR of a path, already stored under [`ObjectKey::nar`] of the path's NarHash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredNar {
+    /// SHA-256 of the compressed file (narinfo `FileHash`).
+    pub file_hash: Sha256Hash,
+    /// Size of the compressed file (narinfo `FileSize`).
+    pub file_size: u64,
+}
+
+/// Everything known about one path at publish time.
+#[derive(Clone, Debug)]
+pub struct PublishInput<'a> {
+    /// The path's metadata as Nix (or a pushing client) reports it.
+    pub info: &'a PathInfo,
+    /// Its stored NAR.
+    pub nar: StoredNar,
+    /// The `.ls` listing object, if one was written (and recorded) for this path.
+    pub listing: Option<ObjectKey>,
+    /// The build log object, if one was written (and recorded) for this path's deriver.
+    pub log: Option<ObjectKey>,
+}
+
+/// Signs and writes narinfos; cheap to clone (everything shared).
+#[derive(Clone)]
+pub struct Publisher {
+    store: Arc<Store>,
+    db: Db,
+    store_dir: StoreDir,
+    keys: Arc<Vec<SecretKey>>,
+}
+
+impl Publisher {
+    /// A publisher writing to `store`, recording in `db`, signing with every key in `keys`.
+    pub fn new(store: Arc<Store>, db: Db, store_dir: StoreDir, keys: Arc<Vec<SecretKey>>) -> Self {
+        Self { store, db, store_dir, keys }
+    }
+
+    /// The store directory narinfos are written for.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// The object store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The narinfo (signed by every key) that [`Publisher::publish`] writes for `input`.
+    pub fn narinfo(&self, input: &PublishInput<'_>) -> NarInfo {
+        let info = input.info;
+        let mut references = info.references.clone();
+        references.sort();
+        references.dedup();
+        let mut narinfo = NarInfo {
+            store_path: info.path.clone(),
+            url: ObjectKey::nar(&info.nar_hash).as_str().to_owned(),
+            compression: "zstd".to_owned(),
+            file_hash: Some(input.nar.file_hash),
+            file_size: Some(input.nar.file_size),
+            nar_hash: info.nar_hash,
+            nar_size: info.nar_size,
+            references,
+            deriver: info.deriver.clone(),
+            sigs: Vec::new(),
+            ca: info.ca.clone(),
+        };
+        for key in self.keys.iter() {
+            narinfo.sign(key, &self.store_dir);
+        }
+        narinfo
+    }
+
+    /// Records the NAR, checks every reference is in the cache, writes the signed narinfo and records it
+    /// with its liveness references (NAR, listing, log, the references' narinfos). Idempotent: publishing
+    /// the same path twice writes the same bytes.
+    pub async fn publish(&self, input: &PublishInput<'_>, now: DateTime<Utc>) -> Result<NarInfo, UploadError> {
+        let info = input.info;
+        let nar_key = ObjectKey::nar(&info.nar_hash);
+        let ref_keys: Vec<(ObjectKey, &crate::nix::store_path::StorePath)> =
+            info.references.iter().filter(|r| **r != info.path).map(|r| (ObjectKey::narinfo(r), r)).collect();
+        if !ref_keys.is_empty() {
+            let keys: Vec<ObjectKey> = ref_keys.iter().map(|(k, _)| k.clone()).collect();
+            let missing = self.db.missing(&keys).await?;
+            if let Some(first) = missing.first()
+                && let Some((_, path)) = ref_keys.iter().find(|(k, _)| k == first)
+            {
+                return Err(UploadError::MissingReference { path: info.path.clone(), reference: (*path).clone() });
+            }
+        }
+        self.db
+            .record_object(&NewObject { key: nar_key.clone(), size: input.nar.file_size, refs: Vec::new() }, now)
+            .await?;
+
+        let narinfo = self.narinfo(input);
+        let text = narinfo.to_text(&self.store_dir);
+        let size = text.len() as u64;
+        let key = ObjectKey::narinfo(&info.path);
+        self.store.put(&key, Bytes::from(text), NARINFO_CONTENT_TYPE).await?;
+
+        let mut refs = vec![nar_key];
+        refs.extend(input.listing.iter().cloned());
+        refs.extend(input.log.iter().cloned());
+        let mut ref_narinfos: Vec<ObjectKey> = ref_keys.into_iter().map(|(k, _)| k).collect();
+        ref_narinfos.sort();
+        ref_narinfos.dedup();
+        refs.extend(ref_narinfos);
+        self.db.record_object(&NewObject { key, size, refs }, now).await?;
+        Ok(narinfo)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("store_dir", &self.store_dir)
+            .field("keys", &self.keys.iter().map(SecretKey::name).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    fn info(name: &str, hash_byte: u8, references: Vec<crate::nix::store_path::StorePath>) -> PathInfo {
+        let hash =
+            format!("{}", "0123456789abcdfghijklmnpqrsvwxyz".chars().nth(usize::from(hash_byte) % 32).unwrap_or('0'));
+        PathInfo {
+            path: crate::nix::store_path::StorePath::from_basename(&format!("{}-{name}", hash.repeat(32)))
+                .expect("path"),
+            nar_hash: Sha256Hash([hash_byte; 32]),
+            nar_size: 120,
+            references,
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_refuses_a_narinfo_whose_reference_is_missing_and_signs_what_it_writes() {
+        let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
+        let db = Db::connect(&pg.url()).await.expect("db");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let key = SecretKey::generate("test-1").expect("key");
+        let public = key.public();
+        let store_dir = StoreDir::default();
+        let publisher = Publisher::new(Arc::clone(&store), db.clone(), store_dir.clone(), Arc::new(vec![key]));
+        let dep = info("dep", 1, Vec::new());
+        let top = info("top", 2, vec![dep.path.clone()]);
+        let nar = StoredNar { file_hash: Sha256Hash([9; 32]), file_size: 99 };
+        let now = chrono::Utc::now();
+
+        // The dependency is not published yet: refuse, write nothing.
+        let err = publisher
+            .publish(&PublishInput { info: &top, nar, listing: None, log: None }, now)
+            .await
+            .expect_err("reference missing");
+        assert!(matches!(err, UploadError::MissingReference { .. }) && err.is_transient(), "{err}");
+        assert!(err.to_string().contains("dep"), "{err}");
+        assert!(store.head(&ObjectKey::narinfo(&top.path)).await.expect("head").is_none());
+
+        // Dependencies first, then the dependent: both signed, both recorded with their liveness refs.
+        publisher.publish(&PublishInput { info: &dep, nar, listing: None, log: None }, now).await.expect("dep");
+        let written =
+            publisher.publish(&PublishInput { info: &top, nar, listing: None, log: None }, now).await.expect("top");
+        assert!(written.verify(std::slice::from_ref(&public), &store_dir));
+        let text = store.get(&ObjectKey::narinfo(&top.path)).await.expect("get").expect("narinfo stored");
+        let parsed = NarInfo::parse(std::str::from_utf8(&text).expect("utf8"), &store_dir).expect("parse");
+        assert_eq!(parsed, written);
+        assert_eq!(parsed.url, ObjectKey::nar(&top.nar_hash).as_str());
+        assert_eq!((parsed.compression.as_str(), parsed.file_size), ("zstd", Some(99)));
+        let missing = db
+            .missing(&[ObjectKey::narinfo(&dep.path), ObjectKey::narinfo(&top.path), ObjectKey::nar(&top.nar_hash)])
+            .await
+            .expect("missing");
+        assert!(missing.is_empty(), "everything recorded: {missing:?}");
+    }
+}

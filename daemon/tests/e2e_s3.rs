@@ -1,0 +1,62 @@
+//! End to end with the S3 backend (a real single-node Garage): built paths are uploaded to the bucket and
+//! substitute through the read proxy with signatures required; a Garage outage delays uploads without
+//! losing anything.
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
+
+mod e2e_support;
+
+use e2e_support::{Backend, GRAPH, World};
+use std::time::Duration;
+
+#[test]
+fn built_paths_land_in_garage_and_substitute_through_the_read_proxy() {
+    let w = World::s3();
+    let mut server = w.serve();
+    w.wait_http(&server);
+    let public_key = w.public_key();
+    let app = w.build(GRAPH, "app");
+    let tree = w.build(GRAPH, "tree");
+    w.wait_uploaded(&app, &server, Duration::from_secs(60));
+
+    let http = w.url();
+    let store = w.substitute(&http, "from-garage", &app, &public_key).expect("substitute through the read proxy");
+    let tool =
+        std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
+    assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
+    let verify = w
+        .nix
+        .command("nix")
+        .args(["store", "verify", "--store", &http, "--trusted-public-keys", &public_key, "-r", &app[0]])
+        .output()
+        .expect("nix store verify");
+    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
+    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &http, &tree[0]])).expect("nix log");
+    assert!(log.contains("building tree"), "{log}");
+    let narinfo = w.narinfo_text(&app[0]).expect("narinfo");
+    assert!(narinfo.contains("Compression: zstd") && narinfo.contains("URL: nar/"), "{narinfo}");
+    server.terminate();
+}
+
+#[test]
+fn garage_outage_delays_uploads_but_loses_nothing() {
+    let mut w = World::s3();
+    let server = w.serve();
+    w.wait_http(&server);
+    let public_key = w.public_key();
+    let before = w.nix.build_script("e2e-s3-before", "echo before > $out").expect("build");
+    w.wait_uploaded(&[before], &server, Duration::from_secs(60));
+    w.wait_drained(&server);
+
+    if let Backend::S3(g) = &mut w.backend {
+        g.stop();
+    }
+    let during = w.nix.build_script("e2e-s3-during", "echo during > $out").expect("builds succeed during the outage");
+    server.wait_log("will be retried", Duration::from_secs(60));
+    assert_eq!(w.spool_entries("claimed").len(), 1, "the entry stays claimed during the outage");
+    if let Backend::S3(g) = &mut w.backend {
+        g.resume().expect("restart garage");
+    }
+    w.wait_uploaded(std::slice::from_ref(&during), &server, Duration::from_secs(120));
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+    w.substitute(&w.url(), "after-outage", &[during], &public_key).expect("substitute after the outage");
+}

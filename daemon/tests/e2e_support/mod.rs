@@ -1,0 +1,403 @@
+//! Shared pieces of the end-to-end tests: a real `niks3 serve` process fed by the real `niks3-hook`
+//! through real `nix-build`s, a real PostgreSQL (testkit) and the local or Garage backend.
+#![allow(dead_code, reason = "each e2e test binary uses a different subset")]
+#![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
+
+use niks3_testkit::nix::NixEnv;
+use niks3_testkit::postgres::Postgres;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `niks3` binary under test.
+pub fn niks3_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_niks3"))
+}
+
+/// The `niks3-hook` binary, built into the same target directory (built on demand).
+pub fn hook_bin() -> PathBuf {
+    let bin = niks3_bin();
+    let hook = bin.parent().expect("target dir").join("niks3-hook");
+    if !hook.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = bin.parent().and_then(Path::parent).expect("target dir");
+        let status = Command::new(cargo)
+            .args(["build", "-p", "niks3-hook", "--bin", "niks3-hook"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .expect("running cargo build -p niks3-hook");
+        assert!(status.success(), "cargo build -p niks3-hook failed");
+    }
+    hook
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Which object store the server uses.
+pub enum Backend {
+    /// `--store-dir <dir>`.
+    Local(PathBuf),
+    /// Garage.
+    S3(niks3_testkit::garage::Garage),
+}
+
+/// One test's world: Nix with the hook installed, PostgreSQL, directories.
+pub struct World {
+    pub nix: NixEnv,
+    pub pg: Postgres,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    pub port: u16,
+}
+
+impl World {
+    /// A world with the local backend in `<dir>/cache`.
+    pub fn local() -> World {
+        let dir = tempfile::Builder::new().prefix("niks3-e2e-").tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        World::with_backend(dir, Backend::Local(cache))
+    }
+
+    /// A world with a fresh Garage bucket.
+    pub fn s3() -> World {
+        let dir = tempfile::Builder::new().prefix("niks3-e2e-").tempdir().expect("tempdir");
+        let garage = niks3_testkit::garage::Garage::start().expect("start garage");
+        World::with_backend(dir, Backend::S3(garage))
+    }
+
+    fn with_backend(dir: tempfile::TempDir, backend: Backend) -> World {
+        let nix = NixEnv::new().expect("nix env");
+        let pg = Postgres::start().expect("postgres");
+        let db_url = pg.url();
+        let w = World { nix, pg, db_url, dir, backend, port: free_port() };
+        // The hook, with this world's spool and GC roots directory.
+        let wrapper = w.dir.path().join("hook.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
+                w.spool().display(),
+                w.gcroots().display(),
+                hook_bin().display()
+            ),
+        )
+        .expect("write hook wrapper");
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        w.nix.set_post_build_hook(&wrapper).expect("set hook");
+        // The hook only queues into an existing spool (it never creates one under a wrong owner).
+        spool::Spool::open(&w.spool()).expect("create the spool");
+        w
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+    pub fn gcroots(&self) -> PathBuf {
+        self.dir.path().join("gcroots")
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The arguments `niks3 serve` gets.
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "serve".to_owned(),
+            "--state-dir".to_owned(),
+            self.state().display().to_string(),
+            "--spool-dir".to_owned(),
+            self.spool().display().to_string(),
+            "--gcroots-dir".to_owned(),
+            self.gcroots().display().to_string(),
+            "--db".to_owned(),
+            self.db_url.clone(),
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{}", self.port),
+            "--jobs".to_owned(),
+            "2".to_owned(),
+        ];
+        match &self.backend {
+            Backend::Local(dir) => args.extend(["--store-dir".to_owned(), dir.display().to_string()]),
+            Backend::S3(g) => args.extend([
+                "--s3-endpoint".to_owned(),
+                g.endpoint.clone(),
+                "--s3-bucket".to_owned(),
+                g.bucket.clone(),
+                "--s3-region".to_owned(),
+                g.region.clone(),
+            ]),
+        }
+        args
+    }
+
+    /// Starts `niks3 serve`; its stderr goes to `<dir>/serve-N.log`.
+    pub fn serve(&self) -> Server {
+        let n = std::fs::read_dir(self.dir.path()).map_or(0, Iterator::count);
+        let log = self.dir.path().join(format!("serve-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = self.nix.command(niks3_bin());
+        cmd.args(self.serve_args()).stdout(Stdio::null()).stderr(file).env("RUST_LOG", "info,niks3=debug");
+        if let Backend::S3(g) = &self.backend {
+            cmd.env("NIKS3_S3_ACCESS_KEY", &g.access_key).env("NIKS3_S3_SECRET_KEY", &g.secret_key);
+        }
+        let child = cmd.spawn().expect("spawn niks3 serve");
+        Server { child: Some(child), log }
+    }
+
+    /// Waits until the read proxy answers `nix-cache-info` with 200.
+    pub fn wait_http(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(30), || self.http_status("/nix-cache-info") == Some(200));
+        assert!(ok, "the read proxy never served nix-cache-info:\n{}", server.log_text());
+    }
+
+    /// The public key the server generated (after it started once).
+    pub fn public_key(&self) -> String {
+        let keys = self.state().join("keys");
+        let ok = wait_for(Duration::from_secs(20), || {
+            std::fs::read_dir(&keys)
+                .is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "pub")))
+        });
+        assert!(ok, "no public key generated in {}", keys.display());
+        let pubfile = std::fs::read_dir(&keys)
+            .expect("keys")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pub"))
+            .expect("pub file");
+        std::fs::read_to_string(pubfile).expect("read pub").trim().to_owned()
+    }
+
+    /// Builds `attr` of `expr` with the hook installed; returns the output paths.
+    pub fn build(&self, expr: &str, attr: &str) -> Vec<String> {
+        self.nix.build(expr, attr).expect("nix-build")
+    }
+
+    /// `nix-store -qR`.
+    pub fn closure(&self, path: &str) -> Vec<String> {
+        let out = self.nix.run(self.nix.command("nix-store").args(["-qR", path])).expect("nix-store -qR");
+        out.lines().map(str::to_owned).collect()
+    }
+
+    /// True when the cache has `<hash>.narinfo` for `path` (through the backend directly).
+    pub fn has_narinfo(&self, path: &str) -> bool {
+        let base = Path::new(path).file_name().and_then(|n| n.to_str()).expect("basename");
+        let hash = &base[..32];
+        match &self.backend {
+            Backend::Local(dir) => dir.join(format!("{hash}.narinfo")).exists(),
+            // Garage wants SigV4 even for reads: ask through the read proxy.
+            Backend::S3(_) => self.http_status(&format!("/{hash}.narinfo")) == Some(200),
+        }
+    }
+
+    /// The narinfo text for `path` as the read proxy serves it.
+    pub fn narinfo_text(&self, path: &str) -> Option<String> {
+        let base = Path::new(path).file_name().and_then(|n| n.to_str()).expect("basename");
+        let out =
+            Command::new("curl").args(["-sf", &format!("{}/{}.narinfo", self.url(), &base[..32])]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// HTTP status of GET `path` on the read proxy (`None` when unreachable).
+    pub fn http_status(&self, path: &str) -> Option<u16> {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", self.url())])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|c| *c != 0)
+    }
+
+    /// Waits until every path of every closure of `outs` has a narinfo in the cache.
+    pub fn wait_uploaded(&self, outs: &[String], server: &Server, timeout: Duration) {
+        let mut all: Vec<String> = outs.iter().flat_map(|o| self.closure(o)).collect();
+        all.sort();
+        all.dedup();
+        let ok = wait_for(timeout, || all.iter().all(|p| self.has_narinfo(p)));
+        if !ok {
+            let missing: Vec<&String> = all.iter().filter(|p| !self.has_narinfo(p)).collect();
+            panic!("not uploaded within {timeout:?}: {missing:?}\n--- server log ---\n{}", server.log_text());
+        }
+    }
+
+    /// Waits until `new/` and `claimed/` are empty (every entry acknowledged or quarantined).
+    pub fn wait_drained(&self, server: &Server) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            self.spool_entries("new").is_empty() && self.spool_entries("claimed").is_empty()
+        });
+        assert!(ok, "spool not drained:\n{}", server.log_text());
+    }
+
+    /// Spool entries in `sub` (`new`, `claimed`, `quarantine`), without `.reason` files.
+    pub fn spool_entries(&self, sub: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.spool().join(sub))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_none_or(|x| x != "reason"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes a raw spool entry into `new/` (as if a hook had), durably enough for a test.
+    pub fn enqueue_raw(&self, name: &str, text: &[u8]) -> PathBuf {
+        let new = self.spool().join("new");
+        std::fs::create_dir_all(&new).expect("spool/new");
+        let tmp = self.spool().join(format!("{name}.tmp-test"));
+        let mut f = std::fs::File::create(&tmp).expect("tmp entry");
+        f.write_all(text).expect("write entry");
+        drop(f);
+        let dest = new.join(name);
+        std::fs::rename(&tmp, &dest).expect("rename entry");
+        dest
+    }
+
+    /// `nix copy --from <url> --to <fresh chroot store>` with signatures required; returns the store dir.
+    pub fn substitute(&self, from: &str, name: &str, paths: &[String], public_key: &str) -> Result<PathBuf, String> {
+        let store = self.nix.chroot_store(name).expect("chroot store");
+        let out = self
+            .nix
+            .command("nix")
+            .args(["copy", "--from", from, "--to"])
+            .arg(&store)
+            .args(["--option", "trusted-public-keys", public_key])
+            .args(paths)
+            .output()
+            .expect("nix copy");
+        if out.status.success() { Ok(store) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    }
+}
+
+/// A running `niks3 serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let ok = wait_for(timeout, || self.log_text().contains(needle));
+        assert!(ok, "server log never said {needle:?}:\n{}", self.log_text());
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGKILL and reaps.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit (asserting exit status 0).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    assert!(status.success(), "niks3 serve exited with {status} after SIGTERM:\n{}", self.log_text());
+                    return;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("niks3 serve did not stop within 30 s of SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A small graph: `app` refers to `tree` (a directory with an executable and a symlink) and `hello`.
+pub const GRAPH: &str = r#"{ salt }:
+let
+  mk = name: script: derivation {
+    inherit name salt;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  };
+in rec {
+  hello = mk "e2e-hello" ''echo "hello ${salt}" > $out'';
+  tree = mk "e2e-tree" ''
+    set -e
+    echo "building tree ${salt}"
+    /bin/mkdir -p $out/bin $out/share/doc
+    echo "doc ${salt}" > $out/share/doc/README
+    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
+    /bin/chmod +x $out/bin/tool
+    /bin/ln -s share/doc/README $out/README-link
+  '';
+  app = mk "e2e-app" ''
+    /bin/mkdir -p $out
+    echo "building app ${salt}"
+    echo "${tree}/bin/tool" > $out/uses-tree
+    echo "${hello}" > $out/uses-hello
+  '';
+}
+"#;
+
+/// Checks the cache invariant on a local cache directory: every narinfo's NAR exists, and so do the
+/// narinfos of all its references. Returns the number of narinfos checked.
+pub fn check_local_invariant(cache: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(cache).expect("cache dir").filter_map(Result::ok) {
+        let p = entry.path();
+        if p.extension().is_none_or(|x| x != "narinfo") {
+            continue;
+        }
+        n += 1;
+        let text = std::fs::read_to_string(&p).expect("narinfo");
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map_or("", str::trim);
+        let url = field("URL:");
+        assert!(cache.join(url).is_file(), "{} points at missing NAR {url}", p.display());
+        for r in field("References:").split_whitespace() {
+            assert!(cache.join(format!("{}.narinfo", &r[..32])).is_file(), "{} lacks its reference {r}", p.display());
+        }
+        assert!(text.contains("\nSig: "), "{} is unsigned", p.display());
+    }
+    n
+}

@@ -1,0 +1,137 @@
+//! `POST /api/v1/gc` runs the real collector against PostgreSQL and the store, answers the five figures,
+//! and the figures of a real run show up in `/metrics`.
+
+mod http_support;
+
+use http_support::{Backend, TOKEN, TestServer};
+use niks3::client::ApiClient;
+use niks3::http::ApiToken;
+use niks3::http::api::protocol::GcRequest;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_route_runs_the_collector_and_records_its_figures() {
+    let s = TestServer::start(Backend::Local).await;
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let dry = api
+        .gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 3600, force: false, dry_run: true })
+        .await
+        .expect("dry run");
+    assert_eq!(dry, niks3::metrics::GcFigures::default());
+    let metrics =
+        TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
+    assert!(!metrics.contains("niks3_gc_last_"), "a dry run records nothing");
+    let real = api
+        .gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 3600, force: true, dry_run: false })
+        .await
+        .expect("gc");
+    assert_eq!(real.objects_failed_to_delete, 0);
+    let metrics =
+        TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
+    assert!(metrics.contains("niks3_gc_last_objects_deleted_after_grace_period 0"), "{metrics}");
+    // absurd options are a 400, not a crash
+    let err = api
+        .gc(&GcRequest { older_than_secs: u64::MAX, failed_uploads_older_than_secs: 1, force: false, dry_run: true })
+        .await
+        .expect_err("absurd");
+    assert!(err.to_string().contains("400"), "{err}");
+    s.shutdown().await;
+}
+
+/// Announces `path`'s closure (one path, no references) and uploads its NAR through the relay route.
+async fn announce_and_upload(
+    s: &TestServer,
+    env: &niks3_testkit::nix::NixEnv,
+    path: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let info = env.command("nix").args(["path-info", "--json", path]).output().expect("path-info");
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let wire = serde_json::json!({
+        "path": path, "nar_hash": v[0]["narHash"], "nar_size": v[0]["narSize"], "references": [],
+    });
+    let c = TestServer::client();
+    let auth = format!("Bearer {TOKEN}");
+    let plan: serde_json::Value = c
+        .post(format!("{}/api/v1/push", s.url))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({ "roots": [path], "paths": [wire] }))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("plan");
+    let dump = env.command("nix-store").args(["--dump", path]).output().expect("dump").stdout;
+    let zst = zstd::encode_all(dump.as_slice(), 3).expect("zstd");
+    let url = plan["missing_nars"][0]["upload_url"].as_str().expect("url");
+    let up: serde_json::Value = c
+        .put(format!("{}{url}", s.url))
+        .header("authorization", &auth)
+        .body(zst)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("upload answer");
+    let done = serde_json::json!({
+        "uploads": plan["uploads"], "roots": [path], "paths": [wire],
+        "nars": [{ "nar_hash": wire["nar_hash"], "file_hash": up["file_hash"], "file_size": up["size"] }],
+    });
+    (plan, done)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_again() {
+    let s = TestServer::start(Backend::Local).await;
+    let env = niks3_testkit::nix::NixEnv::new().expect("nix env");
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let c = TestServer::client();
+    let auth = format!("Bearer {TOKEN}");
+
+    // 1. a GC between upload and complete (everything old, no grace) must not delete the claimed NAR
+    let a = env.build_script("gc-race-a", "echo a > $out").expect("build");
+    let (_, done) = announce_and_upload(&s, &env, &a).await;
+    let figures = api
+        .gc(&GcRequest { older_than_secs: 0, failed_uploads_older_than_secs: 3600, force: true, dry_run: false })
+        .await
+        .expect("gc");
+    assert_eq!(figures.objects_failed_to_delete, 0);
+    assert_eq!(s.cache_files().iter().filter(|f| f.starts_with("nar/")).count(), 1, "{:?}", s.cache_files());
+    let r = c
+        .post(format!("{}/api/v1/complete", s.url))
+        .header("authorization", &auth)
+        .json(&done)
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let chroot = env.chroot_store("client").expect("chroot");
+    let copy = env
+        .command("nix")
+        .args(["copy", "--from", &s.url, "--to"])
+        .arg(&chroot)
+        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string(), &a])
+        .output()
+        .expect("nix copy");
+    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+
+    // 2. a session GC considers failed is gone: completing it is a 409 and publishes nothing
+    let b = env.build_script("gc-race-b", "echo b > $out").expect("build");
+    let (_, done) = announce_and_upload(&s, &env, &b).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    api.gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 1, force: false, dry_run: false })
+        .await
+        .expect("gc");
+    let r = c
+        .post(format!("{}/api/v1/complete", s.url))
+        .header("authorization", &auth)
+        .json(&done)
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.expect("body").contains("push again"));
+    let b_hash = &b["/nix/store/".len().."/nix/store/".len() + 32];
+    assert!(!s.cache_files().contains(&format!("{b_hash}.narinfo")), "{:?}", s.cache_files());
+    s.shutdown().await;
+}

@@ -1,0 +1,207 @@
+//! Shared pieces of the HTTP tests: a real PostgreSQL (testkit), a real object store (local directory or
+//! Garage) and the real warp server on a free loopback port, in-process.
+#![allow(dead_code, reason = "each http test binary uses a different subset")]
+#![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
+
+use niks3::db::Db;
+use niks3::http::{ApiLimits, ApiToken, HttpState};
+use niks3::metrics::Metrics;
+use niks3::nix::signing::SecretKey;
+use niks3::nix::store_path::StoreDir;
+use niks3::store::Store;
+use niks3::store::local::LocalStore;
+use niks3::store::s3::{S3Config, S3Store};
+use niks3_testkit::garage::Garage;
+use niks3_testkit::postgres::Postgres;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A token long enough for the API.
+pub const TOKEN: &str = "test-token-0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// Which backend the server uses.
+pub enum Backend {
+    /// A local directory.
+    Local,
+    /// A fresh Garage.
+    Garage,
+}
+
+/// A running server and everything it stands on; dropping it stops them all.
+pub struct TestServer {
+    pub state: Arc<HttpState>,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub cache_dir: Option<PathBuf>,
+    pub garage: Option<Garage>,
+    pub pg: Postgres,
+    pub key: SecretKey,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts PostgreSQL, the store, and the server with API token [`TOKEN`].
+    pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, Some(ApiToken::new(TOKEN).expect("token")), "test cache", None).await
+    }
+
+    /// Like [`TestServer::start`] with a chosen token, cache name and cache URL.
+    pub async fn start_with(
+        backend: Backend,
+        token: Option<ApiToken>,
+        name: &str,
+        cache_url: Option<&str>,
+    ) -> TestServer {
+        let pg = Postgres::start().expect("start PostgreSQL");
+        let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
+        let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");
+        let (store, cache_dir, garage) = match backend {
+            Backend::Local => {
+                let cache = dir.path().join("cache");
+                (Store::Local(LocalStore::open(cache.clone()).expect("local store")), Some(cache), None)
+            }
+            Backend::Garage => {
+                let g = Garage::start().expect("start Garage");
+                let s = S3Store::new(S3Config {
+                    endpoint: g.endpoint.clone(),
+                    bucket: g.bucket.clone(),
+                    region: g.region.clone(),
+                    access_key: g.access_key.clone(),
+                    secret_key: g.secret_key.clone(),
+                    path_style: true,
+                    part_size: 8 << 20,
+                })
+                .expect("S3 store");
+                (Store::S3(s), None, Some(g))
+            }
+        };
+        let key = SecretKey::generate("niks3-test-1").expect("key");
+        let sign = SecretKey::parse(&key.to_nix_string()).expect("key copy");
+        let listener = niks3::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let url = format!("http://{addr}");
+        let state = Arc::new(HttpState {
+            store: Arc::new(store),
+            db,
+            store_dir: StoreDir::default(),
+            priority: 30,
+            public_keys: vec![key.public()],
+            sign_keys: Arc::new(vec![sign]),
+            cache_url: cache_url.map_or_else(|| url.clone(), str::to_owned),
+            cache_name: name.to_owned(),
+            metrics: Arc::new(Metrics::default()),
+            api_token: token,
+            limits: ApiLimits::default(),
+        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(niks3::http::serve_listener(Arc::clone(&state), listener, async move {
+            let _ = stop_rx.await;
+        }));
+        TestServer { state, addr, url, dir, cache_dir, garage, pg, key, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// A client (no default auth).
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder().build().expect("client")
+    }
+
+    /// Every file under the local cache directory (empty for Garage).
+    pub fn cache_files(&self) -> Vec<String> {
+        let Some(root) = &self.cache_dir else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A minimal check of the Prometheus text exposition format: every sample line is `name{labels} value`
+/// with a valid metric name, balanced quoted labels and a float value; every sample's family has a TYPE.
+pub fn check_prometheus_text(text: &str) -> Result<usize, String> {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = 0;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let kw = parts.next().unwrap_or("");
+            let name = parts.next().ok_or(format!("line {n}: comment without metric name"))?;
+            if kw == "TYPE" {
+                let t = parts.next().ok_or(format!("line {n}: TYPE without type"))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) {
+                    return Err(format!("line {n}: unknown type {t}"));
+                }
+                types.insert(name.to_owned(), t.to_owned());
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).ok_or(format!("line {n}: no value"))?;
+        let name = &line[..name_end];
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(format!("line {n}: bad metric name {name:?}"));
+        }
+        let mut rest = &line[name_end..];
+        if rest.starts_with('{') {
+            let close = rest.rfind('}').ok_or(format!("line {n}: unclosed labels"))?;
+            let labels = &rest[1..close];
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or(format!("line {n}: bad label {pair:?}"))?;
+                if !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || !v.starts_with('"') {
+                    return Err(format!("line {n}: bad label {pair:?}"));
+                }
+            }
+            rest = &rest[close + 1..];
+        }
+        let value = rest.trim();
+        if value.parse::<f64>().is_err() && !["+Inf", "-Inf", "NaN"].contains(&value) {
+            return Err(format!("line {n}: bad value {value:?}"));
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+            .unwrap_or(name);
+        if !types.contains_key(family) {
+            return Err(format!("line {n}: sample {name} has no TYPE"));
+        }
+        samples += 1;
+    }
+    Ok(samples)
+}

@@ -1,0 +1,78 @@
+//! Remote push against Garage: with an S3 backend the server hands out presigned URLs, so NAR bytes go
+//! from the client straight to the bucket, never through the server — including a NAR larger than the
+//! store's multipart part size — and the result substitutes into a fresh store.
+
+mod http_support;
+
+use http_support::{Backend, TOKEN, TestServer};
+use niks3::nix::hash::Sha256Hash;
+use niks3::store::ObjectKey;
+use niks3_testkit::nix::NixEnv;
+use std::sync::atomic::Ordering;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
+    let s = TestServer::start(Backend::Garage).await;
+    let env = NixEnv::new().expect("nix env");
+    // 12 MiB of incompressible data: above the 8 MiB part size, so the server's own uploader would go
+    // multipart; the presigned PUT carries it in one request.
+    let expr = r#"{ salt }:
+let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = [ "-c" script ]; };
+in rec {
+  big = mk "push-big" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
+  top = mk "push-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
+}
+"#;
+    let top = env.build(expr, "top").expect("build top").remove(0);
+    let big = env.build(expr, "big").expect("build big").remove(0);
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
+    cmd.args(["push", "--server", &s.url, "--auth-token-file"]).arg(&token_file).arg(&top);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("pushed 2 paths"), "{log}");
+    assert!(log.contains("2 straight to S3"), "{log}");
+    assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");
+
+    // the bucket has both NARs (the big one > 8 MiB even compressed) and both narinfos
+    let info = env.command("nix").args(["path-info", "--json", &big]).output().expect("path-info");
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let nar_hash = Sha256Hash::parse(v[0]["narHash"].as_str().expect("narHash")).expect("hash");
+    let meta = s.state.store.head(&ObjectKey::nar(&nar_hash)).await.expect("head").expect("big NAR in the bucket");
+    assert!(meta.size > 8 << 20, "compressed random data stays above the part size: {}", meta.size);
+    for p in [&top, &big] {
+        let sp = niks3::nix::store_path::StoreDir::default().parse_path(p).expect("store path");
+        assert!(s.state.store.head(&ObjectKey::narinfo(&sp)).await.expect("head").is_some(), "{p}");
+    }
+
+    // the read proxy streams it from the bucket, whole and by range
+    let nar_url = format!("{}/{}", s.url, ObjectKey::nar(&nar_hash));
+    let c = reqwest::Client::new();
+    let whole = c.get(&nar_url).send().await.expect("GET nar");
+    assert_eq!(whole.status(), 200);
+    let whole = whole.bytes().await.expect("body");
+    assert_eq!(whole.len() as u64, meta.size);
+    let part = c.get(&nar_url).header("range", "bytes=1000-1999").send().await.expect("range");
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], format!("bytes 1000-1999/{}", meta.size).as_str());
+    assert_eq!(part.bytes().await.expect("body"), whole.slice(1000..2000));
+    let head = c.head(&nar_url).send().await.expect("HEAD");
+    assert_eq!(head.headers()["content-length"], meta.size.to_string().as_str());
+
+    let chroot = env.chroot_store("client").expect("chroot");
+    let pubkey = s.key.public().to_nix_string();
+    let copy = env
+        .command("nix")
+        .args(["copy", "--from", &s.url, "--to"])
+        .arg(&chroot)
+        .args(["--option", "trusted-public-keys", &pubkey, &top])
+        .output()
+        .expect("nix copy");
+    assert!(copy.status.success(), "nix copy: {}", String::from_utf8_lossy(&copy.stderr));
+    let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
+    assert_eq!(copied, std::fs::read(&big).expect("big local"));
+    s.shutdown().await;
+}
