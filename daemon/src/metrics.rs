@@ -91,15 +91,46 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        counter(&mut out, "niks3_queue_depth", "Spool entries waiting to be uploaded.", "gauge", self.queue_depth.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP niks3_uploads_total Store path uploads by result.\n# TYPE niks3_uploads_total counter");
+        counter(
+            &mut out,
+            "niks3_queue_depth",
+            "Spool entries waiting to be uploaded.",
+            "gauge",
+            self.queue_depth.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP niks3_uploads_total Store path uploads by result.\n# TYPE niks3_uploads_total counter"
+        );
         let _ = writeln!(out, "niks3_uploads_total{{result=\"ok\"}} {}", self.uploads_ok.load(Ordering::Relaxed));
-        let _ = writeln!(out, "niks3_uploads_total{{result=\"failed\"}} {}", self.uploads_failed.load(Ordering::Relaxed));
-        counter(&mut out, "niks3_uploaded_bytes_total", "Compressed bytes written to the store.", "counter", self.bytes_uploaded.load(Ordering::Relaxed));
-        counter(&mut out, "niks3_nar_bytes_total", "Uncompressed NAR bytes uploaded.", "counter", self.nar_bytes.load(Ordering::Relaxed));
-        counter(&mut out, "niks3_api_received_bytes_total", "Bytes received through the push API.", "counter", self.api_bytes_received.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "niks3_uploads_total{{result=\"failed\"}} {}", self.uploads_failed.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "niks3_uploaded_bytes_total",
+            "Compressed bytes written to the store.",
+            "counter",
+            self.bytes_uploaded.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "niks3_nar_bytes_total",
+            "Uncompressed NAR bytes uploaded.",
+            "counter",
+            self.nar_bytes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "niks3_api_received_bytes_total",
+            "Bytes received through the push API.",
+            "counter",
+            self.api_bytes_received.load(Ordering::Relaxed),
+        );
         if let Ok(h) = self.latency.lock() {
-            let _ = writeln!(out, "# HELP niks3_upload_duration_seconds Time to upload one store path.\n# TYPE niks3_upload_duration_seconds histogram");
+            let _ = writeln!(
+                out,
+                "# HELP niks3_upload_duration_seconds Time to upload one store path.\n# TYPE niks3_upload_duration_seconds histogram"
+            );
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
                 let _ = writeln!(out, "niks3_upload_duration_seconds_bucket{{le=\"{le}\"}} {}", h.counts[i]);
             }
@@ -108,7 +139,10 @@ impl Metrics {
             let _ = writeln!(out, "niks3_upload_duration_seconds_count {}", h.count);
         }
         if let Ok(m) = self.http.lock() {
-            let _ = writeln!(out, "# HELP niks3_http_requests_total HTTP requests by route and status.\n# TYPE niks3_http_requests_total counter");
+            let _ = writeln!(
+                out,
+                "# HELP niks3_http_requests_total HTTP requests by route and status.\n# TYPE niks3_http_requests_total counter"
+            );
             for ((route, status), n) in m.iter() {
                 let _ = writeln!(out, "niks3_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
