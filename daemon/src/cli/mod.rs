@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the cache server: drain the spool, upload, serve the cache and the API.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Push the closures of local store paths to a niks3 server.
     Push(push::Args),
     /// Empty this builder's spool into a remote niks3 server (the builder-side drainer).
@@ -38,7 +38,7 @@ pub enum Command {
 /// Dispatches to the subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Push(a) => push::run(a),
         Command::Drain(a) => drain::run(a),
         Command::Gc(a) => gc::run(a),
