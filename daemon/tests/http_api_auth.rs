@@ -1,5 +1,6 @@
 //! The API refuses anyone without the exact token (401, nothing written), rejects crafted paths and keys
 //! with 400, and the relay upload only accepts NARs that were claimed and decompress to their NarHash.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 

@@ -1,5 +1,6 @@
 //! `POST /api/v1/gc` runs the real collector against PostgreSQL and the store, answers the five figures,
 //! and the figures of a real run show up in `/metrics`.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 

@@ -1,6 +1,7 @@
 //! The landing page: the snippets a user copies are right, hostile configuration values are escaped, and
 //! a real headless Chromium renders it (the screenshot is written to `NIKS3_LANDING_SCREENSHOT` when set,
 //! which is how docs/landing.png is made).
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 

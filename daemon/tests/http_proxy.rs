@@ -1,5 +1,6 @@
 //! The read proxy against a real PostgreSQL and a real local store: GET/HEAD/Range/404, caching headers
 //! and content types, path traversal, and the health and metrics routes.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 
@@ -167,7 +168,6 @@ async fn proxy_answers_404_for_absent_objects_and_anything_outside_the_layout() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue), … as everywhere in this file
 async fn health_reports_each_dependency_and_metrics_parse_as_prometheus_text() {
     let s = TestServer::start(Backend::Local).await;
     let c = TestServer::client();

@@ -1,6 +1,7 @@
 //! `niks3 drain --once` (the real binary): a builder's spool emptied into a remote server over the push
 //! API — entries acknowledged and GC roots removed only after the server published the closure,
 //! garbage entries quarantined — and the result substitutes into a fresh store.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 

@@ -1,6 +1,7 @@
 //! Remote push against Garage: with an S3 backend the server hands out presigned URLs, so NAR bytes go
 //! from the client straight to the bucket, never through the server — including a NAR larger than the
 //! store's multipart part size — and the result substitutes into a fresh store.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 

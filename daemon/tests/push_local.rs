@@ -1,6 +1,7 @@
 //! `niks3 push` (the real binary) from this machine's Nix store to a server with the local backend
 //! (NARs relayed through the server), then a separate chroot store substitutes the closure with
 //! `nix copy --from http://…` and signature checking on.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
 
