@@ -12,6 +12,7 @@
 # Prints NAR MiB, seconds, MiB/s and the ratio. Needs: root, nix (Debian nix-bin), PostgreSQL server
 # binaries, python3, curl, cargo.
 # Env: CARGO_TARGET_DIR (default /work/target-pipeline), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
+#      ROUNDS (2: the pushers alternate, each one's best round is reported),
 #      BENCH_DIR (scratch on the real disk, default /var/tmp), PROFILE (release), NO_BUILD=1 to use
 #      binaries already built.
 set -euo pipefail
@@ -20,6 +21,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
 TOTAL_MIB=${TOTAL_MIB:-1024}
 PARTS=${PARTS:-8}
 JOBS=${JOBS:-$(nproc)}
+ROUNDS=${ROUNDS:-2}
 
 PROFILE=${PROFILE:-release}
 if [ "${NO_BUILD:-0}" != 1 ]; then
@@ -107,23 +109,35 @@ echo "closure: ${#CLOSURE[@]} paths, $((NAR_BYTES >> 20)) MiB of NAR; staged ent
 # warm the page cache for both contenders alike
 nix-store --dump "$TOP" >/dev/null; for p in "${CLOSURE[@]}"; do nix-store --dump "$p" >/dev/null; done
 
-echo "== nix copy --to file://…?compression=zstd" >&2
-t0=$(date +%s%N)
-nix copy --to "file://$W/nixcopy?compression=zstd" "$TOP"
-t1=$(date +%s%N)
-NIXCOPY_NS=$((t1 - t0))
-
-echo "== niks3 serve (jobs=$JOBS)" >&2
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
-  --store-dir "$W/cache" --http-addr "127.0.0.1:$PORT" --jobs "$JOBS" 2>"$W/serve.log" &
-SERVER_PID=$!
-for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null || { cat "$W/serve.log" >&2; exit 1; }
+cp -a "$W/staging/new" "$W/staged-entries"
 hashes=(); for p in "${CLOSURE[@]}"; do b=${p##*/}; hashes+=("${b:0:32}"); done
-t0=$(date +%s%N)
-python3 -c 'import os,sys; [os.rename(os.path.join(sys.argv[1], n), os.path.join(sys.argv[2], n)) for n in sorted(os.listdir(sys.argv[1]))]' "$W/staging/new" "$W/spool/new"
-python3 - "$W/cache" "${hashes[@]}" <<'EOF'
+
+nix_copy_round() { # $1: round number; prints nanoseconds
+  local t0 t1
+  rm -rf "$W/nixcopy"
+  t0=$(date +%s%N)
+  /usr/bin/time -f "%U %S" -o "$W/nixcopy-time-$1" nix copy --to "file://$W/nixcopy?compression=zstd" "$TOP" 2>/dev/null
+  t1=$(date +%s%N)
+  echo "round $1: nix copy used $(awk '{printf "%d", ($1 + $2) * 100}' "$W/nixcopy-time-$1")/100 CPU-seconds (user+sys)" >&2
+  echo $((t1 - t0))
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+niks3_round() { # $1: round number; prints nanoseconds
+  local r=$1 port t0 t1
+  rm -rf "$W/state" "$W/spool" "$W/cache"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  RUST_LOG=warn "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
+    --store-dir "$W/cache" --http-addr "127.0.0.1:$port" --jobs "$JOBS" 2>"$W/serve-$r.log" &
+  SERVER_PID=$!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null || { cat "$W/serve-$r.log" >&2; exit 1; }
+  rm -rf "$W/staging/new"; cp -a "$W/staged-entries" "$W/staging/new"
+  cpu0=$(cpu_ticks "$SERVER_PID")
+  t0=$(date +%s%N)
+  python3 -c 'import os,sys; [os.rename(os.path.join(sys.argv[1], n), os.path.join(sys.argv[2], n)) for n in sorted(os.listdir(sys.argv[1]))]' "$W/staging/new" "$W/spool/new"
+  python3 - "$W/cache" "${hashes[@]}" <<'PYEOF'
 import os, sys, time
 cache, hashes = sys.argv[1], sys.argv[2:]
 deadline = time.time() + 1800
@@ -131,10 +145,25 @@ while not all(os.path.exists(os.path.join(cache, h + ".narinfo")) for h in hashe
     if time.time() > deadline:
         sys.exit("timed out")
     time.sleep(0.01)
-EOF
-t1=$(date +%s%N)
-NIKS3_NS=$((t1 - t0))
-kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+PYEOF
+  t1=$(date +%s%N)
+  cpu1=$(cpu_ticks "$SERVER_PID")
+  echo "round $r: niks3 used $(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) ))/100 CPU-seconds (user+sys, all threads)" >&2
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  echo $((t1 - t0))
+}
+
+# Alternate the two pushers, ROUNDS times each, and keep each one's best round (the machine is shared).
+NC_ALL=(); NK_ALL=()
+for r in $(seq "$ROUNDS"); do
+  echo "== round $r: nix copy --to file://…?compression=zstd" >&2
+  NC_ALL+=("$(nix_copy_round "$r")")
+  echo "== round $r: niks3 serve (jobs=$JOBS)" >&2
+  NK_ALL+=("$(niks3_round "$r")")
+done
+NIXCOPY_NS=$(printf '%s\n' "${NC_ALL[@]}" | sort -n | head -1)
+NIKS3_NS=$(printf '%s\n' "${NK_ALL[@]}" | sort -n | head -1)
+echo "all rounds (s): nix copy ${NC_ALL[*]}; niks3 ${NK_ALL[*]}" | python3 -c 'import re,sys; print(re.sub(r"\d{6,}", lambda m: "%.2f" % (int(m.group())/1e9), sys.stdin.read()), end="")'
 
 python3 - "$NAR_BYTES" "$NIXCOPY_NS" "$NIKS3_NS" "$W/nixcopy" "$W/cache" "$JOBS" <<'EOF'
 import os, sys

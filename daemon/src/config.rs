@@ -603,4 +603,39 @@ mod tests {
         let err = resolve_s3(&missing, "b").expect_err("no secret").to_string();
         assert!(err.contains("s3-secret-key-file"), "{err}");
     }
+
+    #[test]
+    fn resolve_reads_db_file_and_given_keys_and_generates_nothing_it_was_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SecretKey::generate("given-1").expect("key");
+        let key_file = dir.path().join("given.sec");
+        std::fs::write(&key_file, key.to_nix_string()).expect("write key");
+        let db_file = dir.path().join("db");
+        std::fs::write(&db_file, "host=/run/postgresql dbname=niks3\n").expect("write db");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t".repeat(40)).expect("write token");
+        let args = ServeArgs {
+            state_dir: Some(dir.path().join("state")),
+            http_addr: ":5751".to_owned(),
+            db_file: Some(db_file),
+            sign_key_files: vec![key_file],
+            api_token_file: Some(token_file),
+            nix_store_dir: "/nix/store".to_owned(),
+            priority: 40,
+            ..ServeArgs::default()
+        };
+        let c = ServeConfig::resolve(&args).expect("resolve");
+        assert!(matches!(&c.db, DbChoice::Url(u) if u == "host=/run/postgresql dbname=niks3"));
+        assert!(!c.generated_key && !c.generated_token);
+        assert_eq!(c.sign_keys[0].public(), key.public());
+        assert!(!dir.path().join("state/keys").exists() && !dir.path().join("state/api-token").exists());
+        assert!(matches!(&c.store, StoreChoice::Local(d) if d.ends_with("state/cache")));
+        assert_eq!(c.http_addr.port(), 5751);
+        assert!(c.cache_url.starts_with("http://") && c.cache_url.ends_with(":5751"), "{}", c.cache_url);
+        assert!(c.startup_banner().contains(&key.public().to_nix_string()));
+
+        let missing = ServeArgs { db_file: Some(dir.path().join("nope")), ..args };
+        let err = ServeConfig::resolve(&missing).expect_err("missing db file").to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
 }
