@@ -20,8 +20,11 @@ use crate::db::GC_LOCK;
 use crate::store::{ObjectKey, Store};
 use chrono::{DateTime, Utc};
 
-/// Objects per batch (S3 DeleteObjects takes at most 1000 keys).
-const BATCH: i64 = 1000;
+/// Objects per batch. Each batch costs a fixed number of round trips (lock, flag, forget, unlock) plus
+/// the store's deletes (the S3 backend splits them into DeleteObjects requests of at most 1000 keys), and
+/// holds the exclusive GC lock throughout, so uploads claiming keys wait for at most one batch. 1000 made
+/// the per-batch overhead dominate on the 1M-object benchmark (docs/benchmarks.md "GC").
+const BATCH: i64 = 10_000;
 
 /// What the sweep did.
 pub(super) struct Swept {

@@ -19,6 +19,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Name of the directory holding temporary files, inside the root.
 const TMP_DIR: &str = ".tmp";
 
+/// Files removed by one blocking task in [`LocalStore::delete_many`].
+const DELETE_CHUNK: usize = 250;
+
+/// Blocking tasks of [`LocalStore::delete_many`] in flight at once.
+const DELETE_PARALLEL: usize = 4;
+
 /// Sub-directories of the layout, created up front so writers only ever rename into existing directories.
 const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
 
@@ -180,15 +186,36 @@ impl LocalStore {
     }
 
     pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
+        // One blocking task per chunk of files, not one per file (a `tokio::fs` call is a blocking-pool
+        // round trip each), with a few chunks in flight at once. The caller passes keys that may be
+        // deleted in any order (GC splits narinfos from what they refer to before calling).
+        let chunks: Vec<Vec<(ObjectKey, PathBuf)>> = keys
+            .chunks(DELETE_CHUNK)
+            .map(|c: &[ObjectKey]| c.iter().map(|k| (k.clone(), self.path_of(k))).collect())
+            .collect();
         let mut failed = Vec::new();
-        for key in keys {
-            let path = self.path_of(key);
-            match tokio::fs::remove_file(&path).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => failed.push((key.clone(), io_err("delete", &path)(e))),
-            }
-        }
+        futures::stream::iter(chunks)
+            .map(|chunk: Vec<(ObjectKey, PathBuf)>| async move {
+                let keys: Vec<ObjectKey> = chunk.iter().map(|(k, _)| k.clone()).collect();
+                match tokio::task::spawn_blocking(move || remove_files(chunk)).await {
+                    Ok(failed) => failed,
+                    // The task panicked or was cancelled: which files went is unknown, so report every key
+                    // of the chunk as failed (the caller keeps them; deleting an absent file later is fine).
+                    Err(e) => keys
+                        .into_iter()
+                        .map(|k| {
+                            let path = self.path_of(&k);
+                            (k, StoreError::Io { op: "delete", path, source: std::io::Error::other(e.to_string()) })
+                        })
+                        .collect(),
+                }
+            })
+            .buffer_unordered(DELETE_PARALLEL)
+            .for_each(|f| {
+                failed.extend(f);
+                std::future::ready(())
+            })
+            .await;
         failed
     }
 
@@ -263,6 +290,19 @@ fn publish(tmp: &Path, dest: &Path) -> Result<(), StoreError> {
 }
 
 /// Absent, or a path component that is not a directory (e.g. a key under a file): either way, no object.
+/// Removes the files (absent ones count as removed); returns those that could not be removed, with why.
+fn remove_files(files: Vec<(ObjectKey, PathBuf)>) -> Vec<(ObjectKey, StoreError)> {
+    let mut failed = Vec::new();
+    for (key, path) in files {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => failed.push((key, io_err("delete", &path)(e))),
+        }
+    }
+    failed
+}
+
 fn is_absent(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
 }
