@@ -151,3 +151,30 @@ async fn every_layout_kind_is_stored_in_its_place() {
         assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from_static(b"{}")));
     }
 }
+
+/// Many keys at once (several chunks deleted concurrently): every deletable object goes, absent keys count
+/// as deleted, and exactly the one that cannot be removed (a directory sits at its path) is reported.
+#[tokio::test]
+async fn delete_many_in_chunks_reports_exactly_the_failures() {
+    let (dir, store) = setup();
+    let mut keys = Vec::new();
+    for i in 0..1100u32 {
+        let d = i.to_le_bytes().to_vec();
+        let key = nar_key(&d);
+        if i % 3 != 0 {
+            store.put(&key, Bytes::from(d), "x").await.expect("put");
+        }
+        keys.push(key);
+    }
+    let stuck = keys[1000].clone();
+    let stuck_path = dir.path().join("cache").join(stuck.as_str());
+    std::fs::remove_file(&stuck_path).ok();
+    std::fs::create_dir(&stuck_path).expect("a directory where the object was");
+    let failed = store.delete_many(&keys).await;
+    assert_eq!(failed.len(), 1, "only the directory fails: {failed:?}");
+    assert_eq!(failed[0].0, stuck);
+    for key in keys.iter().filter(|k| **k != stuck) {
+        assert_eq!(store.get(key).await.expect("get"), None, "{key} deleted");
+    }
+    assert!(stuck_path.is_dir(), "the failed one is left alone");
+}

@@ -102,6 +102,11 @@ pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) ->
     let pooled = db.client().await?;
     let mut client = deadpool_postgres::Object::take(pooled);
 
+    // The run's work tables (the live set while marking, the candidates while sweeping: tens of MB on a
+    // 1M-object cache) are temporary tables, which live in the session's local buffers; with the default
+    // 8 MB every batch of the sweep evicted and re-read them. Must be set before the session's first
+    // temporary table; local buffers are allocated only as used, and go with the connection.
+    client.batch_execute("SET temp_buffers = '256MB'").await.map_err(q("gc: settings"))?;
     let got: bool =
         client.query_one("SELECT pg_try_advisory_lock($1)", &[&GC_RUN_LOCK]).await.map_err(q("gc: run lock"))?.get(0);
     if !got {
