@@ -64,11 +64,12 @@ pub struct ServeArgs {
     /// File holding the S3 secret key.
     #[arg(long, env = "NIKS3_S3_SECRET_KEY_FILE")]
     pub s3_secret_key_file: Option<PathBuf>,
-    /// S3 access key id (prefer the file).
-    #[arg(long, env = "NIKS3_S3_ACCESS_KEY", hide_env_values = true)]
+    /// S3 access key id from the environment (`NIKS3_S3_ACCESS_KEY`; never a flag, so it cannot show up
+    /// in the process list). Filled by [`ServeArgs::read_secret_env`].
+    #[arg(skip)]
     pub s3_access_key: Option<String>,
-    /// S3 secret key (prefer the file).
-    #[arg(long, env = "NIKS3_S3_SECRET_KEY", hide_env_values = true)]
+    /// S3 secret key from the environment (`NIKS3_S3_SECRET_KEY`; never a flag).
+    #[arg(skip)]
     pub s3_secret_key: Option<String>,
     /// Path-style bucket addressing (Garage, MinIO).
     #[arg(long, env = "NIKS3_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -79,8 +80,8 @@ pub struct ServeArgs {
     /// File holding the API token (at least 36 characters). Default: generated <state-dir>/api-token.
     #[arg(long, env = "NIKS3_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
-    /// The API token itself (prefer the file).
-    #[arg(long, env = "NIKS3_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    /// The API token itself from the environment (`NIKS3_API_TOKEN`; never a flag).
+    #[arg(skip)]
     pub api_token: Option<String>,
     /// Public substituter URL shown on the landing page. Default: http://<http-addr>.
     #[arg(long, env = "NIKS3_CACHE_URL")]
@@ -94,6 +95,19 @@ pub struct ServeArgs {
     /// NARs uploaded in parallel. Default: the number of cores.
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
+}
+
+impl ServeArgs {
+    /// Takes the secrets that may come as values (for containers) from the environment only: a command-line
+    /// flag would expose them in every process listing.
+    #[must_use]
+    pub fn read_secret_env(mut self) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        self.s3_access_key = self.s3_access_key.or_else(|| var("NIKS3_S3_ACCESS_KEY"));
+        self.s3_secret_key = self.s3_secret_key.or_else(|| var("NIKS3_S3_SECRET_KEY"));
+        self.api_token = self.api_token.or_else(|| var("NIKS3_API_TOKEN"));
+        self
+    }
 }
 
 impl std::fmt::Debug for ServeArgs {

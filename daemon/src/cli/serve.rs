@@ -25,6 +25,7 @@ pub use niks3::config::ServeArgs as Args;
 /// Runs `niks3 serve`.
 #[allow(clippy::needless_pass_by_value, reason = "the signature every subcommand shares")]
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let args = args.read_secret_env();
     let config = ServeConfig::resolve(&args).context("configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(config))

@@ -69,7 +69,10 @@ impl NixCli {
         }
         let args: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
         let mut cmd = self.command("nix");
-        cmd.args(["path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command", "--"]);
+        // Only the local store is asked: for a path that is not valid here, Nix 2.8 would otherwise query the
+        // configured substituters (network, DNS stalls) before saying so.
+        cmd.args(["path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command"]);
+        cmd.args(["--option", "substituters", "", "--"]);
         cmd.args(&args);
         let stdout = run(cmd, "nix path-info", &args).await?;
         let infos = parse_path_info_json(&stdout, store_dir)?;
