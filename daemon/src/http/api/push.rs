@@ -317,6 +317,19 @@ async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<b
     Ok(row.is_some())
 }
 
+/// `None` when upload session `id` claimed `key`; otherwise the response to send (404, or 503 when the
+/// database cannot say). Every upload route checks this before accepting a byte.
+async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option<Response> {
+    match session_claims(state, id, key).await {
+        Ok(true) => None,
+        Ok(false) => Some(response::json_error(
+            StatusCode::NOT_FOUND,
+            format!("upload {id} does not exist or did not claim {key}"),
+        )),
+        Err(e) => Some(db_failed(&e)),
+    }
+}
+
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
 pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
     let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
@@ -325,15 +338,8 @@ pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &s
         _ => return bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
     };
     let key = ObjectKey::nar(&nar_hash);
-    match session_claims(state, id, &key).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return response::json_error(
-                StatusCode::NOT_FOUND,
-                format!("upload {id} does not exist or did not claim {key}"),
-            );
-        }
-        Err(e) => return db_failed(&e),
+    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
+        return refusal;
     }
     let limit = state.limits.max_nar_upload;
     if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -429,15 +435,8 @@ pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &st
         Err(e) => return bad(e.to_string()),
     };
     let key = ObjectKey::log(&drv);
-    match session_claims(state, id, &key).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return response::json_error(
-                StatusCode::NOT_FOUND,
-                format!("upload {id} does not exist or did not claim {key}"),
-            );
-        }
-        Err(e) => return db_failed(&e),
+    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
+        return refusal;
     }
     let limit = state.limits.max_log_upload;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
