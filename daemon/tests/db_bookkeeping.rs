@@ -57,7 +57,7 @@ async fn migrations_apply_once_even_when_servers_start_together() {
     let d = Db::connect(&url).await.expect("reconnect");
     let client = d.client().await.expect("client");
     let n: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.expect("count").get(0);
-    assert_eq!(n, 1, "each migration recorded exactly once");
+    assert_eq!(n, 2, "each migration (0001, 0002) recorded exactly once");
     first.ping().await.expect("ping");
 }
 

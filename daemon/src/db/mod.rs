@@ -12,10 +12,12 @@
 //!   delete batch hold it *exclusively*. So a claim lands either before a mark/delete step (which then sees
 //!   the claim or the cleared mark) or after it (the batch's rows are gone, so the keys read as missing and
 //!   are uploaded again).
-//! - GC deletes in two steps: rows are flagged `deleting`, the store objects are deleted, then the rows go.
-//!   A flagged row counts as missing. If GC dies in between, the flags stay: the next GC resumes them and
-//!   `begin_upload` drops flagged rows it claims (their objects are in an unknown state, so they must be
-//!   uploaded again).
+//! - GC deletes in two steps: a batch's rows move from `objects` into the tombstone table `gc_deleting`,
+//!   the store objects are deleted, then the tombstones go (failures get their rows back). A key with a
+//!   tombstone has no row, so it counts as missing. If GC dies in between, the tombstones stay: the next GC
+//!   finishes them first, and `begin_upload` drops the tombstones of keys it claims (their objects are in
+//!   an unknown state, so they must be uploaded again). Rows flagged `deleting` by older versions are
+//!   treated the same way (missing; finished by GC; dropped by a claim).
 //! - [`Db::record_object`] never clears `deleting`: an object must be claimed before it is written.
 //! - [`Db::finish_upload`] fails with [`DbError::UploadExpired`] if GC dropped the upload as failed
 //!   (older than `failed_uploads_older_than`); the path must then be uploaded again from the start.
@@ -230,6 +232,10 @@ impl Db {
         t.execute("DELETE FROM objects WHERE key = ANY($1) AND deleting", &[&keys])
             .await
             .map_err(q("begin_upload: drop half-deleted"))?;
+        // Tombstones a crashed GC left: dropped, so no later GC deletes what this upload writes again.
+        t.execute("DELETE FROM gc_deleting WHERE key = ANY($1)", &[&keys])
+            .await
+            .map_err(q("begin_upload: drop tombstones"))?;
         t.execute("UPDATE objects SET marked_at = NULL WHERE key = ANY($1) AND marked_at IS NOT NULL", &[&keys])
             .await
             .map_err(q("begin_upload: unmark"))?;

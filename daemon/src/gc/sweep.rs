@@ -1,37 +1,136 @@
 //! Phase 3b: delete what stayed marked past the grace period, referrers first.
 //!
-//! The candidates (marked before the cutoff, plus rows a crashed run left flagged `deleting`) go into a
-//! temporary table with, for each, the number of rows that still refer to it. Deletion proceeds in levels:
-//! each level is every candidate nobody refers to any more (narinfos first within a level), deleted in
-//! batches; what a level deleted no longer counts as a referrer for the next level. So a narinfo is always
-//! deleted before its NAR and before the narinfos it references, and if the store refuses to delete an
-//! object, that object becomes active again and everything it refers to stays (its count never drops).
+//! The deletion order is computed once, before anything is deleted, entirely inside PostgreSQL:
+//! 1. `gc_cand`: every row that is marked or flagged `deleting` (one sequential scan), with a dense id, its
+//!    physical position (`ctid`) and whether it is a candidate (marked before the cutoff, or flagged).
+//! 2. `gc_edge`: for each such row, the candidates it refers to (one hash join). A row that is marked but
+//!    not yet a candidate is a referrer too: what it refers to is held for this run.
+//! 3. [`ORDER`]: Kahn's algorithm over int arrays in one PL/pgSQL block (about a microsecond per edge; the
+//!    per-row SQL bookkeeping it replaces cost ~50 µs per deleted row on the 1M-object benchmark). Each
+//!    candidate gets a level: level 0 is what no marked row refers to; a candidate is at level n + 1 when
+//!    its last referrer is at level n. Candidates in a cycle, or held by a non-candidate, get none and stay.
+//!    Nothing in a level refers to anything else in it.
 //!
-//! Each batch, under the exclusive GC lock (uploads claiming keys wait for it):
-//! 1. re-checks and flags the rows `deleting` (a key claimed since marking is no longer marked: skipped);
-//! 2. deletes the objects from the store;
-//! 3. removes the deleted rows and un-flags and unmarks the failures.
+//! Only rows that are marked or being deleted can refer to a candidate: a row that is neither was
+//! reachable at the mark phase (then so was everything it refers to, which is therefore unmarked), or was
+//! claimed or recorded since (a claim covers the whole closure, which clears the marks of what it refers
+//! to too).
 //!
-//! Stopping anywhere leaves flagged rows at worst: they read as missing, a claim drops them, and the next run
-//! finishes them.
+//! Then levels are deleted in order, in batches within a level, each under the exclusive GC lock (uploads
+//! claiming keys wait for it):
+//! 1. the batch's rows that are still candidates (re-checked: a key claimed since marking is no longer
+//!    marked) move from `objects` into the tombstone table `gc_deleting`, found by `ctid` (no index
+//!    lookups; a row changed since `gc_cand` was made has a new `ctid` and is skipped);
+//! 2. the objects are deleted from the store, narinfos first;
+//! 3. the rows of objects the store failed to delete come back, active (unmarked); the tombstones go.
+//!
+//! A batch row that was skipped or failed is kept, and so is every candidate it refers to, transitively:
+//! they leave the order before their level comes. So a narinfo is always deleted before its NAR and
+//! before the narinfos it references, and nothing a kept object refers to is deleted.
+//!
+//! Stopping anywhere leaves tombstones of at most one batch (one level: no order among them). They read as
+//! missing, a claim drops them, and the next run deletes them first ([`finish_leftovers`]), before it marks.
 
 use super::{GcError, count, q};
 use crate::db::GC_LOCK;
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, ObjectKind, Store};
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 
-/// Objects per batch. Each batch costs a fixed number of round trips (lock, flag, forget, unlock) plus
-/// the store's deletes (the S3 backend splits them into DeleteObjects requests of at most 1000 keys), and
-/// holds the exclusive GC lock throughout, so uploads claiming keys wait for at most one batch. 1000 made
-/// the per-batch overhead dominate on the 1M-object benchmark (docs/benchmarks.md "GC").
-const BATCH: i64 = 10_000;
+/// Objects per batch. Each batch costs a fixed number of round trips (lock, take, restore, drop, unlock)
+/// plus the store's deletes (the S3 backend splits them into DeleteObjects requests of at most 1000 keys),
+/// and holds the exclusive GC lock throughout, so uploads claiming keys wait for at most one batch.
+const BATCH: i32 = 10_000;
+
+/// Kahn's algorithm over `gc_cand` (dense ids 1..n) and `gc_edge`, writing `gc_order (pos, id, lvl)`: the
+/// candidates that can go, in deletion order (`pos` dense from 1, levels ascending). Arrays of ints in the
+/// PostgreSQL backend: about 4 bytes per row and 8 per edge, freed when the block ends.
+const ORDER: &str = "
+DO $kahn$
+DECLARE
+  n int := (SELECT count(*) FROM gc_cand);
+  cand bool[]; srcs int[]; dsts int[];
+  pending int[]; off int[]; lvl int[]; queue int[];
+  qh int := 1; qt int := 0; x int; y int; i int; e int;
+BEGIN
+  IF n = 0 THEN RETURN; END IF;
+  SELECT array_agg(c.cand ORDER BY c.id) INTO cand FROM gc_cand c;
+  SELECT coalesce(array_agg(src ORDER BY src, dst), '{}'), coalesce(array_agg(dst ORDER BY src, dst), '{}')
+    INTO srcs, dsts FROM gc_edge;
+  e := coalesce(array_length(dsts, 1), 0);
+  pending := array_fill(0, ARRAY[n]);
+  off := array_fill(0, ARRAY[n + 1]);
+  FOR i IN 1..e LOOP
+    pending[dsts[i]] := pending[dsts[i]] + 1;
+    off[srcs[i]] := off[srcs[i]] + 1;
+  END LOOP;
+  -- off[x] becomes the index of x's first edge in dsts (edges are sorted by src), off[n + 1] the end.
+  y := 1;
+  FOR i IN 1..n + 1 LOOP x := off[i]; off[i] := y; y := y + x; END LOOP;
+  lvl := array_fill(0, ARRAY[n]);
+  queue := array_fill(0, ARRAY[n]);
+  FOR i IN 1..n LOOP
+    IF cand[i] AND pending[i] = 0 THEN qt := qt + 1; queue[qt] := i; END IF;
+  END LOOP;
+  -- First in, first out: levels never decrease along the queue, so the referrer that frees a candidate is
+  -- its deepest one.
+  WHILE qh <= qt LOOP
+    x := queue[qh]; qh := qh + 1;
+    IF cand[x] THEN
+      FOR i IN off[x]..off[x + 1] - 1 LOOP
+        y := dsts[i];
+        pending[y] := pending[y] - 1;
+        IF pending[y] = 0 THEN lvl[y] := lvl[x] + 1; qt := qt + 1; queue[qt] := y; END IF;
+      END LOOP;
+    END IF;
+  END LOOP;
+  INSERT INTO gc_order (pos, id, lvl)
+    SELECT u.pos, u.id, lvl[u.id] FROM unnest(queue[1:qt]) WITH ORDINALITY AS u(id, pos);
+END
+$kahn$;
+";
 
 /// What the sweep did.
+#[derive(Default)]
 pub(super) struct Swept {
     /// Objects deleted from the store and forgotten.
     pub deleted: u64,
     /// Objects the store failed to delete (active again; retried by a later run).
     pub failed: u64,
+}
+
+/// Finishes the tombstones a crashed run left (at most one batch), under the exclusive GC lock. Runs
+/// before marking, so a row put back because its object could not be deleted is marked again by this
+/// run and holds what it refers to.
+pub(super) async fn finish_leftovers(
+    client: &mut deadpool_postgres::ClientWrapper,
+    store: &Store,
+) -> Result<Swept, GcError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await.map_err(q("gc leftovers: lock"))?;
+    let result = finish_leftovers_locked(client, store).await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&GC_LOCK]).await.map_err(q("gc: unlock"));
+    let swept = result?;
+    unlocked?;
+    Ok(swept)
+}
+
+async fn finish_leftovers_locked(
+    client: &mut deadpool_postgres::ClientWrapper,
+    store: &Store,
+) -> Result<Swept, GcError> {
+    let keys: Vec<String> = client
+        .query("SELECT key FROM gc_deleting", &[])
+        .await
+        .map_err(q("gc leftovers: read tombstones"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if keys.is_empty() {
+        return Ok(Swept::default());
+    }
+    tracing::info!(objects = keys.len(), "GC: finishing the deletes of an interrupted run");
+    let failed = delete_tombstoned(client, store, &keys).await?;
+    Ok(Swept { deleted: (keys.len() - failed.len()) as u64, failed: failed.len() as u64 })
 }
 
 /// Deletes every eligible object, level by level.
@@ -40,80 +139,79 @@ pub(super) async fn run(
     store: &Store,
     marked_before: DateTime<Utc>,
 ) -> Result<Swept, GcError> {
-    // The candidates with their referrer counts, in one statement. Only rows that are marked or being
-    // deleted can refer to a candidate: a row that is neither was reachable at the mark phase (then so
-    // was everything it refers to, which is therefore unmarked), or was claimed or recorded since (a claim
-    // covers the whole closure, which clears the marks of what it refers to too). A row whose deletion
-    // fails is reactivated only after it was counted here, so its referees stay held.
-    // Statistics are stale right after marking (they may say nothing is marked): with nested loops
-    // allowed, the planner rescanned the whole referrer aggregate for every candidate (20+ minutes on the
-    // 1M-object benchmark instead of seconds). Hash joins are right for this whole-table statement.
-    client.batch_execute("SET enable_nestloop = off; SET jit = off").await.map_err(q("gc sweep: settings"))?;
+    // Whole-table statements: hash joins are right (stale statistics right after marking once made the
+    // planner pick nested loops that rescanned 500 000 rows per row); JIT only adds compile time.
+    client
+        .batch_execute("SET enable_nestloop = off; SET jit = off; DROP TABLE IF EXISTS gc_cand, gc_edge, gc_order")
+        .await
+        .map_err(q("gc sweep: settings"))?;
     let n = client
         .execute(
             "CREATE TEMP TABLE gc_cand AS
-             SELECT o.key, o.kind = 'narinfo' AS narinfo, coalesce(x.n, 0)::int AS pending
-             FROM objects o LEFT JOIN (
-                 SELECT r, count(*) AS n FROM objects f CROSS JOIN LATERAL unnest(f.refs) AS r
-                 WHERE (f.marked_at IS NOT NULL OR f.deleting) AND r <> f.key GROUP BY r
-             ) x ON x.r = o.key
-             WHERE o.deleting OR o.marked_at <= $1",
+             SELECT (row_number() OVER ())::int AS id, ctid AS tid, key COLLATE \"C\" AS key,
+                    (deleting OR marked_at <= $1) AS cand, refs
+             FROM objects WHERE deleting OR marked_at IS NOT NULL",
             &[&marked_before],
         )
         .await
-        .map_err(q("gc sweep: collect candidates"))?;
-    // The batches below are key lookups: nested loops over primary keys are right for them.
-    client.batch_execute("RESET enable_nestloop").await.map_err(q("gc sweep: settings"))?;
+        .map_err(q("gc sweep: collect marked rows"))?;
     if n == 0 {
-        return Ok(Swept { deleted: 0, failed: 0 });
+        client.batch_execute("DROP TABLE gc_cand; RESET enable_nestloop").await.map_err(q("gc sweep: settings"))?;
+        return Ok(Swept::default());
     }
     client
         .batch_execute(
-            "ALTER TABLE gc_cand ADD PRIMARY KEY (key);
-             CREATE INDEX gc_cand_free ON gc_cand (narinfo DESC, key) WHERE pending = 0;
-             ANALYZE gc_cand;
-             CREATE TEMP TABLE gc_level (id int PRIMARY KEY, key text NOT NULL);",
+            "CREATE TEMP TABLE gc_edge AS
+             SELECT c.id AS src, d.id AS dst
+             FROM gc_cand c CROSS JOIN LATERAL unnest(c.refs) AS r JOIN gc_cand d ON d.key = r COLLATE \"C\"
+             WHERE d.cand AND d.id <> c.id;
+             ALTER TABLE gc_cand DROP COLUMN refs;
+             CREATE TEMP TABLE gc_order (pos int NOT NULL, id int NOT NULL, lvl int NOT NULL);",
+        )
+        .await
+        .map_err(q("gc sweep: references between marked rows"))?;
+    client.batch_execute(ORDER).await.map_err(q("gc sweep: deletion order"))?;
+    // The batches below are key lookups: nested loops are right for them.
+    client
+        .batch_execute(
+            "RESET enable_nestloop;
+             ALTER TABLE gc_cand ADD PRIMARY KEY (id);
+             ALTER TABLE gc_order ADD PRIMARY KEY (pos);
+             CREATE INDEX ON gc_edge (src);
+             ANALYZE gc_cand; ANALYZE gc_order; ANALYZE gc_edge;",
         )
         .await
         .map_err(q("gc sweep: work tables"))?;
+    let levels: Vec<(i32, i32)> = client
+        .query("SELECT min(pos), max(pos) FROM gc_order GROUP BY lvl ORDER BY lvl", &[])
+        .await
+        .map_err(q("gc sweep: levels"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
 
-    let mut swept = Swept { deleted: 0, failed: 0 };
-    loop {
-        // The next level: every candidate nothing refers to any more (narinfos first).
-        let level = client
-            .execute(
-                "WITH free AS (DELETE FROM gc_cand WHERE pending = 0 RETURNING key, narinfo)
-                 INSERT INTO gc_level (id, key)
-                 SELECT row_number() OVER (ORDER BY narinfo DESC, key), key FROM free",
-                &[],
-            )
-            .await
-            .map_err(q("gc sweep: next level"))?;
-        if level == 0 {
-            break;
-        }
-        let level = i64::try_from(level).unwrap_or(i64::MAX);
-        let mut first = 1i64;
-        while first <= level {
-            let last = first + BATCH - 1;
+    let mut swept = Swept::default();
+    for (start, end) in levels {
+        let mut first = start;
+        while first <= end {
+            let last = first.saturating_add(BATCH - 1).min(end);
             delete_batch(client, store, marked_before, first, last, &mut swept).await?;
-            first = last + 1;
+            first = last.saturating_add(1);
         }
-        client.execute("TRUNCATE gc_level", &[]).await.map_err(q("gc sweep: next level"))?;
     }
+    client.batch_execute("DROP TABLE gc_cand, gc_edge, gc_order").await.map_err(q("gc sweep: drop work tables"))?;
     Ok(swept)
 }
 
-/// Deletes the level's rows `first..=last`, holding the exclusive GC lock throughout.
+/// Deletes the order's positions `first..=last` (all in one level), holding the exclusive GC lock throughout.
 async fn delete_batch(
     client: &mut deadpool_postgres::ClientWrapper,
     store: &Store,
     marked_before: DateTime<Utc>,
-    first: i64,
-    last: i64,
+    first: i32,
+    last: i32,
     swept: &mut Swept,
 ) -> Result<(), GcError> {
-    let (first, last) = (i32::try_from(first).unwrap_or(i32::MAX), i32::try_from(last).unwrap_or(i32::MAX));
     client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await.map_err(q("gc sweep: lock"))?;
     let result = delete_batch_locked(client, store, marked_before, first, last, swept).await;
     // On a lost connection the lock is gone with it; otherwise release it even after an error.
@@ -129,74 +227,105 @@ async fn delete_batch_locked(
     last: i32,
     swept: &mut Swept,
 ) -> Result<(), GcError> {
-    // Re-check under the lock: a key claimed since marking has marked_at = NULL and is skipped.
-    let rows = client
-        .query(
-            "UPDATE objects o SET deleting = true FROM gc_level l \
-             WHERE l.id BETWEEN $1 AND $2 AND o.key = l.key AND (o.deleting OR o.marked_at <= $3) \
-             RETURNING o.key, l.id",
+    // Re-check under the lock: a key claimed since marking has marked_at = NULL and is skipped; so is a
+    // row changed in any way since gc_cand was made (its ctid moved).
+    let row = client
+        .query_one(
+            "WITH b AS (
+                 SELECT c.id, c.tid, c.key FROM gc_order l JOIN gc_cand c ON c.id = l.id
+                 WHERE l.pos BETWEEN $1 AND $2
+             ),
+             d AS (
+                 DELETE FROM objects o USING b
+                 WHERE o.ctid = b.tid AND o.key COLLATE \"C\" = b.key AND (o.deleting OR o.marked_at <= $3)
+                 RETURNING o.key, o.kind, o.size, o.refs, o.first_seen, o.last_pushed, b.id
+             ),
+             t AS (
+                 INSERT INTO gc_deleting (key, kind, size, refs, first_seen, last_pushed)
+                 SELECT key, kind, size, refs, first_seen, last_pushed FROM d
+             )
+             SELECT (SELECT count(*) FROM b), coalesce(array_agg(d.key), '{}'), coalesce(array_agg(d.id), '{}')
+             FROM d",
             &[&first, &last, &marked_before],
         )
         .await
-        .map_err(q("gc sweep: flag batch"))?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // Keep the level's order (narinfos first).
-    let mut taken: Vec<(i32, String)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
-    taken.sort_unstable();
+        .map_err(q("gc sweep: take batch"))?;
+    let in_batch: i64 = row.get(0);
+    let keys: Vec<String> = row.get(1);
+    let ids: Vec<i32> = row.get(2);
 
-    let mut keys = Vec::with_capacity(taken.len());
-    let mut failed: Vec<String> = Vec::new();
-    for (_, k) in &taken {
+    let failed: HashSet<String> =
+        if keys.is_empty() { HashSet::new() } else { delete_tombstoned(client, store, &keys).await? };
+    swept.deleted += (keys.len() - failed.len()) as u64;
+    swept.failed += failed.len() as u64;
+
+    // Keep what the skipped and failed rows refer to, transitively.
+    if count(in_batch) != (keys.len() - failed.len()) as u64 {
+        let deleted: Vec<i32> =
+            keys.iter().zip(&ids).filter(|(k, _)| !failed.contains(*k)).map(|(_, id)| *id).collect();
+        client
+            .execute(
+                "WITH RECURSIVE kept(id) AS (
+                     SELECT id FROM gc_order WHERE pos BETWEEN $1 AND $2 AND NOT (id = ANY($3))
+                     UNION SELECT e.dst FROM gc_edge e JOIN kept ON e.src = kept.id
+                 )
+                 DELETE FROM gc_order l USING kept WHERE l.id = kept.id AND l.pos > $2",
+                &[&first, &last, &deleted],
+            )
+            .await
+            .map_err(q("gc sweep: keep what kept objects refer to"))?;
+    }
+    Ok(())
+}
+
+/// Deletes the objects of the tombstones `keys` from the store (narinfos first), gives the rows of those it
+/// could not delete back to `objects` (unmarked: active again) and drops the tombstones. Returns the keys
+/// that failed. The caller holds the exclusive GC lock.
+async fn delete_tombstoned(
+    client: &mut deadpool_postgres::ClientWrapper,
+    store: &Store,
+    keys: &[String],
+) -> Result<HashSet<String>, GcError> {
+    let mut failed: HashSet<String> = HashSet::new();
+    let mut parsed: Vec<ObjectKey> = Vec::with_capacity(keys.len());
+    for k in keys {
         match ObjectKey::parse(k) {
-            Ok((_, key)) => keys.push(key),
+            Ok((_, key)) => parsed.push(key),
             Err(e) => {
                 // Not a key of the layout: never hand it to the store; keep the row for an operator.
                 tracing::error!(key = %k, error = %e, "GC: refusing to delete an object with an invalid key");
-                failed.push(k.clone());
+                failed.insert(k.clone());
             }
         }
     }
-    let mut store_failed: std::collections::HashSet<String> = std::collections::HashSet::new();
-    // Nothing in a level refers to anything else in it (its referrer count would not be zero), so order
-    // within a batch is not needed for the invariant; narinfos still go first, as the design promises.
-    let split = keys.iter().position(|k| k.kind() != crate::store::ObjectKind::NarInfo).unwrap_or(keys.len());
-    for part in [&keys[..split], &keys[split..]] {
+    // Nothing in a batch refers to anything else in it (one level), so order within it is not needed for
+    // the invariant; narinfos still go first, as the design promises.
+    parsed.sort_by_key(|k| k.kind() != ObjectKind::NarInfo);
+    let split = parsed.iter().position(|k| k.kind() != ObjectKind::NarInfo).unwrap_or(parsed.len());
+    for part in [&parsed[..split], &parsed[split..]] {
         if part.is_empty() {
             continue;
         }
         for (key, err) in store.delete_many(part).await {
             tracing::warn!(key = %key, error = %err, "GC: store failed to delete an object; keeping it");
-            store_failed.insert(key.as_str().to_owned());
+            failed.insert(key.as_str().to_owned());
         }
     }
-    failed.extend(store_failed.iter().cloned());
-    let deleted: Vec<&str> = keys.iter().map(ObjectKey::as_str).filter(|k| !store_failed.contains(*k)).collect();
-
-    // Forget the deleted rows and, in the same statement, release what they referred to.
-    let n: i64 = client
-        .query_one(
-            "WITH d AS (DELETE FROM objects WHERE key = ANY($1) AND deleting RETURNING key, refs),
-             released AS (
-                 UPDATE gc_cand c SET pending = c.pending - x.n FROM (
-                     SELECT r, count(*)::int AS n FROM d CROSS JOIN LATERAL unnest(d.refs) AS r
-                     WHERE r <> d.key GROUP BY r
-                 ) x WHERE c.key = x.r
-             )
-             SELECT count(*) FROM d",
-            &[&deleted],
-        )
-        .await
-        .map_err(q("gc sweep: forget deleted"))?
-        .get(0);
-    swept.deleted += count(n);
     if !failed.is_empty() {
-        let f = client
-            .execute("UPDATE objects SET deleting = false, marked_at = NULL WHERE key = ANY($1)", &[&failed])
+        let back: Vec<&str> = failed.iter().map(String::as_str).collect();
+        client
+            .execute(
+                "WITH f AS (DELETE FROM gc_deleting WHERE key = ANY($1) RETURNING *)
+                 INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed)
+                 SELECT key, kind, size, refs, first_seen, last_pushed FROM f
+                 ON CONFLICT (key) DO NOTHING",
+                &[&back],
+            )
             .await
             .map_err(q("gc sweep: reactivate failures"))?;
-        swept.failed += f;
     }
-    Ok(())
+    // Only this batch's tombstones exist: each batch drops its own before the next is taken, leftovers of
+    // a crashed run are finished before anything else, and one run at a time holds the run lock.
+    client.execute("DELETE FROM gc_deleting", &[]).await.map_err(q("gc sweep: drop tombstones"))?;
+    Ok(failed)
 }
