@@ -42,21 +42,23 @@ use std::collections::HashSet;
 /// and holds the exclusive GC lock throughout, so uploads claiming keys wait for at most one batch.
 const BATCH: i32 = 10_000;
 
-/// Kahn's algorithm over `gc_cand` (dense ids 1..n) and `gc_edge`, writing `gc_order (pos, id, lvl)`: the
-/// candidates that can go, in deletion order (`pos` dense from 1, levels ascending). Arrays of ints in the
-/// PostgreSQL backend: about 4 bytes per row and 8 per edge, freed when the block ends.
+/// Kahn's algorithm over `gc_cand` (dense ids 1..n) and `gc_edge`, writing `gc_order (pos, id, lvl, tid,
+/// key)`: the candidates that can go, in deletion order (`pos` dense from 1, levels ascending). Arrays of ints in the
+/// PostgreSQL backend: about 13 bytes per marked row and 12 per edge, freed when the block ends.
 const ORDER: &str = "
 DO $kahn$
 DECLARE
   n int := (SELECT count(*) FROM gc_cand);
-  cand bool[]; srcs int[]; dsts int[];
+  cand bool[]; srcs int[]; dsts int[]; adj int[]; fill int[];
   pending int[]; off int[]; lvl int[]; queue int[];
   qh int := 1; qt int := 0; x int; y int; i int; e int;
 BEGIN
   IF n = 0 THEN RETURN; END IF;
   SELECT array_agg(c.cand ORDER BY c.id) INTO cand FROM gc_cand c;
-  SELECT coalesce(array_agg(src ORDER BY src, dst), '{}'), coalesce(array_agg(dst ORDER BY src, dst), '{}')
-    INTO srcs, dsts FROM gc_edge;
+  -- Unsorted (sorting a million edges cost more than the whole algorithm); both aggregates consume the
+  -- same rows in the same order (one scan feeding one aggregate node; temporary tables are never read by
+  -- parallel workers).
+  SELECT coalesce(array_agg(src), '{}'), coalesce(array_agg(dst), '{}') INTO srcs, dsts FROM gc_edge;
   e := coalesce(array_length(dsts, 1), 0);
   pending := array_fill(0, ARRAY[n]);
   off := array_fill(0, ARRAY[n + 1]);
@@ -64,9 +66,15 @@ BEGIN
     pending[dsts[i]] := pending[dsts[i]] + 1;
     off[srcs[i]] := off[srcs[i]] + 1;
   END LOOP;
-  -- off[x] becomes the index of x's first edge in dsts (edges are sorted by src), off[n + 1] the end.
+  -- Counting sort by src: off[x] becomes the index of x's first edge in adj, off[n + 1] the end.
   y := 1;
   FOR i IN 1..n + 1 LOOP x := off[i]; off[i] := y; y := y + x; END LOOP;
+  fill := off;
+  adj := array_fill(0, ARRAY[greatest(e, 1)]);
+  FOR i IN 1..e LOOP
+    x := srcs[i]; adj[fill[x]] := dsts[i]; fill[x] := fill[x] + 1;
+  END LOOP;
+  srcs := NULL; dsts := NULL; fill := NULL;
   lvl := array_fill(0, ARRAY[n]);
   queue := array_fill(0, ARRAY[n]);
   FOR i IN 1..n LOOP
@@ -78,14 +86,15 @@ BEGIN
     x := queue[qh]; qh := qh + 1;
     IF cand[x] THEN
       FOR i IN off[x]..off[x + 1] - 1 LOOP
-        y := dsts[i];
+        y := adj[i];
         pending[y] := pending[y] - 1;
         IF pending[y] = 0 THEN lvl[y] := lvl[x] + 1; qt := qt + 1; queue[qt] := y; END IF;
       END LOOP;
     END IF;
   END LOOP;
-  INSERT INTO gc_order (pos, id, lvl)
-    SELECT u.pos, u.id, lvl[u.id] FROM unnest(queue[1:qt]) WITH ORDINALITY AS u(id, pos);
+  INSERT INTO gc_order (pos, id, lvl, tid, key)
+    SELECT u.pos, u.id, lvl[u.id], c.tid, c.key
+    FROM unnest(queue[1:qt]) WITH ORDINALITY AS u(id, pos) JOIN gc_cand c ON c.id = u.id;
 END
 $kahn$;
 ";
@@ -142,7 +151,10 @@ pub(super) async fn run(
     // Whole-table statements: hash joins are right (stale statistics right after marking once made the
     // planner pick nested loops that rescanned 500 000 rows per row); JIT only adds compile time.
     client
-        .batch_execute("SET enable_nestloop = off; SET jit = off; DROP TABLE IF EXISTS gc_cand, gc_edge, gc_order")
+        .batch_execute(
+            "SET enable_nestloop = off; SET enable_memoize = off; SET jit = off;
+             DROP TABLE IF EXISTS gc_cand, gc_edge, gc_order",
+        )
         .await
         .map_err(q("gc sweep: settings"))?;
     let n = client
@@ -156,17 +168,24 @@ pub(super) async fn run(
         .await
         .map_err(q("gc sweep: collect marked rows"))?;
     if n == 0 {
-        client.batch_execute("DROP TABLE gc_cand; RESET enable_nestloop").await.map_err(q("gc sweep: settings"))?;
+        client
+            .batch_execute("DROP TABLE gc_cand; RESET enable_nestloop; RESET enable_memoize")
+            .await
+            .map_err(q("gc sweep: settings"))?;
         return Ok(Swept::default());
     }
+    // Statistics first: without them the planner sorted both sides of the next join (merge join).
+    // (Memoize, off above, cached unnest() results per refs array: pure overhead here.)
     client
         .batch_execute(
-            "CREATE TEMP TABLE gc_edge AS
+            "ANALYZE gc_cand;
+             CREATE TEMP TABLE gc_edge AS
              SELECT c.id AS src, d.id AS dst
              FROM gc_cand c CROSS JOIN LATERAL unnest(c.refs) AS r JOIN gc_cand d ON d.key = r COLLATE \"C\"
-             WHERE d.cand AND d.id <> c.id;
+             WHERE d.cand AND d.id <> c.id AND cardinality(c.refs) > 0;
              ALTER TABLE gc_cand DROP COLUMN refs;
-             CREATE TEMP TABLE gc_order (pos int NOT NULL, id int NOT NULL, lvl int NOT NULL);",
+             CREATE TEMP TABLE gc_order (pos int NOT NULL, id int NOT NULL, lvl int NOT NULL, tid tid NOT NULL,
+                                         key text COLLATE \"C\" NOT NULL);",
         )
         .await
         .map_err(q("gc sweep: references between marked rows"))?;
@@ -174,11 +193,11 @@ pub(super) async fn run(
     // The batches below are key lookups: nested loops are right for them.
     client
         .batch_execute(
-            "RESET enable_nestloop;
-             ALTER TABLE gc_cand ADD PRIMARY KEY (id);
+            "RESET enable_nestloop; RESET enable_memoize;
+             DROP TABLE gc_cand;
              ALTER TABLE gc_order ADD PRIMARY KEY (pos);
              CREATE INDEX ON gc_edge (src);
-             ANALYZE gc_cand; ANALYZE gc_order; ANALYZE gc_edge;",
+             ANALYZE gc_order; ANALYZE gc_edge;",
         )
         .await
         .map_err(q("gc sweep: work tables"))?;
@@ -199,7 +218,7 @@ pub(super) async fn run(
             first = last.saturating_add(1);
         }
     }
-    client.batch_execute("DROP TABLE gc_cand, gc_edge, gc_order").await.map_err(q("gc sweep: drop work tables"))?;
+    client.batch_execute("DROP TABLE gc_edge, gc_order").await.map_err(q("gc sweep: drop work tables"))?;
     Ok(swept)
 }
 
@@ -231,10 +250,7 @@ async fn delete_batch_locked(
     // row changed in any way since gc_cand was made (its ctid moved).
     let row = client
         .query_one(
-            "WITH b AS (
-                 SELECT c.id, c.tid, c.key FROM gc_order l JOIN gc_cand c ON c.id = l.id
-                 WHERE l.pos BETWEEN $1 AND $2
-             ),
+            "WITH b AS (SELECT id, tid, key FROM gc_order WHERE pos BETWEEN $1 AND $2),
              d AS (
                  DELETE FROM objects o USING b
                  WHERE o.ctid = b.tid AND o.key COLLATE \"C\" = b.key AND (o.deleting OR o.marked_at <= $3)
@@ -326,6 +342,8 @@ async fn delete_tombstoned(
     }
     // Only this batch's tombstones exist: each batch drops its own before the next is taken, leftovers of
     // a crashed run are finished before anything else, and one run at a time holds the run lock.
-    client.execute("DELETE FROM gc_deleting", &[]).await.map_err(q("gc sweep: drop tombstones"))?;
+    // TRUNCATE (not DELETE): the table's storage starts empty again instead of growing by a batch of dead
+    // rows each time. Its lock never waits: claims touch the table only under the shared GC lock.
+    client.execute("TRUNCATE gc_deleting", &[]).await.map_err(q("gc sweep: drop tombstones"))?;
     Ok(failed)
 }
