@@ -165,7 +165,13 @@ async fn collect(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; the next GC retries"),
     }
-    let swept = sweep::run(client, store, delete_marked_before).await?;
+    // Nothing eligible when the mark transaction committed: claims since then only make fewer rows
+    // eligible, so there is nothing to sweep (this skips building the work tables over every marked row).
+    let swept = if marked.deletable == 0 {
+        sweep::Swept::default()
+    } else {
+        sweep::run(client, store, delete_marked_before).await?
+    };
     figures.objects_deleted_after_grace_period = leftovers.deleted + swept.deleted;
     figures.objects_failed_to_delete = leftovers.failed + swept.failed;
     record_run(client, now, figures).await?;
