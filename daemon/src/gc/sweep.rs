@@ -183,7 +183,6 @@ pub(super) async fn run(
              SELECT c.id AS src, d.id AS dst
              FROM gc_cand c CROSS JOIN LATERAL unnest(c.refs) AS r JOIN gc_cand d ON d.key = r COLLATE \"C\"
              WHERE d.cand AND d.id <> c.id AND cardinality(c.refs) > 0;
-             ALTER TABLE gc_cand DROP COLUMN refs;
              CREATE TEMP TABLE gc_order (pos int NOT NULL, id int NOT NULL, lvl int NOT NULL, tid tid NOT NULL,
                                          key text COLLATE \"C\" NOT NULL);",
         )

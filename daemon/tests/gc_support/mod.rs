@@ -109,10 +109,15 @@ pub struct Cache {
 impl Cache {
     /// A fresh empty cache over `u`.
     pub async fn new(u: Universe) -> Self {
-        let pg = Postgres::start().expect("start PostgreSQL");
-        let db = Db::connect(&pg.url()).await.expect("connect");
         let dir = tempfile::tempdir().expect("store dir");
         let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("open local store"));
+        Self::with_store(u, store, dir).await
+    }
+
+    /// A fresh empty cache over `u` on `store` (e.g. S3); `dir` is kept alive with it.
+    pub async fn with_store(u: Universe, store: Store, dir: tempfile::TempDir) -> Self {
+        let pg = Postgres::start().expect("start PostgreSQL");
+        let db = Db::connect(&pg.url()).await.expect("connect");
         let by_key = (0..u.deps.len()).map(|i| (narinfo_key(i).as_str().to_owned(), i)).collect();
         Cache { pg, db, store, dir, u, by_key }
     }
