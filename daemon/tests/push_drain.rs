@@ -23,7 +23,9 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
     let spool_dir = s.dir.path().join("spool");
     let gcroots = s.dir.path().join("gcroots");
     let spool = spool::Spool::open(&spool_dir).expect("spool");
-    spool.enqueue(&spool::Entry { drv: Some(drv), outs: vec![out.clone()], queued: 1 }).expect("enqueue");
+    spool
+        .enqueue(&spool::Entry { drv: Some(drv), outs: vec![out.clone()], realisations: vec![], queued: 1 })
+        .expect("enqueue");
     spool::gcroots::add(&gcroots, &out).expect("gc root");
     std::fs::write(spool_dir.join("new").join("garbage-entry"), "this is not a spool entry").expect("garbage");
     let token_file = s.dir.path().join("token");

@@ -139,7 +139,10 @@ fn hook_rejects_invalid_paths_with_a_message_and_still_exits_zero() {
     assert!(err.contains("not in Nix's base-32 alphabet"), "{err}");
     let entries = d.entries();
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0], Entry { drv: None, outs: vec![OUT.to_owned()], queued: entries[0].queued });
+    assert_eq!(
+        entries[0],
+        Entry { drv: None, outs: vec![OUT.to_owned()], realisations: vec![], queued: entries[0].queued }
+    );
     assert_eq!(d.root_targets(), vec![OUT.to_owned()]);
 
     // nothing valid at all: nothing queued, no roots, one clear line per problem plus the verdict
@@ -397,4 +400,72 @@ fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc(
     spool::gcroots::remove(&roots.0, &c_out).expect("remove root");
     nix.run("nix-store", &["--delete", &c_out]);
     assert!(!Path::new(&c_out).exists(), "deleted once the root is gone");
+}
+
+#[test]
+fn hook_queues_floating_and_deferred_outputs_by_name_in_a_real_ca_build() {
+    let nix = Nix::new();
+    let salt = salt();
+    let expr = nix.expr(
+        "ca.nix",
+        r#"{ salt }:
+        let ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+            mk = name: attrs: script: derivation ({ inherit name salt; system = builtins.currentSystem;
+              builder = "/bin/sh"; args = [ "-c" script ]; } // attrs);
+            a = mk "hk-ca-a" ca "echo a > $out";
+            b = mk "hk-ca-b" ca "echo ${a} > $out";
+        in mk "hk-ia-c" {} "echo ${b} > $out"
+        "#,
+    );
+    let d = Dirs::new();
+    let roots = RootsDir(PathBuf::from(format!("/nix/var/nix/gcroots/niks3-test-{salt}")));
+    let out = nix
+        .cmd("nix-build")
+        .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
+        .args(["--option", "post-build-hook", common::hook_bin()])
+        .args(["--option", "experimental-features", "nix-command ca-derivations"])
+        .env("NIKS3_SPOOL_DIR", d.spool())
+        .env("NIKS3_GCROOTS_DIR", &roots.0)
+        .output()
+        .expect("run nix-build");
+    let build_err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nix-build failed: {build_err}");
+    assert!(!build_err.contains("niks3-hook:"), "hook complained: {build_err}");
+    let c_out = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+
+    // Nix 2.8 runs the hook for a (floating, OUT_PATHS empty), for the resolved b (floating, empty) and
+    // the original b (OUT_PATHS given), for the resolved c (its path in the .drv) and the original c
+    // (deferred: no path in the .drv, OUT_PATHS given).
+    let entries = d.entries();
+    assert_eq!(entries.len(), 5, "{entries:?}");
+    let name_of = |e: &Entry| {
+        let drv = e.drv.as_deref().expect("drv");
+        drv.rsplit_once('-').map(|(_, n)| n.to_owned()).expect("name")
+    };
+    let by = |name: &str, outs: usize| {
+        entries.iter().filter(|e| name_of(e) == name && e.outs.len() == outs).collect::<Vec<_>>()
+    };
+    let a = by("a.drv", 0);
+    assert_eq!(a.len(), 1, "{entries:?}");
+    assert_eq!(a[0].realisations, vec!["out".to_owned()], "a's output is queued by name");
+    assert_eq!(by("b.drv", 0).len(), 1, "resolved b: by name");
+    assert_eq!(by("b.drv", 0)[0].realisations, vec!["out".to_owned()]);
+    let b = by("b.drv", 1);
+    assert_eq!(b.len(), 1, "original b: OUT_PATHS and the name");
+    assert_eq!(b[0].realisations, vec!["out".to_owned()]);
+    let c = by("c.drv", 1);
+    assert_eq!(c.len(), 2, "{entries:?}");
+    assert!(c.iter().all(|e| e.outs == vec![c_out.clone()]));
+    let mut c_names: Vec<usize> = c.iter().map(|e| e.realisations.len()).collect();
+    c_names.sort_unstable();
+    assert_eq!(c_names, vec![0, 1], "only the original (deferred) c needs its realisation");
+    // Known paths are rooted; outputs known only by name cannot be (the daemon roots them).
+    let mut rooted = files(&roots.0)
+        .iter()
+        .map(|l| std::fs::read_link(l).expect("symlink").to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    rooted.sort();
+    rooted.dedup();
+    assert_eq!(rooted.len(), 2, "b's and c's outputs: {rooted:?}");
+    assert!(rooted.contains(&c_out));
 }
