@@ -108,7 +108,7 @@ impl NixCli {
         }
     }
 
-    fn command(&self, program: &str) -> tokio::process::Command {
+    pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let exe = match &self.bin_dir {
             Some(dir) => dir.join(program),
             None => PathBuf::from(program),
@@ -122,7 +122,7 @@ impl NixCli {
 /// Longest stderr kept in an error (Nix can be chatty; the first lines say what went wrong).
 const MAX_STDERR: usize = 4096;
 
-async fn run(mut cmd: tokio::process::Command, program: &str, paths: &[String]) -> Result<Vec<u8>, PathInfoError> {
+pub(crate) async fn run(mut cmd: tokio::process::Command, program: &str, paths: &[String]) -> Result<Vec<u8>, PathInfoError> {
     let out = cmd.output().await.map_err(|source| PathInfoError::Spawn { program: program.to_owned(), source })?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
