@@ -61,10 +61,8 @@ fn drvs(w: &World, expr: &str) -> Vec<String> {
 
 /// Nix's own realisation of each output of `drv` in the builder's store.
 fn local_realisations(w: &World, drv: &str) -> Vec<Realisation> {
-    let json = w
-        .nix
-        .run(w.nix.command("nix").args(["realisation", "info", "--json", drv]))
-        .expect("nix realisation info");
+    let json =
+        w.nix.run(w.nix.command("nix").args(["realisation", "info", "--json", drv])).expect("nix realisation info");
     let v: Vec<serde_json::Value> = serde_json::from_str(&json).expect("json");
     v.iter().map(|r| Realisation::from_json(r.to_string().as_bytes()).expect("realisation")).collect()
 }
@@ -74,7 +72,14 @@ fn doi_path(cache: &Path, r: &Realisation) -> PathBuf {
 }
 
 /// `nix-build` of `attr` into a fresh chroot store, substituting from `url` only, signatures required.
-fn build_in_fresh_store(w: &World, expr_file: &Path, attr: &str, url: &str, public_key: &str, name: &str) -> (bool, String, PathBuf) {
+fn build_in_fresh_store(
+    w: &World,
+    expr_file: &Path,
+    attr: &str,
+    url: &str,
+    public_key: &str,
+    name: &str,
+) -> (bool, String, PathBuf) {
     let store = w.nix.chroot_store(name).expect("chroot store");
     let out = w
         .nix
@@ -119,8 +124,8 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
         assert_eq!(local.len(), 1, "{drv}");
         let r = &local[0];
         let path = doi_path(cache, r);
-        let body = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), server.log_text()));
+        let body =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), server.log_text()));
         let ours = Realisation::from_json(body.as_bytes()).expect("parse .doi");
         assert_eq!(ours.to_json(), body, "compact, keys sorted, as Nix dumps it");
         assert!(body.starts_with(r#"{"dependentRealisations":{"#), "{body}");
@@ -140,8 +145,14 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     assert_eq!(outs[2], c_out[0]);
     // b's realisation names a's, c's names b's.
     let dep_of = |i: usize| local_realisations(&w, &drvs[i]).remove(0).dependents.into_values().collect::<Vec<_>>();
-    assert_eq!(dep_of(1).iter().map(|p| p.basename()).collect::<Vec<_>>(), vec![outs[0].trim_start_matches("/nix/store/")]);
-    assert_eq!(dep_of(2).iter().map(|p| p.basename()).collect::<Vec<_>>(), vec![outs[1].trim_start_matches("/nix/store/")]);
+    assert_eq!(
+        dep_of(1).iter().map(|p| p.basename()).collect::<Vec<_>>(),
+        vec![outs[0].trim_start_matches("/nix/store/")]
+    );
+    assert_eq!(
+        dep_of(2).iter().map(|p| p.basename()).collect::<Vec<_>>(),
+        vec![outs[1].trim_start_matches("/nix/store/")]
+    );
     // The GC roots the daemon added for the resolved outputs are gone with the entries.
     let roots_gone = e2e_support::wait_for(Duration::from_secs(10), || {
         std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0)
@@ -162,6 +173,10 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     }
     let content = std::fs::read_to_string(store.join(c_out[0].trim_start_matches('/'))).expect("c");
     assert_eq!(content.trim(), format!("c {}", outs[1]));
+    // a, b and c as evaluated, plus the b that Nix resolved (built from a's output path), which is floating
+    // too and was queued by its own hook run.
+    assert_eq!(check_realisations(cache), 4);
+    e2e_support::check_local_invariant(cache);
 
     // The same with another trusted key: c's narinfo is refused, so Nix falls back to building, which fails.
     // (a and b are content-addressed: Nix 2.8 accepts their narinfos without a signature, since the path
@@ -170,5 +185,95 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     let (ok, log, _) = build_in_fresh_store(&w, &file, "c", &w.url(), other, "wrong-key");
     assert!(!ok, "substituted with an untrusted key:\n{log}");
     assert!(log.contains("is not signed by any of the keys in 'trusted-public-keys'"), "{log}");
+
+    // A corrupt realisation is refused: Nix reports it and falls back to building (which fails here).
+    let a_doi = doi_path(cache, &local_realisations(&w, &drvs[0]).remove(0));
+    std::fs::write(&a_doi, b"{\"id\": 42").expect("corrupt a's .doi");
+    let (ok, log, _) = build_in_fresh_store(&w, &file, "a", &w.url(), &public_key, "corrupt");
+    assert!(!ok, "a corrupt realisation was used:\n{log}");
+    assert!(log.contains("parse error") || log.contains("corrupt"), "{log}");
     drop(server);
+}
+
+#[test]
+fn realisations_of_inputs_the_cache_lacks_are_found_through_the_derivation_graph() {
+    let w = world();
+    let marker = w.dir.path().join("built-once");
+    let expr = graph(&marker);
+    // Built while no daemon runs; then only c's original entry is kept, as if a and b had been built
+    // before niks3 was installed.
+    let c_out = w.build(&expr, "c");
+    let drvs = drvs(&w, &expr);
+    let mut kept = 0;
+    for e in w.spool_entries("new") {
+        let entry = spool::read_entry(&e).expect("entry");
+        if entry.drv.as_deref() == Some(drvs[2].as_str()) {
+            kept += 1;
+        } else {
+            std::fs::remove_file(&e).expect("remove entry");
+        }
+    }
+    assert_eq!(kept, 1, "one entry for the original c");
+    let server = w.serve();
+    drained(&w, &server);
+    let Backend::Local(cache) = &w.backend else { unreachable!() };
+    for drv in &drvs {
+        let r = local_realisations(&w, drv).remove(0);
+        assert!(doi_path(cache, &r).is_file(), "{} missing:\n{}", r.id, server.log_text());
+    }
+    assert!(w.has_narinfo(&c_out[0]));
+    e2e_support::check_local_invariant(cache);
+    check_realisations(cache);
+}
+
+#[test]
+fn bad_ca_entries_are_quarantined_with_a_clear_reason() {
+    let w = world();
+    let ia = w.nix.build_script("e2e-ia-plain", "echo plain > $out").expect("build");
+    let ia_drv = w.nix.deriver(&ia).expect("deriver");
+    for e in w.spool_entries("new") {
+        std::fs::remove_file(e).expect("remove hook entry");
+    }
+    spool::gcroots::remove(&w.gcroots(), &ia).expect("remove the hook's root");
+    w.enqueue_raw("0001-no-drv", format!("niks3-spool-v1\nout={ia}\nrealisation=out\nqueued=1\n").as_bytes());
+    w.enqueue_raw("0002-bad-name", format!("niks3-spool-v1\ndrv={ia_drv}\nrealisation=a/b\nqueued=1\n").as_bytes());
+    w.enqueue_raw(
+        "0003-no-such-output",
+        format!("niks3-spool-v1\ndrv={ia_drv}\nrealisation=dev\nqueued=1\n").as_bytes(),
+    );
+    let server = w.serve();
+    w.wait_drained(&server);
+    let mut reasons: Vec<String> = std::fs::read_dir(w.spool().join("quarantine"))
+        .expect("quarantine")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "reason"))
+        .map(|p| std::fs::read_to_string(p).expect("reason"))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}\n{}", server.log_text());
+    let all = reasons.join("\n");
+    for why in ["there is no drv=", "realisation=\"a/b\"", "\"dev\""] {
+        assert!(all.contains(why), "no reason mentions {why:?}: {all}");
+    }
+    // Nothing was uploaded for them, and no GC root is left behind.
+    let Backend::Local(cache) = &w.backend else { unreachable!() };
+    assert!(std::fs::read_dir(cache.join("realisations")).map_or(0, Iterator::count) == 0);
+    assert!(std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0));
+}
+
+/// Every realisation in a local cache points at a narinfo that exists and at realisations that exist.
+fn check_realisations(cache: &Path) -> usize {
+    let dir = cache.join("realisations");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("realisations dir").filter_map(Result::ok) {
+        let body = std::fs::read(e.path()).expect("read .doi");
+        let r = Realisation::from_json(&body).expect("valid .doi");
+        assert!(cache.join(format!("{}.narinfo", r.out_path.hash_part())).is_file(), "{} without its narinfo", r.id);
+        for dep in r.dependents.keys() {
+            assert!(dir.join(format!("{dep}.doi")).is_file(), "{} without its dependent {dep}", r.id);
+        }
+        n += 1;
+    }
+    n
 }

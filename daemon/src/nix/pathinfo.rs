@@ -122,7 +122,11 @@ impl NixCli {
 /// Longest stderr kept in an error (Nix can be chatty; the first lines say what went wrong).
 const MAX_STDERR: usize = 4096;
 
-pub(crate) async fn run(mut cmd: tokio::process::Command, program: &str, paths: &[String]) -> Result<Vec<u8>, PathInfoError> {
+pub(crate) async fn run(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    paths: &[String],
+) -> Result<Vec<u8>, PathInfoError> {
     let out = cmd.output().await.map_err(|source| PathInfoError::Spawn { program: program.to_owned(), source })?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();

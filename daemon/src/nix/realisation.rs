@@ -93,9 +93,8 @@ impl Realisation {
     }
 
     fn from_raw(raw: Json) -> Result<Self, RealisationError> {
-        let path = |p: &str| {
-            StorePath::from_basename(p).map_err(|e| RealisationError::Json(format!("store path {p:?}: {e}")))
-        };
+        let path =
+            |p: &str| StorePath::from_basename(p).map_err(|e| RealisationError::Json(format!("store path {p:?}: {e}")));
         let mut dependents = BTreeMap::new();
         for (id, p) in &raw.dependent_realisations {
             dependents.insert(DrvOutput::parse(id)?, path(p)?);
@@ -206,7 +205,8 @@ mod tests {
 
     /// A throwaway key (`nix key generate-secret --key-name test-1`) and the `.doi` files Nix 2.8 wrote
     /// with it (`secret-key-files` set while building, then `nix copy --to file://…`).
-    const SECRET: &str = "test-1:9W7ek3acCqTp7MCwWSPMPeT8zVlHi/plTd85Z6qcPH/WswWcCpkEe4v5lKjidU22vuRwW6BKqW59wfRZGiUpmw==";
+    const SECRET: &str =
+        "test-1:9W7ek3acCqTp7MCwWSPMPeT8zVlHi/plTd85Z6qcPH/WswWcCpkEe4v5lKjidU22vuRwW6BKqW59wfRZGiUpmw==";
     const DOI_B: &str = r#"{"dependentRealisations":{"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!out":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a"},"id":"sha256:56084c8047e49ad5c6b51ac2d397150ecbfdfd75dca0e8e327f50f380ec91c90!out","outPath":"x58i46n2r94z9bs18d9fgz35aw402zsk-ca-b","signatures":["test-1:oXID+yV929WhiBvig8Auxs/L5CsqVqzFPgaOuew+ZyT6v+oWcdWu/HU7ibS3yW3Prdt0WmLs5CixImWQQedhDQ=="]}"#;
     const DOI_A: &str = r#"{"dependentRealisations":{},"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!out","outPath":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a","signatures":["test-1:4g/dH2Rk89hp0FaiYvdRJS8yzdxzB4CBebB1BXty9PGwJCI7B9Cj7nNH9KmuySUPj4zJRpX/ZVoBrzWE5jKiBg=="]}"#;
 
@@ -247,9 +247,18 @@ mod tests {
             (r#"{"outPath":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a"}"#, "missing field `id`"),
             (r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!out"}"#, "outPath"),
             (r#"{"id":"x!out","outPath":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a"}"#, "invalid realisation id"),
-            (r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546","outPath":"a"}"#, "<hash>!<output>"),
-            (r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!a/b","outPath":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a"}"#, "output name"),
-            (r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!out","outPath":"../etc"}"#, "store path"),
+            (
+                r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546","outPath":"a"}"#,
+                "<hash>!<output>",
+            ),
+            (
+                r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!a/b","outPath":"asdhy5zhkmb7ig3349h6lnvx1idxp76m-ca-a"}"#,
+                "output name",
+            ),
+            (
+                r#"{"id":"sha256:7f8c7629935b9dc2597c4232eb381a55355fd792b5d55eee8ccb7edd915a5546!out","outPath":"../etc"}"#,
+                "store path",
+            ),
         ];
         for (json, why) in cases {
             let e = Realisation::from_json(json.as_bytes()).expect_err(json).to_string();

@@ -35,7 +35,8 @@ impl Uploader {
         if !extra.is_empty() {
             let keys: Vec<ObjectKey> = extra.iter().map(ObjectKey::narinfo).collect();
             let missing: HashSet<ObjectKey> = self.db().missing(&keys).await?.into_iter().collect();
-            let extra: Vec<StorePath> = extra.into_iter().filter(|p| missing.contains(&ObjectKey::narinfo(p))).collect();
+            let extra: Vec<StorePath> =
+                extra.into_iter().filter(|p| missing.contains(&ObjectKey::narinfo(p))).collect();
             self.upload_closure(&extra).await?;
         }
         for r in dependencies_first(&all) {
