@@ -126,11 +126,11 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
         let path = doi_path(cache, r);
         let body =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{}", path.display(), server.log_text()));
-        let ours = Realisation::from_json(body.as_bytes()).expect("parse .doi");
-        assert_eq!(ours.to_json(), body, "compact, keys sorted, as Nix dumps it");
+        let in_cache = Realisation::from_json(body.as_bytes()).expect("parse .doi");
+        assert_eq!(in_cache.to_json(), body, "compact, keys sorted, as Nix dumps it");
         assert!(body.starts_with(r#"{"dependentRealisations":{"#), "{body}");
-        assert_eq!((&ours.id, &ours.out_path, &ours.dependents), (&r.id, &r.out_path, &r.dependents));
-        assert!(ours.verify(std::slice::from_ref(&key)), "signed by the cache key: {body}");
+        assert_eq!((&in_cache.id, &in_cache.out_path, &in_cache.dependents), (&r.id, &r.out_path, &r.dependents));
+        assert!(in_cache.verify(std::slice::from_ref(&key)), "signed by the cache key: {body}");
         assert!(w.has_narinfo(&format!("/nix/store/{}", r.out_path.basename())), "narinfo of {:?}", r.out_path);
         // The read proxy serves it as JSON.
         let url = format!("{}/realisations/{}.doi", w.url(), r.id);
@@ -146,11 +146,11 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     // b's realisation names a's, c's names b's.
     let dep_of = |i: usize| local_realisations(&w, &drvs[i]).remove(0).dependents.into_values().collect::<Vec<_>>();
     assert_eq!(
-        dep_of(1).iter().map(|p| p.basename()).collect::<Vec<_>>(),
+        dep_of(1).iter().map(niks3::nix::store_path::StorePath::basename).collect::<Vec<_>>(),
         vec![outs[0].trim_start_matches("/nix/store/")]
     );
     assert_eq!(
-        dep_of(2).iter().map(|p| p.basename()).collect::<Vec<_>>(),
+        dep_of(2).iter().map(niks3::nix::store_path::StorePath::basename).collect::<Vec<_>>(),
         vec![outs[1].trim_start_matches("/nix/store/")]
     );
     // The GC roots the daemon added for the resolved outputs are gone with the entries.
@@ -175,7 +175,7 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     assert_eq!(content.trim(), format!("c {}", outs[1]));
     // a, b and c as evaluated, plus the b that Nix resolved (built from a's output path), which is floating
     // too and was queued by its own hook run.
-    assert_eq!(check_realisations(cache), 4);
+    assert_eq!(e2e_support::check_realisations(cache), 4);
     e2e_support::check_local_invariant(cache);
 
     // The same with another trusted key: c's narinfo is refused, so Nix falls back to building, which fails.
@@ -223,7 +223,7 @@ fn realisations_of_inputs_the_cache_lacks_are_found_through_the_derivation_graph
     }
     assert!(w.has_narinfo(&c_out[0]));
     e2e_support::check_local_invariant(cache);
-    check_realisations(cache);
+    e2e_support::check_realisations(cache);
 }
 
 #[test]
@@ -260,20 +260,4 @@ fn bad_ca_entries_are_quarantined_with_a_clear_reason() {
     let Backend::Local(cache) = &w.backend else { unreachable!() };
     assert!(std::fs::read_dir(cache.join("realisations")).map_or(0, Iterator::count) == 0);
     assert!(std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0));
-}
-
-/// Every realisation in a local cache points at a narinfo that exists and at realisations that exist.
-fn check_realisations(cache: &Path) -> usize {
-    let dir = cache.join("realisations");
-    let mut n = 0;
-    for e in std::fs::read_dir(&dir).expect("realisations dir").filter_map(Result::ok) {
-        let body = std::fs::read(e.path()).expect("read .doi");
-        let r = Realisation::from_json(&body).expect("valid .doi");
-        assert!(cache.join(format!("{}.narinfo", r.out_path.hash_part())).is_file(), "{} without its narinfo", r.id);
-        for dep in r.dependents.keys() {
-            assert!(dir.join(format!("{dep}.doi")).is_file(), "{} without its dependent {dep}", r.id);
-        }
-        n += 1;
-    }
-    n
 }

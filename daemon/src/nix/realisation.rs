@@ -169,15 +169,15 @@ impl NixCli {
         store_dir: &StoreDir,
         drvs: &[StorePath],
     ) -> Result<Vec<StorePath>, PathInfoError> {
-        const P: &str = "nix show-derivation";
-        if drvs.is_empty() {
-            return Ok(Vec::new());
-        }
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Drv {
             #[serde(default)]
             input_drvs: BTreeMap<String, serde_json::Value>,
+        }
+        const P: &str = "nix show-derivation";
+        if drvs.is_empty() {
+            return Ok(Vec::new());
         }
         let args: Vec<String> = drvs.iter().map(|d| store_dir.display(d)).collect();
         let mut cmd = self.command("nix");
