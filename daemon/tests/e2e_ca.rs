@@ -37,7 +37,10 @@ in rec {{
 }
 
 fn world() -> World {
-    let w = World::local();
+    enable_ca(World::local())
+}
+
+fn enable_ca(w: World) -> World {
     w.nix.conf_extra("experimental-features = nix-command ca-derivations").expect("enable ca-derivations");
     w
 }
@@ -260,4 +263,32 @@ fn bad_ca_entries_are_quarantined_with_a_clear_reason() {
     let Backend::Local(cache) = &w.backend else { unreachable!() };
     assert!(std::fs::read_dir(cache.join("realisations")).map_or(0, Iterator::count) == 0);
     assert!(std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0));
+}
+
+#[test]
+fn ca_realisations_land_in_garage_and_substitute_through_the_read_proxy() {
+    let w = enable_ca(World::s3());
+    let marker = w.dir.path().join("built-once");
+    let expr = graph(&marker);
+    let server = w.serve();
+    w.wait_http(&server);
+    let public_key = w.public_key();
+    let key = PublicKey::parse(&public_key).expect("public key");
+    let c_out = w.build(&expr, "c");
+    drained(&w, &server);
+    for drv in &drvs(&w, &expr) {
+        let r = local_realisations(&w, drv).remove(0);
+        let url = format!("{}/realisations/{}.doi", w.url(), r.id).replace('!', "%21");
+        let got = std::process::Command::new("curl").args(["-sf", &url]).output().expect("curl");
+        assert!(got.status.success(), "{url}:\n{}", server.log_text());
+        let in_bucket = Realisation::from_json(&got.stdout).expect("parse .doi");
+        assert_eq!((&in_bucket.id, &in_bucket.out_path), (&r.id, &r.out_path));
+        assert!(in_bucket.verify(std::slice::from_ref(&key)));
+    }
+    std::fs::write(&marker, "").expect("marker");
+    let file = w.dir.path().join("ca-graph.nix");
+    let (ok, log, store) = build_in_fresh_store(&w, &file, "c", &w.url(), &public_key, "fresh");
+    assert!(ok, "nix-build in a fresh store failed:\n{log}");
+    assert!(!log.contains("REBUILT"), "{log}");
+    assert!(store.join(c_out[0].trim_start_matches('/')).exists());
 }
