@@ -69,10 +69,15 @@ fn run() {
     // The .drv is read even when OUT_PATHS is given: an output whose path it lacks (floating
     // content-addressed, or input-addressed but deferred because it depends on one) needs its realisation
     // uploaded, and only the daemon can ask Nix for it.
+    let out_paths = var("OUT_PATHS").unwrap_or_default();
     let drv_outputs = drv.as_ref().and_then(|d| match drv::read_outputs(Path::new(d)) {
         Ok(outputs) => Some(outputs),
-        Err(e) => {
+        Err(e) if out_paths.trim().is_empty() => {
             say(&format!("{e}; queueing the derivation only"));
+            None
+        }
+        Err(e) => {
+            say(&format!("{e}; queueing OUT_PATHS without content-addressed realisations"));
             None
         }
     });
@@ -85,7 +90,6 @@ fn run() {
             Err(e) => say(&format!("output {:?} of the derivation: {e}, skipped", o.name)),
         }
     }
-    let out_paths = var("OUT_PATHS").unwrap_or_default();
     if out_paths.trim().is_empty() {
         // Nix 2.8 passes an empty OUT_PATHS: the outputs are in the .drv (those it has a path for).
         for o in drv_outputs.into_iter().flatten().filter(|o| !o.path.is_empty()) {
