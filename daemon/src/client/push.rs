@@ -12,9 +12,10 @@
 
 use super::{ApiClient, ClientError, check_status};
 use crate::http::api::protocol::{
-    CompleteRequest, ListingWire, MissingLog, MissingNar, PathInfoWire, PushRequest, UploadedNar,
+    CompleteRequest, ListingWire, MissingLog, MissingNar, PathInfoWire, PushRequest, RealisationsRequest, UploadedNar,
 };
 use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
 use bytes::Bytes;
@@ -431,14 +432,6 @@ impl crate::upload::drain::Process for Pusher {
     type Error = ClientError;
     async fn process(&self, work: &crate::upload::drain::Work) -> Result<(), Self::Error> {
         let outputs = &work.outputs;
-        if !work.realisations.is_empty() {
-            // The push API has no route for realisations yet: the outputs are pushed, the realisations
-            // are not (a ca-derivations client then builds instead of substituting).
-            tracing::warn!(
-                realisations = work.realisations.len(),
-                "the push API does not carry realisations yet; pushing the outputs without them"
-            );
-        }
         let r = self.push(outputs, false, &NoProgress).await?;
         tracing::info!(
             roots = outputs.len(),
@@ -448,10 +441,43 @@ impl crate::upload::drain::Process for Pusher {
             "pushed to {}",
             self.api.base()
         );
+        if let Some(drv) = &work.drv
+            && !work.realisations.is_empty()
+        {
+            self.push_realisations(drv, &work.realisations).await?;
+        }
         Ok(())
     }
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
+    }
+}
+
+impl Pusher {
+    /// Pushes `realisations` (of outputs of `drv`, whose closures were pushed) and every realisation they
+    /// depend on, dependencies first, after the out paths of those dependents. Without the server's
+    /// database at hand every dependent is resolved from the local derivation graph and sent (the server
+    /// rewrites the ones it has with the same bytes).
+    async fn push_realisations(&self, drv: &StorePath, realisations: &[Realisation]) -> Result<(), ClientError> {
+        let all = crate::upload::realisations::resolve(&self.nix, &self.store_dir, drv, realisations, None)
+            .await
+            .map_err(ClientError::Upload)?;
+        let given: std::collections::HashSet<_> = realisations.iter().map(|r| &r.id).collect();
+        let extra: Vec<StorePath> =
+            all.values().filter(|r| !given.contains(&r.id)).map(|r| r.out_path.clone()).collect();
+        if !extra.is_empty() {
+            self.push(&extra, false, &NoProgress).await?;
+        }
+        let ordered = crate::upload::realisations::dependencies_first(&all);
+        let mut body = Vec::with_capacity(ordered.len());
+        for r in ordered {
+            let json = serde_json::from_str(&r.to_json())
+                .map_err(|e| ClientError::Protocol { what: "realisation JSON".to_owned(), reason: e.to_string() })?;
+            body.push(json);
+        }
+        let resp = self.api.publish_realisations(&RealisationsRequest { realisations: body }).await?;
+        tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
+        Ok(())
     }
 }
 

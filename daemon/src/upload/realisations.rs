@@ -12,8 +12,10 @@
 //! [`crate::upload::publish::Publisher::publish_realisation`]), so a realisation is never visible before
 //! what it points to.
 
+use crate::db::Db;
+use crate::nix::pathinfo::NixCli;
 use crate::nix::realisation::{DrvOutput, Realisation};
-use crate::nix::store_path::StorePath;
+use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::ObjectKey;
 use crate::upload::UploadError;
 use crate::upload::pipeline::Uploader;
@@ -26,7 +28,7 @@ impl Uploader {
     /// Publishes `realisations` (of outputs of `drv`, whose out paths' closures are already uploaded) and
     /// every realisation they depend on that the cache lacks, dependencies first.
     pub async fn upload_realisations(&self, drv: &StorePath, realisations: &[Realisation]) -> Result<(), UploadError> {
-        let all = self.with_missing_dependents(drv, realisations).await?;
+        let all = resolve(self.nix(), self.store_dir(), drv, realisations, Some(self.db())).await?;
         // Out paths of dependents found in the graph are references of the given out paths, so normally
         // already uploaded; upload what is not (e.g. a dependent's own dependent, or after a GC).
         let given: HashSet<&DrvOutput> = realisations.iter().map(|r| &r.id).collect();
@@ -49,89 +51,95 @@ impl Uploader {
         }
         Ok(())
     }
+}
 
-    /// `realisations` plus the realisations they (transitively) depend on that the cache lacks.
-    async fn with_missing_dependents(
-        &self,
-        drv: &StorePath,
-        realisations: &[Realisation],
-    ) -> Result<BTreeMap<DrvOutput, Realisation>, UploadError> {
-        let mut all: BTreeMap<DrvOutput, Realisation> =
-            realisations.iter().map(|r| (r.id.clone(), r.clone())).collect();
-        // needed: dependent id → the id that needs it (for the error message)
-        let mut needed: BTreeMap<DrvOutput, DrvOutput> = BTreeMap::new();
-        self.add_needed(realisations, &all, &mut needed).await?;
-        let mut frontier = vec![drv.clone()];
-        let mut visited: HashSet<StorePath> = HashSet::from([drv.clone()]);
-        let mut depth = 0;
-        while !needed.is_empty() {
-            let inputs: Vec<StorePath> = self
-                .nix()
-                .input_derivations(self.store_dir(), &frontier)
-                .await?
-                .into_iter()
-                .filter(|d| visited.insert(d.clone()))
-                .collect();
-            depth += 1;
-            if inputs.is_empty() || depth > MAX_DEPTH {
-                let (dependent, by) = needed.into_iter().next().unwrap_or_else(|| unreachable!("checked non-empty"));
-                return Err(UploadError::RealisationUnresolved {
-                    drv: self.store_dir().display(drv),
-                    id: by.to_string(),
-                    dependent: dependent.to_string(),
-                });
-            }
-            let mut found = Vec::new();
-            for input in &inputs {
-                // An input built without ca-derivations (or substituted) may have no realisation: that is
-                // only a problem if it was the one needed, which the loop reports when the graph runs out.
-                match self.nix().realisations(self.store_dir(), input).await {
-                    Ok(rs) => found.extend(rs.into_iter().filter(|r| needed.contains_key(&r.id))),
-                    Err(e) => tracing::debug!(drv = %self.store_dir().display(input), error = %e, "no realisations"),
-                }
-            }
-            for r in &found {
-                needed.remove(&r.id);
-                all.insert(r.id.clone(), r.clone());
-            }
-            self.add_needed(&found, &all, &mut needed).await?;
-            frontier = inputs;
+/// `realisations` (of outputs of `drv`) plus the realisations they transitively depend on that the cache
+/// lacks, found in the realisations of `drv`'s input derivations, level by level. With `db`, dependents the
+/// cache already has are not looked for; without (a client pushing to a remote server), every dependent
+/// is resolved.
+pub async fn resolve(
+    nix: &NixCli,
+    store_dir: &StoreDir,
+    drv: &StorePath,
+    realisations: &[Realisation],
+    db: Option<&Db>,
+) -> Result<BTreeMap<DrvOutput, Realisation>, UploadError> {
+    let mut all: BTreeMap<DrvOutput, Realisation> = realisations.iter().map(|r| (r.id.clone(), r.clone())).collect();
+    // needed: dependent id → the id that needs it (for the error message)
+    let mut needed: BTreeMap<DrvOutput, DrvOutput> = BTreeMap::new();
+    add_needed(db, realisations, &all, &mut needed).await?;
+    let mut frontier = vec![drv.clone()];
+    let mut visited: HashSet<StorePath> = HashSet::from([drv.clone()]);
+    let mut depth = 0;
+    while !needed.is_empty() {
+        let inputs: Vec<StorePath> = nix
+            .input_derivations(store_dir, &frontier)
+            .await?
+            .into_iter()
+            .filter(|d| visited.insert(d.clone()))
+            .collect();
+        depth += 1;
+        if inputs.is_empty() || depth > MAX_DEPTH {
+            let (dependent, by) = needed.into_iter().next().unwrap_or_else(|| unreachable!("checked non-empty"));
+            return Err(UploadError::RealisationUnresolved {
+                drv: store_dir.display(drv),
+                id: by.to_string(),
+                dependent: dependent.to_string(),
+            });
         }
-        Ok(all)
+        let mut found = Vec::new();
+        for input in &inputs {
+            // An input built without ca-derivations (or substituted) may have no realisation: that is
+            // only a problem if it was the one needed, which the loop reports when the graph runs out.
+            match nix.realisations(store_dir, input).await {
+                Ok(rs) => found.extend(rs.into_iter().filter(|r| needed.contains_key(&r.id))),
+                Err(e) => tracing::debug!(drv = %store_dir.display(input), error = %e, "no realisations"),
+            }
+        }
+        for r in &found {
+            needed.remove(&r.id);
+            all.insert(r.id.clone(), r.clone());
+        }
+        add_needed(db, &found, &all, &mut needed).await?;
+        frontier = inputs;
     }
+    Ok(all)
+}
 
-    /// Adds to `needed` the dependents of `of` that are neither in `all` nor in the cache.
-    async fn add_needed(
-        &self,
-        of: &[Realisation],
-        all: &BTreeMap<DrvOutput, Realisation>,
-        needed: &mut BTreeMap<DrvOutput, DrvOutput>,
-    ) -> Result<(), UploadError> {
-        let mut candidates: Vec<(DrvOutput, DrvOutput, ObjectKey)> = Vec::new();
-        for r in of {
-            for dep in r.dependents.keys() {
-                if !all.contains_key(dep) && !needed.contains_key(dep) && *dep != r.id {
-                    let key = ObjectKey::realisation(&dep.drv_hash, &dep.output)?;
-                    candidates.push((dep.clone(), r.id.clone(), key));
-                }
+/// Adds to `needed` the dependents of `of` that are neither in `all` nor (with `db`) in the cache.
+async fn add_needed(
+    db: Option<&Db>,
+    of: &[Realisation],
+    all: &BTreeMap<DrvOutput, Realisation>,
+    needed: &mut BTreeMap<DrvOutput, DrvOutput>,
+) -> Result<(), UploadError> {
+    let mut candidates: Vec<(DrvOutput, DrvOutput, ObjectKey)> = Vec::new();
+    for r in of {
+        for dep in r.dependents.keys() {
+            if !all.contains_key(dep) && !needed.contains_key(dep) && *dep != r.id {
+                let key = ObjectKey::realisation(&dep.drv_hash, &dep.output)?;
+                candidates.push((dep.clone(), r.id.clone(), key));
             }
         }
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<ObjectKey> = candidates.iter().map(|(_, _, k)| k.clone()).collect();
-        let missing: HashSet<ObjectKey> = self.db().missing(&keys).await?.into_iter().collect();
-        for (dep, by, key) in candidates {
-            if missing.contains(&key) {
-                needed.entry(dep).or_insert(by);
-            }
-        }
-        Ok(())
     }
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<ObjectKey> = candidates.iter().map(|(_, _, k)| k.clone()).collect();
+    let missing: Option<HashSet<ObjectKey>> = match db {
+        Some(db) => Some(db.missing(&keys).await?.into_iter().collect()),
+        None => None,
+    };
+    for (dep, by, key) in candidates {
+        if missing.as_ref().is_none_or(|m| m.contains(&key)) {
+            needed.entry(dep).or_insert(by);
+        }
+    }
+    Ok(())
 }
 
 /// The realisations ordered so that each comes after those of its dependents that are in the set.
-fn dependencies_first(all: &BTreeMap<DrvOutput, Realisation>) -> Vec<&Realisation> {
+pub fn dependencies_first(all: &BTreeMap<DrvOutput, Realisation>) -> Vec<&Realisation> {
     let mut order = Vec::with_capacity(all.len());
     let mut done: BTreeSet<&DrvOutput> = BTreeSet::new();
     // Depth-first with an explicit stack; dependents form a DAG (they are inputs), and `done` guards

@@ -142,3 +142,18 @@ pub struct GcRequest {
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// `POST /api/v1/realisations`: realisations to publish, dependencies first, each the JSON Nix prints
+/// (`nix realisation info --json`; signatures are ignored: the server signs with its own keys).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RealisationsRequest {
+    /// Realisation objects.
+    pub realisations: Vec<serde_json::Value>,
+}
+
+/// Answer to `POST /api/v1/realisations`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct RealisationsResponse {
+    /// Realisations written (all of the request's).
+    pub published: usize,
+}
