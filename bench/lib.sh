@@ -73,6 +73,14 @@ EOF
   chmod +x "$W/hook.sh"
 }
 
+# bench_build_hooked NIX-FILE TAG: nix-build of NIX-FILE (a function of `salt`, fresh each time so that
+# everything really builds) with $W/hook.sh as the post-build-hook; prints the output path, or shows
+# the build log and exits.
+bench_build_hooked() {
+  nix-build --no-out-link "$1" --argstr salt "$2-$(date +%s%N)" --option post-build-hook "$W/hook.sh" \
+    2>"$W/build.log" || { cat "$W/build.log" >&2; exit 1; }
+}
+
 # bench_serve PORT LOG SERVE-ARGS…: starts `$BIN/niks3 serve --http-addr 127.0.0.1:PORT SERVE-ARGS…`
 # in the background (SERVER_PID), logging to LOG, and returns once it answers /nix-cache-info; exits
 # with the log if it dies or does not answer within 60 s.

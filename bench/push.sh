@@ -68,8 +68,7 @@ in derivation {
 }
 EOF
 echo "== building the closure ($PARTS parts, ~$TOTAL_MIB MiB of /usr/lib and /usr/bin)" >&2
-TOP=$(nix-build --no-out-link "$W/closure.nix" --argstr salt "push-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
-  || { cat "$W/build.log" >&2; exit 1; }
+TOP=$(bench_build_hooked "$W/closure.nix" push)
 mapfile -t CLOSURE < <(nix-store -qR "$TOP")
 NAR_BYTES=$(nix path-info --json -r "$TOP" | python3 -c 'import json,sys; print(sum(e["narSize"] for e in json.load(sys.stdin)))')
 echo "closure: ${#CLOSURE[@]} paths, $((NAR_BYTES >> 20)) MiB of NAR; staged entries: $(ls "$W/staging/new" | wc -l)" >&2

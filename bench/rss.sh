@@ -32,8 +32,7 @@ cat >"$W/big.nix" <<EOF
 }
 EOF
 echo "== building one $SIZE_MIB MiB path" >&2
-BIG=$(nix-build --no-out-link "$W/big.nix" --argstr salt "rss-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
-  || { cat "$W/build.log" >&2; exit 1; }
+BIG=$(bench_build_hooked "$W/big.nix" rss)
 NAR_BYTES=$(nix-store -q --size "$BIG")
 # keep the entry aside until the daemon is up and idle
 mkdir -p "$W/staging"; mv "$W"/spool/new/* "$W/staging/"

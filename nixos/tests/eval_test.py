@@ -662,6 +662,18 @@ def wait_for(desc, pred, timeout):
     return False
 
 
+def build_with_hook(desc, tag, env):
+    """nix-build of a fresh one-line derivation under `env` (whose nix.conf installs the module's hook
+    wrapper); checks that it succeeds and that the hook said nothing; returns the output path or None."""
+    expr = (f'derivation {{ name = "niks3-nixos-eval-{tag}"; system = builtins.currentSystem; '
+            f'builder = "/bin/sh"; args = [ "-c" "echo {tag} {time.time_ns()} > $out" ]; }}')
+    p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
+    out = p.stdout.strip()
+    check(f"{desc} succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
+    check(f"{desc}: the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
+    return out if p.returncode == 0 else None
+
+
 def write_nix_conf(etc, hook):
     """A private, offline nix.conf (as the shared recipe does) with `hook` as post-build-hook."""
     with open(f"{etc}/nix.conf", "w") as fh:
@@ -720,12 +732,8 @@ def remote_builder(tmp, base, nix_env, extra):
     os.makedirs(f"{b}/gcroots")
     write_nix_conf(f"{b}/etc", wrapper)
     env = {**nix_env, "NIX_CONF_DIR": f"{b}/etc"}
-    expr = ('derivation { name = "niks3-nixos-eval-remote"; system = builtins.currentSystem; '
-            f'builder = "/bin/sh"; args = [ "-c" "echo remote {time.time_ns()} > $out" ]; }}')
-    p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
-    out = p.stdout.strip()
-    check("builder-remote: build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
-    if p.returncode != 0:
+    out = build_with_hook("builder-remote: build with the hook", "remote", env)
+    if not out:
         return
     eq("builder-remote: queued in its own spool", len(os.listdir(f"{b}/spool/new")), 1)
     creds = f"{b}/credentials"
@@ -909,12 +917,8 @@ def s3_end_to_end():
                   open(f"{tmp}/serve.log").read()[-1500:])
             if not serving:
                 return
-            expr = ('derivation { name = "niks3-nixos-eval-s3"; system = builtins.currentSystem; '
-                    f'builder = "/bin/sh"; args = [ "-c" "echo s3 {time.time_ns()} > $out" ]; }}')
-            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
-            out = p.stdout.strip()
-            check("build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
-            if p.returncode != 0:
+            out = build_with_hook("build with the hook", "s3", nix_env)
+            if not out:
                 return
             name = os.path.basename(out)
             ok = wait_for("narinfo", lambda: http_get(f"{base}/{name[:32]}.narinfo")[0] == 200, 90)
@@ -1004,16 +1008,7 @@ def single_host_end_to_end():
         nix_env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
         nix_env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache-xdg")
 
-        def build(tag):
-            expr = ('derivation { name = "niks3-nixos-eval-' + tag + '"; system = builtins.currentSystem; '
-                    f'builder = "/bin/sh"; args = [ "-c" "echo {tag} {time.time_ns()} > $out" ]; }}')
-            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
-            out = p.stdout.strip()
-            check(f"build {tag} with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
-            check(f"build {tag}: the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
-            return out if p.returncode == 0 else None
-
-        out = build("first")
+        out = build_with_hook("build first with the hook", "first", nix_env)
         if not out:
             return
         entries = sorted(os.listdir(f"{tmp}/spool/new"))
@@ -1055,7 +1050,7 @@ def single_host_end_to_end():
                   serving, open(f"{tmp}/serve.log").read()[-1500:])
             if server.poll() is not None:
                 return
-            second = build("second")
+            second = build_with_hook("build second with the hook", "second", nix_env)
             check("the server drains the spool the hook filled (new/ and claimed/ empty)",
                   wait_for("spool", lambda: not os.listdir(f"{tmp}/spool/new") and not os.listdir(f"{tmp}/spool/claimed"), 90),
                   str(os.listdir(f"{tmp}/spool/new") + os.listdir(f"{tmp}/spool/claimed")))
