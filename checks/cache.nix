@@ -53,15 +53,7 @@ in
       systemd.services.niks3.wantedBy = lib.mkForce [ ];
     };
 
-    builder = {
-      imports = [ ./common.nix ];
-      services.niks3.hook = {
-        enable = true;
-        serverUrl = "http://server";
-        tokenFile = "/run/secrets/niks3/api-token";
-      };
-      systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];
-    };
+    builder = import ./builder.nix "http://server";
 
     client = {
       imports = [ ./common.nix ];

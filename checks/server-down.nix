@@ -18,15 +18,7 @@
       systemd.services.niks3.wantedBy = lib.mkForce [ ];
     };
 
-    builder = {
-      imports = [ ./common.nix ];
-      services.niks3.hook = {
-        enable = true;
-        serverUrl = "http://server:5751";
-        tokenFile = "/run/secrets/niks3/api-token";
-      };
-      systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];
-    };
+    builder = import ./builder.nix "http://server:5751";
   };
 
   testScript = builtins.readFile ./prelude.py + ''
