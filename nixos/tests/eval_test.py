@@ -674,6 +674,26 @@ def build_with_hook(desc, tag, env):
     return out if p.returncode == 0 else None
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def hook_package_stand_in(tmp, hook_bin):
+    """Writes TMP/extra.nix: the eval tool's stand-in packages with pkgs.niks3-hook replaced by the
+    niks3-hook built from this tree, so the module's wrapper runs the real hook. Returns its path."""
+    os.makedirs(f"{tmp}/hookpkg/bin")
+    os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
+    extra = f"{tmp}/extra.nix"
+    with open(extra, "w") as fh:
+        fh.write(f"""import {EXTRA} // {{
+  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
+}}""")
+    return extra
+
+
 def write_nix_conf(etc, hook):
     """A private, offline nix.conf (as the shared recipe does) with `hook` as post-build-hook."""
     with open(f"{etc}/nix.conf", "w") as fh:
@@ -772,12 +792,7 @@ def start_garage(tmp):
     g = f"{tmp}/garage"
     os.makedirs(f"{g}/meta")
     os.makedirs(f"{g}/data")
-    ports = []
-    for _ in range(3):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    s3, rpc, admin = ports
+    s3, rpc, admin = free_port(), free_port(), free_port()
     with open(f"{g}/garage.toml", "w") as fh:
         fh.write(f"""metadata_dir = "{g}/meta"
 data_dir = "{g}/data"
@@ -835,9 +850,7 @@ def s3_end_to_end():
     if "--http-addr" not in subprocess.run([niks3, "serve", "--help"], capture_output=True, text=True).stdout:
         skip("S3 setup", "`niks3 serve` is not implemented in this tree")
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         garage = start_garage(tmp)
@@ -854,13 +867,7 @@ def s3_end_to_end():
         conn, stop_pg = pg
         server = None
         try:
-            os.makedirs(f"{tmp}/hookpkg/bin")
-            os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
-            extra = f"{tmp}/extra.nix"
-            with open(extra, "w") as fh:
-                fh.write(f"""import {EXTRA} // {{
-  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
-}}""")
+            extra = hook_package_stand_in(tmp, hook_bin)
             with open(f"{tmp}/config.nix", "w") as fh:
                 fh.write(f"""{{ ... }}: {{ services.niks3 = {{
   enable = true;
@@ -967,18 +974,10 @@ def single_host_end_to_end():
     if os.geteuid() != 0 or not shutil.which("nix-build"):
         skip("hook wrapper under real Nix", "needs root and nix-build (single-user Nix writes /nix/store)")
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the postgres user must traverse it
-        os.makedirs(f"{tmp}/hookpkg/bin")
-        os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
-        extra = f"{tmp}/extra.nix"
-        with open(extra, "w") as fh:
-            fh.write(f"""import {EXTRA} // {{
-  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
-}}""")
+        extra = hook_package_stand_in(tmp, hook_bin)
         cfg = f"{tmp}/config.nix"
         with open(cfg, "w") as fh:
             fh.write(f"""{{ ... }}: {{ services.niks3 = {{
