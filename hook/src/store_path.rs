@@ -1,5 +1,7 @@
 //! Store path validation: the hook only queues paths that are provably inside the store, so nothing a
-//! confused or hostile environment passes can make the daemon read or root an arbitrary file.
+//! confused or hostile environment passes can make the daemon read or root an arbitrary file. The daemon
+//! (`niks3::nix::store_path`, object keys) checks hashes, names and basenames with these same functions,
+//! so the two sides cannot disagree on what a store path is.
 
 /// Nix's base-32 alphabet (no `e`, `o`, `u`, `t`). The daemon's nix32 codec uses this very constant.
 pub const NIX32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
