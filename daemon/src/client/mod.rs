@@ -7,7 +7,8 @@ pub mod push;
 
 use crate::http::ApiToken;
 use crate::http::api::protocol::{
-    CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse, RealisationsRequest, RealisationsResponse,
+    AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse,
+    RealisationsRequest, RealisationsResponse,
 };
 use std::time::Duration;
 
@@ -162,6 +163,11 @@ impl ApiClient {
     /// `POST /api/v1/realisations`.
     pub async fn publish_realisations(&self, req: &RealisationsRequest) -> Result<RealisationsResponse, ClientError> {
         self.post_json("/api/v1/realisations", req, Duration::from_mins(5)).await
+    }
+
+    /// `POST /api/v1/abort`: gives up upload sessions (their multipart uploads are aborted).
+    pub async fn abort(&self, req: &AbortRequest) -> Result<AbortResponse, ClientError> {
+        self.post_json("/api/v1/abort", req, Duration::from_mins(5)).await
     }
 
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.

@@ -15,8 +15,14 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first. Add new files here.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "0001_init.sql", sql: include_str!("../../../migrations/0001_init.sql") }];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "0001_init.sql", sql: include_str!("../../../migrations/0001_init.sql") },
+    Migration {
+        version: 3,
+        name: "0003_upload_multiparts.sql",
+        sql: include_str!("../../../migrations/0003_upload_multiparts.sql"),
+    },
+];
 
 /// Applies the pending migrations; returns how many were applied by this call.
 pub(crate) async fn run(client: &mut deadpool_postgres::ClientWrapper) -> Result<usize, DbError> {
