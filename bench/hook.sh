@@ -10,35 +10,22 @@
 #
 # Prints times and ratios. Needs: root, nix (Debian nix-bin), hyperfine, python3, cargo.
 # Env: CARGO_TARGET_DIR (default /work/target-hook), RUNS (hyperfine runs for part 1, default 200),
-#      BUILD_RUNS (runs for part 2, default 5), BENCH_DIR (scratch on the real disk, default /var/tmp).
+#      BUILD_RUNS (runs for part 2, default 5), BENCH_DIR (scratch on the real disk, default /var/tmp),
+#      PROFILE (release), NO_BUILD=1 to use the binary already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-hook}
 RUNS=${RUNS:-200}
 BUILD_RUNS=${BUILD_RUNS:-5}
 
-echo "== building niks3-hook (release)" >&2
-cargo build --release -q -p niks3-hook
-HOOK=$CARGO_TARGET_DIR/release/niks3-hook
-
-W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-hook.XXXXXX")
+. bench/lib.sh
+bench_build "${PROFILE:-release}" -p niks3-hook
+HOOK=$BIN/niks3-hook
+bench_scratch hook
 ROOTS=/nix/var/nix/gcroots/niks3-bench-$$
-cleanup() { rm -rf "$W" "$ROOTS"; }
-trap cleanup EXIT
-
-# private offline Nix, as in shared/recipes/nix-offline-demo.sh
-mkdir -p "$W/etc" "$W/xdg" "$W/spool" "$W/cache"
-cat >"$W/etc/nix.conf" <<CONF
-sandbox = false
-build-users-group =
-substituters =
-experimental-features = nix-command
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-max-jobs = 1
-CONF
-export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
-unset NIX_CONFIG NIX_REMOTE NIX_PATH
+bench_on_exit 'rm -rf "$ROOTS"'
+bench_nix_offline "max-jobs = 1"
+mkdir -p "$W/spool" "$W/cache"
 
 SALT="b$(date +%s%N)"
 cat >"$W/one.nix" <<'NIX'
@@ -78,7 +65,7 @@ hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$W/hook.json" \
 # the same hook with the spool on tmpfs, where fsync is free: separates the hook's own CPU work from the
 # disk's sync latency (not a configuration to use: tmpfs loses the queue on reboot)
 SHM=$(mktemp -d /dev/shm/niks3-bench-hook.XXXXXX)
-trap 'cleanup; rm -rf "$SHM"' EXIT
+bench_on_exit 'rm -rf "$SHM"'
 NIKS3_SPOOL_DIR=$SHM hyperfine -N --warmup 20 --runs "$RUNS" --export-json "$W/hook-tmpfs.json" \
   --prepare "rm -f $ROOTS/$(basename "$OUT")" --command-name "niks3-hook, spool on tmpfs" "$HOOK" >&2
 nentries=$(ls "$W/spool/new" | wc -l)

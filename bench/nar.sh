@@ -13,18 +13,16 @@ DIR=${DIR:-/usr/lib/x86_64-linux-gnu}
 RUNS=${RUNS:-5}
 CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo build -q -p niks3 --example nar_hash 2>/dev/null \
   || CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo build -p niks3 --example nar_hash
-BIN=${CARGO_TARGET_DIR:-target}/debug/examples/nar_hash
-W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
-mkdir -p "$W/etc" "$W/xdg"
-printf 'sandbox = false\nsubstituters =\nexperimental-features = nix-command\n' >"$W/etc/nix.conf"
-export NIX_CONF_DIR=$W/etc XDG_CACHE_HOME=$W/xdg NIX_USER_CONF_FILES=$W/etc/user.conf
-unset NIX_REMOTE NIX_CONFIG NIX_PATH
+NAR_HASH=${CARGO_TARGET_DIR:-target}/debug/examples/nar_hash
+. bench/lib.sh
+bench_scratch nar
+bench_nix_offline
 
-ours=$("$BIN" "$DIR" | cut -d' ' -f1)
+ours=$("$NAR_HASH" "$DIR" | cut -d' ' -f1)
 nix_path=sha256:$(nix hash path --base32 "$DIR")
 dump=$(nix-store --dump "$DIR" | sha256sum | cut -d' ' -f1)
 [ "$ours" = "$nix_path" ] || { echo "MISMATCH: ours $ours, nix hash path $nix_path" >&2; exit 1; }
 [ "$(nix hash to-base16 "$ours")" = "$dump" ] || { echo "MISMATCH vs nix-store --dump" >&2; exit 1; }
-echo "hashes agree: $ours ($("$BIN" "$DIR" | cut -d' ' -f2) bytes of NAR)"
-hyperfine -N -w 1 -r "$RUNS" -n "niks3 dump_path+sha256" "$BIN $DIR" -n "nix hash path" "nix hash path --base32 $DIR" \
+echo "hashes agree: $ours ($("$NAR_HASH" "$DIR" | cut -d' ' -f2) bytes of NAR)"
+hyperfine -N -w 1 -r "$RUNS" -n "niks3 dump_path+sha256" "$NAR_HASH $DIR" -n "nix hash path" "nix hash path --base32 $DIR" \
   -n "nix-store --dump | sha256sum" "bash -c 'nix-store --dump $DIR | sha256sum'"

@@ -11,25 +11,16 @@
 #
 # Needs: root, cargo, wrk, nginx, PostgreSQL server binaries (for the embedded database).
 # Env: CARGO_TARGET_DIR (default /work/target-http), N, THREADS (2), CONNS (64), DURATION (10s),
-#      PROFILE (release).
+#      PROFILE (release), NO_BUILD=1 to use the binary already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-http}
 N=${N:-2000}; THREADS=${THREADS:-2}; CONNS=${CONNS:-64}; DURATION=${DURATION:-10s}; PROFILE=${PROFILE:-release}
 
-echo "== building niks3 ($PROFILE)" >&2
-if [ "$PROFILE" = release ]; then cargo build --release -q -p niks3 --bin niks3; else cargo build -q -p niks3 --bin niks3; fi
-NIKS3=$CARGO_TARGET_DIR/$PROFILE/niks3
-
-W=$(mktemp -d /var/tmp/niks3-bench-proxy.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null
-  sleep 0.5; rm -rf "$W"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+bench_build "$PROFILE" -p niks3 --bin niks3
+bench_scratch proxy
+bench_on_exit '[ ! -f "$W/nginx.pid" ] || { kill "$(cat "$W/nginx.pid")"; sleep 0.5; }'
 
 echo "== writing $N narinfos" >&2
 python3 - "$W/cache" "$N" "$W/paths.lua" <<'PY'
@@ -69,11 +60,8 @@ PY
 
 P_NIKS3=$(free_port); P_NGINX=$(free_port)
 echo "== starting niks3 serve on :$P_NIKS3" >&2
-mkdir -p "$W/state"
-NIKS3_API_TOKEN=bench-token-0123456789abcdefghijklmnopqrstuvwxyz \
-  "$NIKS3" serve --state-dir "$W/state" --store-dir "$W/cache" --no-spool \
-  --http-addr "127.0.0.1:$P_NIKS3" --cache-url "http://127.0.0.1:$P_NIKS3" >"$W/niks3.log" 2>&1 &
-PIDS+=($!)
+NIKS3_API_TOKEN=bench-token-0123456789abcdefghijklmnopqrstuvwxyz bench_serve "$P_NIKS3" "$W/niks3.log" \
+  --state-dir "$W/state" --store-dir "$W/cache" --no-spool --cache-url "http://127.0.0.1:$P_NIKS3"
 echo "== starting nginx on :$P_NGINX" >&2
 cat >"$W/nginx.conf" <<NGX
 worker_processes $(nproc);

@@ -23,37 +23,10 @@ PARTS=${PARTS:-8}
 JOBS=${JOBS:-$(nproc)}
 ROUNDS=${ROUNDS:-2}
 
-PROFILE=${PROFILE:-release}
-if [ "${NO_BUILD:-0}" != 1 ]; then
-  echo "== building niks3 and niks3-hook ($PROFILE)" >&2
-  cargo build --profile "$PROFILE" -q -p niks3 -p niks3-hook
-fi
-BIN=$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
-NIKS3=$BIN/niks3
-HOOK=$BIN/niks3-hook
-
-W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-push.XXXXXX")
-chmod 711 "$W" # the embedded PostgreSQL runs as the postgres user and must reach $W/state
-SERVER_PID=
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-# private offline Nix, as in shared/recipes/nix-offline-demo.sh
-mkdir -p "$W/etc" "$W/xdg" "$W/staging" "$W/roots"
-cat >"$W/etc/nix.conf" <<CONF
-sandbox = false
-build-users-group =
-substituters =
-experimental-features = nix-command
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-max-jobs = 2
-CONF
-export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
-unset NIX_REMOTE NIX_CONFIG NIX_PATH
+. bench/lib.sh
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_scratch push
+bench_nix_offline "max-jobs = 2"
 
 # File lists: real binaries and libraries, PARTS slices of about TOTAL_MIB/PARTS each.
 python3 - "$W" "$TOTAL_MIB" "$PARTS" <<'EOF'
@@ -78,13 +51,7 @@ for i, l in enumerate(lists):
     open(os.path.join(w, "list-%d" % i), "w").write("".join(f + "\n" for f in sorted(l)))
 EOF
 
-cat >"$W/hook.sh" <<EOF
-#!/bin/sh
-export NIKS3_SPOOL_DIR='$W/staging' NIKS3_GCROOTS_DIR='$W/roots'
-exec '$HOOK'
-EOF
-chmod +x "$W/hook.sh"
-mkdir -p "$W/staging/new" "$W/staging/tmp" "$W/staging/claimed" "$W/staging/quarantine"
+bench_hook_wrapper "$W/staging" "$W/roots"
 cat >"$W/closure.nix" <<EOF
 { salt }:
 let
@@ -101,8 +68,7 @@ in derivation {
 }
 EOF
 echo "== building the closure ($PARTS parts, ~$TOTAL_MIB MiB of /usr/lib and /usr/bin)" >&2
-TOP=$(nix-build --no-out-link "$W/closure.nix" --argstr salt "push-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
-  || { cat "$W/build.log" >&2; exit 1; }
+TOP=$(bench_build_hooked "$W/closure.nix" push)
 mapfile -t CLOSURE < <(nix-store -qR "$TOP")
 NAR_BYTES=$(nix path-info --json -r "$TOP" | python3 -c 'import json,sys; print(sum(e["narSize"] for e in json.load(sys.stdin)))')
 echo "closure: ${#CLOSURE[@]} paths, $((NAR_BYTES >> 20)) MiB of NAR; staged entries: $(ls "$W/staging/new" | wc -l)" >&2
@@ -125,14 +91,10 @@ nix_copy_round() { # $1: round number; prints nanoseconds
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 niks3_round() { # $1: round number; prints nanoseconds
-  local r=$1 port t0 t1
+  local r=$1 t0 t1
   rm -rf "$W/state" "$W/spool" "$W/cache"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  RUST_LOG=warn "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
-    --store-dir "$W/cache" --http-addr "127.0.0.1:$port" --jobs "$JOBS" 2>"$W/serve-$r.log" &
-  SERVER_PID=$!
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null || { cat "$W/serve-$r.log" >&2; exit 1; }
+  RUST_LOG=warn bench_serve "$(free_port)" "$W/serve-$r.log" --state-dir "$W/state" --spool-dir "$W/spool" \
+    --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS"
   rm -rf "$W/staging/new"; cp -a "$W/staged-entries" "$W/staging/new"
   cpu0=$(cpu_ticks "$SERVER_PID")
   t0=$(date +%s%N)
@@ -149,7 +111,7 @@ PYEOF
   t1=$(date +%s%N)
   cpu1=$(cpu_ticks "$SERVER_PID")
   echo "round $r: niks3 used $(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) ))/100 CPU-seconds (user+sys, all threads)" >&2
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  bench_stop_server
   echo $((t1 - t0))
 }
 

@@ -16,45 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
 SIZE_MIB=${SIZE_MIB:-4096}
-PROFILE=${PROFILE:-release}
-if [ "${NO_BUILD:-0}" != 1 ]; then
-  echo "== building niks3 and niks3-hook ($PROFILE)" >&2
-  cargo build --profile "$PROFILE" -q -p niks3 -p niks3-hook
-fi
-BIN=$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
-NIKS3=$BIN/niks3
-HOOK=$BIN/niks3-hook
-
-W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-rss.XXXXXX")
-chmod 711 "$W" # the embedded PostgreSQL runs as the postgres user and must reach $W/state
-SERVER_PID=
+. bench/lib.sh
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_scratch rss
 BIG=
-cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-  rm -rf "$W"
-  [ -n "$BIG" ] && nix-store --delete "$BIG" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-mkdir -p "$W/etc" "$W/xdg" "$W/roots"
-cat >"$W/etc/nix.conf" <<CONF
-sandbox = false
-build-users-group =
-substituters =
-experimental-features = nix-command
-narinfo-cache-positive-ttl = 0
-narinfo-cache-negative-ttl = 0
-CONF
-export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
-unset NIX_REMOTE NIX_CONFIG NIX_PATH
-
-cat >"$W/hook.sh" <<EOF
-#!/bin/sh
-export NIKS3_SPOOL_DIR='$W/spool' NIKS3_GCROOTS_DIR='$W/roots'
-exec '$HOOK'
-EOF
-chmod +x "$W/hook.sh"
-mkdir -p "$W/spool/new" "$W/spool/tmp" "$W/spool/claimed" "$W/spool/quarantine"
+bench_on_exit '[ -z "$BIG" ] || nix-store --delete "$BIG" >/dev/null 2>&1'
+bench_nix_offline
+bench_hook_wrapper "$W/spool" "$W/roots"
 BYTES=$((SIZE_MIB << 20))
 cat >"$W/big.nix" <<EOF
 { salt }: derivation {
@@ -64,8 +32,7 @@ cat >"$W/big.nix" <<EOF
 }
 EOF
 echo "== building one $SIZE_MIB MiB path" >&2
-BIG=$(nix-build --no-out-link "$W/big.nix" --argstr salt "rss-$(date +%s%N)" --option post-build-hook "$W/hook.sh" 2>"$W/build.log") \
-  || { cat "$W/build.log" >&2; exit 1; }
+BIG=$(bench_build_hooked "$W/big.nix" rss)
 NAR_BYTES=$(nix-store -q --size "$BIG")
 # keep the entry aside until the daemon is up and idle
 mkdir -p "$W/staging"; mv "$W"/spool/new/* "$W/staging/"
@@ -77,7 +44,7 @@ NIXCOPY_S=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$W/ti
 rm -rf "$W/nixcopy"
 
 echo "== niks3 serve" >&2
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 if [ -n "${S3_ENDPOINT:-}" ]; then
   STORE_ARGS=(--s3-endpoint "$S3_ENDPOINT" --s3-bucket "$S3_BUCKET" --s3-region "${S3_REGION:-garage}")
   export NIKS3_S3_ACCESS_KEY=$S3_ACCESS_KEY NIKS3_S3_SECRET_KEY=$S3_SECRET_KEY
@@ -85,10 +52,8 @@ if [ -n "${S3_ENDPOINT:-}" ]; then
 else
   STORE_ARGS=(--store-dir "$W/cache"); BACKEND="local directory"
 fi
-RUST_LOG=info "$NIKS3" serve --state-dir "$W/state" --spool-dir "$W/spool" --gcroots-dir "$W/roots" \
-  "${STORE_ARGS[@]}" --http-addr "127.0.0.1:$PORT" 2>"$W/serve.log" &
-SERVER_PID=$!
-for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/nix-cache-info" >/dev/null && break; sleep 0.1; done
+RUST_LOG=info bench_serve "$PORT" "$W/serve.log" --state-dir "$W/state" --spool-dir "$W/spool" \
+  --gcroots-dir "$W/roots" "${STORE_ARGS[@]}"
 sleep 1
 IDLE_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
 H=${BIG##*/}; H=${H:0:32}
@@ -100,7 +65,7 @@ until curl -sf -o /dev/null "http://127.0.0.1:$PORT/$H.narinfo"; do
 done
 t1=$(date +%s%N)
 PEAK_KB=$(sed -n 's/^VmHWM:\s*\([0-9]*\) kB/\1/p' "/proc/$SERVER_PID/status")
-kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+bench_stop_server
 
 echo "backend: $BACKEND"
 python3 - "$NAR_BYTES" "$IDLE_KB" "$PEAK_KB" "$NIXCOPY_KB" "$NIXCOPY_S" "$((t1 - t0))" <<'EOF'

@@ -11,7 +11,7 @@ in
 
   nodes = {
     server = { pkgs, ... }: {
-      imports = [ ./common.nix ];
+      imports = [ ./common.nix ../nixos/examples/server-s3.nix ];
       virtualisation.memorySize = lib.mkForce 2048;
       # Garage refuses to start with less than 1 GiB free.
       virtualisation.diskSize = 2048;
@@ -33,39 +33,27 @@ in
         };
       };
 
+      # The documented public cache (nixos/examples/server-s3.nix, secrets at the same paths), pointed at
+      # this machine's Garage and served over plain http as `server`.
       services.niks3 = {
-        enable = true;
+        cacheUrl = lib.mkForce null;
         s3 = {
-          endpoint = "http://127.0.0.1:3900";
-          bucket = "niks3";
-          region = "garage";
-          accessKeyFile = "/run/secrets/niks3/s3-access-key";
-          secretKeyFile = "/run/secrets/niks3/s3-secret-key";
+          endpoint = lib.mkForce "http://127.0.0.1:3900";
+          bucket = lib.mkForce "niks3";
+          region = lib.mkForce "garage";
         };
-        apiTokenFile = "/run/secrets/niks3/api-token";
-        signKeyFiles = [ "/run/secrets/niks3/cache-1.sec" ];
         nginx = {
-          enable = true;
-          domain = "server";
+          domain = lib.mkForce "server";
           enableACME = false;
           forceSSL = false;
         };
-        openFirewall = true;
       };
       # The bucket, the S3 key and the secrets are made by the test script (as sops-nix would at
       # activation), so the server is started by hand afterwards.
       systemd.services.niks3.wantedBy = lib.mkForce [ ];
     };
 
-    builder = {
-      imports = [ ./common.nix ];
-      services.niks3.hook = {
-        enable = true;
-        serverUrl = "http://server";
-        tokenFile = "/run/secrets/niks3/api-token";
-      };
-      systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];
-    };
+    builder = import ./builder.nix "http://server";
 
     client = {
       imports = [ ./common.nix ];

@@ -7,28 +7,18 @@
 
   nodes = {
     server = {
-      imports = [ ./common.nix ];
+      # The documented one-machine setup (nixos/examples/embedded.nix), less its own hook: here the
+      # builds happen on the builder, whose drainer pushes with this token.
+      imports = [ ./common.nix ../nixos/examples/embedded.nix ];
       services.niks3 = {
-        enable = true;
-        httpAddr = ":5751";
-        openFirewall = true;
-        storeDir = "/srv/niks3-cache";
-        generateSignKey = true;
+        hook.enable = lib.mkForce false;
         apiTokenFile = "/run/secrets/niks3/api-token";
       };
       # Down until the test starts it.
       systemd.services.niks3.wantedBy = lib.mkForce [ ];
     };
 
-    builder = {
-      imports = [ ./common.nix ];
-      services.niks3.hook = {
-        enable = true;
-        serverUrl = "http://server:5751";
-        tokenFile = "/run/secrets/niks3/api-token";
-      };
-      systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];
-    };
+    builder = import ./builder.nix "http://server:5751";
   };
 
   testScript = builtins.readFile ./prelude.py + ''

@@ -41,6 +41,14 @@ let
   # into the world-readable store) is a type error.
   secretPath = types.str;
 
+  # An optional secret file option; `example` is the file's name under /run/secrets/niks3 (sops-nix style).
+  secretFileOption = example: description: mkOption {
+    type = types.nullOr secretPath;
+    default = null;
+    example = "/run/secrets/niks3/${example}";
+    inherit description;
+  };
+
   # `httpAddr` as a URL that local clients (the GC service, nginx) can reach: the wildcard addresses
   # and `:PORT` (all interfaces) become the loopback address.
   addrParts = builtins.match "(.*):([0-9]+)" cfg.httpAddr;
@@ -186,13 +194,38 @@ let
     exec ${hookCfg.package}/bin/niks3-hook
   '';
 
-  spoolRules = dir: [
-    "d ${dir} 0750 ${user} ${group} - -"
-    "d ${dir}/tmp 0750 ${user} ${group} - -"
-    "d ${dir}/new 0750 ${user} ${group} - -"
-    "d ${dir}/claimed 0750 ${user} ${group} - -"
-    "d ${dir}/quarantine 0750 ${user} ${group} - -"
-  ];
+  spoolRules = dir:
+    map (d: "d ${d} 0750 ${user} ${group} - -")
+      ([ dir ] ++ map (sub: "${dir}/${sub}") [ "tmp" "new" "claimed" "quarantine" ]);
+
+  # What the server and the drainer share: both read path metadata through nix-daemon, and both empty
+  # the spool and its GC roots (`extra*` adds what only one of them needs).
+  spoolUnit = { extraAfter ? [ ], extraRequires ? [ ] }: {
+    documentation = [ "https://github.com/niks3/niks3/blob/main/docs/nixos.md" ];
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" "nix-daemon.socket" ] ++ extraAfter;
+    requires = [ "nix-daemon.socket" ] ++ extraRequires;
+    path = [ nixPackage ];
+  };
+  spoolServiceConfig = { extraWritable ? [ ] }: hardening // {
+    StateDirectory = "niks3";
+    StateDirectoryMode = "0750";
+    ReadWritePaths = [ hookCfg.gcrootsDir ]
+      ++ optional (outsideState hookCfg.spoolDir) hookCfg.spoolDir
+      ++ extraWritable;
+  };
+
+  # A client command (`niks3 gc`, `niks3 drain`) that presents the API token from `tokenFile`, handed
+  # over by systemd as the credential `api-token`.
+  tokenClient = { command, server, tokenFile, args }: {
+    LoadCredential = optional (tokenFile != null) "api-token:${tokenFile}";
+    ExecStart = concatStringsSep " " ([
+      "${cfg.package}/bin/niks3 ${command}"
+      "--server ${server}"
+      "--auth-token-file \${CREDENTIALS_DIRECTORY}/api-token"
+    ] ++ args);
+  };
 in
 {
   options.services.niks3 = {
@@ -269,18 +302,10 @@ in
         default = true;
         description = "Use https when the endpoint has no scheme.";
       };
-      accessKeyFile = mkOption {
-        type = types.nullOr secretPath;
-        default = null;
-        example = "/run/secrets/niks3/s3-access-key";
-        description = "File holding the S3 access key id (runtime path, never in the Nix store).";
-      };
-      secretKeyFile = mkOption {
-        type = types.nullOr secretPath;
-        default = null;
-        example = "/run/secrets/niks3/s3-secret-key";
-        description = "File holding the S3 secret key (runtime path, never in the Nix store).";
-      };
+      accessKeyFile = secretFileOption "s3-access-key"
+        "File holding the S3 access key id (runtime path, never in the Nix store).";
+      secretKeyFile = secretFileOption "s3-secret-key"
+        "File holding the S3 secret key (runtime path, never in the Nix store).";
     };
 
     database = {
@@ -293,27 +318,17 @@ in
           unix socket with peer authentication (`host=/run/postgresql user=niks3 dbname=niks3`).
         '';
       };
-      urlFile = mkOption {
-        type = types.nullOr secretPath;
-        default = null;
-        example = "/run/secrets/niks3/db-url";
-        description = ''
-          File holding a libpq connection string (`postgresql://user:pass@host/db` or
-          `host=… user=… dbname=…`), for a managed or remote PostgreSQL.
-        '';
-      };
-    };
-
-    apiTokenFile = mkOption {
-      type = types.nullOr secretPath;
-      default = null;
-      example = "/run/secrets/niks3/api-token";
-      description = ''
-        File holding the API token (at least 36 characters) that `niks3 push`, `niks3 drain` and
-        `niks3 gc` present. null: the server generates ${stateDir}/api-token on first start (not
-        allowed with nginx on a public domain).
+      urlFile = secretFileOption "db-url" ''
+        File holding a libpq connection string (`postgresql://user:pass@host/db` or
+        `host=… user=… dbname=…`), for a managed or remote PostgreSQL.
       '';
     };
+
+    apiTokenFile = secretFileOption "api-token" ''
+      File holding the API token (at least 36 characters) that `niks3 push`, `niks3 drain` and
+      `niks3 gc` present. null: the server generates ${stateDir}/api-token on first start (not
+      allowed with nginx on a public domain).
+    '';
 
     signKeyFiles = mkOption {
       type = types.listOf secretPath;
@@ -420,12 +435,8 @@ in
         example = "https://cache.example.org";
         description = "Remote niks3 server to push to; null means the local services.niks3 drains the spool.";
       };
-      tokenFile = mkOption {
-        type = types.nullOr secretPath;
-        default = null;
-        example = "/run/secrets/niks3/api-token";
-        description = "File holding the remote server's API token (required with serverUrl).";
-      };
+      tokenFile = secretFileOption "api-token"
+        "File holding the remote server's API token (required with serverUrl).";
       wrapper = mkOption {
         type = types.package;
         readOnly = true;
@@ -528,32 +539,26 @@ in
         ensureUsers = [{ name = user; ensureDBOwnership = true; }];
       };
 
-      systemd.services.niks3 = {
-        description = "niks3 binary cache server";
-        documentation = [ "https://github.com/niks3/niks3/blob/main/docs/nixos.md" ];
-        wantedBy = [ "multi-user.target" ];
-        wants = [ "network-online.target" ];
+      systemd.services.niks3 = spoolUnit {
         # postgresql-setup.service / postgresql.target: where newer NixOS runs ensureUsers; ordering
         # after a unit that does not exist is a no-op, so this works across releases.
-        after = [ "network-online.target" "nix-daemon.socket" ]
-          ++ optionals cfg.database.createLocally [ "postgresql.service" "postgresql-setup.service" "postgresql.target" ];
-        requires = [ "nix-daemon.socket" ] ++ optional cfg.database.createLocally "postgresql.service";
-        path = [ nixPackage ];
+        extraAfter = optionals cfg.database.createLocally
+          [ "postgresql.service" "postgresql-setup.service" "postgresql.target" ];
+        extraRequires = optional cfg.database.createLocally "postgresql.service";
+      } // {
+        description = "niks3 binary cache server";
         environment = serverEnv;
-        serviceConfig = hardening // {
+        serviceConfig = spoolServiceConfig {
+          extraWritable = optional (cfg.storeDir != null && outsideState cfg.storeDir) cfg.storeDir;
+        } // {
           Type = "notify";
           ExecStart = "${cfg.package}/bin/niks3 ${escapeShellArgs serverArgs}";
           Restart = "on-failure";
           RestartSec = "5s";
           # Let in-flight uploads finish; claimed entries are re-processed on the next start anyway.
           TimeoutStopSec = "60s";
-          StateDirectory = "niks3";
-          StateDirectoryMode = "0750";
           WorkingDirectory = stateDir;
           LoadCredential = serverCredentials;
-          ReadWritePaths = [ hookCfg.gcrootsDir ]
-            ++ optional (outsideState hookCfg.spoolDir) hookCfg.spoolDir
-            ++ optional (cfg.storeDir != null && outsideState cfg.storeDir) cfg.storeDir;
           LimitNOFILE = 65536;
         } // optionalAttrs (addrPort < 1024) {
           CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
@@ -594,11 +599,11 @@ in
         after = [ "niks3.service" ];
         serviceConfig = hardening // {
           Type = "oneshot";
-          LoadCredential = [ "api-token:${gcTokenSource}" ];
-          ExecStart = concatStringsSep " " [
-            "${cfg.package}/bin/niks3 gc"
-            "--server ${localUrl}"
-            "--auth-token-file \${CREDENTIALS_DIRECTORY}/api-token"
+        } // tokenClient {
+          command = "gc";
+          server = localUrl;
+          tokenFile = gcTokenSource;
+          args = [
             "--older-than=${cfg.gc.olderThan}"
             "--failed-uploads-older-than=${cfg.gc.failedUploadsOlderThan}"
           ];
@@ -637,31 +642,21 @@ in
     })
 
     (mkIf (hookCfg.enable && hookCfg.serverUrl != null) {
-      systemd.services.niks3-drain = {
+      systemd.services.niks3-drain = spoolUnit { } // {
         description = "niks3 drain: push this builder's spool to ${hookCfg.serverUrl}";
-        documentation = [ "https://github.com/niks3/niks3/blob/main/docs/nixos.md" ];
-        wantedBy = [ "multi-user.target" ];
-        wants = [ "network-online.target" ];
-        after = [ "network-online.target" "nix-daemon.socket" ];
-        requires = [ "nix-daemon.socket" ];
-        path = [ nixPackage ];
         environment.NIX_REMOTE = "daemon";
-        serviceConfig = hardening // {
-          ExecStart = concatStringsSep " " [
-            "${cfg.package}/bin/niks3 drain"
-            "--server ${escapeShellArg hookCfg.serverUrl}"
-            "--auth-token-file \${CREDENTIALS_DIRECTORY}/api-token"
-            "--spool-dir ${escapeShellArg hookCfg.spoolDir}"
-            "--gcroots-dir ${escapeShellArg hookCfg.gcrootsDir}"
-          ];
+        serviceConfig = spoolServiceConfig { } // {
           # The drainer retries with backoff itself; this only covers crashes.
           Restart = "always";
           RestartSec = "10s";
-          StateDirectory = "niks3";
-          StateDirectoryMode = "0750";
-          LoadCredential = optional (hookCfg.tokenFile != null) "api-token:${hookCfg.tokenFile}";
-          ReadWritePaths = [ hookCfg.gcrootsDir ]
-            ++ optional (outsideState hookCfg.spoolDir) hookCfg.spoolDir;
+        } // tokenClient {
+          command = "drain";
+          server = escapeShellArg hookCfg.serverUrl;
+          inherit (hookCfg) tokenFile;
+          args = [
+            "--spool-dir ${escapeShellArg hookCfg.spoolDir}"
+            "--gcroots-dir ${escapeShellArg hookCfg.gcrootsDir}"
+          ];
         };
       };
     })

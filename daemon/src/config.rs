@@ -387,6 +387,12 @@ fn resolve_token(args: &ServeArgs, state: &Path) -> Result<(Token, Option<PathBu
     Ok((Token(value), file, generated))
 }
 
+/// The substituter URL of a server listening on `addr` when no `--cache-url` is given (the host name
+/// when it listens on all interfaces).
+fn derived_cache_url(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("http://{}:{}", hostname(), addr.port()) } else { format!("http://{addr}") }
+}
+
 fn resolve_s3(args: &ServeArgs, bucket: &str) -> Result<S3Config, ConfigError> {
     let secret = |value: &Option<String>, file: &Option<PathBuf>, flag: &'static str| -> Result<String, ConfigError> {
         match (value, file) {
@@ -447,8 +453,7 @@ impl ServeConfig {
         let (api_token, api_token_file, generated_token) = resolve_token(args, &state_dir)?;
         let cache_url = match &args.cache_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
-            None if http_addr.ip().is_unspecified() => format!("http://{}:{}", hostname(), http_addr.port()),
-            None => format!("http://{http_addr}"),
+            None => derived_cache_url(http_addr),
         };
         let jobs =
             args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
@@ -470,6 +475,16 @@ impl ServeConfig {
             priority: args.priority,
             jobs,
         })
+    }
+
+    /// Records the address the HTTP listener really bound (`--http-addr 127.0.0.1:0` gets a free port from
+    /// the kernel), so that the banner, the logs and the landing page name a URL that works. A cache URL
+    /// derived from the listen address follows it; one given with `--cache-url` is kept.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        if self.cache_url == derived_cache_url(self.http_addr) {
+            self.cache_url = derived_cache_url(addr);
+        }
+        self.http_addr = addr;
     }
 
     /// The `niks3-hook` binary to put in `post-build-hook`: next to this executable, else on `PATH`.

@@ -151,6 +151,12 @@ async fn proxy_answers_404_for_absent_objects_and_anything_outside_the_layout() 
         "/nar/1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9.nar.zst/../../x",
         "/api",
         "/favicon.ico",
+        "/realisations/sha256:abc!out.doi",                           // short hash
+        "/realisations/md5:abababababababababababababababab!out.doi", // not sha256
+        "/realisations/sha256:ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB!out.doi", // upper-case hex
+        "/realisations/sha256:abababababababababababababababababababababababababababababababab!.out.doi", // `.` first
+        "/realisations/sha256:abababababababababababababababababababababababababababababababab!out",      // no .doi
+        "/realisations/../secret.narinfo",
     ] {
         // raw HTTP: a client library would normalise `..` away before sending
         let (status, body) = raw_get(s.addr, bad).await;

@@ -23,7 +23,9 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
     let spool_dir = s.dir.path().join("spool");
     let gcroots = s.dir.path().join("gcroots");
     let spool = spool::Spool::open(&spool_dir).expect("spool");
-    spool.enqueue(&spool::Entry { drv: Some(drv), outs: vec![out.clone()], queued: 1 }).expect("enqueue");
+    spool
+        .enqueue(&spool::Entry { drv: Some(drv), outs: vec![out.clone()], realisations: vec![], queued: 1 })
+        .expect("enqueue");
     spool::gcroots::add(&gcroots, &out).expect("gc root");
     std::fs::write(spool_dir.join("new").join("garbage-entry"), "this is not a spool entry").expect("garbage");
     let token_file = s.dir.path().join("token");
@@ -65,5 +67,119 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
         .expect("nix copy");
     assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
     assert!(chroot.join(dep.trim_start_matches('/')).exists());
+    s.shutdown().await;
+}
+
+/// The `niks3-hook` binary next to `niks3` (built on demand, as in e2e_support).
+fn hook_bin() -> std::path::PathBuf {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_niks3"));
+    let hook = bin.parent().expect("target dir").join("niks3-hook");
+    if !hook.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = bin.parent().and_then(std::path::Path::parent).expect("target dir");
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "niks3-hook", "--bin", "niks3-hook"])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    hook
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_pushes_realisations_of_ca_outputs_and_the_server_checks_them() {
+    let s = TestServer::start(Backend::Local).await;
+    let env = NixEnv::new().expect("nix env");
+    env.conf_extra("experimental-features = nix-command ca-derivations").expect("ca");
+    let spool_dir = s.dir.path().join("spool");
+    let gcroots = s.dir.path().join("gcroots");
+    spool::Spool::open(&spool_dir).expect("spool");
+    let wrapper = s.dir.path().join("hook.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
+            spool_dir.display(),
+            gcroots.display(),
+            hook_bin().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    env.set_post_build_hook(&wrapper).expect("hook");
+    let expr = r#"{ salt }:
+let ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+  mk = name: attrs: script: derivation ({ inherit name salt; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = [ "-c" script ]; } // attrs);
+in rec { a = mk "drain-ca-a" ca "echo a ${salt} > $out"; b = mk "drain-ca-b" ca "echo ${a} > $out"; }
+"#;
+    let b = env.build(expr, "b").expect("build").remove(0);
+    // Only the original b's entry: a's realisation must be found through b's inputs and pushed first.
+    for e in std::fs::read_dir(spool_dir.join("new")).expect("new").flatten() {
+        let entry = spool::read_entry(&e.path()).expect("entry");
+        if entry.outs != vec![b.clone()] {
+            std::fs::remove_file(e.path()).expect("remove");
+        }
+    }
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
+    cmd.args(["drain", "--server", &s.url, "--auth-token-file"])
+        .arg(&token_file)
+        .arg("--spool-dir")
+        .arg(&spool_dir)
+        .arg("--gcroots-dir")
+        .arg(&gcroots)
+        .arg("--once");
+    let res = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3 drain")).await.expect("join");
+    let log = format!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
+    assert!(res.status.success(), "{log}");
+    let quarantined = std::fs::read_dir(spool_dir.join("quarantine")).expect("quarantine").count();
+    assert_eq!(quarantined, 0, "{log}");
+    let dois: Vec<String> = s.cache_files().into_iter().filter(|f| f.starts_with("realisations/")).collect();
+    assert_eq!(dois.len(), 2, "a's and b's realisations: {:?}\n{log}", s.cache_files());
+    let cache = s.cache_dir.clone().expect("local cache");
+    for f in &dois {
+        let body = std::fs::read(cache.join(f)).expect("read .doi");
+        let r = niks3::nix::realisation::Realisation::from_json(&body).expect("parse");
+        assert!(r.verify(&[s.key.public()]), "signed by the server's key: {f}");
+    }
+
+    // A fresh store with ca-derivations substitutes b from the server without building.
+    let file = s.dir.path().join("ca.nix");
+    std::fs::write(&file, expr).expect("expr");
+    let chroot = env.chroot_store("client").expect("chroot");
+    let out = env
+        .command("nix-build")
+        .arg("--no-out-link")
+        .arg(&file)
+        .args(["--argstr", "salt", env.salt(), "-A", "b", "--store"])
+        .arg(&chroot)
+        .args(["--option", "substituters", &s.url])
+        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string()])
+        .output()
+        .expect("nix-build");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(chroot.join(b.trim_start_matches('/')).exists());
+
+    // The route refuses what it cannot check.
+    let c = TestServer::client();
+    let post = |body: serde_json::Value| {
+        c.post(format!("{}/api/v1/realisations", s.url)).bearer_auth(TOKEN).json(&body).send()
+    };
+    let r = post(serde_json::json!({ "realisations": [ { "id": "nonsense" } ] })).await.expect("post");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("realisation 0"));
+    let orphan = serde_json::json!({ "realisations": [ {
+        "id": format!("sha256:{}!out", "ab".repeat(32)),
+        "outPath": "0c6kzph7l0dcbfmjap64f0czdafn3b7x-nowhere",
+        "dependentRealisations": {}, "signatures": [] } ] });
+    let r = post(orphan).await.expect("post");
+    assert_eq!(r.status(), 409, "a realisation whose narinfo is absent is refused");
+    assert!(r.text().await.expect("body").contains("0c6kzph7l0dcbfmjap64f0czdafn3b7x.narinfo"));
+    let unauth = c.post(format!("{}/api/v1/realisations", s.url)).json(&serde_json::json!({})).send().await;
+    assert_eq!(unauth.expect("post").status(), 401);
+    assert_eq!(s.cache_files().iter().filter(|f| f.starts_with("realisations/")).count(), 2, "nothing else written");
     s.shutdown().await;
 }

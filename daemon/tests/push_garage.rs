@@ -1,6 +1,7 @@
 //! Remote push against Garage: with an S3 backend the server hands out presigned URLs, so NAR bytes go
 //! from the client straight to the bucket, never through the server — including a NAR larger than the
-//! store's multipart part size — and the result substitutes into a fresh store.
+//! store's multipart part size, which goes up in presigned parts — and the result substitutes into a fresh
+//! store.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
 mod http_support;
@@ -15,8 +16,8 @@ use std::sync::atomic::Ordering;
 async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     let s = TestServer::start(Backend::Garage).await;
     let env = NixEnv::new().expect("nix env");
-    // 12 MiB of incompressible data: above the 8 MiB part size, so the server's own uploader would go
-    // multipart; the presigned PUT carries it in one request.
+    // 12 MiB of incompressible data: above the 8 MiB part size, so it goes up as a presigned multipart
+    // upload (one full part and a short one; push_multipart.rs checks the parts themselves).
     let expr = r#"{ salt }:
 let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
   builder = "/bin/sh"; args = [ "-c" script ]; };

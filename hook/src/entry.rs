@@ -8,7 +8,8 @@ use std::path::Path;
 pub const VERSION_LINE: &str = "niks3-spool-v1";
 
 impl Entry {
-    /// Serialises in the format of the crate doc: version line, `drv=`, each `out=`, then `queued=` last
+    /// Serialises in the format of the crate doc: version line, `drv=`, each `out=`, each `realisation=`,
+    /// then `queued=` last
     /// (so a truncated file always lacks its `queued=` line or its final newline and is rejected).
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(64 + self.outs.iter().map(|o| o.len() + 5).sum::<usize>());
@@ -20,6 +21,9 @@ impl Entry {
         for out in &self.outs {
             let _ = writeln!(s, "out={out}");
         }
+        for name in &self.realisations {
+            let _ = writeln!(s, "realisation={name}");
+        }
         let _ = writeln!(s, "queued={}", self.queued);
         s
     }
@@ -28,8 +32,11 @@ impl Entry {
     ///
     /// Rejects: a missing or different version line, a missing final newline (truncation), empty lines,
     /// unknown keys, a repeated `drv=`/`queued=`, `queued=` not last, a non-numeric `queued=`, values that
-    /// are not normalised absolute paths (or contain control characters such as NUL), and an entry that
-    /// names no path at all.
+    /// are not normalised absolute paths (or contain control characters such as NUL), a `realisation=`
+    /// that is not a Nix output name, repeated, or without a `drv=`, and an entry that names no path at all.
+    ///
+    /// `realisation=` lines are new (they came with content-addressed derivations); entries written before
+    /// have none and parse as before, with [`Entry::realisations`] empty.
     pub fn parse(text: &str, path: &Path) -> Result<Self, SpoolError> {
         let bad = |reason: String| SpoolError::Malformed { path: path.to_owned(), reason };
         let Some(body) = text.strip_suffix('\n') else {
@@ -45,6 +52,7 @@ impl Entry {
         }
         let mut drv = None;
         let mut outs = Vec::new();
+        let mut realisations: Vec<String> = Vec::new();
         let mut queued = None;
         for (n, line) in lines {
             if queued.is_some() {
@@ -65,6 +73,14 @@ impl Entry {
                     check_path(value).map_err(|r| bad(format!("line {n}: out={:?}: {r}", shorten(value))))?;
                     outs.push(value.to_owned());
                 }
+                "realisation" => {
+                    check_output_name(value)
+                        .map_err(|r| bad(format!("line {n}: realisation={:?}: {r}", shorten(value))))?;
+                    if realisations.iter().any(|r| r == value) {
+                        return Err(bad(format!("line {n}: repeated realisation={value}")));
+                    }
+                    realisations.push(value.to_owned());
+                }
                 "queued" => {
                     let secs =
                         value.parse::<u64>().ok().filter(|_| value.bytes().all(|b| b.is_ascii_digit())).ok_or_else(
@@ -76,26 +92,60 @@ impl Entry {
             }
         }
         let queued = queued.ok_or_else(|| bad("no queued= line (truncated?)".into()))?;
-        let entry = Entry { drv, outs, queued };
-        if entry.drv.is_none() && entry.outs.is_empty() {
-            return Err(bad("names neither a drv nor an output".into()));
-        }
+        let entry = Entry { drv, outs, realisations, queued };
+        entry.check_shape().map_err(bad)?;
         Ok(entry)
     }
 
     /// Checks that the entry can be written and read back unchanged (the rules of [`Entry::parse`]).
     pub fn validate(&self) -> Result<(), String> {
-        if self.drv.is_none() && self.outs.is_empty() {
-            return Err("names neither a drv nor an output".into());
-        }
+        self.check_shape()?;
         if let Some(drv) = &self.drv {
             check_path(drv).map_err(|r| format!("drv {:?}: {r}", shorten(drv)))?;
         }
         for out in &self.outs {
             check_path(out).map_err(|r| format!("out {:?}: {r}", shorten(out)))?;
         }
+        for (i, name) in self.realisations.iter().enumerate() {
+            check_output_name(name).map_err(|r| format!("realisation {:?}: {r}", shorten(name)))?;
+            if self.realisations[..i].contains(name) {
+                return Err(format!("repeated realisation {name}"));
+            }
+        }
         Ok(())
     }
+
+    /// The rules that concern the entry as a whole rather than one line.
+    fn check_shape(&self) -> Result<(), String> {
+        if self.drv.is_none() && self.outs.is_empty() {
+            return Err("names neither a drv nor an output".into());
+        }
+        if self.drv.is_none() && !self.realisations.is_empty() {
+            return Err("realisation= names an output of a derivation, but there is no drv=".into());
+        }
+        Ok(())
+    }
+}
+
+/// Longest output name Nix accepts (the store path name limit).
+const MAX_OUTPUT_NAME_LEN: usize = 211;
+
+/// Checks a Nix output name (`out`, `dev`, …): letters, digits and `+-._?=`, not starting with `.`, at
+/// most 211 characters. The hook checks names before queueing them; the entry parser refuses others.
+pub fn check_output_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty output name");
+    }
+    if name.len() > MAX_OUTPUT_NAME_LEN {
+        return Err("output name longer than 211 characters");
+    }
+    if name.starts_with('.') {
+        return Err("output name starts with `.`");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b)) {
+        return Err("output name has a character other than letters, digits and `+-._?=`");
+    }
+    Ok(())
 }
 
 /// A value must be an absolute, normalised path (no empty, `.` or `..` components) without control

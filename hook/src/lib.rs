@@ -15,8 +15,13 @@
 //! drv=/nix/store/…-foo.drv
 //! out=/nix/store/…-foo
 //! out=/nix/store/…-foo-dev
+//! realisation=out
 //! queued=1764105600
 //! ```
+//! `realisation=<output>` (zero or more; needs `drv=`) names an output whose path the `.drv` does not give
+//! (a floating content-addressed or deferred output): the daemon resolves it from Nix's realisation and
+//! uploads the realisation too. Entries without such lines (all entries written before it existed) read
+//! as before.
 //! std only: the hook must stay tiny and start in well under a millisecond.
 
 use std::collections::BinaryHeap;
@@ -34,7 +39,7 @@ mod entry;
 pub mod gcroots;
 pub mod store_path;
 
-pub use entry::VERSION_LINE;
+pub use entry::{VERSION_LINE, check_output_name};
 
 /// Why a spool operation failed; every variant names the file it concerns.
 #[derive(Debug)]
@@ -82,6 +87,9 @@ pub struct Entry {
     pub drv: Option<String>,
     /// Output paths; may be empty when Nix 2.8 passed an empty `OUT_PATHS` and the drv could not be read.
     pub outs: Vec<String>,
+    /// Names of outputs of `drv` whose paths are not in the `.drv` (floating content-addressed or deferred
+    /// outputs): the daemon finds their paths in Nix's realisations and uploads those realisations too.
+    pub realisations: Vec<String>,
     /// Seconds since the Unix epoch when queued.
     pub queued: u64,
 }

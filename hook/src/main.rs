@@ -6,7 +6,8 @@
 //! reported as one line `niks3-hook: …` on stderr, which Nix shows in the build output.
 //!
 //! Environment: `DRV_PATH`, `OUT_PATHS` (space-separated; empty in Nix 2.8, then the outputs are read from
-//! the `.drv`), `NIKS3_SPOOL_DIR` (default `/var/lib/niks3/spool`, must exist), `NIKS3_GCROOTS_DIR`
+//! the `.drv`; outputs the `.drv` has no path for — floating content-addressed or deferred — are queued by
+//! name as `realisation=` for the daemon to resolve; they cannot get a GC root here), `NIKS3_SPOOL_DIR` (default `/var/lib/niks3/spool`, must exist), `NIKS3_GCROOTS_DIR`
 //! (default `/nix/var/nix/gcroots/niks3`, created if missing), `NIKS3_NIX_STORE_DIR` (default `/nix/store`).
 
 use spool::{Entry, Spool, drv, gcroots, store_path};
@@ -65,26 +66,34 @@ fn run() {
         }
     });
 
-    let mut outs: Vec<String> = Vec::new();
+    // The .drv is read even when OUT_PATHS is given: an output whose path it lacks (floating
+    // content-addressed, or input-addressed but deferred because it depends on one) needs its realisation
+    // uploaded, and only the daemon can ask Nix for it.
     let out_paths = var("OUT_PATHS").unwrap_or_default();
+    let drv_outputs = drv.as_ref().and_then(|d| match drv::read_outputs(Path::new(d)) {
+        Ok(outputs) => Some(outputs),
+        Err(e) if out_paths.trim().is_empty() => {
+            say(&format!("{e}; queueing the derivation only"));
+            None
+        }
+        Err(e) => {
+            say(&format!("{e}; queueing OUT_PATHS without content-addressed realisations"));
+            None
+        }
+    });
+    let mut realisations: Vec<String> = Vec::new();
+    let mut outs: Vec<String> = Vec::new();
+    for o in drv_outputs.iter().flatten().filter(|o| o.path.is_empty()) {
+        match spool::check_output_name(&o.name) {
+            Ok(()) if realisations.contains(&o.name) => {}
+            Ok(()) => realisations.push(o.name.clone()),
+            Err(e) => say(&format!("output {:?} of the derivation: {e}, skipped", o.name)),
+        }
+    }
     if out_paths.trim().is_empty() {
-        // Nix 2.8 passes an empty OUT_PATHS: the outputs are in the .drv.
-        if let Some(drv) = &drv {
-            match drv::read_outputs(Path::new(drv)) {
-                Ok(outputs) => {
-                    for o in outputs {
-                        if o.path.is_empty() {
-                            say(&format!(
-                                "output {:?} of {drv} has no path in the .drv (floating CA), skipped",
-                                o.name
-                            ));
-                        } else {
-                            push_valid(&mut outs, store_dir, o.path, "output in .drv");
-                        }
-                    }
-                }
-                Err(e) => say(&format!("{e}; queueing the derivation only")),
-            }
+        // Nix 2.8 passes an empty OUT_PATHS: the outputs are in the .drv (those it has a path for).
+        for o in drv_outputs.into_iter().flatten().filter(|o| !o.path.is_empty()) {
+            push_valid(&mut outs, store_dir, o.path, "output in .drv");
         }
     } else {
         for p in out_paths.split_ascii_whitespace() {
@@ -110,7 +119,7 @@ fn run() {
         }
     }
     let queued = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let entry = Entry { drv: drv.clone(), outs: outs.clone(), queued };
+    let entry = Entry { drv: drv.clone(), outs: outs.clone(), realisations, queued };
     if let Err(e) = spool.enqueue(&entry) {
         say(&format!("cannot queue ({e}); NOT queued: {}", describe(drv.as_ref(), &outs)));
         for out in created {

@@ -1,11 +1,16 @@
 //! Store path validation: the hook only queues paths that are provably inside the store, so nothing a
-//! confused or hostile environment passes can make the daemon read or root an arbitrary file.
+//! confused or hostile environment passes can make the daemon read or root an arbitrary file. The daemon
+//! (`niks3::nix::store_path`, object keys) checks hashes, names and basenames with these same functions,
+//! so the two sides cannot disagree on what a store path is.
 
-/// Nix's base-32 alphabet (no `e`, `o`, `u`, `t`).
-const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+/// Nix's base-32 alphabet (no `e`, `o`, `u`, `t`). The daemon's nix32 codec uses this very constant.
+pub const NIX32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
-/// Longest name Nix accepts after `<hash>-`.
-const MAX_NAME_LEN: usize = 211;
+/// Length of the hash part of a store path (160 bits in nix32).
+pub const HASH_LEN: usize = 32;
+
+/// Longest name Nix accepts after `<hash>-` (`<hash>-<name>` then fits in 244 bytes).
+pub const MAX_NAME_LEN: usize = 211;
 
 /// Why a string is not a store path in the given store dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,27 +50,46 @@ pub fn validate<'a>(store_dir: &str, path: &'a str) -> Result<&'a str, InvalidSt
     Ok(base)
 }
 
-/// Checks a store path basename (`<hash>-<name>`); the error says what is wrong.
+/// Checks a store path basename (`<hash>-<name>`); the error says what is wrong. The daemon parses
+/// basenames with this very function, so the hook never queues what the daemon would refuse.
 pub fn validate_basename(base: &str) -> Result<(), String> {
     if base.contains('/') {
         return Err("has more than one component below the store dir".into());
     }
-    let bytes = base.as_bytes();
-    if bytes.len() < 34 || bytes[32] != b'-' {
-        return Err("basename is not <32-char hash>-<name>".into());
+    let shape = || format!("basename is not <{HASH_LEN}-char hash>-<name>");
+    if base.len() < HASH_LEN + 2 {
+        return Err(shape());
     }
-    if let Some(c) = bytes[..32].iter().find(|c| !NIX32.contains(c)) {
-        return Err(format!("hash contains {:?}, not in Nix's base-32 alphabet", char::from(*c)));
+    let (hash, rest) = base.split_at_checked(HASH_LEN).ok_or_else(shape)?;
+    validate_hash_part(hash)?;
+    validate_name(rest.strip_prefix('-').ok_or_else(shape)?)
+}
+
+/// Checks a bare hash part (`<hash>` as in `<hash>.narinfo`): exactly [`HASH_LEN`] nix32 characters.
+pub fn validate_hash_part(hash: &str) -> Result<(), String> {
+    if hash.len() != HASH_LEN {
+        return Err(format!("hash part must be {HASH_LEN} characters, got {}", hash.len()));
     }
-    let name = &base[33..];
+    if let Some((pos, c)) = hash.char_indices().find(|&(_, c)| !c.is_ascii() || !NIX32.contains(&(c as u8))) {
+        return Err(format!("hash contains {c:?} at position {pos}, not in Nix's base-32 alphabet"));
+    }
+    Ok(())
+}
+
+/// Checks a store path name as Nix does: 1..=[`MAX_NAME_LEN`] characters of `[A-Za-z0-9+-._?=]`, not
+/// starting with `.`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("name is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!("name is {} bytes long, the limit is {MAX_NAME_LEN}", name.len()));
     }
     if name.starts_with('.') {
         return Err("name starts with '.'".into());
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(*c))) {
-        return Err(format!("name contains {c:?}, allowed are A-Z a-z 0-9 + - . _ ? ="));
+    if let Some((pos, c)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
+        return Err(format!("name contains {c:?} at position {pos}, allowed are A-Z a-z 0-9 + - . _ ? ="));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ const DEV: &str = "/nix/store/niym0l9w4bif3x5sa4580wbs4dyxzhla-hk-test-dev";
 const DRV: &str = "/nix/store/92gvrkx5bkbxcwjgqdgql0hchrldma0l-hk-test.drv";
 
 fn full() -> Entry {
-    Entry { drv: Some(DRV.into()), outs: vec![OUT.into(), DEV.into()], queued: 1_764_105_600 }
+    Entry { drv: Some(DRV.into()), outs: vec![OUT.into(), DEV.into()], realisations: vec![], queued: 1_764_105_600 }
 }
 
 fn reason(text: &str) -> String {
@@ -26,8 +26,10 @@ fn reason(text: &str) -> String {
 fn entry_round_trips_through_text() {
     for e in [
         full(),
-        Entry { drv: None, outs: vec![OUT.into()], queued: 0 },
-        Entry { drv: Some(DRV.into()), outs: vec![], queued: u64::MAX },
+        Entry { drv: None, outs: vec![OUT.into()], realisations: vec![], queued: 0 },
+        Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec![], queued: u64::MAX },
+        Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec!["out".into(), "dev".into()], queued: 7 },
+        Entry { drv: Some(DRV.into()), outs: vec![OUT.into()], realisations: vec!["out".into()], queued: 7 },
     ] {
         let text = e.to_text();
         assert!(text.starts_with("niks3-spool-v1\n"), "{text}");
@@ -65,6 +67,13 @@ fn entry_parse_rejects_garbage_with_a_reason() {
         (&format!("{v}out=/nix/store/../etc\nqueued=1\n"), "`..` component"),
         (&format!("{v}drv=/nix//store/x.drv\nqueued=1\n"), "empty, `.` or `..` component"),
         (&format!("{v}out=/nix/store/x/\nqueued=1\n"), "empty"),
+        (&format!("{v}drv={DRV}\nrealisation=\nqueued=1\n"), "line 3: realisation=\"\": empty output name"),
+        (&format!("{v}drv={DRV}\nrealisation=.x\nqueued=1\n"), "starts with `.`"),
+        (&format!("{v}drv={DRV}\nrealisation=a/b\nqueued=1\n"), "other than letters"),
+        (&format!("{v}drv={DRV}\nrealisation=a!b\nqueued=1\n"), "other than letters"),
+        (&format!("{v}drv={DRV}\nrealisation={}\nqueued=1\n", "o".repeat(212)), "longer than 211"),
+        (&format!("{v}drv={DRV}\nrealisation=out\nrealisation=out\nqueued=1\n"), "line 4: repeated realisation=out"),
+        (&format!("{v}out={OUT}\nrealisation=out\nqueued=1\n"), "there is no drv="),
     ] {
         let r = reason(text);
         assert!(r.contains(why), "{text:?}: reason {r:?} does not contain {why:?}");
@@ -85,14 +94,34 @@ fn enqueue_refuses_an_entry_that_would_not_read_back_and_queues_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = Spool::open(dir.path()).expect("open");
     for bad in [
-        Entry { drv: None, outs: vec![format!("{OUT}\nout=/etc/passwd")], queued: 1 },
-        Entry { drv: Some("relative.drv".into()), outs: vec![], queued: 1 },
-        Entry { drv: None, outs: vec!["/nix/store/a\0b".into()], queued: 1 },
-        Entry { drv: None, outs: vec![], queued: 1 },
+        Entry { drv: None, outs: vec![format!("{OUT}\nout=/etc/passwd")], realisations: vec![], queued: 1 },
+        Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec!["out\nout=/etc/passwd".into()], queued: 1 },
+        Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec!["out".into(), "out".into()], queued: 1 },
+        Entry { drv: None, outs: vec![OUT.into()], realisations: vec!["out".into()], queued: 1 },
+        Entry { drv: Some("relative.drv".into()), outs: vec![], realisations: vec![], queued: 1 },
+        Entry { drv: None, outs: vec!["/nix/store/a\0b".into()], realisations: vec![], queued: 1 },
+        Entry { drv: None, outs: vec![], realisations: vec![], queued: 1 },
     ] {
         let err = spool.enqueue(&bad).expect_err("must be refused");
         assert!(matches!(err, SpoolError::Malformed { .. }), "{err}");
     }
     assert_eq!(spool.depth().expect("depth"), 0);
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0, "no stray tmp files");
+}
+
+#[test]
+fn entries_written_before_realisations_existed_still_parse() {
+    // The exact bytes a niks3-hook without `realisation=` support wrote.
+    let old = format!("niks3-spool-v1\ndrv={DRV}\nout={OUT}\nqueued=1764105600\n");
+    let e = Entry::parse(&old, Path::new("x")).expect("old entry");
+    assert_eq!(e.drv.as_deref(), Some(DRV));
+    assert_eq!(e.outs, vec![OUT.to_owned()]);
+    assert!(e.realisations.is_empty());
+    assert_eq!(e.to_text(), old, "and writes back byte for byte");
+}
+
+#[test]
+fn realisation_lines_follow_the_outputs() {
+    let e = Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec!["out".into(), "dev".into()], queued: 3 };
+    assert_eq!(e.to_text(), format!("niks3-spool-v1\ndrv={DRV}\nrealisation=out\nrealisation=dev\nqueued=3\n"));
 }

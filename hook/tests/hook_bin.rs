@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 const OUT: &str = "/nix/store/mszzps44c0d8dq4928m9byf3l2g64409-hk-test";
 const DEV: &str = "/nix/store/niym0l9w4bif3x5sa4580wbs4dyxzhla-hk-test-dev";
-const DRV: &str = "/nix/store/92gvrkx5bkbxcwjgqdgql0hchrldma0l-hk-test.drv";
 
 /// A spool dir and a gcroots dir in a fresh temp dir.
 struct Dirs {
@@ -51,19 +50,31 @@ fn s(p: &Path) -> String {
 
 #[test]
 fn hook_queues_out_paths_given_by_nix_and_roots_them() {
+    // The hook reads the .drv even when OUT_PATHS is given (for outputs it has no path for): use a real one.
+    let nix = Nix::new();
+    let expr = nix.expr(
+        "given.nix",
+        &format!(
+            r#"derivation {{ name = "hk-given"; salt = "{}"; system = builtins.currentSystem;
+                builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }}"#,
+            salt()
+        ),
+    );
+    let drv = nix.run("nix-instantiate", &[expr.to_str().expect("utf-8")]);
     let d = Dirs::new();
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
     let mut env = Dirs::env(&sp, &rt);
     let outs = format!("{OUT} {DEV}");
-    env.extend([("DRV_PATH", DRV), ("OUT_PATHS", outs.as_str())]);
+    env.extend([("DRV_PATH", drv.as_str()), ("OUT_PATHS", outs.as_str())]);
     let o = run_hook(&env);
     assert!(o.status.success());
     assert_eq!(stderr(&o), "", "silent on success");
     assert!(o.stdout.is_empty());
     let entries = d.entries();
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].drv.as_deref(), Some(DRV));
+    assert_eq!(entries[0].drv.as_deref(), Some(drv.as_str()));
     assert_eq!(entries[0].outs, vec![OUT.to_owned(), DEV.to_owned()]);
+    assert!(entries[0].realisations.is_empty(), "an input-addressed .drv has every output path");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     assert!(entries[0].queued <= now && entries[0].queued + 60 > now);
     let mut want = vec![DEV.to_owned(), OUT.to_owned()];
@@ -139,7 +150,10 @@ fn hook_rejects_invalid_paths_with_a_message_and_still_exits_zero() {
     assert!(err.contains("not in Nix's base-32 alphabet"), "{err}");
     let entries = d.entries();
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0], Entry { drv: None, outs: vec![OUT.to_owned()], queued: entries[0].queued });
+    assert_eq!(
+        entries[0],
+        Entry { drv: None, outs: vec![OUT.to_owned()], realisations: vec![], queued: entries[0].queued }
+    );
     assert_eq!(d.root_targets(), vec![OUT.to_owned()]);
 
     // nothing valid at all: nothing queued, no roots, one clear line per problem plus the verdict
@@ -261,7 +275,8 @@ fn assert_survives_unwritable_spool(spool_dir: &Path, expect_in_message: &str) {
     let roots = tmp.path().join("gcroots");
     let (sp, rt) = (s(spool_dir), s(&roots));
     let outs = format!("{OUT} {DEV}");
-    let o = run_hook(&[("NIKS3_SPOOL_DIR", &sp), ("NIKS3_GCROOTS_DIR", &rt), ("DRV_PATH", DRV), ("OUT_PATHS", &outs)]);
+    // No DRV_PATH: the spool is the point here, and a .drv that is not on this machine would add a line.
+    let o = run_hook(&[("NIKS3_SPOOL_DIR", &sp), ("NIKS3_GCROOTS_DIR", &rt), ("OUT_PATHS", &outs)]);
     assert!(o.status.success(), "the build must not fail");
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -397,4 +412,72 @@ fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc(
     spool::gcroots::remove(&roots.0, &c_out).expect("remove root");
     nix.run("nix-store", &["--delete", &c_out]);
     assert!(!Path::new(&c_out).exists(), "deleted once the root is gone");
+}
+
+#[test]
+fn hook_queues_floating_and_deferred_outputs_by_name_in_a_real_ca_build() {
+    let nix = Nix::new();
+    let salt = salt();
+    let expr = nix.expr(
+        "ca.nix",
+        r#"{ salt }:
+        let ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
+            mk = name: attrs: script: derivation ({ inherit name salt; system = builtins.currentSystem;
+              builder = "/bin/sh"; args = [ "-c" script ]; } // attrs);
+            a = mk "hk-ca-a" ca "echo a > $out";
+            b = mk "hk-ca-b" ca "echo ${a} > $out";
+        in mk "hk-ia-c" {} "echo ${b} > $out"
+        "#,
+    );
+    let d = Dirs::new();
+    let roots = RootsDir(PathBuf::from(format!("/nix/var/nix/gcroots/niks3-test-{salt}")));
+    let out = nix
+        .cmd("nix-build")
+        .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
+        .args(["--option", "post-build-hook", common::hook_bin()])
+        .args(["--option", "experimental-features", "nix-command ca-derivations"])
+        .env("NIKS3_SPOOL_DIR", d.spool())
+        .env("NIKS3_GCROOTS_DIR", &roots.0)
+        .output()
+        .expect("run nix-build");
+    let build_err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nix-build failed: {build_err}");
+    assert!(!build_err.contains("niks3-hook:"), "hook complained: {build_err}");
+    let c_out = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+
+    // Nix 2.8 runs the hook for a (floating, OUT_PATHS empty), for the resolved b (floating, empty) and
+    // the original b (OUT_PATHS given), for the resolved c (its path in the .drv) and the original c
+    // (deferred: no path in the .drv, OUT_PATHS given).
+    let entries = d.entries();
+    assert_eq!(entries.len(), 5, "{entries:?}");
+    let name_of = |e: &Entry| {
+        let drv = e.drv.as_deref().expect("drv");
+        drv.rsplit_once('-').map(|(_, n)| n.to_owned()).expect("name")
+    };
+    let by = |name: &str, outs: usize| {
+        entries.iter().filter(|e| name_of(e) == name && e.outs.len() == outs).collect::<Vec<_>>()
+    };
+    let a = by("a.drv", 0);
+    assert_eq!(a.len(), 1, "{entries:?}");
+    assert_eq!(a[0].realisations, vec!["out".to_owned()], "a's output is queued by name");
+    assert_eq!(by("b.drv", 0).len(), 1, "resolved b: by name");
+    assert_eq!(by("b.drv", 0)[0].realisations, vec!["out".to_owned()]);
+    let b = by("b.drv", 1);
+    assert_eq!(b.len(), 1, "original b: OUT_PATHS and the name");
+    assert_eq!(b[0].realisations, vec!["out".to_owned()]);
+    let c = by("c.drv", 1);
+    assert_eq!(c.len(), 2, "{entries:?}");
+    assert!(c.iter().all(|e| e.outs == vec![c_out.clone()]));
+    let mut c_names: Vec<usize> = c.iter().map(|e| e.realisations.len()).collect();
+    c_names.sort_unstable();
+    assert_eq!(c_names, vec![0, 1], "only the original (deferred) c needs its realisation");
+    // Known paths are rooted; outputs known only by name cannot be (the daemon roots them).
+    let mut rooted = files(&roots.0)
+        .iter()
+        .map(|l| std::fs::read_link(l).expect("symlink").to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    rooted.sort();
+    rooted.dedup();
+    assert_eq!(rooted.len(), 2, "b's and c's outputs: {rooted:?}");
+    assert!(rooted.contains(&c_out));
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 fn entry(i: usize) -> Entry {
-    Entry { drv: None, outs: vec![format!("/nix/store/{i:032}-p{i}")], queued: i as u64 }
+    Entry { drv: None, outs: vec![format!("/nix/store/{i:032}-p{i}")], realisations: vec![], queued: i as u64 }
 }
 
 fn names(c: &[Claimed]) -> Vec<String> {

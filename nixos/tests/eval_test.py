@@ -137,12 +137,19 @@ def expect_failure(desc, config_text, pattern):
     check(f"{desc}: message /{pattern}/", re.search(pattern, msgs, re.S) is not None, msgs.strip()[-600:])
 
 
-def server_s3():
-    print("== example server-s3.nix (S3 on R2, nginx + ACME, local PostgreSQL, GC timer)")
-    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "server-s3.nix"))
+def evaluate_example(name):
+    """Evaluates nixos/examples/NAME, checking that no assertion fails; returns its JSON or None."""
+    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, name))
     eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
     if not d:
         check("JSON output", False, err[-800:])
+    return d
+
+
+def server_s3():
+    print("== example server-s3.nix (S3 on R2, nginx + ACME, local PostgreSQL, GC timer)")
+    d = evaluate_example("server-s3.nix")
+    if not d:
         return
     eq("no warnings", d["warnings"], [])
     s = svc(d, "niks3")
@@ -221,10 +228,8 @@ def server_s3():
 
 def embedded():
     print("== example embedded.nix (one machine: hook + local server + local store)")
-    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "embedded.nix"))
-    eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
+    d = evaluate_example("embedded.nix")
     if not d:
-        check("JSON output", False, err[-800:])
         return
     check("warns that the token is generated while listening on all interfaces",
           any("apiTokenFile is null" in w for w in d["warnings"]), str(d["warnings"]))
@@ -275,10 +280,8 @@ def check_hook_wrapper(d):
 
 def builder_remote():
     print("== example builder-remote.nix (hook + niks3 drain to a remote server)")
-    rc, d, err = evaluate(config_file=os.path.join(EXAMPLES, "builder-remote.nix"))
-    eq("evaluates with no failed assertion", (rc, d and d["failedAssertions"]), (0, []))
+    d = evaluate_example("builder-remote.nix")
     if not d:
-        check("JSON output", False, err[-800:])
         return
     check("no server, no GC, no database on a builder",
           svc(d, "niks3") is None and svc(d, "niks3-gc") is None and "niks3-gc" not in d["systemd"].get("timers", {})
@@ -659,6 +662,38 @@ def wait_for(desc, pred, timeout):
     return False
 
 
+def build_with_hook(desc, tag, env):
+    """nix-build of a fresh one-line derivation under `env` (whose nix.conf installs the module's hook
+    wrapper); checks that it succeeds and that the hook said nothing; returns the output path or None."""
+    expr = (f'derivation {{ name = "niks3-nixos-eval-{tag}"; system = builtins.currentSystem; '
+            f'builder = "/bin/sh"; args = [ "-c" "echo {tag} {time.time_ns()} > $out" ]; }}')
+    p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
+    out = p.stdout.strip()
+    check(f"{desc} succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
+    check(f"{desc}: the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
+    return out if p.returncode == 0 else None
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def hook_package_stand_in(tmp, hook_bin):
+    """Writes TMP/extra.nix: the eval tool's stand-in packages with pkgs.niks3-hook replaced by the
+    niks3-hook built from this tree, so the module's wrapper runs the real hook. Returns its path."""
+    os.makedirs(f"{tmp}/hookpkg/bin")
+    os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
+    extra = f"{tmp}/extra.nix"
+    with open(extra, "w") as fh:
+        fh.write(f"""import {EXTRA} // {{
+  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
+}}""")
+    return extra
+
+
 def write_nix_conf(etc, hook):
     """A private, offline nix.conf (as the shared recipe does) with `hook` as post-build-hook."""
     with open(f"{etc}/nix.conf", "w") as fh:
@@ -717,12 +752,8 @@ def remote_builder(tmp, base, nix_env, extra):
     os.makedirs(f"{b}/gcroots")
     write_nix_conf(f"{b}/etc", wrapper)
     env = {**nix_env, "NIX_CONF_DIR": f"{b}/etc"}
-    expr = ('derivation { name = "niks3-nixos-eval-remote"; system = builtins.currentSystem; '
-            f'builder = "/bin/sh"; args = [ "-c" "echo remote {time.time_ns()} > $out" ]; }}')
-    p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=env, capture_output=True, text=True)
-    out = p.stdout.strip()
-    check("builder-remote: build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
-    if p.returncode != 0:
+    out = build_with_hook("builder-remote: build with the hook", "remote", env)
+    if not out:
         return
     eq("builder-remote: queued in its own spool", len(os.listdir(f"{b}/spool/new")), 1)
     creds = f"{b}/credentials"
@@ -761,12 +792,7 @@ def start_garage(tmp):
     g = f"{tmp}/garage"
     os.makedirs(f"{g}/meta")
     os.makedirs(f"{g}/data")
-    ports = []
-    for _ in range(3):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    s3, rpc, admin = ports
+    s3, rpc, admin = free_port(), free_port(), free_port()
     with open(f"{g}/garage.toml", "w") as fh:
         fh.write(f"""metadata_dir = "{g}/meta"
 data_dir = "{g}/data"
@@ -824,9 +850,7 @@ def s3_end_to_end():
     if "--http-addr" not in subprocess.run([niks3, "serve", "--help"], capture_output=True, text=True).stdout:
         skip("S3 setup", "`niks3 serve` is not implemented in this tree")
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         garage = start_garage(tmp)
@@ -843,13 +867,7 @@ def s3_end_to_end():
         conn, stop_pg = pg
         server = None
         try:
-            os.makedirs(f"{tmp}/hookpkg/bin")
-            os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
-            extra = f"{tmp}/extra.nix"
-            with open(extra, "w") as fh:
-                fh.write(f"""import {EXTRA} // {{
-  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
-}}""")
+            extra = hook_package_stand_in(tmp, hook_bin)
             with open(f"{tmp}/config.nix", "w") as fh:
                 fh.write(f"""{{ ... }}: {{ services.niks3 = {{
   enable = true;
@@ -906,12 +924,8 @@ def s3_end_to_end():
                   open(f"{tmp}/serve.log").read()[-1500:])
             if not serving:
                 return
-            expr = ('derivation { name = "niks3-nixos-eval-s3"; system = builtins.currentSystem; '
-                    f'builder = "/bin/sh"; args = [ "-c" "echo s3 {time.time_ns()} > $out" ]; }}')
-            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
-            out = p.stdout.strip()
-            check("build with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-600:])
-            if p.returncode != 0:
+            out = build_with_hook("build with the hook", "s3", nix_env)
+            if not out:
                 return
             name = os.path.basename(out)
             ok = wait_for("narinfo", lambda: http_get(f"{base}/{name[:32]}.narinfo")[0] == 200, 90)
@@ -960,18 +974,10 @@ def single_host_end_to_end():
     if os.geteuid() != 0 or not shutil.which("nix-build"):
         skip("hook wrapper under real Nix", "needs root and nix-build (single-user Nix writes /nix/store)")
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # the postgres user must traverse it
-        os.makedirs(f"{tmp}/hookpkg/bin")
-        os.symlink(os.path.realpath(hook_bin), f"{tmp}/hookpkg/bin/niks3-hook")
-        extra = f"{tmp}/extra.nix"
-        with open(extra, "w") as fh:
-            fh.write(f"""import {EXTRA} // {{
-  niks3-hook = {{ type = "derivation"; name = "niks3-hook"; outPath = "{tmp}/hookpkg"; meta.mainProgram = "niks3-hook"; }};
-}}""")
+        extra = hook_package_stand_in(tmp, hook_bin)
         cfg = f"{tmp}/config.nix"
         with open(cfg, "w") as fh:
             fh.write(f"""{{ ... }}: {{ services.niks3 = {{
@@ -1001,16 +1007,7 @@ def single_host_end_to_end():
         nix_env = {k: v for k, v in os.environ.items() if k not in ("NIX_REMOTE", "NIX_CONFIG", "NIX_PATH")}
         nix_env.update(NIX_CONF_DIR=f"{tmp}/etc", XDG_CACHE_HOME=f"{tmp}/cache-xdg")
 
-        def build(tag):
-            expr = ('derivation { name = "niks3-nixos-eval-' + tag + '"; system = builtins.currentSystem; '
-                    f'builder = "/bin/sh"; args = [ "-c" "echo {tag} {time.time_ns()} > $out" ]; }}')
-            p = subprocess.run(["nix-build", "--no-out-link", "-E", expr], env=nix_env, capture_output=True, text=True)
-            out = p.stdout.strip()
-            check(f"build {tag} with the hook succeeds", p.returncode == 0 and out.startswith("/nix/store/"), p.stderr[-800:])
-            check(f"build {tag}: the hook said nothing (no problem to report)", "niks3-hook:" not in p.stderr, p.stderr[-800:])
-            return out if p.returncode == 0 else None
-
-        out = build("first")
+        out = build_with_hook("build first with the hook", "first", nix_env)
         if not out:
             return
         entries = sorted(os.listdir(f"{tmp}/spool/new"))
@@ -1052,7 +1049,7 @@ def single_host_end_to_end():
                   serving, open(f"{tmp}/serve.log").read()[-1500:])
             if server.poll() is not None:
                 return
-            second = build("second")
+            second = build_with_hook("build second with the hook", "second", nix_env)
             check("the server drains the spool the hook filled (new/ and claimed/ empty)",
                   wait_for("spool", lambda: not os.listdir(f"{tmp}/spool/new") and not os.listdir(f"{tmp}/spool/claimed"), 90),
                   str(os.listdir(f"{tmp}/spool/new") + os.listdir(f"{tmp}/spool/claimed")))

@@ -48,7 +48,11 @@ async fn on_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
+    // Bound first: a port in use is a startup error, and with port 0 everything printed below names the
+    // port the kernel picked.
+    let listener = niks3::http::bind(config.http_addr).await?;
+    config.bound_to(listener.local_addr().context("reading the bound HTTP address")?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
         match shutdown_signal().await {
@@ -123,9 +127,15 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let http =
-        start_http(&config, Arc::clone(&store), db.clone(), Arc::clone(&keys), Arc::clone(&metrics), stop_rx.clone())
-            .await?;
+    let http = start_http(
+        &config,
+        listener,
+        Arc::clone(&store),
+        db.clone(),
+        Arc::clone(&keys),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    )?;
 
     eprint!("{banner}");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -160,10 +170,11 @@ fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::Se
         .collect()
 }
 
-/// Binds and starts the HTTP server (read proxy, landing page, API, health, metrics). Binding happens
-/// here, before READY=1, so a port in use is a startup error.
-async fn start_http(
+/// Starts the HTTP server (read proxy, landing page, API, health, metrics) on the listener `serve` bound
+/// before READY=1.
+fn start_http(
     config: &ServeConfig,
+    listener: tokio::net::TcpListener,
     store: Arc<Store>,
     db: Db,
     keys: Arc<Vec<niks3::nix::signing::SecretKey>>,
@@ -184,6 +195,5 @@ async fn start_http(
         api_token: Some(api_token),
         limits: niks3::http::ApiLimits::default(),
     });
-    let listener = niks3::http::bind(config.http_addr).await?;
     Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
 }

@@ -6,7 +6,10 @@
 pub mod push;
 
 use crate::http::ApiToken;
-use crate::http::api::protocol::{CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse};
+use crate::http::api::protocol::{
+    AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse,
+    RealisationsRequest, RealisationsResponse,
+};
 use std::time::Duration;
 
 /// What went wrong talking to a niks3 server (or preparing what to send it).
@@ -155,6 +158,16 @@ impl ApiClient {
     /// `POST /api/v1/complete`.
     pub async fn complete(&self, req: &CompleteRequest) -> Result<CompleteResponse, ClientError> {
         self.post_json("/api/v1/complete", req, Duration::from_hours(1)).await
+    }
+
+    /// `POST /api/v1/realisations`.
+    pub async fn publish_realisations(&self, req: &RealisationsRequest) -> Result<RealisationsResponse, ClientError> {
+        self.post_json("/api/v1/realisations", req, Duration::from_mins(5)).await
+    }
+
+    /// `POST /api/v1/abort`: gives up upload sessions (their multipart uploads are aborted).
+    pub async fn abort(&self, req: &AbortRequest) -> Result<AbortResponse, ClientError> {
+        self.post_json("/api/v1/abort", req, Duration::from_mins(5)).await
     }
 
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.

@@ -4,35 +4,42 @@
 //! 2. one `POST /api/v1/push` learns which paths the cache lacks and where each missing NAR goes;
 //! 3. each missing NAR is serialised from disk, checked against Nix's NarHash and zstd-compressed here
 //!    ([`crate::upload::nar_stream::stream_nar`], the pipeline's single pass), several NARs in parallel,
-//!    in bounded memory: to a temporary file first when the target is a presigned S3 URL (S3 wants a
-//!    Content-Length), straight into the request otherwise;
-//! 4. `POST /api/v1/complete` makes the server check the NARs and publish the signed narinfos.
+//!    in bounded memory: cut into presigned multipart parts (one part uploading while the next fills, each
+//!    part retried on its own), collected for one presigned PUT when it fits in one part (S3 wants a
+//!    Content-Length), or streamed into the relay request;
+//! 4. `POST /api/v1/complete` makes the server complete the multipart uploads, check the NARs and publish
+//!    the signed narinfos. If anything fails before that ends, `POST /api/v1/abort` gives the sessions up.
 //!
 //! Idempotent: pushing twice uploads nothing the second time.
 
 use super::{ApiClient, ClientError, check_status};
 use crate::http::api::protocol::{
-    CompleteRequest, ListingWire, MissingLog, MissingNar, PathInfoWire, PushRequest, UploadedNar,
+    AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
+    PushResponse, RealisationsRequest, UploadedNar,
 };
 use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Chunks buffered between the compressor and the network, per NAR (each up to 1 MiB).
 const CHUNK_QUEUE: usize = 8;
-/// Attempts per NAR upload before giving up (transient failures only).
+/// Attempts per NAR upload, and per part of one, before giving up (transient failures only).
 const UPLOAD_ATTEMPTS: u32 = 3;
+/// Largest upload held in memory: one presigned PUT, or one part (the server plans one PUT only for NARs
+/// that fit in one part, and parts of its configured size, 8 MiB by default).
+const MAX_BUFFERED_UPLOAD: u64 = 1 << 30;
+/// Timeout of one presigned PUT (a part of 8 MiB, or a NAR of at most one part, over a slow uplink).
+const PART_TIMEOUT: Duration = Duration::from_mins(10);
 
 /// One finished NAR upload: what was sent, its listing, whether presigned, its NAR size.
 type Done = (UploadedNar, Option<serde_json::Value>, bool, u64);
@@ -89,14 +96,12 @@ pub struct Pusher {
     pub store_dir: StoreDir,
     /// NARs compressed and uploaded at once.
     pub jobs: usize,
-    /// Where temporary compressed NARs go (presigned uploads); default: the system temp dir.
-    pub tmp_dir: PathBuf,
 }
 
 impl Pusher {
-    /// A pusher with `jobs` parallel NARs and the system temporary directory.
+    /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory).
     pub fn new(api: ApiClient, nix: NixCli, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher { api, nix, store_dir, jobs: jobs.max(1), tmp_dir: std::env::temp_dir() }
+        Pusher { api, nix, store_dir, jobs: jobs.max(1) }
     }
 
     /// Resolves a command-line argument (`./result`, a store path, a symlink to one) to a store path.
@@ -135,6 +140,34 @@ impl Pusher {
             report.elapsed = t0.elapsed();
             return Ok(report);
         }
+        let uploads = plan.uploads.clone();
+        match self.upload_and_complete(plan, &closure, wire, root_strings, &mut report, progress).await {
+            Ok(()) => {
+                report.elapsed = t0.elapsed();
+                Ok(report)
+            }
+            Err(e) => {
+                // Give the sessions up now rather than leave their multipart uploads for GC.
+                if let Err(abort) = self.api.abort(&AbortRequest { uploads }).await {
+                    tracing::warn!("giving up the upload sessions: {abort}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Steps 3 and 4 of a push whose announce answered `plan`.
+    async fn upload_and_complete(
+        &self,
+        plan: PushResponse,
+        closure: &[PathInfo],
+        wire: Vec<PathInfoWire>,
+        root_strings: Vec<String>,
+        report: &mut PushReport,
+        progress: &dyn Progress,
+    ) -> Result<(), ClientError> {
+        let by_path: HashMap<String, &PathInfo> =
+            closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
         let mut jobs = Vec::with_capacity(plan.missing_nars.len());
         for m in &plan.missing_nars {
             let info = by_path.get(&m.path).ok_or_else(|| ClientError::Protocol {
@@ -183,8 +216,7 @@ impl Pusher {
             .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars, listings })
             .await?;
         report.published = done.published;
-        report.elapsed = t0.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     async fn upload_with_retries(
@@ -246,27 +278,38 @@ impl Pusher {
         let producer = tokio::task::spawn_blocking(move || {
             crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, true)
         });
-        let url = self.api.resolve(&m.upload_url);
         let counter = Arc::new(AtomicU64::new(0));
-        let sent = if m.presigned {
-            // S3 needs the length up front: compress to a temporary file, then PUT it.
-            let tmp = TempFile::create(&self.tmp_dir);
-            let written = write_chunks(rx, &tmp.path).await;
+        let (sent, parts) = if let Some(mp) = &m.multipart {
+            let uploaded = with_ticks(self.put_parts(rx, mp, &what, &counter), &counter, info.nar_size, progress).await;
+            // A part that failed stops reading the NAR, and the producer then fails too: report the part's
+            // error. If the producer failed first (hash mismatch, unreadable file), its verdict is the cause.
+            match uploaded {
+                Ok(Some(etags)) => (join_producer(producer).await?, etags),
+                Ok(None) => {
+                    join_producer(producer).await?;
+                    return Err(ClientError::Protocol { what, reason: "the NAR stream ended early".to_owned() });
+                }
+                Err(e) => {
+                    producer.abort();
+                    return Err(e);
+                }
+            }
+        } else if m.presigned {
+            // One PUT needs the length up front: the compressed NAR (at most one part) is collected first.
+            let body = collect_chunks(rx, MAX_BUFFERED_UPLOAD).await;
             let streamed = join_producer(producer).await?;
-            written?;
-            let file = tokio::fs::File::open(&tmp.path).await.map_err(|source| ClientError::Io {
-                op: "opening",
-                path: tmp.path.clone(),
-                source,
+            let body = body.ok_or_else(|| ClientError::Protocol {
+                what: what.clone(),
+                reason: format!("the server asked for one PUT of more than {MAX_BUFFERED_UPLOAD} bytes"),
             })?;
-            let body = reqwest::Body::wrap_stream(FileChunks::new(file, Arc::clone(&counter)));
-            let req = self.api.http().put(&url).header(http::header::CONTENT_LENGTH, streamed.file_size).body(body);
-            let resp = with_ticks(req.send(), &counter, info.nar_size, progress)
-                .await
-                .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
-            check_status(resp, &what).await?;
-            streamed
+            let url = self.api.resolve(&m.upload_url);
+            let len = body.len() as u64;
+            with_ticks(put_with_retries(self.api.http().clone(), url, body, what), &counter, info.nar_size, progress)
+                .await?;
+            counter.fetch_add(len, Ordering::Relaxed);
+            (streamed, Vec::new())
         } else {
+            let url = self.api.resolve(&m.upload_url);
             let body = reqwest::Body::wrap_stream(ChunkStream { rx, sent: Arc::clone(&counter) });
             let req =
                 self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
@@ -275,15 +318,154 @@ impl Pusher {
             let streamed = join_producer(producer).await?;
             let resp = resp.map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
             check_status(resp, &what).await?;
-            streamed
+            (streamed, Vec::new())
         };
         let up = UploadedNar {
             nar_hash: info.nar_hash.to_nix_string(),
             file_hash: sent.file_hash.to_nix_string(),
             file_size: sent.file_size,
+            parts,
         };
         Ok((up, sent.listing))
     }
+
+    /// Cuts the compressed NAR into parts of exactly `mp.part_size` bytes (the last one shorter) and `PUT`s
+    /// each to its presigned URL, one part uploading while the next fills: at most two parts in memory.
+    /// Returns the parts' ETags, or `None` when the producer reported an error (its verdict says why).
+    async fn put_parts(
+        &self,
+        mut rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+        mp: &MultipartWire,
+        what: &str,
+        sent: &Arc<AtomicU64>,
+    ) -> Result<Option<Vec<String>>, ClientError> {
+        let protocol = |reason: String| ClientError::Protocol { what: what.to_owned(), reason };
+        let part_size = usize::try_from(mp.part_size)
+            .ok()
+            .filter(|&s| s > 0 && s as u64 <= MAX_BUFFERED_UPLOAD)
+            .ok_or_else(|| protocol(format!("unusable part size {}", mp.part_size)))?;
+        let mut etags = Vec::new();
+        let mut in_flight: Option<AbortOnDrop<Result<Option<String>, ClientError>>> = None;
+        let mut buf = BytesMut::with_capacity(part_size);
+        let mut pending = Bytes::new();
+        let mut ended = false;
+        while !ended {
+            while buf.len() < part_size {
+                if pending.is_empty() {
+                    match rx.recv().await {
+                        Some(Ok(chunk)) => pending = chunk,
+                        Some(Err(_)) => return Ok(None),
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                let take = (part_size - buf.len()).min(pending.len());
+                buf.extend_from_slice(&pending.split_to(take));
+            }
+            let started = etags.len() + usize::from(in_flight.is_some());
+            if buf.is_empty() && started > 0 {
+                break;
+            }
+            let Some(url) = mp.part_urls.get(started) else {
+                return Err(protocol(format!(
+                    "the compressed NAR is larger than the {} parts of {} bytes the server planned",
+                    mp.part_urls.len(),
+                    mp.part_size
+                )));
+            };
+            if let Some(task) = in_flight.take() {
+                etags.push(
+                    task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
+                );
+            }
+            let part = std::mem::replace(&mut buf, BytesMut::new()).freeze();
+            if !ended {
+                buf.reserve(part_size);
+            }
+            let len = part.len() as u64;
+            let (http, url, what_n, sent) =
+                (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
+            in_flight = Some(AbortOnDrop(tokio::spawn(async move {
+                let etag = put_with_retries(http, url, part, what_n).await?;
+                sent.fetch_add(len, Ordering::Relaxed);
+                Ok(etag)
+            })));
+        }
+        if let Some(task) = in_flight.take() {
+            etags
+                .push(task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?);
+        }
+        Ok(Some(etags))
+    }
+}
+
+/// A spawned task that is cancelled when its handle is dropped (a failed upload stops its other part).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<Result<T, ClientError>> {
+    async fn join(mut self, what: &str) -> Result<T, ClientError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(ClientError::Protocol { what: what.to_owned(), reason: format!("upload task failed: {e}") }),
+        }
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `PUT`s `body` to a presigned URL (no token: the URL is the credential), retrying transient failures;
+/// returns the `ETag` S3 answered, if any.
+async fn put_with_retries(
+    http: reqwest::Client,
+    url: String,
+    body: Bytes,
+    what: String,
+) -> Result<Option<String>, ClientError> {
+    let mut attempt = 1;
+    loop {
+        let sent = http
+            .put(&url)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body.clone())
+            .timeout(PART_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() });
+        let result = match sent {
+            Ok(resp) => check_status(resp, &what)
+                .await
+                .map(|resp| resp.headers().get(http::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(e) if e.is_transient() && attempt < UPLOAD_ATTEMPTS => {
+                tracing::warn!("{e} (attempt {attempt}); retrying");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Collects the chunk stream into one buffer of at most `limit` bytes; `None` when the producer reported
+/// an error (its verdict says why) or the stream is longer than `limit`.
+async fn collect_chunks(mut rx: mpsc::Receiver<Result<Bytes, StoreError>>, limit: u64) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.ok()?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return None;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(buf.freeze())
 }
 
 async fn join_producer(
@@ -304,41 +486,6 @@ pub fn to_wire(store_dir: &StoreDir, p: &PathInfo) -> PathInfoWire {
         references: p.references.iter().map(|r| store_dir.display(r)).collect(),
         deriver: p.deriver.as_ref().map(|d| store_dir.display(d)),
         ca: p.ca.clone(),
-    }
-}
-
-/// Writes the chunk stream to `path`; an error item (hash mismatch, unreadable file) stops it.
-async fn write_chunks(mut rx: mpsc::Receiver<Result<Bytes, StoreError>>, path: &Path) -> Result<(), ClientError> {
-    let io = |op, source| ClientError::Io { op, path: path.to_owned(), source };
-    let mut f = tokio::fs::File::create(path).await.map_err(|e| io("creating", e))?;
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            Ok(b) => f.write_all(&b).await.map_err(|e| io("writing", e))?,
-            // The producer reports the reason itself (joined by the caller).
-            Err(_) => return Ok(()),
-        }
-    }
-    f.flush().await.map_err(|e| io("writing", e))?;
-    Ok(())
-}
-
-/// A temporary file removed on drop.
-struct TempFile {
-    path: PathBuf,
-}
-
-impl TempFile {
-    fn create(dir: &Path) -> Self {
-        use rand::Rng;
-        let name = format!("niks3-push-{}-{:016x}.nar.zst", std::process::id(), rand::thread_rng().r#gen::<u64>());
-        let path = dir.join(name);
-        TempFile { path }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -388,48 +535,11 @@ async fn with_ticks<F: std::future::Future>(
     }
 }
 
-/// A file read in 256 KiB chunks as a request body.
-struct FileChunks {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-}
-
-impl FileChunks {
-    fn new(mut file: tokio::fs::File, sent: Arc<AtomicU64>) -> Self {
-        use tokio::io::AsyncReadExt;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let mut buf = bytes::BytesMut::with_capacity(256 << 10);
-                match file.read_buf(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        sent.fetch_add(n as u64, Ordering::Relaxed);
-                        if tx.send(Ok(buf.freeze())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        FileChunks { rx }
-    }
-}
-
-impl Stream for FileChunks {
-    type Item = std::io::Result<Bytes>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
 /// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
 impl crate::upload::drain::Process for Pusher {
     type Error = ClientError;
-    async fn process(&self, outputs: &[StorePath]) -> Result<(), Self::Error> {
+    async fn process(&self, work: &crate::upload::drain::Work) -> Result<(), Self::Error> {
+        let outputs = &work.outputs;
         let r = self.push(outputs, false, &NoProgress).await?;
         tracing::info!(
             roots = outputs.len(),
@@ -439,10 +549,43 @@ impl crate::upload::drain::Process for Pusher {
             "pushed to {}",
             self.api.base()
         );
+        if let Some(drv) = &work.drv
+            && !work.realisations.is_empty()
+        {
+            self.push_realisations(drv, &work.realisations).await?;
+        }
         Ok(())
     }
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
+    }
+}
+
+impl Pusher {
+    /// Pushes `realisations` (of outputs of `drv`, whose closures were pushed) and every realisation they
+    /// depend on, dependencies first, after the out paths of those dependents. Without the server's
+    /// database at hand every dependent is resolved from the local derivation graph and sent (the server
+    /// rewrites the ones it has with the same bytes).
+    async fn push_realisations(&self, drv: &StorePath, realisations: &[Realisation]) -> Result<(), ClientError> {
+        let all = crate::upload::realisations::resolve(&self.nix, &self.store_dir, drv, realisations, None)
+            .await
+            .map_err(ClientError::Upload)?;
+        let given: std::collections::HashSet<_> = realisations.iter().map(|r| &r.id).collect();
+        let extra: Vec<StorePath> =
+            all.values().filter(|r| !given.contains(&r.id)).map(|r| r.out_path.clone()).collect();
+        if !extra.is_empty() {
+            self.push(&extra, false, &NoProgress).await?;
+        }
+        let ordered = crate::upload::realisations::dependencies_first(&all);
+        let mut body = Vec::with_capacity(ordered.len());
+        for r in ordered {
+            let json = serde_json::from_str(&r.to_json())
+                .map_err(|e| ClientError::Protocol { what: "realisation JSON".to_owned(), reason: e.to_string() })?;
+            body.push(json);
+        }
+        let resp = self.api.publish_realisations(&RealisationsRequest { realisations: body }).await?;
+        tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
+        Ok(())
     }
 }
 

@@ -22,6 +22,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0002_gc_tombstones.sql",
         sql: include_str!("../../../migrations/0002_gc_tombstones.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_upload_multiparts.sql",
+        sql: include_str!("../../../migrations/0003_upload_multiparts.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 pub(super) struct Marked {
     /// Uploads in flight dropped as failed.
     pub failed_uploads: u64,
+    /// Their multipart uploads still open in the bucket: (key, upload id).
+    pub abandoned_multiparts: Vec<(String, String)>,
     /// Closures forgotten.
     pub old_closures: u64,
     /// Objects newly marked unreachable.
@@ -36,6 +38,18 @@ pub(super) async fn run(
     // step from one second into many minutes in the 1M-object benchmark. JIT only adds compile time here.
     t.batch_execute("SET LOCAL enable_nestloop = off; SET LOCAL jit = off").await.map_err(q("gc mark: settings"))?;
 
+    // The multipart uploads of the failed uploads (their rows go with the uploads), aborted after commit.
+    let abandoned_multiparts = t
+        .query(
+            "SELECT m.key, m.multipart_id FROM upload_multiparts m JOIN uploads u ON u.id = m.upload_id \
+             WHERE u.started_at < $1",
+            &[&uploads_before],
+        )
+        .await
+        .map_err(q("gc: find abandoned multipart uploads"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let failed_uploads = t
         .execute("DELETE FROM uploads WHERE started_at < $1", &[&uploads_before])
         .await
@@ -91,5 +105,5 @@ pub(super) async fn run(
     } else {
         t.commit().await.map_err(q("gc mark: commit"))?;
     }
-    Ok(Marked { failed_uploads, old_closures, new: newly_marked, deletable: count(deletable) })
+    Ok(Marked { failed_uploads, abandoned_multiparts, old_closures, new: newly_marked, deletable: count(deletable) })
 }

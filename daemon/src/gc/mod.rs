@@ -160,6 +160,7 @@ async fn collect(
         figures.objects_deleted_after_grace_period = marked.deletable;
         return Ok(figures);
     }
+    abort_abandoned_multiparts(store, &marked.abandoned_multiparts).await;
     match store.abort_stale_uploads(opts.failed_uploads_older_than).await {
         Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
         Ok(_) => {}
@@ -176,6 +177,23 @@ async fn collect(
     figures.objects_failed_to_delete = leftovers.failed + swept.failed;
     record_run(client, now, figures).await?;
     Ok(figures)
+}
+
+/// Aborts the multipart uploads of the failed uploads phase 1 dropped (remote pushers that never completed).
+/// Best effort: what fails here is still in the bucket, and `abort_stale_uploads` removes it by age.
+async fn abort_abandoned_multiparts(store: &Store, multiparts: &[(String, String)]) {
+    let Store::S3(s3) = store else { return };
+    let mut aborted = 0u64;
+    for (key, upload_id) in multiparts {
+        let Ok((_, key)) = crate::store::ObjectKey::parse(key) else { continue };
+        match s3.abort_multipart(&key, upload_id).await {
+            Ok(()) => aborted += 1,
+            Err(e) => tracing::warn!(error = %e, "could not abort an abandoned multipart upload; the next GC retries"),
+        }
+    }
+    if aborted > 0 {
+        tracing::info!(aborted, "aborted the multipart uploads of failed uploads");
+    }
 }
 
 /// Keeps the figures of a finished run in `gc_runs`.

@@ -4,8 +4,9 @@
 //! Nix's order is unusual: the string starts with the HIGH bits of the LAST byte, so a 32-byte digest and
 //! its nix32 text read in opposite directions. `nix hash to-base32` is the reference (see the tests).
 
-/// Nix's 32 characters: the digits and lower-case letters without `e`, `o`, `u` and `t`.
-pub const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+/// Nix's 32 characters: the digits and lower-case letters without `e`, `o`, `u` and `t` (the hook's
+/// constant, so store path checks and the codec share one alphabet).
+pub const ALPHABET: &[u8; 32] = spool::store_path::NIX32;
 
 /// Why a nixbase32 string could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The Nix formats, owned by us and tested against the real `nix` binary: nixbase32, hashes, store paths,
-//! NAR (writer and reader/listing), narinfo, fingerprints and ed25519 signatures, and reading path
+//! NAR (writer and reader/listing), narinfo, realisations, fingerprints and ed25519 signatures, and reading path
 //! metadata from the local Nix store.
 //!
 //! This module does no network I/O and knows nothing of S3 or PostgreSQL.
@@ -10,5 +10,6 @@ pub mod listing;
 pub mod nar;
 pub mod narinfo;
 pub mod pathinfo;
+pub mod realisation;
 pub mod signing;
 pub mod store_path;

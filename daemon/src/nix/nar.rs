@@ -474,48 +474,23 @@ mod tests {
 
     #[test]
     fn reader_rejects_malformed_nars() {
-        let file = |name: &[u8]| {
-            let mut v: Vec<&[u8]> = vec![NAR_MAGIC, b"(", b"type", b"directory", b"entry", b"(", b"name"];
-            v.push(Box::leak(name.to_vec().into_boxed_slice()));
-            v.extend_from_slice(&[b"node", b"(", b"type", b"symlink", b"target", b"x", b")", b")", b")"]);
+        // A directory holding one symlink to `x` per name, in the order given.
+        let symlinks = |names: &[&[u8]]| {
+            let mut v: Vec<&[u8]> = vec![NAR_MAGIC, b"(", b"type", b"directory"];
+            for name in names {
+                v.extend_from_slice(&[b"entry", b"(", b"name", name, b"node", b"(", b"type", b"symlink"]);
+                v.extend_from_slice(&[b"target", b"x", b")", b")"]);
+            }
+            v.push(b")");
             nar(&v)
         };
+        let file = |name: &[u8]| symlinks(&[name]);
         assert!(read_tree(&mut file(b"ok").as_slice()).is_ok());
         for bad in [b"".as_slice(), b".", b"..", b"a/b", b"a\0b"] {
             let err = read_tree(&mut file(bad).as_slice()).expect_err("bad name");
             assert!(err.to_string().contains("invalid entry name"), "{err}");
         }
-        let unsorted = nar(&[
-            NAR_MAGIC,
-            b"(",
-            b"type",
-            b"directory",
-            b"entry",
-            b"(",
-            b"name",
-            b"b",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b"entry",
-            b"(",
-            b"name",
-            b"a",
-            b"node",
-            b"(",
-            b"type",
-            b"symlink",
-            b"target",
-            b"x",
-            b")",
-            b")",
-            b")",
-        ]);
+        let unsorted = symlinks(&[b"b", b"a"]);
         assert!(read_tree(&mut unsorted.as_slice()).expect_err("unsorted").to_string().contains("not sorted"));
         let mut trailing = file(b"ok");
         trailing.push(0);

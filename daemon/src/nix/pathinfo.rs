@@ -62,21 +62,53 @@ pub struct NixCli {
 
 impl NixCli {
     /// The closures of `paths` (every path reachable through references, each once), in dependency
-    /// order: a path comes after all of its references. One `nix path-info --json --recursive` call.
+    /// order: a path comes after all of its references. `nix path-info --json --recursive`, in batches of
+    /// [`PATH_INFO_BATCH`] arguments (Nix 2.8's `path-info` reads no path list from stdin, and one command
+    /// line with tens of thousands of paths exceeds the kernel's argument limit: E2BIG).
     pub async fn closure(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Result<Vec<PathInfo>, PathInfoError> {
-        if paths.is_empty() {
-            return Ok(Vec::new());
+        self.closure_batched(store_dir, paths, PATH_INFO_BATCH).await
+    }
+
+    /// [`NixCli::closure`] with at most `batch` paths per `nix path-info` command line. Each batch asks only
+    /// for paths no earlier batch's closure already holds, so a shared closure is read once; the results
+    /// are merged. An invalid path fails the whole call, naming the batch it was in.
+    pub async fn closure_batched(
+        &self,
+        store_dir: &StoreDir,
+        paths: &[StorePath],
+        batch: usize,
+    ) -> Result<Vec<PathInfo>, PathInfoError> {
+        let batch = batch.max(1);
+        let mut merged: std::collections::HashMap<StorePath, PathInfo> = std::collections::HashMap::new();
+        let mut rest = paths;
+        while !rest.is_empty() {
+            let mut args: Vec<String> = Vec::with_capacity(batch.min(rest.len()));
+            let mut taken = 0;
+            for p in rest {
+                if args.len() == batch {
+                    break;
+                }
+                taken += 1;
+                if !merged.contains_key(p) {
+                    args.push(store_dir.display(p));
+                }
+            }
+            rest = &rest[taken..];
+            if args.is_empty() {
+                continue;
+            }
+            let mut cmd = self.command("nix");
+            // Only the local store is asked: for a path that is not valid here, Nix 2.8 would otherwise query
+            // the configured substituters (network, DNS stalls) before saying so.
+            cmd.args(["path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command"]);
+            cmd.args(["--option", "substituters", "", "--"]);
+            cmd.args(&args);
+            let stdout = run(cmd, "nix path-info", &args).await?;
+            for info in parse_path_info_json(&stdout, store_dir)? {
+                merged.entry(info.path.clone()).or_insert(info);
+            }
         }
-        let args: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
-        let mut cmd = self.command("nix");
-        // Only the local store is asked: for a path that is not valid here, Nix 2.8 would otherwise query the
-        // configured substituters (network, DNS stalls) before saying so.
-        cmd.args(["path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command"]);
-        cmd.args(["--option", "substituters", "", "--"]);
-        cmd.args(&args);
-        let stdout = run(cmd, "nix path-info", &args).await?;
-        let infos = parse_path_info_json(&stdout, store_dir)?;
-        topo_sort(infos)
+        topo_sort(merged.into_values().collect())
     }
     /// The outputs of a derivation (`nix-store --query --outputs`), used when the hook got no OUT_PATHS.
     pub async fn derivation_outputs(
@@ -108,7 +140,7 @@ impl NixCli {
         }
     }
 
-    fn command(&self, program: &str) -> tokio::process::Command {
+    pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let exe = match &self.bin_dir {
             Some(dir) => dir.join(program),
             None => PathBuf::from(program),
@@ -119,10 +151,18 @@ impl NixCli {
     }
 }
 
+/// Paths per `nix path-info` command line: store paths are ~60–100 bytes, so a batch stays far below the
+/// kernel's 2 MiB argument limit (and its 128 KiB limit per argument is never approached).
+pub const PATH_INFO_BATCH: usize = 4096;
+
 /// Longest stderr kept in an error (Nix can be chatty; the first lines say what went wrong).
 const MAX_STDERR: usize = 4096;
 
-async fn run(mut cmd: tokio::process::Command, program: &str, paths: &[String]) -> Result<Vec<u8>, PathInfoError> {
+pub(crate) async fn run(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    paths: &[String],
+) -> Result<Vec<u8>, PathInfoError> {
     let out = cmd.output().await.map_err(|source| PathInfoError::Spawn { program: program.to_owned(), source })?;
     if !out.status.success() {
         let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();

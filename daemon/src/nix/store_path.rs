@@ -2,9 +2,12 @@
 //!
 //! Everything that becomes an object key or a file path passes through here first, so the checks are
 //! strict: bad hash alphabet or length, empty/overlong names, names with `/`, NUL, leading `.`, or
-//! characters outside Nix's set are rejected with an error that names the input.
+//! characters outside Nix's set are rejected with an error that names the input. The rules themselves
+//! are the hook's (`spool::store_path`): what the hook queues and what the daemon accepts cannot drift.
 
 use std::path::{Path, PathBuf};
+
+use spool::store_path;
 
 /// Why a store path or store directory was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,27 +108,10 @@ impl StoreDir {
 }
 
 /// Length of the hash part of a store path (160 bits in nix32).
-pub const HASH_LEN: usize = 32;
+pub const HASH_LEN: usize = store_path::HASH_LEN;
 
 /// Longest name Nix accepts (`<hash>-<name>` then fits in 244 bytes).
-pub const MAX_NAME_LEN: usize = 211;
-
-/// Checks a store path name as Nix does: 1..=211 characters of `[A-Za-z0-9+-._?=]`, not starting with `.`.
-fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("empty name".to_owned());
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!("name is {} bytes long, the limit is {MAX_NAME_LEN}", name.len()));
-    }
-    if name.starts_with('.') {
-        return Err("name starts with `.`".to_owned());
-    }
-    if let Some((pos, ch)) = name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
-        return Err(format!("name has the forbidden character {ch:?} at position {pos}"));
-    }
-    Ok(())
-}
+pub const MAX_NAME_LEN: usize = store_path::MAX_NAME_LEN;
 
 /// A validated store path, independent of the store directory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,34 +121,18 @@ pub struct StorePath {
 }
 
 impl StorePath {
-    /// Parses `<32 nix32 chars>-<name>`.
+    /// Parses `<32 nix32 chars>-<name>`, by the hook's rules (one set of rules for both).
     pub fn from_basename(basename: &str) -> Result<Self, StorePathError> {
-        let invalid = |reason: String| StorePathError::Invalid { input: basename.to_owned(), reason };
-        if basename.len() < HASH_LEN + 2 {
-            return Err(invalid(format!("too short: expected {HASH_LEN} hash characters, `-` and a name")));
-        }
-        let (hash, rest) = basename.split_at_checked(HASH_LEN).ok_or_else(|| invalid("not ASCII".to_owned()))?;
-        Self::validate_hash_part(hash).map_err(|e| match e {
-            StorePathError::Invalid { reason, .. } => invalid(reason),
-            other => other,
-        })?;
-        let name =
-            rest.strip_prefix('-').ok_or_else(|| invalid(format!("no `-` after the {HASH_LEN}-character hash")))?;
-        validate_name(name).map_err(invalid)?;
-        Ok(StorePath { hash: hash.to_owned(), name: name.to_owned() })
+        store_path::validate_basename(basename)
+            .map_err(|reason| StorePathError::Invalid { input: basename.to_owned(), reason })?;
+        // validated: the hash part is ASCII and followed by `-`
+        let (hash, dash_name) = basename.split_at(HASH_LEN);
+        Ok(StorePath { hash: hash.to_owned(), name: dash_name[1..].to_owned() })
     }
     /// Parses a bare 32-character hash part (as in `<hash>.narinfo`).
     pub fn validate_hash_part(hash: &str) -> Result<(), StorePathError> {
-        let invalid = |reason: String| StorePathError::Invalid { input: hash.to_owned(), reason };
-        if hash.len() != HASH_LEN {
-            return Err(invalid(format!("hash part has {} bytes, expected {HASH_LEN}", hash.len())));
-        }
-        if let Some((pos, ch)) =
-            hash.char_indices().find(|&(_, c)| !c.is_ascii() || !crate::nix::base32::is_nix32_char(c as u8))
-        {
-            return Err(invalid(format!("hash part has {ch:?} at position {pos}, outside the nix32 alphabet")));
-        }
-        Ok(())
+        store_path::validate_hash_part(hash)
+            .map_err(|reason| StorePathError::Invalid { input: hash.to_owned(), reason })
     }
     /// The 32-character nix32 hash part.
     pub fn hash_part(&self) -> &str {

@@ -8,6 +8,7 @@
 use crate::nix::base32;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::StorePath;
+use spool::store_path;
 
 /// Longest key `parse` accepts; the longest legal key (a `log/` key with a 211-character name) is shorter.
 pub const MAX_KEY_LEN: usize = 300;
@@ -15,14 +16,8 @@ pub const MAX_KEY_LEN: usize = 300;
 /// How much of a rejected input an error quotes.
 const QUOTE_LEN: usize = 80;
 
-/// Length of a store path hash part (`<hash>.narinfo`).
-const HASH_PART_LEN: usize = 32;
-
 /// Length of a nix32 SHA-256 (`nar/<hash>.nar.zst`).
 const NIX32_SHA256_LEN: usize = 52;
-
-/// Longest output name Nix accepts (the store path name limit).
-const MAX_OUTPUT_NAME_LEN: usize = 211;
 
 /// NAR file extensions `parse` accepts: ours (`.nar.zst`) and those other writers (stock `nix copy`) use, so
 /// the read proxy and GC can handle a bucket that also holds NARs niks3 did not write.
@@ -226,22 +221,14 @@ fn classify(key: &str) -> Result<ObjectKind, String> {
         return Err("unknown key prefix".to_owned());
     }
     if let Some(hash) = key.strip_suffix(".narinfo") {
-        check_hash_part(hash)?;
+        store_path::validate_hash_part(hash)?;
         return Ok(ObjectKind::NarInfo);
     }
     if let Some(hash) = key.strip_suffix(".ls") {
-        check_hash_part(hash)?;
+        store_path::validate_hash_part(hash)?;
         return Ok(ObjectKind::Listing);
     }
     Err("not a key of the cache layout".to_owned())
-}
-
-/// A 32-character store path hash part.
-fn check_hash_part(hash: &str) -> Result<(), String> {
-    if hash.len() != HASH_PART_LEN {
-        return Err(format!("hash part must be {HASH_PART_LEN} characters, got {}", hash.len()));
-    }
-    StorePath::validate_hash_part(hash).map_err(|e| e.to_string())
 }
 
 /// A 52-character nix32 SHA-256 digest.
@@ -252,21 +239,9 @@ fn check_nix32_sha256(hash: &str) -> Result<(), String> {
     base32::decode(hash).map(|_| ()).map_err(|e| format!("NAR hash: {e}"))
 }
 
-/// A Nix output name (`out`, `dev`, `lib32`, …).
+/// A Nix output name (`out`, `dev`, `lib32`, …): Nix holds output names to the store path name rules.
 fn check_output_name(output: &str) -> Result<(), String> {
-    if output.is_empty() {
-        return Err("empty output name".to_owned());
-    }
-    if output.len() > MAX_OUTPUT_NAME_LEN {
-        return Err(format!("output name longer than {MAX_OUTPUT_NAME_LEN} characters"));
-    }
-    if output.starts_with('.') {
-        return Err("output name starts with `.`".to_owned());
-    }
-    if let Some(c) = output.chars().find(|&c| !(c.is_ascii_alphanumeric() || "+-._?=".contains(c))) {
-        return Err(format!("character {c:?} is not allowed in an output name"));
-    }
-    Ok(())
+    store_path::validate_name(output).map_err(|e| format!("output {e}"))
 }
 
 #[cfg(test)]
@@ -303,8 +278,8 @@ mod tests {
             ("nix-cache-info2", "not a key"),
             ("etc/passwd", "unknown key prefix"),
             ("foo.narinfo", "32 characters"),
-            ("0c6kzph7l0dcbfmjap64f0czdafn3b7e.narinfo", "invalid"),
-            ("0C6KZPH7L0DCBFMJAP64F0CZDAFN3B7X.narinfo", "invalid"),
+            ("0c6kzph7l0dcbfmjap64f0czdafn3b7e.narinfo", "alphabet"),
+            ("0C6KZPH7L0DCBFMJAP64F0CZDAFN3B7X.narinfo", "alphabet"),
             ("nar/abc.nar.zst", "52 nix32"),
             ("nar/1q4an56arzi4glhxcz0sm6fc8fqcx0y8n5zhbp5l1xa1i3a8s8h8.tar", "must end"),
             ("nar/uq4an56arzi4glhxcz0sm6fc8fqcx0y8n5zhbp5l1xa1i3a8s8h8.nar.zst", "NAR hash"),

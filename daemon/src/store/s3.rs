@@ -73,6 +73,31 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// Most parts one multipart upload may have (S3's limit).
+pub const MAX_PARTS: u64 = 10_000;
+
+/// A multipart upload handed to a remote client: where to `PUT` each part. The URLs are credentials
+/// (they carry a signature): never log them.
+#[derive(Clone)]
+pub struct PresignedMultipart {
+    /// The S3 upload id (recorded so that GC can abort the upload if the client never finishes it).
+    pub upload_id: String,
+    /// Every part but the last has exactly this many bytes (R2 requires equal part sizes).
+    pub part_size: u64,
+    /// Presigned `PUT` URL of part 1, 2, … (as many as the largest possible object needs).
+    pub part_urls: Vec<String>,
+}
+
+impl std::fmt::Debug for PresignedMultipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresignedMultipart")
+            .field("upload_id", &self.upload_id)
+            .field("part_size", &self.part_size)
+            .field("parts", &self.part_urls.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// An unfinished multipart upload found in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -409,6 +434,50 @@ impl S3Store {
             .map_err(|e| self.error("presign PUT", key.as_str(), e))
     }
 
+    /// The part size of a multipart upload of an object of at most `max_size` bytes: the configured
+    /// part size, grown (in whole MiB) when needed so that [`MAX_PARTS`] parts hold `max_size`.
+    pub fn part_size_for(&self, max_size: u64) -> u64 {
+        const MIB: u64 = 1 << 20;
+        let configured = self.config.part_size as u64;
+        let needed = max_size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        configured.max(needed)
+    }
+
+    /// The configured part size: objects that may be larger go multipart.
+    pub fn part_size(&self) -> u64 {
+        self.config.part_size as u64
+    }
+
+    /// Starts a multipart upload of at most `max_size` bytes for a remote client: initiates it and
+    /// presigns a PUT URL for every part it may need (equal parts of [`S3Store::part_size_for`] bytes, the
+    /// last one shorter). The client uses as many as its data fills and reports their ETags for
+    /// [`S3Store::complete_multipart`]. If presigning fails the upload is aborted again.
+    pub async fn presign_multipart(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        max_size: u64,
+        expiry: Duration,
+    ) -> Result<PresignedMultipart, StoreError> {
+        let part_size = self.part_size_for(max_size);
+        let parts = u32::try_from(max_size.div_ceil(part_size).max(1))
+            .map_err(|_| StoreError::Config(format!("{key}: {max_size} bytes need too many parts")))?;
+        let upload_id = self.initiate_multipart(key, content_type).await?;
+        let mut part_urls = Vec::with_capacity(parts as usize);
+        for n in 1..=parts {
+            match self.presign_part(key, &upload_id, n, expiry).await {
+                Ok(url) => part_urls.push(url),
+                Err(e) => {
+                    if let Err(abort) = self.abort_multipart(key, &upload_id).await {
+                        tracing::warn!(error = %abort, "could not abort a multipart upload; GC will retry");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(PresignedMultipart { upload_id, part_size, part_urls })
+    }
+
     /// Starts a multipart upload whose parts a remote client sends straight to the bucket through
     /// [`S3Store::presign_part`] URLs; returns the upload id.
     pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StoreError> {
@@ -424,7 +493,7 @@ impl S3Store {
         part_number: u32,
         expiry: Duration,
     ) -> Result<String, StoreError> {
-        if !(1..=10_000).contains(&part_number) {
+        if !(1..=MAX_PARTS).contains(&u64::from(part_number)) {
             return Err(StoreError::Config(format!("part number {part_number} is outside 1..=10000")));
         }
         let secs = presign_secs(expiry)?;

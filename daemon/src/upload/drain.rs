@@ -15,6 +15,7 @@
 
 use crate::metrics::Metrics;
 use crate::nix::pathinfo::NixCli;
+use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::upload::retry::Backoff;
 use spool::{Claimed, Entry, Spool, SpoolError, gcroots};
@@ -26,20 +27,39 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+/// One entry, resolved: what to upload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Output paths whose closures are uploaded (sorted, deduplicated); includes the out paths of
+    /// `realisations`.
+    pub outputs: Vec<StorePath>,
+    /// The derivation the entry names, if any.
+    pub drv: Option<StorePath>,
+    /// Realisations of outputs of `drv` that the `.drv` has no path for (floating content-addressed or
+    /// deferred), as Nix registered them; uploaded after their out paths' narinfos.
+    pub realisations: Vec<Realisation>,
+}
+
 /// What the drainer does with the outputs of one entry.
 pub trait Process: Send + Sync + 'static {
     /// The processor's error.
     type Error: std::error::Error + Send + 'static;
-    /// Uploads (the closures of) `outputs`; must be idempotent.
-    fn process(&self, outputs: &[StorePath]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Uploads (the closures of) `work.outputs` and its realisations; must be idempotent.
+    fn process(&self, work: &Work) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// True when retrying later may succeed; false quarantines the entry.
     fn is_transient(error: &Self::Error) -> bool;
 }
 
 impl Process for crate::upload::pipeline::Uploader {
     type Error = crate::upload::UploadError;
-    async fn process(&self, outputs: &[StorePath]) -> Result<(), Self::Error> {
-        self.upload_closure(outputs).await.map(|_| ())
+    async fn process(&self, work: &Work) -> Result<(), Self::Error> {
+        self.upload_closure(&work.outputs).await?;
+        if let Some(drv) = &work.drv
+            && !work.realisations.is_empty()
+        {
+            self.upload_realisations(drv, &work.realisations).await?;
+        }
+        Ok(())
     }
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
@@ -197,8 +217,8 @@ impl<P: Process> Drainer<P> {
                 return self.quarantine(claimed, &reason, &[]).await;
             }
         };
-        let outputs = match self.outputs_of(&entry).await {
-            Ok(outputs) => outputs,
+        let work = match self.work_of(&entry).await {
+            Ok(work) => work,
             Err(reason) => {
                 let valid: Vec<StorePath> =
                     entry.outs.iter().filter_map(|o| self.config.store_dir.parse_path(o).ok()).collect();
@@ -207,7 +227,7 @@ impl<P: Process> Drainer<P> {
         };
         let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
         loop {
-            match self.processor.process(&outputs).await {
+            match self.processor.process(&work).await {
                 Ok(()) => break,
                 Err(e) if P::is_transient(&e) => {
                     let delay = backoff.next_delay();
@@ -222,11 +242,11 @@ impl<P: Process> Drainer<P> {
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    return self.quarantine(claimed, &reason, &outputs).await;
+                    return self.quarantine(claimed, &reason, &work.outputs).await;
                 }
             }
         }
-        self.remove_roots(&outputs).await;
+        self.remove_roots(&work.outputs).await;
         let spool = self.spool.clone();
         let entry_path = claimed.path.clone();
         match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
@@ -241,34 +261,61 @@ impl<P: Process> Drainer<P> {
         Outcome::Acked
     }
 
-    /// The entry's outputs, validated; or why the entry is unusable.
-    async fn outputs_of(&self, entry: &Entry) -> Result<Vec<StorePath>, String> {
+    /// The entry's outputs and realisations, validated and resolved; or why the entry is unusable.
+    ///
+    /// Outputs named by `realisation=` are looked up in Nix's realisations of the drv and their paths get
+    /// a GC root here (the hook could not root a path it did not know), removed with the others.
+    async fn work_of(&self, entry: &Entry) -> Result<Work, String> {
         let store_dir = &self.config.store_dir;
         let mut outputs = Vec::with_capacity(entry.outs.len());
         for out in &entry.outs {
             outputs.push(store_dir.parse_path(out).map_err(|e| format!("output {e}"))?);
         }
+        let drv = match &entry.drv {
+            Some(d) => {
+                let drv = store_dir.parse_path(d).map_err(|e| format!("derivation {e}"))?;
+                if !drv.is_derivation() {
+                    return Err(format!("{} is not a derivation", store_dir.display(&drv)));
+                }
+                Some(drv)
+            }
+            None => None,
+        };
+        let mut realisations = Vec::new();
+        if let Some(drv) = drv.as_ref().filter(|_| !entry.realisations.is_empty()) {
+            let known = self
+                .config
+                .nix
+                .realisations(store_dir, drv)
+                .await
+                .map_err(|e| format!("reading the realisations of {}: {e}", store_dir.display(drv)))?;
+            for name in &entry.realisations {
+                let r = known.iter().find(|r| r.id.output == *name).ok_or_else(|| {
+                    format!("output {name:?} of {} has no realisation in the local Nix store", store_dir.display(drv))
+                })?;
+                realisations.push(r.clone());
+            }
+            let paths: Vec<StorePath> = realisations.iter().map(|r| r.out_path.clone()).collect();
+            self.add_roots(&paths).await;
+            outputs.extend(paths);
+        }
         if outputs.is_empty() {
-            let Some(drv) = &entry.drv else {
+            let Some(drv) = &drv else {
                 return Err("the entry names no outputs and no derivation".to_owned());
             };
-            let drv = store_dir.parse_path(drv).map_err(|e| format!("derivation {e}"))?;
-            if !drv.is_derivation() {
-                return Err(format!("{} is not a derivation", store_dir.display(&drv)));
-            }
             outputs = self
                 .config
                 .nix
-                .derivation_outputs(store_dir, &drv)
+                .derivation_outputs(store_dir, drv)
                 .await
-                .map_err(|e| format!("resolving the outputs of {}: {e}", store_dir.display(&drv)))?;
+                .map_err(|e| format!("resolving the outputs of {}: {e}", store_dir.display(drv)))?;
             if outputs.is_empty() {
-                return Err(format!("{} has no outputs", store_dir.display(&drv)));
+                return Err(format!("{} has no outputs", store_dir.display(drv)));
             }
         }
         outputs.sort();
         outputs.dedup();
-        Ok(outputs)
+        Ok(Work { outputs, drv, realisations })
     }
 
     async fn quarantine(&self, claimed: Claimed, reason: &str, outputs: &[StorePath]) -> Outcome {
@@ -289,6 +336,24 @@ impl<P: Process> Drainer<P> {
         // A quarantined entry is not retried automatically: do not pin its outputs in the local store.
         self.remove_roots(outputs).await;
         Outcome::Quarantined
+    }
+
+    /// Roots `paths` like the hook does (best effort: a failure only widens the window in which a local
+    /// GC could delete the path before upload, which then quarantines the entry as vanished).
+    async fn add_roots(&self, paths: &[StorePath]) {
+        let dir = self.config.gcroots_dir.clone();
+        let paths: Vec<String> = paths.iter().map(|o| self.config.store_dir.display(o)).collect();
+        let res = tokio::task::spawn_blocking(move || {
+            for p in &paths {
+                if let Err(e) = gcroots::ensure(&dir, p) {
+                    tracing::warn!(path = %p, error = %e, "could not add a GC root for a resolved output");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "adding GC roots failed");
+        }
     }
 
     async fn remove_roots(&self, outputs: &[StorePath]) {

@@ -9,6 +9,8 @@
 //! - [`nar_stream`]: the single pass over a store path (NAR → NarHash → zstd → FileHash → bounded chunk
 //!   channel, with the `.ls` listing parsed from the same bytes on a side thread).
 //! - [`pipeline`]: uploads the closures of local store paths (the [`pipeline::Uploader`]).
+//! - [`realisations`]: uploads the realisations of content-addressed derivation outputs (and those of
+//!   their inputs the cache lacks), each after everything it points to.
 //! - [`drain`]: watches the spool and feeds claimed entries to a [`drain::Process`] (the uploader
 //!   locally, or a remote push client for `niks3 drain`).
 //! - [`retry`]: jittered, capped exponential backoff for transient outages.
@@ -17,13 +19,14 @@ pub mod drain;
 pub mod nar_stream;
 pub mod pipeline;
 pub mod publish;
+pub mod realisations;
 pub mod retry;
 
 use crate::db::DbError;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::PathInfoError;
 use crate::nix::store_path::StorePath;
-use crate::store::StoreError;
+use crate::store::{ObjectKey, StoreError};
 
 /// Why uploading a store path (or a closure) failed. [`UploadError::is_transient`] tells the drainer
 /// whether to keep the entry and retry later, or to quarantine it.
@@ -78,6 +81,28 @@ pub enum UploadError {
         /// The reference that is absent.
         reference: StorePath,
     },
+    /// A realisation would have been published while its output's narinfo or a realisation it depends on
+    /// is not in the cache (a GC race: a retry uploads them again).
+    #[error("refusing to publish realisation {id}: {missing} is not in the cache")]
+    RealisationIncomplete {
+        /// The realisation's id (`sha256:…!out`).
+        id: String,
+        /// The key that is absent.
+        missing: ObjectKey,
+    },
+    /// The realisations of a derivation's inputs do not account for a realisation it depends on.
+    #[error("realisation {id} of {drv} depends on {dependent}, which no input derivation's realisation provides")]
+    RealisationUnresolved {
+        /// The derivation (full path).
+        drv: String,
+        /// The realisation that needs it.
+        id: String,
+        /// The dependent realisation not found.
+        dependent: String,
+    },
+    /// A key built from parsed parts was refused (cannot happen for parts Nix reported; kept explicit).
+    #[error(transparent)]
+    Key(#[from] crate::store::key::KeyError),
     /// A background task died (panic or cancellation).
     #[error("internal task failure: {0}")]
     Task(String),
@@ -93,11 +118,15 @@ impl UploadError {
             // Nix not startable is an environment problem, not the entry's fault. A reference vanishing
             // from the cache between our query and the publish is a GC race: a retry recomputes what is
             // missing and uploads it again.
-            UploadError::PathInfo(PathInfoError::Spawn { .. }) | UploadError::MissingReference { .. } => true,
+            UploadError::PathInfo(PathInfoError::Spawn { .. })
+            | UploadError::MissingReference { .. }
+            | UploadError::RealisationIncomplete { .. } => true,
             UploadError::PathInfo(_)
             | UploadError::HashMismatch { .. }
             | UploadError::Vanished { .. }
             | UploadError::Nar { .. }
+            | UploadError::RealisationUnresolved { .. }
+            | UploadError::Key(_)
             | UploadError::Task(_) => false,
         }
     }

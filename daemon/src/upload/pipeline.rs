@@ -123,15 +123,20 @@ impl Uploader {
         self
     }
 
+    /// The publisher (signing keys, store, database).
+    pub(crate) fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     fn store(&self) -> &Arc<Store> {
         self.publisher.store()
     }
 
-    fn db(&self) -> &Db {
+    pub(crate) fn db(&self) -> &Db {
         self.publisher.db()
     }
 
-    fn store_dir(&self) -> &StoreDir {
+    pub(crate) fn store_dir(&self) -> &StoreDir {
         self.publisher.store_dir()
     }
 

@@ -11,6 +11,7 @@ use crate::db::{Db, NewObject};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::pathinfo::PathInfo;
+use crate::nix::realisation::{DrvOutput, Realisation};
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::StoreDir;
 use crate::store::{ObjectKey, Store};
@@ -136,6 +137,68 @@ impl Publisher {
         self.db.record_object(&NewObject { key, size, refs }, now).await?;
         Ok(narinfo)
     }
+}
+
+impl Publisher {
+    /// Publishes one realisation, signed by every key: claims its key and everything it points to (the
+    /// output's narinfo, the realisations it depends on), checks they are all in the cache, writes the
+    /// `.doi` and records it as a closure root whose refs are those keys. So GC keeps what a realisation
+    /// points to for as long as the realisation lives, and deletes the realisation first; the realisation
+    /// itself lives as long as it keeps being pushed (`--older-than`), like any other closure.
+    pub async fn publish_realisation(
+        &self,
+        realisation: &Realisation,
+        now: DateTime<Utc>,
+    ) -> Result<Realisation, UploadError> {
+        let key = realisation_key(&realisation.id)?;
+        let mut refs = vec![ObjectKey::narinfo(&realisation.out_path)];
+        for dep in realisation.dependents.keys() {
+            refs.push(realisation_key(dep)?);
+        }
+        let mut claimed = refs.clone();
+        claimed.push(key.clone());
+        let id = self.db.begin_upload(&key, &claimed, now).await?;
+        let result = self.write_realisation(realisation, &key, refs, now).await;
+        let result = match result {
+            Ok(signed) => self.db.finish_upload(id, &key, now).await.map(|()| signed).map_err(UploadError::from),
+            Err(e) => Err(e),
+        };
+        if result.is_err()
+            && let Err(e) = self.db.abort_upload(id).await
+        {
+            tracing::debug!(error = %e, "could not drop a realisation claim; GC expires it");
+        }
+        result
+    }
+
+    async fn write_realisation(
+        &self,
+        realisation: &Realisation,
+        key: &ObjectKey,
+        refs: Vec<ObjectKey>,
+        now: DateTime<Utc>,
+    ) -> Result<Realisation, UploadError> {
+        if let Some(missing) = self.db.missing(&refs).await?.into_iter().next() {
+            return Err(UploadError::RealisationIncomplete { id: realisation.id.to_string(), missing });
+        }
+        let mut signed = Realisation { signatures: std::collections::BTreeSet::new(), ..realisation.clone() };
+        for k in self.keys.iter() {
+            signed.sign(k);
+        }
+        let body = signed.to_json();
+        let size = body.len() as u64;
+        self.store.put(key, Bytes::from(body), REALISATION_CONTENT_TYPE).await?;
+        self.db.record_object(&NewObject { key: key.clone(), size, refs }, now).await?;
+        Ok(signed)
+    }
+}
+
+/// Content type of realisation objects (what Nix's binary cache store uses).
+pub const REALISATION_CONTENT_TYPE: &str = "application/json";
+
+/// The key of a realisation; its parts were validated when it was parsed, so this cannot fail in practice.
+fn realisation_key(id: &DrvOutput) -> Result<ObjectKey, UploadError> {
+    Ok(ObjectKey::realisation(&id.drv_hash, &id.output)?)
 }
 
 impl std::fmt::Debug for Publisher {

@@ -399,5 +399,24 @@ pub fn check_local_invariant(cache: &Path) -> usize {
         }
         assert!(text.contains("\nSig: "), "{} is unsigned", p.display());
     }
+    if cache.join("realisations").is_dir() {
+        check_realisations(cache);
+    }
+    n
+}
+
+/// Every realisation in a local cache points at a narinfo that exists and at realisations that exist.
+pub fn check_realisations(cache: &Path) -> usize {
+    let dir = cache.join("realisations");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("realisations dir").filter_map(Result::ok) {
+        let body = std::fs::read(e.path()).expect("read .doi");
+        let r = niks3::nix::realisation::Realisation::from_json(&body).expect("valid .doi");
+        assert!(cache.join(format!("{}.narinfo", r.out_path.hash_part())).is_file(), "{} without its narinfo", r.id);
+        for dep in r.dependents.keys() {
+            assert!(dir.join(format!("{dep}.doi")).is_file(), "{} without its dependent {dep}", r.id);
+        }
+        n += 1;
+    }
     n
 }

@@ -26,6 +26,8 @@ pub enum Backend {
     Local,
     /// A fresh Garage.
     Garage,
+    /// A fresh Garage, the store uploading (and presigning) multipart parts of this many bytes.
+    GarageWithPartSize(usize),
 }
 
 /// A running server and everything it stands on; dropping it stops them all.
@@ -63,7 +65,8 @@ impl TestServer {
                 let cache = dir.path().join("cache");
                 (Store::Local(LocalStore::open(cache.clone()).expect("local store")), Some(cache), None)
             }
-            Backend::Garage => {
+            Backend::Garage | Backend::GarageWithPartSize(_) => {
+                let part_size = if let Backend::GarageWithPartSize(p) = backend { p } else { 8 << 20 };
                 let g = Garage::start().expect("start Garage");
                 let s = S3Store::new(S3Config {
                     endpoint: g.endpoint.clone(),
@@ -72,7 +75,7 @@ impl TestServer {
                     access_key: g.access_key.clone(),
                     secret_key: g.secret_key.clone(),
                     path_style: true,
-                    part_size: 8 << 20,
+                    part_size,
                 })
                 .expect("S3 store");
                 (Store::S3(s), None, Some(g))

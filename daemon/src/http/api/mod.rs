@@ -1,10 +1,11 @@
 //! The push API under `/api/v1/` (see docs/api.md): bearer-token auth on every route, bounded request
-//! bodies, then [`push`] (announce a closure, upload NARs, complete) and [`gc`].
+//! bodies, then [`push`] (announce a closure, upload NARs, complete or abort), [`realisations`] and [`gc`].
 
 pub mod auth;
 pub mod gc;
 pub mod protocol;
 pub mod push;
+pub mod realisations;
 
 use super::{HttpState, Request, response};
 use bytes::{Bytes, BytesMut};
@@ -56,6 +57,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
     match segs.as_slice() {
         ["v1", "push"] if post => ("api-push", push::announce(state, req).await),
         ["v1", "complete"] if post => ("api-complete", push::complete(state, req).await),
+        ["v1", "abort"] if post => ("api-abort", push::abort(state, req).await),
         ["v1", "uploads", id, "nar", hash] if req.method == http::Method::PUT => {
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
             ("api-upload", push::upload_nar(state, req, &id, &hash).await)
@@ -64,8 +66,9 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
             let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
             ("api-upload-log", push::upload_log(state, req, &id, &drv).await)
         }
+        ["v1", "realisations"] if post => ("api-realisations", realisations::handle(state, req).await),
         ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),
-        ["v1", "push" | "complete" | "gc"] | ["v1", "uploads", _, "nar" | "log", _] => {
+        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"] | ["v1", "uploads", _, "nar" | "log", _] => {
             ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),

@@ -44,8 +44,34 @@ pub struct MissingNar {
     /// Where to `PUT` the zstd-compressed NAR: an absolute presigned S3 URL, or a path on the server
     /// (starting with `/`, needs the bearer token) when the backend is not S3.
     pub upload_url: String,
-    /// True when `upload_url` is a presigned S3 URL (send no `Authorization` header there).
+    /// True when `upload_url` (or the part URLs) are presigned S3 URLs (send no `Authorization` header
+    /// there).
     pub presigned: bool,
+    /// Set for NARs that may be larger than one part: upload them in parts instead (`upload_url` is then
+    /// empty) and report each part's `ETag` in [`UploadedNar::parts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart: Option<MultipartWire>,
+}
+
+/// A presigned multipart upload: the compressed NAR cut into parts of exactly `part_size` bytes (the last
+/// one shorter), part `n` `PUT` to `part_urls[n - 1]` with its `Content-Length`. Parts beyond the end of
+/// the data are left unused.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartWire {
+    /// Size of every part but the last.
+    pub part_size: u64,
+    /// Presigned URL of part 1, 2, … (enough for the largest the compressed NAR can be).
+    pub part_urls: Vec<String>,
+}
+
+impl std::fmt::Debug for MultipartWire {
+    /// The URLs carry signatures: only their number is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultipartWire")
+            .field("part_size", &self.part_size)
+            .field("parts", &self.part_urls.len())
+            .finish()
+    }
 }
 
 /// A build log the server lacks for one of the missing paths.
@@ -92,6 +118,9 @@ pub struct UploadedNar {
     pub file_hash: String,
     /// Size of the compressed file.
     pub file_size: u64,
+    /// For a multipart upload: the `ETag` S3 answered for each part, part 1 first (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 /// `POST /api/v1/complete`: "the NARs are uploaded; publish the narinfos".
@@ -128,6 +157,23 @@ pub struct UploadResponse {
     pub file_hash: String,
 }
 
+/// `POST /api/v1/abort`: "I give up on these upload sessions" (the client failed between push and
+/// complete): the server aborts their multipart uploads and ends them, so nothing waits for GC.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AbortRequest {
+    /// The sessions [`PushResponse::uploads`] opened.
+    pub uploads: Vec<i64>,
+}
+
+/// Answer to [`AbortRequest`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct AbortResponse {
+    /// Sessions ended (ones already gone are not counted).
+    pub aborted_uploads: u64,
+    /// Multipart uploads aborted in the bucket.
+    pub aborted_multiparts: u64,
+}
+
 /// `POST /api/v1/gc`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct GcRequest {
@@ -141,4 +187,19 @@ pub struct GcRequest {
     /// Only count what would be done.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `POST /api/v1/realisations`: realisations to publish, dependencies first, each the JSON Nix prints
+/// (`nix realisation info --json`; signatures are ignored: the server signs with its own keys).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RealisationsRequest {
+    /// Realisation objects.
+    pub realisations: Vec<serde_json::Value>,
+}
+
+/// Answer to `POST /api/v1/realisations`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct RealisationsResponse {
+    /// Realisations written (all of the request's).
+    pub published: usize,
 }

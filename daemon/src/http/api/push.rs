@@ -1,25 +1,30 @@
 //! The push routes (docs/api.md):
 //! - `POST /api/v1/push` validates a closure, claims its keys (one upload session per root) and answers
-//!   which paths are missing and where to put each missing NAR (a presigned S3 URL, or the relay route);
+//!   which paths are missing and where to put each missing NAR: one presigned S3 `PUT` when it fits in
+//!   one part, a presigned multipart upload (initiated here and recorded with the session) when it may
+//!   not, or the relay route;
 //! - `PUT /api/v1/uploads/{id}/nar/{nix32}` streams a compressed NAR into the store for backends without
 //!   presigned URLs, checking on the way that it decompresses to the NAR it is named after;
-//! - `POST /api/v1/complete` checks every missing NAR is in the store with the announced size, then
-//!   publishes the narinfos dependencies first (through [`crate::upload::publish::Publisher`], the same
-//!   step the local pipeline uses) and ends the upload sessions.
+//! - `POST /api/v1/complete` completes the multipart uploads from the parts' ETags, checks every missing
+//!   NAR is in the store with the announced size, then publishes the narinfos dependencies first (through
+//!   [`crate::upload::publish::Publisher`], the same step the local pipeline uses) and ends the sessions;
+//! - `POST /api/v1/abort` ends sessions a client gave up on, aborting their multipart uploads.
 //!
 //! The server trusts nothing it is sent: every path, hash and reference is parsed and checked, keys are
 //! only ever built from validated parts, and a NAR can only be written under a key its session claimed.
 
 use super::super::{HttpState, Request, response};
 use super::protocol::{
-    CompleteRequest, CompleteResponse, MissingLog, MissingNar, PathInfoWire, PushRequest, PushResponse, UploadResponse,
+    AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, MissingLog, MissingNar, MultipartWire,
+    PathInfoWire, PushRequest, PushResponse, UploadResponse,
 };
 use super::read_json;
 use crate::db::{NewObject, UploadId};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::{StoreDir, StorePath};
-use crate::store::{ObjectKey, StoreError};
+use crate::store::{ObjectKey, Store, StoreError};
+use crate::upload::pipeline::NAR_CONTENT_TYPE;
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -35,6 +40,10 @@ use warp::reply::Response;
 const MAX_CA_LEN: usize = 1024;
 /// Chunks in flight between the request body and the store (bounded memory per upload).
 const UPLOAD_CHANNEL_DEPTH: usize = 16;
+/// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
+const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
+/// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
+const MAX_PART_URLS: usize = 100_000;
 
 fn bad(msg: impl Into<String>) -> Response {
     response::json_error(StatusCode::BAD_REQUEST, msg)
@@ -212,6 +221,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
                 nar_hash: p.nar_hash.to_nix_string(),
                 upload_url: String::new(),
                 presigned: false,
+                multipart: None,
             })
             .collect();
         return response::json(
@@ -262,25 +272,13 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
         }
     }
     let Some(&session) = uploads.first() else { return bad("no roots") };
-    let mut missing_nars = Vec::with_capacity(nars.len());
-    for (key, p) in &nars {
-        let (upload_url, presigned) = match state.store.presign_put(key, state.limits.presign_expiry).await {
-            Ok(Some(url)) => (url, true),
-            Ok(None) => (format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32()), false),
-            Err(e) => {
-                for id in &uploads {
-                    let _ = state.db.abort_upload(UploadId(*id)).await;
-                }
-                return store_failed(&e);
-            }
-        };
-        missing_nars.push(MissingNar {
-            path: state.store_dir.display(&p.path),
-            nar_hash: p.nar_hash.to_nix_string(),
-            upload_url,
-            presigned,
-        });
-    }
+    let missing_nars = match plan_nar_uploads(state, session, &nars).await {
+        Ok(m) => m,
+        Err(r) => {
+            abort_sessions(state, &uploads).await;
+            return r;
+        }
+    };
     let missing_logs = log_keys
         .iter()
         .filter(|(k, _)| absent_logs.contains(k))
@@ -305,6 +303,238 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             missing_logs,
         },
     )
+}
+
+/// The largest a zstd-compressed NAR of `nar_size` bytes can be: zstd's `ZSTD_compressBound` (incompressible
+/// data is stored in raw blocks, 3 header bytes per 128 KiB) plus room for frame headers and checksum.
+pub fn max_compressed_size(nar_size: u64) -> u64 {
+    const BLOCK: u64 = 128 << 10;
+    let small_input_margin = if nar_size < BLOCK { (BLOCK - nar_size) >> 11 } else { 0 };
+    nar_size.saturating_add(nar_size >> 8).saturating_add(small_input_margin).saturating_add(64 << 10)
+}
+
+/// Where each missing NAR goes: the relay route (local store), one presigned PUT (S3, when the NAR fits in
+/// one part even incompressible), or a presigned multipart upload (S3, larger). Multipart uploads are
+/// initiated here, a few at once, and recorded under `session` so that `complete` can finish them and GC
+/// abort them. On any failure, whatever was initiated is aborted again and the error response returned.
+async fn plan_nar_uploads(
+    state: &HttpState,
+    session: i64,
+    nars: &[(ObjectKey, &PathInfo)],
+) -> Result<Vec<MissingNar>, Response> {
+    let mut plans: Vec<Result<(MissingNar, Option<String>), Response>> = Vec::with_capacity(nars.len());
+    for chunk in nars.chunks(MULTIPART_INITIATE_CONCURRENCY) {
+        let mut futs = Vec::with_capacity(chunk.len());
+        for (key, p) in chunk {
+            futs.push(plan_nar_upload(state, session, key, p));
+        }
+        plans.extend(futures::future::join_all(futs).await);
+    }
+    let mut missing = Vec::with_capacity(plans.len());
+    let mut started: Vec<(ObjectKey, String)> = Vec::new();
+    let mut failure = None;
+    let mut part_urls = 0usize;
+    for (plan, (key, _)) in plans.into_iter().zip(nars) {
+        match plan {
+            Ok((m, upload_id)) => {
+                part_urls += m.multipart.as_ref().map_or(0, |mp| mp.part_urls.len());
+                if let Some(id) = upload_id {
+                    started.push((key.clone(), id));
+                }
+                missing.push(m);
+            }
+            Err(r) => {
+                failure.get_or_insert(r);
+            }
+        }
+    }
+    if failure.is_none() && part_urls > MAX_PART_URLS {
+        failure = Some(response::json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
+            ),
+        ));
+    }
+    if failure.is_none() && !started.is_empty() {
+        let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
+        let ids: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
+        let recorded = match state.db.pool().get().await {
+            Ok(c) => c
+                .execute(
+                    "INSERT INTO upload_multiparts (upload_id, key, multipart_id) \
+                     SELECT $1, k, m FROM unnest($2::text[], $3::text[]) AS t(k, m)",
+                    &[&session, &keys, &ids],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = recorded {
+            failure = Some(db_failed(&e));
+        }
+    }
+    match failure {
+        None => Ok(missing),
+        Some(r) => {
+            for (key, id) in &started {
+                abort_multipart(state, key, id).await;
+            }
+            Err(r)
+        }
+    }
+}
+
+/// Plans the upload of one NAR (see [`plan_nar_uploads`]); the multipart upload id when one was started.
+async fn plan_nar_upload(
+    state: &HttpState,
+    session: i64,
+    key: &ObjectKey,
+    p: &PathInfo,
+) -> Result<(MissingNar, Option<String>), Response> {
+    let mut m = MissingNar {
+        path: state.store_dir.display(&p.path),
+        nar_hash: p.nar_hash.to_nix_string(),
+        upload_url: String::new(),
+        presigned: false,
+        multipart: None,
+    };
+    let expiry = state.limits.presign_expiry;
+    let s3 = match &*state.store {
+        Store::S3(s3) => s3,
+        Store::Local(_) => {
+            m.upload_url = format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32());
+            return Ok((m, None));
+        }
+    };
+    m.presigned = true;
+    let max_size = max_compressed_size(p.nar_size);
+    if max_size <= s3.part_size() {
+        m.upload_url = state.store.presign_put(key, expiry).await.map_err(|e| store_failed(&e))?.unwrap_or_default();
+        return Ok((m, None));
+    }
+    if max_size > state.limits.max_nar_upload {
+        return Err(response::json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the NAR of {} ({} bytes) may exceed the largest upload accepted ({} bytes)",
+                p.path.basename(),
+                p.nar_size,
+                state.limits.max_nar_upload
+            ),
+        ));
+    }
+    let mp = s3.presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry).await.map_err(|e| store_failed(&e))?;
+    m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls });
+    Ok((m, Some(mp.upload_id)))
+}
+
+/// Best effort: aborts multipart upload `upload_id` of `key` (what fails here, GC retries).
+async fn abort_multipart(state: &HttpState, key: &ObjectKey, upload_id: &str) {
+    if let Store::S3(s3) = &*state.store
+        && let Err(e) = s3.abort_multipart(key, upload_id).await
+    {
+        tracing::warn!(error = %e, "could not abort a multipart upload; GC will retry");
+    }
+}
+
+/// The multipart uploads recorded for sessions `ids`: key → upload id.
+async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String, String>, Response> {
+    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+    let rows = client
+        .query("SELECT key, multipart_id FROM upload_multiparts WHERE upload_id = ANY($1)", &[&ids])
+        .await
+        .map_err(|e| db_failed(&e))?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+}
+
+/// Ends sessions `ids` after aborting their multipart uploads (best effort: what is left, GC removes).
+/// Returns how many sessions and multipart uploads were ended.
+async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
+    let mut multiparts = 0;
+    if let Ok(started) = multiparts_of(state, ids).await {
+        for (key, id) in &started {
+            if let Ok((_, key)) = ObjectKey::parse(key) {
+                abort_multipart(state, &key, id).await;
+                multiparts += 1;
+            }
+        }
+    }
+    let mut sessions = 0;
+    if let Ok(client) = state.db.pool().get().await {
+        match client.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&ids]).await {
+            Ok(n) => sessions = n,
+            Err(e) => tracing::warn!("ending aborted upload sessions: {e}"),
+        }
+    }
+    (sessions, multiparts)
+}
+
+/// `POST /api/v1/abort`.
+pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
+    let body: AbortRequest = match read_json(req, state.limits.max_json_body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if body.uploads.len() > state.limits.max_paths {
+        return bad(format!("too many upload ids: {} (at most {})", body.uploads.len(), state.limits.max_paths));
+    }
+    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, &body.uploads).await;
+    tracing::info!(sessions = aborted_uploads, multiparts = aborted_multiparts, "push aborted by the client");
+    response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts })
+}
+
+/// Finishes the multipart upload of `key` from the client's part ETags. A refusal by S3 (bad or missing
+/// part) aborts the upload: the client must push again. Transient failures leave it for a retry.
+async fn complete_multipart(
+    state: &HttpState,
+    sessions: &[i64],
+    key: &ObjectKey,
+    upload_id: &str,
+    etags: &[String],
+) -> Result<(), Response> {
+    let Store::S3(s3) = &*state.store else { return Ok(()) };
+    if etags.len() as u64 > crate::store::s3::MAX_PARTS {
+        return Err(bad(format!("{} parts reported for {key}", etags.len())));
+    }
+    if let Some(e) = etags.iter().find(|e| !valid_etag(e)) {
+        return Err(bad(format!("malformed part ETag {:?} for {key}", clip(e))));
+    }
+    if let Err(e) = s3.complete_multipart(key, upload_id, etags.to_vec()).await {
+        if e.is_transient() {
+            return Err(store_failed(&e));
+        }
+        abort_multipart(state, key, upload_id).await;
+        forget_multipart(state, sessions, key).await;
+        return Err(response::json_error(
+            StatusCode::CONFLICT,
+            format!("completing the multipart upload of {key}: {e}; push again"),
+        ));
+    }
+    forget_multipart(state, sessions, key).await;
+    Ok(())
+}
+
+/// Drops the record of the multipart upload of `key` by `sessions` (completed or aborted).
+async fn forget_multipart(state: &HttpState, sessions: &[i64], key: &ObjectKey) {
+    if let Ok(c) = state.db.pool().get().await
+        && let Err(e) = c
+            .execute(
+                "DELETE FROM upload_multiparts WHERE upload_id = ANY($1) AND key = $2",
+                &[&sessions, &key.as_str()],
+            )
+            .await
+    {
+        tracing::warn!("forgetting the multipart upload of {key}: {e}");
+    }
+}
+
+/// An ETag as S3 servers send them (quoted hex, maybe `-N`): it goes into an XML body unescaped.
+fn valid_etag(e: &str) -> bool {
+    !e.is_empty()
+        && e.len() <= 256
+        && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'"' | b'-' | b'_' | b'.'))
 }
 
 /// True when upload session `id` exists and claimed `key`.
@@ -589,6 +819,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
         }
     }
     let mut files: HashMap<Sha256Hash, (Sha256Hash, u64)> = HashMap::new();
+    let mut parts: HashMap<Sha256Hash, &[String]> = HashMap::new();
     for n in &body.nars {
         let nh = match Sha256Hash::parse(&n.nar_hash) {
             Ok(h) => h,
@@ -599,6 +830,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
             Err(e) => return bad(format!("nars: {e}")),
         };
         files.insert(nh, (fh, n.file_size));
+        parts.insert(nh, &n.parts);
     }
     let narinfo_keys: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
     let missing: HashSet<ObjectKey> = match state.db.missing(&narinfo_keys).await {
@@ -607,6 +839,24 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
     };
     let todo: Vec<&PathInfo> =
         closure.paths.iter().filter(|p| missing.contains(&ObjectKey::narinfo(&p.path))).collect();
+    // Finish the multipart uploads the client filled (a retried complete finds them finished already).
+    let started = match multiparts_of(state, &body.uploads).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if !started.is_empty() {
+        let mut done = HashSet::new();
+        for p in &todo {
+            let key = ObjectKey::nar(&p.nar_hash);
+            let (Some(upload_id), Some(etags)) = (started.get(key.as_str()), parts.get(&p.nar_hash)) else { continue };
+            if etags.is_empty() || !done.insert(key.clone()) {
+                continue;
+            }
+            if let Err(r) = complete_multipart(state, &body.uploads, &key, upload_id, etags).await {
+                return r;
+            }
+        }
+    }
     // Check every NAR first, so that a missing one publishes nothing.
     let mut stored: HashMap<Sha256Hash, StoredNar> = HashMap::new();
     for p in &todo {

@@ -1,0 +1,109 @@
+# bench/lib.sh — the preamble every benchmark script shares, sourced (not run) from bench/*.sh after
+# `set -euo pipefail` and `cd "$(dirname "$0")/.."`: building the binaries, a scratch directory removed
+# at exit, a private offline Nix, a free port, niks3-hook as a post-build-hook into a spool, and a
+# `niks3 serve` that is stopped at exit whatever happens. One copy, so the scripts cannot drift apart
+# (a benchmark whose Nix silently reaches for cache.nixos.org measures the network, not niks3).
+
+# Commands registered with bench_on_exit, run last-registered first at exit, after the server is stopped.
+BENCH_AT_EXIT=()
+# The `niks3 serve` started by bench_serve, if it is running.
+SERVER_PID=
+
+# bench_build PROFILE CARGO-ARGS…: builds (unless NO_BUILD=1) and sets BIN to the profile's output
+# directory. PROFILE is a cargo profile; `debug` means `dev`.
+bench_build() {
+  local profile=$1; shift
+  [ "$profile" = debug ] && profile=dev
+  if [ "${NO_BUILD:-0}" != 1 ]; then
+    echo "== building $* ($profile)" >&2
+    cargo build --profile "$profile" -q "$@"
+  fi
+  BIN=$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")
+}
+
+# bench_on_exit COMMAND: runs COMMAND (a string, evaluated then) when the script exits, before the
+# commands registered earlier (so the scratch directory goes last).
+bench_on_exit() {
+  BENCH_AT_EXIT+=("$1")
+}
+
+bench_exit() {
+  bench_stop_server
+  local i
+  for ((i = ${#BENCH_AT_EXIT[@]} - 1; i >= 0; i--)); do eval "${BENCH_AT_EXIT[i]}" || true; done
+}
+trap bench_exit EXIT
+
+# bench_scratch NAME: W = a fresh directory on the real disk (BENCH_DIR, default /var/tmp; tmpfs would
+# hide fsync costs), removed at exit. Mode 711: the embedded PostgreSQL runs as the postgres user and
+# must reach $W/state.
+bench_scratch() {
+  W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/niks3-bench-$1.XXXXXX")
+  chmod 711 "$W"
+  bench_on_exit 'rm -rf "$W"'
+}
+
+# bench_nix_offline [nix.conf line…]: a private Nix configuration under $W (as testkit/src/nix.rs and
+# shared/recipes/nix-offline-demo.sh do): no sandbox, no substituters, no cached narinfo answers.
+bench_nix_offline() {
+  mkdir -p "$W/etc" "$W/xdg"
+  {
+    printf '%s\n' 'sandbox = false' 'build-users-group =' 'substituters =' \
+      'experimental-features = nix-command' 'narinfo-cache-positive-ttl = 0' 'narinfo-cache-negative-ttl = 0'
+    printf '%s\n' "$@"
+  } >"$W/etc/nix.conf"
+  export NIX_CONF_DIR=$W/etc NIX_USER_CONF_FILES=$W/etc/user.conf XDG_CACHE_HOME=$W/xdg
+  unset NIX_REMOTE NIX_CONFIG NIX_PATH
+}
+
+# free_port: prints a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# bench_hook_wrapper SPOOL ROOTS: $W/hook.sh, a post-build-hook running $BIN/niks3-hook into SPOOL
+# (created with its subdirectories) and GC roots ROOTS.
+bench_hook_wrapper() {
+  mkdir -p "$1/new" "$1/tmp" "$1/claimed" "$1/quarantine" "$2"
+  cat >"$W/hook.sh" <<EOF
+#!/bin/sh
+export NIKS3_SPOOL_DIR='$1' NIKS3_GCROOTS_DIR='$2'
+exec '$BIN/niks3-hook'
+EOF
+  chmod +x "$W/hook.sh"
+}
+
+# bench_build_hooked NIX-FILE TAG: nix-build of NIX-FILE (a function of `salt`, fresh each time so that
+# everything really builds) with $W/hook.sh as the post-build-hook; prints the output path, or shows
+# the build log and exits.
+bench_build_hooked() {
+  nix-build --no-out-link "$1" --argstr salt "$2-$(date +%s%N)" --option post-build-hook "$W/hook.sh" \
+    2>"$W/build.log" || { cat "$W/build.log" >&2; exit 1; }
+}
+
+# bench_serve PORT LOG SERVE-ARGS…: starts `$BIN/niks3 serve --http-addr 127.0.0.1:PORT SERVE-ARGS…`
+# in the background (SERVER_PID), logging to LOG, and returns once it answers /nix-cache-info; exits
+# with the log if it dies or does not answer within 60 s.
+bench_serve() {
+  local port=$1 log=$2; shift 2
+  "$BIN/niks3" serve --http-addr "127.0.0.1:$port" "$@" 2>"$log" &
+  SERVER_PID=$!
+  local _
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$port/nix-cache-info" >/dev/null && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "niks3 serve did not come up on port $port:" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+# bench_stop_server: stops the server bench_serve started, if any.
+bench_stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}

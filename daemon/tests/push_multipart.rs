@@ -1,0 +1,243 @@
+//! Big NARs through presigned multipart uploads, against Garage with 5 MiB parts: a NAR that may exceed
+//! one part goes up in equal parts straight to the bucket (none of its bytes through the server), the
+//! server completes it from the parts' ETags and the cache substitutes with signatures required. A push
+//! interrupted mid-upload leaves no narinfo, and its multipart upload is aborted by GC phase 1 (from the
+//! upload record, not by the bucket's clock) or at once when the client gives the session up.
+#![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
+
+mod http_support;
+
+use chrono::Utc;
+use http_support::{Backend, TOKEN, TestServer};
+use niks3::client::ApiClient;
+use niks3::client::push::to_wire;
+use niks3::gc::{self, GcOptions};
+use niks3::http::ApiToken;
+use niks3::http::api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
+use niks3::nix::pathinfo::{parse_path_info_json, topo_sort};
+use niks3::nix::store_path::StoreDir;
+use niks3::store::s3::{MIN_PART_SIZE, S3Store};
+use niks3::store::{ObjectKey, Store};
+use niks3_testkit::nix::NixEnv;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `big` is 12 MiB of random bytes: with 5 MiB parts, two full parts and a short third one.
+const EXPR: &str = r#"{ salt }:
+let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = [ "-c" script ]; };
+in rec {
+  big = mk "mp-big" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
+  top = mk "mp-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
+}
+"#;
+
+fn s3(store: &Store) -> &S3Store {
+    match store {
+        Store::S3(s) => s,
+        Store::Local(_) => panic!("these tests need the S3 backend"),
+    }
+}
+
+/// The push request for the closure of `root`, from the test's Nix.
+fn push_request(env: &NixEnv, root: &str) -> PushRequest {
+    let out = env.command("nix").args(["path-info", "--json", "--recursive", root]).output().expect("path-info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = StoreDir::default();
+    let infos = topo_sort(parse_path_info_json(&out.stdout, &dir).expect("parse")).expect("sort");
+    PushRequest {
+        roots: vec![root.to_owned()],
+        paths: infos.iter().map(|p| to_wire(&dir, p)).collect(),
+        dry_run: false,
+    }
+}
+
+/// The planned upload of the big NAR, which must be multipart.
+fn big_nar<'a>(plan: &'a PushResponse, big: &str) -> &'a MissingNar {
+    let m = plan.missing_nars.iter().find(|m| m.path == big).expect("the big NAR is missing");
+    assert!(m.presigned && m.upload_url.is_empty(), "{m:?}");
+    m
+}
+
+async fn multipart_rows(s: &TestServer) -> i64 {
+    let c = s.state.db.client().await.expect("db");
+    c.query_one("SELECT count(*) FROM upload_multiparts", &[]).await.expect("count").get(0)
+}
+
+async fn narinfo_status(s: &TestServer, path: &str) -> u16 {
+    let p = StoreDir::default().parse_path(path).expect("store path");
+    let url = format!("{}/{}", s.url, ObjectKey::narinfo(&p));
+    TestServer::client().get(&url).send().await.expect("GET narinfo").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
+    let s = TestServer::start(Backend::GarageWithPartSize(MIN_PART_SIZE)).await;
+    let env = NixEnv::new().expect("nix env");
+    let top = env.build(EXPR, "top").expect("build top").remove(0);
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+
+    // The plan: the big NAR in 5 MiB parts (enough URLs for its largest compressed size), the small one
+    // in one PUT. A dry run starts nothing.
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let mut req = push_request(&env, &top);
+    req.dry_run = true;
+    let dry = api.announce(&req).await.expect("dry run");
+    assert!(dry.missing_nars.iter().all(|m| m.multipart.is_none() && m.upload_url.is_empty()), "{dry:?}");
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty(), "a dry run starts no upload");
+    req.dry_run = false;
+    let plan = api.announce(&req).await.expect("announce");
+    let mp = big_nar(&plan, &big).multipart.as_ref().expect("the big NAR goes multipart");
+    assert_eq!((mp.part_size, mp.part_urls.len()), (MIN_PART_SIZE as u64, 3));
+    let small = plan.missing_nars.iter().find(|m| m.path == top).expect("top is missing");
+    assert!(small.multipart.is_none() && small.presigned && small.upload_url.starts_with("http"), "one PUT");
+    api.abort(&AbortRequest { uploads: plan.uploads }).await.expect("give that plan up");
+
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
+    cmd.args(["push", "--server", &s.url, "--auth-token-file"]).arg(&token_file).arg(&top);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("pushed 2 paths") && log.contains("2 straight to S3"), "{log}");
+    assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");
+
+    // Completed: the NAR is whole in the bucket, nothing pending, no record left.
+    let info = env.command("nix").args(["path-info", "--json", &big]).output().expect("path-info");
+    let infos = parse_path_info_json(&info.stdout, &StoreDir::default()).expect("parse");
+    let meta = s.state.store.head(&ObjectKey::nar(&infos[0].nar_hash)).await.expect("head").expect("NAR stored");
+    assert!(meta.size > 2 * MIN_PART_SIZE as u64, "three parts: {}", meta.size);
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty(), "multipart upload left open");
+    assert_eq!(multipart_rows(&s).await, 0, "records of finished multipart uploads are dropped");
+    assert_eq!(narinfo_status(&s, &big).await, 200);
+
+    // Stock Nix substitutes the closure from the read proxy, signatures required.
+    let chroot = env.chroot_store("client").expect("chroot");
+    let copy = env
+        .command("nix")
+        .args(["copy", "--from", &s.url, "--to"])
+        .arg(&chroot)
+        .args(["--option", "require-sigs", "true"])
+        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string(), &top])
+        .output()
+        .expect("nix copy");
+    assert!(copy.status.success(), "nix copy: {}", String::from_utf8_lossy(&copy.stderr));
+    let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
+    assert_eq!(copied, std::fs::read(&big).expect("big local"));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_multipart_push_publishes_nothing_and_gc_aborts_its_upload() {
+    let s = TestServer::start(Backend::GarageWithPartSize(MIN_PART_SIZE)).await;
+    let env = NixEnv::new().expect("nix env");
+    let top = env.build(EXPR, "top").expect("build top").remove(0);
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let plan = api.announce(&push_request(&env, &top)).await.expect("announce");
+    let m = big_nar(&plan, &big);
+    let mp = m.multipart.as_ref().expect("multipart plan");
+    assert_eq!(mp.part_size, MIN_PART_SIZE as u64);
+    assert_eq!(mp.part_urls.len(), 3, "12 MiB, even incompressible, needs three 5 MiB parts");
+
+    // The client sends one part, then dies.
+    let part = vec![7u8; MIN_PART_SIZE];
+    let r = TestServer::client().put(&mp.part_urls[0]).body(part).send().await.expect("PUT part 1");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0);
+    assert_eq!(narinfo_status(&s, &big).await, 404, "nothing visible");
+    assert_eq!(narinfo_status(&s, &top).await, 404, "nothing visible");
+    let pending = s3(&s.state.store).pending_uploads().await.expect("list");
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(multipart_rows(&s).await, 1, "the session records its multipart upload");
+
+    // A GC before the failed-uploads cutoff keeps it (the session is still in flight).
+    let opts = GcOptions {
+        older_than: Duration::from_hours(720),
+        failed_uploads_older_than: Duration::from_hours(6),
+        force: false,
+        dry_run: false,
+    };
+    let f = gc::run(&s.state.db, &s.state.store, opts, Utc::now()).await.expect("gc");
+    assert_eq!(f.failed_uploads_deleted, 0);
+    assert_eq!(s3(&s.state.store).pending_uploads().await.expect("list").len(), 1, "in flight: kept");
+
+    // Seven hours later the session counts as failed: phase 1 drops it and aborts its multipart upload
+    // (by its record: for the bucket, the upload started seconds ago).
+    let later = Utc::now() + chrono::Duration::hours(7);
+    let f = gc::run(&s.state.db, &s.state.store, opts, later).await.expect("gc later");
+    assert_eq!(f.failed_uploads_deleted, 1, "{f:?}");
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty(), "abandoned upload aborted");
+    assert_eq!(multipart_rows(&s).await, 0);
+    assert_eq!(narinfo_status(&s, &big).await, 404);
+
+    // Completing the dropped session is refused: the client must push again.
+    let nar = UploadedNar { nar_hash: m.nar_hash.clone(), file_hash: m.nar_hash.clone(), file_size: 1, parts: vec![] };
+    let req = push_request(&env, &top);
+    let err = api
+        .complete(&CompleteRequest {
+            uploads: plan.uploads.clone(),
+            roots: req.roots,
+            paths: req.paths,
+            nars: vec![nar],
+            listings: vec![],
+        })
+        .await
+        .expect_err("session gone");
+    assert!(err.to_string().contains("push again"), "{err}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_part_etags_abort_the_upload_and_a_client_can_give_a_session_up() {
+    let s = TestServer::start(Backend::GarageWithPartSize(MIN_PART_SIZE)).await;
+    let env = NixEnv::new().expect("nix env");
+    let top = env.build(EXPR, "top").expect("build top").remove(0);
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let req = push_request(&env, &top);
+
+    // ETags S3 never gave: the server's completion is refused, it aborts the upload and says so.
+    let plan = api.announce(&req).await.expect("announce");
+    let m = big_nar(&plan, &big);
+    let nar = |parts: Vec<String>| UploadedNar {
+        nar_hash: m.nar_hash.clone(),
+        file_hash: m.nar_hash.clone(),
+        file_size: 12 << 20,
+        parts,
+    };
+    let complete = |nars| CompleteRequest {
+        uploads: plan.uploads.clone(),
+        roots: req.roots.clone(),
+        paths: req.paths.clone(),
+        nars,
+        listings: vec![],
+    };
+    let err = api.complete(&complete(vec![nar(vec!["<x/>".to_owned()])])).await.expect_err("malformed ETag");
+    assert!(err.to_string().contains("malformed part ETag"), "{err}");
+    assert_eq!(
+        s3(&s.state.store).pending_uploads().await.expect("list").len(),
+        1,
+        "a malformed request changes nothing"
+    );
+    let fake = "\"0123456789abcdef0123456789abcdef\"".to_owned();
+    let err = api.complete(&complete(vec![nar(vec![fake])])).await.expect_err("unknown part");
+    assert!(err.to_string().contains("push again"), "{err}");
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty(), "refused upload aborted");
+    assert_eq!(narinfo_status(&s, &big).await, 404);
+
+    // A client that gives up: its sessions end and their multipart uploads are aborted at once.
+    let plan = api.announce(&req).await.expect("announce again");
+    big_nar(&plan, &big);
+    assert_eq!(s3(&s.state.store).pending_uploads().await.expect("list").len(), 1);
+    let r = api.abort(&AbortRequest { uploads: plan.uploads.clone() }).await.expect("abort");
+    assert_eq!((r.aborted_uploads, r.aborted_multiparts), (1, 1));
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty());
+    assert_eq!(multipart_rows(&s).await, 0);
+    let c = s.state.db.client().await.expect("db");
+    let n: i64 =
+        c.query_one("SELECT count(*) FROM uploads WHERE id = ANY($1)", &[&plan.uploads]).await.expect("count").get(0);
+    assert_eq!(n, 0, "sessions ended");
+    s.shutdown().await;
+}
