@@ -84,15 +84,14 @@ async fn a_delete_that_fails_while_s3_is_down_is_counted_reactivated_and_retried
             objects_failed_to_delete: 1,
         }
     );
-    let marked: Option<chrono::DateTime<chrono::Utc>> = c
-        .db
-        .client()
-        .await
-        .expect("client")
-        .query_one("SELECT marked_at FROM objects WHERE key = $1", &[&narinfo_key(1).as_str()])
-        .await
-        .expect("narinfo 1 has its row again")
-        .get(0);
+    let marked: Option<chrono::DateTime<chrono::Utc>> =
+        c.db.client()
+            .await
+            .expect("client")
+            .query_one("SELECT marked_at FROM objects WHERE key = $1", &[&narinfo_key(1).as_str()])
+            .await
+            .expect("narinfo 1 has its row again")
+            .get(0);
     assert_eq!(marked, None, "the failed object is active again");
     g.resume().expect("resume garage");
     assert_eq!(bucket_keys(&c).await.len(), 4, "nothing was deleted while S3 was down");
