@@ -311,3 +311,22 @@ async fn objects_in_a_reference_cycle_are_never_ordered_for_deletion() {
     }
     c.check("with a cycle").await;
 }
+
+#[tokio::test]
+async fn a_reader_holding_the_tombstone_table_does_not_stall_the_sweep() {
+    // Say a pg_dump holds a share lock on gc_deleting for its whole run: TRUNCATE would wait for it while
+    // GC holds the GC lock (and uploads wait for GC). The sweep falls back to DELETE after a second.
+    let c = Cache::new(Universe::chain(2)).await;
+    c.push(1, Cache::at(0)).await;
+    let mut reader = c.db.client().await.expect("client");
+    let t = reader.transaction().await.expect("begin");
+    t.query_one("SELECT count(*) FROM gc_deleting", &[]).await.expect("read");
+    let f = tokio::time::timeout(Duration::from_mins(1), gc::run(&c.db, &c.store, opts(true), Cache::at(30)))
+        .await
+        .expect("the sweep does not wait for the reader")
+        .expect("gc");
+    assert_eq!(f, figures(0, 1, 4, 4, 0));
+    t.commit().await.expect("end the reader");
+    assert_eq!(tombstones(&c).await, 0);
+    c.check("after a sweep beside a reader").await;
+}

@@ -339,10 +339,23 @@ async fn delete_tombstoned(
             .await
             .map_err(q("gc sweep: reactivate failures"))?;
     }
-    // Only this batch's tombstones exist: each batch drops its own before the next is taken, leftovers of
-    // a crashed run are finished before anything else, and one run at a time holds the run lock.
-    // TRUNCATE (not DELETE): the table's storage starts empty again instead of growing by a batch of dead
-    // rows each time. Its lock never waits: claims touch the table only under the shared GC lock.
-    client.execute("TRUNCATE gc_deleting", &[]).await.map_err(q("gc sweep: drop tombstones"))?;
+    drop_tombstones(client).await?;
     Ok(failed)
+}
+
+/// Empties `gc_deleting`. Only this batch's tombstones exist: each batch drops its own before the next is
+/// taken, leftovers of a crashed run are finished before anything else, and one run at a time holds the
+/// run lock. TRUNCATE, not DELETE: the table's storage starts empty again instead of growing by a batch of
+/// dead rows each time (every later batch would scan them). Claims touch the table only under the shared
+/// GC lock, so nothing of ours holds it; but TRUNCATE's exclusive table lock would wait behind anyone
+/// else's (a `pg_dump`, say) while this run holds the GC lock and uploads wait: after a second, DELETE.
+async fn drop_tombstones(client: &mut deadpool_postgres::ClientWrapper) -> Result<(), GcError> {
+    client.batch_execute("SET lock_timeout = '1s'").await.map_err(q("gc sweep: settings"))?;
+    let truncated = client.batch_execute("TRUNCATE gc_deleting").await;
+    client.batch_execute("RESET lock_timeout").await.map_err(q("gc sweep: settings"))?;
+    if let Err(e) = truncated {
+        tracing::debug!(error = %e, "GC: could not truncate the tombstones; deleting them");
+        client.execute("DELETE FROM gc_deleting", &[]).await.map_err(q("gc sweep: drop tombstones"))?;
+    }
+    Ok(())
 }
