@@ -4,7 +4,7 @@
 
 use niks3::nix::hash::Sha256Hash;
 use niks3::nix::listing::listing_json;
-use niks3::nix::nar::{NarNode, dump_path, read_tree};
+use niks3::nix::nar::{NarNode, dump_path, dump_path_tree, read_tree};
 use niks3::nix::narinfo::NarInfo;
 use niks3::nix::signing::PublicKey;
 use niks3::nix::store_path::StoreDir;
@@ -122,6 +122,11 @@ fn our_dump(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     let n = dump_path(path, &mut out).expect("dump_path");
     assert_eq!(n, out.len() as u64, "dump_path returns the byte count");
+    // The tree the writer reports (the upload pipeline's listing) is the tree the reader parses back.
+    let mut again = Vec::new();
+    let (n_again, tree) = dump_path_tree(path, &mut again).expect("dump_path_tree");
+    assert_eq!((n_again, &again), (n, &out), "dump_path_tree writes the same bytes");
+    assert_eq!(tree, read_tree(&mut out.as_slice()).expect("read back"), "writer's tree = reader's tree");
     out
 }
 

@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -55,12 +55,20 @@ pub const MAX_DEPTH: usize = 2048;
 
 /// Writes the NAR serialisation of `path` to `out`. Returns the number of bytes written.
 pub fn dump_path(path: &Path, out: &mut dyn Write) -> Result<u64, NarError> {
+    dump_path_tree(path, out).map(|(written, _)| written)
+}
+
+/// Writes the NAR serialisation of `path` to `out` and returns, with the number of bytes written, the
+/// tree of what was written (the same [`NarNode`]s [`read_tree`] would parse back, offsets included), so
+/// the `.ls` listing comes from the one walk that produced the bytes instead of a second parse of them.
+/// The tree holds one small node per file, never file contents.
+pub fn dump_path_tree(path: &Path, out: &mut dyn Write) -> Result<(u64, NarNode), NarError> {
     let mut w =
         NarWriter { out: std::io::BufWriter::with_capacity(8 * 1024, out), written: 0, buf: vec![0u8; COPY_BUF] };
     w.token(NAR_MAGIC)?;
-    w.node(path)?;
+    let tree = w.node(path)?;
     w.out.flush().map_err(NarError::Write)?;
-    Ok(w.written)
+    Ok((w.written, tree))
 }
 
 struct NarWriter<W: Write> {
@@ -91,25 +99,33 @@ impl<W: Write> NarWriter<W> {
         self.padding(bytes.len() as u64)
     }
 
-    fn node(&mut self, path: &Path) -> Result<(), NarError> {
+    /// Writes one node and returns what it wrote.
+    fn node(&mut self, path: &Path) -> Result<NarNode, NarError> {
         let io = |source| NarError::Io { path: path.to_owned(), source };
         let meta = std::fs::symlink_metadata(path).map_err(io)?;
         let ft = meta.file_type();
         self.token(b"(")?;
         self.token(b"type")?;
-        if ft.is_file() {
+        let node = if ft.is_file() {
             self.token(b"regular")?;
-            if meta.permissions().mode() & 0o100 != 0 {
+            let executable = meta.permissions().mode() & 0o100 != 0;
+            if executable {
                 self.token(b"executable")?;
                 self.token(b"")?;
             }
             self.token(b"contents")?;
-            self.contents(path, meta.len())?;
+            let size = meta.len();
+            // The contents start after their 8-byte length.
+            let nar_offset = self.written + 8;
+            self.contents(path, size)?;
+            NarNode::Regular { size, executable, nar_offset }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(io)?;
             self.token(b"symlink")?;
             self.token(b"target")?;
-            self.token(target.as_os_str().as_bytes())?;
+            let target = target.into_os_string().into_vec();
+            self.token(&target)?;
+            NarNode::Symlink { target }
         } else if ft.is_dir() {
             self.token(b"directory")?;
             let mut names: Vec<OsString> = std::fs::read_dir(path)
@@ -118,19 +134,23 @@ impl<W: Write> NarWriter<W> {
                 .collect::<Result<_, _>>()
                 .map_err(io)?;
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut entries = Vec::with_capacity(names.len());
             for name in names {
                 self.token(b"entry")?;
                 self.token(b"(")?;
                 self.token(b"name")?;
                 self.token(name.as_bytes())?;
                 self.token(b"node")?;
-                self.node(&path.join(&name))?;
+                let child = self.node(&path.join(&name))?;
                 self.token(b")")?;
+                entries.push((name.into_vec(), child));
             }
+            NarNode::Directory { entries }
         } else {
             return Err(NarError::UnsupportedFileType { path: path.to_owned() });
-        }
-        self.token(b")")
+        };
+        self.token(b")")?;
+        Ok(node)
     }
 
     /// Streams a file's contents, `size` bytes as `stat` said; a file that grows or shrinks meanwhile is
@@ -433,6 +453,9 @@ mod tests {
         let n = dump_path(&root, &mut out).expect("dump");
         assert_eq!(n, out.len() as u64);
         let tree = read_tree(&mut out.as_slice()).expect("read back");
+        let mut again = Vec::new();
+        assert_eq!(dump_path_tree(&root, &mut again).expect("dump with tree"), (n, tree.clone()));
+        assert_eq!(again, out);
         let NarNode::Directory { entries } = tree else { panic!("root is a directory") };
         let names: Vec<&[u8]> = entries.iter().map(|(n, _)| n.as_slice()).collect();
         assert_eq!(names, [b"a".as_slice(), b"b", b"sub"]);

@@ -1,8 +1,8 @@
 //! One pass over a store path on disk, in a blocking thread: NAR serialisation → SHA-256 (NarHash,
-//! NarSize) → zstd (level 3, on one zstd worker thread: parallelism across cores comes from uploading several paths at once) →
-//! SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to [`crate::store::Store::put_stream`].
-//! The same NAR bytes are teed to a side thread that parses them into the `.ls` listing, so nothing is
-//! read twice and no NAR is ever held whole in memory.
+//! NarSize) → zstd (level 3, on one zstd worker thread; parallelism across cores comes from uploading
+//! several paths at once) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
+//! [`crate::store::Store::put_stream`]. The `.ls` listing is the tree the NAR writer reports for the bytes
+//! it wrote, so nothing is read or parsed twice and no NAR is ever held whole in memory.
 //!
 //! The promise that matters: the chunk stream ends cleanly (channel closed without an error) only after
 //! the NarHash and NarSize we computed were found equal to Nix's record. On any failure — mismatch,
@@ -10,11 +10,11 @@
 //! nothing partial becomes visible.
 
 use crate::nix::hash::{HashingWriter, Sha256Hash};
-use crate::nix::nar::{NarError, dump_path, read_tree};
+use crate::nix::nar::{NarError, dump_path_tree};
 use crate::store::{ObjectKey, StoreError};
 use crate::upload::UploadError;
 use bytes::{Bytes, BytesMut};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use tokio::sync::mpsc;
 
@@ -28,8 +28,6 @@ const ZSTD_WORKERS: u32 = 1;
 /// keeps ~10 MiB for +0.2% output and the same CPU (measured with `zstd -3 -T1 -B2M` on 512 MiB of
 /// /usr/lib here), so several big NARs at once still fit the 100 MiB budget.
 const ZSTD_JOB_SIZE: u32 = 2 << 20;
-/// Listing side channel depth (in writes of at most the NAR writer's buffer size).
-const LISTING_QUEUE: usize = 8;
 
 /// What one pass produced.
 #[derive(Debug)]
@@ -42,7 +40,7 @@ pub struct NarStreamed {
     pub file_hash: Sha256Hash,
     /// FileSize of the compressed bytes sent.
     pub file_size: u64,
-    /// The `.ls` listing JSON, when the side parser succeeded.
+    /// The `.ls` listing JSON, when asked for.
     pub listing: Option<serde_json::Value>,
 }
 
@@ -112,53 +110,6 @@ impl Drop for ChunkSender {
     }
 }
 
-/// Copies NAR bytes to the compressor and, best effort, to the listing parser thread.
-struct Tee<W> {
-    main: W,
-    listing: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-}
-
-impl<W: Write> Write for Tee<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.main.write_all(data)?;
-        if let Some(tx) = &self.listing
-            && tx.send(data.to_vec()).is_err()
-        {
-            // The parser gave up (it logs why); the upload goes on without a listing.
-            self.listing = None;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.main.flush()
-    }
-}
-
-/// Reads the teed NAR bytes on the parser thread.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.current.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    self.current = next;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Streams the NAR of `fs_path` into `tx` as zstd chunks for `key`, checking it against
 /// `expected_hash`/`expected_size` (Nix's record). Blocking: call from `spawn_blocking`.
 /// `display_path` is the store path as shown in errors.
@@ -172,19 +123,6 @@ pub fn stream_nar(
     with_listing: bool,
 ) -> Result<NarStreamed, UploadError> {
     let mut sender = ChunkSender::new(tx, key);
-    let (listing_tx, listing_thread) = if with_listing {
-        let (ltx, lrx) = std::sync::mpsc::sync_channel::<Vec<u8>>(LISTING_QUEUE);
-        let handle = std::thread::Builder::new()
-            .name("niks3-listing".to_owned())
-            .spawn(move || {
-                let mut reader = ChannelReader { rx: lrx, current: Vec::new(), pos: 0 };
-                read_tree(&mut reader)
-            })
-            .ok();
-        (handle.as_ref().map(|_| ltx), handle)
-    } else {
-        (None, None)
-    };
 
     let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
     let result = (|| {
@@ -198,13 +136,12 @@ pub fn stream_nar(
         encoder
             .set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))
             .map_err(|e| nar_err(format!("setting zstd job size: {e}")))?;
-        let mut nar_hashing = HashingWriter::new(Tee { main: encoder, listing: listing_tx });
-        dump_path(fs_path, &mut nar_hashing).map_err(|e| match e {
+        let mut nar_hashing = HashingWriter::new(encoder);
+        let (_, tree) = dump_path_tree(fs_path, &mut nar_hashing).map_err(|e| match e {
             NarError::Write(io) => nar_err(format!("compressing or sending: {io}")),
             other => nar_err(other.to_string()),
         })?;
-        let (nar_hash, nar_size, tee) = nar_hashing.finish();
-        let Tee { main: encoder, listing: _ } = tee; // closes the listing channel: the parser sees EOF
+        let (nar_hash, nar_size, encoder) = nar_hashing.finish();
         if nar_hash != expected_hash || nar_size != expected_size {
             return Err(UploadError::HashMismatch {
                 path: display_path.to_owned(),
@@ -216,21 +153,12 @@ pub fn stream_nar(
         }
         let file_hashing = encoder.finish().map_err(|e| nar_err(format!("finishing zstd: {e}")))?;
         let (file_hash, file_size, _) = file_hashing.finish();
-        Ok((nar_hash, nar_size, file_hash, file_size))
+        let listing = with_listing.then(|| crate::nix::listing::listing_json(&tree));
+        Ok((nar_hash, nar_size, file_hash, file_size, listing))
     })();
 
-    let joined = listing_thread.map(std::thread::JoinHandle::join);
-    let listing = match (&result, joined) {
-        (Ok(_), Some(Ok(Ok(tree)))) => Some(crate::nix::listing::listing_json(&tree)),
-        (Ok(_), Some(Ok(Err(e)))) => {
-            tracing::warn!(path = display_path, error = %e, "could not build the file listing; uploading without it");
-            None
-        }
-        _ => None,
-    };
-
     match result {
-        Ok((nar_hash, nar_size, file_hash, file_size)) => {
+        Ok((nar_hash, nar_size, file_hash, file_size, listing)) => {
             sender.finish().map_err(|e| nar_err(format!("sending the last chunk: {e}")))?;
             Ok(NarStreamed { nar_hash, nar_size, file_hash, file_size, listing })
         }
@@ -244,6 +172,7 @@ pub fn stream_nar(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nix::nar::dump_path;
     use crate::store::Store;
     use crate::store::local::LocalStore;
 
