@@ -39,15 +39,7 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     assert!(err.contains("lacks a valid signature"), "{err}");
 
     // nix store verify over the whole closure, the build log and the file listing, over HTTP.
-    let verify = w
-        .nix
-        .command("nix")
-        .args(["store", "verify", "--store", &http, "--trusted-public-keys", &public_key, "-r", &app[0]])
-        .output()
-        .expect("nix store verify");
-    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
-    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &http, &tree[0]])).expect("nix log");
-    assert!(log.contains("building tree"), "{log}");
+    w.verify_over_http(&http, &public_key, &app[0], &tree[0], "building tree");
     let ls =
         w.nix.run(w.nix.command("nix").args(["store", "ls", "--store", &http, "-R", &tree[0]])).expect("nix store ls");
     assert!(ls.contains("bin/tool") && ls.contains("README-link"), "{ls}");

@@ -23,15 +23,7 @@ fn built_paths_land_in_garage_and_substitute_through_the_read_proxy() {
     let tool =
         std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
-    let verify = w
-        .nix
-        .command("nix")
-        .args(["store", "verify", "--store", &http, "--trusted-public-keys", &public_key, "-r", &app[0]])
-        .output()
-        .expect("nix store verify");
-    assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
-    let log = w.nix.run(w.nix.command("nix").args(["log", "--store", &http, &tree[0]])).expect("nix log");
-    assert!(log.contains("building tree"), "{log}");
+    w.verify_over_http(&http, &public_key, &app[0], &tree[0], "building tree");
     let narinfo = w.narinfo_text(&app[0]).expect("narinfo");
     assert!(narinfo.contains("Compression: zstd") && narinfo.contains("URL: nar/"), "{narinfo}");
     server.terminate();

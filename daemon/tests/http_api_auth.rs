@@ -194,13 +194,7 @@ async fn relay_upload_rejects_a_nar_that_does_not_match_its_hash_and_keeps_nothi
     let done = json!({ "uploads": plan["uploads"], "roots": [root], "paths": [a_path(H1, "a")],
         "nars": [{ "nar_hash": "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9",
                    "file_hash": "sha256:1b1hhr3qpa5qdjwkp3ahfq1xnlmk8b0i36nyr2ljvxhyhdqycdj9", "file_size": 10 }] });
-    let r = c
-        .post(format!("{}/api/v1/complete", s.url))
-        .header("authorization", &auth)
-        .json(&done)
-        .send()
-        .await
-        .expect("complete");
+    let r = s.post_api("complete", &done).await;
     assert_eq!(r.status(), 409);
     assert!(s.cache_files().iter().all(|f| !f.ends_with(".narinfo")), "{:?}", s.cache_files());
     s.shutdown().await;

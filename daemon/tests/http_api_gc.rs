@@ -86,8 +86,6 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
     let s = TestServer::start(Backend::Local).await;
     let env = niks3_testkit::nix::NixEnv::new().expect("nix env");
     let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
-    let c = TestServer::client();
-    let auth = format!("Bearer {TOKEN}");
 
     // 1. a GC between upload and complete (everything old, no grace) must not delete the claimed NAR
     let a = env.build_script("gc-race-a", "echo a > $out").expect("build");
@@ -98,13 +96,7 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
         .expect("gc");
     assert_eq!(figures.objects_failed_to_delete, 0);
     assert_eq!(s.cache_files().iter().filter(|f| f.starts_with("nar/")).count(), 1, "{:?}", s.cache_files());
-    let r = c
-        .post(format!("{}/api/v1/complete", s.url))
-        .header("authorization", &auth)
-        .json(&done)
-        .send()
-        .await
-        .expect("complete");
+    let r = s.post_api("complete", &done).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let chroot = env.chroot_store("client").expect("chroot");
     let copy = env
@@ -123,13 +115,7 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
     api.gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 1, force: false, dry_run: false })
         .await
         .expect("gc");
-    let r = c
-        .post(format!("{}/api/v1/complete", s.url))
-        .header("authorization", &auth)
-        .json(&done)
-        .send()
-        .await
-        .expect("complete");
+    let r = s.post_api("complete", &done).await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.expect("body").contains("push again"));
     let b_hash = &b["/nix/store/".len().."/nix/store/".len() + 32];

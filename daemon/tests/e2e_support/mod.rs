@@ -286,6 +286,20 @@ impl World {
             .expect("nix copy");
         if out.status.success() { Ok(store) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
     }
+
+    /// Asserts that `nix store verify -r` over HTTP accepts `path`'s whole closure signed by `public_key`,
+    /// and that `nix log` over HTTP shows `log_path`'s build log containing `log_line`.
+    pub fn verify_over_http(&self, http: &str, public_key: &str, path: &str, log_path: &str, log_line: &str) {
+        let verify = self
+            .nix
+            .command("nix")
+            .args(["store", "verify", "--store", http, "--trusted-public-keys", public_key, "-r", path])
+            .output()
+            .expect("nix store verify");
+        assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
+        let log = self.nix.run(self.nix.command("nix").args(["log", "--store", http, log_path])).expect("nix log");
+        assert!(log.contains(log_line), "{log}");
+    }
 }
 
 /// A running `niks3 serve`.

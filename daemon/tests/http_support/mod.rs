@@ -116,6 +116,17 @@ impl TestServer {
         }
     }
 
+    /// `POST <url>/api/v1/<route>` with the JSON `body` and the test token; the response, whatever its status.
+    pub async fn post_api(&self, route: &str, body: &serde_json::Value) -> reqwest::Response {
+        Self::client()
+            .post(format!("{}/api/v1/{route}", self.url))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /api/v1/{route}: {e}"))
+    }
+
     /// A client (no default auth).
     pub fn client() -> reqwest::Client {
         reqwest::Client::builder().build().expect("client")
