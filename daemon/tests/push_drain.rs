@@ -7,6 +7,26 @@ mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer};
 use niks3_testkit::nix::NixEnv;
+use std::path::Path;
+
+/// Runs `niks3 drain --once` (the real binary) from `spool_dir` into `s` with the test token, asserts it
+/// succeeded and returns its stdout and stderr.
+async fn drain_once(s: &TestServer, env: &NixEnv, spool_dir: &Path, gcroots: &Path) -> String {
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
+    cmd.args(["drain", "--server", &s.url, "--auth-token-file"])
+        .arg(&token_file)
+        .arg("--spool-dir")
+        .arg(spool_dir)
+        .arg("--gcroots-dir")
+        .arg(gcroots)
+        .arg("--once");
+    let res = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3 drain")).await.expect("join");
+    let log = format!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
+    assert!(res.status.success(), "{log}");
+    log
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_pushes_spooled_outputs_acks_them_and_quarantines_garbage() {
@@ -28,20 +48,7 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
         .expect("enqueue");
     spool::gcroots::add(&gcroots, &out).expect("gc root");
     std::fs::write(spool_dir.join("new").join("garbage-entry"), "this is not a spool entry").expect("garbage");
-    let token_file = s.dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
-
-    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
-    cmd.args(["drain", "--server", &s.url, "--auth-token-file"])
-        .arg(&token_file)
-        .arg("--spool-dir")
-        .arg(&spool_dir)
-        .arg("--gcroots-dir")
-        .arg(&gcroots)
-        .arg("--once");
-    let res = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3 drain")).await.expect("join");
-    let log = format!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
-    assert!(res.status.success(), "{log}");
+    drain_once(&s, &env, &spool_dir, &gcroots).await;
 
     let left: Vec<_> = std::fs::read_dir(spool_dir.join("new")).expect("new").flatten().collect();
     assert!(left.is_empty(), "new/ still has {left:?}");
@@ -122,19 +129,7 @@ in rec { a = mk "drain-ca-a" ca "echo a ${salt} > $out"; b = mk "drain-ca-b" ca 
             std::fs::remove_file(e.path()).expect("remove");
         }
     }
-    let token_file = s.dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
-    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
-    cmd.args(["drain", "--server", &s.url, "--auth-token-file"])
-        .arg(&token_file)
-        .arg("--spool-dir")
-        .arg(&spool_dir)
-        .arg("--gcroots-dir")
-        .arg(&gcroots)
-        .arg("--once");
-    let res = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3 drain")).await.expect("join");
-    let log = format!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
-    assert!(res.status.success(), "{log}");
+    let log = drain_once(&s, &env, &spool_dir, &gcroots).await;
     let quarantined = std::fs::read_dir(spool_dir.join("quarantine")).expect("quarantine").count();
     assert_eq!(quarantined, 0, "{log}");
     let dois: Vec<String> = s.cache_files().into_iter().filter(|f| f.starts_with("realisations/")).collect();

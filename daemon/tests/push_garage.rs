@@ -6,7 +6,7 @@
 
 mod http_support;
 
-use http_support::{Backend, TOKEN, TestServer};
+use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
 use niks3::nix::hash::Sha256Hash;
 use niks3::store::ObjectKey;
 use niks3_testkit::nix::NixEnv;
@@ -18,14 +18,7 @@ async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     let env = NixEnv::new().expect("nix env");
     // 12 MiB of incompressible data: above the 8 MiB part size, so it goes up as a presigned multipart
     // upload (one full part and a short one; push_multipart.rs checks the parts themselves).
-    let expr = r#"{ salt }:
-let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
-  builder = "/bin/sh"; args = [ "-c" script ]; };
-in rec {
-  big = mk "push-big" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
-  top = mk "push-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
-}
-"#;
+    let expr = BIG_NAR_EXPR;
     let top = env.build(expr, "top").expect("build top").remove(0);
     let big = env.build(expr, "big").expect("build big").remove(0);
     let token_file = s.dir.path().join("token");

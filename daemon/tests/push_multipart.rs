@@ -8,7 +8,7 @@
 mod http_support;
 
 use chrono::Utc;
-use http_support::{Backend, TOKEN, TestServer};
+use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
 use niks3::client::ApiClient;
 use niks3::client::push::to_wire;
 use niks3::gc::{self, GcOptions};
@@ -22,15 +22,8 @@ use niks3_testkit::nix::NixEnv;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// `big` is 12 MiB of random bytes: with 5 MiB parts, two full parts and a short third one.
-const EXPR: &str = r#"{ salt }:
-let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
-  builder = "/bin/sh"; args = [ "-c" script ]; };
-in rec {
-  big = mk "mp-big" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
-  top = mk "mp-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
-}
-"#;
+/// [`BIG_NAR_EXPR`]'s `big` with 5 MiB parts: two full parts and a short third one.
+const EXPR: &str = BIG_NAR_EXPR;
 
 fn s3(store: &Store) -> &S3Store {
     match store {

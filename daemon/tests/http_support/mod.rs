@@ -219,3 +219,14 @@ pub fn check_prometheus_text(text: &str) -> Result<usize, String> {
     }
     Ok(samples)
 }
+
+/// A closure whose `big` is 12 MiB of random bytes (incompressible: above any test part size, so it goes
+/// up as a multipart upload) and whose `top` refers to it. Build with a fresh `salt`.
+pub const BIG_NAR_EXPR: &str = r#"{ salt }:
+let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
+  builder = "/bin/sh"; args = [ "-c" script ]; };
+in rec {
+  big = mk "big-nar" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
+  top = mk "big-nar-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
+}
+"#;
