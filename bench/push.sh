@@ -13,6 +13,8 @@
 # binaries, python3, curl, cargo.
 # Env: CARGO_TARGET_DIR (default /work/target-pipeline), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
 #      ROUNDS (2: the pushers alternate, each one's best round is reported),
+#      BASELINE_BIN (a directory with another build's `niks3`, e.g. of the previous commit: it joins every
+#      round, so a change is measured against its baseline on the same machine minutes apart),
 #      BENCH_DIR (scratch on the real disk, default /var/tmp), PROFILE (release), NO_BUILD=1 to use
 #      binaries already built.
 set -euo pipefail
@@ -90,10 +92,10 @@ nix_copy_round() { # $1: round number; prints nanoseconds
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-niks3_round() { # $1: round number; prints nanoseconds
+niks3_round() { # $1: round number, $2: directory of the niks3 binary, $3: a tag; prints nanoseconds
   local r=$1 t0 t1
   rm -rf "$W/state" "$W/spool" "$W/cache"
-  RUST_LOG=warn bench_serve "$(free_port)" "$W/serve-$r.log" --state-dir "$W/state" --spool-dir "$W/spool" \
+  RUST_LOG=warn BIN=$2 bench_serve "$(free_port)" "$W/serve-$r.log" --state-dir "$W/state" --spool-dir "$W/spool" \
     --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS"
   rm -rf "$W/staging/new"; cp -a "$W/staged-entries" "$W/staging/new"
   cpu0=$(cpu_ticks "$SERVER_PID")
@@ -110,32 +112,40 @@ while not all(os.path.exists(os.path.join(cache, h + ".narinfo")) for h in hashe
 PYEOF
   t1=$(date +%s%N)
   cpu1=$(cpu_ticks "$SERVER_PID")
-  echo "round $r: niks3 used $(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) ))/100 CPU-seconds (user+sys, all threads)" >&2
+  echo "round $r: niks3 ($2) used $(( (cpu1 - cpu0) * 100 / $(getconf CLK_TCK) ))/100 CPU-seconds (user+sys, all threads)" >&2
   bench_stop_server
+  cat "$W"/cache/nar/* | wc -c >"$W/compressed-$3"
   echo $((t1 - t0))
 }
 
-# Alternate the two pushers, ROUNDS times each, and keep each one's best round (the machine is shared).
-NC_ALL=(); NK_ALL=()
+# Alternate the pushers, ROUNDS times each (the machine is shared: compare within a round).
+NC_ALL=(); NK_ALL=(); NB_ALL=()
 for r in $(seq "$ROUNDS"); do
   echo "== round $r: nix copy --to file://…?compression=zstd" >&2
   NC_ALL+=("$(nix_copy_round "$r")")
   echo "== round $r: niks3 serve (jobs=$JOBS)" >&2
-  NK_ALL+=("$(niks3_round "$r")")
+  NK_ALL+=("$(niks3_round "$r" "$BIN" main)")
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    echo "== round $r: baseline niks3 serve from $BASELINE_BIN (jobs=$JOBS)" >&2
+    NB_ALL+=("$(niks3_round "$r" "$BASELINE_BIN" baseline)")
+  fi
 done
-NIXCOPY_NS=$(printf '%s\n' "${NC_ALL[@]}" | sort -n | head -1)
-NIKS3_NS=$(printf '%s\n' "${NK_ALL[@]}" | sort -n | head -1)
-echo "all rounds (s): nix copy ${NC_ALL[*]}; niks3 ${NK_ALL[*]}" | python3 -c 'import re,sys; print(re.sub(r"\d{6,}", lambda m: "%.2f" % (int(m.group())/1e9), sys.stdin.read()), end="")'
+echo "all rounds (s): nix copy ${NC_ALL[*]}; niks3 ${NK_ALL[*]}${BASELINE_BIN:+; baseline ${NB_ALL[*]}}" |
+  python3 -c 'import re,sys; print(re.sub(r"\d{6,}", lambda m: "%.2f" % (int(m.group())/1e9), sys.stdin.read()), end="")'
 
-python3 - "$NAR_BYTES" "$NIXCOPY_NS" "$NIKS3_NS" "$W/nixcopy" "$W/cache" "$JOBS" <<'EOF'
-import os, sys
-nar, nc, nk, ncdir, nkdir, jobs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+python3 - "$NAR_BYTES" "$W/nixcopy" "$W/compressed-main" "$W/compressed-baseline" "$JOBS" "${NC_ALL[*]}" "${NK_ALL[*]}" "${NB_ALL[*]:-}" <<'EOF'
+import os, statistics, sys
+nar, ncdir, nksize, nbsize, jobs = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+nc, nk, nb = ([int(x) / 1e9 for x in a.split()] for a in sys.argv[6:9])
 def size(d):
     return sum(os.path.getsize(os.path.join(d, "nar", f)) for f in os.listdir(os.path.join(d, "nar")))
 mib = nar / 2**20
 print(f"closure NAR size: {mib:.0f} MiB")
-print(f"| pusher | seconds | MiB/s (NAR) | compressed | vs nix copy |")
-print(f"|---|---|---|---|---|")
-print(f"| nix copy --to file://…?compression=zstd | {nc/1e9:.2f} | {mib/(nc/1e9):.0f} | {size(ncdir)/2**20:.0f} MiB | 1.00x |")
-print(f"| niks3 (jobs={jobs}) | {nk/1e9:.2f} | {mib/(nk/1e9):.0f} | {size(nkdir)/2**20:.0f} MiB | {nc/nk:.2f}x |")
+print("| pusher | best s | median s | MiB/s (best) | compressed | best vs best | per-round ratios |")
+print("|---|---|---|---|---|---|---|")
+print(f"| nix copy --to file://…?compression=zstd | {min(nc):.2f} | {statistics.median(nc):.2f} | {mib/min(nc):.0f} | {size(ncdir)/2**20:.0f} MiB | 1.00x | |")
+for name, t, sizefile in ((f"niks3 (jobs={jobs})", nk, nksize), (f"baseline niks3 (jobs={jobs})", nb, nbsize)):
+    if t:
+        rounds = " ".join(f"{a / b:.2f}" for a, b in zip(nc, t))
+        print(f"| {name} | {min(t):.2f} | {statistics.median(t):.2f} | {mib/min(t):.0f} | {int(open(sizefile).read())/2**20:.0f} MiB | {min(nc)/min(t):.2f}x | {rounds} |")
 EOF

@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// NARs uploaded in parallel. Default: the number of cores.
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
+    /// zstd level of uploaded NARs, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
+    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = crate::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(crate::upload::nar_stream::MAX_ZSTD_LEVEL)))]
+    pub compression_level: i32,
 }
 
 impl ServeArgs {
@@ -134,6 +138,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("nix_store_dir", &self.nix_store_dir)
             .field("priority", &self.priority)
             .field("jobs", &self.jobs)
+            .field("compression_level", &self.compression_level)
             .finish_non_exhaustive()
     }
 }
@@ -249,6 +254,8 @@ pub struct ServeConfig {
     pub priority: u32,
     /// Parallel NAR uploads.
     pub jobs: usize,
+    /// zstd level of uploaded NARs.
+    pub compression_level: i32,
 }
 
 /// `:5751` → all interfaces; otherwise a socket address (`host:port`, `[v6]:port`) or `localhost:port`.
@@ -474,6 +481,7 @@ impl ServeConfig {
             nix_store_dir,
             priority: args.priority,
             jobs,
+            compression_level: args.compression_level,
         })
     }
 

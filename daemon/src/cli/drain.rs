@@ -34,6 +34,10 @@ pub struct Args {
     /// Entries (and NARs per entry) processed in parallel (default: number of cores).
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
+    /// zstd level of the NARs sent, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
+    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3::upload::nar_stream::MAX_ZSTD_LEVEL)))]
+    pub compression_level: i32,
     /// Exit once the spool is empty instead of waiting for new entries.
     #[arg(long)]
     pub once: bool,
@@ -46,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
     let api = ApiClient::new(&args.server, token)?;
     let nix = NixCli::default();
-    let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs);
+    let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.compression_level);
     let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);
     config.once = args.once;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;

@@ -26,6 +26,10 @@ pub struct Args {
     /// NARs compressed and uploaded in parallel (default: number of cores).
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
+    /// zstd level of the NARs sent, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
+    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3::upload::nar_stream::MAX_ZSTD_LEVEL)))]
+    pub compression_level: i32,
     /// The local Nix store directory.
     #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
     pub nix_store_dir: String,
@@ -70,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
     let api = ApiClient::new(&args.server, token)?;
-    let pusher = Pusher::new(api, NixCli::default(), store_dir, jobs);
+    let pusher = Pusher::new(api, NixCli::default(), store_dir, jobs).with_compression_level(args.compression_level);
     let mut roots = Vec::with_capacity(args.paths.len());
     for p in &args.paths {
         roots.push(pusher.resolve_arg(p)?);

@@ -82,7 +82,10 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let banner = config.startup_banner();
     let keys = Arc::new(load_keys(&config)?);
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
-    let uploader = Arc::new(Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs));
+    let uploader = Arc::new(
+        Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs)
+            .with_compression_level(config.compression_level),
+    );
 
     // nix-cache-info: written before READY=1 when the store is reachable, else retried in the background.
     let first_try = uploader.write_cache_info(config.priority).await;
@@ -113,12 +116,15 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
 
     let drainer = match &config.spool_dir {
         Some(spool_dir) => {
+            // Twice `jobs` entries at once: the uploader compresses at most `jobs` NARs at a time
+            // whatever the number of entries, and the others meanwhile ask Nix for their closures,
+            // publish, sync and acknowledge, so no core waits on that bookkeeping.
             let drain_config = DrainConfig::new(
                 spool_dir.clone(),
                 config.gcroots_dir.clone(),
                 config.nix_store_dir.clone(),
                 NixCli::default(),
-                config.jobs,
+                2 * config.jobs,
             );
             let drainer = Drainer::new(drain_config, Arc::clone(&uploader), Arc::clone(&metrics))
                 .with_context(|| format!("opening the spool {}", spool_dir.display()))?;

@@ -21,6 +21,7 @@ use crate::nix::pathinfo::{NixCli, PathInfo};
 use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
+use crate::upload::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
@@ -96,12 +97,22 @@ pub struct Pusher {
     pub store_dir: StoreDir,
     /// NARs compressed and uploaded at once.
     pub jobs: usize,
+    /// zstd level of the NARs (the server stores what it is sent).
+    pub zstd_level: i32,
 }
 
 impl Pusher {
-    /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory).
+    /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
+    /// at zstd's default level 3.
     pub fn new(api: ApiClient, nix: NixCli, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher { api, nix, store_dir, jobs: jobs.max(1) }
+        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL }
+    }
+
+    /// Compresses NARs at zstd `level` instead (1..=9, see [`NarEncoding`]).
+    #[must_use]
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.zstd_level = level;
+        self
     }
 
     /// Resolves a command-line argument (`./result`, a store path, a symlink to one) to a store path.
@@ -275,8 +286,9 @@ impl Pusher {
         let fs_path = self.store_dir.path_of(&info.path);
         let display = m.path.clone();
         let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
+        let encoding = NarEncoding { zstd_level: self.zstd_level, with_listing: true };
         let producer = tokio::task::spawn_blocking(move || {
-            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, true)
+            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding)
         });
         let counter = Arc::new(AtomicU64::new(0));
         let (sent, parts) = if let Some(mp) = &m.multipart {

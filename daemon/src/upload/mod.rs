@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod realisations;
 pub mod retry;
+pub mod zstd_ring;
 
 use crate::db::DbError;
 use crate::nix::hash::Sha256Hash;

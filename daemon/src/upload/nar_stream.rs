@@ -1,6 +1,6 @@
 //! One pass over a store path on disk, in a blocking thread: NAR serialisation → SHA-256 (NarHash,
-//! NarSize) → zstd (level 3, on one zstd worker thread; parallelism across cores comes from uploading
-//! several paths at once) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
+//! NarSize) → zstd (level 3, on this thread through [`ZstdRingWriter`]; parallelism across cores comes
+//! from uploading several paths at once) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
 //! [`crate::store::Store::put_stream`]. The `.ls` listing is the tree the NAR writer reports for the bytes
 //! it wrote, so nothing is read or parsed twice and no NAR is ever held whole in memory.
 //!
@@ -13,6 +13,7 @@ use crate::nix::hash::{HashingWriter, Sha256Hash};
 use crate::nix::nar::{NarError, dump_path_tree};
 use crate::store::{ObjectKey, StoreError};
 use crate::upload::UploadError;
+use crate::upload::zstd_ring::ZstdRingWriter;
 use bytes::{Bytes, BytesMut};
 use std::io::Write;
 use std::path::Path;
@@ -20,15 +21,29 @@ use tokio::sync::mpsc;
 
 /// Size of the chunks sent to the store.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// zstd level: 3 compresses real binaries ~2.6:1 at ~270 MiB/s per core here.
-pub const ZSTD_LEVEL: i32 = 3;
-/// zstd worker threads per NAR; parallelism across cores comes from uploading several NARs at once.
-const ZSTD_WORKERS: u32 = 1;
-/// Bytes per zstd job. zstd's default at level 3 (8 MiB) keeps ~46 MiB of job buffers per NAR; 2 MiB
-/// keeps ~10 MiB for +0.2% output and the same CPU (measured with `zstd -3 -T1 -B2M` on 512 MiB of
-/// /usr/lib here), so several big NARs at once still fit the 100 MiB budget.
-const ZSTD_JOB_SIZE: u32 = 2 << 20;
+/// zstd level unless configured: 3 is zstd's and Nix's default (`nix copy --to '…?compression=zstd'`)
+/// and compresses real binaries ~3:1 at ~270 MiB/s per core here.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// Highest level accepted: up to 9 a NAR's compression context and ring stay ~30 MiB; above, zstd's
+/// tables and window grow fast and cost far more CPU than a cache saves in bytes.
+pub const MAX_ZSTD_LEVEL: i32 = 9;
+
+/// How a NAR is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NarEncoding {
+    /// zstd level, 1..=[`MAX_ZSTD_LEVEL`]. Level 2 costs ~35% less CPU than 3 for ~5% more bytes
+    /// (docs/benchmarks.md "Push").
+    pub zstd_level: i32,
+    /// Whether to build the `.ls` listing.
+    pub with_listing: bool,
+}
+
+impl Default for NarEncoding {
+    fn default() -> Self {
+        Self { zstd_level: DEFAULT_ZSTD_LEVEL, with_listing: true }
+    }
+}
 /// What one pass produced.
 #[derive(Debug)]
 pub struct NarStreamed {
@@ -120,22 +135,15 @@ pub fn stream_nar(
     expected_size: u64,
     key: ObjectKey,
     tx: mpsc::Sender<Result<Bytes, StoreError>>,
-    with_listing: bool,
+    encoding: NarEncoding,
 ) -> Result<NarStreamed, UploadError> {
     let mut sender = ChunkSender::new(tx, key);
 
     let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
     let result = (|| {
         let file_hashing = HashingWriter::new(&mut sender);
-        let mut encoder = zstd::stream::write::Encoder::new(file_hashing, ZSTD_LEVEL)
+        let encoder = ZstdRingWriter::new(file_hashing, encoding.zstd_level)
             .map_err(|e| nar_err(format!("starting zstd: {e}")))?;
-        // One zstd worker thread: compression overlaps with reading and hashing, and zstd's
-        // multithreaded mode compresses each job from a contiguous buffer, which costs ~25% less CPU
-        // than single-threaded streaming for the same bytes out (docs/benchmarks.md "Push").
-        encoder.multithread(ZSTD_WORKERS).map_err(|e| nar_err(format!("starting zstd worker: {e}")))?;
-        encoder
-            .set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))
-            .map_err(|e| nar_err(format!("setting zstd job size: {e}")))?;
         let mut nar_hashing = HashingWriter::new(encoder);
         let (_, tree) = dump_path_tree(fs_path, &mut nar_hashing).map_err(|e| match e {
             NarError::Write(io) => nar_err(format!("compressing or sending: {io}")),
@@ -153,7 +161,7 @@ pub fn stream_nar(
         }
         let file_hashing = encoder.finish().map_err(|e| nar_err(format!("finishing zstd: {e}")))?;
         let (file_hash, file_size, _) = file_hashing.finish();
-        let listing = with_listing.then(|| crate::nix::listing::listing_json(&tree));
+        let listing = encoding.with_listing.then(|| crate::nix::listing::listing_json(&tree));
         Ok((nar_hash, nar_size, file_hash, file_size, listing))
     })();
 
@@ -203,8 +211,9 @@ mod tests {
         let key = ObjectKey::nar(&hash);
         let (tx, rx) = mpsc::channel(4);
         let k = key.clone();
-        let producer =
-            tokio::task::spawn_blocking(move || stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, true));
+        let producer = tokio::task::spawn_blocking(move || {
+            stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, NarEncoding::default())
+        });
         let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
         (producer.await.expect("join"), stored, key)
     }

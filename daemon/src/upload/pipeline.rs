@@ -13,15 +13,17 @@ use crate::nix::pathinfo::{NixCli, PathInfo};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, Store};
 use crate::upload::UploadError;
-use crate::upload::nar_stream::{NarStreamed, stream_nar};
+use crate::upload::nar_stream::{NarEncoding, NarStreamed, stream_nar};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Chunks in flight between a NAR pass and the store, per upload (each at most 1 MiB).
 const CHUNK_QUEUE: usize = 4;
@@ -88,6 +90,14 @@ struct PathUploaded {
     seconds: f64,
 }
 
+/// What finished in [`Uploader::upload_missing`]'s set of tasks.
+enum Step {
+    /// Path `i`'s NAR, listing and log are stored (`None`: another upload published it meanwhile).
+    Uploaded(usize, Result<Option<PathUploaded>, UploadError>),
+    /// Path `i`'s narinfo is published: its NAR size and compressed size.
+    Published(usize, Result<(u64, u64), UploadError>),
+}
+
 /// Uploads closures of local store paths. Cheap to share (`Arc`); several uploads may run at once and
 /// together never stream more than `jobs` NARs.
 pub struct Uploader {
@@ -97,7 +107,7 @@ pub struct Uploader {
     nar_slots: Arc<Semaphore>,
     locks: PathLocks,
     jobs: usize,
-    listings: bool,
+    encoding: NarEncoding,
 }
 
 impl Uploader {
@@ -112,14 +122,21 @@ impl Uploader {
             nar_slots: Arc::new(Semaphore::new(jobs)),
             locks: PathLocks::default(),
             jobs,
-            listings: true,
+            encoding: NarEncoding::default(),
         }
     }
 
     /// Whether to write `<hash>.ls` listings (default on).
     #[must_use]
     pub fn with_listings(mut self, on: bool) -> Self {
-        self.listings = on;
+        self.encoding.with_listing = on;
+        self
+    }
+
+    /// Compresses NARs at zstd `level` instead of 3 (1..=9, see [`NarEncoding`]).
+    #[must_use]
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.encoding.zstd_level = level;
         self
     }
 
@@ -251,51 +268,58 @@ impl Uploader {
             waiting.insert(i, n);
         }
 
+        // Uploads and publishes run side by side in one set of tasks, so a publish (or a path's log and
+        // listing) never holds up the NARs still streaming. Twice `jobs` uploads are in flight so the
+        // next NAR takes a slot as soon as one finishes compressing, while the previous one still
+        // syncs, uploads its log and listing and waits to publish; the `nar_slots` semaphore keeps the
+        // NARs being compressed at `jobs`.
         let mut done: HashMap<usize, PathUploaded> = HashMap::new();
-        let mut in_flight = FuturesUnordered::new();
+        let mut tasks: FuturesUnordered<Pin<Box<dyn Future<Output = Step> + Send + '_>>> = FuturesUnordered::new();
+        let mut uploads_in_flight = 0;
         let mut next = 0;
         loop {
-            while in_flight.len() < self.jobs && next < missing.len() {
+            while uploads_in_flight < 2 * self.jobs && next < missing.len() {
                 let i = missing[next];
                 next += 1;
+                uploads_in_flight += 1;
                 let info = &closure[i];
-                in_flight.push(async move { (i, self.upload_path_objects(info).await) });
+                tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info).await) }));
             }
-            let Some((i, res)) = in_flight.next().await else { break };
-            let mut ready = Vec::new();
-            let mut published = Vec::new();
-            match res? {
-                Some(up) => {
-                    done.insert(i, up);
-                    if waiting.get(&i) == Some(&0) {
-                        ready.push(i);
+            let Some(step) = tasks.next().await else { break };
+            let published = match step {
+                Step::Uploaded(i, res) => {
+                    uploads_in_flight -= 1;
+                    match res? {
+                        Some(up) if waiting.get(&i) == Some(&0) => {
+                            tasks.push(self.publish_task(closure, i, up));
+                            continue;
+                        }
+                        Some(up) => {
+                            done.insert(i, up);
+                            continue;
+                        }
+                        // Another upload of this process published it meanwhile.
+                        None => i,
                     }
                 }
-                // Another upload of this process published it meanwhile.
-                None => published.push(i),
-            }
-            // Publish what is ready; each publish may make dependents ready (their NAR done, all their
-            // missing references now published).
-            loop {
-                if let Some(p) = ready.pop() {
-                    let Some(up) = done.remove(&p) else { continue };
-                    self.publish(&closure[p], &up).await?;
+                Step::Published(i, res) => {
+                    let (nar_size, file_size) = res?;
                     report.uploaded += 1;
-                    report.nar_bytes += up.nar_size;
-                    report.file_bytes += up.nar.file_size;
-                    published.push(p);
-                } else if let Some(p) = published.pop() {
-                    waiting.remove(&p);
-                    for &d in dependents.get(&p).map_or(&[][..], Vec::as_slice) {
-                        if let Some(w) = waiting.get_mut(&d) {
-                            *w = w.saturating_sub(1);
-                            if *w == 0 && done.contains_key(&d) {
-                                ready.push(d);
-                            }
-                        }
+                    report.nar_bytes += nar_size;
+                    report.file_bytes += file_size;
+                    i
+                }
+            };
+            // A published path may make dependents ready: their NAR done, all missing references published.
+            waiting.remove(&published);
+            for &d in dependents.get(&published).map_or(&[][..], Vec::as_slice) {
+                if let Some(w) = waiting.get_mut(&d) {
+                    *w = w.saturating_sub(1);
+                    if *w == 0
+                        && let Some(up) = done.remove(&d)
+                    {
+                        tasks.push(self.publish_task(closure, d, up));
                     }
-                } else {
-                    break;
                 }
             }
         }
@@ -305,6 +329,19 @@ impl Uploader {
             return Err(UploadError::Task(format!("{} paths could not be ordered for publishing", waiting.len())));
         }
         Ok(report)
+    }
+
+    /// Publishes path `i` of `closure` as a task: its sizes once the narinfo is written.
+    fn publish_task<'a>(
+        &'a self,
+        closure: &'a [PathInfo],
+        i: usize,
+        up: PathUploaded,
+    ) -> Pin<Box<dyn Future<Output = Step> + Send + 'a>> {
+        Box::pin(async move {
+            let res = self.publish(&closure[i], &up).await.map(|()| (up.nar_size, up.nar.file_size));
+            Step::Published(i, res)
+        })
     }
 
     async fn publish(&self, info: &PathInfo, up: &PathUploaded) -> Result<(), UploadError> {
@@ -336,12 +373,10 @@ impl Uploader {
         if waited && self.db().missing(&[ObjectKey::narinfo(&info.path)]).await?.is_empty() {
             return Ok(None);
         }
+        let slot = Arc::clone(&self.nar_slots).acquire_owned().await.map_err(|e| UploadError::Task(e.to_string()))?;
         let started = Instant::now();
-        let streamed = {
-            let _slot = self.nar_slots.acquire().await.map_err(|e| UploadError::Task(e.to_string()))?;
-            tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
-            self.stream_nar(info).await
-        };
+        tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
+        let streamed = self.stream_nar(info, slot).await;
         let streamed = match streamed {
             Ok(s) => s,
             Err(e) => {
@@ -400,15 +435,20 @@ impl Uploader {
         Ok(Some(key))
     }
 
-    /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined.
-    async fn stream_nar(&self, info: &PathInfo) -> Result<NarStreamed, UploadError> {
+    /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined. The thread
+    /// holds `slot` (CPU work) and gives it back when the last byte is compressed, so the next NAR
+    /// starts while the store still syncs or sends this one's tail.
+    async fn stream_nar(&self, info: &PathInfo, slot: OwnedSemaphorePermit) -> Result<NarStreamed, UploadError> {
         let key = ObjectKey::nar(&info.nar_hash);
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
         let fs_path = self.store_dir().path_of(&info.path);
         let display = self.store_dir().display(&info.path);
-        let (hash, size, listings, nar_key) = (info.nar_hash, info.nar_size, self.listings, key.clone());
-        let producer =
-            tokio::task::spawn_blocking(move || stream_nar(&fs_path, &display, hash, size, nar_key, tx, listings));
+        let (hash, size, encoding, nar_key) = (info.nar_hash, info.nar_size, self.encoding, key.clone());
+        let producer = tokio::task::spawn_blocking(move || {
+            let streamed = stream_nar(&fs_path, &display, hash, size, nar_key, tx, encoding);
+            drop(slot);
+            streamed
+        });
         let stored = self.store().put_stream(&key, rx, NAR_CONTENT_TYPE).await;
         let nar_result = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
         match nar_result {
