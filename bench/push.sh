@@ -13,6 +13,7 @@
 # binaries, python3, curl, cargo.
 # Env: CARGO_TARGET_DIR (default /work/target-pipeline), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
 #      ROUNDS (2: the pushers alternate, each one's best round is reported),
+#      LEVEL (niks3's --compression-level, default 3 = what nix copy uses),
 #      BASELINE_BIN (a directory with another build's `niks3`, e.g. of the previous commit: it joins every
 #      round, so a change is measured against its baseline on the same machine minutes apart),
 #      BENCH_DIR (scratch on the real disk, default /var/tmp), PROFILE (release), NO_BUILD=1 to use
@@ -96,7 +97,8 @@ niks3_round() { # $1: round number, $2: directory of the niks3 binary, $3: a tag
   local r=$1 t0 t1
   rm -rf "$W/state" "$W/spool" "$W/cache"
   RUST_LOG=warn BIN=$2 bench_serve "$(free_port)" "$W/serve-$r.log" --state-dir "$W/state" --spool-dir "$W/spool" \
-    --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS"
+    --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS" \
+    $([ "$3" = main ] && echo --compression-level "${LEVEL:-3}")
   rm -rf "$W/staging/new"; cp -a "$W/staged-entries" "$W/staging/new"
   cpu0=$(cpu_ticks "$SERVER_PID")
   t0=$(date +%s%N)
@@ -123,7 +125,7 @@ NC_ALL=(); NK_ALL=(); NB_ALL=()
 for r in $(seq "$ROUNDS"); do
   echo "== round $r: nix copy --to file://…?compression=zstd" >&2
   NC_ALL+=("$(nix_copy_round "$r")")
-  echo "== round $r: niks3 serve (jobs=$JOBS)" >&2
+  echo "== round $r: niks3 serve (jobs=$JOBS, level ${LEVEL:-3})" >&2
   NK_ALL+=("$(niks3_round "$r" "$BIN" main)")
   if [ -n "${BASELINE_BIN:-}" ]; then
     echo "== round $r: baseline niks3 serve from $BASELINE_BIN (jobs=$JOBS)" >&2
@@ -144,7 +146,7 @@ print(f"closure NAR size: {mib:.0f} MiB")
 print("| pusher | best s | median s | MiB/s (best) | compressed | best vs best | per-round ratios |")
 print("|---|---|---|---|---|---|---|")
 print(f"| nix copy --to file://…?compression=zstd | {min(nc):.2f} | {statistics.median(nc):.2f} | {mib/min(nc):.0f} | {size(ncdir)/2**20:.0f} MiB | 1.00x | |")
-for name, t, sizefile in ((f"niks3 (jobs={jobs})", nk, nksize), (f"baseline niks3 (jobs={jobs})", nb, nbsize)):
+for name, t, sizefile in ((f"niks3 (jobs={jobs}, level {os.environ.get('LEVEL', '3')})", nk, nksize), (f"baseline niks3 (jobs={jobs})", nb, nbsize)):
     if t:
         rounds = " ".join(f"{a / b:.2f}" for a, b in zip(nc, t))
         print(f"| {name} | {min(t):.2f} | {statistics.median(t):.2f} | {mib/min(t):.0f} | {int(open(sizefile).read())/2**20:.0f} MiB | {min(nc)/min(t):.2f}x | {rounds} |")

@@ -187,9 +187,12 @@ impl Pusher {
             })?;
             jobs.push(((*info).clone(), m.clone()));
         }
+        // Fewer NARs than jobs leaves cores idle: the NARs then share them as zstd workers.
+        let zstd_workers =
+            if jobs.len() < self.jobs { u32::try_from(self.jobs / jobs.len().max(1)).unwrap_or(u32::MAX) } else { 0 };
         let results: Vec<Result<Done, ClientError>> = futures::stream::iter(jobs)
             .map(|(info, m)| async move {
-                let (up, listing) = self.upload_with_retries(&info, &m, progress).await?;
+                let (up, listing) = self.upload_with_retries(&info, &m, zstd_workers, progress).await?;
                 progress.nar_done(&m.path, info.nar_size, up.file_size);
                 Ok((up, listing, m.presigned, info.nar_size))
             })
@@ -234,11 +237,12 @@ impl Pusher {
         &self,
         info: &PathInfo,
         m: &MissingNar,
+        zstd_workers: u32,
         progress: &dyn Progress,
     ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
         let mut attempt = 1;
         loop {
-            match self.upload_one(info, m, progress).await {
+            match self.upload_one(info, m, zstd_workers, progress).await {
                 Ok(u) => return Ok(u),
                 Err(e) if e.is_transient() && attempt < UPLOAD_ATTEMPTS => {
                     tracing::warn!("uploading the NAR of {} (attempt {attempt}): {e}; retrying", m.path);
@@ -279,6 +283,7 @@ impl Pusher {
         &self,
         info: &PathInfo,
         m: &MissingNar,
+        zstd_workers: u32,
         progress: &dyn Progress,
     ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
         let what = format!("uploading the NAR of {}", m.path);
@@ -288,7 +293,7 @@ impl Pusher {
         let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
         let encoding = NarEncoding { zstd_level: self.zstd_level, with_listing: true };
         let producer = tokio::task::spawn_blocking(move || {
-            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding)
+            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers)
         });
         let counter = Arc::new(AtomicU64::new(0));
         let (sent, parts) = if let Some(mp) = &m.multipart {

@@ -105,6 +105,10 @@ impl<W: Write> HashingWriter<W> {
         use sha2::Digest;
         Self { inner, hasher: sha2::Sha256::new(), count: 0 }
     }
+    /// The inner writer, e.g. to abort it when the stream turned out bad.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
     /// The digest and byte count so far, and the inner writer back.
     pub fn finish(self) -> (Sha256Hash, u64, W) {
         use sha2::Digest;

@@ -1,6 +1,6 @@
 //! One pass over a store path on disk, in a blocking thread: NAR serialisation → SHA-256 (NarHash,
-//! NarSize) → zstd (level 3, on this thread through [`ZstdRingWriter`]; parallelism across cores comes
-//! from uploading several paths at once) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
+//! NarSize) → zstd (level 3 by default; on this thread through [`ZstdRingWriter`], or on zstd's worker
+//! threads when cores are idle) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
 //! [`crate::store::Store::put_stream`]. The `.ls` listing is the tree the NAR writer reports for the bytes
 //! it wrote, so nothing is read or parsed twice and no NAR is ever held whole in memory.
 //!
@@ -125,9 +125,72 @@ impl Drop for ChunkSender {
     }
 }
 
+/// Bytes per job when zstd's own worker threads compress (2 MiB: ~10 MiB of job buffers per NAR
+/// instead of ~46 MiB at zstd's default for level 3, for +0.2% output).
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
+/// zstd and FileHash in front of the chunk sender: what ends (or aborts) the stored object.
+enum Compressing {
+    /// On the NAR's own thread, through our ring: the cheapest per byte.
+    Ring(ZstdRingWriter<HashingWriter<ChunkSender>>),
+    /// On zstd's worker threads (the NAR's thread only serialises, hashes and hands over).
+    Workers(zstd::stream::write::Encoder<'static, HashingWriter<ChunkSender>>),
+}
+
+impl Compressing {
+    fn new(sender: ChunkSender, level: i32, workers: u32) -> Result<Self, String> {
+        let out = HashingWriter::new(sender);
+        let start = |e: std::io::Error| format!("starting zstd: {e}");
+        if workers == 0 {
+            return ZstdRingWriter::new(out, level).map(Self::Ring).map_err(start);
+        }
+        let mut encoder = zstd::stream::write::Encoder::new(out, level).map_err(start)?;
+        encoder.multithread(workers).map_err(start)?;
+        encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE)).map_err(start)?;
+        Ok(Self::Workers(encoder))
+    }
+
+    /// The NAR was verified: ends the frame and the object; FileHash and FileSize.
+    fn finish(self) -> Result<(Sha256Hash, u64), String> {
+        let out = match self {
+            Self::Ring(e) => e.finish(),
+            Self::Workers(e) => e.finish(),
+        };
+        let (file_hash, file_size, sender) = out.map_err(|e| format!("finishing zstd: {e}"))?.finish();
+        sender.finish().map_err(|e| format!("sending the last chunk: {e}"))?;
+        Ok((file_hash, file_size))
+    }
+
+    /// The NAR failed: the store aborts the object with `reason` (the frame is left unfinished).
+    fn fail(self, reason: String) {
+        match self {
+            Self::Ring(e) => e.into_inner().finish().2.abort(reason),
+            Self::Workers(mut e) => e.get_mut().get_mut().abort(reason),
+        }
+    }
+}
+
+impl Write for Compressing {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Ring(e) => e.write(data),
+            Self::Workers(e) => e.write(data),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Streams the NAR of `fs_path` into `tx` as zstd chunks for `key`, checking it against
 /// `expected_hash`/`expected_size` (Nix's record). Blocking: call from `spawn_blocking`.
 /// `display_path` is the store path as shown in errors.
+///
+/// `zstd_workers`: 0 compresses on this thread (the cheapest per byte: use it when every core has a
+/// NAR of its own); N > 0 hands compression to N zstd worker threads, so one big NAR uses the cores
+/// that would otherwise idle — at ~10% more CPU per byte when cores are contended
+/// (docs/benchmarks.md "Push").
+#[allow(clippy::too_many_arguments)]
 pub fn stream_nar(
     fs_path: &Path,
     display_path: &str,
@@ -136,42 +199,34 @@ pub fn stream_nar(
     key: ObjectKey,
     tx: mpsc::Sender<Result<Bytes, StoreError>>,
     encoding: NarEncoding,
+    zstd_workers: u32,
 ) -> Result<NarStreamed, UploadError> {
-    let mut sender = ChunkSender::new(tx, key);
-
     let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
-    let result = (|| {
-        let file_hashing = HashingWriter::new(&mut sender);
-        let encoder = ZstdRingWriter::new(file_hashing, encoding.zstd_level)
-            .map_err(|e| nar_err(format!("starting zstd: {e}")))?;
-        let mut nar_hashing = HashingWriter::new(encoder);
-        let (_, tree) = dump_path_tree(fs_path, &mut nar_hashing).map_err(|e| match e {
-            NarError::Write(io) => nar_err(format!("compressing or sending: {io}")),
-            other => nar_err(other.to_string()),
-        })?;
-        let (nar_hash, nar_size, encoder) = nar_hashing.finish();
-        if nar_hash != expected_hash || nar_size != expected_size {
-            return Err(UploadError::HashMismatch {
-                path: display_path.to_owned(),
-                expected: expected_hash,
-                expected_size,
-                actual: nar_hash,
-                actual_size: nar_size,
-            });
-        }
-        let file_hashing = encoder.finish().map_err(|e| nar_err(format!("finishing zstd: {e}")))?;
-        let (file_hash, file_size, _) = file_hashing.finish();
-        let listing = encoding.with_listing.then(|| crate::nix::listing::listing_json(&tree));
-        Ok((nar_hash, nar_size, file_hash, file_size, listing))
-    })();
-
-    match result {
-        Ok((nar_hash, nar_size, file_hash, file_size, listing)) => {
-            sender.finish().map_err(|e| nar_err(format!("sending the last chunk: {e}")))?;
+    let mut compressing =
+        Compressing::new(ChunkSender::new(tx, key), encoding.zstd_level, zstd_workers).map_err(nar_err)?;
+    let mut nar_hashing = HashingWriter::new(&mut compressing);
+    let dumped = dump_path_tree(fs_path, &mut nar_hashing);
+    let (nar_hash, nar_size, _) = nar_hashing.finish();
+    let verdict = match dumped {
+        Err(NarError::Write(io)) => Err(nar_err(format!("compressing or sending: {io}"))),
+        Err(other) => Err(nar_err(other.to_string())),
+        Ok(_) if nar_hash != expected_hash || nar_size != expected_size => Err(UploadError::HashMismatch {
+            path: display_path.to_owned(),
+            expected: expected_hash,
+            expected_size,
+            actual: nar_hash,
+            actual_size: nar_size,
+        }),
+        Ok((_, tree)) => Ok(tree),
+    };
+    match verdict {
+        Ok(tree) => {
+            let (file_hash, file_size) = compressing.finish().map_err(nar_err)?;
+            let listing = encoding.with_listing.then(|| crate::nix::listing::listing_json(&tree));
             Ok(NarStreamed { nar_hash, nar_size, file_hash, file_size, listing })
         }
         Err(e) => {
-            sender.abort(e.to_string());
+            compressing.fail(e.to_string());
             Err(e)
         }
     }
@@ -207,12 +262,13 @@ mod tests {
         path: std::path::PathBuf,
         hash: Sha256Hash,
         size: u64,
+        zstd_workers: u32,
     ) -> (Result<NarStreamed, UploadError>, Result<u64, StoreError>, ObjectKey) {
         let key = ObjectKey::nar(&hash);
         let (tx, rx) = mpsc::channel(4);
         let k = key.clone();
         let producer = tokio::task::spawn_blocking(move || {
-            stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, NarEncoding::default())
+            stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, NarEncoding::default(), zstd_workers)
         });
         let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
         (producer.await.expect("join"), stored, key)
@@ -220,11 +276,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stream_stores_compressed_nar_with_listing_and_hashes() {
+        for zstd_workers in [0, 2] {
+            stores_compressed_nar_with_listing_and_hashes(zstd_workers).await;
+        }
+    }
+
+    async fn stores_compressed_nar_with_listing_and_hashes(zstd_workers: u32) {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = sample_tree(dir.path());
         let (hash, size, nar) = nar_of(&tree);
         let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
-        let (produced, stored, key) = run(&store, tree, hash, size).await;
+        let (produced, stored, key) = run(&store, tree, hash, size, zstd_workers).await;
         let streamed = produced.expect("stream");
         let stored_size = stored.expect("stored");
         assert_eq!((streamed.nar_hash, streamed.nar_size), (hash, size));
@@ -246,12 +308,18 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hash_mismatch_leaves_nothing_visible() {
+        for zstd_workers in [0, 2] {
+            mismatch_leaves_nothing_visible(zstd_workers).await;
+        }
+    }
+
+    async fn mismatch_leaves_nothing_visible(zstd_workers: u32) {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = sample_tree(dir.path());
         let (_, size, _) = nar_of(&tree);
         let wrong = Sha256Hash([7; 32]);
         let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
-        let (produced, stored, key) = run(&store, tree, wrong, size).await;
+        let (produced, stored, key) = run(&store, tree, wrong, size, zstd_workers).await;
         let err = produced.expect_err("mismatch");
         assert!(matches!(err, UploadError::HashMismatch { .. }), "{err}");
         assert!(err.to_string().contains("does not match Nix's record"), "{err}");
@@ -261,12 +329,51 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vanished_path_aborts_the_object() {
+        for zstd_workers in [0, 2] {
+            vanished_aborts_the_object(zstd_workers).await;
+        }
+    }
+
+    async fn vanished_aborts_the_object(zstd_workers: u32) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
-        let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8).await;
+        let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8, zstd_workers).await;
         let err = produced.expect_err("vanished");
         assert!(matches!(err, UploadError::Nar { .. }) && !err.is_transient(), "{err}");
         assert!(stored.is_err());
         assert!(store.head(&key).await.expect("head").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_stops_receiving_is_the_reported_cause() {
+        for zstd_workers in [0, 2] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let tree = dir.path().join("big");
+            // 12 MiB that zstd cannot shrink: more than the chunk channel holds.
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            let noise: Vec<u8> = (0..12 << 20)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            std::fs::write(&tree, noise).expect("write");
+            let (hash, size, _) = nar_of(&tree);
+            let (tx, rx) = mpsc::channel(4);
+            drop(rx);
+            let key = ObjectKey::nar(&hash);
+            let err = tokio::task::spawn_blocking(move || {
+                stream_nar(&tree, "/nix/store/x-big", hash, size, key, tx, NarEncoding::default(), zstd_workers)
+            })
+            .await
+            .expect("join")
+            .expect_err("nobody receives");
+            assert!(
+                err.to_string().contains("the store stopped receiving chunks"),
+                "zstd_workers={zstd_workers}: {err}"
+            );
+        }
     }
 }

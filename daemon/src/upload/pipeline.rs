@@ -374,9 +374,12 @@ impl Uploader {
             return Ok(None);
         }
         let slot = Arc::clone(&self.nar_slots).acquire_owned().await.map_err(|e| UploadError::Task(e.to_string()))?;
+        // Free slots are cores with nothing to compress: this NAR gets them as zstd workers.
+        let free = self.nar_slots.available_permits();
+        let zstd_workers = if free == 0 { 0 } else { u32::try_from(free + 1).unwrap_or(u32::MAX) };
         let started = Instant::now();
         tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
-        let streamed = self.stream_nar(info, slot).await;
+        let streamed = self.stream_nar(info, slot, zstd_workers).await;
         let streamed = match streamed {
             Ok(s) => s,
             Err(e) => {
@@ -438,14 +441,19 @@ impl Uploader {
     /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined. The thread
     /// holds `slot` (CPU work) and gives it back when the last byte is compressed, so the next NAR
     /// starts while the store still syncs or sends this one's tail.
-    async fn stream_nar(&self, info: &PathInfo, slot: OwnedSemaphorePermit) -> Result<NarStreamed, UploadError> {
+    async fn stream_nar(
+        &self,
+        info: &PathInfo,
+        slot: OwnedSemaphorePermit,
+        zstd_workers: u32,
+    ) -> Result<NarStreamed, UploadError> {
         let key = ObjectKey::nar(&info.nar_hash);
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
         let fs_path = self.store_dir().path_of(&info.path);
         let display = self.store_dir().display(&info.path);
         let (hash, size, encoding, nar_key) = (info.nar_hash, info.nar_size, self.encoding, key.clone());
         let producer = tokio::task::spawn_blocking(move || {
-            let streamed = stream_nar(&fs_path, &display, hash, size, nar_key, tx, encoding);
+            let streamed = stream_nar(&fs_path, &display, hash, size, nar_key, tx, encoding, zstd_workers);
             drop(slot);
             streamed
         });

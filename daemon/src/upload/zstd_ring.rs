@@ -111,6 +111,14 @@ impl<W: Write> ZstdRingWriter<W> {
     }
 }
 
+impl<W: Write> ZstdRingWriter<W> {
+    /// Gives the inner writer back without ending the frame (the output is then incomplete: for
+    /// aborting it).
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
 impl<W: Write> Write for ZstdRingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.end == self.ring.len() {
