@@ -166,6 +166,7 @@ let
     // optionalAttrs (cfg.apiTokenFile != null) { NIKS3_API_TOKEN_FILE = "%d/api-token"; }
     // optionalAttrs (cacheUrl != null) { NIKS3_CACHE_URL = cacheUrl; }
     // optionalAttrs (cfg.jobs != null) { NIKS3_JOBS = toString cfg.jobs; }
+    // { NIKS3_COMPRESSION_LEVEL = toString cfg.compressionLevel; }
     // cfg.environment;
 
   serverCredentials =
@@ -267,6 +268,12 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Parallel uploads; null means one per CPU core.";
+    };
+
+    compressionLevel = mkOption {
+      type = types.ints.between 1 9;
+      default = 3;
+      description = "zstd level of uploaded NARs. 3 is Nix's own; 2 takes about a third less CPU for about 5% more bytes.";
     };
 
     storeDir = mkOption {
