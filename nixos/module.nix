@@ -273,7 +273,10 @@ in
     compressionLevel = mkOption {
       type = types.ints.between 1 9;
       default = 3;
-      description = "zstd level of uploaded NARs. 3 is Nix's own; 2 takes about a third less CPU for about 5% more bytes.";
+      description = ''
+        zstd level of the NARs uploaded by the server's own spool and by this builder's niks3-drain
+        (hook.serverUrl set). 3 is Nix's own; 2 takes about a third less CPU for about 5% more bytes.
+      '';
     };
 
     storeDir = mkOption {
@@ -663,6 +666,7 @@ in
           args = [
             "--spool-dir ${escapeShellArg hookCfg.spoolDir}"
             "--gcroots-dir ${escapeShellArg hookCfg.gcrootsDir}"
+            "--compression-level ${toString cfg.compressionLevel}"
           ];
         };
       };
