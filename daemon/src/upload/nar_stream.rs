@@ -44,6 +44,7 @@ impl Default for NarEncoding {
         Self { zstd_level: DEFAULT_ZSTD_LEVEL, with_listing: true }
     }
 }
+
 /// What one pass produced.
 #[derive(Debug)]
 pub struct NarStreamed {
