@@ -290,7 +290,7 @@ def builder_remote():
     eq("niks3-drain ExecStart", c.get("ExecStart"),
        f"{STUB}niks3/bin/niks3 drain --server https://cache.example.org "
        "--auth-token-file ${CREDENTIALS_DIRECTORY}/api-token "
-       "--spool-dir /var/lib/niks3/spool --gcroots-dir /nix/var/nix/gcroots/niks3")
+       "--spool-dir /var/lib/niks3/spool --gcroots-dir /nix/var/nix/gcroots/niks3 --compression-level 3")
     eq("niks3-drain LoadCredential", c.get("LoadCredential"), ["api-token:/run/secrets/niks3/api-token"])
     eq("niks3-drain restarts", c.get("Restart"), "always")
     eq("niks3-drain may write the spool's state dir", c.get("StateDirectory"), "niks3")
@@ -331,6 +331,7 @@ def variants():
         gc = { olderThan = "30d"; failedUploadsOlderThan = "1h30m"; schedule = "*-*-* 03:00:00"; randomizedDelaySec = 0; };
         environment.RUST_LOG = "niks3=debug";
         extraArgs = [ "--jobs" "4" ];
+        compressionLevel = 7;
       }; }""")
     eq("remote database: evaluates", (rc, d and d["failedAssertions"]), (0, []))
     if d:
@@ -342,6 +343,7 @@ def variants():
               and "postgresql.service" not in svc(d, "niks3").get("after", []))
         eq("two signing keys, colon-separated", e.get("NIKS3_SIGN_KEY_PATHS"), "%d/sign-key-0:%d/sign-key-1")
         eq("extra env passed through", e.get("RUST_LOG"), "niks3=debug")
+        eq("compressionLevel reaches the server", e.get("NIKS3_COMPRESSION_LEVEL"), "7")
         check("extraArgs appended", c.get("ExecStart", "").endswith("serve --priority 30 --jobs 4"), c.get("ExecStart"))
         g = sc(d, "niks3-gc").get("ExecStart", "")
         check("GC maps 0.0.0.0 to loopback", "--server http://127.0.0.1:8080 " in g, g)
@@ -353,12 +355,15 @@ def variants():
         httpAddr = "[::]:443";
         gc.enable = false;
         hook = { enable = true; serverUrl = "https://other.example.org"; tokenFile = "/run/secrets/t"; };
+        compressionLevel = 1;
       }; }""")
     eq("server + hook to another server: evaluates", (rc, d and d["failedAssertions"]), (0, []))
     if d:
         c = sc(d, "niks3")
         check("local server leaves the spool to niks3-drain (--no-spool)", "--no-spool" in c.get("ExecStart", ""))
         check("niks3-drain present", svc(d, "niks3-drain") is not None)
+        drain = sc(d, "niks3-drain").get("ExecStart", "")
+        check("niks3-drain compresses at compressionLevel", drain.endswith(" --compression-level 1"), drain)
         eq("port 443 gets CAP_NET_BIND_SERVICE only", (c.get("AmbientCapabilities"), c.get("CapabilityBoundingSet")),
            ("CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE"))
         check("gc.enable = false: no GC unit or timer",
@@ -420,6 +425,8 @@ def rejected():
                    r"serverUrl = https://c\.example\.org needs hook\.tokenFile")
     expect_failure("bad GC duration", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         gc.olderThan = "30 days"; }; }""", r"services\.niks3\.gc\.olderThan.*not of type")
+    expect_failure("compressionLevel outside 1..9", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        compressionLevel = 19; }; }""", r"services\.niks3\.compressionLevel.*not of type")
     expect_failure("httpAddr without port", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         httpAddr = "localhost"; }; }""", r"services\.niks3\.httpAddr.*not of type")
     expect_failure("setting the read-only hook.wrapper", """{ pkgs, ... }: {
