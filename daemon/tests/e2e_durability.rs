@@ -50,7 +50,7 @@ fn sigkill_mid_upload_loses_nothing_and_leaves_no_narinfo_without_its_nar() {
         && w.spool_entries("new").is_empty()));
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     let public_key = w.public_key();
-    w.substitute(&format!("file://{}", cache.display()), "after-crash", &top, &public_key).expect("substitute");
+    w.nix.substitute(&format!("file://{}", cache.display()), "after-crash", &top, &public_key).expect("substitute");
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn serve_without_flags_sets_everything_up_and_notifies_readiness() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert!(wait_for(Duration::from_secs(60), || closure.iter().all(|p| status(p) == "200")), "uploads");
-    w.substitute(&url, "embedded", &app, &public_key).expect("substitute");
+    w.nix.substitute(&url, "embedded", &app, &public_key).expect("substitute");
 
     // SIGTERM: clean exit; a second start reuses key, token and database.
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

@@ -27,15 +27,15 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     // cache directory itself is a valid file:// cache too.
     w.wait_http(&server);
     let http = w.url();
-    let store = w.substitute(&http, "from-http", &app, &public_key).expect("substitute through the read proxy");
+    let store = w.nix.substitute(&http, "from-http", &app, &public_key).expect("substitute through the read proxy");
     let tool =
         std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
-    w.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache directory");
+    w.nix.substitute(&cache_url, "from-file", &app, &public_key).expect("substitute from the cache directory");
 
     // The wrong key is refused.
     let other = "other-1:E+qMd1hoNRkB6JA0pLyjqzcS4bb6qclIWzGuUNfZVYk=";
-    let err = w.substitute(&http, "wrong-key", &app, other).expect_err("unsigned for that key");
+    let err = w.nix.substitute(&http, "wrong-key", &app, other).expect_err("unsigned for that key");
     assert!(err.contains("lacks a valid signature"), "{err}");
 
     // nix store verify over the whole closure, the build log and the file listing, over HTTP.

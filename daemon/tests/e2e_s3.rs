@@ -19,7 +19,7 @@ fn built_paths_land_in_garage_and_substitute_through_the_read_proxy() {
     w.wait_uploaded(&app, &server, Duration::from_secs(60));
 
     let http = w.url();
-    let store = w.substitute(&http, "from-garage", &app, &public_key).expect("substitute through the read proxy");
+    let store = w.nix.substitute(&http, "from-garage", &app, &public_key).expect("substitute through the read proxy");
     let tool =
         std::fs::read_to_string(store.join(app[0].trim_start_matches('/')).join("uses-tree")).expect("uses-tree");
     assert_eq!(tool.trim(), format!("{}/bin/tool", tree[0]));
@@ -50,5 +50,5 @@ fn garage_outage_delays_uploads_but_loses_nothing() {
     }
     w.wait_uploaded(std::slice::from_ref(&during), &server, Duration::from_secs(120));
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
-    w.substitute(&w.url(), "after-outage", &[during], &public_key).expect("substitute after the outage");
+    w.nix.substitute(&w.url(), "after-outage", &[during], &public_key).expect("substitute after the outage");
 }

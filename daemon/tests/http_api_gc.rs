@@ -98,15 +98,7 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
     assert_eq!(s.cache_files().iter().filter(|f| f.starts_with("nar/")).count(), 1, "{:?}", s.cache_files());
     let r = s.post_api("complete", &done).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let chroot = env.chroot_store("client").expect("chroot");
-    let copy = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot)
-        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string(), &a])
-        .output()
-        .expect("nix copy");
-    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+    env.substitute(&s.url, "client", &[&a], &s.key.public().to_nix_string()).expect("nix copy");
 
     // 2. a session GC considers failed is gone: completing it is a 409 and publishes nothing
     let b = env.build_script("gc-race-b", "echo b > $out").expect("build");

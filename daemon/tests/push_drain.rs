@@ -64,15 +64,7 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
     assert!(roots.is_empty(), "GC root not removed: {roots:?}");
     assert_eq!(s.cache_files().iter().filter(|f| f.ends_with(".narinfo")).count(), 2, "{:?}", s.cache_files());
 
-    let chroot = env.chroot_store("client").expect("chroot");
-    let copy = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot)
-        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string(), &out])
-        .output()
-        .expect("nix copy");
-    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+    let chroot = env.substitute(&s.url, "client", &[&out], &s.key.public().to_nix_string()).expect("nix copy");
     assert!(chroot.join(dep.trim_start_matches('/')).exists());
     s.shutdown().await;
 }

@@ -57,16 +57,7 @@ async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     let head = c.head(&nar_url).send().await.expect("HEAD");
     assert_eq!(head.headers()["content-length"], meta.size.to_string().as_str());
 
-    let chroot = env.chroot_store("client").expect("chroot");
-    let pubkey = s.key.public().to_nix_string();
-    let copy = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot)
-        .args(["--option", "trusted-public-keys", &pubkey, &top])
-        .output()
-        .expect("nix copy");
-    assert!(copy.status.success(), "nix copy: {}", String::from_utf8_lossy(&copy.stderr));
+    let chroot = env.substitute(&s.url, "client", &[&top], &s.key.public().to_nix_string()).expect("nix copy");
     let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
     assert_eq!(copied, std::fs::read(&big).expect("big local"));
     s.shutdown().await;

@@ -113,16 +113,7 @@ async fn pushed_closure_substitutes_into_a_fresh_store_with_signatures_required(
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), received);
 
     // a third store substitutes the closure, checking our signatures
-    let chroot = env.chroot_store("client").expect("chroot");
-    let pubkey = s.key.public().to_nix_string();
-    let copy = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot)
-        .args(["--option", "trusted-public-keys", &pubkey, &app])
-        .output()
-        .expect("nix copy");
-    assert!(copy.status.success(), "nix copy: {}", text(&copy));
+    let chroot = env.substitute(&s.url, "client", &[&app], &s.key.public().to_nix_string()).expect("nix copy");
     let valid = env
         .command("nix-store")
         .arg("--store")
@@ -137,16 +128,8 @@ async fn pushed_closure_substitutes_into_a_fresh_store_with_signatures_required(
 
     // with another key trusted, the same cache is refused
     let other = niks3::nix::signing::SecretKey::generate("other-1").expect("key").public().to_nix_string();
-    let chroot2 = env.chroot_store("client2").expect("chroot");
-    let refused = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot2)
-        .args(["--option", "trusted-public-keys", &other, &hello])
-        .output()
-        .expect("nix copy");
-    assert!(!refused.status.success());
-    assert!(text(&refused).contains("lacks a valid signature"), "{}", text(&refused));
+    let refused = env.substitute(&s.url, "client2", &[&hello], &other).expect_err("signed by another key");
+    assert!(refused.contains("lacks a valid signature"), "{refused}");
     s.shutdown().await;
 }
 

@@ -106,16 +106,7 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     assert_eq!(narinfo_status(&s, &big).await, 200);
 
     // Stock Nix substitutes the closure from the read proxy, signatures required.
-    let chroot = env.chroot_store("client").expect("chroot");
-    let copy = env
-        .command("nix")
-        .args(["copy", "--from", &s.url, "--to"])
-        .arg(&chroot)
-        .args(["--option", "require-sigs", "true"])
-        .args(["--option", "trusted-public-keys", &s.key.public().to_nix_string(), &top])
-        .output()
-        .expect("nix copy");
-    assert!(copy.status.success(), "nix copy: {}", String::from_utf8_lossy(&copy.stderr));
+    let chroot = env.substitute(&s.url, "client", &[&top], &s.key.public().to_nix_string()).expect("nix copy");
     let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
     assert_eq!(copied, std::fs::read(&big).expect("big local"));
     s.shutdown().await;

@@ -52,7 +52,7 @@ fn port_zero_prints_and_serves_the_bound_port() {
     let uploaded = wait_for(Duration::from_secs(60), || out.iter().all(|p| w.has_narinfo(p)));
     assert!(uploaded, "the hook's build never reached the cache:\n{}", log());
     let public_key = w.public_key();
-    w.substitute(&url, "bound-port", &out, &public_key).expect("substitute from the printed URL");
+    w.nix.substitute(&url, "bound-port", &out, &public_key).expect("substitute from the printed URL");
     let _ = child.kill();
     let _ = child.wait();
 }

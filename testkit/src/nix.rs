@@ -157,6 +157,28 @@ impl NixEnv {
         Ok(p)
     }
 
+    /// `nix copy --from <from>` of `paths` into a fresh chroot store `name`, trusting only `public_key`
+    /// (signatures required, as Nix requires by default): what a client of the cache does. The store's
+    /// directory, or why it failed (nix's stderr).
+    pub fn substitute<P: AsRef<std::ffi::OsStr>>(
+        &self,
+        from: &str,
+        name: &str,
+        paths: &[P],
+        public_key: &str,
+    ) -> Result<PathBuf, String> {
+        let store = self.chroot_store(name).map_err(|e| format!("chroot store {name}: {e}"))?;
+        let out = self
+            .command("nix")
+            .args(["copy", "--from", from, "--to"])
+            .arg(&store)
+            .args(["--option", "require-sigs", "true", "--option", "trusted-public-keys", public_key])
+            .args(paths)
+            .output()
+            .map_err(|e| format!("running nix copy: {e}"))?;
+        if out.status.success() { Ok(store) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    }
+
     fn write_expr(&self, expr: &str) -> io::Result<PathBuf> {
         let f = self.dir.path().join("exprs").join(format!("e{}.nix", hex::encode(rand::random::<[u8; 8]>())));
         std::fs::write(&f, expr)?;

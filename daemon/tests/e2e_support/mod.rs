@@ -272,21 +272,6 @@ impl World {
         dest
     }
 
-    /// `nix copy --from <url> --to <fresh chroot store>` with signatures required; returns the store dir.
-    pub fn substitute(&self, from: &str, name: &str, paths: &[String], public_key: &str) -> Result<PathBuf, String> {
-        let store = self.nix.chroot_store(name).expect("chroot store");
-        let out = self
-            .nix
-            .command("nix")
-            .args(["copy", "--from", from, "--to"])
-            .arg(&store)
-            .args(["--option", "trusted-public-keys", public_key])
-            .args(paths)
-            .output()
-            .expect("nix copy");
-        if out.status.success() { Ok(store) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
-    }
-
     /// Asserts that `nix store verify -r` over HTTP accepts `path`'s whole closure signed by `public_key`,
     /// and that `nix log` over HTTP shows `log_path`'s build log containing `log_line`.
     pub fn verify_over_http(&self, http: &str, public_key: &str, path: &str, log_path: &str, log_line: &str) {
