@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] — installs what niks3 needs on Debian, idempotently and fast when all is there.
 #   always: nix-bin (Nix), PostgreSQL server binaries
-#   --test: also the Garage S3 server (cargo install, ~8 min once), chromium (landing page screenshot), curl
+#   --test: also the Garage S3 server (cargo install, ~8 min once), chromium (landing page screenshot), curl,
+#           and a Debian trixie chroot with Nix 2.26 at $NIKS3_TEST_TRIXIE_CHROOT (default
+#           /var/cache/niks3-test/trixie; scripts/trixie-nix-chroot.sh, ~3 min once), the second Nix the tests use
+# Host apt runs one at a time: under /run/lock/niks3-apt.lock (trixie-nix-chroot.sh takes it too), waiting for
+# dpkg's lock rather than failing on it.
 set -euo pipefail
 want_test=0; [ "${1:-}" = --test ] && want_test=1
 export DEBIAN_FRONTEND=noninteractive
@@ -12,16 +16,24 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ $want_test = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need[*]}" >&2
   [ "$(id -u)" = 0 ] || { echo "install-deps: run as root to install ${need[*]}" >&2; exit 1; }
-  apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
+  host_apt() { flock /run/lock/niks3-apt.lock apt-get -o DPkg::Lock::Timeout=300 "$@"; }
+  host_apt install -y -qq "${need[@]}" >/dev/null 2>&1 ||
+    { host_apt update -qq && host_apt install -y -qq "${need[@]}" >/dev/null; }
 fi
 if [ $want_test = 1 ]; then
+  # The chroot (network-bound) builds while garage compiles (CPU-bound); it starts after the host apt above,
+  # never beside it, and finds debootstrap installed.
+  "$(dirname "$0")/trixie-nix-chroot.sh" "${NIKS3_TEST_TRIXIE_CHROOT:-/var/cache/niks3-test/trixie}" >/dev/null &
+  chroot_pid=$!
   export PATH=$HOME/.cargo/bin:$PATH
   if ! garage --version 2>/dev/null | grep -q 'v2.5.0'; then
     echo "install-deps: cargo install garage 2.5.0 (one time, several minutes)" >&2
     cargo install garage --locked --version 2.5.0 --no-default-features --features bundled-libs,sqlite
   fi
+  wait "$chroot_pid" || { echo "install-deps: scripts/trixie-nix-chroot.sh failed" >&2; exit 1; }
 fi
