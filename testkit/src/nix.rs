@@ -1,10 +1,19 @@
 //! A private, offline Nix for tests: the real `nix`, `nix-build` and `nix-store` binaries, configured so
 //! that they never touch the network or the machine's own Nix settings.
 //!
-//! Tests run as root against the real `/nix/store` (single-user Nix, no daemon). Every [`NixEnv`] has its own
-//! `NIX_CONF_DIR` (`sandbox = false`, `substituters =`, narinfo cache TTLs 0, `nix-command` enabled …), its
-//! own `XDG_CACHE_HOME` and a random salt, so derivations built through it are always built afresh (and a
-//! post-build hook really runs) even when another test built the "same" expression a second earlier.
+//! Two Nix installations: the host's (Debian bookworm's Nix 2.8, [`NixEnv::new`]) and the one in the trixie
+//! chroot (Nix 2.26, [`NixEnv::in_chroot`]), each with its own `/nix/store`. Either runs single-user (the
+//! test's commands open the store themselves, as root) or multi-user: [`NixEnv::start_daemon`] starts a
+//! real `nix-daemon` that every later command talks to, and that runs the builds and the `post-build-hook`.
+//!
+//! Every [`NixEnv`] has its own `NIX_CONF_DIR` (`sandbox = false`, `substituters =`, narinfo cache TTLs 0,
+//! `nix-command` enabled …), its own `XDG_CACHE_HOME` and a random salt, so derivations built through it
+//! are always built afresh (and a post-build hook really runs) even when another test built the "same"
+//! expression a second earlier.
+//!
+//! Paths have two names in a chroot: the host's ([`NixEnv::dir`], what the test reads and writes) and the
+//! one its programs see ([`NixEnv::nix_path`]), which is what goes on their command lines. For the host's
+//! Nix both are the same.
 //!
 //! ```no_run
 //! use niks3_testkit::nix::NixEnv;
@@ -17,36 +26,132 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use std::ffi::OsString;
+use crate::chroot::Chroot;
+use crate::nix_daemon::NixDaemon;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A private Nix configuration in a temporary directory (removed on drop).
+/// A private Nix configuration in a temporary directory (removed on drop), for the host's Nix or a
+/// chroot's, optionally with its own `nix-daemon`.
 ///
-/// Everything a test runs through [`NixEnv::command`] (or with [`NixEnv::envs`] applied to its own
-/// `Command`, e.g. a tokio one) sees only this configuration.
+/// Everything a test runs through [`NixEnv::command`] (or, for the host's Nix, with [`NixEnv::envs`]
+/// applied to its own `Command`, e.g. a tokio one) sees only this configuration.
 pub struct NixEnv {
+    // Declared first, so dropped first: the daemon dies before its directory is removed.
+    daemon: Option<NixDaemon>,
     dir: tempfile::TempDir,
     salt: String,
+    chroot: Option<Chroot>,
 }
 
 impl NixEnv {
-    /// Creates the private configuration. Fails if the temporary directory cannot be written.
+    /// A private configuration for the host's Nix. Fails if the temporary directory cannot be written.
     pub fn new() -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("niks3-nixenv-").tempdir()?;
+        NixEnv::init(dir, None)
+    }
+
+    /// A private configuration for the Nix inside `chroot`; its directory is in the chroot's `/tmp`.
+    pub fn in_chroot(chroot: &Chroot) -> io::Result<Self> {
+        let dir = chroot.tempdir("niks3-nixenv-")?;
+        NixEnv::init(dir, Some(chroot.clone()))
+    }
+
+    fn init(dir: tempfile::TempDir, chroot: Option<Chroot>) -> io::Result<Self> {
         for sub in ["etc", "xdg-cache", "exprs", "stores"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
         let salt = format!("s{}", hex::encode(rand::random::<[u8; 12]>()));
-        let env = NixEnv { dir, salt };
-        std::fs::write(env.conf_path(), base_conf())?;
+        let env = NixEnv { daemon: None, dir, salt, chroot };
+        std::fs::write(env.conf_path(), base_conf(&env.host_path(Path::new("/etc/group"))))?;
         Ok(env)
     }
 
-    /// The temporary directory holding the configuration, expressions and chroot stores.
+    /// The temporary directory holding the configuration, expressions and chroot stores (the host's name).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The chroot this environment's Nix lives in, if it is not the host's.
+    pub fn chroot(&self) -> Option<&Chroot> {
+        self.chroot.as_ref()
+    }
+
+    /// What this environment's programs call the host path `host`: for a chroot, the path inside it (a host
+    /// path outside the chroot is returned unchanged, as for directories bound with
+    /// [`NixEnv::share_dir`]); for the host's Nix, `host` itself.
+    pub fn nix_path(&self, host: &Path) -> PathBuf {
+        self.chroot.as_ref().and_then(|c| c.inner_path(host)).unwrap_or_else(|| host.to_path_buf())
+    }
+
+    /// What the host calls `path`, a path as this environment's programs see it (a store path, say).
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        match &self.chroot {
+            Some(c) => c.host_path(path),
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// A new temporary directory this environment's programs can reach, under the same name as the host
+    /// after [`NixEnv::nix_path`] (inside the chroot for a chroot's Nix).
+    pub fn tempdir(&self, prefix: &str) -> io::Result<tempfile::TempDir> {
+        match &self.chroot {
+            Some(c) => c.tempdir(prefix),
+            None => tempfile::Builder::new().prefix(prefix).tempdir(),
+        }
+    }
+
+    /// Makes the host directory `dir` visible to this environment's programs under its own name (a
+    /// read-only bind mount into a chroot; nothing to do for the host's Nix), e.g. the directory of the
+    /// binaries under test.
+    pub fn share_dir(&self, dir: &Path) -> io::Result<()> {
+        match &self.chroot {
+            Some(c) => c.bind_same_path(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a real `nix-daemon` for this environment (multi-user Nix): every later command goes through
+    /// it (`NIX_REMOTE=daemon`), and it runs the builds. Its `nix.conf` is this environment's as it is now
+    /// (so add lines with [`NixEnv::conf_extra`] before) plus `post-build-hook = <post_build_hook>` when
+    /// given; `daemon_env` is added to its environment, so a hook sees it (the client's environment never
+    /// reaches a hook). Stopped, with its workers, when the environment is dropped.
+    pub fn start_daemon(&mut self, post_build_hook: Option<&Path>, daemon_env: &[(&str, &OsStr)]) -> io::Result<()> {
+        if self.daemon.is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "this NixEnv already has a nix-daemon"));
+        }
+        let etc = self.dir.path().join("daemon-etc");
+        std::fs::create_dir_all(&etc)?;
+        let mut conf = std::fs::read_to_string(self.conf_path())?;
+        if let Some(hook) = post_build_hook {
+            conf = format!("{conf}post-build-hook = {}\n", hook.display());
+        }
+        std::fs::write(etc.join("nix.conf"), conf)?;
+        let socket = self.dir.path().join("daemon.socket");
+        let mut cmd = self.command("nix-daemon");
+        cmd.env("NIX_CONF_DIR", self.nix_path(&etc))
+            .env("NIX_USER_CONF_FILES", self.nix_path(&etc.join("user.conf")))
+            .env("NIX_DAEMON_SOCKET_PATH", self.nix_path(&socket))
+            .env_remove("NIX_REMOTE")
+            .envs(daemon_env.iter().copied());
+        self.daemon = Some(NixDaemon::spawn(cmd, &socket, &self.dir.path().join("daemon.log"))?);
+        Ok(())
+    }
+
+    /// The running `nix-daemon`, if [`NixEnv::start_daemon`] started one.
+    pub fn daemon(&self) -> Option<&NixDaemon> {
+        self.daemon.as_ref()
+    }
+
+    /// `nix --version`'s number, e.g. `2.8.0` or `2.26.3`.
+    pub fn nix_version(&self) -> io::Result<String> {
+        let out = self.run(self.command("nix").arg("--version"))?;
+        out.split_whitespace()
+            .last()
+            .map(str::to_owned)
+            .ok_or_else(|| io::Error::other(format!("nix --version printed {out:?}")))
     }
 
     /// This environment's random salt; [`NixEnv::build`] passes it as `--argstr salt`.
@@ -65,29 +170,43 @@ impl NixEnv {
         writeln!(f, "{line}")
     }
 
-    /// Sets Nix's `post-build-hook` to `program` (an absolute path) for every later build.
+    /// Sets Nix's `post-build-hook` to `program` (an absolute path as Nix sees it) for every later build
+    /// (single-user; a daemon's hook is given to [`NixEnv::start_daemon`]).
     pub fn set_post_build_hook(&self, program: &Path) -> io::Result<()> {
         self.conf_extra(&format!("post-build-hook = {}", program.display()))
     }
 
-    /// The environment variables that select this configuration (and unset `NIX_REMOTE`, `NIX_CONFIG`,
-    /// `NIX_PATH`: `None` means "remove"). Apply them to commands not made by [`NixEnv::command`].
+    /// The environment variables that select this configuration, with paths as its programs see them:
+    /// `NIX_CONF_DIR` …, and `NIX_REMOTE=daemon` with `NIX_DAEMON_SOCKET_PATH` once a daemon runs;
+    /// otherwise they unset `NIX_REMOTE`, `NIX_CONFIG`, `NIX_PATH` (`None` means "remove"). Apply them to
+    /// commands not made by [`NixEnv::command`].
     pub fn envs(&self) -> Vec<(&'static str, Option<OsString>)> {
         let etc = self.dir.path().join("etc");
-        vec![
-            ("NIX_CONF_DIR", Some(etc.clone().into_os_string())),
-            ("NIX_USER_CONF_FILES", Some(etc.join("user.conf").into_os_string())),
-            ("XDG_CACHE_HOME", Some(self.dir.path().join("xdg-cache").into_os_string())),
-            ("NIX_REMOTE", None),
+        let os = |p: PathBuf| Some(self.nix_path(&p).into_os_string());
+        let mut envs = vec![
+            ("NIX_CONF_DIR", os(etc.clone())),
+            ("NIX_USER_CONF_FILES", os(etc.join("user.conf"))),
+            ("XDG_CACHE_HOME", os(self.dir.path().join("xdg-cache"))),
             ("NIX_CONFIG", None),
             ("NIX_PATH", None),
-        ]
+        ];
+        if self.daemon.is_some() {
+            envs.push(("NIX_REMOTE", Some("daemon".into())));
+            envs.push(("NIX_DAEMON_SOCKET_PATH", os(self.dir.path().join("daemon.socket"))));
+        } else {
+            envs.push(("NIX_REMOTE", None));
+        }
+        envs
     }
 
     /// A `Command` for `program` (`nix`, `nix-store`, `nix-build`, or any program that calls them, such as
-    /// `niks3`) with this environment applied.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
+    /// `niks3`) with this environment applied. In a chroot, `program` runs inside it with a clean
+    /// environment ([`Chroot::command`]); its arguments are paths as it sees them ([`NixEnv::nix_path`]).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match &self.chroot {
+            Some(c) => c.command(program),
+            None => Command::new(program),
+        };
         for (k, v) in self.envs() {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -115,7 +234,7 @@ impl NixEnv {
     pub fn build_with(&self, expr: &str, attr: &str, extra_args: &[&str]) -> io::Result<Vec<String>> {
         let file = self.write_expr(expr)?;
         let mut cmd = self.command("nix-build");
-        cmd.arg("--no-out-link").arg(&file).args(["--argstr", "salt", &self.salt]);
+        cmd.arg("--no-out-link").arg(self.nix_path(&file)).args(["--argstr", "salt", &self.salt]);
         if !attr.is_empty() {
             cmd.args(["-A", attr]);
         }
@@ -147,7 +266,8 @@ impl NixEnv {
     }
 
     /// A fresh, empty directory to use as a chroot store (`nix copy --to /abs/dir`, `--store /abs/dir`):
-    /// paths substituted there keep their `/nix/store/…` names but live under this directory.
+    /// paths substituted there keep their `/nix/store/…` names but live under this directory. The host's
+    /// name: give Nix [`NixEnv::nix_path`] of it.
     pub fn chroot_store(&self, name: &str) -> io::Result<PathBuf> {
         let p = self.dir.path().join("stores").join(name);
         if p.exists() {
@@ -171,7 +291,7 @@ impl NixEnv {
         let out = self
             .command("nix")
             .args(["copy", "--from", from, "--to"])
-            .arg(&store)
+            .arg(self.nix_path(&store))
             .args(["--option", "require-sigs", "true", "--option", "trusted-public-keys", public_key])
             .args(paths)
             .output()
@@ -186,9 +306,10 @@ impl NixEnv {
     }
 }
 
-/// The base configuration, as in /work/shared/recipes/nix-offline-demo.sh.
-fn base_conf() -> String {
-    let users_group = if group_exists("nixbld") { "nixbld" } else { "" };
+/// The base configuration, as in /work/shared/recipes/nix-offline-demo.sh; builds run as `nixbld` users when
+/// `etc_group` (the Nix installation's `/etc/group`) has that group.
+fn base_conf(etc_group: &Path) -> String {
+    let users_group = if group_exists(etc_group, "nixbld") { "nixbld" } else { "" };
     format!(
         "# private niks3 test configuration (NIX_CONF_DIR)\n\
          sandbox = false\n\
@@ -201,8 +322,8 @@ fn base_conf() -> String {
     )
 }
 
-fn group_exists(name: &str) -> bool {
-    std::fs::read_to_string("/etc/group").is_ok_and(|g| g.lines().any(|l| l.split(':').next() == Some(name)))
+fn group_exists(etc_group: &Path, name: &str) -> bool {
+    std::fs::read_to_string(etc_group).is_ok_and(|g| g.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
 /// Quotes `s` as a Nix string literal.
@@ -242,25 +363,67 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn builds_fresh_paths_and_runs_the_post_build_hook() {
-        let env = NixEnv::new().expect("nix env");
+    /// A hook script in `env`'s directory that appends `$DRV_PATH $HOOK_MARK` to `hook.log` there.
+    fn recording_hook(env: &NixEnv) -> (PathBuf, PathBuf) {
         let log = env.dir().join("hook.log");
         let hook = env.dir().join("hook.sh");
-        std::fs::write(&hook, format!("#!/bin/sh\necho \"$DRV_PATH\" >> {}\n", log.display())).expect("write hook");
+        let script = format!("#!/bin/sh\necho \"$DRV_PATH $HOOK_MARK\" >> {}\n", env.nix_path(&log).display());
+        std::fs::write(&hook, script).expect("write hook");
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        env.set_post_build_hook(&hook).expect("hook");
-        let out = env.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build");
-        assert!(out.starts_with("/nix/store/") && out.ends_with("-testkit-hello"), "{out}");
-        assert_eq!(std::fs::read_to_string(&out).expect("output"), format!("hi {}\n", env.salt()));
-        let drv = env.deriver(&out).expect("deriver");
-        assert_eq!(std::fs::read_to_string(&log).expect("hook ran"), format!("{drv}\n"));
-        // Another environment has another salt, so the same script is a new path.
-        let other = NixEnv::new().expect("nix env");
-        assert_ne!(other.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build"), out);
-        let chroot = env.chroot_store("c").expect("chroot");
-        assert!(chroot.is_dir());
-        assert!(env.chroot_store("c").is_err(), "a chroot store is fresh");
+        (env.nix_path(&hook), log)
+    }
+
+    /// The host's Nix, and the trixie chroot's when it is there.
+    fn each_nix(test: &str) -> Vec<(&'static str, Option<Chroot>)> {
+        let mut all = vec![("host", None)];
+        if let Some(c) = Chroot::trixie_or_skip(test).expect("trixie chroot") {
+            all.push(("trixie", Some(c)));
+        }
+        all
+    }
+
+    fn env_for(chroot: Option<&Chroot>) -> NixEnv {
+        chroot.map_or_else(NixEnv::new, NixEnv::in_chroot).expect("nix env")
+    }
+
+    #[test]
+    fn builds_fresh_paths_and_runs_the_post_build_hook() {
+        for (name, chroot) in each_nix("builds_fresh_paths_and_runs_the_post_build_hook") {
+            let env = env_for(chroot.as_ref());
+            let (hook, log) = recording_hook(&env);
+            env.set_post_build_hook(&hook).expect("hook");
+            let out = env.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build");
+            assert!(out.starts_with("/nix/store/") && out.ends_with("-testkit-hello"), "{name}: {out}");
+            let content = std::fs::read_to_string(env.host_path(Path::new(&out))).expect("output");
+            assert_eq!(content, format!("hi {}\n", env.salt()), "{name}");
+            let drv = env.deriver(&out).expect("deriver");
+            assert_eq!(std::fs::read_to_string(&log).expect("hook ran"), format!("{drv} \n"), "{name}");
+            // Another environment has another salt, so the same script is a new path.
+            let other = env_for(chroot.as_ref());
+            assert_ne!(other.build_script("testkit-hello", "echo \"hi $salt\" > $out").expect("build"), out);
+            let store = env.chroot_store("c").expect("chroot store");
+            assert!(store.is_dir());
+            assert!(env.chroot_store("c").is_err(), "a chroot store is fresh");
+        }
+    }
+
+    #[test]
+    fn a_daemon_runs_the_builds_and_the_hook_in_its_own_environment() {
+        for (name, chroot) in each_nix("a_daemon_runs_the_builds_and_the_hook_in_its_own_environment") {
+            let mut env = env_for(chroot.as_ref());
+            let (hook, log) = recording_hook(&env);
+            env.start_daemon(Some(&hook), &[("HOOK_MARK", OsStr::new("from-the-daemon"))]).expect("nix-daemon");
+            assert!(env.envs().contains(&("NIX_REMOTE", Some("daemon".into()))), "{name}");
+            let out = env.build_script("testkit-daemon", "echo \"hi $salt\" > $out").expect("build");
+            let drv = env.deriver(&out).expect("deriver");
+            assert_eq!(std::fs::read_to_string(&log).expect("hook ran"), format!("{drv} from-the-daemon\n"), "{name}");
+            let daemon_log = env.daemon().expect("daemon").log_text();
+            assert!(daemon_log.contains("accepted connection"), "{name}: the client used the daemon: {daemon_log}");
+            assert!(env.start_daemon(None, &[]).is_err(), "one daemon per environment");
+            let pid = env.daemon().expect("daemon").pid();
+            drop(env);
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{name}: nix-daemon {pid} stopped on drop");
+        }
     }
 
     #[test]
