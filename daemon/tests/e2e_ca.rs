@@ -7,34 +7,12 @@
 
 mod e2e_support;
 
+use e2e_support::ca::{build_in_fresh_store, graph};
 use e2e_support::{Backend, Server, World};
 use niks3::nix::realisation::Realisation;
 use niks3::nix::signing::PublicKey;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// a: floating CA; b: floating CA referring to a; c: input-addressed (deferred) referring to b. Every builder
-/// fails once `marker` exists, so a second realisation of any of them is a build, not a substitution.
-fn graph(marker: &Path) -> String {
-    format!(
-        r#"{{ salt }}:
-let
-  ca = {{ __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }};
-  mk = name: attrs: script: derivation ({{
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" ("if [ -e {marker} ]; then echo 'REBUILT ${{name}}' >&2; exit 1; fi; " + script) ];
-  }} // attrs);
-in rec {{
-  a = mk "e2e-ca-a" ca "echo a ${{salt}} > $out";
-  b = mk "e2e-ca-b" ca "echo b ${{a}} > $out";
-  c = mk "e2e-ia-c" {{}} "echo c ${{b}} > $out";
-}}
-"#,
-        marker = marker.display()
-    )
-}
 
 fn world() -> World {
     enable_ca(World::local())
@@ -72,33 +50,6 @@ fn local_realisations(w: &World, drv: &str) -> Vec<Realisation> {
 
 fn doi_path(cache: &Path, r: &Realisation) -> PathBuf {
     cache.join("realisations").join(format!("{}.doi", r.id))
-}
-
-/// `nix-build` of `attr` into a fresh chroot store, substituting from `url` only, signatures required.
-fn build_in_fresh_store(
-    w: &World,
-    expr_file: &Path,
-    attr: &str,
-    url: &str,
-    public_key: &str,
-    name: &str,
-) -> (bool, String, PathBuf) {
-    let store = w.nix.chroot_store(name).expect("chroot store");
-    let out = w
-        .nix
-        .command("nix-build")
-        .arg("--no-out-link")
-        .arg(expr_file)
-        .args(["--argstr", "salt", w.nix.salt(), "-A", attr])
-        .arg("--store")
-        .arg(&store)
-        .args(["--option", "substituters", url])
-        .args(["--option", "trusted-public-keys", public_key])
-        .args(["--option", "require-sigs", "true"])
-        .output()
-        .expect("nix-build");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text, store)
 }
 
 fn drained(w: &World, server: &Server) {

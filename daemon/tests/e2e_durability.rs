@@ -61,14 +61,14 @@ fn postgres_outage_delays_uploads_but_loses_nothing() {
     w.wait_uploaded(&[first], &server, Duration::from_secs(60));
     w.wait_drained(&server);
 
-    w.pg.stop().expect("stop postgres");
+    w.pg().stop().expect("stop postgres");
     let during =
         w.nix.build_script("e2e-during-outage", "echo during > $out").expect("build succeeds during the outage");
     server.wait_log("will be retried", Duration::from_secs(30));
     assert!(!w.has_narinfo(&during));
     assert_eq!(w.spool_entries("claimed").len(), 1, "the entry stays claimed during the outage");
 
-    w.pg.restart().expect("restart postgres");
+    w.pg().restart().expect("restart postgres");
     w.wait_uploaded(&[during], &server, Duration::from_secs(90));
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     let Backend::Local(cache) = &w.backend else { unreachable!() };

@@ -1,7 +1,11 @@
 //! Shared pieces of the end-to-end tests: a real `niks3 serve` process fed by the real `niks3-hook`
-//! through real `nix-build`s, a real PostgreSQL (testkit) and the local or Garage backend.
+//! through real `nix-build`s, a real PostgreSQL (testkit's, or the server's embedded one) and the local or
+//! Garage backend. The Nix is the host's single-user one unless a test brings its own [`NixEnv`] (the
+//! trixie chroot's, or with a `nix-daemon`) to [`World::with_nix`].
 #![allow(dead_code, reason = "each e2e test binary uses a different subset")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
+
+pub mod ca;
 
 use niks3_testkit::nix::NixEnv;
 use niks3_testkit::postgres::Postgres;
@@ -58,11 +62,25 @@ pub enum Backend {
     S3(niks3_testkit::garage::Garage),
 }
 
+/// Who runs the builds, and so the hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The test's own Nix commands (root, no daemon); the hook is set in their `nix.conf`.
+    SingleUser,
+    /// A `nix-daemon` of the test's own: the hook is set in the daemon's `nix.conf` and gets the spool
+    /// directories from the daemon's environment.
+    MultiUser,
+}
+
 /// One test's world: Nix with the hook installed, PostgreSQL, directories.
+///
+/// Paths (`dir`, [`World::spool`], the local backend's directory …) are the host's names; what goes on a
+/// command line run through `nix` goes through [`NixEnv::nix_path`] (they differ in a chroot).
 pub struct World {
     pub nix: NixEnv,
-    pub pg: Postgres,
-    pub db_url: String,
+    /// testkit's PostgreSQL; `None` when `niks3 serve` runs its embedded one.
+    pub pg: Option<Postgres>,
+    pub db_url: Option<String>,
     pub dir: tempfile::TempDir,
     pub backend: Backend,
     pub port: u16,
@@ -86,25 +104,57 @@ impl World {
     fn with_backend(dir: tempfile::TempDir, backend: Backend) -> World {
         let nix = NixEnv::new().expect("nix env");
         let pg = Postgres::start().expect("postgres");
-        let db_url = pg.url();
-        let w = World { nix, pg, db_url, dir, backend, port: free_port() };
-        // The hook, with this world's spool and GC roots directory.
-        let wrapper = w.dir.path().join("hook.sh");
-        std::fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
-                w.spool().display(),
-                w.gcroots().display(),
-                hook_bin().display()
-            ),
-        )
-        .expect("write hook wrapper");
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        w.nix.set_post_build_hook(&wrapper).expect("set hook");
+        let db_url = Some(pg.url());
+        World { nix, pg: Some(pg), db_url, dir, backend, port: free_port() }.with_hook(Mode::SingleUser)
+    }
+
+    /// A world on `nix` (any Nix, with its configuration as the test made it; a daemon is started here for
+    /// [`Mode::MultiUser`]), the local backend in `<dir>/cache`, and `niks3 serve` on its embedded
+    /// PostgreSQL: everything where `nix`'s programs can reach it.
+    pub fn with_nix(nix: NixEnv, mode: Mode) -> World {
+        let dir = nix.tempdir("niks3-e2e-").expect("tempdir");
+        // The embedded PostgreSQL runs as the `postgres` user: it must be able to traverse to the state dir.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
+        let cache = dir.path().join("cache");
+        World { nix, pg: None, db_url: None, dir, backend: Backend::Local(cache), port: free_port() }.with_hook(mode)
+    }
+
+    /// Installs `niks3-hook` with this world's spool and GC roots directory: in the test's `nix.conf`
+    /// through a wrapper script that sets them, or as a daemon's hook with them in the daemon's environment.
+    fn with_hook(mut self, mode: Mode) -> World {
+        let hook = hook_bin();
+        let bins = hook.parent().expect("target dir");
+        self.nix.share_dir(bins).expect("the binaries under test visible to Nix");
         // The hook only queues into an existing spool (it never creates one under a wrong owner).
-        spool::Spool::open(&w.spool()).expect("create the spool");
-        w
+        spool::Spool::open(&self.spool()).expect("create the spool");
+        let (spool, gcroots) = (self.nix.nix_path(&self.spool()), self.nix.nix_path(&self.gcroots()));
+        match mode {
+            Mode::SingleUser => {
+                let wrapper = self.dir.path().join("hook.sh");
+                std::fs::write(
+                    &wrapper,
+                    format!(
+                        "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
+                        spool.display(),
+                        gcroots.display(),
+                        hook.display()
+                    ),
+                )
+                .expect("write hook wrapper");
+                std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+                self.nix.set_post_build_hook(&self.nix.nix_path(&wrapper)).expect("set hook");
+            }
+            Mode::MultiUser => {
+                let env = [("NIKS3_SPOOL_DIR", spool.as_os_str()), ("NIKS3_GCROOTS_DIR", gcroots.as_os_str())];
+                self.nix.start_daemon(Some(&hook), &env).expect("start nix-daemon");
+            }
+        }
+        self
+    }
+
+    /// testkit's PostgreSQL (worlds made by [`World::local`] and [`World::s3`] have one).
+    pub fn pg(&self) -> &Postgres {
+        self.pg.as_ref().expect("this world's server runs its embedded PostgreSQL")
     }
 
     pub fn state(&self) -> PathBuf {
@@ -120,25 +170,31 @@ impl World {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The arguments `niks3 serve` gets.
+    /// `path` as `niks3` (run through [`World::nix`]) names it, as a string for a command line.
+    pub fn arg(&self, path: &Path) -> String {
+        self.nix.nix_path(path).display().to_string()
+    }
+
+    /// The arguments `niks3 serve` gets (no `--db` when it runs its embedded PostgreSQL).
     pub fn serve_args(&self) -> Vec<String> {
         let mut args = vec![
             "serve".to_owned(),
             "--state-dir".to_owned(),
-            self.state().display().to_string(),
+            self.arg(&self.state()),
             "--spool-dir".to_owned(),
-            self.spool().display().to_string(),
+            self.arg(&self.spool()),
             "--gcroots-dir".to_owned(),
-            self.gcroots().display().to_string(),
-            "--db".to_owned(),
-            self.db_url.clone(),
+            self.arg(&self.gcroots()),
             "--http-addr".to_owned(),
             format!("127.0.0.1:{}", self.port),
             "--jobs".to_owned(),
             "2".to_owned(),
         ];
+        if let Some(db) = &self.db_url {
+            args.extend(["--db".to_owned(), db.clone()]);
+        }
         match &self.backend {
-            Backend::Local(dir) => args.extend(["--store-dir".to_owned(), dir.display().to_string()]),
+            Backend::Local(dir) => args.extend(["--store-dir".to_owned(), self.arg(dir)]),
             Backend::S3(g) => args.extend([
                 "--s3-endpoint".to_owned(),
                 g.endpoint.clone(),
@@ -259,6 +315,36 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// The reasons of the entries in `quarantine/`, each with its file name, for failure messages.
+    pub fn quarantine_reasons(&self) -> String {
+        std::fs::read_dir(self.spool().join("quarantine"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "reason"))
+                    .map(|p| format!("{}: {}", p.display(), std::fs::read_to_string(&p).unwrap_or_default().trim()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs the `niks3` binary with `args` through [`World::nix`] (so in its chroot, with its daemon), asserts
+    /// that it succeeded and returns its stdout and stderr.
+    pub fn niks3(&self, args: &[&str]) -> String {
+        let out = self
+            .nix
+            .command(niks3_bin())
+            .args(args)
+            .env_remove("NIKS3_AUTH_TOKEN")
+            .env_remove("NIKS3_SERVER_URL")
+            .output()
+            .expect("run niks3");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "niks3 {args:?} failed ({}):\n{text}", out.status);
+        text
+    }
+
     /// Writes a raw spool entry into `new/` (as if a hook had), durably enough for a test.
     pub fn enqueue_raw(&self, name: &str, text: &[u8]) -> PathBuf {
         let new = self.spool().join("new");
@@ -284,6 +370,27 @@ impl World {
         assert!(verify.status.success(), "verify: {}", String::from_utf8_lossy(&verify.stderr));
         let log = self.nix.run(self.nix.command("nix").args(["log", "--store", http, log_path])).expect("nix log");
         assert!(log.contains(log_line), "{log}");
+    }
+}
+
+impl Drop for World {
+    /// A server on its embedded PostgreSQL stops it when terminated; one that was killed (a failed test)
+    /// leaves it running, so it is killed here by the PID in its data directory.
+    fn drop(&mut self) {
+        if self.pg.is_some() {
+            return;
+        }
+        let pidfile = self.state().join("postgres").join("data").join("postmaster.pid");
+        let Some(pid) =
+            std::fs::read_to_string(pidfile).ok().and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let is_postgres =
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"/usr/lib/postgresql/"));
+        if is_postgres {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
 }
 
