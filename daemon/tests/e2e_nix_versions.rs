@@ -15,41 +15,11 @@
 mod e2e_support;
 
 use e2e_support::ca::{build_in_fresh_store, graph};
-use e2e_support::{Backend, Mode, Server, World};
+use e2e_support::{Backend, GRAPH, Mode, ODD_FILE, Server, World};
 use niks3_testkit::chroot::Chroot;
 use niks3_testkit::nix::NixEnv;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// `odd` refers to `dep`; `for-drain` is built for the builder's spool.
-const ODD: &str = r#"{ salt }:
-let
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
-in rec {
-  dep = mk "matrix-dep" ''echo "dep ${salt}" > $out'';
-  odd = mk "matrix-odd" ''
-    set -e
-    echo "building odd ${salt}"
-    /bin/mkdir -p "$out/dir with spaces/ünïcødé ☃" $out/bin $out/empty-dir
-    printf 'snow ${salt}\n' > "$out/dir with spaces/ünïcødé ☃/❄ flake.txt"
-    : > $out/empty
-    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
-    /bin/chmod +x $out/bin/tool
-    /bin/ln -s "dir with spaces/ünïcødé ☃/❄ flake.txt" "$out/link → flake"
-    /bin/ln -s /nonexistent/target $out/dangling
-    /bin/ln -s ${dep} $out/dep
-  '';
-  for-drain = mk "matrix-drained" ''echo "drained ${salt} ${dep}" > $out'';
-}
-"#;
-
-/// The name inside `odd` whose content the tests read.
-const FLAKE: &str = "dir with spaces/ünïcødé ☃/❄ flake.txt";
 
 #[test]
 fn nix_2_8_single_user() {
@@ -88,14 +58,14 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
     }
 
     // Built before the server runs, the spool keeping what the hook queued: the odd closure and the
-    // content-addressed graph stay for `niks3 serve`, the drain target goes to a builder's spool.
+    // content-addressed graph stay for `niks3 serve`, `drained` goes to a builder's spool.
     let marker = w.dir.path().join("built-once");
     let ca_expr = graph(&w.nix.nix_path(&marker));
-    let odd = w.build(ODD, "odd");
+    let odd = w.build(GRAPH, "odd");
     let c_out = w.build(&ca_expr, "c");
-    let drained = w.build(ODD, "for-drain");
+    let drained = w.build(GRAPH, "drained");
     let queued = w.spool_entries("new").len();
-    // odd, dep, a, b, c, for-drain, and the resolved copies of b and c that Nix builds too.
+    // odd, hello, a, b, c, drained, and the resolved copies of b and c that Nix builds too.
     assert!(queued >= 6, "{cell}: the hook queued {queued} entries");
     let builder_spool = move_entries_of(&w, &w.nix.deriver(&drained[0]).expect("deriver"));
     let pushed = add_odd_source(&w);
@@ -114,7 +84,7 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
     let url = w.url();
     let store = w.nix.substitute(&url, "fresh", &odd, &key).unwrap_or_else(|e| panic!("{cell}: {e}"));
     let in_fresh = store.join(odd[0].trim_start_matches('/'));
-    let flake = std::fs::read_to_string(in_fresh.join(FLAKE)).expect("the unicode file substituted");
+    let flake = std::fs::read_to_string(in_fresh.join(ODD_FILE)).expect("the unicode file substituted");
     assert_eq!(flake, format!("snow {}\n", w.nix.salt()), "{cell}");
     assert_eq!(dump(&w, None, &odd[0]), dump(&w, Some(&store), &odd[0]), "{cell}: NARs differ");
 

@@ -3,6 +3,7 @@
 //! garbage entries quarantined — and the result substitutes into a fresh store.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
+mod e2e_support;
 mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer};
@@ -69,23 +70,6 @@ in rec { dep = mk "drain-dep" ''echo dep ${salt} > $out''; out = mk "drain-out" 
     s.shutdown().await;
 }
 
-/// The `niks3-hook` binary next to `niks3` (built on demand, as in e2e_support).
-fn hook_bin() -> std::path::PathBuf {
-    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_niks3"));
-    let hook = bin.parent().expect("target dir").join("niks3-hook");
-    if !hook.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let target_dir = bin.parent().and_then(std::path::Path::parent).expect("target dir");
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "niks3-hook", "--bin", "niks3-hook"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    hook
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_pushes_realisations_of_ca_outputs_and_the_server_checks_them() {
     let s = TestServer::start(Backend::Local).await;
@@ -94,19 +78,8 @@ async fn drain_pushes_realisations_of_ca_outputs_and_the_server_checks_them() {
     let spool_dir = s.dir.path().join("spool");
     let gcroots = s.dir.path().join("gcroots");
     spool::Spool::open(&spool_dir).expect("spool");
-    let wrapper = s.dir.path().join("hook.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
-            spool_dir.display(),
-            gcroots.display(),
-            hook_bin().display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    env.set_post_build_hook(&wrapper).expect("hook");
+    let hook_env = [("NIKS3_SPOOL_DIR", spool_dir.as_os_str()), ("NIKS3_GCROOTS_DIR", gcroots.as_os_str())];
+    env.set_post_build_hook_with_env(&e2e_support::hook_bin(), &hook_env).expect("hook");
     let expr = r#"{ salt }:
 let ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
   mk = name: attrs: script: derivation ({ inherit name salt; system = builtins.currentSystem;

@@ -176,6 +176,21 @@ impl NixEnv {
         self.conf_extra(&format!("post-build-hook = {}", program.display()))
     }
 
+    /// Sets Nix's `post-build-hook` to a wrapper script (in this environment's directory) that exports
+    /// `hook_env` and runs `program` (a path as Nix sees it): how a single-user Nix gives its hook an
+    /// environment, as [`NixEnv::start_daemon`] does for a daemon's.
+    pub fn set_post_build_hook_with_env(&self, program: &Path, hook_env: &[(&str, &OsStr)]) -> io::Result<()> {
+        let mut script = String::from("#!/bin/sh\n");
+        for (k, v) in hook_env {
+            script = format!("{script}export {k}={}\n", sh_quote(&v.to_string_lossy()));
+        }
+        script = format!("{script}exec {}\n", sh_quote(&program.to_string_lossy()));
+        let wrapper = self.dir.path().join("post-build-hook.sh");
+        std::fs::write(&wrapper, script)?;
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        self.set_post_build_hook(&self.nix_path(&wrapper))
+    }
+
     /// The environment variables that select this configuration, with paths as its programs see them:
     /// `NIX_CONF_DIR` …, and `NIX_REMOTE=daemon` with `NIX_DAEMON_SOCKET_PATH` once a daemon runs;
     /// otherwise they unset `NIX_REMOTE`, `NIX_CONFIG`, `NIX_PATH` (`None` means "remove"). Apply them to
@@ -326,6 +341,11 @@ fn group_exists(etc_group: &Path, name: &str) -> bool {
     std::fs::read_to_string(etc_group).is_ok_and(|g| g.lines().any(|l| l.split(':').next() == Some(name)))
 }
 
+/// Quotes `s` for the shell (single quotes; a `'` inside becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// Quotes `s` as a Nix string literal.
 pub fn nix_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -431,6 +451,18 @@ mod tests {
         let env = NixEnv::new().expect("nix env");
         let err = env.build_script("testkit-fails", "echo boom >&2; exit 3").expect_err("builder fails");
         assert!(err.to_string().contains("boom") || err.to_string().contains("failed"), "{err}");
+    }
+
+    #[test]
+    fn a_hook_wrapper_exports_its_environment() {
+        for (name, chroot) in each_nix("a_hook_wrapper_exports_its_environment") {
+            let env = env_for(chroot.as_ref());
+            let (hook, log) = recording_hook(&env);
+            env.set_post_build_hook_with_env(&hook, &[("HOOK_MARK", OsStr::new("it's quoted"))]).expect("hook");
+            let out = env.build_script("testkit-wrapped", "echo \"hi $salt\" > $out").expect("build");
+            let drv = env.deriver(&out).expect("deriver");
+            assert_eq!(std::fs::read_to_string(&log).expect("hook ran"), format!("{drv} it's quoted\n"), "{name}");
+        }
     }
 
     #[test]

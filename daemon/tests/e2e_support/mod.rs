@@ -4,6 +4,7 @@
 //! trixie chroot's, or with a `nix-daemon`) to [`World::with_nix`].
 #![allow(dead_code, reason = "each e2e test binary uses a different subset")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
+#![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
 pub mod ca;
 
@@ -120,7 +121,8 @@ impl World {
     }
 
     /// Installs `niks3-hook` with this world's spool and GC roots directory: in the test's `nix.conf`
-    /// through a wrapper script that sets them, or as a daemon's hook with them in the daemon's environment.
+    /// through a wrapper script that exports them, or as a daemon's hook with them in the daemon's
+    /// environment.
     fn with_hook(mut self, mode: Mode) -> World {
         let hook = hook_bin();
         let bins = hook.parent().expect("target dir");
@@ -128,26 +130,10 @@ impl World {
         // The hook only queues into an existing spool (it never creates one under a wrong owner).
         spool::Spool::open(&self.spool()).expect("create the spool");
         let (spool, gcroots) = (self.nix.nix_path(&self.spool()), self.nix.nix_path(&self.gcroots()));
+        let env = [("NIKS3_SPOOL_DIR", spool.as_os_str()), ("NIKS3_GCROOTS_DIR", gcroots.as_os_str())];
         match mode {
-            Mode::SingleUser => {
-                let wrapper = self.dir.path().join("hook.sh");
-                std::fs::write(
-                    &wrapper,
-                    format!(
-                        "#!/bin/sh\nexport NIKS3_SPOOL_DIR='{}'\nexport NIKS3_GCROOTS_DIR='{}'\nexec '{}'\n",
-                        spool.display(),
-                        gcroots.display(),
-                        hook.display()
-                    ),
-                )
-                .expect("write hook wrapper");
-                std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-                self.nix.set_post_build_hook(&self.nix.nix_path(&wrapper)).expect("set hook");
-            }
-            Mode::MultiUser => {
-                let env = [("NIKS3_SPOOL_DIR", spool.as_os_str()), ("NIKS3_GCROOTS_DIR", gcroots.as_os_str())];
-                self.nix.start_daemon(Some(&hook), &env).expect("start nix-daemon");
-            }
+            Mode::SingleUser => self.nix.set_post_build_hook_with_env(&hook, &env).expect("set hook"),
+            Mode::MultiUser => self.nix.start_daemon(Some(&hook), &env).expect("start nix-daemon"),
         }
         self
     }
@@ -457,7 +443,9 @@ impl Drop for Server {
     }
 }
 
-/// A small graph: `app` refers to `tree` (a directory with an executable and a symlink) and `hello`.
+/// A small graph: `app` refers to `tree` (a directory with an executable and a symlink) and `hello`; `odd`
+/// (names with spaces and unicode, symlinks, an executable, an empty file and directory) and `drained`
+/// refer to `hello`.
 pub const GRAPH: &str = r#"{ salt }:
 let
   mk = name: script: derivation {
@@ -466,6 +454,7 @@ let
     builder = "/bin/sh";
     args = [ "-c" script ];
   };
+  oddFile = "dir with spaces/ünïcødé ☃/❄ flake.txt";
 in rec {
   hello = mk "e2e-hello" ''echo "hello ${salt}" > $out'';
   tree = mk "e2e-tree" ''
@@ -483,8 +472,24 @@ in rec {
     echo "${tree}/bin/tool" > $out/uses-tree
     echo "${hello}" > $out/uses-hello
   '';
+  odd = mk "e2e-odd" ''
+    set -e
+    echo "building odd ${salt}"
+    /bin/mkdir -p "$out/dir with spaces/ünïcødé ☃" $out/bin $out/empty-dir
+    printf 'snow ${salt}\n' > "$out/${oddFile}"
+    : > $out/empty
+    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
+    /bin/chmod +x $out/bin/tool
+    /bin/ln -s "${oddFile}" "$out/link → flake"
+    /bin/ln -s /nonexistent/target $out/dangling
+    /bin/ln -s ${hello} $out/hello
+  '';
+  drained = mk "e2e-drained" ''echo "drained ${salt} ${hello}" > $out'';
 }
 "#;
+
+/// The file in [`GRAPH`]'s `odd` (its `oddFile`) whose content is `snow <salt>\n`.
+pub const ODD_FILE: &str = "dir with spaces/ünïcødé ☃/❄ flake.txt";
 
 /// Checks the cache invariant on a local cache directory: every narinfo's NAR exists, and so do the
 /// narinfos of all its references. Returns the number of narinfos checked.
