@@ -74,6 +74,13 @@ pub enum SpoolError {
         /// What it must be (`"a directory"`, `"a regular file"`).
         expected: &'static str,
     },
+    /// A name given to [`Spool::requeue`] cannot be a quarantined entry.
+    NotAnEntry {
+        /// The name, joined to the quarantine directory.
+        path: PathBuf,
+        /// Why not.
+        reason: &'static str,
+    },
     /// An entry file is not in the format above; `reason` says why (never quoting the file's content).
     Malformed {
         /// The entry file (or, for an entry refused before writing, the directory it was meant for).
@@ -90,6 +97,9 @@ impl std::fmt::Display for SpoolError {
             SpoolError::WrongType { path, found, expected } => {
                 write!(f, "refusing {}: it is {found}, not {expected}", path.display())
             }
+            SpoolError::NotAnEntry { path, reason } => {
+                write!(f, "{} is not a quarantined entry: {reason}", path.display())
+            }
             SpoolError::Malformed { path, reason } => write!(f, "malformed spool entry {}: {reason}", path.display()),
         }
     }
@@ -99,7 +109,7 @@ impl std::error::Error for SpoolError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SpoolError::Io { source, .. } => Some(source),
-            SpoolError::WrongType { .. } | SpoolError::Malformed { .. } => None,
+            SpoolError::WrongType { .. } | SpoolError::NotAnEntry { .. } | SpoolError::Malformed { .. } => None,
         }
     }
 }
@@ -390,10 +400,80 @@ impl Spool {
         }
         Ok(removed)
     }
+
+    /// Moves quarantined entries back into `new/` for the drainer to try again (`niks3 spool requeue`),
+    /// removing their `.reason` files; returns the entries' paths in `new/`, oldest first.
+    ///
+    /// `names` are entry names in `quarantine/` (file names, not paths or `.reason` files); empty means
+    /// every quarantined entry. Everything is checked before anything moves: a name that is not there,
+    /// an entry that is not a regular file (a symlink or FIFO, as [`Spool::quarantine`] receives them
+    /// from [`Spool::claim`]) or one whose name is already taken in `new/` is an error and nothing is
+    /// requeued; remove such files by hand. Each entry moves by one rename within the spool's file
+    /// system, so the drainer never sees it half-written; `new/` and `quarantine/` are fsynced at the
+    /// end. An I/O error part-way leaves the entries moved so far in `new/`, each complete.
+    pub fn requeue(&self, names: &[OsString]) -> Result<Vec<PathBuf>, SpoolError> {
+        let qdir = self.quarantine_dir();
+        let new_dir = self.new_dir();
+        let mut picked = if names.is_empty() {
+            let mut all = list(&qdir)?;
+            all.retain(|n| !n.as_encoded_bytes().ends_with(REASON_SUFFIX.as_bytes()));
+            all
+        } else {
+            for name in names {
+                check_entry_name(name).map_err(|reason| SpoolError::NotAnEntry { path: qdir.join(name), reason })?;
+            }
+            names.to_vec()
+        };
+        picked.sort();
+        picked.dedup();
+        for name in &picked {
+            let from = qdir.join(name);
+            nofollow::open_regular(&from).map_err(|e| open_error("requeue", &from, "a regular file", e))?;
+            let to = new_dir.join(name);
+            if to.symlink_metadata().is_ok() {
+                return Err(io("requeue into", &to, std::io::Error::from(ErrorKind::AlreadyExists)));
+            }
+        }
+        let mut moved = Vec::with_capacity(picked.len());
+        for name in picked {
+            let (from, to) = (qdir.join(&name), new_dir.join(&name));
+            fs::rename(&from, &to).map_err(|source| io("requeue", &from, source))?;
+            let mut reason_name = name;
+            reason_name.push(REASON_SUFFIX);
+            let reason = qdir.join(reason_name);
+            match fs::remove_file(&reason) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => return Err(io("remove", &reason, source)),
+            }
+            moved.push(to);
+        }
+        if !moved.is_empty() {
+            fsync_dir(&new_dir)?;
+            fsync_dir(&qdir)?;
+        }
+        Ok(moved)
+    }
 }
 
 /// Suffix of the file that says why the entry of the same name is in `quarantine/`.
 const REASON_SUFFIX: &str = ".reason";
+
+/// Whether `name` can be a quarantined entry: a plain file name in `quarantine/`, not hidden, not a
+/// reason file.
+fn check_entry_name(name: &OsString) -> Result<(), &'static str> {
+    let bytes = name.as_encoded_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') {
+        return Err("an entry name is a file name, not a path");
+    }
+    if bytes.starts_with(b".") {
+        return Err("names starting with `.` are not spool entries");
+    }
+    if bytes.ends_with(REASON_SUFFIX.as_bytes()) {
+        return Err("this is a reason file; name the entry it belongs to");
+    }
+    Ok(())
+}
 
 /// Reads and parses a claimed entry, never more than [`MAX_ENTRY_BYTES`].
 fn read_claimed(path: PathBuf) -> Claimed {
