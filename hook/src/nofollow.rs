@@ -19,12 +19,10 @@
 //! `File::open` follows a symlink planted in `new/` (and the parser then quoted the target's first line)
 //! and blocks forever on a FIFO.
 
-use std::fs::Permissions;
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// `O_NOFOLLOW`: fail with `ELOOP` when the last component is a symlink. Its value differs between
