@@ -197,7 +197,10 @@ impl Spool {
     /// directories come from whoever owns the spool: systemd-tmpfiles on NixOS, [`Spool::open`] in the
     /// daemon otherwise.
     pub fn open_existing(dir: &Path) -> Result<Self, SpoolError> {
-        let spool = Spool { dir: dir.to_owned(), counter: Arc::new(AtomicU64::new(0)) };
+        // Rebuilt from its components: a trailing `/` would make the kernel follow a symlinked spool dir
+        // despite `O_NOFOLLOW`.
+        let dir: PathBuf = dir.components().collect();
+        let spool = Spool { dir, counter: Arc::new(AtomicU64::new(0)) };
         spool.queue_dirs()?;
         Ok(spool)
     }

@@ -136,14 +136,15 @@ fn a_symlinked_spool_dir_gets_nothing_from_the_hook() {
         std::fs::create_dir(scene.victim_dir().join(sub)).expect("mkdir");
     }
     std::os::unix::fs::symlink(scene.victim_dir(), scene.spool()).expect("symlink");
-    let err = scene.hook();
-    assert_eq!(
-        err,
-        format!(
-            "niks3-hook: spool unusable (refusing {}: it is a symlink, not a directory); NOT queued: {OUT}\n",
-            scene.spool().display()
-        )
+    let want = format!(
+        "niks3-hook: spool unusable (refusing {}: it is a symlink, not a directory); NOT queued: {OUT}\n",
+        scene.spool().display()
     );
+    assert_eq!(scene.hook(), want);
+    // a trailing slash would make the kernel follow the symlink
+    let mut slash = scene.spool().into_os_string();
+    slash.push("/");
+    assert_eq!(scene.hook_at(Path::new(&slash)), want, "NIKS3_SPOOL_DIR with a trailing slash");
     assert!(files(&scene.victim_dir().join("tmp")).is_empty() && files(&scene.victim_dir().join("new")).is_empty());
 }
 
