@@ -148,6 +148,38 @@ fn a_symlinked_spool_dir_gets_nothing_from_the_hook() {
     assert!(files(&scene.victim_dir().join("tmp")).is_empty() && files(&scene.victim_dir().join("new")).is_empty());
 }
 
+#[test]
+fn a_fifo_as_tmp_or_new_does_not_block_the_hook() {
+    // Opening a FIFO for reading waits for a writer: the hook opens its directories with O_NONBLOCK and
+    // would otherwise hang the build that ran it.
+    for sub in ["tmp", "new"] {
+        let scene = Scene::new();
+        let p = scene.spool().join(sub);
+        std::fs::remove_dir(&p).expect("rmdir");
+        assert!(Command::new("mkfifo").arg(&p).status().expect("mkfifo").success());
+        let mut child = Command::new(common::hook_bin())
+            .env_clear()
+            .env("NIKS3_SPOOL_DIR", scene.spool())
+            .env("NIKS3_GCROOTS_DIR", scene.roots())
+            .env("OUT_PATHS", OUT)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run niks3-hook");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the hook blocked on {sub}/ being a FIFO");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let o = child.wait_with_output().expect("hook output");
+        assert!(o.status.success());
+        let want = format!("refusing {}: it is a FIFO, not a directory", p.display());
+        assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    }
+}
+
 /// How the racer attacks; see [`racer`].
 #[derive(Clone, Copy, Debug)]
 enum Attack {
