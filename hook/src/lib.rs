@@ -33,7 +33,7 @@
 //! std only: the hook must stay tiny and start in well under a millisecond.
 
 use std::collections::BinaryHeap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -208,11 +208,16 @@ impl Spool {
     /// The spool dir, `tmp/` and `new/`, each opened without following a symlink and checked to be a
     /// directory; everything [`Spool::enqueue`] does goes through these descriptors.
     fn queue_dirs(&self) -> Result<QueueDirs, SpoolError> {
-        let dir_err = |path: &Path, e| open_error("open spool dir", path, "a directory", e);
-        let spool = Dir::open(&self.dir).map_err(|e| dir_err(&self.dir, e))?;
-        let tmp = spool.open_sub("tmp").map_err(|e| dir_err(&self.dir.join("tmp"), e))?;
-        let new = spool.open_sub("new").map_err(|e| dir_err(&self.new_dir(), e))?;
-        Ok(QueueDirs { owner: spool.owner(), tmp, new })
+        let spool = self.root()?;
+        Ok(QueueDirs { owner: spool.owner(), tmp: sub(&spool, "tmp")?, new: sub(&spool, "new")? })
+    }
+
+    /// The spool dir, opened without following a symlink. Every operation opens its subdirectories from
+    /// it and works through them, so that the daemon, should it run as root in a spool someone else
+    /// owns, cannot be steered either (a claim renamed into a symlinked `claimed/`, an ack or a stale-tmp
+    /// sweep unlinking in a symlinked directory).
+    fn root(&self) -> Result<Dir, SpoolError> {
+        Dir::open(&self.dir).map_err(|e| open_error("open spool dir", &self.dir, "a directory", e))
     }
 
     /// The spool directory.
@@ -223,14 +228,6 @@ impl Spool {
     /// The directory the daemon watches for new entries.
     pub fn new_dir(&self) -> PathBuf {
         self.dir.join("new")
-    }
-
-    fn claimed_dir(&self) -> PathBuf {
-        self.dir.join("claimed")
-    }
-
-    fn quarantine_dir(&self) -> PathBuf {
-        self.dir.join("quarantine")
     }
 
     /// Durably queues `entry`; returns its file in `new/`. When this returns `Ok`, the entry survives a
@@ -244,11 +241,9 @@ impl Spool {
         entry.validate().map_err(|reason| SpoolError::Malformed { path: self.new_dir(), reason })?;
         let text = entry.to_text();
         let dirs = self.queue_dirs()?;
-        let tmp_dir = self.dir.join("tmp");
-        let new_dir = self.new_dir();
         for _ in 0..NAME_ATTEMPTS {
             let name = self.next_name();
-            let tmp = tmp_dir.join(&name);
+            let tmp = dirs.tmp.shown(&name);
             let file = match dirs.tmp.create_new(&name, ENTRY_MODE) {
                 Ok(f) => f,
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -259,7 +254,7 @@ impl Spool {
                 .and_then(|()| (&file).write_all(text.as_bytes()).map_err(|source| io("write", &tmp, source)))
                 .and_then(|()| file.sync_data().map_err(|source| io("fsync", &tmp, source)));
             drop(file);
-            let dest = new_dir.join(&name);
+            let dest = dirs.new.shown(&name);
             let moved = written.and_then(|()| {
                 if dirs.new.has(&name) {
                     return Ok(false); // taken by a writer with the same clock reading: pick another name
@@ -271,7 +266,7 @@ impl Spool {
             });
             match moved {
                 Ok(true) => {
-                    dirs.new.sync().map_err(|source| io("fsync", &new_dir, source))?;
+                    dirs.new.sync().map_err(|source| io("fsync", dirs.new.path(), source))?;
                     return Ok(dest);
                 }
                 Ok(false) => {
@@ -283,7 +278,7 @@ impl Spool {
                 }
             }
         }
-        Err(io("find a free entry name in", &new_dir, std::io::Error::from(ErrorKind::AlreadyExists)))
+        Err(io("find a free entry name in", &self.new_dir(), std::io::Error::from(ErrorKind::AlreadyExists)))
     }
 
     fn next_name(&self) -> String {
@@ -294,10 +289,10 @@ impl Spool {
 
     /// Entries left in `claimed/` by a previous run (to re-process after a crash), oldest first.
     pub fn reclaim(&self) -> Result<Vec<Claimed>, SpoolError> {
-        let dir = self.claimed_dir();
-        let mut names = list(&dir)?;
+        let claimed = sub(&self.root()?, "claimed")?;
+        let mut names = list(&claimed)?;
         names.sort();
-        Ok(names.into_iter().map(|n| read_claimed(dir.join(n))).collect())
+        Ok(names.into_iter().map(|n| read_claimed(&claimed, &n)).collect())
     }
 
     /// Atomically claims up to `max` queued entries, oldest first. An entry another drainer claimed in
@@ -307,11 +302,11 @@ impl Spool {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let new_dir = self.new_dir();
-        let claimed_dir = self.claimed_dir();
+        let spool = self.root()?;
+        let (new, claimed) = (sub(&spool, "new")?, sub(&spool, "claimed")?);
         // keep the `max` smallest names: a max-heap whose top is the first to drop
         let mut oldest = BinaryHeap::with_capacity(max.saturating_add(1).min(1024));
-        for_each_name(&new_dir, |name| {
+        for_each_name(&new, |name| {
             oldest.push(name);
             if oldest.len() > max {
                 oldest.pop();
@@ -319,14 +314,12 @@ impl Spool {
         })?;
         let mut out = Vec::with_capacity(oldest.len());
         for name in oldest.into_sorted_vec() {
-            let from = new_dir.join(&name);
-            let to = claimed_dir.join(&name);
-            match fs::rename(&from, &to) {
-                Ok(()) => out.push(read_claimed(to)),
+            match new.rename(&name, &claimed, &name) {
+                Ok(()) => out.push(read_claimed(&claimed, &name)),
                 Err(e) if e.kind() == ErrorKind::NotFound => {} // another drainer got it
                 // what is already claimed is returned; the rest stays queued for the next call
                 Err(_) if !out.is_empty() => break,
-                Err(source) => return Err(io("claim", &from, source)),
+                Err(source) => return Err(io("claim", &new.shown(&name), source)),
             }
         }
         Ok(out)
@@ -334,16 +327,18 @@ impl Spool {
 
     /// Number of entries waiting in `new/` plus `claimed/` (for metrics).
     pub fn depth(&self) -> Result<usize, SpoolError> {
+        let spool = self.root()?;
         let mut n = 0;
-        for_each_name(&self.new_dir(), |_| n += 1)?;
-        for_each_name(&self.claimed_dir(), |_| n += 1)?;
+        for_each_name(&sub(&spool, "new")?, |_| n += 1)?;
+        for_each_name(&sub(&spool, "claimed")?, |_| n += 1)?;
         Ok(n)
     }
 
     /// Removes a processed entry. Idempotent: an entry already gone is fine. Not fsynced: if the removal
     /// is lost in a crash, the entry is processed again, which uploads nothing new.
     pub fn ack(&self, claimed: &Claimed) -> Result<(), SpoolError> {
-        match fs::remove_file(&claimed.path) {
+        let name = claimed_name(claimed)?;
+        match sub(&self.root()?, "claimed")?.remove(name) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(source) => Err(io("remove", &claimed.path, source)),
@@ -354,50 +349,47 @@ impl Spool {
     /// The reason is written first, so a quarantined entry always has one. Neither is left readable by
     /// others (mode 0640 at most): an entry that is not ours may hold anything.
     pub fn quarantine(&self, claimed: &Claimed, reason: &str) -> Result<PathBuf, SpoolError> {
-        let qdir = self.quarantine_dir();
-        let name = claimed.path.file_name().ok_or_else(|| SpoolError::Malformed {
-            path: claimed.path.clone(),
-            reason: "claimed entry path has no file name".into(),
-        })?;
-        let dest = qdir.join(name);
+        let name = claimed_name(claimed)?;
+        let spool = self.root()?;
+        let (from, qdir) = (sub(&spool, "claimed")?, sub(&spool, "quarantine")?);
         let mut reason_name = name.to_owned();
         reason_name.push(REASON_SUFFIX);
-        let reason_path = qdir.join(reason_name);
+        let reason_path = qdir.shown(&reason_name);
         let mut text = reason.to_owned();
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        let mut f = nofollow::create_or_truncate(&reason_path, PRIVATE_MODE)
+        let mut f = nofollow::create_or_truncate(&qdir.inside(&reason_name), PRIVATE_MODE)
             .map_err(|source| io("create", &reason_path, source))?;
         f.write_all(text.as_bytes()).map_err(|source| io("write", &reason_path, source))?;
         f.sync_data().map_err(|source| io("fsync", &reason_path, source))?;
         // Best effort: entries this hook wrote are already 0640, and only their owner may chmod them
         // (an older hook's root-owned 0644 entries hold nothing but store paths). A symlink or FIFO is
         // moved as it is, never opened for data.
-        if let Ok(entry) = nofollow::open_regular(&claimed.path)
+        if let Ok(entry) = nofollow::open_regular(&from.inside(name))
             && let Ok(meta) = entry.metadata()
             && meta.mode() & 0o777 & !PRIVATE_MODE != 0
         {
             let _ = entry.set_permissions(fs::Permissions::from_mode(meta.mode() & PRIVATE_MODE));
         }
-        fs::rename(&claimed.path, &dest).map_err(|source| io("quarantine", &claimed.path, source))?;
-        fsync_dir(&qdir)?;
-        Ok(dest)
+        from.rename(name, &qdir, name).map_err(|source| io("quarantine", &claimed.path, source))?;
+        qdir.sync().map_err(|source| io("fsync", qdir.path(), source))?;
+        Ok(qdir.shown(name))
     }
 
     /// Removes files in `tmp/` older than `age`: the remains of hooks killed between write and rename.
     /// Returns how many were removed. Meant for the daemon at start-up.
     pub fn remove_stale_tmp(&self, age: Duration) -> Result<usize, SpoolError> {
-        let dir = self.dir.join("tmp");
+        let tmp = sub(&self.root()?, "tmp")?;
         let now = SystemTime::now();
         let mut removed = 0;
-        for name in list(&dir)? {
-            let p = dir.join(name);
-            let old = p
+        for name in list(&tmp)? {
+            let old = tmp
+                .inside(&name)
                 .symlink_metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d >= age));
-            if old && fs::remove_file(&p).is_ok() {
+            if old && tmp.remove(&name).is_ok() {
                 removed += 1;
             }
         }
@@ -415,45 +407,43 @@ impl Spool {
     /// system, so the drainer never sees it half-written; `new/` and `quarantine/` are fsynced at the
     /// end. An I/O error part-way leaves the entries moved so far in `new/`, each complete.
     pub fn requeue(&self, names: &[OsString]) -> Result<Vec<PathBuf>, SpoolError> {
-        let qdir = self.quarantine_dir();
-        let new_dir = self.new_dir();
+        let spool = self.root()?;
+        let (qdir, new) = (sub(&spool, "quarantine")?, sub(&spool, "new")?);
         let mut picked = if names.is_empty() {
             let mut all = list(&qdir)?;
             all.retain(|n| !n.as_encoded_bytes().ends_with(REASON_SUFFIX.as_bytes()));
             all
         } else {
             for name in names {
-                check_entry_name(name).map_err(|reason| SpoolError::NotAnEntry { path: qdir.join(name), reason })?;
+                check_entry_name(name).map_err(|reason| SpoolError::NotAnEntry { path: qdir.shown(name), reason })?;
             }
             names.to_vec()
         };
         picked.sort();
         picked.dedup();
         for name in &picked {
-            let from = qdir.join(name);
-            nofollow::open_regular(&from).map_err(|e| open_error("requeue", &from, "a regular file", e))?;
-            let to = new_dir.join(name);
-            if to.symlink_metadata().is_ok() {
-                return Err(io("requeue into", &to, std::io::Error::from(ErrorKind::AlreadyExists)));
+            nofollow::open_regular(&qdir.inside(name))
+                .map_err(|e| open_error("requeue", &qdir.shown(name), "a regular file", e))?;
+            if new.has(name) {
+                let taken = std::io::Error::from(ErrorKind::AlreadyExists);
+                return Err(io("requeue into", &new.shown(name), taken));
             }
         }
         let mut moved = Vec::with_capacity(picked.len());
         for name in picked {
-            let (from, to) = (qdir.join(&name), new_dir.join(&name));
-            fs::rename(&from, &to).map_err(|source| io("requeue", &from, source))?;
-            let mut reason_name = name;
+            qdir.rename(&name, &new, &name).map_err(|source| io("requeue", &qdir.shown(&name), source))?;
+            let mut reason_name = name.clone();
             reason_name.push(REASON_SUFFIX);
-            let reason = qdir.join(reason_name);
-            match fs::remove_file(&reason) {
+            match qdir.remove(&reason_name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(source) => return Err(io("remove", &reason, source)),
+                Err(source) => return Err(io("remove", &qdir.shown(&reason_name), source)),
             }
-            moved.push(to);
+            moved.push(new.shown(&name));
         }
         if !moved.is_empty() {
-            fsync_dir(&new_dir)?;
-            fsync_dir(&qdir)?;
+            new.sync().map_err(|source| io("fsync", new.path(), source))?;
+            qdir.sync().map_err(|source| io("fsync", qdir.path(), source))?;
         }
         Ok(moved)
     }
@@ -478,9 +468,23 @@ fn check_entry_name(name: &OsString) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Reads and parses a claimed entry, never more than [`MAX_ENTRY_BYTES`].
-fn read_claimed(path: PathBuf) -> Claimed {
-    let entry = read_entry(&path);
+/// The subdirectory `name` of the open spool dir, opened without following a symlink.
+fn sub(spool: &Dir, name: &str) -> Result<Dir, SpoolError> {
+    spool.open_sub(name).map_err(|e| open_error("open spool dir", &spool.shown(name), "a directory", e))
+}
+
+/// The entry's file name in `claimed/`.
+fn claimed_name(claimed: &Claimed) -> Result<&OsStr, SpoolError> {
+    claimed.path.file_name().ok_or_else(|| SpoolError::Malformed {
+        path: claimed.path.clone(),
+        reason: "claimed entry path has no file name".into(),
+    })
+}
+
+/// Reads and parses the entry `name` in `claimed/`, never more than [`MAX_ENTRY_BYTES`].
+fn read_claimed(claimed: &Dir, name: &OsStr) -> Claimed {
+    let path = claimed.shown(name);
+    let entry = read_entry_through(&claimed.inside(name), &path);
     Claimed { path, entry }
 }
 
@@ -490,8 +494,13 @@ fn read_claimed(path: PathBuf) -> Claimed {
 /// may read, e.g. a secret) and a FIFO is refused without waiting for a writer (which would hang the
 /// drainer), both as [`SpoolError::WrongType`], so the daemon quarantines them like any bad entry.
 pub fn read_entry(path: &Path) -> Result<Entry, SpoolError> {
+    read_entry_through(path, path)
+}
+
+/// [`read_entry`] of the file opened as `open`, called `path` in errors.
+fn read_entry_through(open: &Path, path: &Path) -> Result<Entry, SpoolError> {
     let bytes =
-        nofollow::read_regular(path, MAX_ENTRY_BYTES).map_err(|e| open_error("read", path, "a regular file", e))?;
+        nofollow::read_regular(open, MAX_ENTRY_BYTES).map_err(|e| open_error("read", path, "a regular file", e))?;
     if bytes.len() as u64 > MAX_ENTRY_BYTES {
         return Err(SpoolError::Malformed {
             path: path.to_owned(),
@@ -506,9 +515,9 @@ pub fn read_entry(path: &Path) -> Result<Entry, SpoolError> {
 }
 
 /// Calls `f` with every entry name in `dir` (names starting with `.` are skipped).
-fn for_each_name(dir: &Path, mut f: impl FnMut(OsString)) -> Result<(), SpoolError> {
-    for item in fs::read_dir(dir).map_err(|source| io("list", dir, source))? {
-        let item = item.map_err(|source| io("list", dir, source))?;
+fn for_each_name(dir: &Dir, mut f: impl FnMut(OsString)) -> Result<(), SpoolError> {
+    for item in fs::read_dir(dir.fd_path()).map_err(|source| io("list", dir.path(), source))? {
+        let item = item.map_err(|source| io("list", dir.path(), source))?;
         let name = item.file_name();
         if !name.as_encoded_bytes().starts_with(b".") {
             f(name);
@@ -517,14 +526,10 @@ fn for_each_name(dir: &Path, mut f: impl FnMut(OsString)) -> Result<(), SpoolErr
     Ok(())
 }
 
-fn list(dir: &Path) -> Result<Vec<OsString>, SpoolError> {
+fn list(dir: &Dir) -> Result<Vec<OsString>, SpoolError> {
     let mut names = Vec::new();
     for_each_name(dir, |n| names.push(n))?;
     Ok(names)
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io("fsync", dir, source))
 }
 
 fn io(op: &'static str, path: &Path, source: std::io::Error) -> SpoolError {

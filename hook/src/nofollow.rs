@@ -19,6 +19,7 @@
 //! `File::open` follows a symlink planted in `new/` (and the parser then quoted the target's first line)
 //! and blocks forever on a FIFO.
 
+use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -58,59 +59,83 @@ pub(crate) enum OpenError {
     Io(std::io::Error),
 }
 
-/// A directory held open: files are created, renamed and removed inside it, never through its path.
+/// A directory held open: files are created, renamed, listed and removed inside it, never through the
+/// path it was opened by (which is kept for messages only).
 #[derive(Debug)]
 pub(crate) struct Dir {
     file: File,
     meta: Metadata,
+    path: PathBuf,
 }
 
 impl Dir {
     /// Opens `path` as a directory, refusing a symlink as its last component (earlier components are
     /// followed: they belong to whoever set the path) and anything that is not a directory.
     pub(crate) fn open(path: &Path) -> Result<Dir, OpenError> {
-        let (file, meta) = open_nofollow(path)?;
-        if !meta.is_dir() {
-            return Err(OpenError::WrongType { found: kind(&meta) });
-        }
-        Ok(Dir { file, meta })
+        Dir::open_as(path, path.to_owned())
     }
 
     /// Opens the subdirectory `name` of this directory, refusing a symlink or anything not a directory.
     pub(crate) fn open_sub(&self, name: &str) -> Result<Dir, OpenError> {
-        Dir::open(&self.inside(name))
+        Dir::open_as(&self.inside(name), self.shown(name))
+    }
+
+    fn open_as(open: &Path, path: PathBuf) -> Result<Dir, OpenError> {
+        let (file, meta) = open_nofollow(open)?;
+        if !meta.is_dir() {
+            return Err(OpenError::WrongType { found: kind(&meta) });
+        }
+        Ok(Dir { file, meta, path })
+    }
+
+    /// What `name` in this directory is called in messages (the path it was opened by, joined).
+    pub(crate) fn shown(&self, name: impl AsRef<OsStr>) -> PathBuf {
+        self.path.join(name.as_ref())
+    }
+
+    /// The directory itself, as a path that resolves through the open descriptor.
+    pub(crate) fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
     /// `name` inside this directory, as a path that resolves through the open descriptor. Only for
-    /// operations that do not follow a symlink in the last component (create-new, rename, unlink, lstat).
-    pub(crate) fn inside(&self, name: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.file.as_raw_fd()))
+    /// operations that do not follow a symlink in the last component (create-new, rename, unlink,
+    /// lstat, the `O_NOFOLLOW` opens of this module). `name` is one file name, never a path.
+    pub(crate) fn inside(&self, name: impl AsRef<OsStr>) -> PathBuf {
+        let mut p = self.fd_path();
+        p.push(name.as_ref());
+        p
     }
 
     /// Creates a new regular file `name` with `mode` (before the umask); fails if anything named `name`
     /// exists, a symlink included (`O_EXCL` never follows one).
-    pub(crate) fn create_new(&self, name: &str, mode: u32) -> std::io::Result<File> {
+    pub(crate) fn create_new(&self, name: impl AsRef<OsStr>, mode: u32) -> std::io::Result<File> {
         OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(O_NOFOLLOW).open(self.inside(name))
     }
 
     /// Whether anything (a symlink included, not followed) is named `name` in this directory.
-    pub(crate) fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: impl AsRef<OsStr>) -> bool {
         self.inside(name).symlink_metadata().is_ok()
     }
 
     /// Renames `name` in this directory to `to_name` in `to` (both on the same file system).
-    pub(crate) fn rename(&self, name: &str, to: &Dir, to_name: &str) -> std::io::Result<()> {
+    pub(crate) fn rename(&self, name: impl AsRef<OsStr>, to: &Dir, to_name: impl AsRef<OsStr>) -> std::io::Result<()> {
         std::fs::rename(self.inside(name), to.inside(to_name))
     }
 
     /// Removes the file `name` (a symlink itself, never its target).
-    pub(crate) fn remove(&self, name: &str) -> std::io::Result<()> {
+    pub(crate) fn remove(&self, name: impl AsRef<OsStr>) -> std::io::Result<()> {
         std::fs::remove_file(self.inside(name))
     }
 
     /// fsyncs the directory, making creates and renames in it durable.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
         self.file.sync_all()
+    }
+
+    /// The path it was opened by, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The directory's owner and group, as they were when it was opened.
