@@ -11,8 +11,9 @@
 //! the spool owner steer it, so the hook creates no directories, chowns no paths, and reaches `tmp/` and
 //! `new/` only through descriptors opened without following symlinks (see `nofollow`). Entries are
 //! handed to the spool owner (mode 0640, owner and group of the spool dir) so that nobody else reads
-//! them. The drainer, in turn, reads entries without following symlinks or blocking on FIFOs, and never
-//! quotes an entry's content in a reason.
+//! them. The drainer's operations, too, go through subdirectory descriptors opened without following
+//! symlinks (a daemon run as root in someone else's spool is steered by no one either); it reads entries
+//! without following symlinks or blocking on FIFOs, and never quotes an entry's content in a reason.
 //!
 //! Entry files are named `<unix-nanos, 20 digits>-<pid, 10 digits>-<counter, 6 digits>`, so sorting
 //! by name is sorting by age. Names starting with `.` are ignored (editors, tools).

@@ -15,7 +15,8 @@
 //! which is what `openat(fd, name, …)` does. niks3 is Linux-only (see flake.nix); without `/proc` these
 //! operations fail and nothing is written.
 //!
-//! The drainer uses [`read_regular`] for the same reason the other way round (finding #12): a plain
+//! The drainer's side of the library works through [`Dir`] too, and reads entries with [`read_regular`]
+//! (finding #12): a plain
 //! `File::open` follows a symlink planted in `new/` (and the parser then quoted the target's first line)
 //! and blocks forever on a FIFO.
 
