@@ -16,9 +16,8 @@
 //! operations fail and nothing is written.
 //!
 //! The drainer's side of the library works through [`Dir`] too, and reads entries with [`read_regular`]
-//! (finding #12): a plain
-//! `File::open` follows a symlink planted in `new/` (and the parser then quoted the target's first line)
-//! and blocks forever on a FIFO.
+//! (finding #12): a plain `File::open` follows a symlink planted in `new/` (and the parser then quoted
+//! the target's first line) and blocks forever on a FIFO.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions, Permissions};

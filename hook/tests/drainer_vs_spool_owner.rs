@@ -37,6 +37,11 @@ impl Scene {
         std::fs::rename(&p, self.spool.dir().join(format!("{sub}.real"))).expect("move the real dir away");
         std::os::unix::fs::symlink(self.victim(), &p).expect("symlink");
     }
+    /// Drops a file that is not an entry into `new/` and claims it, as the drainer would.
+    fn claimed_garbage(&self) -> spool::Claimed {
+        std::fs::write(self.spool.new_dir().join("00000000000000000001-0000000001-000001"), "garbage").expect("write");
+        self.spool.claim(1).expect("claim").remove(0)
+    }
     fn assert_victim_untouched(&self) {
         let mut names: Vec<String> = std::fs::read_dir(self.victim())
             .expect("victim")
@@ -85,8 +90,7 @@ fn ack_after_claimed_is_swapped_removes_nothing_outside_the_spool() {
 #[test]
 fn quarantine_into_a_symlinked_quarantine_dir_writes_nothing_there() {
     let s = Scene::new();
-    std::fs::write(s.spool.new_dir().join("00000000000000000001-0000000001-000001"), "garbage").expect("write");
-    let claimed = s.spool.claim(1).expect("claim").remove(0);
+    let claimed = s.claimed_garbage();
     s.swap("quarantine");
     assert_refused_symlink(s.spool.quarantine(&claimed, "garbage"), &s.spool.dir().join("quarantine"));
     assert!(claimed.path.exists(), "the entry stays claimed");
@@ -104,8 +108,7 @@ fn stale_tmp_sweep_of_a_symlinked_tmp_removes_nothing() {
 #[test]
 fn requeue_into_a_symlinked_new_moves_nothing() {
     let s = Scene::new();
-    std::fs::write(s.spool.new_dir().join("00000000000000000001-0000000001-000001"), "garbage").expect("write");
-    let claimed = s.spool.claim(1).expect("claim").remove(0);
+    let claimed = s.claimed_garbage();
     let q = s.spool.quarantine(&claimed, "garbage").expect("quarantine");
     s.swap("new");
     assert_refused_symlink(s.spool.requeue(&[]), &s.spool.dir().join("new"));
