@@ -26,6 +26,16 @@ pub struct Metrics {
     latency: Mutex<Histogram>,
     http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     gc: Mutex<Option<GcFigures>>,
+    nix: Mutex<NixHealth>,
+}
+
+/// Whether the drainer can read the local Nix store, as last seen.
+#[derive(Default)]
+struct NixHealth {
+    /// The cause of the current failure (cleared by the next successful entry).
+    failing: Option<String>,
+    /// Entries that met a store niks3 could not read (each retry counts).
+    errors: u64,
 }
 
 #[derive(Default)]
@@ -85,6 +95,30 @@ impl Metrics {
         }
     }
 
+    /// Records that an entry could not be processed because the local Nix store could not be read (`cause`
+    /// says why). Returns true when the cause differs from the last one recorded, so that the caller logs
+    /// each distinct cause once instead of once per entry and retry.
+    pub fn record_nix_trouble(&self, cause: &str) -> bool {
+        let Ok(mut n) = self.nix.lock() else { return true };
+        n.errors += 1;
+        if n.failing.as_deref() == Some(cause) {
+            return false;
+        }
+        n.failing = Some(cause.to_owned());
+        true
+    }
+
+    /// Records that an entry went through: the local Nix store is readable again. Returns the cause of
+    /// the failure this ends, if there was one.
+    pub fn record_nix_ok(&self) -> Option<String> {
+        self.nix.lock().ok().and_then(|mut n| n.failing.take())
+    }
+
+    /// Why the local Nix store cannot be read right now (`None`: it can, as far as the drainer knows).
+    pub fn nix_trouble(&self) -> Option<String> {
+        self.nix.lock().ok().and_then(|n| n.failing.clone())
+    }
+
     /// Renders everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -126,6 +160,22 @@ impl Metrics {
             "counter",
             self.api_bytes_received.load(Ordering::Relaxed),
         );
+        if let Ok(n) = self.nix.lock() {
+            counter(
+                &mut out,
+                "niks3_nix_store_up",
+                "1 when the drainer can read the local Nix store, 0 while entries wait for it.",
+                "gauge",
+                u64::from(n.failing.is_none()),
+            );
+            counter(
+                &mut out,
+                "niks3_nix_store_errors_total",
+                "Entry attempts that could not read the local Nix store (kept queued and retried).",
+                "counter",
+                n.errors,
+            );
+        }
         if let Ok(h) = self.latency.lock() {
             let _ = writeln!(
                 out,

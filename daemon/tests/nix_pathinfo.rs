@@ -1,9 +1,9 @@
-//! `NixCli` against the real local Nix store: closures in dependency order (self-references included),
+//! `LocalNix` against the real local Nix store: closures in dependency order (self-references included),
 //! derivation outputs, build logs, and clear errors for paths Nix does not know.
 
 use niks3::nix::hash::{HashingWriter, Sha256Hash};
 use niks3::nix::nar::dump_path;
-use niks3::nix::pathinfo::{NixCli, PathInfoError};
+use niks3::nix::pathinfo::{LocalNix, PathInfoError};
 use niks3::nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use std::collections::HashSet;
@@ -28,7 +28,7 @@ async fn closure_is_complete_and_in_dependency_order() {
     let env = NixEnv::new().expect("nix env");
     let top = env.build(EXPR, "top").expect("build").remove(0);
     let dir = StoreDir::default();
-    let cli = NixCli::default();
+    let cli = LocalNix::default();
     let infos = cli.closure(&dir, &[sp(&dir, &top)]).await.expect("closure");
 
     // Same set as `nix-store -qR`.
@@ -81,7 +81,7 @@ async fn closure_is_complete_and_in_dependency_order() {
 async fn derivation_outputs_and_build_logs() {
     let env = NixEnv::new().expect("nix env");
     let dir = StoreDir::default();
-    let cli = NixCli::default();
+    let cli = LocalNix::default();
     let mut multi = env.build(EXPR, "multi").expect("build");
     multi.extend(env.build(EXPR, "multi.doc").expect("build doc"));
     assert_eq!(multi.len(), 2, "out and doc");
@@ -116,12 +116,13 @@ async fn derivation_outputs_and_build_logs() {
 async fn unknown_paths_and_missing_nix_are_clear_errors() {
     let dir = StoreDir::default();
     let missing = sp(&dir, "/nix/store/00000000000000000000000000000000-not-there");
-    let err = NixCli::default().closure(&dir, std::slice::from_ref(&missing)).await.expect_err("invalid path");
-    let PathInfoError::Failed { stderr, paths, .. } = &err else { panic!("expected Failed, got {err:?}") };
-    assert!(stderr.contains("is not valid"), "{stderr}");
-    assert_eq!(paths, &vec![dir.display(&missing)]);
+    let err = LocalNix::default().closure(&dir, std::slice::from_ref(&missing)).await.expect_err("invalid path");
+    let PathInfoError::NotValid { path } = &err else { panic!("expected NotValid, got {err:?}") };
+    assert_eq!(path, &dir.display(&missing));
+    assert!(!err.is_environment(), "an invalid path is the entry's problem");
 
-    let nowhere = NixCli { bin_dir: Some("/nonexistent/bin".into()) };
+    let nowhere = LocalNix::new(Some("/nonexistent/bin".into()));
     let err = nowhere.closure(&dir, &[missing]).await.expect_err("no nix");
-    assert!(matches!(err, PathInfoError::Spawn { .. }), "{err:?}");
+    assert!(err.is_environment(), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/bin/nix-daemon"), "{err}");
 }

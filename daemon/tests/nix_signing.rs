@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use niks3::nix::hash::HashingWriter;
 use niks3::nix::nar::dump_path;
 use niks3::nix::narinfo::NarInfo;
-use niks3::nix::pathinfo::{NixCli, PathInfo};
+use niks3::nix::pathinfo::{LocalNix, PathInfo};
 use niks3::nix::signing::{PublicKey, SecretKey};
 use niks3::nix::store_path::StoreDir;
 use niks3_testkit::nix::NixEnv;
@@ -158,7 +158,7 @@ async fn a_cache_written_by_niks3_substitutes_with_signatures_checked() {
     let env = NixEnv::new().expect("nix env");
     let app = env.build(APP_EXPR, "app").expect("build").remove(0);
     let dir = StoreDir::default();
-    let infos = NixCli::default().closure(&dir, &[dir.parse_path(&app).expect("path")]).await.expect("closure");
+    let infos = LocalNix::default().closure(&dir, &[dir.parse_path(&app).expect("path")]).await.expect("closure");
     assert_eq!(infos.len(), 3);
     let key = SecretKey::generate("niks3-cache-1").expect("key");
     let public = key.public().to_nix_string();

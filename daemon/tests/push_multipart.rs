@@ -14,7 +14,7 @@ use niks3::client::push::to_wire;
 use niks3::gc::{self, GcOptions};
 use niks3::http::ApiToken;
 use niks3::http::api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
-use niks3::nix::pathinfo::{parse_path_info_json, topo_sort};
+use niks3::nix::pathinfo::LocalNix;
 use niks3::nix::store_path::StoreDir;
 use niks3::store::s3::{MIN_PART_SIZE, S3Store};
 use niks3::store::{ObjectKey, Store};
@@ -33,11 +33,9 @@ fn s3(store: &Store) -> &S3Store {
 }
 
 /// The push request for the closure of `root`, from the test's Nix.
-fn push_request(env: &NixEnv, root: &str) -> PushRequest {
-    let out = env.command("nix").args(["path-info", "--json", "--recursive", root]).output().expect("path-info");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+async fn push_request(root: &str) -> PushRequest {
     let dir = StoreDir::default();
-    let infos = topo_sort(parse_path_info_json(&out.stdout, &dir).expect("parse")).expect("sort");
+    let infos = LocalNix::default().closure(&dir, &[dir.parse_path(root).expect("path")]).await.expect("closure");
     PushRequest {
         roots: vec![root.to_owned()],
         paths: infos.iter().map(|p| to_wire(&dir, p)).collect(),
@@ -73,7 +71,7 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     // The plan: the big NAR in 5 MiB parts (enough URLs for its largest compressed size), the small one
     // in one PUT. A dry run starts nothing.
     let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
-    let mut req = push_request(&env, &top);
+    let mut req = push_request(&top).await;
     req.dry_run = true;
     let dry = api.announce(&req).await.expect("dry run");
     assert!(dry.missing_nars.iter().all(|m| m.multipart.is_none() && m.upload_url.is_empty()), "{dry:?}");
@@ -97,8 +95,9 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");
 
     // Completed: the NAR is whole in the bucket, nothing pending, no record left.
-    let info = env.command("nix").args(["path-info", "--json", &big]).output().expect("path-info");
-    let infos = parse_path_info_json(&info.stdout, &StoreDir::default()).expect("parse");
+    let dir = StoreDir::default();
+    let infos = LocalNix::default().closure(&dir, &[dir.parse_path(&big).expect("path")]).await.expect("closure");
+    let infos: Vec<_> = infos.into_iter().filter(|i| dir.display(&i.path) == big).collect();
     let meta = s.state.store.head(&ObjectKey::nar(&infos[0].nar_hash)).await.expect("head").expect("NAR stored");
     assert!(meta.size > 2 * MIN_PART_SIZE as u64, "three parts: {}", meta.size);
     assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty(), "multipart upload left open");
@@ -119,7 +118,7 @@ async fn interrupted_multipart_push_publishes_nothing_and_gc_aborts_its_upload()
     let top = env.build(EXPR, "top").expect("build top").remove(0);
     let big = env.build(EXPR, "big").expect("build big").remove(0);
     let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
-    let plan = api.announce(&push_request(&env, &top)).await.expect("announce");
+    let plan = api.announce(&push_request(&top).await).await.expect("announce");
     let m = big_nar(&plan, &big);
     let mp = m.multipart.as_ref().expect("multipart plan");
     assert_eq!(mp.part_size, MIN_PART_SIZE as u64);
@@ -158,7 +157,7 @@ async fn interrupted_multipart_push_publishes_nothing_and_gc_aborts_its_upload()
 
     // Completing the dropped session is refused: the client must push again.
     let nar = UploadedNar { nar_hash: m.nar_hash.clone(), file_hash: m.nar_hash.clone(), file_size: 1, parts: vec![] };
-    let req = push_request(&env, &top);
+    let req = push_request(&top).await;
     let err = api
         .complete(&CompleteRequest {
             uploads: plan.uploads.clone(),
@@ -180,7 +179,7 @@ async fn bad_part_etags_abort_the_upload_and_a_client_can_give_a_session_up() {
     let top = env.build(EXPR, "top").expect("build top").remove(0);
     let big = env.build(EXPR, "big").expect("build big").remove(0);
     let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
-    let req = push_request(&env, &top);
+    let req = push_request(&top).await;
 
     // ETags S3 never gave: the server's completion is refused, it aborts the upload and says so.
     let plan = api.announce(&req).await.expect("announce");

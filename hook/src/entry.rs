@@ -30,6 +30,9 @@ impl Entry {
 
     /// Parses the format of the crate doc; `path` is only used in errors.
     ///
+    /// Reasons name the line and what is wrong with it but never quote it: the file may not be an entry
+    /// at all (a hard link to a secret, say), and reasons end up in logs and in `quarantine/*.reason`.
+    ///
     /// Rejects: a missing or different version line, a missing final newline (truncation), empty lines,
     /// unknown keys, a repeated `drv=`/`queued=`, `queued=` not last, a non-numeric `queued=`, values that
     /// are not normalised absolute paths (or contain control characters such as NUL), a `realisation=`
@@ -45,8 +48,8 @@ impl Entry {
         let mut lines = body.split('\n').enumerate().map(|(i, l)| (i + 1, l));
         match lines.next() {
             Some((_, VERSION_LINE)) => {}
-            Some((_, other)) => {
-                return Err(bad(format!("line 1: expected {VERSION_LINE:?}, found {:?}", shorten(other))));
+            Some((_, _)) => {
+                return Err(bad(format!("line 1: is not the version line {VERSION_LINE:?}")));
             }
             None => return Err(bad("empty".into())),
         }
@@ -59,36 +62,36 @@ impl Entry {
                 return Err(bad(format!("line {n}: found after queued=, which must be the last line")));
             }
             let Some((key, value)) = line.split_once('=') else {
-                return Err(bad(format!("line {n}: expected key=value, found {:?}", shorten(line))));
+                return Err(bad(format!("line {n}: not key=value")));
             };
             match key {
                 "drv" => {
                     if drv.is_some() {
                         return Err(bad(format!("line {n}: second drv=")));
                     }
-                    check_path(value).map_err(|r| bad(format!("line {n}: drv={:?}: {r}", shorten(value))))?;
+                    check_path(value).map_err(|r| bad(format!("line {n}: drv= value: {r}")))?;
                     drv = Some(value.to_owned());
                 }
                 "out" => {
-                    check_path(value).map_err(|r| bad(format!("line {n}: out={:?}: {r}", shorten(value))))?;
+                    check_path(value).map_err(|r| bad(format!("line {n}: out= value: {r}")))?;
                     outs.push(value.to_owned());
                 }
                 "realisation" => {
-                    check_output_name(value)
-                        .map_err(|r| bad(format!("line {n}: realisation={:?}: {r}", shorten(value))))?;
+                    check_output_name(value).map_err(|r| bad(format!("line {n}: realisation= value: {r}")))?;
                     if realisations.iter().any(|r| r == value) {
-                        return Err(bad(format!("line {n}: repeated realisation={value}")));
+                        return Err(bad(format!("line {n}: realisation= repeats an earlier one")));
                     }
                     realisations.push(value.to_owned());
                 }
                 "queued" => {
-                    let secs =
-                        value.parse::<u64>().ok().filter(|_| value.bytes().all(|b| b.is_ascii_digit())).ok_or_else(
-                            || bad(format!("line {n}: queued={:?} is not a number of seconds", shorten(value))),
-                        )?;
+                    let secs = value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| bad(format!("line {n}: queued= value is not a number of seconds")))?;
                     queued = Some(secs);
                 }
-                other => return Err(bad(format!("line {n}: unknown key {:?}", shorten(other)))),
+                _ => return Err(bad(format!("line {n}: unknown key"))),
             }
         }
         let queued = queued.ok_or_else(|| bad("no queued= line (truncated?)".into()))?;

@@ -7,7 +7,7 @@
 //!
 //! Environment: `DRV_PATH`, `OUT_PATHS` (space-separated; empty in Nix 2.8, then the outputs are read from
 //! the `.drv`; outputs the `.drv` has no path for — floating content-addressed or deferred — are queued by
-//! name as `realisation=` for the daemon to resolve; they cannot get a GC root here), `NIKS3_SPOOL_DIR` (default `/var/lib/niks3/spool`, must exist), `NIKS3_GCROOTS_DIR`
+//! name as `realisation=` for the daemon to resolve; they cannot get a GC root here), `NIKS3_SPOOL_DIR` (default `/var/lib/niks3/spool`; it, `tmp/` and `new/` must exist and not be symlinks: the hook creates no directory in the spool), `NIKS3_GCROOTS_DIR`
 //! (default `/nix/var/nix/gcroots/niks3`, created if missing), `NIKS3_NIX_STORE_DIR` (default `/nix/store`).
 
 use spool::{Entry, Spool, drv, gcroots, store_path};

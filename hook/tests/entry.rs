@@ -47,32 +47,35 @@ fn entry_parse_rejects_garbage_with_a_reason() {
     let v = "niks3-spool-v1\n";
     for (text, why) in [
         ("", "does not end with a newline"),
-        ("\n", "line 1: expected \"niks3-spool-v1\""),
-        ("hello world\n", "line 1: expected"),
-        ("niks3-spool-v2\nqueued=1\n", "line 1: expected"),
+        ("\n", "line 1: is not the version line \"niks3-spool-v1\""),
+        ("hello world\n", "line 1: is not the version line"),
+        ("niks3-spool-v2\nqueued=1\n", "line 1: is not the version line"),
         ("\u{0}\u{1}\u{2}\n", "line 1"),
-        (&format!("{v}out={OUT}\nbogus=1\nqueued=1\n"), "line 3: unknown key \"bogus\""),
-        (&format!("{v}out={OUT}\n\nqueued=1\n"), "line 3: expected key=value"),
-        (&format!("{v}out={OUT}\nqueued=soon\n"), "line 3: queued=\"soon\" is not a number"),
+        (&format!("{v}out={OUT}\nbogus=1\nqueued=1\n"), "line 3: unknown key"),
+        (&format!("{v}out={OUT}\n\nqueued=1\n"), "line 3: not key=value"),
+        (&format!("{v}out={OUT}\nqueued=soon\n"), "line 3: queued= value is not a number"),
         (&format!("{v}out={OUT}\nqueued=+1\n"), "not a number"),
         (&format!("{v}out={OUT}\nqueued=1\nqueued=2\n"), "line 4: found after queued="),
         (&format!("{v}queued=1\nout={OUT}\n"), "must be the last line"),
         (&format!("{v}drv={DRV}\ndrv={DRV}\nqueued=1\n"), "line 3: second drv="),
         (&format!("{v}out={OUT}\n"), "no queued= line"),
         (&format!("{v}queued=1\n"), "names neither a drv nor an output"),
-        (&format!("{v}out=nix/store/x\nqueued=1\n"), "line 2: out=\"nix/store/x\": not an absolute path"),
+        (&format!("{v}out=nix/store/x\nqueued=1\n"), "line 2: out= value: not an absolute path"),
         (&format!("{v}out=\nqueued=1\n"), "not an absolute path"),
         (&format!("{v}out=/nix/store/a\u{0}b\nqueued=1\n"), "contains NUL"),
         (&format!("{v}out=/nix/store/a\rb\nqueued=1\n"), "control character"),
         (&format!("{v}out=/nix/store/../etc\nqueued=1\n"), "`..` component"),
         (&format!("{v}drv=/nix//store/x.drv\nqueued=1\n"), "empty, `.` or `..` component"),
         (&format!("{v}out=/nix/store/x/\nqueued=1\n"), "empty"),
-        (&format!("{v}drv={DRV}\nrealisation=\nqueued=1\n"), "line 3: realisation=\"\": empty output name"),
+        (&format!("{v}drv={DRV}\nrealisation=\nqueued=1\n"), "line 3: realisation= value: empty output name"),
         (&format!("{v}drv={DRV}\nrealisation=.x\nqueued=1\n"), "starts with `.`"),
         (&format!("{v}drv={DRV}\nrealisation=a/b\nqueued=1\n"), "other than letters"),
         (&format!("{v}drv={DRV}\nrealisation=a!b\nqueued=1\n"), "other than letters"),
         (&format!("{v}drv={DRV}\nrealisation={}\nqueued=1\n", "o".repeat(212)), "longer than 211"),
-        (&format!("{v}drv={DRV}\nrealisation=out\nrealisation=out\nqueued=1\n"), "line 4: repeated realisation=out"),
+        (
+            &format!("{v}drv={DRV}\nrealisation=out\nrealisation=out\nqueued=1\n"),
+            "line 4: realisation= repeats an earlier one",
+        ),
         (&format!("{v}out={OUT}\nrealisation=out\nqueued=1\n"), "there is no drv="),
     ] {
         let r = reason(text);
@@ -124,4 +127,25 @@ fn entries_written_before_realisations_existed_still_parse() {
 fn realisation_lines_follow_the_outputs() {
     let e = Entry { drv: Some(DRV.into()), outs: vec![], realisations: vec!["out".into(), "dev".into()], queued: 3 };
     assert_eq!(e.to_text(), format!("niks3-spool-v1\ndrv={DRV}\nrealisation=out\nrealisation=dev\nqueued=3\n"));
+}
+
+#[test]
+fn reasons_never_quote_the_entry() {
+    // What a symlinked or hard-linked secret would put in a reason (and so in the log and in
+    // quarantine/*.reason) if the parser quoted what it found; review finding #12.
+    const SECRET: &str = "s3cr3t-Hunter2";
+    let v = "niks3-spool-v1\n";
+    for text in [
+        format!("root:{SECRET}:20228:0:99999:7:::\n"),
+        format!("{v}{SECRET}\nqueued=1\n"),
+        format!("{v}{SECRET}=1\nqueued=1\n"),
+        format!("{v}out={SECRET}\nqueued=1\n"),
+        format!("{v}drv=/nix/store/{SECRET}\u{1}\nqueued=1\n"),
+        format!("{v}drv={DRV}\nrealisation={SECRET}!\nqueued=1\n"),
+        format!("{v}drv={DRV}\nrealisation={SECRET}\nrealisation={SECRET}\nqueued=1\n"),
+        format!("{v}out={OUT}\nqueued={SECRET}\n"),
+    ] {
+        let r = reason(&text);
+        assert!(!r.contains("s3cr3t") && !r.contains("Hunter2"), "{text:?}: reason {r:?} quotes the entry");
+    }
 }

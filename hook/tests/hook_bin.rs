@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const OUT: &str = "/nix/store/mszzps44c0d8dq4928m9byf3l2g64409-hk-test";
 const DEV: &str = "/nix/store/niym0l9w4bif3x5sa4580wbs4dyxzhla-hk-test-dev";
 
-/// A spool dir and a gcroots dir in a fresh temp dir.
+/// A spool dir (set up as the daemon or systemd-tmpfiles does) and a gcroots dir in a fresh temp dir.
 struct Dirs {
     tmp: tempfile::TempDir,
 }
@@ -18,7 +18,7 @@ struct Dirs {
 impl Dirs {
     fn new() -> Dirs {
         let tmp = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(tmp.path().join("spool")).expect("mkdir spool");
+        spool::Spool::open(&tmp.path().join("spool")).expect("set up the spool");
         Dirs { tmp }
     }
     fn spool(&self) -> PathBuf {
@@ -205,21 +205,45 @@ fn hook_queues_the_drv_alone_when_the_drv_cannot_be_read() {
 }
 
 #[test]
-fn hook_creates_spool_subdirs_owned_like_the_spool_dir_so_a_non_root_daemon_can_drain() {
+fn hook_hands_entries_to_the_spool_owner_and_nobody_else() {
     use std::os::unix::fs::MetadataExt;
     let d = Dirs::new();
-    std::os::unix::fs::chown(d.spool(), Some(4242), Some(4343)).expect("chown (test runs as root)");
+    for sub in ["", "tmp", "new", "claimed", "quarantine"] {
+        std::os::unix::fs::chown(d.spool().join(sub), Some(4242), Some(4343)).expect("chown (test runs as root)");
+    }
     let (sp, rt) = (s(&d.spool()), s(&d.roots()));
     let mut env = Dirs::env(&sp, &rt);
     env.push(("OUT_PATHS", OUT));
     let o = run_hook(&env);
     assert!(o.status.success());
     assert_eq!(stderr(&o), "");
-    for sub in ["tmp", "new", "claimed", "quarantine"] {
-        let m = std::fs::metadata(d.spool().join(sub)).expect("subdir");
-        assert_eq!((m.uid(), m.gid()), (4242, 4343), "{sub}/ owned like the spool dir");
+    let queued = files(&d.spool().join("new"));
+    assert_eq!(queued.len(), 1);
+    let m = std::fs::metadata(&queued[0]).expect("entry");
+    assert_eq!((m.uid(), m.gid()), (4242, 4343), "the entry belongs to the spool owner, who drains it");
+    assert_eq!(m.mode() & 0o777, 0o640, "and is not readable by others");
+}
+
+#[test]
+fn hook_creates_no_spool_subdirs_and_says_which_is_missing() {
+    // The subdirs come from the spool owner (tmpfiles, the daemon): a root hook that mkdirs and chowns
+    // in a directory someone else owns can be raced into chowning any file (review finding #1).
+    for missing in ["tmp", "new"] {
+        let d = Dirs::new();
+        std::fs::remove_dir(d.spool().join(missing)).expect("rmdir");
+        let (sp, rt) = (s(&d.spool()), s(&d.roots()));
+        let mut env = Dirs::env(&sp, &rt);
+        env.push(("OUT_PATHS", OUT));
+        let o = run_hook(&env);
+        assert!(o.status.success());
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        let want = format!("niks3-hook: spool unusable (open spool dir {sp}/{missing}: No such file or directory");
+        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains(&format!("NOT queued: {OUT}")), "{err}");
+        assert!(!d.spool().join(missing).exists(), "{missing}/ was not created");
+        assert!(files(&d.roots()).is_empty(), "no GC root for a path that was not queued");
     }
-    assert_eq!(d.entries().len(), 1);
 }
 
 #[test]
@@ -295,7 +319,8 @@ fn hook_never_fails_the_build_when_spool_is_unwritable() {
     let file = tmp.path().join("file");
     std::fs::write(&file, "").expect("write");
     assert_survives_unwritable_spool(&file.join("spool"), "Not a directory");
-    assert_survives_unwritable_spool(&file, "Not a directory");
+    assert_survives_unwritable_spool(&file, "refusing");
+    assert_survives_unwritable_spool(&file, "it is a regular file, not a directory");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::Pusher;
 use niks3::metrics::Metrics;
-use niks3::nix::pathinfo::NixCli;
+use niks3::nix::pathinfo::LocalNix;
 use niks3::nix::store_path::StoreDir;
 use niks3::upload::drain::{DrainConfig, Drainer};
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
     let api = ApiClient::new(&args.server, token)?;
-    let nix = NixCli::default();
+    let nix = LocalNix::default();
     let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.compression_level);
     let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);
     config.once = args.once;

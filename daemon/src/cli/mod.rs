@@ -5,6 +5,7 @@ pub mod gc;
 pub mod key;
 pub mod push;
 pub mod serve;
+// pub mod spool;  (after the hooksec merge: Spool::requeue)
 
 use clap::{Parser, Subcommand};
 

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::{Progress, Pusher};
 use niks3::http::ApiToken;
-use niks3::nix::pathinfo::NixCli;
+use niks3::nix::pathinfo::LocalNix;
 use niks3::nix::store_path::StoreDir;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
     let api = ApiClient::new(&args.server, token)?;
-    let pusher = Pusher::new(api, NixCli::default(), store_dir, jobs).with_compression_level(args.compression_level);
+    let pusher = Pusher::new(api, LocalNix::default(), store_dir, jobs).with_compression_level(args.compression_level);
     let mut roots = Vec::with_capacity(args.paths.len());
     for p in &args.paths {
         roots.push(pusher.resolve_arg(p)?);

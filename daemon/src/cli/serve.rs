@@ -8,7 +8,7 @@ use niks3::config::{DbChoice, ServeConfig, StoreChoice};
 use niks3::db::Db;
 use niks3::db::embedded::EmbeddedPostgres;
 use niks3::metrics::Metrics;
-use niks3::nix::pathinfo::NixCli;
+use niks3::nix::pathinfo::LocalNix;
 use niks3::store::Store;
 use niks3::store::local::LocalStore;
 use niks3::store::s3::S3Store;
@@ -83,7 +83,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let keys = Arc::new(load_keys(&config)?);
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
     let uploader = Arc::new(
-        Uploader::new(publisher, NixCli::default(), Arc::clone(&metrics), config.jobs)
+        Uploader::new(publisher, LocalNix::default(), Arc::clone(&metrics), config.jobs)
             .with_compression_level(config.compression_level),
     );
 
@@ -123,7 +123,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
                 spool_dir.clone(),
                 config.gcroots_dir.clone(),
                 config.nix_store_dir.clone(),
-                NixCli::default(),
+                LocalNix::default(),
                 2 * config.jobs,
             );
             let drainer = Drainer::new(drain_config, Arc::clone(&uploader), Arc::clone(&metrics))

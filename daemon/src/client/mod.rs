@@ -67,6 +67,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The local Nix store query behind this error, when the store could not be read.
+    pub fn nix_environment(&self) -> Option<&crate::nix::pathinfo::PathInfoError> {
+        match self {
+            ClientError::PathInfo(e) | ClientError::Upload(crate::upload::UploadError::PathInfo(e))
+                if e.is_environment() =>
+            {
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+
     /// True when retrying later may help (network, server or S3 unavailable, expired session, auth that
     /// an operator may fix). False when the input itself is bad (invalid or modified path, 400): a drainer
     /// quarantines such entries instead of retrying them forever.
@@ -77,7 +89,7 @@ impl ClientError {
             | ClientError::Protocol { .. }
             | ClientError::Config(_) => true,
             ClientError::Status { status, .. } => *status != 400 && *status != 413,
-            ClientError::PathInfo(e) => matches!(e, crate::nix::pathinfo::PathInfoError::Spawn { .. }),
+            ClientError::PathInfo(e) => e.is_environment(),
             ClientError::Upload(e) => e.is_transient(),
             ClientError::BadPath(_) => false,
         }

@@ -17,7 +17,7 @@ use crate::http::api::protocol::{
     AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
     PushResponse, RealisationsRequest, UploadedNar,
 };
-use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::pathinfo::{LocalNix, PathInfo};
 use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, StoreError};
@@ -92,7 +92,7 @@ pub struct Pusher {
     /// The server.
     pub api: ApiClient,
     /// The local Nix tools.
-    pub nix: NixCli,
+    pub nix: LocalNix,
     /// The local store directory.
     pub store_dir: StoreDir,
     /// NARs compressed and uploaded at once.
@@ -104,7 +104,7 @@ pub struct Pusher {
 impl Pusher {
     /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
     /// at zstd's default level 3.
-    pub fn new(api: ApiClient, nix: NixCli, store_dir: StoreDir, jobs: usize) -> Self {
+    pub fn new(api: ApiClient, nix: LocalNix, store_dir: StoreDir, jobs: usize) -> Self {
         Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL }
     }
 
@@ -575,6 +575,9 @@ impl crate::upload::drain::Process for Pusher {
     }
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
+    }
+    fn nix_environment(error: &Self::Error) -> Option<&crate::nix::pathinfo::PathInfoError> {
+        error.nix_environment()
     }
 }
 

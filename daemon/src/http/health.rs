@@ -1,6 +1,7 @@
 //! `/health`: 200 when both PostgreSQL and the object store answer, 503 (with what failed) otherwise.
 //! Meant for load balancers and systemd/Kubernetes probes; it never reveals secrets, only which
-//! dependency is down.
+//! dependency is down. A local Nix store the drainer cannot read is shown as `"nix"` with status
+//! `"degraded"` but still 200: the server goes on serving the cache, and entries wait in the spool.
 
 use super::{HttpState, Request, response};
 use crate::store::ObjectKey;
@@ -36,10 +37,17 @@ pub async fn handle(state: &HttpState, _req: &Request) -> Response {
     if !healthy {
         tracing::warn!(db = %show(&db), store = %show(&store), "health check failed");
     }
+    let nix = state.metrics.nix_trouble();
+    let status = match (healthy, &nix) {
+        (false, _) => "unavailable",
+        (true, Some(_)) => "degraded",
+        (true, None) => "ok",
+    };
     let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unavailable" },
+        "status": status,
         "db": show(&db),
         "store": show(&store),
+        "nix": nix.as_deref().unwrap_or("ok"),
     });
     response::json(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

@@ -1,14 +1,26 @@
-//! What the local Nix store knows about its paths (NarHash, NarSize, references, deriver, CA,
-//! registration time), read with the `nix` command line so that it works with any Nix version's database.
+//! What the local Nix store knows about its paths (NarHash, NarSize, references, deriver, CA), read
+//! through the nix-daemon worker protocol ([`crate::nix::daemon`]) so that it works with every Nix version
+//! from 2.3 to the newest and Lix; build logs and realisations through the `nix` command line (the
+//! protocol has no operation for reading a log, and a realisation's id needs the derivation's hash modulo,
+//! which only Nix computes).
+//!
+//! Errors are split by whose fault they are ([`PathInfoError::is_environment`]): a path that is not
+//! valid is the entry's problem; anything else (Nix missing, the daemon refusing the connection, an answer
+//! we cannot read) is niks3's environment, and the entry must wait for it to be fixed, never be
+//! quarantined for it.
 
+use crate::nix::daemon::{Connection, DaemonError, RawPathInfo};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::{StoreDir, StorePath};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Why the local store could not be queried.
 #[derive(Debug, thiserror::Error)]
 pub enum PathInfoError {
-    /// The `nix` command could not be started.
+    /// A `nix` command could not be started.
     #[error("running {program}: {source}")]
     Spawn {
         /// The command that was run.
@@ -16,7 +28,7 @@ pub enum PathInfoError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// `nix` failed; `stderr` is what it said (e.g. a path is not valid).
+    /// A `nix` command failed; `stderr` is what it said.
     #[error("{program} failed for {paths:?}: {stderr}")]
     Failed {
         /// The command that was run.
@@ -26,14 +38,40 @@ pub enum PathInfoError {
         /// What it printed on stderr (truncated).
         stderr: String,
     },
-    /// `nix` printed something we could not understand.
-    #[error("unexpected output from {program}: {reason}")]
+    /// Nix answered something we could not understand.
+    #[error("unexpected answer from {program}: {reason}")]
     Parse {
-        /// The command that was run.
+        /// The command or protocol operation.
         program: String,
         /// What is wrong with it.
         reason: String,
     },
+    /// The store has no such path (never built here, or deleted by a GC since).
+    #[error("{path} is not valid in the local Nix store")]
+    NotValid {
+        /// The path (full).
+        path: String,
+    },
+    /// Talking to the Nix daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The daemon did not answer in time (it was replaced by a fresh connection).
+    #[error("the Nix daemon did not answer {during} within {}s", .after.as_secs())]
+    TimedOut {
+        /// The request.
+        during: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+}
+
+impl PathInfoError {
+    /// True when the store could not be read (Nix missing or broken, daemon down, an answer in an unknown
+    /// format): retrying once the environment is fixed will succeed. False only when Nix said a path is
+    /// not valid, which no retry changes.
+    pub fn is_environment(&self) -> bool {
+        !matches!(self, PathInfoError::NotValid { .. })
+    }
 }
 
 /// One valid path of the local store and its metadata.
@@ -53,80 +91,142 @@ pub struct PathInfo {
     pub ca: Option<String>,
 }
 
-/// Runs the Nix command-line tools; `bin_dir` lets tests and the NixOS module point at a specific Nix.
+/// The local Nix store: one worker-protocol connection (to a child `nix-daemon --stdio`, opened on first
+/// use and again after it broke) shared by every clone, and the `nix` commands for logs and realisations.
 #[derive(Clone, Debug, Default)]
-pub struct NixCli {
-    /// Directory containing `nix` and `nix-store`; `None` means `$PATH`.
+pub struct LocalNix {
+    /// Directory containing `nix`, `nix-store` and `nix-daemon`; `None` means `$PATH`.
     pub bin_dir: Option<PathBuf>,
+    conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
 
-impl NixCli {
-    /// The closures of `paths` (every path reachable through references, each once), in dependency
-    /// order: a path comes after all of its references. `nix path-info --json --recursive`, in batches of
-    /// [`PATH_INFO_BATCH`] arguments (Nix 2.8's `path-info` reads no path list from stdin, and one command
-    /// line with tens of thousands of paths exceeds the kernel's argument limit: E2BIG).
-    pub async fn closure(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Result<Vec<PathInfo>, PathInfoError> {
-        self.closure_batched(store_dir, paths, PATH_INFO_BATCH).await
+/// Longest a single protocol call may take (a 10 000-path closure takes well under a second).
+const CALL_TIMEOUT: Duration = Duration::from_mins(2);
+
+impl LocalNix {
+    /// Nix from `bin_dir` (`None`: from `$PATH`).
+    pub fn new(bin_dir: Option<PathBuf>) -> Self {
+        LocalNix { bin_dir, conn: Arc::default() }
     }
 
-    /// [`NixCli::closure`] with at most `batch` paths per `nix path-info` command line. Each batch asks only
-    /// for paths no earlier batch's closure already holds, so a shared closure is read once; the results
-    /// are merged. An invalid path fails the whole call, naming the batch it was in.
-    pub async fn closure_batched(
+    /// The Nix the daemon connection reports (`Nix 2.26.3 (protocol 1.35)`), opening it if needed.
+    pub async fn version(&self) -> Result<String, PathInfoError> {
+        self.with_connection("the handshake", |c| Box::pin(async move { Ok(c.version()) })).await
+    }
+
+    /// Runs `f` on the connection (opened if there is none); a connection that failed or timed out is
+    /// dropped (killing its child) so that the next call starts afresh.
+    async fn with_connection<T>(
         &self,
-        store_dir: &StoreDir,
-        paths: &[StorePath],
-        batch: usize,
-    ) -> Result<Vec<PathInfo>, PathInfoError> {
-        let batch = batch.max(1);
-        let mut merged: std::collections::HashMap<StorePath, PathInfo> = std::collections::HashMap::new();
-        let mut rest = paths;
-        while !rest.is_empty() {
-            let mut args: Vec<String> = Vec::with_capacity(batch.min(rest.len()));
-            let mut taken = 0;
-            for p in rest {
-                if args.len() == batch {
-                    break;
+        during: &'static str,
+        f: impl for<'c> FnOnce(
+            &'c mut Connection,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, DaemonError>> + Send + 'c>>,
+    ) -> Result<T, PathInfoError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            let program = self.program("nix-daemon");
+            let opened = tokio::time::timeout(CALL_TIMEOUT, Connection::open(&program)).await;
+            match opened {
+                Ok(Ok(conn)) => {
+                    tracing::debug!(connection = ?conn, "connected to the Nix store");
+                    *guard = Some(conn);
                 }
-                taken += 1;
-                if !merged.contains_key(p) {
-                    args.push(store_dir.display(p));
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(PathInfoError::TimedOut { during: "the handshake", after: CALL_TIMEOUT }),
+            }
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Err(PathInfoError::TimedOut { during, after: Duration::ZERO });
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                // The daemon refusing one request leaves the connection usable; anything else does not.
+                if !matches!(e, DaemonError::Remote { .. }) {
+                    *guard = None;
                 }
+                Err(e.into())
             }
-            rest = &rest[taken..];
-            if args.is_empty() {
-                continue;
+            Err(_) => {
+                *guard = None;
+                Err(PathInfoError::TimedOut { during, after: CALL_TIMEOUT })
             }
-            let mut cmd = self.command("nix");
-            // Only the local store is asked: for a path that is not valid here, Nix 2.8 would otherwise query
-            // the configured substituters (network, DNS stalls) before saying so.
-            cmd.args(["path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command"]);
-            cmd.args(["--option", "substituters", "", "--"]);
-            cmd.args(&args);
-            let stdout = run(cmd, "nix path-info", &args).await?;
-            for info in parse_path_info_json(&stdout, store_dir)? {
-                merged.entry(info.path.clone()).or_insert(info);
+        }
+    }
+
+    /// The closures of `paths` (every path reachable through references, each once), in dependency
+    /// order: a path comes after all of its references. Asked level by level (all of a level's paths in
+    /// one pipelined burst), so a closure of N paths costs N small answers and one round trip per level.
+    pub async fn closure(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Result<Vec<PathInfo>, PathInfoError> {
+        let mut merged: HashMap<StorePath, PathInfo> = HashMap::with_capacity(paths.len());
+        let mut frontier: Vec<StorePath> = paths.to_vec();
+        frontier.sort();
+        frontier.dedup();
+        while !frontier.is_empty() {
+            let asked: Vec<String> = frontier.iter().map(|p| store_dir.display(p)).collect();
+            let answers = {
+                let asked = asked.clone();
+                self.with_connection("QueryPathInfo", move |c| {
+                    Box::pin(async move { c.query_path_infos(&asked).await })
+                })
+                .await?
+            };
+            let mut next = Vec::new();
+            for ((path, full), answer) in frontier.into_iter().zip(asked).zip(answers) {
+                let Some(raw) = answer else { return Err(PathInfoError::NotValid { path: full }) };
+                let info = path_info(store_dir, path, raw)?;
+                for r in &info.references {
+                    if !merged.contains_key(r) && *r != info.path {
+                        next.push(r.clone());
+                    }
+                }
+                merged.insert(info.path.clone(), info);
             }
+            next.sort();
+            next.dedup();
+            next.retain(|p| !merged.contains_key(p));
+            frontier = next;
         }
         topo_sort(merged.into_values().collect())
     }
-    /// The outputs of a derivation (`nix-store --query --outputs`), used when the hook got no OUT_PATHS.
+
+    /// The outputs of a derivation that have a path in the store's records (used when the hook got no
+    /// OUT_PATHS); a floating content-addressed output never built here has none.
     pub async fn derivation_outputs(
         &self,
         store_dir: &StoreDir,
         drv: &StorePath,
     ) -> Result<Vec<StorePath>, PathInfoError> {
-        let args = vec![store_dir.display(drv)];
-        let mut cmd = self.command("nix-store");
-        cmd.args(["--query", "--outputs", "--"]).args(&args);
-        let stdout = run(cmd, "nix-store --query --outputs", &args).await?;
-        let text =
-            String::from_utf8(stdout).map_err(|_| parse_err("nix-store --query --outputs", "output is not UTF-8"))?;
-        text.lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| store_dir.parse_path(l).map_err(|e| parse_err("nix-store --query --outputs", &e.to_string())))
+        let full = store_dir.display(drv);
+        let valid = {
+            let asked = vec![full.clone()];
+            self.with_connection("QueryValidPaths", move |c| Box::pin(async move { c.query_valid_paths(&asked).await }))
+                .await?
+        };
+        if valid.is_empty() {
+            return Err(PathInfoError::NotValid { path: full });
+        }
+        let map = self
+            .with_connection("QueryDerivationOutputMap", move |c| {
+                Box::pin(async move { c.derivation_output_map(&full).await })
+            })
+            .await?;
+        map.into_iter()
+            .filter_map(|(_, p)| p)
+            .map(|p| store_dir.parse_path(&p).map_err(|e| parse_err("QueryDerivationOutputMap", &e.to_string())))
             .collect()
     }
+
+    /// True when `path` is valid in the local store.
+    pub async fn is_valid(&self, store_dir: &StoreDir, path: &StorePath) -> Result<bool, PathInfoError> {
+        let asked = vec![store_dir.display(path)];
+        let valid = self
+            .with_connection("QueryValidPaths", move |c| Box::pin(async move { c.query_valid_paths(&asked).await }))
+            .await?;
+        Ok(!valid.is_empty())
+    }
+
     /// The build log of `drv` (`nix-store --read-log`), or `None` when Nix has none.
     pub async fn build_log(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Option<Vec<u8>>, PathInfoError> {
         let args = vec![store_dir.display(drv)];
@@ -134,26 +234,62 @@ impl NixCli {
         cmd.args(["--read-log", "--"]).args(&args);
         match run(cmd, "nix-store --read-log", &args).await {
             Ok(log) => Ok(Some(log)),
-            // Nix 2.8: "error: build log of derivation '…' is not available"
+            // Nix 2.8 and 2.26: "error: build log of derivation '…' is not available"
             Err(PathInfoError::Failed { stderr, .. }) if stderr.contains("is not available") => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
-        let exe = match &self.bin_dir {
+    fn program(&self, program: &str) -> PathBuf {
+        match &self.bin_dir {
             Some(dir) => dir.join(program),
             None => PathBuf::from(program),
-        };
-        let mut cmd = tokio::process::Command::new(exe);
+        }
+    }
+
+    /// A command for a Nix program, without niks3's own secrets (`NIKS3_*`) in its environment.
+    pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.program(program));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("NIKS3_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd
     }
 }
 
-/// Paths per `nix path-info` command line: store paths are ~60–100 bytes, so a batch stays far below the
-/// kernel's 2 MiB argument limit (and its 128 KiB limit per argument is never approached).
-pub const PATH_INFO_BATCH: usize = 4096;
+/// A [`PathInfo`] from the daemon's answer for `path`.
+fn path_info(store_dir: &StoreDir, path: StorePath, raw: RawPathInfo) -> Result<PathInfo, PathInfoError> {
+    const P: &str = "QueryPathInfo";
+    let nar_hash = parse_nar_hash(&raw.nar_hash).map_err(|e| parse_err(P, &e))?;
+    let mut references = raw
+        .references
+        .iter()
+        .map(|x| store_dir.parse_path(x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parse_err(P, &e.to_string()))?;
+    references.sort();
+    references.dedup();
+    let deriver = match raw.deriver {
+        Some(d) => Some(store_dir.parse_path(&d).map_err(|e| parse_err(P, &e.to_string()))?),
+        None => None,
+    };
+    Ok(PathInfo { path, nar_hash, nar_size: raw.nar_size, references, deriver, ca: raw.ca })
+}
+
+/// The daemon sends base16 without a prefix; any form Nix prints (`sha256:…`, SRI) is accepted too.
+fn parse_nar_hash(s: &str) -> Result<Sha256Hash, String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        return Ok(Sha256Hash(out));
+    }
+    Sha256Hash::parse(s).map_err(|e| format!("NarHash {s:?}: {e}"))
+}
 
 /// Longest stderr kept in an error (Nix can be chatty; the first lines say what went wrong).
 const MAX_STDERR: usize = 4096;
@@ -186,56 +322,11 @@ fn parse_err(program: &str, reason: &str) -> PathInfoError {
     PathInfoError::Parse { program: program.to_owned(), reason: reason.to_owned() }
 }
 
-/// One entry of `nix path-info --json` (Nix 2.8 prints an array of these).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawPathInfo {
-    path: String,
-    /// Absent (with `valid: false`) for paths that are not valid.
-    nar_hash: Option<String>,
-    nar_size: Option<u64>,
-    #[serde(default)]
-    references: Vec<String>,
-    deriver: Option<String>,
-    ca: Option<String>,
-    valid: Option<bool>,
-}
-
-/// Parses the JSON `nix path-info --json` prints; narHash may be SRI or `sha256:…`.
-pub fn parse_path_info_json(json: &[u8], store_dir: &StoreDir) -> Result<Vec<PathInfo>, PathInfoError> {
-    const P: &str = "nix path-info";
-    let raw: Vec<RawPathInfo> = serde_json::from_slice(json).map_err(|e| parse_err(P, &format!("bad JSON: {e}")))?;
-    raw.into_iter()
-        .map(|r| {
-            let path = store_dir.parse_path(&r.path).map_err(|e| parse_err(P, &e.to_string()))?;
-            if r.valid == Some(false) {
-                return Err(parse_err(P, &format!("{} is not valid in the local store", r.path)));
-            }
-            let nar_hash = r.nar_hash.ok_or_else(|| parse_err(P, &format!("{} has no narHash", r.path)))?;
-            let nar_hash = Sha256Hash::parse(&nar_hash).map_err(|e| parse_err(P, &e.to_string()))?;
-            let nar_size = r.nar_size.ok_or_else(|| parse_err(P, &format!("{} has no narSize", r.path)))?;
-            let mut references = r
-                .references
-                .iter()
-                .map(|x| store_dir.parse_path(x))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| parse_err(P, &e.to_string()))?;
-            references.sort();
-            references.dedup();
-            let deriver = match r.deriver {
-                Some(d) if !d.is_empty() => Some(store_dir.parse_path(&d).map_err(|e| parse_err(P, &e.to_string()))?),
-                _ => None,
-            };
-            Ok(PathInfo { path, nar_hash, nar_size, references, deriver, ca: r.ca.filter(|c| !c.is_empty()) })
-        })
-        .collect()
-}
-
 /// Orders `infos` so that every path comes after its references (self-references ignored); ties are
 /// broken by path so the order is deterministic. A reference outside the set, or a cycle, is an error.
 pub fn topo_sort(mut infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
     use std::collections::{BTreeSet, HashMap};
-    const P: &str = "nix path-info";
+    const P: &str = "the store's references";
     infos.sort_by(|a, b| a.path.cmp(&b.path));
     infos.dedup_by(|a, b| a.path == b.path);
     let index: HashMap<&StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
@@ -307,18 +398,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_nix_2_8_json_with_both_hash_forms() {
-        let json = br#"[{"path":"/nix/store/0i6zbjd8w6w1hwxg3m5fv8dqpbs21ybb-app","narHash":"sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=","narSize":384,"references":["/nix/store/1gblm7dp4jv2qq7yqwhy7ag1cf4dkk3z-tree","/nix/store/0i6zbjd8w6w1hwxg3m5fv8dqpbs21ybb-app"],"deriver":"/nix/store/7x26q5k0yjfyp5m6f2q2vx2l9d4i57j2-app.drv","registrationTime":1,"ultimate":true},
-            {"path":"/nix/store/1gblm7dp4jv2qq7yqwhy7ag1cf4dkk3z-tree","narHash":"sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73","narSize":8,"references":[],"ca":"fixed:r:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"}]"#;
-        let infos = parse_path_info_json(json, &StoreDir::default()).expect("parses");
-        assert_eq!(infos[0].nar_hash, infos[1].nar_hash);
-        assert_eq!(infos[0].references.len(), 2);
-        assert!(infos[0].deriver.as_ref().is_some_and(StorePath::is_derivation));
-        assert!(infos[1].ca.is_some());
-        let sorted = topo_sort(infos).expect("sorts");
-        assert_eq!(sorted[0].path.name(), "tree");
-        let invalid = br#"[{"path":"/nix/store/0i6zbjd8w6w1hwxg3m5fv8dqpbs21ybb-app","valid":false}]"#;
-        assert!(parse_path_info_json(invalid, &StoreDir::default()).is_err());
-        assert!(parse_path_info_json(b"not json", &StoreDir::default()).is_err());
+    fn nar_hashes_are_read_in_every_form_nix_sends() {
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let h = parse_nar_hash(hex).expect("base16, as the daemon sends it");
+        assert_eq!(h, Sha256Hash::digest(b""));
+        assert_eq!(parse_nar_hash(&h.to_nix_string()).expect("sha256:nix32"), h);
+        assert_eq!(parse_nar_hash(&h.to_sri()).expect("SRI"), h);
+        assert!(parse_nar_hash("e3b0").is_err());
+        assert!(parse_nar_hash(&hex.replace('e', "g")).is_err());
     }
 }

@@ -11,7 +11,7 @@
 //! The drv hash modulo is never computed here: Nix reports it (`nix realisation info --json <drv>`).
 
 use crate::nix::hash::Sha256Hash;
-use crate::nix::pathinfo::{NixCli, PathInfoError};
+use crate::nix::pathinfo::{LocalNix, PathInfoError};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::nix::store_path::{StoreDir, StorePath};
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,7 +139,7 @@ impl Realisation {
     }
 }
 
-impl NixCli {
+impl LocalNix {
     /// The realisations Nix registered for every output of `drv` (`nix realisation info --json <drv>`);
     /// fails if an output of `drv` was never built here. Only the local store is asked.
     pub async fn realisations(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Vec<Realisation>, PathInfoError> {

@@ -8,13 +8,17 @@
 //! - success → the entry is acknowledged (deleted) and the GC roots of its outputs removed;
 //! - transient failure (S3 or PostgreSQL unreachable) → the entry stays claimed and is retried with
 //!   jittered, capped exponential backoff, for as long as the outage lasts;
+//! - the local Nix store cannot be read (Nix missing or broken, the daemon refusing connections, an
+//!   answer in a format we do not know) → the same: that is niks3's environment, not the entry's fault.
+//!   Each distinct cause is logged once (with the Nix version), shown on `/health` and `/metrics`, and
+//!   the entries go through as soon as it is fixed;
 //! - anything else (unparsable entry, path outside the store, vanished, modified since it was built) →
 //!   quarantined with one log line and a `.reason` file; it is never retried forever.
 //!
 //! Shutdown abandons in-flight entries: they stay in `claimed/` and are re-processed on the next start.
 
 use crate::metrics::Metrics;
-use crate::nix::pathinfo::NixCli;
+use crate::nix::pathinfo::{LocalNix, PathInfoError};
 use crate::nix::realisation::Realisation;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::upload::retry::Backoff;
@@ -48,6 +52,9 @@ pub trait Process: Send + Sync + 'static {
     fn process(&self, work: &Work) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// True when retrying later may succeed; false quarantines the entry.
     fn is_transient(error: &Self::Error) -> bool;
+    /// The local Nix store error behind `error`, when the store could not be read (then the error is
+    /// also transient, and is reported on `/health` and `/metrics`).
+    fn nix_environment(error: &Self::Error) -> Option<&PathInfoError>;
 }
 
 impl Process for crate::upload::pipeline::Uploader {
@@ -63,6 +70,33 @@ impl Process for crate::upload::pipeline::Uploader {
     }
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
+    }
+    fn nix_environment(error: &Self::Error) -> Option<&PathInfoError> {
+        error.nix_environment()
+    }
+}
+
+/// Why an entry could not be turned into [`Work`].
+enum Unusable {
+    /// The entry itself is wrong (unparsable, not in the store, names nothing): quarantine it.
+    Garbage(String),
+    /// The local Nix store could not be read: keep the entry and retry.
+    Nix {
+        /// What we were asking.
+        what: String,
+        /// Why it failed.
+        error: PathInfoError,
+    },
+}
+
+impl Unusable {
+    /// `error` while doing `what`: garbage when Nix said the path is not valid, else the environment's.
+    fn nix(what: String, error: PathInfoError) -> Self {
+        if error.is_environment() {
+            Unusable::Nix { what, error }
+        } else {
+            Unusable::Garbage(format!("{what}: {error}"))
+        }
     }
 }
 
@@ -84,7 +118,7 @@ pub struct DrainConfig {
     /// The Nix store the entries' paths must lie in.
     pub store_dir: StoreDir,
     /// Resolves a derivation's outputs when the hook could not.
-    pub nix: NixCli,
+    pub nix: LocalNix,
     /// Entries processed at once.
     pub concurrency: usize,
     /// Polling interval (the fallback for inotify).
@@ -97,7 +131,13 @@ pub struct DrainConfig {
 
 impl DrainConfig {
     /// Defaults: 2 s polling, backoff 0.5 s doubling up to 60 s, run forever.
-    pub fn new(spool_dir: PathBuf, gcroots_dir: PathBuf, store_dir: StoreDir, nix: NixCli, concurrency: usize) -> Self {
+    pub fn new(
+        spool_dir: PathBuf,
+        gcroots_dir: PathBuf,
+        store_dir: StoreDir,
+        nix: LocalNix,
+        concurrency: usize,
+    ) -> Self {
         Self {
             spool_dir,
             gcroots_dir,
@@ -217,18 +257,30 @@ impl<P: Process> Drainer<P> {
                 return self.quarantine(claimed, &reason, &[]).await;
             }
         };
-        let work = match self.work_of(&entry).await {
-            Ok(work) => work,
-            Err(reason) => {
-                let valid: Vec<StorePath> =
-                    entry.outs.iter().filter_map(|o| self.config.store_dir.parse_path(o).ok()).collect();
-                return self.quarantine(claimed, &reason, &valid).await;
+        let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
+        let work = loop {
+            match self.work_of(&entry).await {
+                Ok(work) => break work,
+                Err(Unusable::Garbage(reason)) => {
+                    let valid: Vec<StorePath> =
+                        entry.outs.iter().filter_map(|o| self.config.store_dir.parse_path(o).ok()).collect();
+                    return self.quarantine(claimed, &reason, &valid).await;
+                }
+                Err(Unusable::Nix { what, error }) => {
+                    let delay = backoff.next_delay();
+                    self.nix_trouble(&format!("{what}: {error}"), &claimed, backoff.attempts(), delay).await;
+                    tokio::time::sleep(delay).await;
+                }
             }
         };
-        let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
         loop {
             match self.processor.process(&work).await {
                 Ok(()) => break,
+                Err(e) if P::nix_environment(&e).is_some() => {
+                    let delay = backoff.next_delay();
+                    self.nix_trouble(&e.to_string(), &claimed, backoff.attempts(), delay).await;
+                    tokio::time::sleep(delay).await;
+                }
                 Err(e) if P::is_transient(&e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
@@ -246,6 +298,9 @@ impl<P: Process> Drainer<P> {
                 }
             }
         }
+        if let Some(cause) = self.metrics.record_nix_ok() {
+            tracing::info!(was = %cause, "the local Nix store can be read again");
+        }
         self.remove_roots(&work.outputs).await;
         let spool = self.spool.clone();
         let entry_path = claimed.path.clone();
@@ -261,21 +316,40 @@ impl<P: Process> Drainer<P> {
         Outcome::Acked
     }
 
+    /// Records that `claimed` waits for the local Nix store: logged at error level (with the Nix version)
+    /// once per distinct cause, at debug level for every further entry and retry.
+    async fn nix_trouble(&self, cause: &str, claimed: &Claimed, attempt: u32, retry_in: Duration) {
+        if self.metrics.record_nix_trouble(cause) {
+            let nix = match self.config.nix.version().await {
+                Ok(v) => v,
+                Err(e) => format!("unknown ({e})"),
+            };
+            tracing::error!(
+                %nix,
+                error = cause,
+                "cannot read the local Nix store; queued entries stay in the spool and are uploaded once this is fixed"
+            );
+        } else {
+            tracing::debug!(entry = %claimed.path.display(), attempt, retry_in = ?retry_in, error = cause, "still cannot read the local Nix store");
+        }
+    }
+
     /// The entry's outputs and realisations, validated and resolved; or why the entry is unusable.
     ///
     /// Outputs named by `realisation=` are looked up in Nix's realisations of the drv and their paths get
     /// a GC root here (the hook could not root a path it did not know), removed with the others.
-    async fn work_of(&self, entry: &Entry) -> Result<Work, String> {
+    async fn work_of(&self, entry: &Entry) -> Result<Work, Unusable> {
         let store_dir = &self.config.store_dir;
+        let nix = &self.config.nix;
         let mut outputs = Vec::with_capacity(entry.outs.len());
         for out in &entry.outs {
-            outputs.push(store_dir.parse_path(out).map_err(|e| format!("output {e}"))?);
+            outputs.push(store_dir.parse_path(out).map_err(|e| Unusable::Garbage(format!("output {e}")))?);
         }
         let drv = match &entry.drv {
             Some(d) => {
-                let drv = store_dir.parse_path(d).map_err(|e| format!("derivation {e}"))?;
+                let drv = store_dir.parse_path(d).map_err(|e| Unusable::Garbage(format!("derivation {e}")))?;
                 if !drv.is_derivation() {
-                    return Err(format!("{} is not a derivation", store_dir.display(&drv)));
+                    return Err(Unusable::Garbage(format!("{} is not a derivation", store_dir.display(&drv))));
                 }
                 Some(drv)
             }
@@ -283,15 +357,22 @@ impl<P: Process> Drainer<P> {
         };
         let mut realisations = Vec::new();
         if let Some(drv) = drv.as_ref().filter(|_| !entry.realisations.is_empty()) {
-            let known = self
-                .config
-                .nix
-                .realisations(store_dir, drv)
-                .await
-                .map_err(|e| format!("reading the realisations of {}: {e}", store_dir.display(drv)))?;
+            let what = || format!("reading the realisations of {}", store_dir.display(drv));
+            // A derivation deleted since the build is the entry's problem; `nix realisation info` failing
+            // on a valid one is the environment's.
+            if !nix.is_valid(store_dir, drv).await.map_err(|e| Unusable::nix(what(), e))? {
+                return Err(Unusable::Garbage(format!(
+                    "{} is not valid in the local Nix store",
+                    store_dir.display(drv)
+                )));
+            }
+            let known = nix.realisations(store_dir, drv).await.map_err(|e| Unusable::nix(what(), e))?;
             for name in &entry.realisations {
                 let r = known.iter().find(|r| r.id.output == *name).ok_or_else(|| {
-                    format!("output {name:?} of {} has no realisation in the local Nix store", store_dir.display(drv))
+                    Unusable::Garbage(format!(
+                        "output {name:?} of {} has no realisation in the local Nix store",
+                        store_dir.display(drv)
+                    ))
                 })?;
                 realisations.push(r.clone());
             }
@@ -301,16 +382,14 @@ impl<P: Process> Drainer<P> {
         }
         if outputs.is_empty() {
             let Some(drv) = &drv else {
-                return Err("the entry names no outputs and no derivation".to_owned());
+                return Err(Unusable::Garbage("the entry names no outputs and no derivation".to_owned()));
             };
-            outputs = self
-                .config
-                .nix
+            outputs = nix
                 .derivation_outputs(store_dir, drv)
                 .await
-                .map_err(|e| format!("resolving the outputs of {}: {e}", store_dir.display(drv)))?;
+                .map_err(|e| Unusable::nix(format!("resolving the outputs of {}", store_dir.display(drv)), e))?;
             if outputs.is_empty() {
-                return Err(format!("{} has no outputs", store_dir.display(drv)));
+                return Err(Unusable::Garbage(format!("{} has no outputs", store_dir.display(drv))));
             }
         }
         outputs.sort();

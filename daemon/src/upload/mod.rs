@@ -110,20 +110,27 @@ pub enum UploadError {
 }
 
 impl UploadError {
+    /// The Nix store query behind this error, when the store could not be read (see
+    /// [`PathInfoError::is_environment`]): the drainer reports it on `/health` and `/metrics`.
+    pub fn nix_environment(&self) -> Option<&PathInfoError> {
+        match self {
+            UploadError::PathInfo(e) if e.is_environment() => Some(e),
+            _ => None,
+        }
+    }
+
     /// True when retrying later may succeed (S3 or PostgreSQL unreachable). False when the input itself
     /// is bad (path invalid, vanished or modified): the entry is quarantined instead of retried forever.
     pub fn is_transient(&self) -> bool {
         match self {
             UploadError::Store(e) => e.is_transient(),
             UploadError::Db(e) => e.is_transient(),
-            // Nix not startable is an environment problem, not the entry's fault. A reference vanishing
-            // from the cache between our query and the publish is a GC race: a retry recomputes what is
-            // missing and uploads it again.
-            UploadError::PathInfo(PathInfoError::Spawn { .. })
-            | UploadError::MissingReference { .. }
-            | UploadError::RealisationIncomplete { .. } => true,
-            UploadError::PathInfo(_)
-            | UploadError::HashMismatch { .. }
+            // A store niks3 cannot read (Nix missing, daemon down, an answer in an unknown format) is an
+            // environment problem, not the entry's fault. A reference vanishing from the cache between our
+            // query and the publish is a GC race: a retry recomputes what is missing and uploads it again.
+            UploadError::PathInfo(e) => e.is_environment(),
+            UploadError::MissingReference { .. } | UploadError::RealisationIncomplete { .. } => true,
+            UploadError::HashMismatch { .. }
             | UploadError::Vanished { .. }
             | UploadError::Nar { .. }
             | UploadError::RealisationUnresolved { .. }

@@ -9,7 +9,7 @@
 
 use crate::db::{Db, NewObject, UploadId};
 use crate::metrics::Metrics;
-use crate::nix::pathinfo::{NixCli, PathInfo};
+use crate::nix::pathinfo::{LocalNix, PathInfo};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, Store};
 use crate::upload::UploadError;
@@ -102,7 +102,7 @@ enum Step {
 /// together never stream more than `jobs` NARs.
 pub struct Uploader {
     publisher: Publisher,
-    nix: NixCli,
+    nix: LocalNix,
     metrics: Arc<Metrics>,
     nar_slots: Arc<Semaphore>,
     locks: PathLocks,
@@ -113,7 +113,7 @@ pub struct Uploader {
 impl Uploader {
     /// An uploader publishing through `publisher`, reading the local store with `nix`, streaming at most
     /// `jobs` NARs at a time (at least 1).
-    pub fn new(publisher: Publisher, nix: NixCli, metrics: Arc<Metrics>, jobs: usize) -> Self {
+    pub fn new(publisher: Publisher, nix: LocalNix, metrics: Arc<Metrics>, jobs: usize) -> Self {
         let jobs = jobs.max(1);
         Self {
             publisher,
@@ -158,7 +158,7 @@ impl Uploader {
     }
 
     /// The Nix command line used to read the local store.
-    pub fn nix(&self) -> &NixCli {
+    pub fn nix(&self) -> &LocalNix {
         &self.nix
     }
 

@@ -13,7 +13,7 @@
 //! what it points to.
 
 use crate::db::Db;
-use crate::nix::pathinfo::NixCli;
+use crate::nix::pathinfo::LocalNix;
 use crate::nix::realisation::{DrvOutput, Realisation};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::ObjectKey;
@@ -58,7 +58,7 @@ impl Uploader {
 /// cache already has are not looked for; without (a client pushing to a remote server), every dependent
 /// is resolved.
 pub async fn resolve(
-    nix: &NixCli,
+    nix: &LocalNix,
     store_dir: &StoreDir,
     drv: &StorePath,
     realisations: &[Realisation],
