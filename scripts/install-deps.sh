@@ -31,7 +31,7 @@ if [ $want_test = 1 ]; then
   "$(dirname "$0")/trixie-nix-chroot.sh" "${NIKS3_TEST_TRIXIE_CHROOT:-/var/cache/niks3-test/trixie}" >/dev/null &
   chroot_pid=$!
   export PATH=$HOME/.cargo/bin:$PATH
-  if ! garage --version 2>/dev/null | grep -q 'v2.5.0'; then
+  if ! garage --version 2>/dev/null | grep -Eq '(v|cargo:)2\.5\.0\b'; then
     echo "install-deps: cargo install garage 2.5.0 (one time, several minutes)" >&2
     cargo install garage --locked --version 2.5.0 --no-default-features --features bundled-libs,sqlite
   fi
