@@ -73,12 +73,7 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
     let mut server = w.serve();
     w.wait_http(&server);
     let key = w.public_key();
-    drained_cleanly(&w, &server, &cell);
     w.wait_uploaded(&odd, &server, Duration::from_secs(60));
-    let Backend::Local(cache) = &w.backend else { unreachable!() };
-    let realisations = e2e_support::check_realisations(cache);
-    assert!(realisations >= 3, "{cell}: {realisations} realisations in the cache:\n{}", server.log_text());
-    e2e_support::check_local_invariant(cache);
 
     // The same Nix substitutes the odd closure byte for byte, signatures required.
     let url = w.url();
@@ -103,14 +98,6 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
         assert!(by_drv_text.contains("is not a valid store path"), "{cell}: nix log {drv}: {by_drv_text}");
     }
 
-    // The content-addressed graph substitutes through its realisations: the builders refuse to run again.
-    std::fs::write(&marker, "").expect("marker");
-    let ca_file = w.dir.path().join("ca.nix");
-    std::fs::write(&ca_file, &ca_expr).expect("write ca expression");
-    let (ok, log, ca_store) = build_in_fresh_store(&w, &ca_file, "c", &url, &key, "ca-fresh");
-    assert!(ok && !log.contains("REBUILT"), "{cell}: nix-build of c from the cache built something:\n{log}");
-    assert!(ca_store.join(c_out[0].trim_start_matches('/')).exists(), "{cell}: c not substituted:\n{log}");
-
     // `niks3 push` of a path no hook saw; it then substitutes.
     let token = w.arg(&w.state().join("api-token"));
     w.niks3(&["push", "--server", &url, "--auth-token-file", &token, &pushed]);
@@ -134,6 +121,22 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
         assert_eq!(left, 0, "{cell}: the builder's spool has {left} entries in {sub}/:\n{drain_log}");
     }
     w.nix.substitute(&url, "drained", &drained, &key).unwrap_or_else(|e| panic!("{cell}: drained path: {e}"));
+
+    // Everything the hook queued is in the cache, content-addressed outputs with their realisations
+    // (checked last: this is where a Nix whose realisations the daemon cannot read fails).
+    drained_cleanly(&w, &server, &cell);
+    let Backend::Local(cache) = &w.backend else { unreachable!() };
+    let realisations = e2e_support::check_realisations(cache);
+    assert!(realisations >= 3, "{cell}: {realisations} realisations in the cache:\n{}", server.log_text());
+    e2e_support::check_local_invariant(cache);
+
+    // The content-addressed graph substitutes through its realisations: the builders refuse to run again.
+    std::fs::write(&marker, "").expect("marker");
+    let ca_file = w.dir.path().join("ca.nix");
+    std::fs::write(&ca_file, &ca_expr).expect("write ca expression");
+    let (ok, log, ca_store) = build_in_fresh_store(&w, &ca_file, "c", &url, &key, "ca-fresh");
+    assert!(ok && !log.contains("REBUILT"), "{cell}: nix-build of c from the cache built something:\n{log}");
+    assert!(ca_store.join(c_out[0].trim_start_matches('/')).exists(), "{cell}: c not substituted:\n{log}");
 
     server.terminate();
     eprintln!("{cell}: {:.1} s", start.elapsed().as_secs_f64());
