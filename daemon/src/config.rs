@@ -545,17 +545,44 @@ impl ServeConfig {
         let _ = writeln!(out, "Add to nix.conf (or nix.settings on NixOS):");
         let _ = writeln!(out, "  extra-substituters = {}", self.cache_url);
         let _ = writeln!(out, "  extra-trusted-public-keys = {}", keys.join(" "));
-        if self.spool_dir.is_some() {
+        if let Some(spool) = &self.spool_dir {
             let _ = writeln!(out, "  post-build-hook = {}", Self::hook_path().display());
-            if let Some(spool) = &self.spool_dir
-                && spool != Path::new("/var/lib/niks3/spool")
-            {
+            let custom = spool != Path::new("/var/lib/niks3/spool");
+            if nix_daemon_running() {
+                // Multi-user Nix: nix-daemon runs the hook, as root, with the daemon's environment (not the
+                // environment of whoever started the build), and reads the hook only from its own nix.conf.
+                let _ = writeln!(
+                    out,
+                    "  (in /etc/nix/nix.conf: nix-daemon runs the hook; restart nix-daemon after editing)"
+                );
+                if custom {
+                    let _ = writeln!(
+                        out,
+                        "Give nix-daemon the spool: `systemctl edit nix-daemon`, add\n  [Service]\n  Environment=NIKS3_SPOOL_DIR={}\nthen `systemctl restart nix-daemon`.",
+                        spool.display()
+                    );
+                }
+            } else if custom {
                 let _ =
                     writeln!(out, "  (and run nix with NIKS3_SPOOL_DIR={} so the hook queues here)", spool.display());
             }
         }
         out
     }
+}
+
+/// True when builds go through a nix-daemon (multi-user Nix): `NIX_REMOTE=daemon` or the daemon's
+/// socket exists where Nix looks for it (`NIX_DAEMON_SOCKET_PATH`, else the default).
+fn nix_daemon_running() -> bool {
+    if std::env::var("NIX_REMOTE").is_ok_and(|r| r == "daemon" || r.starts_with("unix://")) {
+        return true;
+    }
+    let socket = std::env::var_os("NIX_DAEMON_SOCKET_PATH")
+        .map_or_else(|| PathBuf::from("/nix/var/nix/daemon-socket/socket"), PathBuf::from);
+    std::os::unix::fs::FileTypeExt::is_socket(&match std::fs::metadata(&socket) {
+        Ok(m) => m.file_type(),
+        Err(_) => return false,
+    })
 }
 
 #[cfg(test)]

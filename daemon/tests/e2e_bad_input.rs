@@ -51,7 +51,7 @@ fn bad_entries_are_quarantined_with_a_reason_and_nothing_reaches_the_cache() {
         })
         .collect();
     let has = |needle: &str| reasons.iter().any(|r| r.contains(needle));
-    assert!(has("line 1: expected"), "garbage: {reasons:#?}");
+    assert!(has("line 1: is not the version line"), "garbage: {reasons:#?}");
     assert!(has("truncated"), "truncated: {reasons:#?}");
     assert!(has("/tmp/niks3-evil-path"), "outside the store: {reasons:#?}");
     assert!(has("eeee-too-short-hash"), "bad name: {reasons:#?}");

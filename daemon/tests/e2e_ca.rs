@@ -207,7 +207,7 @@ fn bad_ca_entries_are_quarantined_with_a_clear_reason() {
     reasons.sort();
     assert_eq!(reasons.len(), 3, "{reasons:?}\n{}", server.log_text());
     let all = reasons.join("\n");
-    for why in ["there is no drv=", "realisation=\"a/b\"", "\"dev\""] {
+    for why in ["there is no drv=", "realisation= value: output name has a character other than", "\"dev\""] {
         assert!(all.contains(why), "no reason mentions {why:?}: {all}");
     }
     // Nothing was uploaded for them, and no GC root is left behind.

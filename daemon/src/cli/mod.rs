@@ -5,7 +5,7 @@ pub mod gc;
 pub mod key;
 pub mod push;
 pub mod serve;
-// pub mod spool;  (after the hooksec merge: Spool::requeue)
+pub mod spool;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +34,9 @@ pub enum Command {
     /// Manage signing keys (same file formats as `nix key`).
     #[command(subcommand)]
     Key(key::Command),
+    /// Inspect the local spool; put quarantined entries back in the queue.
+    #[command(subcommand)]
+    Spool(spool::Command),
 }
 
 /// Dispatches to the subcommand.
@@ -44,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Drain(a) => drain::run(a),
         Command::Gc(a) => gc::run(a),
         Command::Key(c) => key::run(c),
+        Command::Spool(c) => spool::run(c),
     }
 }
 

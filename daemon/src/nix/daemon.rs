@@ -22,9 +22,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const WORKER_MAGIC_1: u64 = 0x6e69_7863;
 const WORKER_MAGIC_2: u64 = 0x6478_696f;
-/// The protocol version we speak (1.35: the daemon reports its Nix version (1.33) and whether it trusts
+/// The protocol version we speak (0x123 = 1.35: the daemon reports its Nix version (1.33) and whether it trusts
 /// us (1.35)). The connection uses the lower of ours and the daemon's.
-const CLIENT_VERSION: u64 = (1 << 8) | 35;
+const CLIENT_VERSION: u64 = 0x123;
 /// Oldest daemon protocol we accept: 1.21 is Nix 2.3 (realisations need 1.31, Nix 2.4+).
 const MIN_MINOR: u64 = 21;
 
@@ -222,7 +222,7 @@ impl Connection {
         let minor = self.minor;
         let Connection { to, from, stderr, .. } = self;
         let stderr = &*stderr;
-        let send = async {
+        let requests = async {
             let mut w = Wire::new(to, Q);
             for p in paths {
                 w.u64(OP_QUERY_PATH_INFO).await;
@@ -245,21 +245,21 @@ impl Connection {
             }
             Ok(out)
         };
-        tokio::pin!(send, receive);
-        let mut sent = None;
+        tokio::pin!(requests, receive);
+        let mut written = None;
         let received = loop {
             tokio::select! {
-                r = &mut send, if sent.is_none() => sent = Some(r),
+                r = &mut requests, if written.is_none() => written = Some(r),
                 r = &mut receive => break r,
             }
         };
         let received = received.map_err(|e| read_error(stderr, Q, e))?;
         // Every answer came back, so the daemon read every request: the send side is done or about to be.
-        let sent = match sent {
+        let written = match written {
             Some(r) => r,
-            None => send.await,
+            None => requests.await,
         };
-        sent.map_err(|e| io_error(stderr, Q, e))?;
+        written.map_err(|e| io_error(stderr, Q, e))?;
         let mut infos = Vec::with_capacity(received.len());
         for r in received {
             match r {
@@ -632,7 +632,7 @@ mod tests {
     async fn strings_are_padded_to_eight_bytes_and_read_back() {
         let mut buf = Vec::new();
         let mut w = Wire::new(&mut buf, "test");
-        w.strings(&["".to_owned(), "abc".to_owned(), "12345678".to_owned()]).await;
+        w.strings(&[String::new(), "abc".to_owned(), "12345678".to_owned()]).await;
         assert!(w.done().is_ok());
         assert_eq!(buf.len(), 8 + 8 + (8 + 8) + (8 + 8));
         let mut from: &[u8] = &buf;

@@ -98,6 +98,8 @@ pub struct LocalNix {
     /// Directory containing `nix`, `nix-store` and `nix-daemon`; `None` means `$PATH`.
     pub bin_dir: Option<PathBuf>,
     conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
+    /// Set once `nix` refused `<drv>^*` (Nix < 2.13): see [`LocalNix::realisations`].
+    pub(crate) old_installable_syntax: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Longest a single protocol call may take (a 10 000-path closure takes well under a second).
@@ -106,7 +108,7 @@ const CALL_TIMEOUT: Duration = Duration::from_mins(2);
 impl LocalNix {
     /// Nix from `bin_dir` (`None`: from `$PATH`).
     pub fn new(bin_dir: Option<PathBuf>) -> Self {
-        LocalNix { bin_dir, conn: Arc::default() }
+        LocalNix { bin_dir, ..LocalNix::default() }
     }
 
     /// The Nix the daemon connection reports (`Nix 2.26.3 (protocol 1.35)`), opening it if needed.
