@@ -26,8 +26,10 @@ complete() {
   status=$(chroot "$1" /usr/bin/env -i PATH=/usr/bin:/bin dpkg-query -W -f='${db:Status-Abbrev}\n' $packages 2>/dev/null) || return 1
   [ "$(printf '%s\n' "$status" | grep -cv '^ii')" = 0 ]
 }
+# What is installed (dpkg's record: nix itself needs /proc, which is not mounted here).
+version() { chroot "$1" /usr/bin/env -i PATH=/usr/bin:/bin dpkg-query -W -f='nix-bin ${Version}\n' nix-bin; }
 if [ -d "$dir" ] && complete "$dir"; then
-  chroot "$dir" nix --version
+  version "$dir"
   exit 0
 fi
 
@@ -69,4 +71,4 @@ unmount_all "$work"
 trap - EXIT
 complete "$work" || { echo "trixie-nix-chroot: $work is still incomplete after apt" >&2; exit 1; }
 [ "$work" = "$dir" ] || mv "$work" "$dir"
-chroot "$dir" nix --version
+version "$dir"
