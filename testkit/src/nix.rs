@@ -94,8 +94,8 @@ impl NixEnv {
         }
     }
 
-    /// A new temporary directory this environment's programs can reach, under the same name as the host
-    /// after [`NixEnv::nix_path`] (inside the chroot for a chroot's Nix).
+    /// A new temporary directory this environment's programs can reach (in the chroot's `/tmp` for a
+    /// chroot's Nix); they call it [`NixEnv::nix_path`] of its path.
     pub fn tempdir(&self, prefix: &str) -> io::Result<tempfile::TempDir> {
         match &self.chroot {
             Some(c) => c.tempdir(prefix),
