@@ -62,7 +62,7 @@ pub enum DaemonError {
     },
     /// The connection broke (the daemon exited, the socket was refused or closed); `stderr` is what the
     /// child said before it went, if anything.
-    #[error("connection to the Nix daemon lost during {during}: {source}{}", stderr_suffix(.stderr))]
+    #[error("{}", io_message(.during, .source, .stderr))]
     Io {
         /// What we were doing.
         during: &'static str,
@@ -95,8 +95,14 @@ pub enum DaemonError {
     },
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() { String::new() } else { format!(" (nix-daemon said: {stderr})") }
+/// What the child said is the cause when it said anything (the I/O error is then only how we noticed,
+/// and varies between runs: EOF or a broken pipe), so one cause reads the same every time.
+fn io_message(during: &str, source: &std::io::Error, stderr: &str) -> String {
+    if stderr.is_empty() {
+        format!("connection to the Nix daemon lost during {during}: {source}")
+    } else {
+        format!("the Nix daemon connection closed during {during}; nix-daemon said: {stderr}")
+    }
 }
 
 /// What a path's entry in the daemon's database says (`ValidPathInfo` without the path).
