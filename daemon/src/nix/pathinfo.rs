@@ -296,11 +296,7 @@ impl LocalNix {
     pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.program(program));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("NIKS3_") {
-                cmd.env_remove(k);
-            }
-        }
+        crate::child_env::scrub(&mut cmd);
         cmd
     }
 }
