@@ -129,19 +129,16 @@ impl EmbeddedPostgres {
     /// A command running PostgreSQL program `name` as the server user.
     fn pg_command(&self, name: &str) -> Command {
         let program = self.bin.join(name);
-        match &self.run_as {
+        let mut c = match &self.run_as {
             Some(user) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={user}")).arg(format!("--regid={user}")).arg("--init-groups").arg(program);
-                crate::child_env::scrub(&mut c);
                 c
             }
-            None => {
-                let mut c = Command::new(program);
-                crate::child_env::scrub(&mut c);
-                c
-            }
-        }
+            None => Command::new(program),
+        };
+        crate::child_env::scrub(&mut c);
+        c
     }
 
     /// Runs initdb once: into `data.new`, renamed to `data` only when complete, so an interrupted first
