@@ -15,9 +15,11 @@
 #   - niks3-hook runs inside nix-daemon, as root. It writes entries into spool/tmp, fsyncs and renames
 #     them into spool/new, and adds symlinks in the GC roots directory. Root needs no permission bits,
 #     so every directory is owned by niks3:niks3 (created by systemd-tmpfiles with the right owner, so
-#     the hook never creates a root-owned directory the service could not use). Entries are root-owned
-#     files, mode 0644: the service reads them and renames/unlinks them, which needs write permission
-#     on the directories only.
+#     the hook never creates a root-owned directory the service could not use; the hook itself creates
+#     no directory and follows no symlink in the spool). Entries are handed to the spool's owner, mode
+#     0640: the service reads them and renames/unlinks them.
+#   - The server and the drainer read the Nix store through `nix-daemon --stdio` (on `path`), which
+#     forwards to the system's nix-daemon (NIX_REMOTE=daemon): the worker protocol, any Nix version.
 #   - Secrets never enter the Nix store: options take runtime paths (strings, e.g. sops-nix paths) and
 #     systemd's LoadCredential copies them into $CREDENTIALS_DIRECTORY (`%d`) for the service alone.
 { config, lib, pkgs, ... }:

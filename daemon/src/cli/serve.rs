@@ -200,6 +200,7 @@ fn start_http(
         metrics,
         api_token: Some(api_token),
         limits: niks3::http::ApiLimits::default(),
+        connection_limits: niks3::http::listener::Limits::default(),
     });
     Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
 }

@@ -98,6 +98,7 @@ impl TestServer {
             metrics: Arc::new(Metrics::default()),
             api_token: token,
             limits: ApiLimits::default(),
+            connection_limits: niks3::http::listener::Limits::default(),
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(niks3::http::serve_listener(Arc::clone(&state), listener, async move {
