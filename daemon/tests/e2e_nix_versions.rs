@@ -4,7 +4,8 @@
 //!
 //! - `nix-build` of a closure with odd content (names with spaces and unicode, symlinks, an executable, an
 //!   empty file and directory) and of content-addressed derivations, through `niks3-hook`, into the spool;
-//! - `niks3 serve` on its embedded PostgreSQL caches them, realisations included;
+//! - `niks3 serve` on its embedded PostgreSQL caches them, realisations included (one of them found only
+//!   by walking the derivation graph: its own entries are dropped);
 //! - that same Nix substitutes them into a fresh store through the read proxy, signatures required, the
 //!   content-addressed graph without building anything, and reads the build log with `nix log`;
 //! - `niks3 push` of a path no hook saw, and `niks3 drain --server` of a builder's spool.
@@ -68,6 +69,10 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
     // odd, hello, a, b, c, drained, and the resolved copies of b and c that Nix builds too.
     assert!(queued >= 6, "{cell}: the hook queued {queued} entries");
     let builder_spool = move_entries_of(&w, &w.nix.deriver(&drained[0]).expect("deriver"));
+    // b's entries (the original and the resolved) are dropped, as if b had been built before niks3 was
+    // installed: its realisation must be found by walking c's input derivations.
+    let dropped = drop_entries(&w, |drv| drv.ends_with("-e2e-ca-b.drv"));
+    assert!(dropped >= 1, "{cell}: no entry for b");
     let pushed = add_odd_source(&w);
 
     let mut server = w.serve();
@@ -170,6 +175,19 @@ fn move_entries_of(w: &World, drv: &str) -> PathBuf {
     }
     assert_eq!(moved, 1, "one entry for {drv}");
     builder
+}
+
+/// Removes the spool entries whose `drv=` satisfies `is_dropped`; returns how many.
+fn drop_entries(w: &World, is_dropped: impl Fn(&str) -> bool) -> usize {
+    let mut dropped = 0;
+    for e in w.spool_entries("new") {
+        let entry = spool::read_entry(&e).expect("spool entry");
+        if entry.drv.as_deref().is_some_and(&is_dropped) {
+            std::fs::remove_file(&e).expect("remove entry");
+            dropped += 1;
+        }
+    }
+    dropped
 }
 
 /// Adds a directory with odd names to the store with `nix-store --add` (no build, so no hook) and returns
