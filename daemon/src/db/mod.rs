@@ -25,10 +25,11 @@
 pub mod embedded;
 mod migrate;
 
+use crate::nix::hash::Sha256Hash;
 use crate::store::ObjectKey;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -133,6 +134,15 @@ pub struct NewObject {
     pub size: u64,
     /// Keys it keeps alive.
     pub refs: Vec<ObjectKey>,
+}
+
+/// A stored file as the database knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Size in bytes as stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, when recorded.
+    pub file_hash: Option<Sha256Hash>,
 }
 
 /// Counts for the landing page, `/metrics` and tests.
@@ -328,6 +338,127 @@ impl Db {
         .map_err(q("finish_upload: closure"))?;
         t.commit().await.map_err(q("finish_upload: commit"))?;
         Ok(())
+    }
+
+    /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
+    /// pushed at `now` and the sessions go. One transaction. Fails with [`DbError::UploadExpired`] (naming
+    /// the first id) when GC dropped any of them meanwhile: then nothing is recorded.
+    pub async fn finish_uploads(
+        &self,
+        ids: &[UploadId],
+        roots: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let Some(first) = ids.first() else { return Ok(()) };
+        let raw: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(q("finish_uploads: begin"))?;
+        let n =
+            t.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&raw]).await.map_err(q("finish_uploads: delete"))?;
+        if usize::try_from(n).ok() != Some(raw.len()) {
+            return Err(DbError::UploadExpired(*first));
+        }
+        t.execute(
+            "INSERT INTO closures (root, pushed_at) SELECT DISTINCT r, $2::timestamptz FROM unnest($1::text[]) r \
+             ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at)",
+            &[&strs(roots), &now],
+        )
+        .await
+        .map_err(q("finish_uploads: closures"))?;
+        t.commit().await.map_err(q("finish_uploads: commit"))?;
+        Ok(())
+    }
+
+    /// Records a NAR file now in the store, with its `FileHash` when known (upsert like
+    /// [`Db::record_object`]; a `FileHash` already recorded is kept: a stored NAR is never replaced, so
+    /// the first hash recorded is the file's).
+    pub async fn record_nar(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        file_hash: Option<&Sha256Hash>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let hash = file_hash.map(Sha256Hash::to_nix_string);
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
+             VALUES ($1, $2, $3, '{}', $4, $4, $5) \
+             ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
+             marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)",
+            &[&key.as_str(), &key.kind().as_str(), &size, &now, &hash],
+        )
+        .await
+        .map_err(q("record_nar"))?;
+        Ok(())
+    }
+
+    /// The stored NAR files among `keys` (rows not being deleted): key → (size, `FileHash` when known).
+    pub async fn nar_files(&self, keys: &[ObjectKey]) -> Result<HashMap<String, StoredFile>, DbError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT key, size, file_hash FROM objects WHERE key = ANY($1) AND NOT deleting", &[&strs(keys)])
+            .await
+            .map_err(q("nar_files"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let file_hash = r.get::<_, Option<&str>>(2).and_then(|h| Sha256Hash::parse(h).ok());
+                let size = u64::try_from(r.get::<_, i64>(1)).unwrap_or(0);
+                (r.get::<_, String>(0), StoredFile { size, file_hash })
+            })
+            .collect())
+    }
+
+    /// For the narinfos among `keys` that are in the cache: key → the key of the NAR it points to (the
+    /// first of its refs, as [`crate::upload::publish::Publisher::publish`] records them).
+    pub async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, String>, DbError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT key, refs[1] FROM objects WHERE key = ANY($1) AND kind = 'narinfo' AND NOT deleting \
+                 AND refs[1] IS NOT NULL",
+                &[&strs(keys)],
+            )
+            .await
+            .map_err(q("published_nars"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+    }
+
+    /// Lets session `id` send the NARs `nars` (key, announced NarSize) through the relay route.
+    pub async fn allow_relay_nars(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
+        if nars.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = nars.iter().map(|(k, _)| k.as_str()).collect();
+        let sizes: Vec<i64> = nars.iter().map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX)).collect();
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO upload_nars (upload_id, key, nar_size) \
+             SELECT $1, k, s FROM unnest($2::text[], $3::int8[]) AS t(k, s) ON CONFLICT DO NOTHING",
+            &[&id.0, &keys, &sizes],
+        )
+        .await
+        .map_err(q("allow_relay_nars"))?;
+        Ok(())
+    }
+
+    /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist or may
+    /// not send that NAR through the relay route.
+    pub async fn relay_nar_size(&self, id: UploadId, key: &ObjectKey) -> Result<Option<u64>, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT nar_size FROM upload_nars WHERE upload_id = $1 AND key = $2", &[&id.0, &key.as_str()])
+            .await
+            .map_err(q("relay_nar_size"))?;
+        Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
 
     /// Ends an upload that failed: drops the claim; the objects it wrote stay recorded (GC reclaims them

@@ -6,6 +6,7 @@ pub mod gc;
 pub mod protocol;
 pub mod push;
 pub mod realisations;
+pub mod relay;
 
 use super::{HttpState, Request, response};
 use bytes::{Bytes, BytesMut};
@@ -60,11 +61,11 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         ["v1", "abort"] if post => ("api-abort", push::abort(state, req).await),
         ["v1", "uploads", id, "nar", hash] if req.method == http::Method::PUT => {
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
-            ("api-upload", push::upload_nar(state, req, &id, &hash).await)
+            ("api-upload", relay::upload_nar(state, req, &id, &hash).await)
         }
         ["v1", "uploads", id, "log", drv] if req.method == http::Method::PUT => {
             let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
-            ("api-upload-log", push::upload_log(state, req, &id, &drv).await)
+            ("api-upload-log", relay::upload_log(state, req, &id, &drv).await)
         }
         ["v1", "realisations"] if post => ("api-realisations", realisations::handle(state, req).await),
         ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),

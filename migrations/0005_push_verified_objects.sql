@@ -1,0 +1,19 @@
+-- niks3 schema v5: what the push API needs to never replace or lose a NAR (security review #5, #6, #9).
+-- (Numbered 0005: 0004 is the concurrent token work.)
+
+-- The SHA-256 of a stored NAR file (narinfo `FileHash`), when known: computed by the server for NARs it
+-- relayed or compressed itself, the pusher's word for presigned uploads. A later push of another path
+-- with the same NarHash reuses the stored NAR and takes its FileHash from here instead of uploading it
+-- again (uploading again could replace a published NAR). NULL for rows older than this migration and for
+-- rows GC put back from a tombstone: such NARs are treated as unknown and uploaded again.
+ALTER TABLE objects ADD COLUMN file_hash TEXT;
+
+-- The NARs a push session may send through the relay route, with the NarSize it announced: the relay's
+-- verifier stops decompressing past it (a zstd bomb costs at most NarSize bytes of work). A row goes with
+-- its session.
+CREATE TABLE upload_nars (
+    upload_id BIGINT NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    key       TEXT NOT NULL,
+    nar_size  BIGINT NOT NULL,
+    PRIMARY KEY (upload_id, key)
+);
