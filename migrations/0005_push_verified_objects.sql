@@ -8,9 +8,10 @@
 -- rows GC put back from a tombstone: such NARs are treated as unknown and uploaded again.
 ALTER TABLE objects ADD COLUMN file_hash TEXT;
 
--- The NARs a push session may send through the relay route, with the NarSize it announced: the relay's
--- verifier stops decompressing past it (a zstd bomb costs at most NarSize bytes of work). A row goes with
--- its session.
+-- The NARs a push session may upload (through the relay route, or a presigned PUT bound to the file),
+-- with the NarSize it announced: the relay's verifier stops decompressing past it (a zstd bomb costs at
+-- most NarSize bytes of work), and a bound PUT is never issued for more than zstd's bound for it. A row
+-- goes with its session.
 CREATE TABLE upload_nars (
     upload_id BIGINT NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
     key       TEXT NOT NULL,

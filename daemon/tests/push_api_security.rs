@@ -324,3 +324,63 @@ async fn absurd_sizes_wrong_file_hashes_and_huge_inputs_get_short_clear_errors()
     assert!(narinfo.contains(&format!("FileHash: {}", up["file_hash"].as_str().expect("hash"))), "{narinfo}");
     s.shutdown().await;
 }
+
+/// Review #19 and #5 on S3: unbound single-PUT URLs lived an hour and were handed out for NARs already
+/// published. Now they live 15 minutes, a URL bound to the compressed file's size and SHA-256 can be had
+/// instead (Garage refuses other bytes), and a stored NAR gets no URL at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_pushes_get_short_or_bound_urls_and_a_stored_nar_gets_none() {
+    let s = TestServer::start(Backend::Garage).await;
+    let nar = nar_of(b"s3 app\n");
+    let p = store_path("s3app");
+    let info = path_info(&p, &nar, None);
+    let (st, plan) = post(&s, "push", &json!({ "roots": [p], "paths": [info] })).await;
+    assert_eq!(st, 200, "{plan}");
+    let m = &plan["missing_nars"][0];
+    assert!(m["upload_url"].as_str().is_some_and(|u| u.contains("X-Amz-Expires=900")), "15 minutes");
+    let route = m["presign_route"].as_str().expect("presign route").trim_start_matches("/api/v1/").to_owned();
+    let file_hash = Sha256Hash::digest(&nar.zst);
+    let (st, bound) =
+        post(&s, &route, &json!({ "file_size": nar.zst.len(), "file_hash": file_hash.to_nix_string() })).await;
+    assert_eq!(st, 200, "{bound}");
+    let url = bound["upload_url"].as_str().expect("url").to_owned();
+    let headers = bound["headers"].as_object().expect("headers").clone();
+    let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let put = |body: Vec<u8>| {
+        let mut rb = c.put(&url).body(body);
+        for (k, v) in &headers {
+            if k != "content-length" {
+                rb = rb.header(k.as_str(), v.as_str().unwrap_or_default());
+            }
+        }
+        rb.send()
+    };
+    let mut forged = nar.zst.clone();
+    forged[5] ^= 0xff;
+    let r = put(forged).await.expect("PUT forged");
+    assert_eq!(r.status(), 400, "same length, other bytes: refused by the bucket");
+    assert_eq!(get(&s, &nar_key(&nar)).await.0, 404, "nothing stored");
+    let r = put(nar.zst.clone()).await.expect("PUT");
+    assert!(r.status().is_success(), "{}", r.status());
+    let nars = json!([{ "nar_hash": nar.hash.to_nix_string(), "file_hash": file_hash.to_nix_string(),
+                        "file_size": nar.zst.len() }]);
+    let (st, done) =
+        post(&s, "complete", &json!({ "uploads": plan["uploads"], "roots": [p], "paths": [info], "nars": nars })).await;
+    assert_eq!((st, &done["published"]), (200, &json!(1)), "{done}");
+
+    // Published: a made-up path with the same NarHash gets no URL for it, and cannot ask for one.
+    let fake = store_path("s3-made-up");
+    let (st, plan) = post(&s, "push", &json!({ "roots": [fake], "paths": [path_info(&fake, &nar, None)] })).await;
+    assert_eq!(st, 200, "{plan}");
+    assert_eq!(plan["missing_nars"], json!([]), "{plan}");
+    let id = plan["uploads"][0].as_i64().expect("id");
+    let (st, e) = post(
+        &s,
+        &format!("uploads/{id}/nar/{}/presign", nar.hash.to_nix32()),
+        &json!({ "file_size": 10, "file_hash": Sha256Hash([0; 32]).to_nix_string() }),
+    )
+    .await;
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(get(&s, &nar_key(&nar)).await, (200, nar.zst.clone()), "the published NAR is intact");
+    s.shutdown().await;
+}

@@ -432,8 +432,9 @@ impl Db {
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
     }
 
-    /// Lets session `id` send the NARs `nars` (key, announced NarSize) through the relay route.
-    pub async fn allow_relay_nars(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
+    /// Lets session `id` upload the NARs `nars` (key, announced NarSize): through the relay route, or
+    /// with a presigned PUT bound to the file.
+    pub async fn allow_nar_uploads(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
         if nars.is_empty() {
             return Ok(());
         }
@@ -446,18 +447,18 @@ impl Db {
             &[&id.0, &keys, &sizes],
         )
         .await
-        .map_err(q("allow_relay_nars"))?;
+        .map_err(q("allow_nar_uploads"))?;
         Ok(())
     }
 
     /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist or may
-    /// not send that NAR through the relay route.
-    pub async fn relay_nar_size(&self, id: UploadId, key: &ObjectKey) -> Result<Option<u64>, DbError> {
+    /// not upload that NAR.
+    pub async fn planned_nar_size(&self, id: UploadId, key: &ObjectKey) -> Result<Option<u64>, DbError> {
         let c = self.client().await?;
         let row = c
             .query_opt("SELECT nar_size FROM upload_nars WHERE upload_id = $1 AND key = $2", &[&id.0, &key.as_str()])
             .await
-            .map_err(q("relay_nar_size"))?;
+            .map_err(q("planned_nar_size"))?;
         Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod gc;
+pub mod presign;
 pub mod protocol;
 pub mod push;
 pub mod realisations;
@@ -67,9 +68,15 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
             let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
             ("api-upload-log", relay::upload_log(state, req, &id, &drv).await)
         }
+        ["v1", "uploads", id, "nar", hash, "presign"] if post => {
+            let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
+            ("api-presign", presign::handle(state, req, &id, &hash).await)
+        }
         ["v1", "realisations"] if post => ("api-realisations", realisations::handle(state, req).await),
         ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),
-        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"] | ["v1", "uploads", _, "nar" | "log", _] => {
+        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"]
+        | ["v1", "uploads", _, "nar" | "log", _]
+        | ["v1", "uploads", _, "nar", _, "presign"] => {
             ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),

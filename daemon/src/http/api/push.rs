@@ -38,6 +38,9 @@ use warp::reply::Response;
 const MAX_CA_LEN: usize = 1024;
 /// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
 const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
+/// Longest an unbound single-PUT URL lives (it accepts any body up to S3's 5 GiB, so it must not outlive
+/// the push by much; NARs going up this way are at most one part, 8 MiB).
+const UNBOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_mins(15);
 /// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
 const MAX_PART_URLS: usize = 100_000;
 
@@ -327,6 +330,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
                 upload_url: String::new(),
                 presigned: false,
                 multipart: None,
+                presign_route: None,
             })
             .collect();
         return response::json(
@@ -373,12 +377,10 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
         Err(e) => return db_failed(&e),
     };
     let uploads = vec![session.0];
-    if let Store::Local(_) = &*state.store {
-        let relayed: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
-        if let Err(e) = state.db.allow_relay_nars(session, &relayed).await {
-            abort_sessions(state, &uploads).await;
-            return db_failed(&e);
-        }
+    let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
+    if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
+        abort_sessions(state, &uploads).await;
+        return db_failed(&e);
     }
     let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
         Ok(m) => m,
@@ -506,6 +508,7 @@ async fn plan_nar_upload(
         upload_url: String::new(),
         presigned: false,
         multipart: None,
+        presign_route: None,
     };
     let expiry = state.limits.presign_expiry;
     let s3 = match &*state.store {
@@ -518,7 +521,10 @@ async fn plan_nar_upload(
     m.presigned = true;
     let max_size = max_compressed_size(p.nar_size);
     if max_size <= s3.part_size() {
+        // Unbound (any body up to 5 GiB): short-lived. Clients that can should use `presign_route`.
+        let expiry = expiry.min(UNBOUND_PUT_EXPIRY);
         m.upload_url = state.store.presign_put(key, expiry).await.map_err(|e| store_failed(&e))?.unwrap_or_default();
+        m.presign_route = Some(format!("/api/v1/uploads/{session}/nar/{}/presign", p.nar_hash.to_nix32()));
         return Ok((m, None));
     }
     if max_size > state.limits.max_nar_upload {

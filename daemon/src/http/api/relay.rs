@@ -97,7 +97,7 @@ pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &s
     let Store::Local(local) = &*state.store else {
         return response::json_error(StatusCode::NOT_FOUND, "this server takes NARs through presigned URLs");
     };
-    let nar_size = match state.db.relay_nar_size(UploadId(id), &key).await {
+    let nar_size = match state.db.planned_nar_size(UploadId(id), &key).await {
         Ok(Some(n)) => n,
         Ok(None) => {
             return response::json_error(
