@@ -191,7 +191,10 @@ async fn the_first_realisation_log_and_narinfo_win() {
     push_one(&s, &app_path, &app, Some(&drv), Some(b"building app\n")).await;
     let log_key = format!("log/{}", drv.trim_start_matches("/nix/store/"));
     let r = TestServer::client().get(format!("{}/{log_key}", s.url)).send().await.expect("GET log");
-    assert_eq!(r.headers().get("x-content-type-options").map(|v| v.as_bytes()), Some(&b"nosniff"[..]));
+    assert_eq!(
+        r.headers().get("x-content-type-options").map(reqwest::header::HeaderValue::as_bytes),
+        Some(&b"nosniff"[..])
+    );
     assert_eq!(r.text().await.expect("log"), "building app\n");
 
     // Another output of the same derivation: the log exists, so it is neither asked for nor claimable.
