@@ -323,21 +323,7 @@ impl Db {
     /// Ends an upload successfully: the closure `root` gets pushed_at = now and the upload row goes. One
     /// transaction. Fails with [`DbError::UploadExpired`] if GC dropped the upload meanwhile.
     pub async fn finish_upload(&self, id: UploadId, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
-        let mut c = self.client().await?;
-        let t = c.transaction().await.map_err(q("finish_upload: begin"))?;
-        let n = t.execute("DELETE FROM uploads WHERE id = $1", &[&id.0]).await.map_err(q("finish_upload: delete"))?;
-        if n == 0 {
-            return Err(DbError::UploadExpired(id));
-        }
-        t.execute(
-            "INSERT INTO closures (root, pushed_at) VALUES ($1, $2) \
-             ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at)",
-            &[&root.as_str(), &now],
-        )
-        .await
-        .map_err(q("finish_upload: closure"))?;
-        t.commit().await.map_err(q("finish_upload: commit"))?;
-        Ok(())
+        self.finish_uploads(&[id], std::slice::from_ref(root), now).await
     }
 
     /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
@@ -350,11 +336,13 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let Some(first) = ids.first() else { return Ok(()) };
-        let raw: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        let mut raw: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        raw.sort_unstable();
+        raw.dedup();
         let mut c = self.client().await?;
-        let t = c.transaction().await.map_err(q("finish_uploads: begin"))?;
+        let t = c.transaction().await.map_err(q("finish_upload: begin"))?;
         let n =
-            t.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&raw]).await.map_err(q("finish_uploads: delete"))?;
+            t.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&raw]).await.map_err(q("finish_upload: delete"))?;
         if usize::try_from(n).ok() != Some(raw.len()) {
             return Err(DbError::UploadExpired(*first));
         }
@@ -364,8 +352,8 @@ impl Db {
             &[&strs(roots), &now],
         )
         .await
-        .map_err(q("finish_uploads: closures"))?;
-        t.commit().await.map_err(q("finish_uploads: commit"))?;
+        .map_err(q("finish_upload: closures"))?;
+        t.commit().await.map_err(q("finish_upload: commit"))?;
         Ok(())
     }
 

@@ -10,11 +10,10 @@
 
 use super::super::{HttpState, Request, response};
 use super::protocol::{PresignRequest, PresignResponse};
-use super::push::{bad, clip, conflict, db_failed, max_compressed_size, store_failed};
+use super::push::{bad, clip, conflict, max_compressed_size, nar_upload_target, planned_nar, store_failed};
 use super::read_json;
-use crate::db::UploadId;
 use crate::nix::hash::Sha256Hash;
-use crate::store::{ObjectKey, Store};
+use crate::store::Store;
 use http::StatusCode;
 use std::sync::Arc;
 use warp::reply::Response;
@@ -25,10 +24,9 @@ const BOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_hours(1)
 
 /// `POST /api/v1/uploads/{id}/nar/{nix32}/presign`.
 pub async fn handle(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
-    let nar_hash = match Sha256Hash::parse(&format!("sha256:{hash}")) {
-        Ok(h) if h.to_nix32() == hash => h,
-        _ => return bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
+    let (id, _, key) = match nar_upload_target(id, hash) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let body: PresignRequest = match read_json(req, 4096).await {
         Ok(b) => b,
@@ -40,24 +38,13 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) 
     let Store::S3(s3) = &*state.store else {
         return response::json_error(StatusCode::NOT_FOUND, "this server relays NARs (no presigned URLs)");
     };
-    let key = ObjectKey::nar(&nar_hash);
-    let nar_size = match state.db.planned_nar_size(UploadId(id), &key).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return response::json_error(
-                StatusCode::NOT_FOUND,
-                format!("upload {id} does not exist or was not told to upload {key}"),
-            );
-        }
-        Err(e) => return db_failed(&e),
-    };
-    match state.db.nar_files(std::slice::from_ref(&key)).await {
-        Ok(f) if f.get(key.as_str()).is_some_and(|f| f.file_hash.is_some()) => {
+    let nar_size = match planned_nar(state, id, &key).await {
+        Ok((_, Some(_))) => {
             return conflict(format!("{key} was stored meanwhile by another push; complete without uploading it"));
         }
-        Ok(_) => {}
-        Err(e) => return db_failed(&e),
-    }
+        Ok((n, None)) => n,
+        Err(r) => return r,
+    };
     let largest = max_compressed_size(nar_size).min(s3.part_size());
     if body.file_size == 0 || body.file_size > largest {
         return response::json_error(

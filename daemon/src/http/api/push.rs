@@ -650,6 +650,37 @@ fn valid_etag(e: &str) -> bool {
         && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'"' | b'-' | b'_' | b'.'))
 }
 
+/// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or a 400.
+pub(super) fn nar_upload_target(id: &str, hash: &str) -> Result<(i64, Sha256Hash, ObjectKey), Response> {
+    let Ok(id) = id.parse::<i64>() else { return Err(bad(format!("invalid upload id {:?}", clip(id)))) };
+    match Sha256Hash::parse(&format!("sha256:{hash}")) {
+        Ok(h) if h.to_nix32() == hash => Ok((id, h, ObjectKey::nar(&h))),
+        _ => Err(bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash)))),
+    }
+}
+
+/// The NarSize session `id` announced for the NAR `key` it was told to upload (404 when it was not), and
+/// the stored file when another push stored that NAR meanwhile (with its FileHash).
+pub(super) async fn planned_nar(
+    state: &HttpState,
+    id: i64,
+    key: &ObjectKey,
+) -> Result<(u64, Option<(u64, Sha256Hash)>), Response> {
+    let nar_size = match state.db.planned_nar_size(UploadId(id), key).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(response::json_error(
+                StatusCode::NOT_FOUND,
+                format!("upload {id} does not exist or was not told to upload {key}"),
+            ));
+        }
+        Err(e) => return Err(db_failed(&e)),
+    };
+    let files = state.db.nar_files(std::slice::from_ref(key)).await.map_err(|e| db_failed(&e))?;
+    let stored = files.get(key.as_str()).and_then(|f| f.file_hash.map(|h| (f.size, h)));
+    Ok((nar_size, stored))
+}
+
 /// True when upload session `id` exists and claimed `key`.
 async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<bool, String> {
     let client = state.db.pool().get().await.map_err(|e| e.to_string())?;

@@ -12,8 +12,8 @@
 
 use super::super::{HttpState, Request, response};
 use super::protocol::UploadResponse;
-use super::push::{bad, clip, conflict, db_failed, max_compressed_size, store_failed};
-use crate::db::{NewObject, UploadId};
+use super::push::{bad, clip, conflict, db_failed, max_compressed_size, nar_upload_target, planned_nar, store_failed};
+use crate::db::NewObject;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::StorePath;
 use crate::store::{ObjectKey, Store, StoreError};
@@ -88,39 +88,21 @@ pub enum VerifyError {
 
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
 pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
-    let nar_hash = match Sha256Hash::parse(&format!("sha256:{hash}")) {
-        Ok(h) if h.to_nix32() == hash => h,
-        _ => return bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
+    let (id, nar_hash, key) = match nar_upload_target(id, hash) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    let key = ObjectKey::nar(&nar_hash);
     let Store::Local(local) = &*state.store else {
         return response::json_error(StatusCode::NOT_FOUND, "this server takes NARs through presigned URLs");
     };
-    let nar_size = match state.db.planned_nar_size(UploadId(id), &key).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return response::json_error(
-                StatusCode::NOT_FOUND,
-                format!("upload {id} does not exist or did not claim {key}"),
-            );
+    let nar_size = match planned_nar(state, id, &key).await {
+        // Uploaded meanwhile by another push: the stored NAR stays, the body is not read.
+        Ok((_, Some((size, file_hash)))) => {
+            return response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() });
         }
-        Err(e) => return db_failed(&e),
+        Ok((n, None)) => n,
+        Err(r) => return r,
     };
-    // Uploaded meanwhile by another push: the stored NAR stays, the body is not read.
-    match state.db.nar_files(std::slice::from_ref(&key)).await {
-        Ok(files) => {
-            if let Some(f) = files.get(key.as_str())
-                && let Some(file_hash) = f.file_hash
-            {
-                return response::json(
-                    StatusCode::OK,
-                    &UploadResponse { size: f.size, file_hash: file_hash.to_nix_string() },
-                );
-            }
-        }
-        Err(e) => return db_failed(&e),
-    }
     // zstd never makes a NAR bigger than this, so nothing larger is worth reading.
     let limit = state.limits.max_nar_upload.min(max_compressed_size(nar_size));
     if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
