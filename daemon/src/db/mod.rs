@@ -403,21 +403,21 @@ impl Db {
     }
 
     /// For the narinfos among `keys` that are in the cache: key → the key of the NAR it points to (the
-    /// first of its refs, as [`crate::upload::publish::Publisher::publish`] records them).
-    pub async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, String>, DbError> {
+    /// first of its refs, as [`crate::upload::publish::Publisher::publish`] records them; `None` for a row
+    /// without refs, which no publish writes).
+    pub async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, Option<String>>, DbError> {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT key, refs[1] FROM objects WHERE key = ANY($1) AND kind = 'narinfo' AND NOT deleting \
-                 AND refs[1] IS NOT NULL",
+                "SELECT key, refs[1] FROM objects WHERE key = ANY($1) AND kind = 'narinfo' AND NOT deleting",
                 &[&strs(keys)],
             )
             .await
             .map_err(q("published_nars"))?;
-        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))).collect())
     }
 
     /// Lets session `id` upload the NARs `nars` (key, announced NarSize): through the relay route, or

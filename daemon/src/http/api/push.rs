@@ -247,13 +247,10 @@ async fn validate_off_workers(
     state: &HttpState,
     roots: Vec<String>,
     paths: Vec<PathInfoWire>,
-) -> Result<(ValidClosure, Vec<PathInfoWire>), Response> {
+) -> Result<ValidClosure, Response> {
     let store_dir = state.store_dir.clone();
     let limits = ClosureLimits::of(&state.limits);
-    let joined = tokio::task::spawn_blocking(move || {
-        validate_closure(&store_dir, &roots, &paths, limits).map(|closure| (closure, paths))
-    })
-    .await;
+    let joined = tokio::task::spawn_blocking(move || validate_closure(&store_dir, &roots, &paths, limits)).await;
     match joined {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(bad(e)),
@@ -271,8 +268,9 @@ async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Resu
     for (p, key) in closure.paths.iter().zip(&narinfo_keys) {
         match published.get(key.as_str()) {
             None => missing.push(p),
-            Some(nar) if *nar == ObjectKey::nar(&p.nar_hash).as_str() => {}
-            Some(nar) => {
+            Some(None) => {}
+            Some(Some(nar)) if *nar == ObjectKey::nar(&p.nar_hash).as_str() => {}
+            Some(Some(nar)) => {
                 tracing::warn!(path = %p.path.basename(), cached = %nar, pushed = %p.nar_hash, "push of a cached path with another NarHash refused");
                 return Err(conflict(format!(
                     "{} is already in the cache with another NAR ({nar}), not {}; a published path is never replaced",
@@ -293,7 +291,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
     };
     let dry_run = body.dry_run;
     let closure = match validate_off_workers(state, body.roots, body.paths).await {
-        Ok((c, _)) => c,
+        Ok(c) => c,
         Err(r) => return r,
     };
     let missing_paths = match missing_paths(state, &closure).await {
@@ -756,7 +754,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
     };
     let CompleteRequest { uploads, roots, paths, nars, listings: listing_wires } = body;
     let closure = match validate_off_workers(state, roots, paths).await {
-        Ok((c, _)) => c,
+        Ok(c) => c,
         Err(r) => return r,
     };
     // One session for the whole push (rooted at its first root), or one per root from older servers.

@@ -192,6 +192,10 @@ async fn stage_verified(
     let internal = |e: tokio::task::JoinError| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let fed = feeder.await.map_err(internal)?;
     let verdict = verifier.await.map_err(internal)?;
+    // The store stopped taking the data (disk full, …): its error, not the verifier's view of a cut stream.
+    if let (Ok(None), Err(e)) = (&fed, &staged) {
+        return Err(store_failed(e));
+    }
     match (fed, verdict) {
         (Err(reason), _) => Err(bad(reason)),
         (Ok(_), Err(e)) => Err(bad(e.to_string())),
