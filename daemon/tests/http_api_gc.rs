@@ -31,7 +31,7 @@ async fn gc_route_runs_the_collector_and_records_its_figures() {
     assert!(metrics.contains("niks3_gc_last_objects_deleted_after_grace_period 0"), "{metrics}");
     // absurd options are a 400, not a crash
     let err = api
-        .gc(&GcRequest { older_than_secs: u64::MAX, failed_uploads_older_than_secs: 1, force: false, dry_run: true })
+        .gc(&GcRequest { older_than_secs: u64::MAX, failed_uploads_older_than_secs: 3600, force: false, dry_run: true })
         .await
         .expect_err("absurd");
     assert!(err.to_string().contains("400"), "{err}");
