@@ -189,7 +189,7 @@ impl SecondServer {
             .expect("spawn niks3 serve");
         let server = SecondServer { child, url: format!("http://127.0.0.1:{port}") };
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
+        while start.elapsed() < Duration::from_mins(1) {
             let r = TestServer::client().get(format!("{}/nix-cache-info", server.url)).send().await;
             if r.is_ok_and(|r| r.status() == 200) {
                 return server;
