@@ -19,7 +19,7 @@ pub enum Command {
         #[arg(long)]
         name: String,
         /// What it may do: read, push, gc, admin (admin implies all). Repeat or separate with commas.
-        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        #[arg(long = "scope", value_name = "SCOPE", required = true, value_delimiter = ',')]
         scopes: Vec<Scope>,
         /// Let it expire after this long (Go-style: 720h, 30d, 1h30m). Default: never.
         #[arg(long, value_parser = parse_duration)]

@@ -51,7 +51,7 @@ impl Default for ApiLimits {
 pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'static str, Response) {
     let Some(seed) = &state.api_token else { return ("api", response::not_found()) };
     let auth = req.headers.get(http::header::AUTHORIZATION);
-    let caller = match auth::authenticate(Some(seed), &state.db, auth, chrono::Utc::now()).await {
+    let caller = match auth::authenticate(seed, &state.db, auth, chrono::Utc::now()).await {
         Ok(c) => c,
         Err(e @ auth::Unauthenticated::Refused) => {
             let mut r = response::json_error(StatusCode::UNAUTHORIZED, e.to_string());
