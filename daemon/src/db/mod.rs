@@ -24,6 +24,7 @@
 
 pub mod embedded;
 mod migrate;
+pub mod tokens;
 
 use crate::store::ObjectKey;
 use chrono::{DateTime, Utc};
@@ -217,9 +218,22 @@ impl Db {
     }
 
     /// Registers an upload of the closure rooted at `root` that will write or rely on `claimed`; unmarks
-    /// every claimed key that exists. One transaction.
+    /// every claimed key that exists. One transaction. The session belongs to the server (or the seed
+    /// token); see [`Db::begin_upload_for`].
     pub async fn begin_upload(
         &self,
+        root: &ObjectKey,
+        claimed: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<UploadId, DbError> {
+        self.begin_upload_for(None, root, claimed, now).await
+    }
+
+    /// [`Db::begin_upload`] for a session opened by API token `owner` (`None`: the server's own pipeline
+    /// or the seed token): the push API lets only that token upload into, complete or abort it.
+    pub async fn begin_upload_for(
+        &self,
+        owner: Option<tokens::TokenId>,
         root: &ObjectKey,
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
@@ -241,8 +255,8 @@ impl Db {
             .map_err(q("begin_upload: unmark"))?;
         let row = t
             .query_one(
-                "INSERT INTO uploads (root, claimed, started_at) VALUES ($1, $2, $3) RETURNING id",
-                &[&root.as_str(), &keys, &now],
+                "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&root.as_str(), &keys, &now, &owner.map(|t| t.0)],
             )
             .await
             .map_err(q("begin_upload: insert"))?;

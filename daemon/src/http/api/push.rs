@@ -14,6 +14,7 @@
 //! only ever built from validated parts, and a NAR can only be written under a key its session claimed.
 
 use super::super::{HttpState, Request, response};
+use super::auth::Caller;
 use super::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, MissingLog, MissingNar, MultipartWire,
     PathInfoWire, PushRequest, PushResponse, UploadResponse,
@@ -188,7 +189,7 @@ pub fn validate_closure(
 }
 
 /// `POST /api/v1/push`.
-pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: PushRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -261,7 +262,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
     let now = chrono::Utc::now();
     let mut uploads = Vec::with_capacity(closure.roots.len());
     for root in &closure.roots {
-        match state.db.begin_upload(&ObjectKey::narinfo(root), &claimed, now).await {
+        match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(root), &claimed, now).await {
             Ok(id) => uploads.push(id.0),
             Err(e) => {
                 for id in &uploads {
@@ -275,7 +276,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
     let missing_nars = match plan_nar_uploads(state, session, &nars).await {
         Ok(m) => m,
         Err(r) => {
-            abort_sessions(state, &uploads).await;
+            abort_sessions(state, caller, &uploads).await;
             return r;
         }
     };
@@ -449,9 +450,11 @@ async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String,
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
-/// Ends sessions `ids` after aborting their multipart uploads (best effort: what is left, GC removes).
-/// Returns how many sessions and multipart uploads were ended.
-async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
+/// Ends `caller`'s sessions among `ids` after aborting their multipart uploads (best effort: what is left,
+/// GC removes). Returns how many sessions and multipart uploads were ended.
+async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> (u64, u64) {
+    let Ok(owned) = owned_sessions(state, caller, ids).await else { return (0, 0) };
+    let ids = owned.as_slice();
     let mut multiparts = 0;
     if let Ok(started) = multiparts_of(state, ids).await {
         for (key, id) in &started {
@@ -472,7 +475,7 @@ async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
 }
 
 /// `POST /api/v1/abort`.
-pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn abort(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: AbortRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -480,7 +483,7 @@ pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
     if body.uploads.len() > state.limits.max_paths {
         return bad(format!("too many upload ids: {} (at most {})", body.uploads.len(), state.limits.max_paths));
     }
-    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, &body.uploads).await;
+    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, caller, &body.uploads).await;
     tracing::info!(sessions = aborted_uploads, multiparts = aborted_multiparts, "push aborted by the client");
     response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts })
 }
@@ -537,11 +540,27 @@ fn valid_etag(e: &str) -> bool {
         && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'"' | b'-' | b'_' | b'.'))
 }
 
-/// True when upload session `id` exists and claimed `key`.
-async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<bool, String> {
+/// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
+async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, Response> {
+    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+    let rows = client
+        .query(
+            "SELECT id FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+            &[&ids, &caller.session_owner()],
+        )
+        .await
+        .map_err(|e| db_failed(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// True when upload session `id` exists, was opened by `caller` and claimed `key`.
+async fn session_claims(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Result<bool, String> {
     let client = state.db.pool().get().await.map_err(|e| e.to_string())?;
     let row = client
-        .query_opt("SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed)", &[&id, &key.as_str()])
+        .query_opt(
+            "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
+            &[&id, &key.as_str(), &caller.session_owner()],
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(row.is_some())
@@ -549,8 +568,8 @@ async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<b
 
 /// `None` when upload session `id` claimed `key`; otherwise the response to send (404, or 503 when the
 /// database cannot say). Every upload route checks this before accepting a byte.
-async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option<Response> {
-    match session_claims(state, id, key).await {
+async fn refuse_unclaimed(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Option<Response> {
+    match session_claims(state, caller, id, key).await {
         Ok(true) => None,
         Ok(false) => Some(response::json_error(
             StatusCode::NOT_FOUND,
@@ -561,14 +580,14 @@ async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option
 }
 
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
-pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
+pub async fn upload_nar(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
     let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
     let nar_hash = match Sha256Hash::parse(&format!("sha256:{hash}")) {
         Ok(h) if h.to_nix32() == hash => h,
         _ => return bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
     };
     let key = ObjectKey::nar(&nar_hash);
-    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
+    if let Some(refusal) = refuse_unclaimed(state, caller, id, &key).await {
         return refusal;
     }
     let limit = state.limits.max_nar_upload;
@@ -657,7 +676,7 @@ async fn relay_nar(
 }
 
 /// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
-pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &str) -> Response {
+pub async fn upload_log(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, drv: &str) -> Response {
     let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
     let drv = match StorePath::from_basename(drv) {
         Ok(p) if p.is_derivation() => p,
@@ -665,7 +684,7 @@ pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &st
         Err(e) => return bad(e.to_string()),
     };
     let key = ObjectKey::log(&drv);
-    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
+    if let Some(refusal) = refuse_unclaimed(state, caller, id, &key).await {
         return refusal;
     }
     let limit = state.limits.max_log_upload;
@@ -787,7 +806,7 @@ async fn record_log_if_stored(
 }
 
 /// `POST /api/v1/complete`.
-pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: CompleteRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -799,13 +818,19 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
     if body.uploads.len() != closure.roots.len() {
         return bad(format!("{} upload ids for {} roots", body.uploads.len(), closure.roots.len()));
     }
-    // Each session must still exist (GC aborts stale ones) and belong to its root.
+    // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
     let sessions: BTreeMap<i64, String> = {
         let client = match state.db.pool().get().await {
             Ok(c) => c,
             Err(e) => return db_failed(&e),
         };
-        match client.query("SELECT id, root FROM uploads WHERE id = ANY($1)", &[&body.uploads]).await {
+        match client
+            .query(
+                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+                &[&body.uploads, &caller.session_owner()],
+            )
+            .await
+        {
             Ok(rows) => rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect(),
             Err(e) => return db_failed(&e),
         }
