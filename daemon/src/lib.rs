@@ -3,6 +3,7 @@
 //! The library holds one module per job; the `niks3` binary (`main.rs`, `cli/`) only wires them together.
 //! Data flows one way: spool → `upload` → `store` + `db`; `http` and `gc` call into those rooms.
 
+pub mod child_env;
 pub mod client;
 pub mod config;
 pub mod db;
@@ -11,4 +12,5 @@ pub mod http;
 pub mod metrics;
 pub mod nix;
 pub mod store;
+pub mod token;
 pub mod upload;

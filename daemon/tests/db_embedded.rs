@@ -42,3 +42,22 @@ async fn an_interrupted_initdb_is_redone() {
     let pg = EmbeddedPostgres::start(state.path()).await.expect("start over a half-made cluster");
     Db::connect(&pg.url()).await.expect("connect").ping().await.expect("ping");
 }
+
+/// Security review finding 14: niks3 never opens up a directory above its state directory to let the
+/// cluster (running as `postgres`) reach it; it says which directory is in the way.
+#[tokio::test]
+async fn closed_parents_are_left_closed_and_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let outer = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let closed = outer.path().join("closed");
+    std::fs::create_dir(&closed).expect("mkdir");
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let state = closed.join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let err = EmbeddedPostgres::start(&state).await.err().expect("a closed parent is refused");
+    let text = err.to_string();
+    assert!(text.contains("is not searchable by others") && text.contains("closed"), "{text}");
+    let mode = std::fs::metadata(&closed).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the closed directory was opened up");
+}

@@ -31,6 +31,9 @@ fn serve_without_flags_sets_everything_up_and_notifies_readiness() {
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
+            // Stands for a secret passed in the environment (NIKS3_API_TOKEN, NIKS3_S3_SECRET_KEY): no child
+            // may inherit it (security review, finding 13).
+            .env("NIKS3_TEST_SECRET", "must-not-leak")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).expect("log"))
             .spawn()
@@ -55,6 +58,9 @@ fn serve_without_flags_sets_everything_up_and_notifies_readiness() {
     let token = std::fs::read_to_string(state.join("api-token")).expect("token");
     assert!(token.len() >= 36 && !banner.contains(token.trim()), "token generated and never printed");
     assert!(state.join("postgres").is_dir() && state.join("cache/nix-cache-info").is_file());
+    let pid = std::fs::read_to_string(state.join("postgres/data/postmaster.pid")).expect("postmaster.pid");
+    let environ = std::fs::read(format!("/proc/{}/environ", pid.lines().next().unwrap_or("").trim())).expect("environ");
+    assert!(!String::from_utf8_lossy(&environ).contains("NIKS3_"), "PostgreSQL inherited niks3's variables");
 
     let public_key = w.public_key();
     let url = format!("http://127.0.0.1:{port}");

@@ -126,3 +126,26 @@ async fn unknown_paths_and_missing_nix_are_clear_errors() {
     assert!(err.is_environment(), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/bin/nix-daemon"), "{err}");
 }
+
+#[tokio::test]
+async fn a_huge_build_log_is_cut_at_the_limit_not_read_whole() {
+    // Security review finding 4: a build controls its log's size; 3 MiB stands in for the review's 1 GB.
+    let env = NixEnv::new().expect("nix env");
+    let dir = StoreDir::default();
+    let out = env
+        .build_script(
+            "huge-log",
+            "i=0; while [ $i -lt 3000 ]; do printf '%01023d\\n' $i; i=$((i+1)); done; echo done > $out",
+        )
+        .expect("build");
+    let drv = sp(&dir, &env.deriver(&out).expect("deriver"));
+    let whole = LocalNix::default().build_log(&dir, &drv).await.expect("read").expect("log");
+    assert!(whole.len() >= 3000 * 1024, "{}", whole.len());
+    let mut limited = LocalNix::default();
+    limited.max_log_bytes = 1 << 20;
+    let cut = limited.build_log(&dir, &drv).await.expect("read").expect("log");
+    let text = String::from_utf8_lossy(&cut);
+    assert!(cut.len() < (1 << 20) + 100, "{}", cut.len());
+    assert!(text.ends_with("[niks3: this build log was cut at 1048576 bytes]\n"), "{}", &text[text.len() - 80..]);
+    assert_eq!(&cut[..1 << 20], &whole[..1 << 20]);
+}

@@ -136,9 +136,22 @@ impl ApiClient {
         &self.http
     }
 
-    /// Adds the bearer token to a request for the server (never to a presigned S3 URL).
+    /// Adds the bearer token to a request for the server's own API routes.
     pub fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         rb.bearer_auth(self.token.expose_secret())
+    }
+
+    /// Adds the bearer token to a request for `url` only when `url` is on the server itself: an upload URL
+    /// the server hands out may be absolute (a presigned S3 URL), and a rogue server or a man in the middle
+    /// must not be able to send the token elsewhere that way (security review, finding 18).
+    pub fn authorized_for(&self, rb: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
+        if self.is_on_server(url) { self.authorized(rb) } else { rb }
+    }
+
+    /// True when `url` (resolved) is the server URL or below it: same scheme, host and port.
+    pub fn is_on_server(&self, url: &str) -> bool {
+        url.strip_prefix(&self.base)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
     }
 
     /// `url` if absolute, else the server URL joined with the path `url`.
@@ -200,4 +213,35 @@ pub async fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| text.chars().take(300).collect::<String>().trim().to_owned());
     Err(ClientError::Status { what: what.to_owned(), status: status.as_u16(), message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_the_server_itself() {
+        let token = ApiToken::new("test-token-0123456789abcdefghijklmnopqrstuvwxyz").expect("token");
+        let api = ApiClient::new("http://cache.example:5751", token).expect("client");
+        for on in
+            ["http://cache.example:5751/api/v1/upload/1", "http://cache.example:5751", "http://cache.example:5751?x"]
+        {
+            assert!(api.is_on_server(on), "{on}");
+        }
+        for off in [
+            "http://cache.example:57510/api/v1/upload/1",
+            "http://cache.example:5751.evil.org/api/v1/upload/1",
+            "http://cache.example:5751@evil.org/x",
+            "https://cache.example:5751/api",
+            "https://bucket.s3.amazonaws.com/nar/x.nar.zst?X-Amz-Signature=1",
+        ] {
+            assert!(!api.is_on_server(off), "{off}");
+        }
+        let url = api.resolve("/api/v1/upload/7");
+        let req = api.authorized_for(api.http().put(&url), &url).build().expect("request");
+        assert!(req.headers().contains_key(http::header::AUTHORIZATION));
+        let foreign = "http://evil.org/steal";
+        let req = api.authorized_for(api.http().put(foreign), foreign).build().expect("request");
+        assert!(!req.headers().contains_key(http::header::AUTHORIZATION), "token sent to another host");
+    }
 }

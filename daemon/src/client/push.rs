@@ -268,7 +268,7 @@ impl Pusher {
         };
         let what = format!("uploading the build log of {}", log.deriver);
         let url = self.api.resolve(&log.upload_url);
-        let sent = self.api.authorized(self.api.http().put(&url)).body(text).send().await;
+        let sent = self.api.authorized_for(self.api.http().put(&url), &url).body(text).send().await;
         let res = match sent {
             Ok(resp) => check_status(resp, &what).await.map(|_| ()),
             Err(e) => Err(ClientError::Transport { what, source: e.without_url() }),
@@ -328,8 +328,10 @@ impl Pusher {
         } else {
             let url = self.api.resolve(&m.upload_url);
             let body = reqwest::Body::wrap_stream(ChunkStream { rx, sent: Arc::clone(&counter) });
-            let req =
-                self.api.authorized(self.api.http().put(&url)).header(http::header::CONTENT_TYPE, "application/zstd");
+            let req = self
+                .api
+                .authorized_for(self.api.http().put(&url), &url)
+                .header(http::header::CONTENT_TYPE, "application/zstd");
             let resp = with_ticks(req.body(body).send(), &counter, info.nar_size, progress).await;
             // The producer's verdict first: a hash mismatch aborts the body, which is the real cause.
             let streamed = join_producer(producer).await?;

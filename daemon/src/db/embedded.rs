@@ -47,6 +47,21 @@ pub enum EmbeddedError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A directory above the state directory is closed to others, so the server user cannot reach its
+    /// data; niks3 does not open up directories that are not its own.
+    #[error(
+        "the embedded PostgreSQL runs as {user:?} and cannot reach {dir:?}: {blocked:?} is not searchable by others (mode {mode:o}); choose a state directory outside it, or allow others to search it (chmod o+x)"
+    )]
+    Unreachable {
+        /// The server user.
+        user: String,
+        /// The cluster's directory.
+        dir: PathBuf,
+        /// The ancestor that blocks the way.
+        blocked: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
     /// The state directory's path is too long for a unix socket inside it.
     #[error("socket path {path:?} is longer than {MAX_SOCKET_PATH} bytes; use a shorter state directory")]
     SocketPathTooLong {
@@ -114,14 +129,16 @@ impl EmbeddedPostgres {
     /// A command running PostgreSQL program `name` as the server user.
     fn pg_command(&self, name: &str) -> Command {
         let program = self.bin.join(name);
-        match &self.run_as {
+        let mut c = match &self.run_as {
             Some(user) => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={user}")).arg(format!("--regid={user}")).arg("--init-groups").arg(program);
                 c
             }
             None => Command::new(program),
-        }
+        };
+        crate::child_env::scrub(&mut c);
+        c
     }
 
     /// Runs initdb once: into `data.new`, renamed to `data` only when complete, so an interrupted first
@@ -211,6 +228,7 @@ impl Drop for EmbeddedPostgres {
             }
             None => std::process::Command::new(program),
         };
+        crate::child_env::scrub_std(&mut cmd);
         let status = cmd
             .arg("-D")
             .arg(self.dir.join("data"))
@@ -317,7 +335,8 @@ async fn user_exists(user: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Creates `dir` (mode 0700) owned by the server user (not recursive: initdb runs as that user), and makes its parents traversable by that user.
+/// Creates `dir` (mode 0700) owned by the server user (not recursive: initdb runs as that user), and makes
+/// the state directory above it searchable; fails clearly when a directory further up is closed.
 async fn create_private_dir(dir: &Path, owner: Option<&str>) -> Result<(), EmbeddedError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -338,12 +357,25 @@ async fn create_private_dir(dir: &Path, owner: Option<&str>) -> Result<(), Embed
                 reason: status.to_string(),
             });
         }
+        // The state directory (the cluster directory's parent) is niks3's own: it is made searchable
+        // (0711: others may pass, not list). Anything above it belongs to someone else and is left as it
+        // is: opening up, say, /root would expose every file under it (security review, finding 14).
         let mut p = dir.parent();
+        let mut own = true;
         while let Some(d) = p {
             let mode = std::fs::metadata(d).map_err(io(d))?.permissions().mode();
             if mode & 0o001 == 0 {
+                if !own {
+                    return Err(EmbeddedError::Unreachable {
+                        user: user.to_owned(),
+                        dir: dir.to_owned(),
+                        blocked: d.to_owned(),
+                        mode: mode & 0o7777,
+                    });
+                }
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o001)).map_err(io(d))?;
             }
+            own = false;
             p = d.parent();
         }
     }

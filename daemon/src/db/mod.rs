@@ -24,6 +24,7 @@
 
 pub mod embedded;
 mod migrate;
+pub mod tokens;
 
 use crate::nix::hash::Sha256Hash;
 use crate::store::ObjectKey;
@@ -227,9 +228,22 @@ impl Db {
     }
 
     /// Registers an upload of the closure rooted at `root` that will write or rely on `claimed`; unmarks
-    /// every claimed key that exists. One transaction.
+    /// every claimed key that exists. One transaction. The session belongs to the server (or the seed
+    /// token); see [`Db::begin_upload_for`].
     pub async fn begin_upload(
         &self,
+        root: &ObjectKey,
+        claimed: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<UploadId, DbError> {
+        self.begin_upload_for(None, root, claimed, now).await
+    }
+
+    /// [`Db::begin_upload`] for a session opened by API token `owner` (`None`: the server's own pipeline
+    /// or the seed token): the push API lets only that token upload into, complete or abort it.
+    pub async fn begin_upload_for(
+        &self,
+        owner: Option<tokens::TokenId>,
         root: &ObjectKey,
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
@@ -251,8 +265,8 @@ impl Db {
             .map_err(q("begin_upload: unmark"))?;
         let row = t
             .query_one(
-                "INSERT INTO uploads (root, claimed, started_at) VALUES ($1, $2, $3) RETURNING id",
-                &[&root.as_str(), &keys, &now],
+                "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&root.as_str(), &keys, &now, &owner.map(|t| t.0)],
             )
             .await
             .map_err(q("begin_upload: insert"))?;
@@ -439,12 +453,21 @@ impl Db {
         Ok(())
     }
 
-    /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist or may
-    /// not upload that NAR.
-    pub async fn planned_nar_size(&self, id: UploadId, key: &ObjectKey) -> Result<Option<u64>, DbError> {
+    /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist, is not
+    /// `owner`'s (its `uploads.token_id`; `None`: the seed token's) or may not upload that NAR.
+    pub async fn planned_nar_size(
+        &self,
+        id: UploadId,
+        owner: Option<i64>,
+        key: &ObjectKey,
+    ) -> Result<Option<u64>, DbError> {
         let c = self.client().await?;
         let row = c
-            .query_opt("SELECT nar_size FROM upload_nars WHERE upload_id = $1 AND key = $2", &[&id.0, &key.as_str()])
+            .query_opt(
+                "SELECT n.nar_size FROM upload_nars n JOIN uploads u ON u.id = n.upload_id \
+                 WHERE n.upload_id = $1 AND n.key = $2 AND u.token_id IS NOT DISTINCT FROM $3",
+                &[&id.0, &key.as_str(), &owner],
+            )
             .await
             .map_err(q("planned_nar_size"))?;
         Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))

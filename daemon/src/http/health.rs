@@ -1,6 +1,7 @@
 //! `/health`: 200 when both PostgreSQL and the object store answer, 503 (with what failed) otherwise.
-//! Meant for load balancers and systemd/Kubernetes probes; it never reveals secrets, only which
-//! dependency is down. A local Nix store the drainer cannot read is shown as `"nix"` with status
+//! Meant for load balancers and systemd/Kubernetes probes, and open to anyone: it says which dependency is
+//! down and nothing more (the details, with bucket names, endpoints and file paths, go to the server's log;
+//! security review, finding 17). A local Nix store the drainer cannot read is shown as `"nix"` with status
 //! `"degraded"` but still 200: the server goes on serving the cache, and entries wait in the spool.
 
 use super::{HttpState, Request, response};
@@ -21,21 +22,25 @@ pub async fn handle(state: &HttpState, _req: &Request) -> Response {
     );
     let db = match db {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_owned()),
+        Ok(Err(e)) => Err(("unreachable", e.to_string())),
+        Err(_) => Err(("timed out", "timed out".to_owned())),
     };
     let store = match store {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".to_owned()),
+        Ok(Err(e)) => Err(("unreachable", e.to_string())),
+        Err(_) => Err(("timed out", "timed out".to_owned())),
     };
     let healthy = db.is_ok() && store.is_ok();
-    let show = |r: &Result<(), String>| match r {
+    let show = |r: &Result<(), (&'static str, String)>| match r {
+        Ok(()) => "ok",
+        Err((public, _)) => public,
+    };
+    let detail = |r: &Result<(), (&'static str, String)>| match r {
         Ok(()) => "ok".to_owned(),
-        Err(e) => e.clone(),
+        Err((_, detail)) => detail.clone(),
     };
     if !healthy {
-        tracing::warn!(db = %show(&db), store = %show(&store), "health check failed");
+        tracing::warn!(db = %detail(&db), store = %detail(&store), "health check failed");
     }
     let nix = state.metrics.nix_trouble();
     let status = match (healthy, &nix) {
@@ -47,7 +52,8 @@ pub async fn handle(state: &HttpState, _req: &Request) -> Response {
         "status": status,
         "db": show(&db),
         "store": show(&store),
-        "nix": nix.as_deref().unwrap_or("ok"),
+        // The cause is in the log (logged once when it began); here only that the store is unreadable.
+        "nix": if nix.is_some() { "cannot read the local Nix store" } else { "ok" },
     });
     response::json(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cacheinfo;
 pub mod health;
 pub mod landing;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 mod response;
@@ -74,6 +75,8 @@ pub struct HttpState {
     pub api_token: Option<ApiToken>,
     /// Size and count limits of API requests.
     pub limits: ApiLimits,
+    /// Connection count and header timeout (see [`listener`]).
+    pub connection_limits: listener::Limits,
 }
 
 /// Parses a listen address: `host:port`, `[v6]:port`, or `:port` meaning all interfaces (`0.0.0.0`).
@@ -119,7 +122,8 @@ pub async fn serve_listener(
     if let Ok(a) = listener.local_addr() {
         tracing::info!(addr = %a, "HTTP server listening");
     }
-    warp::serve(routes(state)).incoming(listener).graceful(shutdown).run().await;
+    let limits = state.connection_limits;
+    listener::serve(warp::service(routes(state)), listener, limits, shutdown).await;
 }
 
 /// The request body as a stream of chunks (read lazily: the NAR upload route streams it to the store).

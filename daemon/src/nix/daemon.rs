@@ -62,7 +62,7 @@ pub enum DaemonError {
     },
     /// The connection broke (the daemon exited, the socket was refused or closed); `stderr` is what the
     /// child said before it went, if anything.
-    #[error("connection to the Nix daemon lost during {during}: {source}{}", stderr_suffix(.stderr))]
+    #[error("{}", io_message(.during, .source, .stderr))]
     Io {
         /// What we were doing.
         during: &'static str,
@@ -95,8 +95,14 @@ pub enum DaemonError {
     },
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() { String::new() } else { format!(" (nix-daemon said: {stderr})") }
+/// What the child said is the cause when it said anything (the I/O error is then only how we noticed,
+/// and varies between runs: EOF or a broken pipe), so one cause reads the same every time.
+fn io_message(during: &str, source: &std::io::Error, stderr: &str) -> String {
+    if stderr.is_empty() {
+        format!("connection to the Nix daemon lost during {during}: {source}")
+    } else {
+        format!("the Nix daemon connection closed during {during}; nix-daemon said: {stderr}")
+    }
 }
 
 /// What a path's entry in the daemon's database says (`ValidPathInfo` without the path).
@@ -141,11 +147,7 @@ impl Connection {
     pub async fn open(program: &std::path::Path) -> Result<Self, DaemonError> {
         let mut cmd = tokio::process::Command::new(program);
         cmd.arg("--stdio").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("NIKS3_") {
-                cmd.env_remove(k);
-            }
-        }
+        crate::child_env::scrub(&mut cmd);
         let mut child =
             cmd.spawn().map_err(|source| DaemonError::Spawn { program: program.display().to_string(), source })?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())

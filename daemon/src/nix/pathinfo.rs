@@ -93,13 +93,30 @@ pub struct PathInfo {
 
 /// The local Nix store: one worker-protocol connection (to a child `nix-daemon --stdio`, opened on first
 /// use and again after it broke) shared by every clone, and the `nix` commands for logs and realisations.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LocalNix {
     /// Directory containing `nix`, `nix-store` and `nix-daemon`; `None` means `$PATH`.
     pub bin_dir: Option<PathBuf>,
+    /// Longest build log uploaded; a longer one is cut there with a note (a build controls its log's
+    /// size, and Nix's `max-build-log-size` is unlimited by default).
+    pub max_log_bytes: u64,
     conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
     /// Set once `nix` refused `<drv>^*` (Nix < 2.13): see [`LocalNix::realisations`].
     pub(crate) old_installable_syntax: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Default of [`LocalNix::max_log_bytes`]: far above any useful log, far below memory trouble.
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+
+impl Default for LocalNix {
+    fn default() -> Self {
+        LocalNix {
+            bin_dir: None,
+            max_log_bytes: MAX_LOG_BYTES,
+            conn: Arc::default(),
+            old_installable_syntax: Arc::default(),
+        }
+    }
 }
 
 /// Longest a single protocol call may take (a 10 000-path closure takes well under a second).
@@ -229,17 +246,43 @@ impl LocalNix {
         Ok(!valid.is_empty())
     }
 
-    /// The build log of `drv` (`nix-store --read-log`), or `None` when Nix has none.
+    /// The build log of `drv` (`nix-store --read-log`), or `None` when Nix has none. At most
+    /// [`LocalNix::max_log_bytes`] are read (then the child is stopped and a line says the log was cut),
+    /// so a build that printed gigabytes costs no more memory than that.
     pub async fn build_log(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Option<Vec<u8>>, PathInfoError> {
+        use tokio::io::AsyncReadExt as _;
+        const P: &str = "nix-store --read-log";
         let args = vec![store_dir.display(drv)];
         let mut cmd = self.command("nix-store");
         cmd.args(["--read-log", "--"]).args(&args);
-        match run(cmd, "nix-store --read-log", &args).await {
-            Ok(log) => Ok(Some(log)),
-            // Nix 2.8 and 2.26: "error: build log of derivation '…' is not available"
-            Err(PathInfoError::Failed { stderr, .. }) if stderr.contains("is not available") => Ok(None),
-            Err(e) => Err(e),
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
+        let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(parse_err(P, "child pipes missing"));
+        };
+        let mut log = Vec::new();
+        let read = stdout.take(self.max_log_bytes + 1).read_to_end(&mut log).await;
+        if log.len() as u64 > self.max_log_bytes {
+            let _ = child.kill().await;
+            log.truncate(self.max_log_bytes as usize);
+            log.extend_from_slice(
+                format!("\n[niks3: this build log was cut at {} bytes]\n", self.max_log_bytes).as_bytes(),
+            );
+            return Ok(Some(log));
         }
+        read.map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
+        let mut err = Vec::new();
+        let _ = (&mut stderr).take(MAX_STDERR as u64).read_to_end(&mut err).await;
+        let status = child.wait().await.map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
+        if status.success() {
+            return Ok(Some(log));
+        }
+        let stderr = String::from_utf8_lossy(&err).trim().to_owned();
+        // Nix 2.8 and 2.26: "error: build log of derivation '…' is not available"
+        if stderr.contains("is not available") {
+            return Ok(None);
+        }
+        Err(PathInfoError::Failed { program: P.to_owned(), paths: args, stderr })
     }
 
     fn program(&self, program: &str) -> PathBuf {
@@ -253,11 +296,7 @@ impl LocalNix {
     pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.program(program));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("NIKS3_") {
-                cmd.env_remove(k);
-            }
-        }
+        crate::child_env::scrub(&mut cmd);
         cmd
     }
 }

@@ -153,6 +153,11 @@ impl World {
 
     /// Starts `niks3 serve`; its stderr goes to `<dir>/serve-N.log`.
     pub fn serve(&self) -> Server {
+        self.serve_with(|_| {})
+    }
+
+    /// [`World::serve`] with `adjust` applied to the command before it starts (extra environment).
+    pub fn serve_with(&self, adjust: impl FnOnce(&mut Command)) -> Server {
         let n = std::fs::read_dir(self.dir.path()).map_or(0, Iterator::count);
         let log = self.dir.path().join(format!("serve-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
@@ -161,6 +166,7 @@ impl World {
         if let Backend::S3(g) = &self.backend {
             cmd.env("NIKS3_S3_ACCESS_KEY", &g.access_key).env("NIKS3_S3_SECRET_KEY", &g.secret_key);
         }
+        adjust(&mut cmd);
         let child = cmd.spawn().expect("spawn niks3 serve");
         Server { child: Some(child), log }
     }

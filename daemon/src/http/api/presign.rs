@@ -9,6 +9,7 @@
 //! push is a 409 (complete reuses the stored one).
 
 use super::super::{HttpState, Request, response};
+use super::auth::Caller;
 use super::protocol::{PresignRequest, PresignResponse};
 use super::push::{bad, clip, conflict, max_compressed_size, nar_upload_target, planned_nar, store_failed};
 use super::read_json;
@@ -23,10 +24,10 @@ use warp::reply::Response;
 const BOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_hours(1);
 
 /// `POST /api/v1/uploads/{id}/nar/{nix32}/presign`.
-pub async fn handle(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
+pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
     let (id, _, key) = match nar_upload_target(id, hash) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let body: PresignRequest = match read_json(req, 4096).await {
         Ok(b) => b,
@@ -38,7 +39,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) 
     let Store::S3(s3) = &*state.store else {
         return response::json_error(StatusCode::NOT_FOUND, "this server relays NARs (no presigned URLs)");
     };
-    let nar_size = match planned_nar(state, id, &key).await {
+    let nar_size = match planned_nar(state, caller, id, &key).await {
         Ok((_, Some(_))) => {
             return conflict(format!("{key} was stored meanwhile by another push; complete without uploading it"));
         }

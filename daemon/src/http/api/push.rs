@@ -14,6 +14,7 @@
 //! only ever built from validated parts, and a NAR can only be written under a key its session claimed.
 
 use super::super::{HttpState, Request, response};
+use super::auth::Caller;
 use super::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, MissingLog, MissingNar, MultipartWire,
     PathInfoWire, PushRequest, PushResponse,
@@ -284,7 +285,7 @@ async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Resu
 }
 
 /// `POST /api/v1/push`.
-pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: PushRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -370,20 +371,20 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
     claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
     let Some(first_root) = closure.roots.first() else { return bad("no roots") };
-    let session = match state.db.begin_upload(&ObjectKey::narinfo(first_root), &claimed, now).await {
+    let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
         Ok(id) => id,
         Err(e) => return db_failed(&e),
     };
     let uploads = vec![session.0];
     let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
     if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
-        abort_sessions(state, &uploads).await;
+        abort_sessions(state, caller, &uploads).await;
         return db_failed(&e);
     }
     let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
         Ok(m) => m,
         Err(r) => {
-            abort_sessions(state, &uploads).await;
+            abort_sessions(state, caller, &uploads).await;
             return r;
         }
     };
@@ -560,9 +561,11 @@ async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String,
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
-/// Ends sessions `ids` after aborting their multipart uploads (best effort: what is left, GC removes).
-/// Returns how many sessions and multipart uploads were ended.
-async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
+/// Ends `caller`'s sessions among `ids` after aborting their multipart uploads (best effort: what is left,
+/// GC removes). Returns how many sessions and multipart uploads were ended.
+async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> (u64, u64) {
+    let Ok(owned) = owned_sessions(state, caller, ids).await else { return (0, 0) };
+    let ids = owned.as_slice();
     let mut multiparts = 0;
     if let Ok(started) = multiparts_of(state, ids).await {
         for (key, id) in &started {
@@ -583,7 +586,7 @@ async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
 }
 
 /// `POST /api/v1/abort`.
-pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn abort(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: AbortRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -591,7 +594,7 @@ pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
     if body.uploads.len() > state.limits.max_paths {
         return bad(format!("too many upload ids: {} (at most {})", body.uploads.len(), state.limits.max_paths));
     }
-    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, &body.uploads).await;
+    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, caller, &body.uploads).await;
     tracing::info!(sessions = aborted_uploads, multiparts = aborted_multiparts, "push aborted by the client");
     response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts })
 }
@@ -648,23 +651,39 @@ fn valid_etag(e: &str) -> bool {
         && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'"' | b'-' | b'_' | b'.'))
 }
 
-/// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or a 400.
-pub(super) fn nar_upload_target(id: &str, hash: &str) -> Result<(i64, Sha256Hash, ObjectKey), Response> {
-    let Ok(id) = id.parse::<i64>() else { return Err(bad(format!("invalid upload id {:?}", clip(id)))) };
+/// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
+async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, Response> {
+    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+    let rows = client
+        .query(
+            "SELECT id FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+            &[&ids, &caller.session_owner()],
+        )
+        .await
+        .map_err(|e| db_failed(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or why
+/// not (for a 400).
+pub(super) fn nar_upload_target(id: &str, hash: &str) -> Result<(i64, Sha256Hash, ObjectKey), String> {
+    let Ok(id) = id.parse::<i64>() else { return Err(format!("invalid upload id {:?}", clip(id))) };
     match Sha256Hash::parse(&format!("sha256:{hash}")) {
         Ok(h) if h.to_nix32() == hash => Ok((id, h, ObjectKey::nar(&h))),
-        _ => Err(bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash)))),
+        _ => Err(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
     }
 }
 
-/// The NarSize session `id` announced for the NAR `key` it was told to upload (404 when it was not), and
-/// the stored file when another push stored that NAR meanwhile (with its FileHash).
+/// The NarSize `caller`'s session `id` announced for the NAR `key` it was told to upload (404 when it was
+/// not, or is another token's session), and the stored file when another push stored that NAR meanwhile
+/// (with its FileHash).
 pub(super) async fn planned_nar(
     state: &HttpState,
+    caller: &Caller,
     id: i64,
     key: &ObjectKey,
 ) -> Result<(u64, Option<(u64, Sha256Hash)>), Response> {
-    let nar_size = match state.db.planned_nar_size(UploadId(id), key).await {
+    let nar_size = match state.db.planned_nar_size(UploadId(id), caller.session_owner(), key).await {
         Ok(Some(n)) => n,
         Ok(None) => {
             return Err(response::json_error(
@@ -679,11 +698,14 @@ pub(super) async fn planned_nar(
     Ok((nar_size, stored))
 }
 
-/// True when upload session `id` exists and claimed `key`.
-async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<bool, String> {
+/// True when upload session `id` exists, was opened by `caller` and claimed `key`.
+async fn session_claims(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Result<bool, String> {
     let client = state.db.pool().get().await.map_err(|e| e.to_string())?;
     let row = client
-        .query_opt("SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed)", &[&id, &key.as_str()])
+        .query_opt(
+            "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
+            &[&id, &key.as_str(), &caller.session_owner()],
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(row.is_some())
@@ -691,8 +713,8 @@ async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<b
 
 /// `None` when upload session `id` claimed `key`; otherwise the response to send (404, or 503 when the
 /// database cannot say). Every upload route checks this before accepting a byte.
-pub(super) async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option<Response> {
-    match session_claims(state, id, key).await {
+pub(super) async fn refuse_unclaimed(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Option<Response> {
+    match session_claims(state, caller, id, key).await {
         Ok(true) => None,
         Ok(false) => Some(response::json_error(
             StatusCode::NOT_FOUND,
@@ -747,7 +769,7 @@ async fn record_log_if_stored(
 }
 
 /// `POST /api/v1/complete`.
-pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: CompleteRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -761,13 +783,19 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
     if uploads.is_empty() || (uploads.len() != 1 && uploads.len() != closure.roots.len()) {
         return bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len()));
     }
-    // Each session must still exist (GC aborts stale ones) and belong to its root.
+    // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
     let sessions: BTreeMap<i64, String> = {
         let client = match state.db.pool().get().await {
             Ok(c) => c,
             Err(e) => return db_failed(&e),
         };
-        match client.query("SELECT id, root FROM uploads WHERE id = ANY($1)", &[&uploads]).await {
+        match client
+            .query(
+                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+                &[&uploads, &caller.session_owner()],
+            )
+            .await
+        {
             Ok(rows) => rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect(),
             Err(e) => return db_failed(&e),
         }

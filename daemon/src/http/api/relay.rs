@@ -11,6 +11,7 @@
 //! marks and deletes them after the grace period like any unreachable object (#9).
 
 use super::super::{HttpState, Request, response};
+use super::auth::Caller;
 use super::protocol::UploadResponse;
 use super::push::{bad, clip, conflict, db_failed, max_compressed_size, nar_upload_target, planned_nar, store_failed};
 use crate::db::NewObject;
@@ -87,15 +88,15 @@ pub enum VerifyError {
 }
 
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
-pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
+pub async fn upload_nar(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
     let (id, nar_hash, key) = match nar_upload_target(id, hash) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return bad(e),
     };
     let Store::Local(local) = &*state.store else {
         return response::json_error(StatusCode::NOT_FOUND, "this server takes NARs through presigned URLs");
     };
-    let nar_size = match planned_nar(state, id, &key).await {
+    let nar_size = match planned_nar(state, caller, id, &key).await {
         // Uploaded meanwhile by another push: the stored NAR stays, the body is not read.
         Ok((_, Some((size, file_hash)))) => {
             return response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() });
@@ -281,7 +282,7 @@ async fn read_body(req: Request, limit: u64) -> Result<Bytes, Response> {
 }
 
 /// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
-pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &str) -> Response {
+pub async fn upload_log(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, drv: &str) -> Response {
     let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
     let drv = match StorePath::from_basename(drv) {
         Ok(p) if p.is_derivation() => p,
@@ -289,7 +290,7 @@ pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &st
         Err(e) => return bad(e.to_string()),
     };
     let key = ObjectKey::log(&drv);
-    if let Some(refusal) = super::push::refuse_unclaimed(state, id, &key).await {
+    if let Some(refusal) = super::push::refuse_unclaimed(state, caller, id, &key).await {
         return refusal;
     }
     let limit = state.limits.max_log_upload;
