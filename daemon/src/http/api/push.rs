@@ -987,6 +987,23 @@ mod tests {
     const C: &str = "2c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
 
     #[test]
+    fn byte_counters_saturate_instead_of_wrapping() {
+        let c = std::sync::atomic::AtomicU64::new(u64::MAX - 1);
+        add_saturating(&c, 976);
+        assert_eq!(c.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn roots_are_capped_and_counted_as_sent() {
+        let sd = StoreDir::default();
+        let roots: Vec<String> = (0..5).map(|_| format!("/nix/store/{A}-p")).collect();
+        let e = validate_closure(&sd, &roots, &[w(A, &[])], lim(10)).expect_err("5 roots, at most 4");
+        assert!(e.contains("too many roots: 5 (at most 4"), "{e}");
+        let c = validate_closure(&sd, &roots[..4], &[w(A, &[])], lim(10)).expect("duplicates count once");
+        assert_eq!(c.roots.len(), 1);
+    }
+
+    #[test]
     fn closure_is_ordered_dependencies_first() {
         let sd = StoreDir::default();
         let paths = [w(A, &[A, B, C]), w(B, &[C]), w(C, &[])];
