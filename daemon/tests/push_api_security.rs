@@ -371,11 +371,17 @@ async fn s3_pushes_get_short_or_bound_urls_and_a_stored_nar_gets_none() {
         post(&s, "complete", &json!({ "uploads": plan["uploads"], "roots": [p], "paths": [info], "nars": nars })).await;
     assert_eq!((st, &done["published"]), (200, &json!(1)), "{done}");
 
-    // Published: a made-up path with the same NarHash gets no URL for it, and cannot ask for one.
+    // Published: a made-up path with the same NarHash gets no URL for it, and cannot ask for one — also
+    // when the NAR was recorded before FileHashes were kept (the FileHash is learnt from its narinfo).
+    let c = s.state.db.client().await.expect("db");
+    c.execute("UPDATE objects SET file_hash = NULL WHERE key = $1", &[&nar_key(&nar)]).await.expect("legacy row");
     let fake = store_path("s3-made-up");
     let (st, plan) = post(&s, "push", &json!({ "roots": [fake], "paths": [path_info(&fake, &nar, None)] })).await;
     assert_eq!(st, 200, "{plan}");
     assert_eq!(plan["missing_nars"], json!([]), "{plan}");
+    let learnt: Option<String> =
+        c.query_one("SELECT file_hash FROM objects WHERE key = $1", &[&nar_key(&nar)]).await.expect("row").get(0);
+    assert_eq!(learnt, Some(file_hash.to_nix_string()));
     let id = plan["uploads"][0].as_i64().expect("id");
     let (st, e) = post(
         &s,
@@ -385,5 +391,12 @@ async fn s3_pushes_get_short_or_bound_urls_and_a_stored_nar_gets_none() {
     .await;
     assert_eq!(st, 404, "{e}");
     assert_eq!(get(&s, &nar_key(&nar)).await, (200, nar.zst.clone()), "the published NAR is intact");
+    let (st, done) = post(
+        &s,
+        "complete",
+        &json!({ "uploads": [id], "roots": [fake], "paths": [path_info(&fake, &nar, None)], "nars": [] }),
+    )
+    .await;
+    assert_eq!((st, &done["published"]), (200, &json!(1)), "{done}");
     s.shutdown().await;
 }

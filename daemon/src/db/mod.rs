@@ -434,6 +434,24 @@ impl Db {
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))).collect())
     }
 
+    /// For each NAR among `nars` that some narinfo points to: (NAR key, the key of one such narinfo). One
+    /// scan of the narinfos (there is no index on refs): only for NAR rows older than `file_hash`.
+    pub async fn narinfos_referring_to(&self, nars: &[ObjectKey]) -> Result<Vec<(String, String)>, DbError> {
+        if nars.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT DISTINCT ON (refs[1]) refs[1], key FROM objects \
+                 WHERE kind = 'narinfo' AND NOT deleting AND refs[1] = ANY($1) ORDER BY refs[1], key",
+                &[&strs(nars)],
+            )
+            .await
+            .map_err(q("narinfos_referring_to"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+    }
+
     /// Lets session `id` upload the NARs `nars` (key, announced NarSize): through the relay route, or
     /// with a presigned PUT bound to the file.
     pub async fn allow_nar_uploads(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {

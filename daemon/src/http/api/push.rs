@@ -23,6 +23,7 @@ use super::read_json;
 use crate::db::{NewObject, UploadId};
 use crate::nix::content_address;
 use crate::nix::hash::Sha256Hash;
+use crate::nix::narinfo::NarInfo;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, Store};
@@ -284,6 +285,45 @@ async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Resu
     Ok(missing)
 }
 
+/// NAR rows recorded before FileHashes were kept (migration 0005) have none, so they could not be reused
+/// and would be uploaded again — over a published NAR, on S3, where nothing checks the bytes first. For
+/// those a narinfo refers to, the FileHash (and FileSize) is taken from that narinfo and recorded, so the
+/// NAR is reused like any other; the ones nothing refers to stay unknown (replacing them harms nothing).
+async fn learn_legacy_file_hashes(
+    state: &HttpState,
+    stored: &mut HashMap<String, crate::db::StoredFile>,
+) -> Result<(), Response> {
+    let legacy: Vec<ObjectKey> = stored
+        .iter()
+        .filter(|(_, f)| f.file_hash.is_none())
+        .filter_map(|(k, _)| ObjectKey::parse(k).ok().map(|(_, k)| k))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let referrers = state.db.narinfos_referring_to(&legacy).await.map_err(|e| db_failed(&e))?;
+    let now = chrono::Utc::now();
+    for (nar, narinfo) in referrers {
+        let (Ok((_, nar_key)), Ok((_, narinfo_key))) = (ObjectKey::parse(&nar), ObjectKey::parse(&narinfo)) else {
+            continue;
+        };
+        let Some(text) = state.store.get(&narinfo_key).await.map_err(|e| store_failed(&e))? else { continue };
+        let Ok(parsed) = std::str::from_utf8(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| NarInfo::parse(t, &state.store_dir).map_err(|e| e.to_string()))
+        else {
+            continue;
+        };
+        let (Some(file_hash), Some(file_size)) = (parsed.file_hash, parsed.file_size) else { continue };
+        if parsed.url != nar_key.as_str() {
+            continue;
+        }
+        state.db.record_nar(&nar_key, file_size, Some(&file_hash), now).await.map_err(|e| db_failed(&e))?;
+        stored.insert(nar, crate::db::StoredFile { size: file_size, file_hash: Some(file_hash) });
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/push`.
 pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: PushRequest = match read_json(req, state.limits.max_json_body).await {
@@ -310,11 +350,14 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         }
     }
     let nar_keys: Vec<ObjectKey> = nars.iter().map(|(k, _)| k.clone()).collect();
-    let stored_nars = match state.db.nar_files(&nar_keys).await {
+    let mut stored_nars = match state.db.nar_files(&nar_keys).await {
         Ok(m) => m,
         Err(e) => return db_failed(&e),
     };
-    // A NAR row without a FileHash (recorded before FileHashes were kept) cannot be reused: upload it again.
+    if let Err(r) = learn_legacy_file_hashes(state, &mut stored_nars).await {
+        return r;
+    }
+    // A NAR row still without a FileHash is referenced by no narinfo: uploading it again harms nothing.
     let to_upload: Vec<(ObjectKey, &PathInfo)> = nars
         .iter()
         .filter(|(k, _)| stored_nars.get(k.as_str()).is_none_or(|f| f.file_hash.is_none()))
