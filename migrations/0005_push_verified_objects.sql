@@ -5,7 +5,8 @@
 -- relayed or compressed itself, the pusher's word for presigned uploads. A later push of another path
 -- with the same NarHash reuses the stored NAR and takes its FileHash from here instead of uploading it
 -- again (uploading again could replace a published NAR). NULL for rows older than this migration and for
--- rows GC put back from a tombstone: such NARs are treated as unknown and uploaded again.
+-- rows GC put back from a tombstone: the push API then learns it from a narinfo pointing at the NAR, and
+-- a NAR no narinfo points at may be uploaded again (replacing it harms nothing).
 ALTER TABLE objects ADD COLUMN file_hash TEXT;
 
 -- The NARs a push session may upload (through the relay route, or a presigned PUT bound to the file),
