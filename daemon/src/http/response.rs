@@ -21,9 +21,6 @@ pub fn bytes(status: StatusCode, content_type: &str, cache_control: &str, body: 
     *resp.status_mut() = status;
     set(&mut resp, header::CONTENT_TYPE, content_type);
     set(&mut resp, header::CACHE_CONTROL, cache_control);
-    // Pushed objects (build logs above all) are attacker-chosen bytes on the cache's origin: browsers must
-    // take the declared type, never sniff HTML out of a "text/plain" log.
-    set(&mut resp, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     resp
 }
