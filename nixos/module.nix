@@ -88,6 +88,7 @@ let
       "services.niks3.s3.secretKeyFile" = cfg.s3.secretKeyFile;
       "services.niks3.database.urlFile" = cfg.database.urlFile;
       "services.niks3.hook.tokenFile" = hookCfg.tokenFile;
+      "services.niks3.gc.tokenFile" = cfg.gc.tokenFile;
     }
     // lib.listToAttrs (imap0 (i: f: lib.nameValuePair "services.niks3.signKeyFiles[${toString i}]" f)
       cfg.signKeyFiles);
@@ -99,8 +100,12 @@ let
 
   signKeyCreds = imap0 (i: f: { name = "sign-key-${toString i}"; path = f; }) cfg.signKeyFiles;
 
-  # The token the GC client sends: the configured file, or the one the server generated on first start.
-  gcTokenSource = if cfg.apiTokenFile != null then cfg.apiTokenFile else "${stateDir}/api-token";
+  # The token the GC client sends: its own gc-scoped token, else the admin token (the configured file, or
+  # the one the server generated on first start).
+  gcTokenSource =
+    if cfg.gc.tokenFile != null then cfg.gc.tokenFile
+    else if cfg.apiTokenFile != null then cfg.apiTokenFile
+    else "${stateDir}/api-token";
 
   # Directories outside the state directory that a service must be able to write despite
   # ProtectSystem=strict.
@@ -337,9 +342,10 @@ in
     };
 
     apiTokenFile = secretFileOption "api-token" ''
-      File holding the API token (at least 36 characters) that `niks3 push`, `niks3 drain` and
-      `niks3 gc` present. null: the server generates ${stateDir}/api-token on first start (not
-      allowed with nginx on a public domain).
+      File holding the seed API token (at least 36 characters): an `admin` token, allowed everything,
+      including GC below the API's floors. Give builders and CI `push` tokens and the GC timer a `gc`
+      token instead (`niks3 token create`, see hook.tokenFile and gc.tokenFile). null: the server
+      generates ${stateDir}/api-token on first start (not allowed with nginx on a public domain).
     '';
 
     signKeyFiles = mkOption {
@@ -423,6 +429,11 @@ in
         default = 1800;
         description = "Random delay added to each run (RandomizedDelaySec), in seconds.";
       };
+      tokenFile = secretFileOption "gc-token" ''
+        File holding a token with the `gc` scope for the GC timer (`niks3 token create --name gc-timer
+        --scope gc`): it can collect what is older than the API's floors (1 h) but cannot push or wipe
+        the cache. null: the timer uses the admin token (apiTokenFile, or the generated one).
+      '';
     };
 
     hook = {
@@ -447,8 +458,11 @@ in
         example = "https://cache.example.org";
         description = "Remote niks3 server to push to; null means the local services.niks3 drains the spool.";
       };
-      tokenFile = secretFileOption "api-token"
-        "File holding the remote server's API token (required with serverUrl).";
+      tokenFile = secretFileOption "push-token" ''
+        File holding a token with the `push` scope for the remote server (required with serverUrl):
+        on the server, `niks3 token create --name <this host> --scope push`, one per builder, so each
+        can be revoked on its own (`niks3 token revoke <this host>`).
+      '';
       wrapper = mkOption {
         type = types.package;
         readOnly = true;
@@ -644,7 +658,7 @@ in
         {
           assertion = hookCfg.serverUrl == null || hookCfg.tokenFile != null;
           message = "services.niks3.hook: serverUrl = ${toString hookCfg.serverUrl} needs hook.tokenFile "
-            + "(the server's API token).";
+            + "(a push token: `niks3 token create --name <host> --scope push` on the server).";
         }
       ];
       warnings = optional (hookCfg.serverUrl == null && hookCfg.tokenFile != null)

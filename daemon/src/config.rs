@@ -258,6 +258,65 @@ pub struct ServeConfig {
     pub compression_level: i32,
 }
 
+/// Where the database is, for commands that only need it (`niks3 token`): the same flags, environment
+/// variables and defaults as `niks3 serve`, resolved the same way ([`DbArgs::resolve`]).
+#[derive(clap::Args, Clone, Default)]
+pub struct DbArgs {
+    /// State directory holding the embedded PostgreSQL (used when neither --db nor --db-file is given).
+    /// Default: /var/lib/niks3 as root, else $XDG_STATE_HOME/niks3 or ~/.local/state/niks3.
+    #[arg(long, env = "NIKS3_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// PostgreSQL connection string. Default: the private cluster in <state-dir>/postgres.
+    #[arg(long, env = "NIKS3_DB", hide_env_values = true, conflicts_with = "db_file")]
+    pub db: Option<String>,
+    /// File holding the PostgreSQL connection string.
+    #[arg(long, env = "NIKS3_DB_FILE")]
+    pub db_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("state_dir", &self.state_dir)
+            .field("db", &self.db.as_ref().map(|_| "<redacted>"))
+            .field("db_file", &self.db_file)
+            .finish()
+    }
+}
+
+impl DbArgs {
+    /// The database `niks3 serve` with the same flags would use.
+    pub fn resolve(&self) -> Result<DbChoice, ConfigError> {
+        resolve_db(self.db.as_deref(), self.db_file.as_deref(), || resolve_state_dir(self.state_dir.as_deref()))
+    }
+}
+
+/// The state directory (`--state-dir` or the default), created if needed, as an absolute path.
+fn resolve_state_dir(arg: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    let state_dir = match arg {
+        Some(d) => d.to_owned(),
+        None => default_state_dir()?,
+    };
+    // Traversable (not listable) by others: the embedded PostgreSQL runs as its own user when we are
+    // root and needs to reach <state>/postgres; the secrets inside have their own 0600/0700 modes.
+    create_dir(&state_dir, 0o711)?;
+    std::fs::canonicalize(&state_dir).map_err(|source| ConfigError::Io { op: "resolving", path: state_dir, source })
+}
+
+/// `--db`, else the connection string in `--db-file`, else the embedded cluster in the state directory
+/// (asked for only then).
+fn resolve_db(
+    db: Option<&str>,
+    db_file: Option<&Path>,
+    state_dir: impl FnOnce() -> Result<PathBuf, ConfigError>,
+) -> Result<DbChoice, ConfigError> {
+    Ok(match (db, db_file) {
+        (Some(url), _) => DbChoice::Url(url.to_owned()),
+        (None, Some(f)) => DbChoice::Url(read_secret(f, "db-file")?),
+        (None, None) => DbChoice::Embedded(state_dir()?),
+    })
+}
+
 /// `:5751` → all interfaces; otherwise a socket address (`host:port`, `[v6]:port`) or `localhost:port`.
 pub fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
     let invalid = |reason: &str| ConfigError::Invalid { flag: "http-addr", reason: format!("{input:?}: {reason}") };
@@ -430,27 +489,12 @@ impl ServeConfig {
     /// Resolves the flags: picks defaults, creates the state directory, reads secrets, and generates
     /// the signing key and API token on first start.
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
-        let state_dir = match &args.state_dir {
-            Some(d) => d.clone(),
-            None => default_state_dir()?,
-        };
-        // Traversable (not listable) by others: the embedded PostgreSQL runs as its own user when we are
-        // root and needs to reach <state>/postgres; the secrets inside have their own 0600/0700 modes.
-        create_dir(&state_dir, 0o711)?;
-        let state_dir = std::fs::canonicalize(&state_dir).map_err(|source| ConfigError::Io {
-            op: "resolving",
-            path: state_dir.clone(),
-            source,
-        })?;
+        let state_dir = resolve_state_dir(args.state_dir.as_deref())?;
         let http_addr = parse_http_addr(&args.http_addr)?;
         let nix_store_dir = StoreDir::new(&args.nix_store_dir)?;
         let spool_dir =
             if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
-        let db = match (&args.db, &args.db_file) {
-            (Some(url), _) => DbChoice::Url(url.clone()),
-            (None, Some(f)) => DbChoice::Url(read_secret(f, "db-file")?),
-            (None, None) => DbChoice::Embedded(state_dir.clone()),
-        };
+        let db = resolve_db(args.db.as_deref(), args.db_file.as_deref(), || Ok(state_dir.clone()))?;
         let store = match (&args.s3_bucket, &args.store_dir) {
             (Some(bucket), _) if !bucket.trim().is_empty() => StoreChoice::S3(resolve_s3(args, bucket.trim())?),
             (_, Some(dir)) => StoreChoice::Local(dir.clone()),

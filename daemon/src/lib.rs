@@ -12,4 +12,5 @@ pub mod http;
 pub mod metrics;
 pub mod nix;
 pub mod store;
+pub mod token;
 pub mod upload;

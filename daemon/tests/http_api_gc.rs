@@ -4,7 +4,7 @@
 
 mod http_support;
 
-use http_support::{Backend, TOKEN, TestServer};
+use http_support::{Backend, TOKEN, TestServer, announce_and_upload};
 use niks3::client::ApiClient;
 use niks3::http::ApiToken;
 use niks3::http::api::protocol::GcRequest;
@@ -31,54 +31,11 @@ async fn gc_route_runs_the_collector_and_records_its_figures() {
     assert!(metrics.contains("niks3_gc_last_objects_deleted_after_grace_period 0"), "{metrics}");
     // absurd options are a 400, not a crash
     let err = api
-        .gc(&GcRequest { older_than_secs: u64::MAX, failed_uploads_older_than_secs: 1, force: false, dry_run: true })
+        .gc(&GcRequest { older_than_secs: u64::MAX, failed_uploads_older_than_secs: 3600, force: false, dry_run: true })
         .await
         .expect_err("absurd");
     assert!(err.to_string().contains("400"), "{err}");
     s.shutdown().await;
-}
-
-/// Announces `path`'s closure (one path, no references) and uploads its NAR through the relay route.
-async fn announce_and_upload(
-    s: &TestServer,
-    env: &niks3_testkit::nix::NixEnv,
-    path: &str,
-) -> (serde_json::Value, serde_json::Value) {
-    let info = env.command("nix").args(["path-info", "--json", path]).output().expect("path-info");
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
-    let wire = serde_json::json!({
-        "path": path, "nar_hash": v[0]["narHash"], "nar_size": v[0]["narSize"], "references": [],
-    });
-    let c = TestServer::client();
-    let auth = format!("Bearer {TOKEN}");
-    let plan: serde_json::Value = c
-        .post(format!("{}/api/v1/push", s.url))
-        .header("authorization", &auth)
-        .json(&serde_json::json!({ "roots": [path], "paths": [wire] }))
-        .send()
-        .await
-        .expect("push")
-        .json()
-        .await
-        .expect("plan");
-    let dump = env.command("nix-store").args(["--dump", path]).output().expect("dump").stdout;
-    let zst = zstd::encode_all(dump.as_slice(), 3).expect("zstd");
-    let url = plan["missing_nars"][0]["upload_url"].as_str().expect("url");
-    let up: serde_json::Value = c
-        .put(format!("{}{url}", s.url))
-        .header("authorization", &auth)
-        .body(zst)
-        .send()
-        .await
-        .expect("upload")
-        .json()
-        .await
-        .expect("upload answer");
-    let done = serde_json::json!({
-        "uploads": plan["uploads"], "roots": [path], "paths": [wire],
-        "nars": [{ "nar_hash": wire["nar_hash"], "file_hash": up["file_hash"], "file_size": up["size"] }],
-    });
-    (plan, done)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -89,7 +46,7 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
 
     // 1. a GC between upload and complete (everything old, no grace) must not delete the claimed NAR
     let a = env.build_script("gc-race-a", "echo a > $out").expect("build");
-    let (_, done) = announce_and_upload(&s, &env, &a).await;
+    let (_, done) = announce_and_upload(&s, &env, &a, TOKEN).await;
     let figures = api
         .gc(&GcRequest { older_than_secs: 0, failed_uploads_older_than_secs: 3600, force: true, dry_run: false })
         .await
@@ -102,9 +59,10 @@ async fn gc_during_a_push_keeps_claimed_objects_and_expired_sessions_must_push_a
 
     // 2. a session GC considers failed is gone: completing it is a 409 and publishes nothing
     let b = env.build_script("gc-race-b", "echo b > $out").expect("build");
-    let (_, done) = announce_and_upload(&s, &env, &b).await;
+    let (_, done) = announce_and_upload(&s, &env, &b, TOKEN).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    api.gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 1, force: false, dry_run: false })
+    // 1 s is below the API's floor: only an admin token (the seed token is one) may ask, with force.
+    api.gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 1, force: true, dry_run: false })
         .await
         .expect("gc");
     let r = s.post_api("complete", &done).await;

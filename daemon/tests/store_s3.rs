@@ -231,6 +231,46 @@ async fn presigned_put_works_with_reqwest_and_curl() {
     assert!(matches!(too_long, Err(StoreError::Config(_))), "{too_long:?}");
 }
 
+/// Review #19: a presigned PUT bound to the file's size and SHA-256 accepts that file only: another
+/// length (the 5 GiB a single PUT allows), other bytes of the same length, or a request leaving the
+/// checksum out are all refused by the real Garage, and the object stays the file it was issued for.
+#[tokio::test]
+async fn a_bound_presigned_put_accepts_only_the_file_it_was_issued_for() {
+    let (_g, store) = setup();
+    let d = data(64 * 1024, 9);
+    let key = nar_key(&d);
+    let hash = Sha256Hash::digest(&d);
+    let url =
+        s3(&store).presign_put_bound(&key, Duration::from_mins(10), d.len() as u64, &hash).await.expect("presign");
+    let checksum = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(hash.0)
+    };
+    // A fresh connection per request: Garage may answer a refused PUT before reading its body and close.
+    let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let put = |body: Vec<u8>, with_checksum: bool| {
+        let mut rb = c.put(&url).body(body);
+        if with_checksum {
+            rb = rb.header("x-amz-checksum-sha256", &checksum);
+        }
+        rb.send()
+    };
+    let mut longer = d.clone();
+    longer.extend_from_slice(b"more");
+    let r = put(longer, true).await.expect("PUT longer");
+    assert_eq!(r.status(), 403, "another length breaks the signature");
+    let mut other = d.clone();
+    other[0] ^= 1;
+    let r = put(other.clone(), true).await.expect("PUT other bytes");
+    assert_eq!(r.status(), 400, "other bytes fail the checksum");
+    let r = put(other, false).await.expect("PUT without checksum");
+    assert_eq!(r.status(), 400, "the signed checksum header must be sent");
+    assert_eq!(store.head(&key).await.expect("head"), None, "nothing stored by the refused PUTs");
+    let r = put(d.clone(), true).await.expect("PUT");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(store.get(&key).await.expect("get"), Some(Bytes::from(d)));
+}
+
 #[tokio::test]
 async fn delete_many_present_and_absent() {
     let (_g, store) = setup();

@@ -1,5 +1,6 @@
 # A public cache: niks3 behind nginx with ACME on cache.example.org, objects in S3 (here Cloudflare R2),
-# bookkeeping in a local PostgreSQL, secrets from sops-nix, GC on the default daily timer.
+# bookkeeping in a local PostgreSQL, secrets from sops-nix, GC on the default daily timer with its own
+# gc-scoped token (`niks3 token create --name gc-timer --scope gc`).
 { config, ... }:
 {
   services.niks3 = {
@@ -19,6 +20,9 @@
       domain = "cache.example.org";
     };
     openFirewall = true;
-    gc.enable = true;
+    gc = {
+      enable = true;
+      tokenFile = "/run/secrets/niks3/gc-token";
+    };
   };
 }

@@ -210,7 +210,8 @@ def server_s3():
     eq("niks3-gc ExecStart", g.get("ExecStart"),
        f"{STUB}niks3/bin/niks3 gc --server http://127.0.0.1:5751 "
        "--auth-token-file ${CREDENTIALS_DIRECTORY}/api-token --older-than=720h --failed-uploads-older-than=6h")
-    eq("niks3-gc LoadCredential", g.get("LoadCredential"), ["api-token:/run/secrets/niks3/api-token"])
+    eq("niks3-gc presents its own gc token (gc.tokenFile), not the admin token", g.get("LoadCredential"),
+       ["api-token:/run/secrets/niks3/gc-token"])
     check_hardening(d, "niks3-gc")
     eq("niks3-gc after niks3.service", svc(d, "niks3-gc").get("after"), ["niks3.service"])
     t = d["systemd"].get("timers", {}).get("niks3-gc", {})
@@ -291,7 +292,8 @@ def builder_remote():
        f"{STUB}niks3/bin/niks3 drain --server https://cache.example.org "
        "--auth-token-file ${CREDENTIALS_DIRECTORY}/api-token "
        "--spool-dir /var/lib/niks3/spool --gcroots-dir /nix/var/nix/gcroots/niks3 --compression-level 3")
-    eq("niks3-drain LoadCredential", c.get("LoadCredential"), ["api-token:/run/secrets/niks3/api-token"])
+    eq("niks3-drain presents the builder's push token", c.get("LoadCredential"),
+       ["api-token:/run/secrets/niks3/push-token"])
     eq("niks3-drain restarts", c.get("Restart"), "always")
     eq("niks3-drain may write the spool's state dir", c.get("StateDirectory"), "niks3")
     eq("niks3-drain may remove GC roots", c.get("ReadWritePaths"), ["/nix/var/nix/gcroots/niks3"])
@@ -378,6 +380,8 @@ def variants():
     eq("nginx without TLS: evaluates", (rc, d and d["failedAssertions"]), (0, []))
     if d:
         eq("cache URL defaults to http://domain", env_of(d, "niks3").get("NIKS3_CACHE_URL"), "http://cache.lan")
+        eq("without gc.tokenFile the GC timer presents the admin token", sc(d, "niks3-gc").get("LoadCredential"),
+           ["api-token:/run/secrets/t"])
 
     rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         hook.enable = true;
@@ -409,6 +413,9 @@ def rejected():
     expect_failure("secret in the Nix store", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         apiTokenFile = "/nix/store/00000000000000000000000000000000-token"; }; }""",
                    r"secrets must be absolute runtime paths outside /nix/store.*services\.niks3\.apiTokenFile")
+    expect_failure("gc token in the Nix store", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        gc.tokenFile = "/nix/store/00000000000000000000000000000000-gc-token"; }; }""",
+                   r"secrets must be absolute runtime paths outside /nix/store.*services\.niks3\.gc\.tokenFile")
     expect_failure("relative secret path", """{ ... }: { services.niks3 = {
         enable = true; signKeyFiles = [ "keys/cache.sec" ]; }; }""",
                    r"services\.niks3\.signKeyFiles\[0\] = keys/cache\.sec")

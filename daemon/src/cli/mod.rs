@@ -6,6 +6,7 @@ pub mod key;
 pub mod push;
 pub mod serve;
 pub mod spool;
+pub mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,9 @@ pub enum Command {
     /// Inspect the local spool; put quarantined entries back in the queue.
     #[command(subcommand)]
     Spool(spool::Command),
+    /// Manage scoped, revocable API tokens (in the server's database).
+    #[command(subcommand)]
+    Token(token::Command),
 }
 
 /// Dispatches to the subcommand.
@@ -48,7 +52,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => gc::run(a),
         Command::Key(c) => key::run(c),
         Command::Spool(c) => spool::run(c),
+        Command::Token(c) => token::run(c),
     }
+}
+
+/// Connects to the database `choice` names (migrating it), starting or adopting the embedded cluster when
+/// that is the choice; keep the returned cluster alive while the database is used (it stops on drop if
+/// this call started it).
+pub(crate) async fn open_db(
+    choice: &niks3::config::DbChoice,
+) -> anyhow::Result<(niks3::db::Db, Option<niks3::db::embedded::EmbeddedPostgres>)> {
+    use anyhow::Context as _;
+    use niks3::db::embedded::EmbeddedPostgres;
+    let (url, embedded) = match choice {
+        niks3::config::DbChoice::Url(url) => (url.clone(), None),
+        niks3::config::DbChoice::Embedded(dir) => {
+            let pg = EmbeddedPostgres::start(dir).await.context("starting the embedded PostgreSQL")?;
+            (pg.url(), Some(pg))
+        }
+    };
+    Ok((niks3::db::Db::connect(&url).await?, embedded))
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.

@@ -4,9 +4,8 @@
 //! safely: their spool entries stay claimed and are re-processed on the next start.
 
 use anyhow::Context as _;
-use niks3::config::{DbChoice, ServeConfig, StoreChoice};
+use niks3::config::{ServeConfig, StoreChoice};
 use niks3::db::Db;
-use niks3::db::embedded::EmbeddedPostgres;
 use niks3::metrics::Metrics;
 use niks3::nix::pathinfo::LocalNix;
 use niks3::store::Store;
@@ -63,17 +62,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     });
 
     // Keep the embedded cluster alive for as long as we serve; it stops when dropped.
-    let mut _embedded: Option<EmbeddedPostgres> = None;
-    let db_url = match &config.db {
-        DbChoice::Url(url) => url.clone(),
-        DbChoice::Embedded(dir) => {
-            let pg = EmbeddedPostgres::start(dir).await.context("starting the embedded PostgreSQL")?;
-            let url = pg.url();
-            _embedded = Some(pg);
-            url
-        }
-    };
-    let db = Db::connect(&db_url).await?;
+    let (db, _embedded) = super::open_db(&config.db).await?;
     let store = Arc::new(match &config.store {
         StoreChoice::Local(dir) => Store::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
         StoreChoice::S3(s3) => Store::S3(S3Store::new(s3.clone()).context("configuring S3")?),

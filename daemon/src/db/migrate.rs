@@ -27,6 +27,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0003_upload_multiparts.sql",
         sql: include_str!("../../../migrations/0003_upload_multiparts.sql"),
     },
+    Migration { version: 4, name: "0004_api_tokens.sql", sql: include_str!("../../../migrations/0004_api_tokens.sql") },
+    Migration {
+        version: 5,
+        name: "0005_push_verified_objects.sql",
+        sql: include_str!("../../../migrations/0005_push_verified_objects.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -24,11 +24,13 @@
 
 pub mod embedded;
 mod migrate;
+pub mod tokens;
 
+use crate::nix::hash::Sha256Hash;
 use crate::store::ObjectKey;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::NoTls;
@@ -135,6 +137,15 @@ pub struct NewObject {
     pub refs: Vec<ObjectKey>,
 }
 
+/// A stored file as the database knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Size in bytes as stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, when recorded.
+    pub file_hash: Option<Sha256Hash>,
+}
+
 /// Counts for the landing page, `/metrics` and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -217,9 +228,22 @@ impl Db {
     }
 
     /// Registers an upload of the closure rooted at `root` that will write or rely on `claimed`; unmarks
-    /// every claimed key that exists. One transaction.
+    /// every claimed key that exists. One transaction. The session belongs to the server (or the seed
+    /// token); see [`Db::begin_upload_for`].
     pub async fn begin_upload(
         &self,
+        root: &ObjectKey,
+        claimed: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<UploadId, DbError> {
+        self.begin_upload_for(None, root, claimed, now).await
+    }
+
+    /// [`Db::begin_upload`] for a session opened by API token `owner` (`None`: the server's own pipeline
+    /// or the seed token): the push API lets only that token upload into, complete or abort it.
+    pub async fn begin_upload_for(
+        &self,
+        owner: Option<tokens::TokenId>,
         root: &ObjectKey,
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
@@ -241,8 +265,8 @@ impl Db {
             .map_err(q("begin_upload: unmark"))?;
         let row = t
             .query_one(
-                "INSERT INTO uploads (root, claimed, started_at) VALUES ($1, $2, $3) RETURNING id",
-                &[&root.as_str(), &keys, &now],
+                "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&root.as_str(), &keys, &now, &owner.map(|t| t.0)],
             )
             .await
             .map_err(q("begin_upload: insert"))?;
@@ -313,21 +337,158 @@ impl Db {
     /// Ends an upload successfully: the closure `root` gets pushed_at = now and the upload row goes. One
     /// transaction. Fails with [`DbError::UploadExpired`] if GC dropped the upload meanwhile.
     pub async fn finish_upload(&self, id: UploadId, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
+        self.finish_uploads(&[id], std::slice::from_ref(root), now).await
+    }
+
+    /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
+    /// pushed at `now` and the sessions go. One transaction. Fails with [`DbError::UploadExpired`] (naming
+    /// the first id) when GC dropped any of them meanwhile: then nothing is recorded.
+    pub async fn finish_uploads(
+        &self,
+        ids: &[UploadId],
+        roots: &[ObjectKey],
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let Some(first) = ids.first() else { return Ok(()) };
+        let mut raw: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        raw.sort_unstable();
+        raw.dedup();
         let mut c = self.client().await?;
         let t = c.transaction().await.map_err(q("finish_upload: begin"))?;
-        let n = t.execute("DELETE FROM uploads WHERE id = $1", &[&id.0]).await.map_err(q("finish_upload: delete"))?;
-        if n == 0 {
-            return Err(DbError::UploadExpired(id));
+        let n =
+            t.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&raw]).await.map_err(q("finish_upload: delete"))?;
+        if usize::try_from(n).ok() != Some(raw.len()) {
+            return Err(DbError::UploadExpired(*first));
         }
         t.execute(
-            "INSERT INTO closures (root, pushed_at) VALUES ($1, $2) \
+            "INSERT INTO closures (root, pushed_at) SELECT DISTINCT r, $2::timestamptz FROM unnest($1::text[]) r \
              ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at)",
-            &[&root.as_str(), &now],
+            &[&strs(roots), &now],
         )
         .await
-        .map_err(q("finish_upload: closure"))?;
+        .map_err(q("finish_upload: closures"))?;
         t.commit().await.map_err(q("finish_upload: commit"))?;
         Ok(())
+    }
+
+    /// Records a NAR file now in the store, with its `FileHash` when known (upsert like
+    /// [`Db::record_object`]; a `FileHash` already recorded is kept: a stored NAR is never replaced, so
+    /// the first hash recorded is the file's).
+    pub async fn record_nar(
+        &self,
+        key: &ObjectKey,
+        size: u64,
+        file_hash: Option<&Sha256Hash>,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let hash = file_hash.map(Sha256Hash::to_nix_string);
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
+             VALUES ($1, $2, $3, '{}', $4, $4, $5) \
+             ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
+             marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)",
+            &[&key.as_str(), &key.kind().as_str(), &size, &now, &hash],
+        )
+        .await
+        .map_err(q("record_nar"))?;
+        Ok(())
+    }
+
+    /// The stored NAR files among `keys` (rows not being deleted): key → (size, `FileHash` when known).
+    pub async fn nar_files(&self, keys: &[ObjectKey]) -> Result<HashMap<String, StoredFile>, DbError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT key, size, file_hash FROM objects WHERE key = ANY($1) AND NOT deleting", &[&strs(keys)])
+            .await
+            .map_err(q("nar_files"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let file_hash = r.get::<_, Option<&str>>(2).and_then(|h| Sha256Hash::parse(h).ok());
+                let size = u64::try_from(r.get::<_, i64>(1)).unwrap_or(0);
+                (r.get::<_, String>(0), StoredFile { size, file_hash })
+            })
+            .collect())
+    }
+
+    /// For the narinfos among `keys` that are in the cache: key → the key of the NAR it points to (the
+    /// first of its refs, as [`crate::upload::publish::Publisher::publish`] records them; `None` for a row
+    /// without refs, which no publish writes).
+    pub async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, Option<String>>, DbError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT key, refs[1] FROM objects WHERE key = ANY($1) AND kind = 'narinfo' AND NOT deleting",
+                &[&strs(keys)],
+            )
+            .await
+            .map_err(q("published_nars"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1))).collect())
+    }
+
+    /// For each NAR among `nars` that some narinfo points to: (NAR key, the key of one such narinfo). One
+    /// scan of the narinfos (there is no index on refs): only for NAR rows older than `file_hash`.
+    pub async fn narinfos_referring_to(&self, nars: &[ObjectKey]) -> Result<Vec<(String, String)>, DbError> {
+        if nars.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT DISTINCT ON (refs[1]) refs[1], key FROM objects \
+                 WHERE kind = 'narinfo' AND NOT deleting AND refs[1] = ANY($1) ORDER BY refs[1], key",
+                &[&strs(nars)],
+            )
+            .await
+            .map_err(q("narinfos_referring_to"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+    }
+
+    /// Lets session `id` upload the NARs `nars` (key, announced NarSize): through the relay route, or
+    /// with a presigned PUT bound to the file.
+    pub async fn allow_nar_uploads(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
+        if nars.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = nars.iter().map(|(k, _)| k.as_str()).collect();
+        let sizes: Vec<i64> = nars.iter().map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX)).collect();
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO upload_nars (upload_id, key, nar_size) \
+             SELECT $1, k, s FROM unnest($2::text[], $3::int8[]) AS t(k, s) ON CONFLICT DO NOTHING",
+            &[&id.0, &keys, &sizes],
+        )
+        .await
+        .map_err(q("allow_nar_uploads"))?;
+        Ok(())
+    }
+
+    /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist, is not
+    /// `owner`'s (its `uploads.token_id`; `None`: the seed token's) or may not upload that NAR.
+    pub async fn planned_nar_size(
+        &self,
+        id: UploadId,
+        owner: Option<i64>,
+        key: &ObjectKey,
+    ) -> Result<Option<u64>, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT n.nar_size FROM upload_nars n JOIN uploads u ON u.id = n.upload_id \
+                 WHERE n.upload_id = $1 AND n.key = $2 AND u.token_id IS NOT DISTINCT FROM $3",
+                &[&id.0, &key.as_str(), &owner],
+            )
+            .await
+            .map_err(q("planned_nar_size"))?;
+        Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
 
     /// Ends an upload that failed: drops the claim; the objects it wrote stay recorded (GC reclaims them

@@ -79,8 +79,9 @@ pub fn render(name: &str, url: &str, keys: &[String]) -> String {
          nix copy --from {qurl} \\\n  --option trusted-public-keys {qkeys} \\\n  /nix/store/…-name\n\n\
          # one-off build using this cache\n\
          nix-build --option extra-substituters {qurl} \\\n  --option extra-trusted-public-keys {qkeys} …\n\n\
-         # push a path and its closure to this cache (needs the API token)\n\
-         niks3 push --server {qurl} --auth-token-file ./api-token ./result\n"
+         # push a path and its closure to this cache, with a push token the cache's operator made\n\
+         # for you (niks3 token create --name you --scope push; revocable, one per machine)\n\
+         niks3 push --server {qurl} --auth-token-file ./push-token ./result\n"
     );
     format!(
         r#"<!DOCTYPE html>

@@ -72,14 +72,20 @@ async fn serve_small(state: &HttpState, key: &ObjectKey, content_type: &str, hea
     }
     // Streamed like NARs, never read whole: a build log can be gigabytes, and each slow reader would
     // otherwise hold a copy in memory (security review, finding 4).
+    let mut r = serve_whole(state, key, content_type, response::CACHE_SHORT).await;
+    // A log is text a builder wrote: never let a browser sniff it into HTML.
+    response::set(&mut r, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    r
+}
+
+/// 200 with the whole object streamed from the store (or 404 / 502).
+async fn serve_whole(state: &HttpState, key: &ObjectKey, content_type: &str, cache_control: &str) -> Response {
     match state.store.get_stream(key, None).await {
         Ok(Some((meta, stream))) => {
             let mut r = stream_response(stream);
             r.headers_mut().insert(header::CONTENT_LENGTH, meta.size.into());
             response::set(&mut r, header::CONTENT_TYPE, content_type);
-            response::set(&mut r, header::CACHE_CONTROL, response::CACHE_SHORT);
-            // A log is text a builder wrote: never let a browser sniff it into HTML.
-            response::set(&mut r, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+            response::set(&mut r, header::CACHE_CONTROL, cache_control);
             r
         }
         Ok(None) => response::not_found(),
@@ -183,18 +189,11 @@ async fn serve_nar(state: &HttpState, key: &ObjectKey, range: Option<&http::Head
             RangeRequest::Full => {}
         }
     }
-    match state.store.get_stream(key, None).await {
-        Ok(Some((meta, stream))) => {
-            let mut r = stream_response(stream);
-            r.headers_mut().insert(header::CONTENT_LENGTH, meta.size.into());
-            response::set(&mut r, header::CONTENT_TYPE, ctype);
-            response::set(&mut r, header::CACHE_CONTROL, response::CACHE_IMMUTABLE);
-            response::set(&mut r, header::ACCEPT_RANGES, "bytes");
-            r
-        }
-        Ok(None) => response::not_found(),
-        Err(e) => response::store_failed(key.as_str(), &e),
+    let mut r = serve_whole(state, key, ctype, response::CACHE_IMMUTABLE).await;
+    if r.status() == StatusCode::OK {
+        response::set(&mut r, header::ACCEPT_RANGES, "bytes");
     }
+    r
 }
 
 fn stream_response(stream: ByteStream) -> Response {

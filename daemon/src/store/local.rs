@@ -28,6 +28,30 @@ const DELETE_PARALLEL: usize = 4;
 /// Sub-directories of the layout, created up front so writers only ever rename into existing directories.
 const LAYOUT_DIRS: [&str; 3] = ["nar", "log", "realisations"];
 
+/// A complete file in `.tmp/` written by [`LocalStore::stage_stream`], not yet an object; removed when
+/// dropped unless [`LocalStore::promote`]d.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    size: u64,
+    promoted: bool,
+}
+
+impl Staged {
+    /// Bytes written.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.promoted {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A directory holding the cache layout.
 pub struct LocalStore {
     root: PathBuf,
@@ -86,34 +110,46 @@ impl LocalStore {
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
-        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
         _content_type: &str,
     ) -> Result<u64, StoreError> {
-        let tmp = self.temp_path();
+        let staged = self.stage_stream(chunks).await?;
+        let size = staged.size();
+        self.promote(staged, key).await?;
+        Ok(size)
+    }
+
+    /// Writes `chunks` to a fresh fsynced file in `.tmp/`, visible under no key: the caller checks it
+    /// (e.g. that a relayed NAR decompresses to its NarHash) before [`LocalStore::promote`] puts it in
+    /// place. An `Err` from `chunks` fails the write; the file goes when the [`Staged`] is dropped.
+    pub async fn stage_stream(
+        &self,
+        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+    ) -> Result<Staged, StoreError> {
+        let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
+        let tmp = staged.path.clone();
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(io_err("create", &tmp))?;
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk?;
+            f.write_all(&chunk).await.map_err(io_err("write", &tmp))?;
+            staged.size += chunk.len() as u64;
+        }
+        f.sync_all().await.map_err(io_err("fsync", &tmp))?;
+        Ok(staged)
+    }
+
+    /// Moves a staged file into place under `key` (atomically; replacing what was there) and makes the
+    /// rename durable.
+    pub async fn promote(&self, mut staged: Staged, key: &ObjectKey) -> Result<(), StoreError> {
         let dest = self.path_of(key);
-        let result = async {
-            let mut f = tokio::fs::File::create(&tmp).await.map_err(io_err("create", &tmp))?;
-            let mut total = 0u64;
-            while let Some(chunk) = chunks.recv().await {
-                let chunk = chunk?;
-                f.write_all(&chunk).await.map_err(io_err("write", &tmp))?;
-                total += chunk.len() as u64;
-            }
-            f.sync_all().await.map_err(io_err("fsync", &tmp))?;
-            drop(f);
-            let (tmp2, dest2) = (tmp.clone(), dest.clone());
-            tokio::task::spawn_blocking(move || publish(&tmp2, &dest2)).await.map_err(|e| StoreError::Io {
-                op: "rename",
-                path: dest.clone(),
-                source: std::io::Error::other(e),
-            })??;
-            Ok(total)
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        let tmp = staged.path.clone();
+        tokio::task::spawn_blocking(move || publish(&tmp, &dest)).await.map_err(|e| StoreError::Io {
+            op: "rename",
+            path: self.path_of(key),
+            source: std::io::Error::other(e),
+        })??;
+        staged.promoted = true;
+        Ok(())
     }
 
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {

@@ -36,6 +36,9 @@ const STREAM_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 /// Longest a presigned URL may live (S3's limit: one week).
 const MAX_PRESIGN_SECS: u64 = 604_800;
 
+/// The header carrying the base64 SHA-256 of a PUT body, which S3 (and Garage) check against the body.
+pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
+
 /// Keys per multi-object delete request (S3's limit).
 const DELETE_BATCH: usize = 1000;
 
@@ -430,6 +433,32 @@ impl S3Store {
         let secs = presign_secs(expiry)?;
         self.bucket
             .presign_put(key.as_str(), secs, None, None)
+            .await
+            .map_err(|e| self.error("presign PUT", key.as_str(), e))
+    }
+
+    /// A presigned PUT URL for `key` that only accepts a body of exactly `size` bytes whose SHA-256 is
+    /// `sha256`: `Content-Length` and `x-amz-checksum-sha256` are signed headers, so the uploader must send
+    /// both (the server refuses a request without them) and S3 refuses other bytes (Garage: 403 for
+    /// another length, 400 `InvalidDigest` for other content). Such a URL cannot be used to upload
+    /// anything but the file it was issued for, however long it stays valid.
+    pub async fn presign_put_bound(
+        &self,
+        key: &ObjectKey,
+        expiry: Duration,
+        size: u64,
+        sha256: &crate::nix::hash::Sha256Hash,
+    ) -> Result<String, StoreError> {
+        use base64::Engine;
+        let secs = presign_secs(expiry)?;
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha256.0);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
+        let value = http::HeaderValue::from_str(&checksum)
+            .map_err(|e| StoreError::Config(format!("checksum header for {key}: {e}")))?;
+        headers.insert(http::HeaderName::from_static(CHECKSUM_HEADER), value);
+        self.bucket
+            .presign_put(key.as_str(), secs, Some(headers), None)
             .await
             .map_err(|e| self.error("presign PUT", key.as_str(), e))
     }

@@ -91,6 +91,19 @@ pub enum UploadError {
         /// The key that is absent.
         missing: ObjectKey,
     },
+    /// A different realisation with the same id is already in the cache: the first one published stays
+    /// (a realisation is never replaced, or a push could repoint a derivation output at other content).
+    #[error(
+        "realisation {id} is already in the cache pointing at {cached}, not {pushed}; realisations are never replaced"
+    )]
+    RealisationConflict {
+        /// The realisation's id (`sha256:…!out`).
+        id: String,
+        /// The output path (and dependencies) of the cached realisation.
+        cached: String,
+        /// The output path (and dependencies) of the one pushed.
+        pushed: String,
+    },
     /// The realisations of a derivation's inputs do not account for a realisation it depends on.
     #[error("realisation {id} of {drv} depends on {dependent}, which no input derivation's realisation provides")]
     RealisationUnresolved {
@@ -134,6 +147,7 @@ impl UploadError {
             | UploadError::Vanished { .. }
             | UploadError::Nar { .. }
             | UploadError::RealisationUnresolved { .. }
+            | UploadError::RealisationConflict { .. }
             | UploadError::Key(_)
             | UploadError::Task(_) => false,
         }

@@ -117,9 +117,7 @@ impl Publisher {
                 return Err(UploadError::MissingReference { path: info.path.clone(), reference: (*path).clone() });
             }
         }
-        self.db
-            .record_object(&NewObject { key: nar_key.clone(), size: input.nar.file_size, refs: Vec::new() }, now)
-            .await?;
+        self.db.record_nar(&nar_key, input.nar.file_size, Some(&input.nar.file_hash), now).await?;
 
         let narinfo = self.narinfo(input);
         let text = narinfo.to_text(&self.store_dir);
@@ -180,6 +178,32 @@ impl Publisher {
     ) -> Result<Realisation, UploadError> {
         if let Some(missing) = self.db.missing(&refs).await?.into_iter().next() {
             return Err(UploadError::RealisationIncomplete { id: realisation.id.to_string(), missing });
+        }
+        // First writer wins: the same realisation again only refreshes it, another one is refused.
+        if self.db.object_exists(key).await?
+            && let Some(text) = self.store.get(key).await?
+        {
+            let describe = |r: &Realisation| {
+                let deps: Vec<String> = r.dependents.iter().map(|(k, v)| format!("{k}={}", v.basename())).collect();
+                format!("{} [{}]", r.out_path.basename(), deps.join(", "))
+            };
+            let cached = Realisation::from_json(&text).ok();
+            let same = cached
+                .as_ref()
+                .is_some_and(|c| c.out_path == realisation.out_path && c.dependents == realisation.dependents);
+            if !same {
+                let cached = cached.as_ref().map_or_else(|| "an unreadable realisation".to_owned(), describe);
+                tracing::warn!(id = %realisation.id, %cached, "refused to replace a realisation with another one");
+                return Err(UploadError::RealisationConflict {
+                    id: realisation.id.to_string(),
+                    cached,
+                    pushed: describe(realisation),
+                });
+            }
+            self.db.record_object(&NewObject { key: key.clone(), size: text.len() as u64, refs }, now).await?;
+            let mut existing = realisation.clone();
+            existing.signatures = cached.map(|c| c.signatures).unwrap_or_default();
+            return Ok(existing);
         }
         let mut signed = Realisation { signatures: std::collections::BTreeSet::new(), ..realisation.clone() };
         for k in self.keys.iter() {

@@ -41,8 +41,27 @@ impl Uploader {
                 extra.into_iter().filter(|p| missing.contains(&ObjectKey::narinfo(p))).collect();
             self.upload_closure(&extra).await?;
         }
+        // Realisations the cache holds another version of, and those depending on them (theirs would
+        // name outputs the cache's version does not).
+        let mut conflicting: HashSet<DrvOutput> = HashSet::new();
         for r in dependencies_first(&all) {
-            let signed = self.publisher().publish_realisation(r, chrono::Utc::now()).await?;
+            if let Some(dep) = r.dependents.keys().find(|d| conflicting.contains(*d)) {
+                tracing::warn!(realisation = %r.id, dependency = %dep, "not publishing a realisation whose dependency the cache holds in another version");
+                conflicting.insert(r.id.clone());
+                continue;
+            }
+            let signed = match self.publisher().publish_realisation(r, chrono::Utc::now()).await {
+                Ok(s) => s,
+                // The cache keeps the first realisation of an output (first writer wins): this machine
+                // built something else for it (a non-deterministic build). Its closure is uploaded all
+                // the same; the entry is done, not quarantined.
+                Err(e @ UploadError::RealisationConflict { .. }) => {
+                    tracing::warn!("{e}");
+                    conflicting.insert(r.id.clone());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             tracing::info!(
                 realisation = %signed.id,
                 out_path = %self.store_dir().display(&signed.out_path),

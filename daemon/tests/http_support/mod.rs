@@ -162,6 +162,51 @@ impl Drop for TestServer {
     }
 }
 
+/// Announces `path`'s closure (one path, no references) with `token` and uploads its NAR through the relay
+/// route; returns the server's plan and the body that completes the push.
+pub async fn announce_and_upload(
+    s: &TestServer,
+    env: &niks3_testkit::nix::NixEnv,
+    path: &str,
+    token: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let info = env.command("nix").args(["path-info", "--json", path]).output().expect("path-info");
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    let wire = serde_json::json!({
+        "path": path, "nar_hash": v[0]["narHash"], "nar_size": v[0]["narSize"], "references": [],
+    });
+    let c = TestServer::client();
+    let auth = format!("Bearer {token}");
+    let plan: serde_json::Value = c
+        .post(format!("{}/api/v1/push", s.url))
+        .header("authorization", &auth)
+        .json(&serde_json::json!({ "roots": [path], "paths": [wire] }))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("plan");
+    let dump = env.command("nix-store").args(["--dump", path]).output().expect("dump").stdout;
+    let zst = zstd::encode_all(dump.as_slice(), 3).expect("zstd");
+    let url = plan["missing_nars"][0]["upload_url"].as_str().expect("url");
+    let up: serde_json::Value = c
+        .put(format!("{}{url}", s.url))
+        .header("authorization", &auth)
+        .body(zst)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("upload answer");
+    let done = serde_json::json!({
+        "uploads": plan["uploads"], "roots": [path], "paths": [wire],
+        "nars": [{ "nar_hash": wire["nar_hash"], "file_hash": up["file_hash"], "file_size": up["size"] }],
+    });
+    (plan, done)
+}
+
 /// A minimal check of the Prometheus text exposition format: every sample line is `name{labels} value`
 /// with a valid metric name, balanced quoted labels and a float value; every sample's family has a TYPE.
 pub fn check_prometheus_text(text: &str) -> Result<usize, String> {

@@ -1,7 +1,13 @@
-//! The API's bearer token: loaded from a file or the environment, at least [`MIN_TOKEN_LEN`] characters,
-//! compared in constant time, never printed.
+//! Who is calling the API: the bearer token of a request is either the seed token (loaded from a file or
+//! the environment, at least [`MIN_TOKEN_LEN`] characters, compared in constant time over SHA-256 digests,
+//! never printed; it is `admin`) or a scoped token of `niks3 token create`, looked up in PostgreSQL by the
+//! SHA-256 of what was presented ([`crate::db::Db::authenticate_token`]). Looking a digest up in an
+//! index tells an attacker nothing about the secret itself, and each request sees revocations made by any
+//! server sharing the database.
 
-use sha2::{Digest, Sha256};
+use crate::db::Db;
+use crate::db::tokens::{TokenDbError, TokenId};
+use crate::token::{Scope, Scopes};
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
@@ -69,7 +75,7 @@ impl ApiToken {
         if len < MIN_TOKEN_LEN {
             return Err(AuthError::TooShort { len, source_desc });
         }
-        Ok(ApiToken { digest: Sha256::digest(v.as_bytes()).into(), secret: v.to_owned() })
+        Ok(ApiToken { digest: crate::token::digest(v), secret: v.to_owned() })
     }
 
     /// A fresh random token (48 hex characters) for first start.
@@ -78,7 +84,7 @@ impl ApiToken {
         let mut b = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut b);
         let v = hex::encode(b);
-        ApiToken { digest: Sha256::digest(v.as_bytes()).into(), secret: v }
+        ApiToken { digest: crate::token::digest(&v), secret: v }
     }
 
     /// The token value, for writing it to a file with mode 0600 or into an `Authorization` header.
@@ -89,15 +95,85 @@ impl ApiToken {
     /// True when `presented` equals this token. Both sides are hashed first, so the comparison takes the
     /// same time whatever the presented length, and is constant-time over the digests.
     pub fn matches(&self, presented: &str) -> bool {
-        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.digest.ct_eq(&d).into()
+        self.matches_digest(&crate::token::digest(presented))
+    }
+
+    /// True when `digest` is the SHA-256 of this token (constant-time).
+    fn matches_digest(&self, digest: &[u8; 32]) -> bool {
+        self.digest.ct_eq(digest).into()
     }
 
     /// True when the `Authorization` header is `Bearer <this token>`.
     pub fn authorizes(&self, authorization: Option<&http::HeaderValue>) -> bool {
-        let Some(v) = authorization.and_then(|v| v.to_str().ok()) else { return false };
-        let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) else { return false };
-        self.matches(t.trim())
+        bearer(authorization).is_some_and(|t| self.matches(t))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed.
+fn bearer(authorization: Option<&http::HeaderValue>) -> Option<&str> {
+    let v = authorization.and_then(|v| v.to_str().ok())?;
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    Some(t.trim())
+}
+
+/// Who sent an API request whose token checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's row; `None` for the seed token.
+    pub token: Option<TokenId>,
+    /// The token's name for logs (`seed` for the seed token).
+    pub name: String,
+    /// What it may do.
+    pub scopes: Scopes,
+}
+
+impl Caller {
+    /// The seed token: the server's own admin token.
+    pub fn seed() -> Self {
+        Caller { token: None, name: "seed".to_owned(), scopes: Scopes::admin() }
+    }
+
+    /// The `uploads.token_id` of the sessions this caller opens and may touch (`None`: the seed token).
+    pub fn session_owner(&self) -> Option<i64> {
+        self.token.map(|t| t.0)
+    }
+
+    /// True when the caller may use routes needing `scope`.
+    pub fn allows(&self, scope: Scope) -> bool {
+        self.scopes.allows(scope)
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum Unauthenticated {
+    /// No token, or one that is unknown, revoked or expired: 401.
+    #[error("missing, unknown, revoked or expired API token")]
+    Refused,
+    /// The database could not be asked: 503 (the token may well be valid).
+    #[error("checking the API token: {0}")]
+    Unavailable(#[from] TokenDbError),
+}
+
+/// Checks the `Authorization` header against the seed token and the tokens in the database, as of `now`.
+pub async fn authenticate(
+    seed: &ApiToken,
+    db: &Db,
+    authorization: Option<&http::HeaderValue>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Caller, Unauthenticated> {
+    let presented = bearer(authorization).ok_or(Unauthenticated::Refused)?;
+    let digest = crate::token::digest(presented);
+    if seed.matches_digest(&digest) {
+        return Ok(Caller::seed());
+    }
+    // Nothing this short was ever issued: no need to ask the database.
+    if presented.chars().count() < MIN_TOKEN_LEN {
+        return Err(Unauthenticated::Refused);
+    }
+    match db.authenticate_token(&digest, now).await? {
+        Some(t) => Ok(Caller { token: Some(t.id), name: t.name, scopes: t.scopes }),
+        None => Err(Unauthenticated::Refused),
     }
 }
 

@@ -1,13 +1,17 @@
-//! The push API under `/api/v1/` (see docs/api.md): bearer-token auth on every route, bounded request
-//! bodies, then [`push`] (announce a closure, upload NARs, complete or abort), [`realisations`] and [`gc`].
+//! The push API under `/api/v1/` (see docs/api.md): bearer-token auth on every route ([`auth`]), each
+//! route's scope checked here, bounded request bodies, then [`push`] (announce a closure, upload NARs,
+//! complete or abort), [`realisations`] and [`gc`].
 
 pub mod auth;
 pub mod gc;
+pub mod presign;
 pub mod protocol;
 pub mod push;
 pub mod realisations;
+pub mod relay;
 
 use super::{HttpState, Request, response};
+use crate::token::Scope;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::StatusCode;
@@ -44,33 +48,65 @@ impl Default for ApiLimits {
     }
 }
 
-/// Routes `/api/<rest>`; every route needs the bearer token. Returns the metrics route label too.
+/// Routes `/api/<rest>`: the bearer token first (401, nothing read), then the route (404/405), then the
+/// token's scope (403): `push` for the push routes, `gc` for GC. Returns the metrics route label too.
 pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'static str, Response) {
-    let Some(token) = &state.api_token else { return ("api", response::not_found()) };
-    if !token.authorizes(req.headers.get(http::header::AUTHORIZATION)) {
-        let mut r = response::json_error(StatusCode::UNAUTHORIZED, "missing or wrong API token");
-        response::set(&mut r, http::header::WWW_AUTHENTICATE, "Bearer");
-        return ("api-auth", r);
-    }
+    let Some(seed) = &state.api_token else { return ("api", response::not_found()) };
+    let auth = req.headers.get(http::header::AUTHORIZATION);
+    let caller = match auth::authenticate(seed, &state.db, auth, chrono::Utc::now()).await {
+        Ok(c) => c,
+        Err(e @ auth::Unauthenticated::Refused) => {
+            let mut r = response::json_error(StatusCode::UNAUTHORIZED, e.to_string());
+            response::set(&mut r, http::header::WWW_AUTHENTICATE, "Bearer");
+            return ("api-auth", r);
+        }
+        Err(e @ auth::Unauthenticated::Unavailable(_)) => {
+            tracing::warn!("{e}");
+            return ("api-auth", response::json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
+        }
+    };
     let segs: Vec<&str> = rest.split('/').collect();
     let post = req.method == http::Method::POST;
+    let put = req.method == http::Method::PUT;
+    let needs = match segs.as_slice() {
+        ["v1", "gc"] if post => Scope::Gc,
+        ["v1", "push" | "complete" | "abort" | "realisations"] | ["v1", "uploads", _, "nar", _, "presign"] if post => {
+            Scope::Push
+        }
+        ["v1", "uploads", _, "nar" | "log", _] if put => Scope::Push,
+        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"]
+        | ["v1", "uploads", _, "nar" | "log", _]
+        | ["v1", "uploads", _, "nar", _, "presign"] => {
+            return ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+        }
+        _ => return ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),
+    };
+    if !caller.allows(needs) {
+        let msg = format!(
+            "token {:?} (scopes: {}) may not do this: the route needs the {needs} scope; \
+             create a token with `niks3 token create --scope {needs}`",
+            caller.name, caller.scopes
+        );
+        return ("api-forbidden", response::json_error(StatusCode::FORBIDDEN, msg));
+    }
     match segs.as_slice() {
-        ["v1", "push"] if post => ("api-push", push::announce(state, req).await),
-        ["v1", "complete"] if post => ("api-complete", push::complete(state, req).await),
-        ["v1", "abort"] if post => ("api-abort", push::abort(state, req).await),
-        ["v1", "uploads", id, "nar", hash] if req.method == http::Method::PUT => {
+        ["v1", "push"] => ("api-push", push::announce(state, req, &caller).await),
+        ["v1", "complete"] => ("api-complete", push::complete(state, req, &caller).await),
+        ["v1", "abort"] => ("api-abort", push::abort(state, req, &caller).await),
+        ["v1", "uploads", id, "nar", hash] => {
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
-            ("api-upload", push::upload_nar(state, req, &id, &hash).await)
+            ("api-upload", relay::upload_nar(state, req, &caller, &id, &hash).await)
         }
-        ["v1", "uploads", id, "log", drv] if req.method == http::Method::PUT => {
+        ["v1", "uploads", id, "log", drv] => {
             let (id, drv) = ((*id).to_owned(), (*drv).to_owned());
-            ("api-upload-log", push::upload_log(state, req, &id, &drv).await)
+            ("api-upload-log", relay::upload_log(state, req, &caller, &id, &drv).await)
         }
-        ["v1", "realisations"] if post => ("api-realisations", realisations::handle(state, req).await),
-        ["v1", "gc"] if post => ("api-gc", gc::handle(state, req).await),
-        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"] | ["v1", "uploads", _, "nar" | "log", _] => {
-            ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        ["v1", "uploads", id, "nar", hash, "presign"] => {
+            let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
+            ("api-presign", presign::handle(state, req, &caller, &id, &hash).await)
         }
+        ["v1", "realisations"] => ("api-realisations", realisations::handle(state, req).await),
+        ["v1", "gc"] => ("api-gc", gc::handle(state, req, &caller).await),
         _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),
     }
 }

@@ -51,6 +51,37 @@ pub struct MissingNar {
     /// empty) and report each part's `ETag` in [`UploadedNar::parts`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multipart: Option<MultipartWire>,
+    /// For a single presigned PUT: a server path (bearer token) to `POST` a [`PresignRequest`] to once
+    /// the NAR is compressed, answered with a URL that accepts exactly that file ([`PresignResponse`]).
+    /// Prefer it to `upload_url`, which accepts any body and lives only 15 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presign_route: Option<String>,
+}
+
+/// `POST /api/v1/uploads/{id}/nar/{nix32}/presign`: "give me a URL for exactly this compressed file".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignRequest {
+    /// Size of the compressed file.
+    pub file_size: u64,
+    /// `sha256:<nix32>` of the compressed file.
+    pub file_hash: String,
+}
+
+/// Answer to [`PresignRequest`]: `PUT` the file to `upload_url` with exactly these headers (they are
+/// signed; S3 refuses a request without them, or with a body of another size or hash).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignResponse {
+    /// The presigned URL (a credential: never log it).
+    pub upload_url: String,
+    /// Headers to send with the `PUT` (`content-length`, `x-amz-checksum-sha256`).
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for PresignResponse {
+    /// The URL carries a signature: not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresignResponse").field("headers", &self.headers).finish_non_exhaustive()
+    }
 }
 
 /// A presigned multipart upload: the compressed NAR cut into parts of exactly `part_size` bytes (the last

@@ -14,57 +14,74 @@
 //! only ever built from validated parts, and a NAR can only be written under a key its session claimed.
 
 use super::super::{HttpState, Request, response};
+use super::auth::Caller;
 use super::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, MissingLog, MissingNar, MultipartWire,
-    PathInfoWire, PushRequest, PushResponse, UploadResponse,
+    PathInfoWire, PushRequest, PushResponse,
 };
 use super::read_json;
 use crate::db::{NewObject, UploadId};
+use crate::nix::content_address;
 use crate::nix::hash::Sha256Hash;
+use crate::nix::narinfo::NarInfo;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::{StoreDir, StorePath};
-use crate::store::{ObjectKey, Store, StoreError};
+use crate::store::{ObjectKey, Store};
 use crate::upload::pipeline::NAR_CONTENT_TYPE;
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
-use futures::StreamExt;
 use http::StatusCode;
-use sha2::Digest;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use warp::reply::Response;
 
 /// Longest `ca` value accepted (real ones are < 100 characters).
 const MAX_CA_LEN: usize = 1024;
-/// Chunks in flight between the request body and the store (bounded memory per upload).
-const UPLOAD_CHANNEL_DEPTH: usize = 16;
 /// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
 const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
+/// Longest an unbound single-PUT URL lives (it accepts any body up to S3's 5 GiB, so it must not outlive
+/// the push by much; NARs going up this way are at most one part, 8 MiB).
+const UNBOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_mins(15);
 /// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
 const MAX_PART_URLS: usize = 100_000;
 
-fn bad(msg: impl Into<String>) -> Response {
-    response::json_error(StatusCode::BAD_REQUEST, msg)
+/// Longest error message sent back (requests are attacker-controlled; a message quoting a 20 MB path
+/// must not become a 20 MB answer).
+const MAX_ERROR_LEN: usize = 300;
+
+/// Most distinct roots in one push: each becomes a GC closure, and a push is one tool invocation, not a
+/// dump of a whole store (send many pushes for that).
+pub const MAX_ROOTS: usize = 1024;
+
+pub(super) fn bad(msg: impl Into<String>) -> Response {
+    response::json_error(StatusCode::BAD_REQUEST, clip_to(&msg.into(), MAX_ERROR_LEN))
 }
 
-fn db_failed(err: &dyn std::fmt::Display) -> Response {
+pub(super) fn conflict(msg: impl Into<String>) -> Response {
+    response::json_error(StatusCode::CONFLICT, clip_to(&msg.into(), MAX_ERROR_LEN))
+}
+
+pub(super) fn db_failed(err: &dyn std::fmt::Display) -> Response {
     tracing::warn!("database error in push API: {err}");
     response::json_error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
 }
 
-fn store_failed(err: &dyn std::fmt::Display) -> Response {
+pub(super) fn store_failed(err: &dyn std::fmt::Display) -> Response {
     tracing::warn!("store error in push API: {err}");
     response::json_error(StatusCode::BAD_GATEWAY, "object store error")
 }
 
 /// Shortens attacker-controlled text before it goes into an error message.
-fn clip(s: &str) -> String {
-    if s.len() <= 200 {
+pub(super) fn clip(s: &str) -> String {
+    clip_to(s, 200)
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = 200;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -74,35 +91,72 @@ fn clip(s: &str) -> String {
 /// A validated closure: its roots and its paths, dependencies before dependents.
 #[derive(Debug)]
 pub struct ValidClosure {
-    /// The roots, in request order.
+    /// The roots, in request order, each once.
     pub roots: Vec<StorePath>,
     /// Every path, each after all of its references.
     pub paths: Vec<PathInfo>,
 }
 
-/// Validates a closure sent by a client: paths in `store_dir`, hashes well-formed, no duplicates, every
-/// reference inside the request, no cycles, at most `max_paths` paths, roots among the paths. The error
-/// message names the offending input.
+/// What one push request may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct ClosureLimits {
+    /// Most paths.
+    pub max_paths: usize,
+    /// Most roots (see [`MAX_ROOTS`]).
+    pub max_roots: usize,
+    /// Largest NarSize (larger NARs could not be uploaded anyway).
+    pub max_nar_size: u64,
+}
+
+impl ClosureLimits {
+    /// The limits of a server configured with `limits`.
+    pub fn of(limits: &super::ApiLimits) -> Self {
+        ClosureLimits { max_paths: limits.max_paths, max_roots: MAX_ROOTS, max_nar_size: limits.max_nar_upload }
+    }
+}
+
+/// Validates a closure sent by a client: paths in `store_dir`, hashes well-formed, NarSize in 1..=the
+/// largest upload, no duplicates, every reference inside the request, no cycles, at most `max_paths`
+/// paths and `max_roots` roots, roots among the paths, and every `ca` claim really determining its path
+/// ([`content_address::check_store_path`]). Linear in the size of the request; CPU-bound, so callers on
+/// the async workers run it through `spawn_blocking`. The error message names the offending input
+/// (clipped).
 pub fn validate_closure(
     store_dir: &StoreDir,
     roots: &[String],
     paths: &[PathInfoWire],
-    max_paths: usize,
+    limits: ClosureLimits,
 ) -> Result<ValidClosure, String> {
     if paths.is_empty() || roots.is_empty() {
         return Err("a push needs at least one root and one path".to_owned());
     }
-    if paths.len() > max_paths || roots.len() > max_paths {
-        return Err(format!("too many paths: {} (at most {max_paths} per request)", paths.len()));
+    if paths.len() > limits.max_paths {
+        return Err(format!("too many paths: {} (at most {} per request)", paths.len(), limits.max_paths));
     }
-    let parse = |p: &str, what: &str| store_dir.parse_path(p).map_err(|e| format!("{what} {:?}: {e}", clip(p)));
+    if roots.len() > limits.max_roots {
+        return Err(format!("too many roots: {} (at most {} per request)", roots.len(), limits.max_roots));
+    }
+    let parse = |p: &str, what: &str| {
+        store_dir
+            .parse_path(p)
+            .map_err(|e| format!("{what} {:?} is not a valid store path: {}", clip(p), clip(&e.to_string())))
+    };
     let mut infos: Vec<PathInfo> = Vec::with_capacity(paths.len());
     let mut index: HashMap<StorePath, usize> = HashMap::with_capacity(paths.len());
     for w in paths {
         let path = parse(&w.path, "path")?;
-        let nar_hash = Sha256Hash::parse(&w.nar_hash).map_err(|e| format!("NarHash of {}: {e}", clip(&w.path)))?;
+        let nar_hash = Sha256Hash::parse(&w.nar_hash)
+            .map_err(|_| format!("NarHash of {} is not a sha256 hash: {:?}", path.basename(), clip(&w.nar_hash)))?;
         if w.nar_size == 0 {
-            return Err(format!("NarSize of {} is 0", clip(&w.path)));
+            return Err(format!("NarSize of {} is 0", path.basename()));
+        }
+        if w.nar_size > limits.max_nar_size {
+            return Err(format!(
+                "NarSize of {} is {} bytes, above the largest NAR this server accepts ({} bytes)",
+                path.basename(),
+                w.nar_size,
+                limits.max_nar_size
+            ));
         }
         let mut references = Vec::with_capacity(w.references.len());
         for r in &w.references {
@@ -123,8 +177,10 @@ pub fn validate_closure(
         let ca = match &w.ca {
             Some(ca) if !ca.is_empty() => {
                 if ca.len() > MAX_CA_LEN || ca.chars().any(char::is_control) {
-                    return Err(format!("CA of {} is malformed", clip(&w.path)));
+                    return Err(format!("CA of {} is malformed", path.basename()));
                 }
+                content_address::check_store_path(store_dir, &path, ca, &references)
+                    .map_err(|e| format!("CA of {} refused: {e}", path.basename()))?;
                 Some(ca.clone())
             }
             _ => None,
@@ -146,12 +202,13 @@ pub fn validate_closure(
         }
     }
     let mut root_paths = Vec::with_capacity(roots.len());
+    let mut seen_roots = HashSet::with_capacity(roots.len());
     for r in roots {
         let p = parse(r, "root")?;
         if !index.contains_key(&p) {
             return Err(format!("root {} is not among the paths", p.basename()));
         }
-        if !root_paths.contains(&p) {
+        if seen_roots.insert(p.clone()) {
             root_paths.push(p);
         }
     }
@@ -187,24 +244,103 @@ pub fn validate_closure(
     Ok(ValidClosure { roots: root_paths, paths })
 }
 
+/// Validates a request's closure on a blocking thread (it is linear but can be 100 000 paths).
+async fn validate_off_workers(
+    state: &HttpState,
+    roots: Vec<String>,
+    paths: Vec<PathInfoWire>,
+) -> Result<ValidClosure, Response> {
+    let store_dir = state.store_dir.clone();
+    let limits = ClosureLimits::of(&state.limits);
+    let joined = tokio::task::spawn_blocking(move || validate_closure(&store_dir, &roots, &paths, limits)).await;
+    match joined {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(bad(e)),
+        Err(e) => Err(response::json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("validating the closure: {e}"))),
+    }
+}
+
+/// The paths of `closure` whose narinfo the cache lacks. A path already published with another NarHash
+/// is a conflict (409 naming it): a published narinfo is never replaced, and a pusher that believes its
+/// content differs should know.
+async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Result<Vec<&'a PathInfo>, Response> {
+    let narinfo_keys: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
+    let published = state.db.published_nars(&narinfo_keys).await.map_err(|e| db_failed(&e))?;
+    let mut missing = Vec::new();
+    for (p, key) in closure.paths.iter().zip(&narinfo_keys) {
+        match published.get(key.as_str()) {
+            None => missing.push(p),
+            Some(None) => {}
+            Some(Some(nar)) if *nar == ObjectKey::nar(&p.nar_hash).as_str() => {}
+            Some(Some(nar)) => {
+                tracing::warn!(path = %p.path.basename(), cached = %nar, pushed = %p.nar_hash, "push of a cached path with another NarHash refused");
+                return Err(conflict(format!(
+                    "{} is already in the cache with another NAR ({nar}), not {}; a published path is never replaced",
+                    p.path.basename(),
+                    p.nar_hash
+                )));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// NAR rows recorded before FileHashes were kept (migration 0005) have none, so they could not be reused
+/// and would be uploaded again — over a published NAR, on S3, where nothing checks the bytes first. For
+/// those a narinfo refers to, the FileHash (and FileSize) is taken from that narinfo and recorded, so the
+/// NAR is reused like any other; the ones nothing refers to stay unknown (replacing them harms nothing).
+async fn learn_legacy_file_hashes(
+    state: &HttpState,
+    stored: &mut HashMap<String, crate::db::StoredFile>,
+) -> Result<(), Response> {
+    let legacy: Vec<ObjectKey> = stored
+        .iter()
+        .filter(|(_, f)| f.file_hash.is_none())
+        .filter_map(|(k, _)| ObjectKey::parse(k).ok().map(|(_, k)| k))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let referrers = state.db.narinfos_referring_to(&legacy).await.map_err(|e| db_failed(&e))?;
+    let now = chrono::Utc::now();
+    for (nar, narinfo) in referrers {
+        let (Ok((_, nar_key)), Ok((_, narinfo_key))) = (ObjectKey::parse(&nar), ObjectKey::parse(&narinfo)) else {
+            continue;
+        };
+        let Some(text) = state.store.get(&narinfo_key).await.map_err(|e| store_failed(&e))? else { continue };
+        let Ok(parsed) = std::str::from_utf8(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| NarInfo::parse(t, &state.store_dir).map_err(|e| e.to_string()))
+        else {
+            continue;
+        };
+        let (Some(file_hash), Some(file_size)) = (parsed.file_hash, parsed.file_size) else { continue };
+        if parsed.url != nar_key.as_str() {
+            continue;
+        }
+        state.db.record_nar(&nar_key, file_size, Some(&file_hash), now).await.map_err(|e| db_failed(&e))?;
+        stored.insert(nar, crate::db::StoredFile { size: file_size, file_hash: Some(file_hash) });
+    }
+    Ok(())
+}
+
 /// `POST /api/v1/push`.
-pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: PushRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let closure = match validate_closure(&state.store_dir, &body.roots, &body.paths, state.limits.max_paths) {
+    let dry_run = body.dry_run;
+    let closure = match validate_off_workers(state, body.roots, body.paths).await {
         Ok(c) => c,
-        Err(e) => return bad(e),
+        Err(r) => return r,
     };
-    let narinfo_keys: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
-    let missing: HashSet<ObjectKey> = match state.db.missing(&narinfo_keys).await {
-        Ok(m) => m.into_iter().collect(),
-        Err(e) => return db_failed(&e),
+    let missing_paths = match missing_paths(state, &closure).await {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    let missing_paths: Vec<&PathInfo> =
-        closure.paths.iter().filter(|p| missing.contains(&ObjectKey::narinfo(&p.path))).collect();
-    // One NAR per distinct NarHash, in dependency order.
+    // One NAR per distinct NarHash, in dependency order; those the cache already has are reused, never
+    // uploaded again (an upload could replace a published NAR).
     let mut nars: Vec<(ObjectKey, &PathInfo)> = Vec::new();
     let mut seen = HashSet::new();
     for p in &missing_paths {
@@ -213,8 +349,22 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             nars.push((key, p));
         }
     }
-    if body.dry_run {
-        let missing_nars = nars
+    let nar_keys: Vec<ObjectKey> = nars.iter().map(|(k, _)| k.clone()).collect();
+    let mut stored_nars = match state.db.nar_files(&nar_keys).await {
+        Ok(m) => m,
+        Err(e) => return db_failed(&e),
+    };
+    if let Err(r) = learn_legacy_file_hashes(state, &mut stored_nars).await {
+        return r;
+    }
+    // A NAR row still without a FileHash is referenced by no narinfo: uploading it again harms nothing.
+    let to_upload: Vec<(ObjectKey, &PathInfo)> = nars
+        .iter()
+        .filter(|(k, _)| stored_nars.get(k.as_str()).is_none_or(|f| f.file_hash.is_none()))
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    if dry_run {
+        let missing_nars = to_upload
             .iter()
             .map(|(_, p)| MissingNar {
                 path: state.store_dir.display(&p.path),
@@ -222,6 +372,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
                 upload_url: String::new(),
                 presigned: false,
                 multipart: None,
+                presign_route: None,
             })
             .collect();
         return response::json(
@@ -235,56 +386,56 @@ pub async fn announce(state: &Arc<HttpState>, req: Request) -> Response {
             },
         );
     }
-    // Build logs of the missing paths that the cache lacks (one query).
+    // Build logs of the missing paths that the cache lacks (one query); existing logs are never claimed,
+    // so they cannot be uploaded again (first writer wins).
     let mut log_keys: Vec<(ObjectKey, &StorePath)> = Vec::new();
+    let mut seen_logs = HashSet::new();
     for p in &missing_paths {
         if let Some(drv) = &p.deriver {
             let k = ObjectKey::log(drv);
-            if !log_keys.iter().any(|(x, _)| *x == k) {
+            if seen_logs.insert(k.clone()) {
                 log_keys.push((k, drv));
             }
         }
     }
-    let absent_logs: HashSet<ObjectKey> = if log_keys.is_empty() {
-        HashSet::new()
-    } else {
+    let absent_logs: HashSet<ObjectKey> = {
         let keys: Vec<ObjectKey> = log_keys.iter().map(|(k, _)| k.clone()).collect();
         match state.db.missing(&keys).await {
             Ok(m) => m.into_iter().collect(),
             Err(e) => return db_failed(&e),
         }
     };
-    let mut claimed = narinfo_keys.clone();
-    claimed.extend(nars.iter().map(|(k, _)| k.clone()));
+    log_keys.retain(|(k, _)| absent_logs.contains(k));
+    // One session for the whole push: it claims every narinfo of the closure (so GC keeps what the push
+    // relies on), the NARs and listings of the missing paths and the absent logs, each key once.
+    let mut claimed: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
+    claimed.extend(nar_keys.iter().cloned());
     claimed.extend(missing_paths.iter().map(|p| ObjectKey::listing(&p.path)));
     claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
-    let mut uploads = Vec::with_capacity(closure.roots.len());
-    for root in &closure.roots {
-        match state.db.begin_upload(&ObjectKey::narinfo(root), &claimed, now).await {
-            Ok(id) => uploads.push(id.0),
-            Err(e) => {
-                for id in &uploads {
-                    let _ = state.db.abort_upload(UploadId(*id)).await;
-                }
-                return db_failed(&e);
-            }
-        }
+    let Some(first_root) = closure.roots.first() else { return bad("no roots") };
+    let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
+        Ok(id) => id,
+        Err(e) => return db_failed(&e),
+    };
+    let uploads = vec![session.0];
+    let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
+    if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
+        abort_sessions(state, caller, &uploads).await;
+        return db_failed(&e);
     }
-    let Some(&session) = uploads.first() else { return bad("no roots") };
-    let missing_nars = match plan_nar_uploads(state, session, &nars).await {
+    let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
         Ok(m) => m,
         Err(r) => {
-            abort_sessions(state, &uploads).await;
+            abort_sessions(state, caller, &uploads).await;
             return r;
         }
     };
     let missing_logs = log_keys
         .iter()
-        .filter(|(k, _)| absent_logs.contains(k))
         .map(|(_, drv)| MissingLog {
             deriver: state.store_dir.display(drv),
-            upload_url: format!("/api/v1/uploads/{session}/log/{}", drv.basename()),
+            upload_url: format!("/api/v1/uploads/{}/log/{}", session.0, drv.basename()),
         })
         .collect();
     tracing::info!(
@@ -399,6 +550,7 @@ async fn plan_nar_upload(
         upload_url: String::new(),
         presigned: false,
         multipart: None,
+        presign_route: None,
     };
     let expiry = state.limits.presign_expiry;
     let s3 = match &*state.store {
@@ -411,7 +563,10 @@ async fn plan_nar_upload(
     m.presigned = true;
     let max_size = max_compressed_size(p.nar_size);
     if max_size <= s3.part_size() {
+        // Unbound (any body up to 5 GiB): short-lived. Clients that can should use `presign_route`.
+        let expiry = expiry.min(UNBOUND_PUT_EXPIRY);
         m.upload_url = state.store.presign_put(key, expiry).await.map_err(|e| store_failed(&e))?.unwrap_or_default();
+        m.presign_route = Some(format!("/api/v1/uploads/{session}/nar/{}/presign", p.nar_hash.to_nix32()));
         return Ok((m, None));
     }
     if max_size > state.limits.max_nar_upload {
@@ -449,9 +604,11 @@ async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String,
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
-/// Ends sessions `ids` after aborting their multipart uploads (best effort: what is left, GC removes).
-/// Returns how many sessions and multipart uploads were ended.
-async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
+/// Ends `caller`'s sessions among `ids` after aborting their multipart uploads (best effort: what is left,
+/// GC removes). Returns how many sessions and multipart uploads were ended.
+async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> (u64, u64) {
+    let Ok(owned) = owned_sessions(state, caller, ids).await else { return (0, 0) };
+    let ids = owned.as_slice();
     let mut multiparts = 0;
     if let Ok(started) = multiparts_of(state, ids).await {
         for (key, id) in &started {
@@ -472,7 +629,7 @@ async fn abort_sessions(state: &HttpState, ids: &[i64]) -> (u64, u64) {
 }
 
 /// `POST /api/v1/abort`.
-pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn abort(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: AbortRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -480,7 +637,7 @@ pub async fn abort(state: &Arc<HttpState>, req: Request) -> Response {
     if body.uploads.len() > state.limits.max_paths {
         return bad(format!("too many upload ids: {} (at most {})", body.uploads.len(), state.limits.max_paths));
     }
-    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, &body.uploads).await;
+    let (aborted_uploads, aborted_multiparts) = abort_sessions(state, caller, &body.uploads).await;
     tracing::info!(sessions = aborted_uploads, multiparts = aborted_multiparts, "push aborted by the client");
     response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts })
 }
@@ -537,11 +694,61 @@ fn valid_etag(e: &str) -> bool {
         && e.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'"' | b'-' | b'_' | b'.'))
 }
 
-/// True when upload session `id` exists and claimed `key`.
-async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<bool, String> {
+/// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
+async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, Response> {
+    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+    let rows = client
+        .query(
+            "SELECT id FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+            &[&ids, &caller.session_owner()],
+        )
+        .await
+        .map_err(|e| db_failed(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or why
+/// not (for a 400).
+pub(super) fn nar_upload_target(id: &str, hash: &str) -> Result<(i64, Sha256Hash, ObjectKey), String> {
+    let Ok(id) = id.parse::<i64>() else { return Err(format!("invalid upload id {:?}", clip(id))) };
+    match Sha256Hash::parse(&format!("sha256:{hash}")) {
+        Ok(h) if h.to_nix32() == hash => Ok((id, h, ObjectKey::nar(&h))),
+        _ => Err(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
+    }
+}
+
+/// The NarSize `caller`'s session `id` announced for the NAR `key` it was told to upload (404 when it was
+/// not, or is another token's session), and the stored file when another push stored that NAR meanwhile
+/// (with its FileHash).
+pub(super) async fn planned_nar(
+    state: &HttpState,
+    caller: &Caller,
+    id: i64,
+    key: &ObjectKey,
+) -> Result<(u64, Option<(u64, Sha256Hash)>), Response> {
+    let nar_size = match state.db.planned_nar_size(UploadId(id), caller.session_owner(), key).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(response::json_error(
+                StatusCode::NOT_FOUND,
+                format!("upload {id} does not exist or was not told to upload {key}"),
+            ));
+        }
+        Err(e) => return Err(db_failed(&e)),
+    };
+    let files = state.db.nar_files(std::slice::from_ref(key)).await.map_err(|e| db_failed(&e))?;
+    let stored = files.get(key.as_str()).and_then(|f| f.file_hash.map(|h| (f.size, h)));
+    Ok((nar_size, stored))
+}
+
+/// True when upload session `id` exists, was opened by `caller` and claimed `key`.
+async fn session_claims(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Result<bool, String> {
     let client = state.db.pool().get().await.map_err(|e| e.to_string())?;
     let row = client
-        .query_opt("SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed)", &[&id, &key.as_str()])
+        .query_opt(
+            "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
+            &[&id, &key.as_str(), &caller.session_owner()],
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(row.is_some())
@@ -549,8 +756,8 @@ async fn session_claims(state: &HttpState, id: i64, key: &ObjectKey) -> Result<b
 
 /// `None` when upload session `id` claimed `key`; otherwise the response to send (404, or 503 when the
 /// database cannot say). Every upload route checks this before accepting a byte.
-async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option<Response> {
-    match session_claims(state, id, key).await {
+pub(super) async fn refuse_unclaimed(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Option<Response> {
+    match session_claims(state, caller, id, key).await {
         Ok(true) => None,
         Ok(false) => Some(response::json_error(
             StatusCode::NOT_FOUND,
@@ -558,188 +765,6 @@ async fn refuse_unclaimed(state: &HttpState, id: i64, key: &ObjectKey) -> Option
         )),
         Err(e) => Some(db_failed(&e)),
     }
-}
-
-/// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
-pub async fn upload_nar(state: &Arc<HttpState>, req: Request, id: &str, hash: &str) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
-    let nar_hash = match Sha256Hash::parse(&format!("sha256:{hash}")) {
-        Ok(h) if h.to_nix32() == hash => h,
-        _ => return bad(format!("invalid NAR hash {:?} (expected 52 nix32 characters)", clip(hash))),
-    };
-    let key = ObjectKey::nar(&nar_hash);
-    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
-        return refusal;
-    }
-    let limit = state.limits.max_nar_upload;
-    if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > limit
-    {
-        return response::json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("NAR larger than {limit} bytes"));
-    }
-    match relay_nar(state, req, &key, nar_hash, limit).await {
-        Ok(resp) => response::json(StatusCode::OK, &resp),
-        Err(r) => r,
-    }
-}
-
-/// Streams the body into the store while hashing it and, on a blocking thread, decompressing it to check
-/// the NarHash. On a mismatch the object is deleted again (no narinfo can point at it yet).
-async fn relay_nar(
-    state: &HttpState,
-    req: Request,
-    key: &ObjectKey,
-    nar_hash: Sha256Hash,
-    limit: u64,
-) -> Result<UploadResponse, Response> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
-    let (vtx, vrx) = tokio::sync::mpsc::channel::<Bytes>(UPLOAD_CHANNEL_DEPTH);
-    let verifier = tokio::task::spawn_blocking(move || verify_zstd_nar(vrx));
-    let metrics = Arc::clone(&state.metrics);
-    let key_s = key.to_string();
-    let mut body = req.body;
-    let feeder = tokio::spawn(async move {
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let reason = format!("reading request body: {e}");
-                    let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
-                    return Err(reason);
-                }
-            };
-            size += chunk.len() as u64;
-            metrics.api_bytes_received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            if size > limit {
-                let reason = format!("NAR larger than {limit} bytes");
-                let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
-                return Err(reason);
-            }
-            hasher.update(&chunk);
-            // The verifier may have stopped (bad data); its verdict is collected below.
-            let _ = vtx.send(chunk.clone()).await;
-            if tx.send(Ok(chunk)).await.is_err() {
-                // The store gave up; its own error says why.
-                return Ok(None);
-            }
-        }
-        drop(vtx);
-        Ok(Some((Sha256Hash(hasher.finalize().into()), size)))
-    });
-    let stored = state.store.put_stream(key, rx, "application/zstd").await;
-    let fed = feeder.await.map_err(|e| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let verdict = verifier.await.map_err(|e| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (file_hash, size) = match (fed, stored) {
-        (Err(reason), _) => return Err(bad(reason)),
-        (Ok(_), Err(e)) => return Err(store_failed(&e)),
-        (Ok(Some(v)), Ok(_)) => v,
-        (Ok(None), Ok(_)) => {
-            return Err(response::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store stopped reading the upload",
-            ));
-        }
-    };
-    match verdict {
-        Ok(h) if h == nar_hash => {}
-        Ok(h) => {
-            let _ = state.store.delete_many(std::slice::from_ref(key)).await;
-            return Err(bad(format!("the uploaded NAR decompresses to {h}, not {nar_hash}")));
-        }
-        Err(e) => {
-            let _ = state.store.delete_many(std::slice::from_ref(key)).await;
-            return Err(bad(format!("the uploaded NAR is not valid zstd: {e}")));
-        }
-    }
-    Ok(UploadResponse { size, file_hash: file_hash.to_nix_string() })
-}
-
-/// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
-pub async fn upload_log(state: &Arc<HttpState>, req: Request, id: &str, drv: &str) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
-    let drv = match StorePath::from_basename(drv) {
-        Ok(p) if p.is_derivation() => p,
-        Ok(p) => return bad(format!("{} is not a .drv", p.basename())),
-        Err(e) => return bad(e.to_string()),
-    };
-    let key = ObjectKey::log(&drv);
-    if let Some(refusal) = refuse_unclaimed(state, id, &key).await {
-        return refusal;
-    }
-    let limit = state.limits.max_log_upload;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
-    let key_s = key.to_string();
-    let mut body = req.body;
-    let feeder = tokio::spawn(async move {
-        let mut size = 0u64;
-        while let Some(chunk) = body.next().await {
-            let item = match chunk {
-                Ok(c) => {
-                    size += c.len() as u64;
-                    if size > limit { Err(format!("build log larger than {limit} bytes")) } else { Ok(c) }
-                }
-                Err(e) => Err(format!("reading request body: {e}")),
-            };
-            match item {
-                Ok(c) => {
-                    if tx.send(Ok(c)).await.is_err() {
-                        // The store gave up; its own error (below) says why.
-                        return Ok(size);
-                    }
-                }
-                Err(reason) => {
-                    let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
-                    return Err(reason);
-                }
-            }
-        }
-        Ok(size)
-    });
-    let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8").await;
-    match feeder.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(reason)) => return bad(reason),
-        Err(e) => return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-    match stored {
-        Ok(size) => response::json(StatusCode::OK, &serde_json::json!({ "size": size })),
-        Err(e) => store_failed(&e),
-    }
-}
-
-/// Reads chunks from `rx`, decompresses them as zstd and returns the SHA-256 of the decompressed bytes.
-fn verify_zstd_nar(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Result<Sha256Hash, std::io::Error> {
-    struct ChanReader {
-        rx: tokio::sync::mpsc::Receiver<Bytes>,
-        cur: Bytes,
-    }
-    impl Read for ChanReader {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            while self.cur.is_empty() {
-                match self.rx.blocking_recv() {
-                    Some(b) => self.cur = b,
-                    None => return Ok(0),
-                }
-            }
-            let n = buf.len().min(self.cur.len());
-            buf[..n].copy_from_slice(&self.cur[..n]);
-            bytes::Buf::advance(&mut self.cur, n);
-            Ok(n)
-        }
-    }
-    let mut dec = zstd::stream::read::Decoder::new(ChanReader { rx, cur: Bytes::new() })?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 128 << 10];
-    loop {
-        let n = dec.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Sha256Hash(hasher.finalize().into()))
 }
 
 /// Writes and records the `.ls` listing of `path`.
@@ -787,60 +812,60 @@ async fn record_log_if_stored(
 }
 
 /// `POST /api/v1/complete`.
-pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
+pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
     let body: CompleteRequest = match read_json(req, state.limits.max_json_body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let closure = match validate_closure(&state.store_dir, &body.roots, &body.paths, state.limits.max_paths) {
+    let CompleteRequest { uploads, roots, paths, nars, listings: listing_wires } = body;
+    let closure = match validate_off_workers(state, roots, paths).await {
         Ok(c) => c,
-        Err(e) => return bad(e),
+        Err(r) => return r,
     };
-    if body.uploads.len() != closure.roots.len() {
-        return bad(format!("{} upload ids for {} roots", body.uploads.len(), closure.roots.len()));
+    // One session for the whole push (rooted at its first root), or one per root from older servers.
+    if uploads.is_empty() || (uploads.len() != 1 && uploads.len() != closure.roots.len()) {
+        return bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len()));
     }
-    // Each session must still exist (GC aborts stale ones) and belong to its root.
+    // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
     let sessions: BTreeMap<i64, String> = {
         let client = match state.db.pool().get().await {
             Ok(c) => c,
             Err(e) => return db_failed(&e),
         };
-        match client.query("SELECT id, root FROM uploads WHERE id = ANY($1)", &[&body.uploads]).await {
+        match client
+            .query(
+                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+                &[&uploads, &caller.session_owner()],
+            )
+            .await
+        {
             Ok(rows) => rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect(),
             Err(e) => return db_failed(&e),
         }
     };
-    for (id, root) in body.uploads.iter().zip(&closure.roots) {
+    for (id, root) in uploads.iter().zip(&closure.roots) {
         if sessions.get(id).map(String::as_str) != Some(ObjectKey::narinfo(root).as_str()) {
-            return response::json_error(
-                StatusCode::CONFLICT,
-                format!("upload {id} for {} does not exist (expired?); push again", root.basename()),
-            );
+            return conflict(format!("upload {id} for {} does not exist (expired?); push again", root.basename()));
         }
     }
     let mut files: HashMap<Sha256Hash, (Sha256Hash, u64)> = HashMap::new();
     let mut parts: HashMap<Sha256Hash, &[String]> = HashMap::new();
-    for n in &body.nars {
-        let nh = match Sha256Hash::parse(&n.nar_hash) {
-            Ok(h) => h,
-            Err(e) => return bad(format!("nars: {e}")),
+    for n in &nars {
+        let Ok(nh) = Sha256Hash::parse(&n.nar_hash) else {
+            return bad(format!("nars: NarHash {:?} is not a sha256 hash", clip(&n.nar_hash)));
         };
-        let fh = match Sha256Hash::parse(&n.file_hash) {
-            Ok(h) => h,
-            Err(e) => return bad(format!("nars: {e}")),
+        let Ok(fh) = Sha256Hash::parse(&n.file_hash) else {
+            return bad(format!("nars: FileHash {:?} is not a sha256 hash", clip(&n.file_hash)));
         };
         files.insert(nh, (fh, n.file_size));
         parts.insert(nh, &n.parts);
     }
-    let narinfo_keys: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
-    let missing: HashSet<ObjectKey> = match state.db.missing(&narinfo_keys).await {
-        Ok(m) => m.into_iter().collect(),
-        Err(e) => return db_failed(&e),
+    let todo = match missing_paths(state, &closure).await {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    let todo: Vec<&PathInfo> =
-        closure.paths.iter().filter(|p| missing.contains(&ObjectKey::narinfo(&p.path))).collect();
     // Finish the multipart uploads the client filled (a retried complete finds them finished already).
-    let started = match multiparts_of(state, &body.uploads).await {
+    let started = match multiparts_of(state, &uploads).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -852,41 +877,17 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
             if etags.is_empty() || !done.insert(key.clone()) {
                 continue;
             }
-            if let Err(r) = complete_multipart(state, &body.uploads, &key, upload_id, etags).await {
+            if let Err(r) = complete_multipart(state, &uploads, &key, upload_id, etags).await {
                 return r;
             }
         }
     }
-    // Check every NAR first, so that a missing one publishes nothing.
-    let mut stored: HashMap<Sha256Hash, StoredNar> = HashMap::new();
-    for p in &todo {
-        if stored.contains_key(&p.nar_hash) {
-            continue;
-        }
-        let Some(&(file_hash, file_size)) = files.get(&p.nar_hash) else {
-            return bad(format!("no FileHash/FileSize sent for the NAR of {}", p.path.basename()));
-        };
-        let key = ObjectKey::nar(&p.nar_hash);
-        match state.store.head(&key).await {
-            Ok(Some(meta)) if meta.size == file_size => {}
-            Ok(Some(meta)) => {
-                return response::json_error(
-                    StatusCode::CONFLICT,
-                    format!("the NAR of {} has {} bytes in the store, not {file_size}", p.path.basename(), meta.size),
-                );
-            }
-            Ok(None) => {
-                return response::json_error(
-                    StatusCode::CONFLICT,
-                    format!("the NAR of {} was not uploaded ({key})", p.path.basename()),
-                );
-            }
-            Err(e) => return store_failed(&e),
-        }
-        stored.insert(p.nar_hash, StoredNar { file_hash, file_size });
-    }
+    let stored = match stored_nars(state, &todo, &files).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let mut listings: HashMap<StorePath, &serde_json::Value> = HashMap::new();
-    for l in &body.listings {
+    for l in &listing_wires {
         let Ok(p) = state.store_dir.parse_path(&l.path) else {
             return bad(format!("listing for {:?}: not a store path", clip(&l.path)));
         };
@@ -922,22 +923,87 @@ pub async fn complete(state: &Arc<HttpState>, req: Request) -> Response {
             tracing::warn!("publishing {}: {e}", p.path.basename());
             state.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
             let status = if e.is_transient() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
-            return response::json_error(status, format!("publishing {}: {e}", p.path.basename()));
+            return response::json_error(
+                status,
+                clip_to(&format!("publishing {}: {e}", p.path.basename()), MAX_ERROR_LEN),
+            );
         }
         state.metrics.uploads_ok.fetch_add(1, Ordering::Relaxed);
-        state.metrics.nar_bytes.fetch_add(p.nar_size, Ordering::Relaxed);
-        state.metrics.bytes_uploaded.fetch_add(nar.file_size, Ordering::Relaxed);
+        add_saturating(&state.metrics.nar_bytes, p.nar_size);
+        add_saturating(&state.metrics.bytes_uploaded, nar.file_size);
     }
-    for (id, root) in body.uploads.iter().zip(&closure.roots) {
-        if let Err(e) = state.db.finish_upload(UploadId(*id), &ObjectKey::narinfo(root), now).await {
-            return db_failed(&e);
+    let ids: Vec<UploadId> = uploads.iter().map(|i| UploadId(*i)).collect();
+    let root_keys: Vec<ObjectKey> = closure.roots.iter().map(ObjectKey::narinfo).collect();
+    match state.db.finish_uploads(&ids, &root_keys, now).await {
+        Ok(()) => {}
+        Err(crate::db::DbError::UploadExpired(id)) => {
+            return conflict(format!("upload {} expired meanwhile; push again", id.0));
         }
+        Err(e) => return db_failed(&e),
     }
     tracing::info!(published = todo.len(), paths = closure.paths.len(), "push completed");
     response::json(
         StatusCode::OK,
         &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
     )
+}
+
+/// Adds to a byte counter without wrapping around (NarSizes are client-supplied).
+fn add_saturating(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_add(n)));
+}
+
+/// The stored file of every NAR the paths of `todo` need, checked before anything is published (so a
+/// missing one publishes nothing). A NAR whose FileHash the database knows (the relay computed it, or an
+/// earlier push published it) is taken as recorded, and a client claiming another FileHash or FileSize
+/// for it gets a 409; otherwise the client's FileHash and FileSize are used after a `HEAD` confirms the
+/// size (presigned uploads: the server never sees the bytes).
+async fn stored_nars(
+    state: &HttpState,
+    todo: &[&PathInfo],
+    sent: &HashMap<Sha256Hash, (Sha256Hash, u64)>,
+) -> Result<HashMap<Sha256Hash, StoredNar>, Response> {
+    let keys: Vec<ObjectKey> = todo.iter().map(|p| ObjectKey::nar(&p.nar_hash)).collect();
+    let known = state.db.nar_files(&keys).await.map_err(|e| db_failed(&e))?;
+    let mut stored: HashMap<Sha256Hash, StoredNar> = HashMap::new();
+    for (p, key) in todo.iter().zip(&keys) {
+        if stored.contains_key(&p.nar_hash) {
+            continue;
+        }
+        let claimed = sent.get(&p.nar_hash).copied();
+        if let Some(f) = known.get(key.as_str())
+            && let Some(file_hash) = f.file_hash
+        {
+            if let Some((fh, size)) = claimed
+                && (fh, size) != (file_hash, f.size)
+            {
+                return Err(conflict(format!(
+                    "the NAR of {} is stored as {file_hash} ({} bytes), not {fh} ({size} bytes) as sent",
+                    p.path.basename(),
+                    f.size
+                )));
+            }
+            stored.insert(p.nar_hash, StoredNar { file_hash, file_size: f.size });
+            continue;
+        }
+        let Some((file_hash, file_size)) = claimed else {
+            return Err(bad(format!("no FileHash/FileSize sent for the NAR of {}", p.path.basename())));
+        };
+        match state.store.head(key).await {
+            Ok(Some(meta)) if meta.size == file_size => {}
+            Ok(Some(meta)) => {
+                return Err(conflict(format!(
+                    "the NAR of {} has {} bytes in the store, not {file_size}",
+                    p.path.basename(),
+                    meta.size
+                )));
+            }
+            Ok(None) => return Err(conflict(format!("the NAR of {} was not uploaded ({key})", p.path.basename()))),
+            Err(e) => return Err(store_failed(&e)),
+        }
+        stored.insert(p.nar_hash, StoredNar { file_hash, file_size });
+    }
+    Ok(stored)
 }
 
 #[cfg(test)]
@@ -955,15 +1021,36 @@ mod tests {
         }
     }
 
+    fn lim(max_paths: usize) -> ClosureLimits {
+        ClosureLimits { max_paths, max_roots: 4, max_nar_size: 1 << 20 }
+    }
+
     const A: &str = "0c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
     const B: &str = "1c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
     const C: &str = "2c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
 
     #[test]
+    fn byte_counters_saturate_instead_of_wrapping() {
+        let c = std::sync::atomic::AtomicU64::new(u64::MAX - 1);
+        add_saturating(&c, 976);
+        assert_eq!(c.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    #[test]
+    fn roots_are_capped_and_counted_as_sent() {
+        let sd = StoreDir::default();
+        let roots: Vec<String> = (0..5).map(|_| format!("/nix/store/{A}-p")).collect();
+        let e = validate_closure(&sd, &roots, &[w(A, &[])], lim(10)).expect_err("5 roots, at most 4");
+        assert!(e.contains("too many roots: 5 (at most 4"), "{e}");
+        let c = validate_closure(&sd, &roots[..4], &[w(A, &[])], lim(10)).expect("duplicates count once");
+        assert_eq!(c.roots.len(), 1);
+    }
+
+    #[test]
     fn closure_is_ordered_dependencies_first() {
         let sd = StoreDir::default();
         let paths = [w(A, &[A, B, C]), w(B, &[C]), w(C, &[])];
-        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, 10).expect("valid");
+        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, lim(10)).expect("valid");
         let order: Vec<&str> = c.paths.iter().map(|p| p.path.hash_part()).collect();
         assert_eq!(order, [C, B, A]);
     }
@@ -972,13 +1059,13 @@ mod tests {
     fn cycles_missing_references_and_too_many_paths_are_refused() {
         let sd = StoreDir::default();
         let root = [format!("/nix/store/{A}-p")];
-        let e = validate_closure(&sd, &root, &[w(A, &[B]), w(B, &[A])], 10).expect_err("cycle");
+        let e = validate_closure(&sd, &root, &[w(A, &[B]), w(B, &[A])], lim(10)).expect_err("cycle");
         assert!(e.contains("cycle"), "{e}");
-        let e = validate_closure(&sd, &root, &[w(A, &[C])], 10).expect_err("missing");
+        let e = validate_closure(&sd, &root, &[w(A, &[C])], lim(10)).expect_err("missing");
         assert!(e.contains("not in the request"), "{e}");
-        let e = validate_closure(&sd, &root, &[w(A, &[]), w(B, &[])], 1).expect_err("too many");
+        let e = validate_closure(&sd, &root, &[w(A, &[]), w(B, &[])], lim(1)).expect_err("too many");
         assert!(e.contains("too many"), "{e}");
-        let e = validate_closure(&sd, &[format!("/nix/store/{B}-p")], &[w(A, &[])], 10).expect_err("root");
+        let e = validate_closure(&sd, &[format!("/nix/store/{B}-p")], &[w(A, &[])], lim(10)).expect_err("root");
         assert!(e.contains("not among the paths"), "{e}");
     }
 }

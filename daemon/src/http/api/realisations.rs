@@ -42,7 +42,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request) -> Response {
     for r in &parsed {
         match publisher.publish_realisation(r, chrono::Utc::now()).await {
             Ok(_) => {}
-            Err(e @ UploadError::RealisationIncomplete { .. }) => {
+            Err(e @ (UploadError::RealisationIncomplete { .. } | UploadError::RealisationConflict { .. })) => {
                 return response::json_error(StatusCode::CONFLICT, e.to_string());
             }
             Err(e @ UploadError::Db(_)) => {

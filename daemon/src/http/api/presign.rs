@@ -1,0 +1,75 @@
+//! `POST /api/v1/uploads/{id}/nar/{nix32}/presign` (S3 backend): a presigned `PUT` URL bound to one
+//! compressed NAR file, asked for once the client has compressed it. `Content-Length` and
+//! `x-amz-checksum-sha256` are signed headers, so the URL accepts exactly that file and nothing else
+//! (security review #19: an unbound URL takes any body up to 5 GiB, bypassing the upload limit, and can
+//! replace the object for as long as it lives).
+//!
+//! The session must have been told to upload that NAR (it is missing from the cache), the size must be
+//! one zstd can produce from the announced NarSize and fit in one part; a NAR stored meanwhile by another
+//! push is a 409 (complete reuses the stored one).
+
+use super::super::{HttpState, Request, response};
+use super::auth::Caller;
+use super::protocol::{PresignRequest, PresignResponse};
+use super::push::{bad, clip, conflict, max_compressed_size, nar_upload_target, planned_nar, store_failed};
+use super::read_json;
+use crate::nix::hash::Sha256Hash;
+use crate::store::Store;
+use http::StatusCode;
+use std::sync::Arc;
+use warp::reply::Response;
+
+/// How long a bound URL lives: it can only ever upload the one file, so this only bounds how long a
+/// slow client may take to start.
+const BOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_hours(1);
+
+/// `POST /api/v1/uploads/{id}/nar/{nix32}/presign`.
+pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
+    let (id, _, key) = match nar_upload_target(id, hash) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
+    };
+    let body: PresignRequest = match read_json(req, 4096).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(file_hash) = Sha256Hash::parse(&body.file_hash) else {
+        return bad(format!("file_hash {:?} is not a sha256 hash", clip(&body.file_hash)));
+    };
+    let Store::S3(s3) = &*state.store else {
+        return response::json_error(StatusCode::NOT_FOUND, "this server relays NARs (no presigned URLs)");
+    };
+    let nar_size = match planned_nar(state, caller, id, &key).await {
+        Ok((_, Some(_))) => {
+            return conflict(format!("{key} was stored meanwhile by another push; complete without uploading it"));
+        }
+        Ok((n, None)) => n,
+        Err(r) => return r,
+    };
+    let largest = max_compressed_size(nar_size).min(s3.part_size());
+    if body.file_size == 0 || body.file_size > largest {
+        return response::json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a compressed NAR of {nar_size} bytes going up in one PUT has 1..={largest} bytes, not {}",
+                body.file_size
+            ),
+        );
+    }
+    let expiry = BOUND_PUT_EXPIRY.min(state.limits.presign_expiry);
+    let url = match s3.presign_put_bound(&key, expiry, body.file_size, &file_hash).await {
+        Ok(u) => u,
+        Err(e) => return store_failed(&e),
+    };
+    let checksum = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(file_hash.0)
+    };
+    let headers = [
+        ("content-length".to_owned(), body.file_size.to_string()),
+        (crate::store::s3::CHECKSUM_HEADER.to_owned(), checksum),
+    ]
+    .into_iter()
+    .collect();
+    response::json(StatusCode::OK, &PresignResponse { upload_url: url, headers })
+}

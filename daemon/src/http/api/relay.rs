@@ -1,0 +1,375 @@
+//! The upload routes of the push API, for what goes through the server rather than straight to S3:
+//! - `PUT /api/v1/uploads/{id}/nar/{nix32}` (local backend): a compressed NAR is written to a staged file
+//!   in `.tmp/` while a blocking thread decompresses and hashes it; only a NAR that decompresses to
+//!   exactly its NarHash and announced NarSize is moved into place. So a bad upload never touches the
+//!   object under its key (security review #5), and decompression stops at the announced NarSize or when
+//!   the client goes away (#6: a zstd bomb costs at most NarSize bytes of work).
+//! - `PUT /api/v1/uploads/{id}/log/{drv}`: a build log the session claimed. A log already in the cache is
+//!   never replaced: the same bytes again are fine, other bytes are a 409 (#10).
+//!
+//! Both record what they stored in `objects` at once, unreferenced: if the push is never completed, GC
+//! marks and deletes them after the grace period like any unreachable object (#9).
+
+use super::super::{HttpState, Request, response};
+use super::auth::Caller;
+use super::protocol::UploadResponse;
+use super::push::{bad, clip, conflict, db_failed, max_compressed_size, nar_upload_target, planned_nar, store_failed};
+use crate::db::NewObject;
+use crate::nix::hash::Sha256Hash;
+use crate::nix::store_path::StorePath;
+use crate::store::{ObjectKey, Store, StoreError};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::StatusCode;
+use sha2::Digest;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use warp::reply::Response;
+
+/// Chunks in flight between the request body, the store and the verifier (bounded memory per upload).
+const UPLOAD_CHANNEL_DEPTH: usize = 16;
+
+/// Decompressed bytes the verifier handles between two looks at the cancel flag.
+const VERIFY_BUFFER: usize = 128 << 10;
+
+/// Sets its flag when dropped while armed: the verifier thread stops when the request it serves is gone
+/// (the client disconnected, so hyper dropped the handler) or has failed.
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn new(flag: &Arc<AtomicBool>) -> Self {
+        CancelOnDrop { flag: Arc::clone(flag), armed: true }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a relayed NAR was refused by the verifier.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Not zstd, truncated, or trailing garbage.
+    #[error("the uploaded NAR is not valid zstd: {0}")]
+    Zstd(std::io::Error),
+    /// It decompresses to more bytes than the NarSize announced (a zstd bomb, or the wrong NAR).
+    #[error("the uploaded NAR decompresses to more than the announced NarSize of {nar_size} bytes")]
+    TooLarge {
+        /// The NarSize announced.
+        nar_size: u64,
+    },
+    /// It decompresses to another size than the NarSize announced.
+    #[error("the uploaded NAR decompresses to {actual} bytes, not the announced NarSize of {nar_size}")]
+    WrongSize {
+        /// The NarSize announced.
+        nar_size: u64,
+        /// What it decompressed to.
+        actual: u64,
+    },
+    /// It decompresses to another NAR.
+    #[error("the uploaded NAR decompresses to {actual}, not {expected}")]
+    WrongHash {
+        /// The NarHash it is named after.
+        expected: Sha256Hash,
+        /// What it decompressed to.
+        actual: Sha256Hash,
+    },
+    /// The upload was cancelled (client gone or upload failed) before the verifier finished.
+    #[error("the upload was cancelled")]
+    Cancelled,
+}
+
+/// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
+pub async fn upload_nar(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
+    let (id, nar_hash, key) = match nar_upload_target(id, hash) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
+    };
+    let Store::Local(local) = &*state.store else {
+        return response::json_error(StatusCode::NOT_FOUND, "this server takes NARs through presigned URLs");
+    };
+    let nar_size = match planned_nar(state, caller, id, &key).await {
+        // Uploaded meanwhile by another push: the stored NAR stays, the body is not read.
+        Ok((_, Some((size, file_hash)))) => {
+            return response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() });
+        }
+        Ok((n, None)) => n,
+        Err(r) => return r,
+    };
+    // zstd never makes a NAR bigger than this, so nothing larger is worth reading.
+    let limit = state.limits.max_nar_upload.min(max_compressed_size(nar_size));
+    if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return response::json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("NAR larger than {limit} bytes (the most {nar_size} bytes compress to)"),
+        );
+    }
+    let staged = match stage_verified(state, local, req, nar_hash, nar_size, limit).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (staged, file_hash) = staged;
+    let size = staged.size();
+    if let Err(e) = local.promote(staged, &key).await {
+        return store_failed(&e);
+    }
+    if let Err(e) = state.db.record_nar(&key, size, Some(&file_hash), chrono::Utc::now()).await {
+        return db_failed(&e);
+    }
+    response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() })
+}
+
+/// Streams the body into a staged file while hashing it and, on a blocking thread, decompressing it to
+/// check NarHash and NarSize. Returns the staged file and its FileHash only when the NAR checks out;
+/// otherwise the staged file is removed and the error response returned.
+async fn stage_verified(
+    state: &HttpState,
+    local: &crate::store::local::LocalStore,
+    req: Request,
+    nar_hash: Sha256Hash,
+    nar_size: u64,
+    limit: u64,
+) -> Result<(crate::store::local::Staged, Sha256Hash), Response> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop::new(&cancel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
+    let (vtx, vrx) = tokio::sync::mpsc::channel::<Bytes>(UPLOAD_CHANNEL_DEPTH);
+    let verifier = tokio::task::spawn_blocking({
+        let cancel = Arc::clone(&cancel);
+        move || verify_zstd_nar(vrx, nar_hash, nar_size, &cancel)
+    });
+    let metrics = Arc::clone(&state.metrics);
+    let mut body = req.body;
+    let feeder_cancel = CancelOnDrop::new(&cancel);
+    // The feeder cancels the verifier when it ends early (an error, or the task dropped).
+    let feeder = tokio::spawn(async move {
+        let mut cancel_guard = feeder_cancel;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let fail = |reason: String| StoreError::Source { key: "relayed NAR".to_owned(), reason };
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let reason = format!("reading request body: {e}");
+                    let _ = tx.send(Err(fail(reason.clone()))).await;
+                    return Err(reason);
+                }
+            };
+            size += chunk.len() as u64;
+            metrics.api_bytes_received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if size > limit {
+                let reason = format!("NAR larger than {limit} bytes (the most {nar_size} bytes compress to)");
+                let _ = tx.send(Err(fail(reason.clone()))).await;
+                return Err(reason);
+            }
+            hasher.update(&chunk);
+            if vtx.send(chunk.clone()).await.is_err() {
+                // The verifier refused the data: stop reading; its verdict says why.
+                let _ = tx.send(Err(fail("refused by the verifier".to_owned()))).await;
+                return Ok(None);
+            }
+            if tx.send(Ok(chunk)).await.is_err() {
+                // The store gave up; its own error says why.
+                return Ok(None);
+            }
+        }
+        drop(vtx);
+        // Finished normally: the verifier must see the end of the data, not a cancel.
+        cancel_guard.armed = false;
+        Ok(Some((Sha256Hash(hasher.finalize().into()), size)))
+    });
+    let staged = local.stage_stream(rx).await;
+    let internal = |e: tokio::task::JoinError| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let fed = feeder.await.map_err(internal)?;
+    let verdict = verifier.await.map_err(internal)?;
+    // The store stopped taking the data (disk full, …): its error, not the verifier's view of a cut stream.
+    if let (Ok(None), Err(e)) = (&fed, &staged) {
+        return Err(store_failed(e));
+    }
+    match (fed, verdict) {
+        (Err(reason), _) => Err(bad(reason)),
+        (Ok(_), Err(e)) => Err(bad(e.to_string())),
+        (Ok(None), Ok(())) => {
+            Err(response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the store stopped reading the upload"))
+        }
+        (Ok(Some((file_hash, size))), Ok(())) => {
+            let staged = staged.map_err(|e| store_failed(&e))?;
+            if staged.size() != size {
+                return Err(store_failed(&format!("staged {} bytes of {size}", staged.size())));
+            }
+            Ok((staged, file_hash))
+        }
+    }
+}
+
+/// Reads chunks from `rx`, decompresses them as zstd and checks they are exactly `nar_size` bytes hashing
+/// to `nar_hash`. Stops as soon as the output exceeds `nar_size` or `cancel` is set.
+fn verify_zstd_nar(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    nar_hash: Sha256Hash,
+    nar_size: u64,
+    cancel: &AtomicBool,
+) -> Result<(), VerifyError> {
+    struct ChanReader {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        cur: Bytes,
+    }
+    impl Read for ChanReader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            while self.cur.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(b) => self.cur = b,
+                    None => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.cur.len());
+            buf[..n].copy_from_slice(&self.cur[..n]);
+            bytes::Buf::advance(&mut self.cur, n);
+            Ok(n)
+        }
+    }
+    let mut dec = zstd::stream::read::Decoder::new(ChanReader { rx, cur: Bytes::new() }).map_err(VerifyError::Zstd)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; VERIFY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(VerifyError::Cancelled);
+        }
+        let n = dec.read(&mut buf).map_err(VerifyError::Zstd)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > nar_size {
+            return Err(VerifyError::TooLarge { nar_size });
+        }
+        hasher.update(&buf[..n]);
+    }
+    if total != nar_size {
+        return Err(VerifyError::WrongSize { nar_size, actual: total });
+    }
+    let actual = Sha256Hash(hasher.finalize().into());
+    if actual != nar_hash {
+        return Err(VerifyError::WrongHash { expected: nar_hash, actual });
+    }
+    Ok(())
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read_body(req: Request, limit: u64) -> Result<Bytes, Response> {
+    let mut body = req.body;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("reading request body: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(bad(format!("build log larger than {limit} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
+pub async fn upload_log(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, drv: &str) -> Response {
+    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
+    let drv = match StorePath::from_basename(drv) {
+        Ok(p) if p.is_derivation() => p,
+        Ok(p) => return bad(format!("{} is not a .drv", p.basename())),
+        Err(e) => return bad(e.to_string()),
+    };
+    let key = ObjectKey::log(&drv);
+    if let Some(refusal) = super::push::refuse_unclaimed(state, caller, id, &key).await {
+        return refusal;
+    }
+    let limit = state.limits.max_log_upload;
+    match state.db.object_exists(&key).await {
+        Ok(true) => return same_log_or_conflict(state, req, &key, &drv, limit).await,
+        Ok(false) => {}
+        Err(e) => return db_failed(&e),
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
+    let key_s = key.to_string();
+    let mut body = req.body;
+    let feeder = tokio::spawn(async move {
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let item = match chunk {
+                Ok(c) => {
+                    size += c.len() as u64;
+                    if size > limit { Err(format!("build log larger than {limit} bytes")) } else { Ok(c) }
+                }
+                Err(e) => Err(format!("reading request body: {e}")),
+            };
+            match item {
+                Ok(c) => {
+                    if tx.send(Ok(c)).await.is_err() {
+                        // The store gave up; its own error (below) says why.
+                        return Ok(size);
+                    }
+                }
+                Err(reason) => {
+                    let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
+                    return Err(reason);
+                }
+            }
+        }
+        Ok(size)
+    });
+    let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8").await;
+    match feeder.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(reason)) => return bad(reason),
+        Err(e) => return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let size = match stored {
+        Ok(size) => size,
+        Err(e) => return store_failed(&e),
+    };
+    // Recorded now, unreferenced: the narinfo that keeps it alive comes with `complete`; if that never
+    // comes, GC collects it.
+    let obj = NewObject { key, size, refs: Vec::new() };
+    if let Err(e) = state.db.record_object(&obj, chrono::Utc::now()).await {
+        return db_failed(&e);
+    }
+    response::json(StatusCode::OK, &serde_json::json!({ "size": size }))
+}
+
+/// A log for `drv` is in the cache already: the same bytes again are an idempotent success, other bytes
+/// a 409 (the first log stays).
+async fn same_log_or_conflict(
+    state: &HttpState,
+    req: Request,
+    key: &ObjectKey,
+    drv: &StorePath,
+    limit: u64,
+) -> Response {
+    let sent = match read_body(req, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.store.get(key).await {
+        Ok(Some(existing)) if existing == sent => {
+            response::json(StatusCode::OK, &serde_json::json!({ "size": existing.len() }))
+        }
+        Ok(_) => {
+            tracing::warn!(log = %drv.basename(), "refused to replace a build log with different content");
+            conflict(format!(
+                "the build log of {} is already in the cache with other content; logs are never replaced",
+                drv.basename()
+            ))
+        }
+        Err(e) => store_failed(&e),
+    }
+}
