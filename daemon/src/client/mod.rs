@@ -195,6 +195,24 @@ impl ApiClient {
         self.post_json("/api/v1/abort", req, Duration::from_mins(5)).await
     }
 
+    /// `POST <route>` (a session's presign route): a presigned URL bound to one compressed NAR of
+    /// `file_size` bytes hashing to `file_hash`, and the headers to send with it.
+    pub async fn presign(
+        &self,
+        route: &str,
+        file_size: u64,
+        file_hash: &crate::nix::hash::Sha256Hash,
+    ) -> Result<crate::http::api::protocol::PresignResponse, ClientError> {
+        if !route.starts_with('/') {
+            return Err(ClientError::Protocol {
+                what: "asking for a bound upload URL".to_owned(),
+                reason: "the presign route is not a path on the server".to_owned(),
+            });
+        }
+        let req = crate::http::api::protocol::PresignRequest { file_size, file_hash: file_hash.to_nix_string() };
+        self.post_json(route, &req, Duration::from_mins(1)).await
+    }
+
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.
     pub async fn gc(&self, req: &GcRequest) -> Result<crate::metrics::GcFigures, ClientError> {
         self.post_json("/api/v1/gc", req, Duration::from_hours(6)).await
