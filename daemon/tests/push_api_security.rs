@@ -181,7 +181,7 @@ async fn many_roots_cost_one_session_and_linear_space() {
 
 /// Review #10: realisations and build logs were overwritten by later pushes, and a path pushed again
 /// with another NarHash was silently ignored. Now the first writer wins, a differing second one gets a
-/// 409, the same bytes again are fine; logs are served with `nosniff`.
+/// 409 (a realisation 422), the same bytes again are fine; logs are served with `nosniff`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_first_realisation_log_and_narinfo_win() {
     let s = TestServer::start(Backend::Local).await;
@@ -239,7 +239,7 @@ async fn the_first_realisation_log_and_narinfo_win() {
     let (st, r) = post(&s, "realisations", &json!({ "realisations": [real(&app_path)] })).await;
     assert_eq!(st, 200, "{r}");
     let (st, r) = post(&s, "realisations", &json!({ "realisations": [real(&other_path)] })).await;
-    assert_eq!(st, 409, "{r}");
+    assert_eq!(st, 422, "permanent, so a drainer does not retry it forever: {r}");
     assert!(r["error"].as_str().is_some_and(|m| m.contains("never replaced")), "{r}");
     let (st, r) = post(&s, "realisations", &json!({ "realisations": [real(&app_path)] })).await;
     assert_eq!(st, 200, "{r}");

@@ -88,7 +88,7 @@ impl ClientError {
             | ClientError::Io { .. }
             | ClientError::Protocol { .. }
             | ClientError::Config(_) => true,
-            ClientError::Status { status, .. } => *status != 400 && *status != 413,
+            ClientError::Status { status, .. } => !matches!(*status, 400 | 413 | 422),
             ClientError::PathInfo(e) => e.is_environment(),
             ClientError::Upload(e) => e.is_transient(),
             ClientError::BadPath(_) => false,

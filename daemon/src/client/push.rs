@@ -617,9 +617,20 @@ impl Pusher {
                 .map_err(|e| ClientError::Protocol { what: "realisation JSON".to_owned(), reason: e.to_string() })?;
             body.push(json);
         }
-        let resp = self.api.publish_realisations(&RealisationsRequest { realisations: body }).await?;
-        tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
-        Ok(())
+        match self.api.publish_realisations(&RealisationsRequest { realisations: body }).await {
+            Ok(resp) => {
+                tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
+                Ok(())
+            }
+            // The cache already has a different realisation for one of these ids, and realisations are
+            // never replaced: nothing a retry changes. The paths are pushed; clients that resolve
+            // through the realisation get the first one (as the server's own pipeline does).
+            Err(ClientError::Status { status: 422, message, .. }) => {
+                tracing::warn!("{}: {message}; the cached realisation stays", self.api.base());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
