@@ -31,6 +31,9 @@ async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     assert!(log.contains("pushed 2 paths"), "{log}");
     assert!(log.contains("2 straight to S3"), "{log}");
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");
+    // The small NAR went up through a URL bound to its exact size and hash (security review #19).
+    let metrics = s.state.metrics.render();
+    assert!(metrics.contains("route=\"api-presign\",status=\"200\"} 1"), "{metrics}");
 
     // the bucket has both NARs (the big one > 8 MiB even compressed) and both narinfos
     let info = env.command("nix").args(["path-info", "--json", &big]).output().expect("path-info");

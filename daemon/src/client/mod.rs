@@ -88,7 +88,7 @@ impl ClientError {
             | ClientError::Io { .. }
             | ClientError::Protocol { .. }
             | ClientError::Config(_) => true,
-            ClientError::Status { status, .. } => *status != 400 && *status != 413,
+            ClientError::Status { status, .. } => !matches!(*status, 400 | 413 | 422),
             ClientError::PathInfo(e) => e.is_environment(),
             ClientError::Upload(e) => e.is_transient(),
             ClientError::BadPath(_) => false,
@@ -193,6 +193,24 @@ impl ApiClient {
     /// `POST /api/v1/abort`: gives up upload sessions (their multipart uploads are aborted).
     pub async fn abort(&self, req: &AbortRequest) -> Result<AbortResponse, ClientError> {
         self.post_json("/api/v1/abort", req, Duration::from_mins(5)).await
+    }
+
+    /// `POST <route>` (a session's presign route): a presigned URL bound to one compressed NAR of
+    /// `file_size` bytes hashing to `file_hash`, and the headers to send with it.
+    pub async fn presign(
+        &self,
+        route: &str,
+        file_size: u64,
+        file_hash: &crate::nix::hash::Sha256Hash,
+    ) -> Result<crate::http::api::protocol::PresignResponse, ClientError> {
+        if !route.starts_with('/') {
+            return Err(ClientError::Protocol {
+                what: "asking for a bound upload URL".to_owned(),
+                reason: "the presign route is not a path on the server".to_owned(),
+            });
+        }
+        let req = crate::http::api::protocol::PresignRequest { file_size, file_hash: file_hash.to_nix_string() };
+        self.post_json(route, &req, Duration::from_mins(1)).await
     }
 
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.

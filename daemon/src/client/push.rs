@@ -319,10 +319,18 @@ impl Pusher {
                 what: what.clone(),
                 reason: format!("the server asked for one PUT of more than {MAX_BUFFERED_UPLOAD} bytes"),
             })?;
-            let url = self.api.resolve(&m.upload_url);
             let len = body.len() as u64;
-            with_ticks(put_with_retries(self.api.http().clone(), url, body, what), &counter, info.nar_size, progress)
-                .await?;
+            // A URL bound to exactly this file (security review #19).
+            let Some(route) = &m.presign_route else {
+                return Err(ClientError::Protocol {
+                    what: what.clone(),
+                    reason: "the server gave neither a presign route nor parts for a presigned upload".to_owned(),
+                });
+            };
+            let bound = self.api.presign(route, len, &streamed.file_hash).await?;
+            let (url, headers) = (bound.upload_url, bound.headers);
+            let put = put_with_retries(self.api.http().clone(), url, headers, body, what);
+            with_ticks(put, &counter, info.nar_size, progress).await?;
             counter.fetch_add(len, Ordering::Relaxed);
             (streamed, Vec::new())
         } else {
@@ -407,7 +415,7 @@ impl Pusher {
             let (http, url, what_n, sent) =
                 (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
             in_flight = Some(AbortOnDrop(tokio::spawn(async move {
-                let etag = put_with_retries(http, url, part, what_n).await?;
+                let etag = put_with_retries(http, url, std::collections::BTreeMap::new(), part, what_n).await?;
                 sent.fetch_add(len, Ordering::Relaxed);
                 Ok(etag)
             })));
@@ -443,14 +451,18 @@ impl<T> Drop for AbortOnDrop<T> {
 async fn put_with_retries(
     http: reqwest::Client,
     url: String,
+    headers: std::collections::BTreeMap<String, String>,
     body: Bytes,
     what: String,
 ) -> Result<Option<String>, ClientError> {
     let mut attempt = 1;
     loop {
-        let sent = http
-            .put(&url)
-            .header(http::header::CONTENT_LENGTH, body.len())
+        let mut rb = http.put(&url).header(http::header::CONTENT_LENGTH, body.len());
+        // Signed headers a bound URL requires (the length is the body's own, set above).
+        for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("content-length")) {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let sent = rb
             .body(body.clone())
             .timeout(PART_TIMEOUT)
             .send()
@@ -605,9 +617,20 @@ impl Pusher {
                 .map_err(|e| ClientError::Protocol { what: "realisation JSON".to_owned(), reason: e.to_string() })?;
             body.push(json);
         }
-        let resp = self.api.publish_realisations(&RealisationsRequest { realisations: body }).await?;
-        tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
-        Ok(())
+        match self.api.publish_realisations(&RealisationsRequest { realisations: body }).await {
+            Ok(resp) => {
+                tracing::info!(published = resp.published, "pushed realisations to {}", self.api.base());
+                Ok(())
+            }
+            // The cache already has a different realisation for one of these ids, and realisations are
+            // never replaced: nothing a retry changes. The paths are pushed; clients that resolve
+            // through the realisation get the first one (as the server's own pipeline does).
+            Err(ClientError::Status { status: 422, message, .. }) => {
+                tracing::warn!("{}: {message}; the cached realisation stays", self.api.base());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

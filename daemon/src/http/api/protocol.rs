@@ -41,8 +41,8 @@ pub struct MissingNar {
     pub path: String,
     /// Its NarHash, as sent.
     pub nar_hash: String,
-    /// Where to `PUT` the zstd-compressed NAR: an absolute presigned S3 URL, or a path on the server
-    /// (starting with `/`, needs the bearer token) when the backend is not S3.
+    /// Where to `PUT` the zstd-compressed NAR: a path on the server (starting with `/`, needs the bearer
+    /// token) when the backend is not S3; empty for S3, where `presign_route` or `multipart` says how.
     pub upload_url: String,
     /// True when `upload_url` (or the part URLs) are presigned S3 URLs (send no `Authorization` header
     /// there).
@@ -53,7 +53,7 @@ pub struct MissingNar {
     pub multipart: Option<MultipartWire>,
     /// For a single presigned PUT: a server path (bearer token) to `POST` a [`PresignRequest`] to once
     /// the NAR is compressed, answered with a URL that accepts exactly that file ([`PresignResponse`]).
-    /// Prefer it to `upload_url`, which accepts any body and lives only 15 minutes.
+    /// (S3 hands out no unbound single-PUT URL: it would accept any body up to 5 GiB.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presign_route: Option<String>,
 }

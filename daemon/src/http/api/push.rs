@@ -40,9 +40,6 @@ use warp::reply::Response;
 const MAX_CA_LEN: usize = 1024;
 /// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
 const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
-/// Longest an unbound single-PUT URL lives (it accepts any body up to S3's 5 GiB, so it must not outlive
-/// the push by much; NARs going up this way are at most one part, 8 MiB).
-const UNBOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_mins(15);
 /// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
 const MAX_PART_URLS: usize = 100_000;
 
@@ -563,9 +560,8 @@ async fn plan_nar_upload(
     m.presigned = true;
     let max_size = max_compressed_size(p.nar_size);
     if max_size <= s3.part_size() {
-        // Unbound (any body up to 5 GiB): short-lived. Clients that can should use `presign_route`.
-        let expiry = expiry.min(UNBOUND_PUT_EXPIRY);
-        m.upload_url = state.store.presign_put(key, expiry).await.map_err(|e| store_failed(&e))?.unwrap_or_default();
+        // No URL yet: an unbound one would take any body up to S3's 5 GiB and could replace the object
+        // while it lives. The client asks `presign_route` for one bound to the file once it is compressed.
         m.presign_route = Some(format!("/api/v1/uploads/{session}/nar/{}/presign", p.nar_hash.to_nix32()));
         return Ok((m, None));
     }

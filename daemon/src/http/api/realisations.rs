@@ -42,8 +42,12 @@ pub async fn handle(state: &Arc<HttpState>, req: Request) -> Response {
     for r in &parsed {
         match publisher.publish_realisation(r, chrono::Utc::now()).await {
             Ok(_) => {}
-            Err(e @ (UploadError::RealisationIncomplete { .. } | UploadError::RealisationConflict { .. })) => {
+            Err(e @ UploadError::RealisationIncomplete { .. }) => {
                 return response::json_error(StatusCode::CONFLICT, e.to_string());
+            }
+            // Permanent, unlike 409 (push what is missing, then retry): the first realisation stays.
+            Err(e @ UploadError::RealisationConflict { .. }) => {
+                return response::json_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
             }
             Err(e @ UploadError::Db(_)) => {
                 tracing::warn!("database error publishing a realisation: {e}");
