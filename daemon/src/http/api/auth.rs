@@ -109,11 +109,12 @@ impl ApiToken {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header, trimmed.
+/// The token of an `Authorization: Bearer <token>` header, trimmed; the scheme in any case (RFC 9110
+/// §11.1: auth schemes are case-insensitive).
 fn bearer(authorization: Option<&http::HeaderValue>) -> Option<&str> {
     let v = authorization.and_then(|v| v.to_str().ok())?;
-    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
-    Some(t.trim())
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Who sent an API request whose token checked out.
@@ -198,6 +199,8 @@ mod tests {
         let t = ApiToken::new("0123456789abcdef0123456789abcdef0123\n").expect("36 chars");
         let hv = |s: &str| http::HeaderValue::from_str(s).expect("header");
         assert!(t.authorizes(Some(&hv("Bearer 0123456789abcdef0123456789abcdef0123"))));
+        assert!(t.authorizes(Some(&hv("BEARER 0123456789abcdef0123456789abcdef0123"))), "any case");
+        assert!(!t.authorizes(Some(&hv("Bearer0123456789abcdef0123456789abcdef0123"))));
         assert!(!t.authorizes(Some(&hv("Bearer 0123456789abcdef0123456789abcdef012"))));
         assert!(!t.authorizes(Some(&hv("Bearer 0123456789abcdef0123456789abcdef01234"))));
         assert!(!t.authorizes(Some(&hv("Basic 0123456789abcdef0123456789abcdef0123"))));
