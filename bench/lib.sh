@@ -107,3 +107,38 @@ bench_stop_server() {
     SERVER_PID=
   fi
 }
+
+# bench_tree_cpu_ticks PID…: clock ticks (getconf CLK_TCK) of user+system CPU used so far by each PID and
+# all its live descendants, including the children they have already reaped (cutime+cstime). Take it
+# before and after; the difference is what the process trees used in between (children spawned and
+# reaped in between are counted in their parent's cutime). Missing PIDs count 0.
+bench_tree_cpu_ticks() {
+  python3 - "$@" <<'PYEOF'
+import os, sys
+kids, ticks = {}, {}
+for d in os.listdir("/proc"):
+    if not d.isdigit():
+        continue
+    try:
+        f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    kids.setdefault(int(f[1]), []).append(int(d))          # field 4: ppid
+    ticks[int(d)] = sum(int(x) for x in f[11:15])           # fields 14-17: utime stime cutime cstime
+seen, todo = set(), [int(p) for p in sys.argv[1:] if p]
+while todo:
+    p = todo.pop()
+    if p in seen:
+        continue
+    seen.add(p); todo.extend(kids.get(p, []))
+print(sum(ticks.get(p, 0) for p in seen))
+PYEOF
+}
+
+# bench_postmaster_pid STATE-DIR: the pid of the embedded PostgreSQL `niks3 serve --state-dir STATE-DIR`
+# started (pg_ctl detaches it, so it is not a descendant of the server), or nothing.
+bench_postmaster_pid() {
+  local f
+  f=$(find "$1" -name postmaster.pid 2>/dev/null | head -1)
+  [ -n "$f" ] && head -1 "$f" || true
+}
