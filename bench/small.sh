@@ -14,11 +14,13 @@
 #   (b) steady stream (STREAM=1, the default): a fresh server; a fresh closure of STREAM_N paths is built
 #       with niks3-hook writing straight into the server's spool while it runs; per path, the time from the
 #       hook's return (logged by the hook wrapper) to the narinfo's mtime: p50/p90/p99/max.
+#       The builds run as fast as Nix (max-jobs JOBS) builds them next to the server; the rate is printed.
 # Prints paths/s, CPU-seconds per path, the ratios, the per-path `uploaded … seconds=` figures of the server
 # log, PostgreSQL's transaction and tuple counts per path, and the load average before and after.
 # STRACE=1 adds one more (untimed, clearly labelled) niks3 drain under `strace -f -c`, PERF=1 one under
 # `perf record -a` (samples by command and shared object).
-# Needs: root, nix (Debian nix-bin), PostgreSQL server binaries, python3, curl, cargo (strace for STRACE=1).
+# Needs: root, nix (Debian nix-bin), PostgreSQL server binaries and psql, python3, curl, cargo (strace for
+# STRACE=1, perf for PERF=1).
 # Env: N (500), LAYERS (10), JOBS (cores: niks3's --jobs and the builds' max-jobs), ROUNDS (1),
 #      STREAM (1), STREAM_N (N), STRACE (0), PERF (0), CARGO_TARGET_DIR (default /work/target-small),
 #      BENCH_DIR (scratch on the real disk, default /var/tmp), PROFILE (release), NO_BUILD=1 to use
