@@ -114,9 +114,10 @@ impl Metrics {
         self.nix.lock().ok().and_then(|mut n| n.failing.take())
     }
 
-    /// Why the local Nix store cannot be read right now (`None`: it can, as far as the drainer knows).
-    pub fn nix_trouble(&self) -> Option<String> {
-        self.nix.lock().ok().and_then(|n| n.failing.clone())
+    /// True while the drainer cannot read the local Nix store (the cause is in the log, not here: `/health`
+    /// is public).
+    pub fn nix_unreadable(&self) -> bool {
+        self.nix.lock().is_ok_and(|n| n.failing.is_some())
     }
 
     /// Renders everything in the Prometheus text exposition format.

@@ -42,18 +42,18 @@ pub async fn handle(state: &HttpState, _req: &Request) -> Response {
     if !healthy {
         tracing::warn!(db = %detail(&db), store = %detail(&store), "health check failed");
     }
-    let nix = state.metrics.nix_trouble();
-    let status = match (healthy, &nix) {
+    let nix_unreadable = state.metrics.nix_unreadable();
+    let status = match (healthy, nix_unreadable) {
         (false, _) => "unavailable",
-        (true, Some(_)) => "degraded",
-        (true, None) => "ok",
+        (true, true) => "degraded",
+        (true, false) => "ok",
     };
     let body = serde_json::json!({
         "status": status,
         "db": show(&db),
         "store": show(&store),
         // The cause is in the log (logged once when it began); here only that the store is unreadable.
-        "nix": if nix.is_some() { "cannot read the local Nix store" } else { "ok" },
+        "nix": if nix_unreadable { "cannot read the local Nix store" } else { "ok" },
     });
     response::json(if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

@@ -186,8 +186,9 @@ impl Connection {
 
     async fn handshake(&mut self) -> Result<(), DaemonError> {
         const H: &str = "the handshake";
-        let mut w = Wire::new(&mut self.to, H);
+        let mut w = Wire::new(&mut self.to);
         w.u64(WORKER_MAGIC_1).await;
+        w.done().map_err(|e| self.io(H, e))?;
         self.flush(H).await?;
         let magic = self.read_u64(H).await?;
         if magic != WORKER_MAGIC_2 {
@@ -201,7 +202,7 @@ impl Connection {
         if self.minor < MIN_MINOR {
             return Err(DaemonError::TooOld { minor: self.minor });
         }
-        let mut w = Wire::new(&mut self.to, H);
+        let mut w = Wire::new(&mut self.to);
         w.u64(CLIENT_VERSION).await;
         w.u64(0).await; // obsolete CPU affinity (1.14+): none
         w.u64(0).await; // obsolete reserveSpace (1.11+)
@@ -225,7 +226,7 @@ impl Connection {
         let Connection { to, from, stderr, .. } = self;
         let stderr = &*stderr;
         let requests = async {
-            let mut w = Wire::new(to, Q);
+            let mut w = Wire::new(to);
             for p in paths {
                 w.u64(OP_QUERY_PATH_INFO).await;
                 w.string(p.as_bytes()).await;
@@ -277,7 +278,7 @@ impl Connection {
     /// Which of `paths` are valid in the store (no substitution).
     pub async fn query_valid_paths(&mut self, paths: &[String]) -> Result<Vec<String>, DaemonError> {
         const Q: &str = "QueryValidPaths";
-        let mut w = Wire::new(&mut self.to, Q);
+        let mut w = Wire::new(&mut self.to);
         w.u64(OP_QUERY_VALID_PATHS).await;
         w.strings(paths).await;
         if self.minor >= 27 {
@@ -295,7 +296,7 @@ impl Connection {
     /// content-addressed output that was never built here).
     pub async fn derivation_output_map(&mut self, drv: &str) -> Result<Vec<(String, Option<String>)>, DaemonError> {
         const Q: &str = "QueryDerivationOutputMap";
-        let mut w = Wire::new(&mut self.to, Q);
+        let mut w = Wire::new(&mut self.to);
         w.u64(OP_QUERY_DERIVATION_OUTPUT_MAP).await;
         w.string(drv.as_bytes()).await;
         w.done().map_err(|e| self.io(Q, e))?;
@@ -394,12 +395,11 @@ async fn keep_stderr(mut stderr: tokio::process::ChildStderr, said: std::sync::A
 struct Wire<'a, W> {
     to: &'a mut W,
     error: Option<std::io::Error>,
-    during: &'static str,
 }
 
 impl<'a, W: AsyncWrite + Unpin> Wire<'a, W> {
-    fn new(to: &'a mut W, during: &'static str) -> Self {
-        Wire { to, error: None, during }
+    fn new(to: &'a mut W) -> Self {
+        Wire { to, error: None }
     }
 
     async fn bytes(&mut self, b: &[u8]) {
@@ -429,7 +429,6 @@ impl<'a, W: AsyncWrite + Unpin> Wire<'a, W> {
     }
 
     fn done(self) -> Result<(), std::io::Error> {
-        let _ = self.during;
         match self.error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -633,7 +632,7 @@ mod tests {
     #[tokio::test]
     async fn strings_are_padded_to_eight_bytes_and_read_back() {
         let mut buf = Vec::new();
-        let mut w = Wire::new(&mut buf, "test");
+        let mut w = Wire::new(&mut buf);
         w.strings(&[String::new(), "abc".to_owned(), "12345678".to_owned()]).await;
         assert!(w.done().is_ok());
         assert_eq!(buf.len(), 8 + 8 + (8 + 8) + (8 + 8));
@@ -655,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn a_structured_error_becomes_the_daemons_message() {
         let mut buf = Vec::new();
-        let mut w = Wire::new(&mut buf, "test");
+        let mut w = Wire::new(&mut buf);
         w.u64(STDERR_NEXT).await;
         w.string(b"a log line").await;
         w.u64(STDERR_ERROR).await;

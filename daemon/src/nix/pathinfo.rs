@@ -143,34 +143,31 @@ impl LocalNix {
         ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, DaemonError>> + Send + 'c>>,
     ) -> Result<T, PathInfoError> {
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let program = self.program("nix-daemon");
-            let opened = tokio::time::timeout(CALL_TIMEOUT, Connection::open(&program)).await;
-            match opened {
+        let mut conn = match guard.take() {
+            Some(conn) => conn,
+            None => match tokio::time::timeout(CALL_TIMEOUT, Connection::open(&self.program("nix-daemon"))).await {
                 Ok(Ok(conn)) => {
                     tracing::debug!(connection = ?conn, "connected to the Nix store");
-                    *guard = Some(conn);
+                    conn
                 }
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(PathInfoError::TimedOut { during: "the handshake", after: CALL_TIMEOUT }),
-            }
-        }
-        let Some(conn) = guard.as_mut() else {
-            return Err(PathInfoError::TimedOut { during, after: Duration::ZERO });
+            },
         };
-        match tokio::time::timeout(CALL_TIMEOUT, f(conn)).await {
-            Ok(Ok(v)) => Ok(v),
+        // The connection goes back only when it is known to be in step: after an answer, or after the
+        // daemon refused one request (it goes on with the next). Anything else drops it, killing the child.
+        match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
+            Ok(Ok(v)) => {
+                *guard = Some(conn);
+                Ok(v)
+            }
             Ok(Err(e)) => {
-                // The daemon refusing one request leaves the connection usable; anything else does not.
-                if !matches!(e, DaemonError::Remote { .. }) {
-                    *guard = None;
+                if matches!(e, DaemonError::Remote { .. }) {
+                    *guard = Some(conn);
                 }
                 Err(e.into())
             }
-            Err(_) => {
-                *guard = None;
-                Err(PathInfoError::TimedOut { during, after: CALL_TIMEOUT })
-            }
+            Err(_) => Err(PathInfoError::TimedOut { during, after: CALL_TIMEOUT }),
         }
     }
 
@@ -218,12 +215,7 @@ impl LocalNix {
         drv: &StorePath,
     ) -> Result<Vec<StorePath>, PathInfoError> {
         let full = store_dir.display(drv);
-        let valid = {
-            let asked = vec![full.clone()];
-            self.with_connection("QueryValidPaths", move |c| Box::pin(async move { c.query_valid_paths(&asked).await }))
-                .await?
-        };
-        if valid.is_empty() {
+        if !self.is_valid(store_dir, drv).await? {
             return Err(PathInfoError::NotValid { path: full });
         }
         let map = self
@@ -320,16 +312,11 @@ fn path_info(store_dir: &StoreDir, path: StorePath, raw: RawPathInfo) -> Result<
     Ok(PathInfo { path, nar_hash, nar_size: raw.nar_size, references, deriver, ca: raw.ca })
 }
 
-/// The daemon sends base16 without a prefix; any form Nix prints (`sha256:…`, SRI) is accepted too.
+/// The daemon sends base16 without the algorithm prefix; any form Nix prints (`sha256:…`, SRI) is
+/// accepted too.
 fn parse_nar_hash(s: &str) -> Result<Sha256Hash, String> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-        }
-        return Ok(Sha256Hash(out));
-    }
-    Sha256Hash::parse(s).map_err(|e| format!("NarHash {s:?}: {e}"))
+    let prefixed = if s.contains([':', '-']) { s.to_owned() } else { format!("sha256:{s}") };
+    Sha256Hash::parse(&prefixed).map_err(|e| format!("NarHash {s:?}: {e}"))
 }
 
 /// Longest stderr kept in an error (Nix can be chatty; the first lines say what went wrong).
