@@ -66,6 +66,33 @@ async fn a_marked_object_pushed_again_is_not_deleted() {
 }
 
 #[tokio::test]
+async fn claiming_the_top_of_a_marked_closure_unmarks_all_of_it() {
+    // The pipeline's walk claims a cached narinfo and stops there. If GC marked the closure (and is about
+    // to delete it, between its mark and delete steps), the claim must unmark everything the narinfo
+    // reaches, or GC would delete the closure under a narinfo the new upload relies on.
+    let c = Cache::new(Universe::chain(4)).await;
+    c.push(3, Cache::at(0)).await;
+    let f = gc::run(&c.db, &c.store, opts(false), Cache::at(30)).await.expect("gc");
+    assert_eq!(f.objects_marked_for_deletion, 8);
+    let id = c.db.begin_upload(&narinfo_key(9), &[], Cache::at(31)).await.expect("session");
+    let absent = c.db.claim(id, &[narinfo_key(3)]).await.expect("claim");
+    assert!(absent.is_empty(), "the narinfo is cached: {absent:?}");
+    assert_eq!(c.db.stats().await.expect("stats").marked, 0, "every object the narinfo reaches is unmarked");
+    // An unrelated marked closure stays marked: the walk follows references only.
+    let c2 = Cache::new(Universe { deps: vec![vec![], vec![]] }).await;
+    c2.push(0, Cache::at(0)).await;
+    c2.push(1, Cache::at(0)).await;
+    gc::run(&c2.db, &c2.store, opts(false), Cache::at(30)).await.expect("gc");
+    let id = c2.db.begin_upload(&narinfo_key(1), &[], Cache::at(31)).await.expect("session");
+    c2.db.claim(id, &[narinfo_key(1)]).await.expect("claim");
+    assert_eq!(c2.db.stats().await.expect("stats").marked, 2, "path 0's narinfo and NAR stay marked");
+    // A session GC dropped as failed cannot claim.
+    c2.db.abort_upload(id).await.expect("abort");
+    let err = c2.db.claim(id, &[narinfo_key(0)]).await.expect_err("session gone");
+    assert!(matches!(err, niks3::db::DbError::UploadExpired(_)), "{err}");
+}
+
+#[tokio::test]
 async fn force_deletes_unreachable_objects_at_once() {
     let c = Cache::new(Universe::chain(3)).await;
     c.push(2, Cache::at(0)).await;

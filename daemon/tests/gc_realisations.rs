@@ -81,7 +81,17 @@ impl Cache {
             let nar = StoredNar { file_hash: Sha256Hash([7; 32]), file_size: 10 };
             self.store.put(&ObjectKey::nar(&i.nar_hash), "nar".into(), "application/x-nix-archive").await.expect("nar");
             self.publisher
-                .publish(&PublishInput { info: i, nar, listing: None, log: None }, now)
+                .publish(
+                    &PublishInput {
+                        info: i,
+                        nar,
+                        listing: None,
+                        log: None,
+                        unrecorded: Vec::new(),
+                        references_checked: false,
+                    },
+                    now,
+                )
                 .await
                 .expect("publish");
         }

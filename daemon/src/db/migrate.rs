@@ -33,6 +33,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0005_push_verified_objects.sql",
         sql: include_str!("../../../migrations/0005_push_verified_objects.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_claim_function.sql",
+        sql: include_str!("../../../migrations/0006_claim_function.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

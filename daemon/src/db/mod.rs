@@ -2,20 +2,22 @@
 //! its own transaction under an advisory lock), the queries the upload pipeline, the API and GC need, and
 //! the embedded private cluster for the no-flags default.
 //!
-//! Concurrency contract with GC (see docs/architecture.md): an upload first claims every key of its closure
-//! (`begin_upload`, which also clears `marked_at` on them), then asks what is missing; GC deletes only rows
-//! that are still marked when it deletes them, so a claim made at any moment protects the object.
+//! Concurrency contract with GC (see docs/architecture.md): an upload first claims keys ([`Db::claim`],
+//! which also clears `marked_at` on them and on every marked row they reach through `refs`), then asks what
+//! is missing; GC deletes only rows that are still marked when it deletes them, so a claim made at any
+//! moment protects the object and, for a narinfo, its whole closure. The pipeline claims a level of its
+//! closure at a time and stops at cached narinfos; the push API claims its whole closure at once.
 //! Every function takes the current time from the caller so tests can move the clock.
 //!
 //! How that is made true, precisely:
-//! - [`Db::begin_upload`] holds the *shared* [`GC_LOCK`] for its transaction; GC's mark phase and each
+//! - [`Db::claim`] holds the *shared* [`GC_LOCK`] for its transaction; GC's mark phase and each
 //!   delete batch hold it *exclusively*. So a claim lands either before a mark/delete step (which then sees
 //!   the claim or the cleared mark) or after it (the batch's rows are gone, so the keys read as missing and
 //!   are uploaded again).
 //! - GC deletes in two steps: a batch's rows move from `objects` into the tombstone table `gc_deleting`,
 //!   the store objects are deleted, then the tombstones go (failures get their rows back). A key with a
 //!   tombstone has no row, so it counts as missing. If GC dies in between, the tombstones stay: the next GC
-//!   finishes them first, and `begin_upload` drops the tombstones of keys it claims (their objects are in
+//!   finishes them first, and a claim drops the tombstones of keys it claims (their objects are in
 //!   an unknown state, so they must be uploaded again). Rows flagged `deleting` by older versions are
 //!   treated the same way (missing; finished by GC; dropped by a claim).
 //! - [`Db::record_object`] never clears `deleting`: an object must be claimed before it is written.
@@ -39,6 +41,8 @@ use tokio_postgres::NoTls;
 pub const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
 /// Advisory lock held for a whole GC run, so two runs never overlap.
 pub const GC_RUN_LOCK: i64 = 0x6e69_6b73_0000_0003;
+/// The SQLSTATE `niks3_claim` raises when the upload session is gone (GC dropped it as failed).
+const UPLOAD_EXPIRED_SQLSTATE: &str = "NK001";
 /// Advisory lock serialising migrations between servers starting together.
 pub const MIGRATION_LOCK: i64 = 0x6e69_6b73_0000_0001;
 
@@ -181,6 +185,49 @@ fn strs(keys: &[ObjectKey]) -> Vec<&str> {
     keys.iter().map(ObjectKey::as_str).collect()
 }
 
+/// Upserts objects (`unnest` of keys, kinds, sizes, newline-joined refs; `$5` = now): sets size and refs,
+/// `last_pushed`, clears `marked_at`.
+const RECORD_OBJECTS: &str = "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
+     SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
+     FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
+     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
+     last_pushed = EXCLUDED.last_pushed, marked_at = NULL";
+
+/// Upserts one NAR file (`$1` key, `$2` kind, `$3` size, `$4` now, `$5` `FileHash`): a `FileHash` already
+/// recorded is kept (a stored NAR is never replaced, so the first hash recorded is the file's).
+const RECORD_NAR: &str = "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
+     VALUES ($1, $2, $3, '{}', $4, $4, $5) \
+     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
+     marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)";
+
+/// [`NewObject`]s as the column arrays of [`RECORD_OBJECTS`], the last record of each key only (one
+/// INSERT cannot touch a row twice).
+struct ObjectRows<'a> {
+    keys: Vec<&'a str>,
+    kinds: Vec<&'static str>,
+    sizes: Vec<i64>,
+    /// text[][] must be rectangular, so refs travel as one newline-joined string per object (keys never
+    /// contain newlines: they are built from validated parts).
+    refs: Vec<String>,
+}
+
+impl<'a> ObjectRows<'a> {
+    fn new(objs: &'a [NewObject]) -> Self {
+        let mut last = HashMap::with_capacity(objs.len());
+        for (i, o) in objs.iter().enumerate() {
+            last.insert(o.key.as_str(), i);
+        }
+        let objs: Vec<&NewObject> =
+            objs.iter().enumerate().filter(|(i, o)| last.get(o.key.as_str()) == Some(i)).map(|(_, o)| o).collect();
+        ObjectRows {
+            keys: objs.iter().map(|o| o.key.as_str()).collect(),
+            kinds: objs.iter().map(|o| o.key.kind().as_str()).collect(),
+            sizes: objs.iter().map(|o| i64::try_from(o.size).unwrap_or(i64::MAX)).collect(),
+            refs: objs.iter().map(|o| strs(&o.refs).join("\n")).collect(),
+        }
+    }
+}
+
 impl Db {
     /// Connects (a `postgres://` URL or `host=… dbname=…` string; `host` may be a socket directory) and
     /// applies pending migrations.
@@ -227,9 +274,8 @@ impl Db {
         Ok(())
     }
 
-    /// Registers an upload of the closure rooted at `root` that will write or rely on `claimed`; unmarks
-    /// every claimed key that exists. One transaction. The session belongs to the server (or the seed
-    /// token); see [`Db::begin_upload_for`].
+    /// Opens an upload session for the closure rooted at `root` and claims `claimed` in it (see
+    /// [`Db::claim`]). The session belongs to the server (or the seed token); see [`Db::begin_upload_for`].
     pub async fn begin_upload(
         &self,
         root: &ObjectKey,
@@ -248,30 +294,49 @@ impl Db {
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
     ) -> Result<UploadId, DbError> {
-        let mut c = self.client().await?;
-        let t = c.transaction().await.map_err(q("begin_upload: begin"))?;
-        let keys = strs(claimed);
-        t.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK]).await.map_err(q("begin_upload: lock"))?;
-        // Rows a crashed GC left half-deleted: their objects may be gone, so they must be uploaded again.
-        t.execute("DELETE FROM objects WHERE key = ANY($1) AND deleting", &[&keys])
-            .await
-            .map_err(q("begin_upload: drop half-deleted"))?;
-        // Tombstones a crashed GC left: dropped, so no later GC deletes what this upload writes again.
-        t.execute("DELETE FROM gc_deleting WHERE key = ANY($1)", &[&keys])
-            .await
-            .map_err(q("begin_upload: drop tombstones"))?;
-        t.execute("UPDATE objects SET marked_at = NULL WHERE key = ANY($1) AND marked_at IS NOT NULL", &[&keys])
-            .await
-            .map_err(q("begin_upload: unmark"))?;
-        let row = t
-            .query_one(
-                "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&root.as_str(), &keys, &now, &owner.map(|t| t.0)],
-            )
-            .await
-            .map_err(q("begin_upload: insert"))?;
-        t.commit().await.map_err(q("begin_upload: commit"))?;
-        Ok(UploadId(row.get(0)))
+        let id = {
+            let c = self.client().await?;
+            let stmt = c
+                .prepare_cached(
+                    "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, '{}', $2, $3) RETURNING id",
+                )
+                .await
+                .map_err(q("begin_upload"))?;
+            let row =
+                c.query_one(&stmt, &[&root.as_str(), &now, &owner.map(|t| t.0)]).await.map_err(q("begin_upload"))?;
+            UploadId(row.get(0))
+        };
+        if !claimed.is_empty()
+            && let Err(e) = self.claim(id, claimed).await
+        {
+            if let Err(abort) = self.abort_upload(id).await {
+                tracing::debug!(error = %abort, "could not drop a session whose claim failed; GC expires it");
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Claims `keys` for upload `id` and returns those the cache lacks (in input order): claim first,
+    /// then look, in one round trip (the `niks3_claim` function of migration 0006, under the shared
+    /// [`GC_LOCK`]). A claimed key, and everything it refers to, is safe from GC until the session ends;
+    /// rows and tombstones a crashed GC left for these keys are dropped (they read as missing). Fails with
+    /// [`DbError::UploadExpired`] when GC dropped the session as failed.
+    pub async fn claim(&self, id: UploadId, keys: &[ObjectKey]) -> Result<Vec<ObjectKey>, DbError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let stmt = c.prepare_cached("SELECT niks3_claim($1, $2, $3)").await.map_err(q("claim"))?;
+        let rows = match c.query(&stmt, &[&id.0, &strs(keys), &GC_LOCK]).await {
+            Ok(rows) => rows,
+            Err(e) if e.code().is_some_and(|c| c.code() == UPLOAD_EXPIRED_SQLSTATE) => {
+                return Err(DbError::UploadExpired(id));
+            }
+            Err(e) => return Err(q("claim")(e)),
+        };
+        let absent: HashSet<&str> = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
+        Ok(keys.iter().filter(|k| absent.contains(k.as_str())).cloned().collect())
     }
 
     /// Of `keys`, those with no row in `objects` (one round trip, whatever the count), in input order.
@@ -280,16 +345,13 @@ impl Db {
             return Ok(Vec::new());
         }
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "SELECT k FROM unnest($1::text[]) k \
-                 WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = k AND NOT o.deleting)",
-                &[&strs(keys)],
-            )
+        let stmt = c
+            .prepare_cached("SELECT key FROM objects WHERE key = ANY($1) AND NOT deleting")
             .await
             .map_err(q("missing"))?;
-        let absent: HashSet<&str> = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
-        Ok(keys.iter().filter(|k| absent.contains(k.as_str())).cloned().collect())
+        let rows = c.query(&stmt, &[&strs(keys)]).await.map_err(q("missing"))?;
+        let present: HashSet<&str> = rows.iter().map(|r| r.get::<_, &str>(0)).collect();
+        Ok(keys.iter().filter(|k| !present.contains(k.as_str())).cloned().collect())
     }
 
     /// True when `key` has a row (and is not being deleted).
@@ -307,30 +369,36 @@ impl Db {
         if objs.is_empty() {
             return Ok(());
         }
-        // One INSERT cannot touch a row twice: keep the last record of each key.
-        let mut last = std::collections::HashMap::with_capacity(objs.len());
-        for (i, o) in objs.iter().enumerate() {
-            last.insert(o.key.as_str(), i);
-        }
-        let objs: Vec<&NewObject> =
-            objs.iter().enumerate().filter(|(i, o)| last.get(o.key.as_str()) == Some(i)).map(|(_, o)| o).collect();
-        let keys: Vec<&str> = objs.iter().map(|o| o.key.as_str()).collect();
-        let kinds: Vec<&str> = objs.iter().map(|o| o.key.kind().as_str()).collect();
-        let sizes: Vec<i64> = objs.iter().map(|o| i64::try_from(o.size).unwrap_or(i64::MAX)).collect();
-        // text[][] must be rectangular, so refs travel as one newline-joined string per object (keys never
-        // contain newlines: they are built from validated parts).
-        let refs: Vec<String> = objs.iter().map(|o| strs(&o.refs).join("\n")).collect();
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
-             SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
-             ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
-             last_pushed = EXCLUDED.last_pushed, marked_at = NULL",
-            &[&keys, &kinds, &sizes, &refs, &now],
-        )
-        .await
-        .map_err(q("record_object"))?;
+        let stmt = c.prepare_cached(RECORD_OBJECTS).await.map_err(q("record_object"))?;
+        let rows = ObjectRows::new(objs);
+        c.execute(&stmt, &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now])
+            .await
+            .map_err(q("record_object"))?;
+        Ok(())
+    }
+
+    /// Records what a publish wrote, in one round trip: the NAR file `nar` (key, size, `FileHash`; as
+    /// [`Db::record_nar`]) first, then `objs` (as [`Db::record_objects`]; the narinfo among them).
+    pub async fn record_published(
+        &self,
+        nar: (&ObjectKey, u64, &Sha256Hash),
+        objs: &[NewObject],
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
+        let c = self.client().await?;
+        let (nar_stmt, objs_stmt) = futures::try_join!(c.prepare_cached(RECORD_NAR), c.prepare_cached(RECORD_OBJECTS))
+            .map_err(q("record_published"))?;
+        let (key, size, hash) = (nar.0.as_str(), i64::try_from(nar.1).unwrap_or(i64::MAX), nar.2.to_nix_string());
+        let kind = nar.0.kind().as_str();
+        let hash = Some(hash);
+        let rows = ObjectRows::new(objs);
+        let nar_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&key, &kind, &size, &now, &hash];
+        let objs_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now];
+        // Sent together, answered in order: one round trip.
+        futures::try_join!(c.execute(&nar_stmt, &nar_params), c.execute(&objs_stmt, &objs_params))
+            .map_err(q("record_published"))?;
         Ok(())
     }
 
@@ -384,15 +452,8 @@ impl Db {
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         let hash = file_hash.map(Sha256Hash::to_nix_string);
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
-             VALUES ($1, $2, $3, '{}', $4, $4, $5) \
-             ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
-             marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)",
-            &[&key.as_str(), &key.kind().as_str(), &size, &now, &hash],
-        )
-        .await
-        .map_err(q("record_nar"))?;
+        let stmt = c.prepare_cached(RECORD_NAR).await.map_err(q("record_nar"))?;
+        c.execute(&stmt, &[&key.as_str(), &key.kind().as_str(), &size, &now, &hash]).await.map_err(q("record_nar"))?;
         Ok(())
     }
 

@@ -171,6 +171,29 @@ impl LocalNix {
         }
     }
 
+    /// The metadata of `paths` (in input order), in one pipelined burst; [`PathInfoError::NotValid`] names
+    /// the first path the store does not have.
+    pub async fn path_infos(&self, store_dir: &StoreDir, paths: &[StorePath]) -> Result<Vec<PathInfo>, PathInfoError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: Vec<String> = paths.iter().map(|p| store_dir.display(p)).collect();
+        let answers = {
+            let asked = asked.clone();
+            self.with_connection("QueryPathInfo", move |c| Box::pin(async move { c.query_path_infos(&asked).await }))
+                .await?
+        };
+        paths
+            .iter()
+            .zip(asked)
+            .zip(answers)
+            .map(|((path, full), answer)| match answer {
+                Some(raw) => path_info(store_dir, path.clone(), raw),
+                None => Err(PathInfoError::NotValid { path: full }),
+            })
+            .collect()
+    }
+
     /// The closures of `paths` (every path reachable through references, each once), in dependency
     /// order: a path comes after all of its references. Asked level by level (all of a level's paths in
     /// one pipelined burst), so a closure of N paths costs N small answers and one round trip per level.
@@ -180,23 +203,9 @@ impl LocalNix {
         frontier.sort();
         frontier.dedup();
         while !frontier.is_empty() {
-            let asked: Vec<String> = frontier.iter().map(|p| store_dir.display(p)).collect();
-            let answers = {
-                let asked = asked.clone();
-                self.with_connection("QueryPathInfo", move |c| {
-                    Box::pin(async move { c.query_path_infos(&asked).await })
-                })
-                .await?
-            };
             let mut next = Vec::new();
-            for ((path, full), answer) in frontier.into_iter().zip(asked).zip(answers) {
-                let Some(raw) = answer else { return Err(PathInfoError::NotValid { path: full }) };
-                let info = path_info(store_dir, path, raw)?;
-                for r in &info.references {
-                    if !merged.contains_key(r) && *r != info.path {
-                        next.push(r.clone());
-                    }
-                }
+            for info in self.path_infos(store_dir, &frontier).await? {
+                next.extend(info.references.iter().filter(|r| !merged.contains_key(*r) && **r != info.path).cloned());
                 merged.insert(info.path.clone(), info);
             }
             next.sort();
@@ -352,7 +361,17 @@ fn parse_err(program: &str, reason: &str) -> PathInfoError {
 
 /// Orders `infos` so that every path comes after its references (self-references ignored); ties are
 /// broken by path so the order is deterministic. A reference outside the set, or a cycle, is an error.
-pub fn topo_sort(mut infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
+pub fn topo_sort(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
+    order(infos, true)
+}
+
+/// [`topo_sort`] of a part of a closure: references outside `infos` (paths already elsewhere) are
+/// ignored. A cycle is an error.
+pub fn dependency_order(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
+    order(infos, false)
+}
+
+fn order(mut infos: Vec<PathInfo>, closed: bool) -> Result<Vec<PathInfo>, PathInfoError> {
     use std::collections::{BTreeSet, HashMap};
     const P: &str = "the store's references";
     infos.sort_by(|a, b| a.path.cmp(&b.path));
@@ -362,12 +381,15 @@ pub fn topo_sort(mut infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoErro
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
     for (i, info) in infos.iter().enumerate() {
         for r in info.references.iter().filter(|r| **r != info.path) {
-            let &j = index.get(r).ok_or_else(|| {
-                parse_err(
-                    P,
-                    &format!("{} refers to {}, which is not in the closure", info.path.basename(), r.basename()),
-                )
-            })?;
+            let Some(&j) = index.get(r) else {
+                if closed {
+                    return Err(parse_err(
+                        P,
+                        &format!("{} refers to {}, which is not in the closure", info.path.basename(), r.basename()),
+                    ));
+                }
+                continue;
+            };
             missing_deps[i] += 1;
             dependents[j].push(i);
         }

@@ -1,15 +1,16 @@
 //! The uploader: pushes the closures of local store paths into the cache.
 //!
-//! For a set of roots (the outputs of one build): one `nix path-info --recursive` for the whole closure
-//! (dependency order), one claim per root ([`Db::begin_upload`], which also protects every key from GC),
-//! one [`Db::missing`] query for what the cache lacks. Then the missing paths' NARs are streamed in
+//! For a set of roots (the outputs of one build, or of a whole queue): one upload session, then a walk
+//! down the closure a level at a time — the level's path infos in one pipelined burst to the Nix daemon,
+//! its keys claimed and checked in one PostgreSQL round trip ([`Db::claim`]) — that descends only into
+//! paths the cache lacks. Then the missing paths' NARs are streamed in
 //! parallel (bounded by the `jobs` semaphore shared by every upload of this process), and each narinfo is
 //! published as soon as its own NAR and the narinfos of all its missing references are in place — so
 //! dependencies are always published strictly before their dependents, whatever order the NARs finish in.
 
 use crate::db::{Db, NewObject, UploadId};
 use crate::metrics::Metrics;
-use crate::nix::pathinfo::{LocalNix, PathInfo};
+use crate::nix::pathinfo::{LocalNix, PathInfo, dependency_order};
 use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, Store};
 use crate::upload::UploadError;
@@ -33,8 +34,8 @@ pub const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
 /// What one closure upload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClosureReport {
-    /// Paths in the closure(s).
-    pub closure_size: usize,
+    /// Paths the walk looked at: those the cache lacked and the cached ones where it stopped.
+    pub looked_at: usize,
     /// Paths that were uploaded (the rest were already in the cache).
     pub uploaded: usize,
     /// Uncompressed NAR bytes uploaded.
@@ -84,10 +85,25 @@ impl Drop for PathGuard {
 struct PathUploaded {
     _guard: PathGuard,
     nar: StoredNar,
-    listing: Option<ObjectKey>,
+    /// The listing written, not yet recorded.
+    listing: Option<NewObject>,
+    /// The build log the narinfo names (written now, or already in the cache).
     log: Option<ObjectKey>,
+    /// The build log, when this upload wrote it (not yet recorded).
+    new_log: Option<NewObject>,
     nar_size: u64,
     seconds: f64,
+}
+
+/// What [`Uploader::walk`] found: the paths to upload, and every key it claimed that the cache lacks.
+#[derive(Default)]
+struct Walk {
+    /// Paths whose narinfo the cache lacks, dependencies first.
+    missing: Vec<PathInfo>,
+    /// Claimed keys with no live row (narinfos, NARs, listings, logs).
+    absent: HashSet<ObjectKey>,
+    /// Paths looked at.
+    looked_at: usize,
 }
 
 /// What finished in [`Uploader::upload_missing`]'s set of tasks.
@@ -173,15 +189,16 @@ impl Uploader {
     }
 
     /// Uploads the closures of `roots` (each root becomes a GC root of the cache). Returns when every
-    /// path of every closure is in the cache, or with the first error (claims are then dropped; what was
-    /// written stays recorded and is reused or collected later).
+    /// path of every closure is in the cache, or with the first error (the session's claims are then
+    /// dropped; what was written stays recorded and is reused or collected later).
     pub async fn upload_closure(&self, roots: &[StorePath]) -> Result<ClosureReport, UploadError> {
-        if roots.is_empty() {
-            return Ok(ClosureReport::default());
-        }
+        let mut roots = roots.to_vec();
+        roots.sort();
+        roots.dedup();
+        let Some(first) = roots.first() else { return Ok(ClosureReport::default()) };
         // A root deleted from the store is reported as such (and without asking Nix, which may try its
         // substituters for a path it does not have).
-        for root in roots {
+        for root in &roots {
             let fs_path = self.store_dir().path_of(root);
             if let Err(e) = tokio::fs::symlink_metadata(&fs_path).await
                 && e.kind() == std::io::ErrorKind::NotFound
@@ -189,64 +206,66 @@ impl Uploader {
                 return Err(UploadError::Vanished { path: self.store_dir().display(root) });
             }
         }
-        let closure = self.nix.closure(self.store_dir(), roots).await?;
-        let index: HashMap<&StorePath, usize> = closure.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
-
-        let now = chrono::Utc::now();
-        let mut claims: Vec<(ObjectKey, UploadId)> = Vec::with_capacity(roots.len());
-        let mut seen_roots = HashSet::new();
-        for root in roots {
-            if !seen_roots.insert(root) {
-                continue;
-            }
-            let members = reachable(&closure, &index, root);
-            let mut claimed = Vec::with_capacity(members.len() * 4);
-            for &i in &members {
-                claimed.extend(keys_of(&closure[i]));
-            }
-            let root_key = ObjectKey::narinfo(root);
-            match self.db().begin_upload(&root_key, &claimed, now).await {
-                Ok(id) => claims.push((root_key, id)),
-                Err(e) => {
-                    self.abort_all(&claims).await;
-                    return Err(e.into());
-                }
-            }
+        let id = self.db().begin_upload(&ObjectKey::narinfo(first), &[], chrono::Utc::now()).await?;
+        let result = async {
+            let walk = self.walk(id, &roots).await?;
+            self.upload_missing(&walk).await
         }
-
-        let result = self.upload_missing(&closure).await;
-        match result {
+        .await;
+        let finished = match result {
             Ok(report) => {
-                let now = chrono::Utc::now();
-                for (root_key, id) in &claims {
-                    if let Err(e) = self.db().finish_upload(*id, root_key, now).await {
-                        self.abort_all(&claims).await;
-                        return Err(e.into());
-                    }
+                let root_keys: Vec<ObjectKey> = roots.iter().map(ObjectKey::narinfo).collect();
+                self.db()
+                    .finish_uploads(&[id], &root_keys, chrono::Utc::now())
+                    .await
+                    .map(|()| report)
+                    .map_err(Into::into)
+            }
+            Err(e) => Err(e),
+        };
+        if finished.is_err()
+            && let Err(e) = self.db().abort_upload(id).await
+        {
+            tracing::debug!(error = %e, "could not drop an upload claim; GC expires it");
+        }
+        finished
+    }
+
+    /// Walks the closures of `roots` down from the roots, claiming every key of every path it looks at
+    /// in session `id` before asking whether the cache has it, and stops at paths the cache has: a cached
+    /// narinfo's closure is complete in the cache, and the claim keeps all of it from GC. So an upload costs
+    /// work in what the cache lacks, not in the size of its closure (a queue of N paths whose closures
+    /// overlap used to cost O(N^2)), and a closure that is all cached costs one level.
+    async fn walk(&self, id: UploadId, roots: &[StorePath]) -> Result<Walk, UploadError> {
+        let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
+        let mut frontier = roots.to_vec();
+        let mut walk = Walk::default();
+        let mut missing = Vec::new();
+        while !frontier.is_empty() {
+            let infos = self.nix.path_infos(self.store_dir(), &frontier).await?;
+            walk.looked_at += infos.len();
+            let keys: Vec<ObjectKey> = infos.iter().flat_map(keys_of).collect();
+            walk.absent.extend(self.db().claim(id, &keys).await?);
+            let mut next = Vec::new();
+            for info in infos {
+                if walk.absent.contains(&ObjectKey::narinfo(&info.path)) {
+                    next.extend(info.references.iter().filter(|r| seen.insert((*r).clone())).cloned());
+                    missing.push(info);
                 }
-                Ok(report)
             }
-            Err(e) => {
-                self.abort_all(&claims).await;
-                Err(e)
-            }
+            next.sort();
+            frontier = next;
         }
+        walk.missing = dependency_order(missing)?;
+        Ok(walk)
     }
 
-    async fn abort_all(&self, claims: &[(ObjectKey, UploadId)]) {
-        for (_, id) in claims {
-            if let Err(e) = self.db().abort_upload(*id).await {
-                tracing::debug!(error = %e, "could not drop an upload claim; GC expires it");
-            }
-        }
-    }
-
-    /// Uploads the paths of `closure` (dependency order) that the cache lacks.
-    async fn upload_missing(&self, closure: &[PathInfo]) -> Result<ClosureReport, UploadError> {
-        let narinfo_keys: Vec<ObjectKey> = closure.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
-        let missing_keys: HashSet<ObjectKey> = self.db().missing(&narinfo_keys).await?.into_iter().collect();
-        let missing: Vec<usize> = (0..closure.len()).filter(|i| missing_keys.contains(&narinfo_keys[*i])).collect();
-        let mut report = ClosureReport { closure_size: closure.len(), ..ClosureReport::default() };
+    /// Uploads the paths the walk found missing, each NAR before its narinfo and every narinfo after
+    /// those of its missing references.
+    async fn upload_missing(&self, walk: &Walk) -> Result<ClosureReport, UploadError> {
+        let closure = &walk.missing;
+        let missing: Vec<usize> = (0..closure.len()).collect();
+        let mut report = ClosureReport { looked_at: walk.looked_at, ..ClosureReport::default() };
         if missing.is_empty() {
             return Ok(report);
         }
@@ -283,7 +302,8 @@ impl Uploader {
                 next += 1;
                 uploads_in_flight += 1;
                 let info = &closure[i];
-                tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info).await) }));
+                let absent = &walk.absent;
+                tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info, absent).await) }));
             }
             let Some(step) = tasks.next().await else { break };
             let published = match step {
@@ -346,12 +366,17 @@ impl Uploader {
 
     async fn publish(&self, info: &PathInfo, up: &PathUploaded) -> Result<(), UploadError> {
         let started = Instant::now();
-        self.publisher
-            .publish(
-                &PublishInput { info, nar: up.nar, listing: up.listing.clone(), log: up.log.clone() },
-                chrono::Utc::now(),
-            )
-            .await?;
+        let input = PublishInput {
+            info,
+            nar: up.nar,
+            listing: up.listing.as_ref().map(|o| o.key.clone()),
+            log: up.log.clone(),
+            unrecorded: up.listing.iter().chain(&up.new_log).cloned().collect(),
+            // The walk claimed every reference: each was in the cache then (and the claim keeps it there)
+            // or is a missing path this upload published before this one.
+            references_checked: true,
+        };
+        self.publisher.publish(&input, chrono::Utc::now()).await?;
         let seconds = up.seconds + started.elapsed().as_secs_f64();
         self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
         let ratio = if up.nar.file_size == 0 { 0.0 } else { up.nar_size as f64 / up.nar.file_size as f64 };
@@ -366,9 +391,15 @@ impl Uploader {
         Ok(())
     }
 
-    /// Streams the NAR, then writes the listing and build log of one path (not its narinfo).
-    /// `None` when another upload of this process published the path while we waited for it.
-    async fn upload_path_objects(&self, info: &PathInfo) -> Result<Option<PathUploaded>, UploadError> {
+    /// Streams the NAR, then writes the listing and build log of one path (not its narinfo; none of
+    /// them recorded yet: [`Uploader::publish`] records them with the narinfo, in one round trip).
+    /// `absent`: the keys the walk claimed that the cache lacks. `None` when another upload of this
+    /// process published the path while we waited for it.
+    async fn upload_path_objects(
+        &self,
+        info: &PathInfo,
+        absent: &HashSet<ObjectKey>,
+    ) -> Result<Option<PathUploaded>, UploadError> {
         let (guard, waited) = PathGuard::acquire(&self.locks, &info.path).await;
         if waited && self.db().missing(&[ObjectKey::narinfo(&info.path)]).await?.is_empty() {
             return Ok(None);
@@ -387,42 +418,37 @@ impl Uploader {
                 return Err(e);
             }
         };
-        let now = chrono::Utc::now();
         let listing = match streamed.listing {
             Some(json) => {
                 let key = ObjectKey::listing(&info.path);
                 let body = Bytes::from(json.to_string());
                 let size = body.len() as u64;
                 self.store().put(&key, body, "application/json").await?;
-                self.db().record_object(&NewObject { key: key.clone(), size, refs: Vec::new() }, now).await?;
-                Some(key)
+                Some(NewObject { key, size, refs: Vec::new() })
             }
             None => None,
         };
-        let log = match &info.deriver {
-            Some(drv) => self.upload_log(drv, now).await?,
-            None => None,
+        let (log, new_log) = match &info.deriver {
+            Some(drv) if !absent.contains(&ObjectKey::log(drv)) => (Some(ObjectKey::log(drv)), None),
+            Some(drv) => match self.upload_log(drv).await? {
+                Some(obj) => (Some(obj.key.clone()), Some(obj)),
+                None => (None, None),
+            },
+            None => (None, None),
         };
         Ok(Some(PathUploaded {
             _guard: guard,
             nar: StoredNar { file_hash: streamed.file_hash, file_size: streamed.file_size },
             listing,
             log,
+            new_log,
             nar_size: streamed.nar_size,
             seconds: started.elapsed().as_secs_f64(),
         }))
     }
 
-    /// Uploads the build log of `drv` if Nix has one and the cache does not.
-    async fn upload_log(
-        &self,
-        drv: &StorePath,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<ObjectKey>, UploadError> {
-        let key = ObjectKey::log(drv);
-        if self.db().missing(std::slice::from_ref(&key)).await?.is_empty() {
-            return Ok(Some(key));
-        }
+    /// Writes the build log of `drv`, if Nix has one (the cache lacks it), not yet recorded.
+    async fn upload_log(&self, drv: &StorePath) -> Result<Option<NewObject>, UploadError> {
         // A log that cannot be read is not worth failing the upload for.
         let log = match self.nix.build_log(self.store_dir(), drv).await {
             Ok(Some(log)) => log,
@@ -432,10 +458,10 @@ impl Uploader {
                 return Ok(None);
             }
         };
+        let key = ObjectKey::log(drv);
         let size = log.len() as u64;
         self.store().put(&key, Bytes::from(log), "text/plain; charset=utf-8").await?;
-        self.db().record_object(&NewObject { key: key.clone(), size, refs: Vec::new() }, now).await?;
-        Ok(Some(key))
+        Ok(Some(NewObject { key, size, refs: Vec::new() }))
     }
 
     /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined. The thread
@@ -476,25 +502,4 @@ fn keys_of(p: &PathInfo) -> Vec<ObjectKey> {
         keys.push(ObjectKey::log(drv));
     }
     keys
-}
-
-/// Indices of the paths reachable from `root` through references (including `root`).
-fn reachable(closure: &[PathInfo], index: &HashMap<&StorePath, usize>, root: &StorePath) -> Vec<usize> {
-    let mut seen = HashSet::new();
-    let mut stack: Vec<usize> = index.get(root).copied().into_iter().collect();
-    while let Some(i) = stack.pop() {
-        if !seen.insert(i) {
-            continue;
-        }
-        for r in &closure[i].references {
-            if let Some(&j) = index.get(r)
-                && !seen.contains(&j)
-            {
-                stack.push(j);
-            }
-        }
-    }
-    let mut v: Vec<usize> = seen.into_iter().collect();
-    v.sort_unstable();
-    v
 }

@@ -43,6 +43,12 @@ pub struct PublishInput<'a> {
     pub listing: Option<ObjectKey>,
     /// The build log object, if one was written (and recorded) for this path's deriver.
     pub log: Option<ObjectKey>,
+    /// Objects the caller wrote for this path but has not recorded (its listing, its log): recorded
+    /// with the narinfo, in the same round trip.
+    pub unrecorded: Vec<NewObject>,
+    /// The caller has checked that every reference is in the cache and its upload session holds a claim
+    /// on each (the local pipeline's walk did): the check is not repeated.
+    pub references_checked: bool,
 }
 
 /// Signs and writes narinfos; cheap to clone (everything shared).
@@ -100,15 +106,16 @@ impl Publisher {
         narinfo
     }
 
-    /// Records the NAR, checks every reference is in the cache, writes the signed narinfo and records it
-    /// with its liveness references (NAR, listing, log, the references' narinfos). Idempotent: publishing
-    /// the same path twice writes the same bytes.
+    /// Checks every reference is in the cache (unless the caller did), writes the signed narinfo, then
+    /// records the NAR, the caller's unrecorded objects and the narinfo with its liveness references (NAR,
+    /// listing, log, the references' narinfos) in one round trip. Idempotent: publishing the same path
+    /// twice writes the same bytes.
     pub async fn publish(&self, input: &PublishInput<'_>, now: DateTime<Utc>) -> Result<NarInfo, UploadError> {
         let info = input.info;
         let nar_key = ObjectKey::nar(&info.nar_hash);
         let ref_keys: Vec<(ObjectKey, &crate::nix::store_path::StorePath)> =
             info.references.iter().filter(|r| **r != info.path).map(|r| (ObjectKey::narinfo(r), r)).collect();
-        if !ref_keys.is_empty() {
+        if !input.references_checked && !ref_keys.is_empty() {
             let keys: Vec<ObjectKey> = ref_keys.iter().map(|(k, _)| k.clone()).collect();
             let missing = self.db.missing(&keys).await?;
             if let Some(first) = missing.first()
@@ -117,22 +124,22 @@ impl Publisher {
                 return Err(UploadError::MissingReference { path: info.path.clone(), reference: (*path).clone() });
             }
         }
-        self.db.record_nar(&nar_key, input.nar.file_size, Some(&input.nar.file_hash), now).await?;
-
         let narinfo = self.narinfo(input);
         let text = narinfo.to_text(&self.store_dir);
         let size = text.len() as u64;
         let key = ObjectKey::narinfo(&info.path);
         self.store.put(&key, Bytes::from(text), NARINFO_CONTENT_TYPE).await?;
 
-        let mut refs = vec![nar_key];
+        let mut refs = vec![nar_key.clone()];
         refs.extend(input.listing.iter().cloned());
         refs.extend(input.log.iter().cloned());
         let mut ref_narinfos: Vec<ObjectKey> = ref_keys.into_iter().map(|(k, _)| k).collect();
         ref_narinfos.sort();
         ref_narinfos.dedup();
         refs.extend(ref_narinfos);
-        self.db.record_object(&NewObject { key, size, refs }, now).await?;
+        let mut rows = input.unrecorded.clone();
+        rows.push(NewObject { key, size, refs });
+        self.db.record_published((&nar_key, input.nar.file_size, &input.nar.file_hash), &rows, now).await?;
         Ok(narinfo)
     }
 }
@@ -270,7 +277,17 @@ mod tests {
 
         // The dependency is not published yet: refuse, write nothing.
         let err = publisher
-            .publish(&PublishInput { info: &top, nar, listing: None, log: None }, now)
+            .publish(
+                &PublishInput {
+                    info: &top,
+                    nar,
+                    listing: None,
+                    log: None,
+                    unrecorded: Vec::new(),
+                    references_checked: false,
+                },
+                now,
+            )
             .await
             .expect_err("reference missing");
         assert!(matches!(err, UploadError::MissingReference { .. }) && err.is_transient(), "{err}");
@@ -278,9 +295,34 @@ mod tests {
         assert!(store.head(&ObjectKey::narinfo(&top.path)).await.expect("head").is_none());
 
         // Dependencies first, then the dependent: both signed, both recorded with their liveness refs.
-        publisher.publish(&PublishInput { info: &dep, nar, listing: None, log: None }, now).await.expect("dep");
-        let written =
-            publisher.publish(&PublishInput { info: &top, nar, listing: None, log: None }, now).await.expect("top");
+        publisher
+            .publish(
+                &PublishInput {
+                    info: &dep,
+                    nar,
+                    listing: None,
+                    log: None,
+                    unrecorded: Vec::new(),
+                    references_checked: false,
+                },
+                now,
+            )
+            .await
+            .expect("dep");
+        let written = publisher
+            .publish(
+                &PublishInput {
+                    info: &top,
+                    nar,
+                    listing: None,
+                    log: None,
+                    unrecorded: Vec::new(),
+                    references_checked: false,
+                },
+                now,
+            )
+            .await
+            .expect("top");
         assert!(written.verify(std::slice::from_ref(&public), &store_dir));
         let text = store.get(&ObjectKey::narinfo(&top.path)).await.expect("get").expect("narinfo stored");
         let parsed = NarInfo::parse(std::str::from_utf8(&text).expect("utf8"), &store_dir).expect("parse");

@@ -1,6 +1,7 @@
 //! A small cache for GC tests: a real PostgreSQL, a real local store, and a universe of store paths whose
-//! references form a DAG, pushed exactly as the upload protocol does (claim, ask what is missing, write
-//! NAR then narinfo, record each object after writing it, finish). `check` verifies the promises.
+//! references form a DAG, pushed exactly as the server's upload pipeline does (open a session, walk down
+//! from the root claiming each level before asking what is missing, stop at cached paths, write NAR then
+//! narinfo, record each object after writing it, finish). `check` verifies the promises.
 
 #![allow(dead_code)]
 
@@ -136,11 +137,18 @@ impl Cache {
         self.db.record_object(obj, now).await.expect("record object");
     }
 
-    /// Pushes the closure of `root` with the upload protocol; retries from the start if GC dropped it.
+    /// Pushes the closure of `root` with the upload protocol the server's pipeline uses (open a session,
+    /// walk down from the root claiming each level before asking what is missing, stop at cached paths,
+    /// write, finish); retries from the start if GC dropped the session.
     pub async fn push(&self, root: usize, now: DateTime<Utc>) {
         loop {
-            let id = self.begin(root, now).await;
-            self.write_missing(root, now, usize::MAX).await;
+            let id = self.db.begin_upload(&narinfo_key(root), &[], now).await.expect("begin_upload");
+            let absent = match self.walk(id, root).await {
+                Ok(absent) => absent,
+                Err(DbError::UploadExpired(_)) => continue,
+                Err(e) => panic!("claim: {e}"),
+            };
+            self.write_absent(root, &absent, now, usize::MAX).await;
             match self.db.finish_upload(id, &narinfo_key(root), now).await {
                 Ok(()) => return,
                 Err(DbError::UploadExpired(_)) => {}
@@ -149,7 +157,27 @@ impl Cache {
         }
     }
 
-    /// Claims the closure of `root`.
+    /// The pipeline's walk in session `id`: claims the keys of a level, descends only into the paths
+    /// whose narinfo is missing; returns the claimed keys the cache lacks.
+    pub async fn walk(&self, id: UploadId, root: usize) -> Result<BTreeSet<ObjectKey>, DbError> {
+        let mut absent = BTreeSet::new();
+        let mut seen = BTreeSet::from([root]);
+        let mut frontier = vec![root];
+        while !frontier.is_empty() {
+            let keys: Vec<ObjectKey> = frontier.iter().flat_map(|&p| [nar_key(p), narinfo_key(p)]).collect();
+            absent.extend(self.db.claim(id, &keys).await?);
+            let mut next = Vec::new();
+            for &p in &frontier {
+                if absent.contains(&narinfo_key(p)) {
+                    next.extend(self.u.deps[p].iter().copied().filter(|d| seen.insert(*d)));
+                }
+            }
+            frontier = next;
+        }
+        Ok(absent)
+    }
+
+    /// Claims the whole closure of `root` at once (the push API's way).
     pub async fn begin(&self, root: usize, now: DateTime<Utc>) -> UploadId {
         self.db.begin_upload(&narinfo_key(root), &self.u.closure_keys(root), now).await.expect("begin_upload")
     }
@@ -159,11 +187,17 @@ impl Cache {
     pub async fn write_missing(&self, root: usize, now: DateTime<Utc>, limit: usize) {
         let missing: BTreeSet<ObjectKey> =
             self.db.missing(&self.u.closure_keys(root)).await.expect("missing").into_iter().collect();
+        self.write_absent(root, &missing, now, limit).await;
+    }
+
+    /// Writes (and records) up to `limit` objects of the closure of `root` that are in `absent`, NAR
+    /// before narinfo, dependencies first.
+    async fn write_absent(&self, root: usize, absent: &BTreeSet<ObjectKey>, now: DateTime<Utc>, limit: usize) {
         let mut written = 0;
         for p in self.u.closure(root) {
             let (nar, narinfo) = self.u.records(p);
             for obj in [nar, narinfo] {
-                if written < limit && missing.contains(&obj.key) {
+                if written < limit && absent.contains(&obj.key) {
                     self.write(&obj, now).await;
                     written += 1;
                 }
@@ -171,10 +205,12 @@ impl Cache {
         }
     }
 
-    /// An upload that dies half-way: claims, writes some objects, never finishes.
+    /// An upload that dies half-way: walks (claims) like [`Cache::push`], writes some objects, never
+    /// finishes.
     pub async fn abandon(&self, root: usize, now: DateTime<Utc>, limit: usize) {
-        self.begin(root, now).await;
-        self.write_missing(root, now, limit).await;
+        let id = self.db.begin_upload(&narinfo_key(root), &[], now).await.expect("begin_upload");
+        let absent = self.walk(id, root).await.expect("claim");
+        self.write_absent(root, &absent, now, limit).await;
     }
 
     /// True when the store holds `key`.
