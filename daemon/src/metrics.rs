@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds (seconds) of the upload latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+const LATENCY_BUCKETS: [f64; 12] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0];
 
 /// Counters and gauges the server exports.
 #[derive(Default)]
@@ -24,6 +24,7 @@ pub struct Metrics {
     /// Bytes received through the HTTP API (NARs relayed for the local backend).
     pub api_bytes_received: AtomicU64,
     latency: Mutex<Histogram>,
+    queued_to_published: Mutex<Histogram>,
     http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     gc: Mutex<Option<GcFigures>>,
     nix: Mutex<NixHealth>,
@@ -43,6 +44,28 @@ struct Histogram {
     counts: [u64; LATENCY_BUCKETS.len()],
     count: u64,
     sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", self.counts[i]);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
 }
 
 /// The five figures of the last GC run.
@@ -71,13 +94,15 @@ impl Metrics {
             self.uploads_failed.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut h) = self.latency.lock() {
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                if seconds <= *le {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
+            h.observe(seconds);
+        }
+    }
+
+    /// Records that a spool entry's closure is published, `seconds` after the hook queued it (what a
+    /// builder waits between a build ending and its outputs being substitutable).
+    pub fn record_queued_to_published(&self, seconds: f64) {
+        if let Ok(mut h) = self.queued_to_published.lock() {
+            h.observe(seconds);
         }
     }
 
@@ -178,16 +203,14 @@ impl Metrics {
             );
         }
         if let Ok(h) = self.latency.lock() {
-            let _ = writeln!(
-                out,
-                "# HELP niks3_upload_duration_seconds Time to upload one store path.\n# TYPE niks3_upload_duration_seconds histogram"
+            h.render(&mut out, "niks3_upload_duration_seconds", "Time to upload one store path.");
+        }
+        if let Ok(h) = self.queued_to_published.lock() {
+            h.render(
+                &mut out,
+                "niks3_queued_to_published_seconds",
+                "Time from the hook queueing a spool entry to its closure being in the cache (entry acknowledged).",
             );
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "niks3_upload_duration_seconds_bucket{{le=\"{le}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(out, "niks3_upload_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "niks3_upload_duration_seconds_sum {}", h.sum);
-            let _ = writeln!(out, "niks3_upload_duration_seconds_count {}", h.count);
         }
         if let Ok(m) = self.http.lock() {
             let _ = writeln!(

@@ -569,9 +569,9 @@ async fn with_ticks<F: std::future::Future>(
 /// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
 impl crate::upload::drain::Process for Pusher {
     type Error = ClientError;
-    async fn process(&self, work: &crate::upload::drain::Work) -> Result<(), Self::Error> {
-        let outputs = &work.outputs;
-        let r = self.push(outputs, false, &NoProgress).await?;
+    async fn process(&self, works: &[crate::upload::drain::Work]) -> Result<(), Self::Error> {
+        let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
+        let r = self.push(&outputs, false, &NoProgress).await?;
         tracing::info!(
             roots = outputs.len(),
             closure = r.closure_paths,
@@ -580,10 +580,12 @@ impl crate::upload::drain::Process for Pusher {
             "pushed to {}",
             self.api.base()
         );
-        if let Some(drv) = &work.drv
-            && !work.realisations.is_empty()
-        {
-            self.push_realisations(drv, &work.realisations).await?;
+        for work in works {
+            if let Some(drv) = &work.drv
+                && !work.realisations.is_empty()
+            {
+                self.push_realisations(drv, &work.realisations).await?;
+            }
         }
         Ok(())
     }

@@ -31,6 +31,18 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+/// Entries uploaded together at most (the push API takes up to [`crate::http::api::push::MAX_ROOTS`]
+/// roots in one push; an entry has one output or a few).
+const MAX_BATCH: usize = 256;
+
+/// When the hook queued the entry at `path`: its name starts with the hook's clock in nanoseconds since
+/// the epoch (`spool::Spool` names entries so); `None` for a name that does not.
+fn queued_at(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let name = path.file_name()?.to_str()?;
+    let nanos: u64 = name.split('-').next()?.parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+}
+
 /// One entry, resolved: what to upload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Work {
@@ -44,12 +56,13 @@ pub struct Work {
     pub realisations: Vec<Realisation>,
 }
 
-/// What the drainer does with the outputs of one entry.
+/// What the drainer does with the outputs of entries.
 pub trait Process: Send + Sync + 'static {
     /// The processor's error.
     type Error: std::error::Error + Send + 'static;
-    /// Uploads (the closures of) `work.outputs` and its realisations; must be idempotent.
-    fn process(&self, work: &Work) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Uploads the closures of the outputs of every work in `works` (as one upload: paths shared by
+    /// several closures are looked at once) and then their realisations; must be idempotent.
+    fn process(&self, works: &[Work]) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// True when retrying later may succeed; false quarantines the entry.
     fn is_transient(error: &Self::Error) -> bool;
     /// The local Nix store error behind `error`, when the store could not be read (then the error is
@@ -59,12 +72,15 @@ pub trait Process: Send + Sync + 'static {
 
 impl Process for crate::upload::pipeline::Uploader {
     type Error = crate::upload::UploadError;
-    async fn process(&self, work: &Work) -> Result<(), Self::Error> {
-        self.upload_closure(&work.outputs).await?;
-        if let Some(drv) = &work.drv
-            && !work.realisations.is_empty()
-        {
-            self.upload_realisations(drv, &work.realisations).await?;
+    async fn process(&self, works: &[Work]) -> Result<(), Self::Error> {
+        let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
+        self.upload_closure(&outputs).await?;
+        for work in works {
+            if let Some(drv) = &work.drv
+                && !work.realisations.is_empty()
+            {
+                self.upload_realisations(drv, &work.realisations).await?;
+            }
         }
         Ok(())
     }
@@ -191,21 +207,25 @@ impl<P: Process> Drainer<P> {
             tracing::info!(entries = pending.len(), "re-processing entries claimed by a previous run");
         }
         let mut events = watch_new_dir(&this.spool.new_dir());
-        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        let mut in_flight: JoinSet<Vec<Outcome>> = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let free = this.config.concurrency.saturating_sub(in_flight.len());
-            if free > 0 && pending.len() < free {
-                match this.claim(free - pending.len()).await {
+            let wanted = free * MAX_BATCH;
+            if free > 0 && pending.len() < wanted {
+                match this.claim(wanted - pending.len()).await {
                     Ok(claimed) => pending.extend(claimed),
                     Err(e) => tracing::warn!(error = %e, "claiming spool entries failed; retrying"),
                 }
             }
-            while in_flight.len() < this.config.concurrency
-                && let Some(c) = pending.pop_front()
-            {
+            // What is pending is shared out over the free slots, so a short queue still keeps every slot
+            // busy and a long one goes in batches of at most MAX_BATCH entries.
+            while in_flight.len() < this.config.concurrency && !pending.is_empty() {
+                let slots = this.config.concurrency - in_flight.len();
+                let n = pending.len().div_ceil(slots).min(MAX_BATCH);
+                let batch: Vec<Claimed> = pending.drain(..n).collect();
                 let me = Arc::clone(&this);
-                in_flight.spawn(async move { me.handle(c).await });
+                in_flight.spawn(async move { me.handle_batch(batch).await });
             }
             this.update_depth().await;
             if this.config.once && in_flight.is_empty() && pending.is_empty() {
@@ -214,15 +234,19 @@ impl<P: Process> Drainer<P> {
             tokio::select! {
                 () = &mut shutdown => {
                     if !in_flight.is_empty() {
-                        tracing::info!(entries = in_flight.len(), "shutting down; in-flight entries stay claimed for the next start");
+                        tracing::info!(batches = in_flight.len(), "shutting down; in-flight entries stay claimed for the next start");
                     }
                     in_flight.shutdown().await;
                     break;
                 }
                 Some(res) = in_flight.join_next(), if !in_flight.is_empty() => match res {
-                    Ok(Outcome::Acked) => stats.acked += 1,
-                    Ok(Outcome::Quarantined) => stats.quarantined += 1,
-                    Err(e) => tracing::error!(error = %e, "an entry task failed; the entry stays claimed"),
+                    Ok(outcomes) => for outcome in outcomes {
+                        match outcome {
+                            Outcome::Acked => stats.acked += 1,
+                            Outcome::Quarantined => stats.quarantined += 1,
+                        }
+                    },
+                    Err(e) => tracing::error!(error = %e, "an entry task failed; its entries stay claimed"),
                 },
                 () = next_event(&mut events) => {}
                 () = tokio::time::sleep(this.config.poll_interval) => {}
@@ -248,6 +272,71 @@ impl<P: Process> Drainer<P> {
         }
     }
 
+    /// Processes a batch of claimed entries as one upload (their closures overlap: each path is looked at
+    /// and uploaded once, and the cache is asked about a level of the union at a time) and acknowledges
+    /// them together. Transient failures retry the whole batch; any other failure, and an entry that
+    /// cannot be resolved, sends the entries through [`Drainer::handle`] one by one, so each gets its own
+    /// verdict (what the batch already uploaded is found in the cache and not uploaded again).
+    async fn handle_batch(&self, batch: Vec<Claimed>) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut alone = Vec::new();
+        let mut together = Vec::with_capacity(batch.len());
+        for claimed in batch {
+            let resolved = match &claimed.entry {
+                Ok(entry) => self.work_of(entry).await.ok(),
+                Err(_) => None,
+            };
+            match resolved {
+                Some(work) => together.push((claimed, work)),
+                None => alone.push(claimed),
+            }
+        }
+        if together.len() == 1 {
+            alone.extend(together.drain(..).map(|(c, _)| c));
+        }
+        if !together.is_empty() {
+            let works: Vec<Work> = together.iter().map(|(_, w)| w.clone()).collect();
+            let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
+            let first = together[0].0.path.clone();
+            let done = loop {
+                match self.processor.process(&works).await {
+                    Ok(()) => break true,
+                    Err(e) if P::nix_environment(&e).is_some() => {
+                        let delay = backoff.next_delay();
+                        self.nix_trouble(&e.to_string(), &first, backoff.attempts(), delay).await;
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) if P::is_transient(&e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            entries = works.len(),
+                            attempt = backoff.attempts(),
+                            retry_in = format_args!("{:.1}s", delay.as_secs_f64()),
+                            error = %e,
+                            "upload failed (transient); the entries stay claimed and will be retried"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => {
+                        tracing::info!(entries = works.len(), error = %e, "a batch of entries failed; taking them one by one");
+                        break false;
+                    }
+                }
+            };
+            for (claimed, work) in together {
+                if done {
+                    outcomes.push(self.ack(claimed, &work.outputs).await);
+                } else {
+                    alone.push(claimed);
+                }
+            }
+        }
+        for claimed in alone {
+            outcomes.push(self.handle(claimed).await);
+        }
+        outcomes
+    }
+
     /// Processes one claimed entry to its end: acknowledged or quarantined (transient failures retried).
     async fn handle(&self, claimed: Claimed) -> Outcome {
         let entry = match &claimed.entry {
@@ -268,17 +357,17 @@ impl<P: Process> Drainer<P> {
                 }
                 Err(Unusable::Nix { what, error }) => {
                     let delay = backoff.next_delay();
-                    self.nix_trouble(&format!("{what}: {error}"), &claimed, backoff.attempts(), delay).await;
+                    self.nix_trouble(&format!("{what}: {error}"), &claimed.path, backoff.attempts(), delay).await;
                     tokio::time::sleep(delay).await;
                 }
             }
         };
         loop {
-            match self.processor.process(&work).await {
+            match self.processor.process(std::slice::from_ref(&work)).await {
                 Ok(()) => break,
                 Err(e) if P::nix_environment(&e).is_some() => {
                     let delay = backoff.next_delay();
-                    self.nix_trouble(&e.to_string(), &claimed, backoff.attempts(), delay).await;
+                    self.nix_trouble(&e.to_string(), &claimed.path, backoff.attempts(), delay).await;
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) if P::is_transient(&e) => {
@@ -298,10 +387,20 @@ impl<P: Process> Drainer<P> {
                 }
             }
         }
+        self.ack(claimed, &work.outputs).await
+    }
+
+    /// An entry whose closure is in the cache leaves the spool, and its outputs' GC roots go.
+    async fn ack(&self, claimed: Claimed, outputs: &[StorePath]) -> Outcome {
         if let Some(cause) = self.metrics.record_nix_ok() {
             tracing::info!(was = %cause, "the local Nix store can be read again");
         }
-        self.remove_roots(&work.outputs).await;
+        if let Some(queued) = queued_at(&claimed.path)
+            && let Ok(waited) = std::time::SystemTime::now().duration_since(queued)
+        {
+            self.metrics.record_queued_to_published(waited.as_secs_f64());
+        }
+        self.remove_roots(outputs).await;
         let spool = self.spool.clone();
         let entry_path = claimed.path.clone();
         match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
@@ -318,7 +417,7 @@ impl<P: Process> Drainer<P> {
 
     /// Records that `claimed` waits for the local Nix store: logged at error level (with the Nix version)
     /// once per distinct cause, at debug level for every further entry and retry.
-    async fn nix_trouble(&self, cause: &str, claimed: &Claimed, attempt: u32, retry_in: Duration) {
+    async fn nix_trouble(&self, cause: &str, entry: &std::path::Path, attempt: u32, retry_in: Duration) {
         if self.metrics.record_nix_trouble(cause) {
             let nix = match self.config.nix.version().await {
                 Ok(v) => v,
@@ -330,7 +429,7 @@ impl<P: Process> Drainer<P> {
                 "cannot read the local Nix store; queued entries stay in the spool and are uploaded once this is fixed"
             );
         } else {
-            tracing::debug!(entry = %claimed.path.display(), attempt, retry_in = ?retry_in, error = cause, "still cannot read the local Nix store");
+            tracing::debug!(entry = %entry.display(), attempt, retry_in = ?retry_in, error = cause, "still cannot read the local Nix store");
         }
     }
 
