@@ -62,6 +62,15 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     });
     assert!(drained, "spool or GC roots not emptied:\n{}", server.log_text());
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+    // Each acknowledged entry (one per build) is timed from the hook queueing it to its closure published.
+    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let timed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("niks3_queued_to_published_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no queued-to-published histogram in /metrics:\n{metrics}"));
+    assert_eq!(timed, 3, "three entries acknowledged:\n{metrics}");
     server.terminate();
 }
 
