@@ -45,14 +45,7 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     assert!(ls.contains("bin/tool") && ls.contains("README-link"), "{ls}");
 
     // The metrics count the uploads.
-    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let ok: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("niks3_uploads_total{result=\"ok\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no upload counter in /metrics:\n{metrics}"));
-    assert_eq!(ok, 3, "three paths uploaded:\n{metrics}");
+    assert_eq!(metric(&http, "niks3_uploads_total{result=\"ok\"}"), 3, "three paths uploaded");
 
     // The spool is empty and the GC roots of the outputs are gone.
     let drained = e2e_support::wait_for(Duration::from_secs(10), || {
@@ -63,14 +56,7 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     assert!(drained, "spool or GC roots not emptied:\n{}", server.log_text());
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
     // Each acknowledged entry (one per build) is timed from the hook queueing it to its closure published.
-    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    let timed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("niks3_queued_to_published_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no queued-to-published histogram in /metrics:\n{metrics}"));
-    assert_eq!(timed, 3, "three entries acknowledged:\n{metrics}");
+    assert_eq!(metric(&http, "niks3_queued_to_published_seconds_count"), 3, "three entries acknowledged");
     server.terminate();
 }
 
@@ -89,4 +75,15 @@ fn an_entry_naming_only_its_derivation_uploads_the_outputs() {
     w.wait_uploaded(std::slice::from_ref(&out), &server, Duration::from_secs(60));
     w.wait_drained(&server);
     assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+}
+
+/// The value of the `/metrics` line starting with `name` (and a space) on the server at `http`.
+fn metric(http: &str, name: &str) -> u64 {
+    let out = std::process::Command::new("curl").args(["-sf", &format!("{http}/metrics")]).output().expect("curl");
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
 }

@@ -80,20 +80,7 @@ impl Cache {
         for i in infos {
             let nar = StoredNar { file_hash: Sha256Hash([7; 32]), file_size: 10 };
             self.store.put(&ObjectKey::nar(&i.nar_hash), "nar".into(), "application/x-nix-archive").await.expect("nar");
-            self.publisher
-                .publish(
-                    &PublishInput {
-                        info: i,
-                        nar,
-                        listing: None,
-                        log: None,
-                        unrecorded: Vec::new(),
-                        references_checked: false,
-                    },
-                    now,
-                )
-                .await
-                .expect("publish");
+            self.publisher.publish(&PublishInput::new(i, nar), now).await.expect("publish");
         }
         self.db.finish_upload(id, &root, now).await.expect("finish");
     }

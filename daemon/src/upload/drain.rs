@@ -298,29 +298,11 @@ impl<P: Process> Drainer<P> {
             let works: Vec<Work> = together.iter().map(|(_, w)| w.clone()).collect();
             let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
             let first = together[0].0.path.clone();
-            let done = loop {
-                match self.processor.process(&works).await {
-                    Ok(()) => break true,
-                    Err(e) if P::nix_environment(&e).is_some() => {
-                        let delay = backoff.next_delay();
-                        self.nix_trouble(&e.to_string(), &first, backoff.attempts(), delay).await;
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) if P::is_transient(&e) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(
-                            entries = works.len(),
-                            attempt = backoff.attempts(),
-                            retry_in = format_args!("{:.1}s", delay.as_secs_f64()),
-                            error = %e,
-                            "upload failed (transient); the entries stay claimed and will be retried"
-                        );
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => {
-                        tracing::info!(entries = works.len(), error = %e, "a batch of entries failed; taking them one by one");
-                        break false;
-                    }
+            let done = match self.process_retrying(&works, &first, &mut backoff).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!(entries = works.len(), error = %e, "a batch of entries failed; taking them one by one");
+                    false
                 }
             };
             for (claimed, work) in together {
@@ -362,32 +344,45 @@ impl<P: Process> Drainer<P> {
                 }
             }
         };
+        if let Err(e) = self.process_retrying(std::slice::from_ref(&work), &claimed.path, &mut backoff).await {
+            let reason = e.to_string();
+            return self.quarantine(claimed, &reason, &work.outputs).await;
+        }
+        self.ack(claimed, &work.outputs).await
+    }
+
+    /// Processes `works` until it succeeds or fails for good: a local Nix store that cannot be read and
+    /// transient failures (S3 or PostgreSQL unreachable) are retried with `backoff`, for as long as they
+    /// last; `entry` (the first entry of the works) names them in the log. Returns the lasting error.
+    async fn process_retrying(
+        &self,
+        works: &[Work],
+        entry: &std::path::Path,
+        backoff: &mut Backoff,
+    ) -> Result<(), P::Error> {
         loop {
-            match self.processor.process(std::slice::from_ref(&work)).await {
-                Ok(()) => break,
+            match self.processor.process(works).await {
+                Ok(()) => return Ok(()),
                 Err(e) if P::nix_environment(&e).is_some() => {
                     let delay = backoff.next_delay();
-                    self.nix_trouble(&e.to_string(), &claimed.path, backoff.attempts(), delay).await;
+                    self.nix_trouble(&e.to_string(), entry, backoff.attempts(), delay).await;
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) if P::is_transient(&e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        entry = %claimed.path.display(),
+                        entry = %entry.display(),
+                        entries = works.len(),
                         attempt = backoff.attempts(),
                         retry_in = format_args!("{:.1}s", delay.as_secs_f64()),
                         error = %e,
-                        "upload failed (transient); the entry stays claimed and will be retried"
+                        "upload failed (transient); the entries stay claimed and will be retried"
                     );
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => {
-                    let reason = e.to_string();
-                    return self.quarantine(claimed, &reason, &work.outputs).await;
-                }
+                Err(e) => return Err(e),
             }
         }
-        self.ack(claimed, &work.outputs).await
     }
 
     /// An entry whose closure is in the cache leaves the spool, and its outputs' GC roots go.

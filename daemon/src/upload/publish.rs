@@ -51,6 +51,14 @@ pub struct PublishInput<'a> {
     pub references_checked: bool,
 }
 
+impl<'a> PublishInput<'a> {
+    /// `info` with its stored NAR and nothing else: no listing or log, references checked by the
+    /// publisher.
+    pub fn new(info: &'a PathInfo, nar: StoredNar) -> Self {
+        PublishInput { info, nar, listing: None, log: None, unrecorded: Vec::new(), references_checked: false }
+    }
+}
+
 /// Signs and writes narinfos; cheap to clone (everything shared).
 #[derive(Clone)]
 pub struct Publisher {
@@ -276,53 +284,14 @@ mod tests {
         let now = chrono::Utc::now();
 
         // The dependency is not published yet: refuse, write nothing.
-        let err = publisher
-            .publish(
-                &PublishInput {
-                    info: &top,
-                    nar,
-                    listing: None,
-                    log: None,
-                    unrecorded: Vec::new(),
-                    references_checked: false,
-                },
-                now,
-            )
-            .await
-            .expect_err("reference missing");
+        let err = publisher.publish(&PublishInput::new(&top, nar), now).await.expect_err("reference missing");
         assert!(matches!(err, UploadError::MissingReference { .. }) && err.is_transient(), "{err}");
         assert!(err.to_string().contains("dep"), "{err}");
         assert!(store.head(&ObjectKey::narinfo(&top.path)).await.expect("head").is_none());
 
         // Dependencies first, then the dependent: both signed, both recorded with their liveness refs.
-        publisher
-            .publish(
-                &PublishInput {
-                    info: &dep,
-                    nar,
-                    listing: None,
-                    log: None,
-                    unrecorded: Vec::new(),
-                    references_checked: false,
-                },
-                now,
-            )
-            .await
-            .expect("dep");
-        let written = publisher
-            .publish(
-                &PublishInput {
-                    info: &top,
-                    nar,
-                    listing: None,
-                    log: None,
-                    unrecorded: Vec::new(),
-                    references_checked: false,
-                },
-                now,
-            )
-            .await
-            .expect("top");
+        publisher.publish(&PublishInput::new(&dep, nar), now).await.expect("dep");
+        let written = publisher.publish(&PublishInput::new(&top, nar), now).await.expect("top");
         assert!(written.verify(std::slice::from_ref(&public), &store_dir));
         let text = store.get(&ObjectKey::narinfo(&top.path)).await.expect("get").expect("narinfo stored");
         let parsed = NarInfo::parse(std::str::from_utf8(&text).expect("utf8"), &store_dir).expect("parse");

@@ -915,13 +915,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             },
             None => None,
         };
-        if let Err(e) = publisher
-            .publish(
-                &PublishInput { info: p, nar, listing, log, unrecorded: Vec::new(), references_checked: false },
-                now,
-            )
-            .await
-        {
+        if let Err(e) = publisher.publish(&PublishInput { listing, log, ..PublishInput::new(p, nar) }, now).await {
             tracing::warn!("publishing {}: {e}", p.path.basename());
             state.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
             let status = if e.is_transient() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
