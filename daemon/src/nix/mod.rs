@@ -5,6 +5,7 @@
 //! This module does no network I/O and knows nothing of S3 or PostgreSQL.
 
 pub mod base32;
+pub mod build_log;
 pub mod content_address;
 pub mod daemon;
 pub mod hash;

@@ -1,20 +1,21 @@
 //! What the local Nix store knows about its paths (NarHash, NarSize, references, deriver, CA), read
 //! through the nix-daemon worker protocol ([`crate::nix::daemon`]) so that it works with every Nix version
-//! from 2.3 to the newest and Lix; build logs and realisations through the `nix` command line (the
-//! protocol has no operation for reading a log, and a realisation's id needs the derivation's hash modulo,
-//! which only Nix computes).
+//! from 2.3 to the newest and Lix; build logs from Nix's log files ([`crate::nix::build_log`]), or
+//! `nix-store --read-log` where those are out of sight; realisations through the `nix` command line (a
+//! realisation's id needs the derivation's hash modulo, which only Nix computes).
 //!
 //! Errors are split by whose fault they are ([`PathInfoError::is_environment`]): a path that is not
 //! valid is the entry's problem; anything else (Nix missing, the daemon refusing the connection, an answer
 //! we cannot read) is niks3's environment, and the entry must wait for it to be fixed, never be
 //! quarantined for it.
 
+use crate::nix::build_log::LogDir;
 use crate::nix::daemon::{Connection, DaemonError, RawPathInfo};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::{StoreDir, StorePath};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why the local store could not be queried.
@@ -55,6 +56,22 @@ pub enum PathInfoError {
     /// Talking to the Nix daemon failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    /// A build log file exists but could not be read.
+    #[error("reading the build log {}: {source}", .path.display())]
+    ReadLog {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A blocking task (reading a log file) died before answering.
+    #[error("{during}: {reason}")]
+    Blocking {
+        /// What it was doing.
+        during: &'static str,
+        /// The panic or cancellation.
+        reason: String,
+    },
     /// The daemon did not answer in time (it was replaced by a fresh connection).
     #[error("the Nix daemon did not answer {during} within {}s", .after.as_secs())]
     TimedOut {
@@ -103,6 +120,41 @@ pub struct LocalNix {
     conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
     /// Set once `nix` refused `<drv>^*` (Nix < 2.13): see [`LocalNix::realisations`].
     pub(crate) old_installable_syntax: Arc<std::sync::atomic::AtomicBool>,
+    /// Nix's log directory when given to [`LocalNix::with_log_dir`]; `None`: the one Nix computes from
+    /// the environment ([`LogDir::locate`]).
+    log_dir: Option<PathBuf>,
+    /// Where build logs come from, decided on the first [`LocalNix::build_log`].
+    logs: Arc<OnceLock<LogSource>>,
+}
+
+/// Where [`LocalNix::build_log`] finds logs.
+#[derive(Debug)]
+enum LogSource {
+    /// Nix's log files, read here.
+    Files(LogDir),
+    /// `nix-store --read-log`, because the files are out of sight.
+    Command,
+}
+
+impl LogSource {
+    /// Blocking (it lists the directory); logs the outcome once at INFO when it is the command.
+    fn decide(log_dir: Option<PathBuf>) -> LogSource {
+        let env = |k| std::env::var_os(k);
+        let located = match log_dir {
+            Some(d) => Ok(d),
+            None => LogDir::locate(env("NIX_LOG_DIR").as_deref(), env("NIX_REMOTE").as_deref()),
+        };
+        match located.and_then(|d| LogDir::open(&d)) {
+            Ok(dir) => {
+                tracing::debug!(?dir, "build logs read from Nix's log directory");
+                LogSource::Files(dir)
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "build logs will be read with nix-store --read-log, one process each");
+                LogSource::Command
+            }
+        }
+    }
 }
 
 /// Default of [`LocalNix::max_log_bytes`]: far above any useful log, far below memory trouble.
@@ -115,6 +167,8 @@ impl Default for LocalNix {
             max_log_bytes: MAX_LOG_BYTES,
             conn: Arc::default(),
             old_installable_syntax: Arc::default(),
+            log_dir: None,
+            logs: Arc::default(),
         }
     }
 }
@@ -126,6 +180,13 @@ impl LocalNix {
     /// Nix from `bin_dir` (`None`: from `$PATH`).
     pub fn new(bin_dir: Option<PathBuf>) -> Self {
         LocalNix { bin_dir, ..LocalNix::default() }
+    }
+
+    /// Build logs from the Nix log directory `dir` (the one holding `drvs/`) instead of the one Nix
+    /// computes from the environment; `nix-store --read-log` still when `dir/drvs` cannot be listed.
+    #[must_use]
+    pub fn with_log_dir(self, dir: PathBuf) -> Self {
+        LocalNix { log_dir: Some(dir), logs: Arc::default(), ..self }
     }
 
     /// The Nix the daemon connection reports (`Nix 2.26.3 (protocol 1.35)`), opening it if needed.
@@ -247,10 +308,31 @@ impl LocalNix {
         Ok(!valid.is_empty())
     }
 
-    /// The build log of `drv` (`nix-store --read-log`), or `None` when Nix has none. At most
-    /// [`LocalNix::max_log_bytes`] are read (then the child is stopped and a line says the log was cut),
-    /// so a build that printed gigabytes costs no more memory than that.
+    /// The build log of `drv`, or `None` when Nix has none: read from Nix's log files when they are in
+    /// sight (decided on the first call, for every clone), else with `nix-store --read-log`. At most
+    /// [`LocalNix::max_log_bytes`] are read (then a line says the log was cut), so a build that printed
+    /// gigabytes costs no more memory than that.
     pub async fn build_log(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Option<Vec<u8>>, PathInfoError> {
+        // Nix looks a non-derivation's deriver up first; the command does that.
+        if drv.is_derivation() {
+            let (logs, log_dir, basename, max) =
+                (Arc::clone(&self.logs), self.log_dir.clone(), drv.basename(), self.max_log_bytes);
+            let read = tokio::task::spawn_blocking(move || match logs.get_or_init(|| LogSource::decide(log_dir)) {
+                LogSource::Files(dir) => Some(dir.read(&basename, max)),
+                LogSource::Command => None,
+            })
+            .await
+            .map_err(|e| PathInfoError::Blocking { during: "reading a build log", reason: e.to_string() })?;
+            if let Some(read) = read {
+                return read;
+            }
+        }
+        self.read_log_command(store_dir, drv).await
+    }
+
+    /// `nix-store --read-log`; the child is stopped once it printed more than
+    /// [`LocalNix::max_log_bytes`].
+    async fn read_log_command(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Option<Vec<u8>>, PathInfoError> {
         use tokio::io::AsyncReadExt as _;
         const P: &str = "nix-store --read-log";
         let args = vec![store_dir.display(drv)];
@@ -262,14 +344,10 @@ impl LocalNix {
             return Err(parse_err(P, "child pipes missing"));
         };
         let mut log = Vec::new();
-        let read = stdout.take(self.max_log_bytes + 1).read_to_end(&mut log).await;
+        let read = stdout.take(self.max_log_bytes.saturating_add(1)).read_to_end(&mut log).await;
         if log.len() as u64 > self.max_log_bytes {
             let _ = child.kill().await;
-            log.truncate(self.max_log_bytes as usize);
-            log.extend_from_slice(
-                format!("\n[niks3: this build log was cut at {} bytes]\n", self.max_log_bytes).as_bytes(),
-            );
-            return Ok(Some(log));
+            return Ok(Some(crate::nix::build_log::cut_at(log, self.max_log_bytes)));
         }
         read.map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
         let mut err = Vec::new();
