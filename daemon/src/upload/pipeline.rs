@@ -44,9 +44,31 @@ pub struct ClosureReport {
     pub file_bytes: u64,
 }
 
-/// Paths being uploaded by this process, so concurrent uploads of overlapping closures upload each
-/// path once: the second waits for the first and then finds the path published.
-type PathLocks = Arc<std::sync::Mutex<HashMap<StorePath, Arc<tokio::sync::Mutex<()>>>>>;
+/// Paths being uploaded by this process and those it published lately, so that concurrent uploads of
+/// overlapping closures (the drainer runs batches side by side) upload each path once: the second waits
+/// for the first, or skips a path the first published after the second claimed it.
+#[derive(Default)]
+struct Paths {
+    /// One lock per path being uploaded.
+    locks: HashMap<StorePath, Arc<tokio::sync::Mutex<()>>>,
+    /// When this process last published each path (bounded, see [`PUBLISHED_MEMORY`]).
+    published: HashMap<StorePath, Instant>,
+}
+
+/// How many published paths [`Paths`] remembers before it forgets the old ones: only publications
+/// after an upload's claim count, so a few minutes' worth is all that is ever useful.
+const PUBLISHED_MEMORY: usize = 100_000;
+
+impl Paths {
+    /// True when this process published `path` after `claimed_at`. Then the narinfo is in the cache and
+    /// safe from GC: the upload asking claimed its key before that (a publication before the claim does
+    /// not count — GC may have deleted the path since, which is why the claim found it missing).
+    fn published_since(&self, path: &StorePath, claimed_at: Instant) -> bool {
+        self.published.get(path).is_some_and(|t| *t > claimed_at)
+    }
+}
+
+type PathLocks = Arc<std::sync::Mutex<Paths>>;
 
 /// Held from the start of a path's NAR until its narinfo is published (or the attempt failed).
 struct PathGuard {
@@ -56,34 +78,46 @@ struct PathGuard {
 }
 
 impl PathGuard {
-    /// Takes the path's lock; the bool is true when another upload held it (and may have published it).
-    async fn acquire(locks: &PathLocks, path: &StorePath) -> (Self, bool) {
+    /// Takes the path's lock (waiting for another upload of it); `None` when this process published the
+    /// path after `claimed_at`, before or while we waited.
+    async fn acquire(locks: &PathLocks, path: &StorePath, claimed_at: Instant) -> Option<Self> {
         let lock = {
-            let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(path.clone()).or_default())
+            let mut paths = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if paths.published_since(path, claimed_at) {
+                return None;
+            }
+            Arc::clone(paths.locks.entry(path.clone()).or_default())
         };
-        let (guard, waited) = match Arc::clone(&lock).try_lock_owned() {
-            Ok(g) => (g, false),
-            Err(_) => (lock.lock_owned().await, true),
-        };
-        (Self { locks: Arc::clone(locks), path: path.clone(), guard: Some(guard) }, waited)
+        let guard = Self { locks: Arc::clone(locks), path: path.clone(), guard: Some(lock.lock_owned().await) };
+        let published =
+            locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).published_since(path, claimed_at);
+        (!published).then_some(guard)
+    }
+
+    /// Records that the path is published (while still holding its lock).
+    fn published(&self) {
+        let mut paths = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if paths.published.len() >= PUBLISHED_MEMORY {
+            paths.published.clear();
+        }
+        paths.published.insert(self.path.clone(), Instant::now());
     }
 }
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut map = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut paths = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Only the map's own reference left: nobody waits for this path; forget it (keeps the map bounded).
-        if map.get(&self.path).is_some_and(|l| Arc::strong_count(l) == 1) {
-            map.remove(&self.path);
+        if paths.locks.get(&self.path).is_some_and(|l| Arc::strong_count(l) == 1) {
+            paths.locks.remove(&self.path);
         }
     }
 }
 
 /// Everything written for one path before its narinfo.
 struct PathUploaded {
-    _guard: PathGuard,
+    guard: PathGuard,
     nar: StoredNar,
     /// The listing written, not yet recorded.
     listing: Option<NewObject>,
@@ -102,6 +136,8 @@ struct Walk {
     missing: Vec<PathInfo>,
     /// Claimed keys with no live row (narinfos, NARs, listings, logs).
     absent: HashSet<ObjectKey>,
+    /// When each missing path's keys were claimed (just before).
+    claimed_at: HashMap<StorePath, Instant>,
     /// Paths looked at.
     looked_at: usize,
 }
@@ -245,10 +281,12 @@ impl Uploader {
             let infos = self.nix.path_infos(self.store_dir(), &frontier).await?;
             walk.looked_at += infos.len();
             let keys: Vec<ObjectKey> = infos.iter().flat_map(keys_of).collect();
+            let claimed_at = Instant::now();
             walk.absent.extend(self.db().claim(id, &keys).await?);
             let mut next = Vec::new();
             for info in infos {
                 if walk.absent.contains(&ObjectKey::narinfo(&info.path)) {
+                    walk.claimed_at.insert(info.path.clone(), claimed_at);
                     next.extend(info.references.iter().filter(|r| seen.insert((*r).clone())).cloned());
                     missing.push(info);
                 }
@@ -302,8 +340,7 @@ impl Uploader {
                 next += 1;
                 uploads_in_flight += 1;
                 let info = &closure[i];
-                let absent = &walk.absent;
-                tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info, absent).await) }));
+                tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info, walk).await) }));
             }
             let Some(step) = tasks.next().await else { break };
             let published = match step {
@@ -377,6 +414,7 @@ impl Uploader {
             references_checked: true,
         };
         self.publisher.publish(&input, chrono::Utc::now()).await?;
+        up.guard.published();
         let seconds = up.seconds + started.elapsed().as_secs_f64();
         self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
         let ratio = if up.nar.file_size == 0 { 0.0 } else { up.nar_size as f64 / up.nar.file_size as f64 };
@@ -393,17 +431,13 @@ impl Uploader {
 
     /// Streams the NAR, then writes the listing and build log of one path (not its narinfo; none of
     /// them recorded yet: [`Uploader::publish`] records them with the narinfo, in one round trip).
-    /// `absent`: the keys the walk claimed that the cache lacks. `None` when another upload of this
-    /// process published the path while we waited for it.
-    async fn upload_path_objects(
-        &self,
-        info: &PathInfo,
-        absent: &HashSet<ObjectKey>,
-    ) -> Result<Option<PathUploaded>, UploadError> {
-        let (guard, waited) = PathGuard::acquire(&self.locks, &info.path).await;
-        if waited && self.db().missing(&[ObjectKey::narinfo(&info.path)]).await?.is_empty() {
+    /// `walk` says which keys the cache lacked when they were claimed. `None` when another upload of this
+    /// process published the path since (it is in the cache, and the claim keeps it there).
+    async fn upload_path_objects(&self, info: &PathInfo, walk: &Walk) -> Result<Option<PathUploaded>, UploadError> {
+        let claimed_at = walk.claimed_at.get(&info.path).copied().unwrap_or_else(Instant::now);
+        let Some(guard) = PathGuard::acquire(&self.locks, &info.path, claimed_at).await else {
             return Ok(None);
-        }
+        };
         let slot = Arc::clone(&self.nar_slots).acquire_owned().await.map_err(|e| UploadError::Task(e.to_string()))?;
         // Free slots are cores with nothing to compress: this NAR gets them as zstd workers.
         let free = self.nar_slots.available_permits();
@@ -429,7 +463,7 @@ impl Uploader {
             None => None,
         };
         let (log, new_log) = match &info.deriver {
-            Some(drv) if !absent.contains(&ObjectKey::log(drv)) => (Some(ObjectKey::log(drv)), None),
+            Some(drv) if !walk.absent.contains(&ObjectKey::log(drv)) => (Some(ObjectKey::log(drv)), None),
             Some(drv) => match self.upload_log(drv).await? {
                 Some(obj) => (Some(obj.key.clone()), Some(obj)),
                 None => (None, None),
@@ -437,7 +471,7 @@ impl Uploader {
             None => (None, None),
         };
         Ok(Some(PathUploaded {
-            _guard: guard,
+            guard,
             nar: StoredNar { file_hash: streamed.file_hash, file_size: streamed.file_size },
             listing,
             log,
