@@ -140,11 +140,12 @@ enum Compressing {
 }
 
 impl Compressing {
-    fn new(sender: ChunkSender, level: i32, workers: u32) -> Result<Self, String> {
+    /// `size`: the NAR's expected size (zstd's window and tables are sized to it).
+    fn new(sender: ChunkSender, level: i32, workers: u32, size: u64) -> Result<Self, String> {
         let out = HashingWriter::new(sender);
         let start = |e: std::io::Error| format!("starting zstd: {e}");
         if workers == 0 {
-            return ZstdRingWriter::new(out, level).map(Self::Ring).map_err(start);
+            return ZstdRingWriter::new(out, level, size).map(Self::Ring).map_err(start);
         }
         let mut encoder = zstd::stream::write::Encoder::new(out, level).map_err(start)?;
         encoder.multithread(workers).map_err(start)?;
@@ -204,8 +205,8 @@ pub fn stream_nar(
     zstd_workers: u32,
 ) -> Result<NarStreamed, UploadError> {
     let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
-    let mut compressing =
-        Compressing::new(ChunkSender::new(tx, key), encoding.zstd_level, zstd_workers).map_err(nar_err)?;
+    let mut compressing = Compressing::new(ChunkSender::new(tx, key), encoding.zstd_level, zstd_workers, expected_size)
+        .map_err(nar_err)?;
     let mut nar_hashing = HashingWriter::new(&mut compressing);
     let dumped = dump_path_tree(fs_path, &mut nar_hashing);
     let (nar_hash, nar_size, _) = nar_hashing.finish();

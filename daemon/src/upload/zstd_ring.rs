@@ -40,12 +40,14 @@ pub struct ZstdRingWriter<W: Write> {
 
 impl<W: Write> ZstdRingWriter<W> {
     /// Starts a frame at compression `level` (content size unknown, no checksum: Nix checks NarHash).
-    pub fn new(inner: W, level: i32) -> io::Result<Self> {
+    /// `size_hint` is the expected input size (`u64::MAX`: unknown): zstd sizes its window and match
+    /// tables to it, so a 20 KiB NAR does not set up (and clear) the ~1 MiB of tables of a level-3
+    /// stream of unknown size. More input than hinted still makes a valid frame, compressed less well.
+    pub fn new(inner: W, level: i32, size_hint: u64) -> io::Result<Self> {
         // SAFETY: plain value-returning calls without pointers.
-        let (window, bound) = unsafe {
-            let params = sys::ZSTD_getCParams(level, u64::MAX, 0);
-            (1usize << params.windowLog, sys::ZSTD_compressBound(PIECE))
-        };
+        let (mut params, bound) = unsafe { (sys::ZSTD_getParams(level, size_hint, 0), sys::ZSTD_compressBound(PIECE)) };
+        params.fParams = sys::ZSTD_frameParameters { contentSizeFlag: 0, checksumFlag: 0, noDictIDFlag: 0 };
+        let window = 1usize << params.cParams.windowLog;
         // SAFETY: allocates a context we own; null means out of memory.
         let cctx = NonNull::new(unsafe { sys::ZSTD_createCCtx() })
             .map(Context)
@@ -59,7 +61,18 @@ impl<W: Write> ZstdRingWriter<W> {
             inner,
         };
         // SAFETY: the context is valid and exclusively ours.
-        check(unsafe { sys::ZSTD_compressBegin(writer.cctx.0.as_ptr(), level) }, "starting a frame")?;
+        check(
+            unsafe {
+                sys::ZSTD_compressBegin_advanced(
+                    writer.cctx.0.as_ptr(),
+                    std::ptr::null(),
+                    0,
+                    params,
+                    sys::ZSTD_CONTENTSIZE_UNKNOWN as u64,
+                )
+            },
+            "starting a frame",
+        )?;
         Ok(writer)
     }
 
@@ -169,7 +182,7 @@ mod tests {
     use super::*;
 
     fn compress(data: &[u8], piece: usize) -> Vec<u8> {
-        let mut w = ZstdRingWriter::new(Vec::new(), 3).expect("encoder");
+        let mut w = ZstdRingWriter::new(Vec::new(), 3, u64::MAX).expect("encoder");
         for part in data.chunks(piece.max(1)) {
             w.write_all(part).expect("write");
         }
@@ -225,7 +238,7 @@ mod tests {
             (0..200_000u32).flat_map(|i| format!("entry {} -> {}\n", i % 977, i % 131).into_bytes()).collect();
         let mut sizes = Vec::new();
         for level in 1..=crate::upload::nar_stream::MAX_ZSTD_LEVEL {
-            let mut w = ZstdRingWriter::new(Vec::new(), level).expect("encoder");
+            let mut w = ZstdRingWriter::new(Vec::new(), level, u64::MAX).expect("encoder");
             w.write_all(&text).expect("write");
             let frame = w.finish().expect("finish");
             assert_eq!(zstd::decode_all(&frame[..]).expect("decode"), text, "level {level}");
@@ -260,7 +273,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut w = ZstdRingWriter::new(Full, 3).expect("encoder");
+        let mut w = ZstdRingWriter::new(Full, 3, u64::MAX).expect("encoder");
         let written = w.write_all(&repeating(3 << 20));
         let err = written.and_then(|()| w.finish().map(|_| ())).expect_err("must fail");
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
@@ -270,5 +283,21 @@ mod tests {
     fn zstd_errors_name_what_failed() {
         let err = check(usize::MAX - 10, "compressing").expect_err("an error code");
         assert!(err.to_string().starts_with("zstd: compressing: "), "{err}");
+    }
+
+    #[test]
+    fn a_size_hint_below_the_input_still_makes_a_frame_that_decodes_to_it() {
+        // 5 MiB: a 100 KiB pseudo-random block repeated, so matches lie farther back than a small window.
+        let block: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = block.iter().copied().cycle().take(5 << 20).collect();
+        let mut sizes = Vec::new();
+        for hint in [0, 20_000, data.len() as u64, u64::MAX] {
+            let mut w = ZstdRingWriter::new(Vec::new(), 3, hint).expect("encoder");
+            w.write_all(&data).expect("write");
+            let out = w.finish().expect("finish");
+            assert_eq!(zstd::stream::decode_all(&out[..]).expect("decode"), data, "hint {hint}");
+            sizes.push(out.len());
+        }
+        assert!(sizes[1] > sizes[2], "a window sized for 20 kB cannot reach the repeats: {sizes:?}");
     }
 }
