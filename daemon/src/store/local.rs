@@ -11,7 +11,7 @@ use futures::StreamExt;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Size of the chunks a read stream yields.
 const READ_CHUNK: usize = 64 * 1024;
@@ -107,15 +107,30 @@ impl LocalStore {
         result
     }
 
+    /// Writes `chunks` under `key`: a temp file, fsynced, renamed into place, the rename made durable;
+    /// all in one blocking task (a small NAR is one chunk: going through `tokio::fs` cost a thread
+    /// hand-off per call, several per path).
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
         chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
         _content_type: &str,
     ) -> Result<u64, StoreError> {
-        let staged = self.stage_stream(chunks).await?;
-        let size = staged.size();
-        self.promote(staged, key).await?;
+        let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
+        let (tmp, dest) = (staged.path.clone(), self.path_of(key));
+        let written = tokio::task::spawn_blocking(move || {
+            let size = write_chunks(&tmp, chunks)?;
+            publish(&tmp, &dest).map(|()| size)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            op: "write",
+            path: staged.path.clone(),
+            source: std::io::Error::other(e),
+        });
+        // Dropping `staged` removes the temp file unless it was renamed into place.
+        let size = written??;
+        staged.promoted = true;
         Ok(size)
     }
 
@@ -124,17 +139,14 @@ impl LocalStore {
     /// place. An `Err` from `chunks` fails the write; the file goes when the [`Staged`] is dropped.
     pub async fn stage_stream(
         &self,
-        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
     ) -> Result<Staged, StoreError> {
         let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
         let tmp = staged.path.clone();
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(io_err("create", &tmp))?;
-        while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk?;
-            f.write_all(&chunk).await.map_err(io_err("write", &tmp))?;
-            staged.size += chunk.len() as u64;
-        }
-        f.sync_all().await.map_err(io_err("fsync", &tmp))?;
+        let written = tokio::task::spawn_blocking(move || write_chunks(&tmp, chunks))
+            .await
+            .map_err(|e| StoreError::Io { op: "write", path: staged.path.clone(), source: std::io::Error::other(e) });
+        staged.size = written??;
         Ok(staged)
     }
 
@@ -316,6 +328,22 @@ fn list_dir(dir: &Path, rel: &str, keys: &mut Vec<String>) -> Result<(), StoreEr
         }
     }
     Ok(())
+}
+
+/// Writes `chunks` to a new file at `tmp` and fsyncs it (blocking); its size. An `Err` chunk fails it.
+fn write_chunks(
+    tmp: &Path,
+    mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+) -> Result<u64, StoreError> {
+    let mut f = std::fs::File::create(tmp).map_err(io_err("create", tmp))?;
+    let mut size = 0u64;
+    while let Some(chunk) = chunks.blocking_recv() {
+        let chunk = chunk?;
+        f.write_all(&chunk).map_err(io_err("write", tmp))?;
+        size += chunk.len() as u64;
+    }
+    f.sync_all().map_err(io_err("fsync", tmp))?;
+    Ok(size)
 }
 
 /// Moves a complete, fsynced temp file into place and makes the rename durable.
