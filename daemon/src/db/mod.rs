@@ -187,18 +187,51 @@ fn strs(keys: &[ObjectKey]) -> Vec<&str> {
 
 /// Upserts objects (`unnest` of keys, kinds, sizes, newline-joined refs; `$5` = now): sets size and refs,
 /// `last_pushed`, clears `marked_at`.
-const RECORD_OBJECTS: &str = "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
-     SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
-     FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
-     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
-     last_pushed = EXCLUDED.last_pushed, marked_at = NULL";
+macro_rules! objects_upsert {
+    () => {
+        "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
+         SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
+         ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
+         last_pushed = EXCLUDED.last_pushed, marked_at = NULL"
+    };
+}
 
-/// Upserts one NAR file (`$1` key, `$2` kind, `$3` size, `$4` now, `$5` `FileHash`): a `FileHash` already
+/// Upserts one NAR file (placeholders for key, kind, size, now, `FileHash`): a `FileHash` already
 /// recorded is kept (a stored NAR is never replaced, so the first hash recorded is the file's).
-const RECORD_NAR: &str = "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
-     VALUES ($1, $2, $3, '{}', $4, $4, $5) \
-     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
-     marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)";
+macro_rules! nar_upsert {
+    ($key:literal, $kind:literal, $size:literal, $now:literal, $hash:literal) => {
+        concat!(
+            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) VALUES (",
+            $key,
+            ", ",
+            $kind,
+            ", ",
+            $size,
+            ", '{}', ",
+            $now,
+            ", ",
+            $now,
+            ", ",
+            $hash,
+            ") ",
+            "ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, ",
+            "marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)"
+        )
+    };
+}
+
+/// See [`objects_upsert`].
+const RECORD_OBJECTS: &str = objects_upsert!();
+
+/// See [`nar_upsert`]: `$1` key, `$2` kind, `$3` size, `$4` now, `$5` `FileHash`.
+const RECORD_NAR: &str = nar_upsert!("$1", "$2", "$3", "$4", "$5");
+
+/// One NAR (`$6` key, `$7` kind, `$8` size, `$9` `FileHash`) and objects (as [`RECORD_OBJECTS`]) in one
+/// statement, so one commit. The objects must not include the NAR (one statement cannot touch a row
+/// twice).
+const RECORD_PUBLISHED: &str =
+    concat!("WITH nar AS (", nar_upsert!("$6", "$7", "$8", "$5", "$9"), " RETURNING 1) ", objects_upsert!());
 
 /// [`NewObject`]s as the column arrays of [`RECORD_OBJECTS`], the last record of each key only (one
 /// INSERT cannot touch a row twice).
@@ -378,8 +411,9 @@ impl Db {
         Ok(())
     }
 
-    /// Records what a publish wrote, in one round trip: the NAR file `nar` (key, size, `FileHash`; as
-    /// [`Db::record_nar`]) first, then `objs` (as [`Db::record_objects`]; the narinfo among them).
+    /// Records what a publish wrote, in one statement (one round trip, one commit): the NAR file `nar`
+    /// (key, size, `FileHash`; as [`Db::record_nar`]) and `objs` (as [`Db::record_objects`]; the narinfo
+    /// among them, never the NAR).
     pub async fn record_published(
         &self,
         nar: (&ObjectKey, u64, &Sha256Hash),
@@ -387,17 +421,13 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let c = self.client().await?;
-        let (nar_stmt, objs_stmt) = futures::try_join!(c.prepare_cached(RECORD_NAR), c.prepare_cached(RECORD_OBJECTS))
-            .map_err(q("record_published"))?;
+        let stmt = c.prepare_cached(RECORD_PUBLISHED).await.map_err(q("record_published"))?;
         let (key, size, hash) = (nar.0.as_str(), i64::try_from(nar.1).unwrap_or(i64::MAX), nar.2.to_nix_string());
         let kind = nar.0.kind().as_str();
         let hash = Some(hash);
         let rows = ObjectRows::new(objs);
-        let nar_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&key, &kind, &size, &now, &hash];
-        let objs_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now];
-        // Sent together, answered in order: one round trip.
-        futures::try_join!(c.execute(&nar_stmt, &nar_params), c.execute(&objs_stmt, &objs_params))
+        c.execute(&stmt, &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now, &key, &kind, &size, &hash])
+            .await
             .map_err(q("record_published"))?;
         Ok(())
     }
