@@ -305,12 +305,11 @@ impl<P: Process> Drainer<P> {
                     false
                 }
             };
-            for (claimed, work) in together {
-                if done {
-                    outcomes.push(self.ack(claimed, &work.outputs).await);
-                } else {
-                    alone.push(claimed);
-                }
+            if done {
+                outcomes.extend(together.iter().map(|_| Outcome::Acked));
+                self.ack_all(together.into_iter().map(|(c, w)| (c, w.outputs)).collect()).await;
+            } else {
+                alone.extend(together.into_iter().map(|(c, _)| c));
             }
         }
         for claimed in alone {
@@ -387,27 +386,35 @@ impl<P: Process> Drainer<P> {
 
     /// An entry whose closure is in the cache leaves the spool, and its outputs' GC roots go.
     async fn ack(&self, claimed: Claimed, outputs: &[StorePath]) -> Outcome {
+        self.ack_all(vec![(claimed, outputs.to_vec())]).await;
+        Outcome::Acked
+    }
+
+    /// [`Drainer::ack`] for many entries, in one blocking task (a batch acknowledges hundreds at once).
+    async fn ack_all(&self, done: Vec<(Claimed, Vec<StorePath>)>) {
         if let Some(cause) = self.metrics.record_nix_ok() {
             tracing::info!(was = %cause, "the local Nix store can be read again");
         }
-        if let Some(queued) = queued_at(&claimed.path)
-            && let Ok(waited) = std::time::SystemTime::now().duration_since(queued)
-        {
-            self.metrics.record_queued_to_published(waited.as_secs_f64());
-        }
-        self.remove_roots(outputs).await;
-        let spool = self.spool.clone();
-        let entry_path = claimed.path.clone();
-        match tokio::task::spawn_blocking(move || spool.ack(&claimed)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
-            }
-            Err(e) => {
-                tracing::warn!(entry = %entry_path.display(), error = %e, "could not remove the acknowledged entry");
+        let now = std::time::SystemTime::now();
+        for (claimed, _) in &done {
+            if let Some(waited) = queued_at(&claimed.path).and_then(|q| now.duration_since(q).ok()) {
+                self.metrics.record_queued_to_published(waited.as_secs_f64());
             }
         }
-        Outcome::Acked
+        let (spool, dir, store_dir) =
+            (self.spool.clone(), self.config.gcroots_dir.clone(), self.config.store_dir.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            for (claimed, outputs) in done {
+                remove_roots(&dir, &store_dir, &outputs);
+                if let Err(e) = spool.ack(&claimed) {
+                    tracing::warn!(entry = %claimed.path.display(), error = %e, "could not remove the acknowledged entry");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "acknowledging entries failed; they are processed again on the next start");
+        }
     }
 
     /// Records that `claimed` waits for the local Nix store: logged at error level (with the Nix version)
@@ -530,18 +537,21 @@ impl<P: Process> Drainer<P> {
     }
 
     async fn remove_roots(&self, outputs: &[StorePath]) {
-        let dir = self.config.gcroots_dir.clone();
-        let paths: Vec<String> = outputs.iter().map(|o| self.config.store_dir.display(o)).collect();
-        let res = tokio::task::spawn_blocking(move || {
-            for p in &paths {
-                if let Err(e) = gcroots::remove(&dir, p) {
-                    tracing::warn!(path = %p, error = %e, "could not remove the GC root");
-                }
-            }
-        })
-        .await;
-        if let Err(e) = res {
+        let (dir, store_dir, outputs) =
+            (self.config.gcroots_dir.clone(), self.config.store_dir.clone(), outputs.to_vec());
+        if let Err(e) = tokio::task::spawn_blocking(move || remove_roots(&dir, &store_dir, &outputs)).await {
             tracing::warn!(error = %e, "removing GC roots failed");
+        }
+    }
+}
+
+/// Removes the GC roots of `outputs` from `dir` (blocking; a failure is logged: the root then only keeps a
+/// path in the local store longer).
+fn remove_roots(dir: &std::path::Path, store_dir: &StoreDir, outputs: &[StorePath]) {
+    for o in outputs {
+        let p = store_dir.display(o);
+        if let Err(e) = gcroots::remove(dir, &p) {
+            tracing::warn!(path = %p, error = %e, "could not remove the GC root");
         }
     }
 }
