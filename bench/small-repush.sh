@@ -19,8 +19,9 @@
 # Database work of each: statements the server sent (top-level pg_stat_statements calls, BEGIN/COMMIT
 # included, not those run inside its PL/pgSQL functions; psql's own
 # queries excluded; a statement outside BEGIN…COMMIT is a transaction of its own) and the explicit
-# transactions among them (COMMIT calls). Not pg_stat_database.xact_commit: PostgreSQL 15's backends
-# flush those counters lazily (pooled connections up to 10 s late), so its deltas are noise at this scale.
+# transactions among them (COMMIT calls). Not pg_stat_database.xact_commit: PostgreSQL 15's backends flush
+# those counters at most once a second, so counts straddle the boundaries of sub-second measurements (the
+# first push's thousands of commits landed in the re-pushes' deltas), and autovacuum's count too.
 # Each extended-protocol statement that is not a cached prepared statement costs tokio-postgres two round
 # trips (prepare, then execute); BEGIN/COMMIT one. So the round trips themselves are counted too, in one
 # more (untimed) round of each under `strace -f` of the postmaster and its backends: the ReadyForQuery
