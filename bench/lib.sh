@@ -207,7 +207,7 @@ bench_psql() {
 
 # bench_pg_counts STATE-DIR: "xact_commit tup_returned tup_fetched tup_inserted tup_updated tup_deleted" of
 # database niks3 (PostgreSQL publishes them at most once a second: sleep 1 before the final reading). The
-# reading itself is one transaction.
+# reading itself commits two transactions (and a backend flushes its counters at most once a second).
 bench_pg_counts() {
   bench_psql "$1" -c "select pg_stat_clear_snapshot()" -c "select xact_commit, tup_returned, tup_fetched,
     tup_inserted, tup_updated, tup_deleted from pg_stat_database where datname = 'niks3'" 2>/dev/null | tail -1
