@@ -1,10 +1,12 @@
 # bench/lib.sh — the preamble every benchmark script shares, sourced (not run) from bench/*.sh after
 # `set -euo pipefail` and `cd "$(dirname "$0")/.."`: building the binaries, a scratch directory removed
 # at exit, a private offline Nix, a free port, niks3-hook as a post-build-hook into a spool, and a
-# `niks3 serve` that is stopped at exit whatever happens. One copy, so the scripts cannot drift apart
+# `niks3 serve` that is stopped at exit whatever happens (and a Garage S3 node, psql on the embedded
+# PostgreSQL). One copy, so the scripts cannot drift apart
 # (a benchmark whose Nix silently reaches for cache.nixos.org measures the network, not niks3).
 
-# Commands registered with bench_on_exit, run last-registered first at exit, after the server is stopped.
+# Commands registered with bench_on_exit, run last-registered first at exit, after the server (and Garage)
+# are stopped.
 BENCH_AT_EXIT=()
 # The `niks3 serve` started by bench_serve, if it is running.
 SERVER_PID=
@@ -29,6 +31,7 @@ bench_on_exit() {
 
 bench_exit() {
   bench_stop_server
+  bench_stop_garage
   local i
   for ((i = ${#BENCH_AT_EXIT[@]} - 1; i >= 0; i--)); do eval "${BENCH_AT_EXIT[i]}" || true; done
 }
@@ -141,4 +144,71 @@ bench_postmaster_pid() {
   local f
   f=$(find "$1" -name postmaster.pid 2>/dev/null | head -1)
   [ -n "$f" ] && head -1 "$f" || true
+}
+
+# bench_garage DIR: a fresh single-node Garage S3 server in DIR (removed first), started as
+# /work/shared/recipes/start-garage.sh and testkit/src/garage.rs do (sqlite metadata, one key, one default
+# bucket, SigV4 enforced, region `garage`) on free ports; sets S3_ENDPOINT, S3_REGION, S3_BUCKET and
+# GARAGE_PID and exports NIKS3_S3_ACCESS_KEY / NIKS3_S3_SECRET_KEY for `niks3 serve`. Stopped at exit (or by
+# bench_stop_garage). Needs `garage` (2.x, on PATH or in ~/.cargo/bin) and openssl.
+GARAGE_PID=
+bench_garage() {
+  local dir=$1 port rpc admin code _
+  command -v garage >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
+  command -v garage >/dev/null || { echo "garage not installed (see /work/shared/recipes/start-garage.sh)" >&2; exit 2; }
+  bench_stop_garage
+  rm -rf "$dir"; mkdir -p "$dir/meta" "$dir/data"
+  port=$(free_port); rpc=$(free_port); admin=$(free_port)
+  cat >"$dir/garage.toml" <<EOC
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(openssl rand -hex 32)"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$port"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+EOC
+  export NIKS3_S3_ACCESS_KEY=GK$(openssl rand -hex 12) NIKS3_S3_SECRET_KEY=$(openssl rand -hex 32)
+  S3_ENDPOINT=http://127.0.0.1:$port S3_REGION=garage S3_BUCKET=niks3-bench
+  GARAGE_DEFAULT_ACCESS_KEY=$NIKS3_S3_ACCESS_KEY GARAGE_DEFAULT_SECRET_KEY=$NIKS3_S3_SECRET_KEY \
+    GARAGE_DEFAULT_BUCKET=$S3_BUCKET garage -c "$dir/garage.toml" server --single-node --default-bucket \
+    >"$dir/garage.log" 2>&1 &
+  GARAGE_PID=$!
+  for _ in $(seq 200); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$S3_ENDPOINT/$S3_BUCKET" || true)
+    case $code in 200|403) return 0;; esac
+    sleep 0.1
+  done
+  echo "garage did not answer on $S3_ENDPOINT:" >&2; cat "$dir/garage.log" >&2; exit 1
+}
+
+# bench_stop_garage: stops the Garage bench_garage started, if any.
+bench_stop_garage() {
+  if [ -n "$GARAGE_PID" ]; then
+    kill "$GARAGE_PID" 2>/dev/null || true
+    wait "$GARAGE_PID" 2>/dev/null || true
+    GARAGE_PID=
+  fi
+}
+
+# bench_psql STATE-DIR PSQL-ARGS…: psql as postgres on database niks3 of the embedded PostgreSQL of
+# `niks3 serve --state-dir STATE-DIR` (unaligned, tuples only, space-separated).
+bench_psql() {
+  local state=$1 pidfile; shift
+  pidfile=$(find "$state" -name postmaster.pid | head -1)
+  psql -h "$(sed -n 5p "$pidfile")" -U postgres -d niks3 -XAtq -F' ' "$@"
+}
+
+# bench_pg_counts STATE-DIR: "xact_commit tup_returned tup_fetched tup_inserted tup_updated tup_deleted" of
+# database niks3 (PostgreSQL publishes them at most once a second: sleep 1 before the final reading). The
+# reading itself commits two transactions (and a backend flushes its counters at most once a second).
+bench_pg_counts() {
+  bench_psql "$1" -c "select pg_stat_clear_snapshot()" -c "select xact_commit, tup_returned, tup_fetched,
+    tup_inserted, tup_updated, tup_deleted from pg_stat_database where datname = 'niks3'" 2>/dev/null | tail -1
 }
