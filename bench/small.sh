@@ -182,7 +182,7 @@ pg_counts() { bench_pg_counts "$W/state"; }
 # (TARGET local, the default) or a fresh Garage in $W/garage (TARGET garage).
 start_server() {
   local store=(--store-dir "$W/cache")
-  rm -rf "$W/state" "$W/spool" "$W/cache"
+  bench_set_aside "$W/state" "$W/spool" "$W/cache"
   if [ "${2:-local}" = garage ]; then
     bench_garage "$W/garage"
     store=(--s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" --s3-bucket "$S3_BUCKET")
@@ -223,7 +223,7 @@ cp -a "$W/staging/new" "$W/staged-entries"
 
 nix_copy_round() { # $1: round; prints "nanoseconds cpu-ticks"
   local t0 t1
-  rm -rf "$W/nixcopy"
+  bench_set_aside "$W/nixcopy"
   t0=$(date +%s%N)
   /usr/bin/time -f "%U %S" -o "$W/nixcopy-time-$1" nix copy --to "file://$W/nixcopy?compression=zstd" "$TOP" 2>/dev/null
   t1=$(date +%s%N)
