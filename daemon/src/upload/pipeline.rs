@@ -233,14 +233,17 @@ impl Uploader {
         roots.dedup();
         let Some(first) = roots.first() else { return Ok(ClosureReport::default()) };
         // A root deleted from the store is reported as such (and without asking Nix, which may try its
-        // substituters for a path it does not have).
-        for root in &roots {
-            let fs_path = self.store_dir().path_of(root);
-            if let Err(e) = tokio::fs::symlink_metadata(&fs_path).await
-                && e.kind() == std::io::ErrorKind::NotFound
-            {
-                return Err(UploadError::Vanished { path: self.store_dir().display(root) });
-            }
+        // substituters for a path it does not have). One blocking task for the whole batch of roots.
+        let fs_paths: Vec<_> = roots.iter().map(|r| self.store_dir().path_of(r)).collect();
+        let gone = tokio::task::spawn_blocking(move || {
+            fs_paths
+                .iter()
+                .position(|p| std::fs::symlink_metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound))
+        })
+        .await
+        .map_err(|e| UploadError::Task(format!("checking the roots exist: {e}")))?;
+        if let Some(i) = gone {
+            return Err(UploadError::Vanished { path: self.store_dir().display(&roots[i]) });
         }
         let id = self.db().begin_upload(&ObjectKey::narinfo(first), &[], chrono::Utc::now()).await?;
         let result = async {
