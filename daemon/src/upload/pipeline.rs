@@ -28,6 +28,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Chunks in flight between a NAR pass and the store, per upload (each at most 1 MiB).
 const CHUNK_QUEUE: usize = 4;
+/// Uploads in flight at most, and their NAR bytes at most, beyond twice `jobs`: many small paths wait on
+/// round trips (an S3 PUT per object, a database statement per path), so keeping many in flight hides
+/// the latency; the NAR bytes bound keeps big paths at twice `jobs`, as memory allows (measured: one big
+/// NAR's upload is what the memory budget is set by).
+const SMALL_IN_FLIGHT: (usize, u64) = (32, 16 << 20);
 /// Content type of compressed NARs.
 pub const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
 
@@ -332,16 +337,24 @@ impl Uploader {
         // listing) never holds up the NARs still streaming. Twice `jobs` uploads are in flight so the
         // next NAR takes a slot as soon as one finishes compressing, while the previous one still
         // syncs, uploads its log and listing and waits to publish; the `nar_slots` semaphore keeps the
-        // NARs being compressed at `jobs`.
+        // NARs being compressed at `jobs`. Small paths may go beyond that (see SMALL_IN_FLIGHT): their
+        // time is in round trips to the store and the database, not in compression.
         let mut done: HashMap<usize, PathUploaded> = HashMap::new();
         let mut tasks: FuturesUnordered<Pin<Box<dyn Future<Output = Step> + Send + '_>>> = FuturesUnordered::new();
-        let mut uploads_in_flight = 0;
+        let (mut uploads_in_flight, mut bytes_in_flight) = (0, 0u64);
         let mut next = 0;
         loop {
-            while uploads_in_flight < 2 * self.jobs && next < missing.len() {
+            while next < missing.len() {
                 let i = missing[next];
+                let size = closure[i].nar_size;
+                let room = uploads_in_flight < 2 * self.jobs
+                    || (uploads_in_flight < SMALL_IN_FLIGHT.0 && bytes_in_flight + size <= SMALL_IN_FLIGHT.1);
+                if !room {
+                    break;
+                }
                 next += 1;
                 uploads_in_flight += 1;
+                bytes_in_flight += size;
                 let info = &closure[i];
                 tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info, walk).await) }));
             }
@@ -349,6 +362,7 @@ impl Uploader {
             let published = match step {
                 Step::Uploaded(i, res) => {
                     uploads_in_flight -= 1;
+                    bytes_in_flight -= closure[i].nar_size;
                     match res? {
                         Some(up) if waiting.get(&i) == Some(&0) => {
                             tasks.push(self.publish_task(closure, i, up));
