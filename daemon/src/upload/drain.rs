@@ -585,18 +585,30 @@ fn watch_new_dir(dir: &std::path::Path) -> Events {
     }
 }
 
-/// Resolves on the next inotify event (never when polling only).
+/// Resolves on the next inotify event (never when polling only), taking every event already queued
+/// with it: a burst of entries (a queue moved in at once, a build of many outputs) wakes the drainer once,
+/// not once per entry (each wake-up lists the spool's directories).
 async fn next_event(events: &mut Events) {
-    use futures::StreamExt;
-    match events {
-        Some(stream) => match stream.next().await {
+    use futures::{FutureExt as _, StreamExt};
+    let Some(stream) = events else { return std::future::pending().await };
+    let mut next = stream.next().await;
+    loop {
+        match next {
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "inotify failed; polling the spool from now on");
                 *events = None;
+                return;
             }
-            None => *events = None,
-        },
-        None => std::future::pending().await,
+            None => {
+                *events = None;
+                return;
+            }
+        }
+        // Events already queued come with this one; stop at the first that is not ready.
+        match stream.next().now_or_never() {
+            Some(more) => next = more,
+            None => return,
+        }
     }
 }
