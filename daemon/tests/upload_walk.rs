@@ -54,11 +54,11 @@ async fn overlapping_uploads_upload_each_path_once_and_a_cached_closure_costs_on
     }
 
     // The same closure again: the walk looks at the root only and uploads nothing.
-    let again = uploader.upload_closure(&[top.clone()]).await.expect("again");
+    let again = uploader.upload_closure(std::slice::from_ref(&top)).await.expect("again");
     assert_eq!((again.looked_at, again.uploaded), (1, 0), "{again:?}");
 
     // A new path on top: itself, then its one (cached) reference; not the four paths below.
-    let new = uploader.upload_closure(&[above.clone()]).await.expect("above");
+    let new = uploader.upload_closure(std::slice::from_ref(&above)).await.expect("above");
     assert_eq!((new.looked_at, new.uploaded), (2, 1), "{new:?}");
     assert!(store.head(&ObjectKey::narinfo(&above)).await.expect("head").is_some());
 
