@@ -55,6 +55,68 @@ impl Drop for Staged {
 /// A directory holding the cache layout.
 pub struct LocalStore {
     root: PathBuf,
+    dirs: std::sync::Arc<DirSyncs>,
+}
+
+/// Group commit of directory fsyncs: a rename is made durable by fsyncing its directory, and one fsync
+/// that starts after several renames covers them all. Many small objects written at once (the drain of a
+/// queue: four files per store path, into four directories) then share fsyncs instead of each waiting
+/// for its own journal commit; every write still returns only once its rename is durable.
+#[derive(Default)]
+struct DirSyncs {
+    by_dir: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<DirSync>>>,
+}
+
+/// The fsync state of one directory.
+#[derive(Default)]
+struct DirSync {
+    /// (renames registered, renames known durable), counted.
+    counts: std::sync::Mutex<(u64, u64)>,
+    /// Held while fsyncing the directory: one fsync of it at a time.
+    syncing: std::sync::Mutex<()>,
+    /// fsyncs done (what the group commit saves is visible in tests).
+    fsyncs: std::sync::atomic::AtomicU64,
+}
+
+impl DirSyncs {
+    /// Makes a rename into `dir` that has completed durable (blocking): returns once an fsync of `dir`
+    /// that started after the rename has completed, ours or another writer's.
+    fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        self.of(dir).sync(dir)
+    }
+
+    fn of(&self, dir: &Path) -> std::sync::Arc<DirSync> {
+        let mut by_dir = self.by_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::sync::Arc::clone(by_dir.entry(dir.to_owned()).or_default())
+    }
+}
+
+impl DirSync {
+    fn counts(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// See [`DirSyncs::sync`]. A failed fsync records nothing: the writers waiting try their own.
+    fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let mine = {
+            let mut c = self.counts();
+            c.0 += 1;
+            c.0
+        };
+        let _syncing = self.syncing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let covered = {
+            let c = self.counts();
+            if c.1 >= mine {
+                return Ok(());
+            }
+            c.0
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+        self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut c = self.counts();
+        c.1 = c.1.max(covered);
+        Ok(())
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -68,7 +130,7 @@ impl LocalStore {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
         }
-        Ok(LocalStore { root })
+        Ok(LocalStore { root, dirs: std::sync::Arc::default() })
     }
     /// The root directory.
     pub fn root(&self) -> &std::path::Path {
@@ -89,6 +151,7 @@ impl LocalStore {
     pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, _content_type: &str) -> Result<(), StoreError> {
         let tmp = self.temp_path();
         let dest = self.path_of(key);
+        let dirs = std::sync::Arc::clone(&self.dirs);
         let result = tokio::task::spawn_blocking({
             let tmp = tmp.clone();
             move || -> Result<(), StoreError> {
@@ -96,7 +159,7 @@ impl LocalStore {
                 f.write_all(&body).map_err(io_err("write", &tmp))?;
                 f.sync_all().map_err(io_err("fsync", &tmp))?;
                 drop(f);
-                publish(&tmp, &dest)
+                publish(&dirs, &tmp, &dest)
             }
         })
         .await
@@ -117,10 +180,10 @@ impl LocalStore {
         _content_type: &str,
     ) -> Result<u64, StoreError> {
         let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
-        let (tmp, dest) = (staged.path.clone(), self.path_of(key));
+        let (tmp, dest, dirs) = (staged.path.clone(), self.path_of(key), std::sync::Arc::clone(&self.dirs));
         let written = tokio::task::spawn_blocking(move || {
             let size = write_chunks(&tmp, chunks)?;
-            publish(&tmp, &dest).map(|()| size)
+            publish(&dirs, &tmp, &dest).map(|()| size)
         })
         .await
         .map_err(|e| StoreError::Io {
@@ -155,7 +218,8 @@ impl LocalStore {
     pub async fn promote(&self, mut staged: Staged, key: &ObjectKey) -> Result<(), StoreError> {
         let dest = self.path_of(key);
         let tmp = staged.path.clone();
-        tokio::task::spawn_blocking(move || publish(&tmp, &dest)).await.map_err(|e| StoreError::Io {
+        let dirs = std::sync::Arc::clone(&self.dirs);
+        tokio::task::spawn_blocking(move || publish(&dirs, &tmp, &dest)).await.map_err(|e| StoreError::Io {
             op: "rename",
             path: self.path_of(key),
             source: std::io::Error::other(e),
@@ -347,10 +411,10 @@ fn write_chunks(
 }
 
 /// Moves a complete, fsynced temp file into place and makes the rename durable.
-fn publish(tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+fn publish(dirs: &DirSyncs, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
     std::fs::rename(tmp, dest).map_err(io_err("rename into", dest))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", dir))
+    dirs.sync(dir).map_err(io_err("fsync directory", dir))
 }
 
 /// Absent, or a path component that is not a directory (e.g. a key under a file): either way, no object.
@@ -369,4 +433,35 @@ fn remove_files(files: Vec<(ObjectKey, PathBuf)>) -> Vec<(ObjectKey, StoreError)
 
 fn is_absent(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_fsync_started_after_renames_covers_them_all_and_only_those() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let syncs = DirSyncs::default();
+        let d = syncs.of(dir.path());
+        // One after another: each rename needs an fsync of its own.
+        for _ in 0..3 {
+            syncs.sync(dir.path()).expect("sync");
+        }
+        assert_eq!(d.fsyncs.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Eight writers arrive while an fsync is in progress (held here): the one after it covers all.
+        let held = d.syncing.lock().expect("lock");
+        std::thread::scope(|s| {
+            let waiters: Vec<_> = (0..8).map(|_| s.spawn(|| syncs.sync(dir.path()))).collect();
+            while d.counts().0 < 3 + 8 {
+                std::thread::yield_now();
+            }
+            drop(held);
+            for w in waiters {
+                w.join().expect("thread").expect("sync");
+            }
+        });
+        assert_eq!(d.fsyncs.load(std::sync::atomic::Ordering::Relaxed), 4, "one fsync for the eight");
+        assert_eq!(*d.counts(), (11, 11));
+    }
 }
