@@ -5,6 +5,9 @@
 //!
 //! `cargo run --release --example build_log -- [ROUNDS] /nix/store/…-x.drv …`
 
+#[path = "support/args.rs"]
+mod cli_args;
+
 use niks3::nix::pathinfo::LocalNix;
 use niks3::nix::store_path::{StoreDir, StorePath};
 use std::time::{Duration, Instant};
@@ -46,16 +49,8 @@ async fn measure(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let rounds: usize = match args.first().map(|a| a.parse()) {
-        Some(Ok(n)) => {
-            args.remove(0);
-            n
-        }
-        _ => 200,
-    };
+    let (rounds, drvs) = cli_args::rounds_and_paths(200)?;
     let dir = StoreDir::default();
-    let drvs: Vec<StorePath> = args.iter().map(|a| dir.parse_path(a)).collect::<Result<_, _>>()?;
     let files = LocalNix::default();
     // No `drvs/` there: every call spawns `nix-store --read-log`.
     let command = LocalNix::default().with_log_dir("/nonexistent".into());

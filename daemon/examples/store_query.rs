@@ -4,22 +4,18 @@
 //!
 //! `cargo run --release --example store_query -- [ROUNDS] /nix/store/…-x …`
 
+#[path = "support/args.rs"]
+mod cli_args;
+
 use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3::nix::store_path::StoreDir;
 use std::time::Instant;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let rounds: usize = match args.first().map(|a| a.parse()) {
-        Some(Ok(n)) => {
-            args.remove(0);
-            n
-        }
-        _ => 20,
-    };
+    let (rounds, roots) = cli_args::rounds_and_paths(20)?;
     let dir = StoreDir::default();
-    let roots: Vec<StorePath> = args.iter().map(|a| dir.parse_path(a)).collect::<Result<_, _>>()?;
+    let args: Vec<String> = roots.iter().map(|r| dir.display(r)).collect();
     let nix = LocalNix::default();
     let start = Instant::now();
     let closure = nix.closure(&dir, &roots).await?;
