@@ -194,7 +194,11 @@ async fn stage_verified(
     let fed = feeder.await.map_err(internal)?;
     let verdict = verifier.await.map_err(internal)?;
     // The store stopped taking the data (disk full, …): its error, not the verifier's view of a cut stream.
-    if let (Ok(None), Err(e)) = (&fed, &staged) {
+    // Unless the verifier refused the data itself: then the feeder stopped the store (the store's error is
+    // only that abort), and the verifier's reason is the answer — which of the two the feeder noticed first
+    // is a race.
+    let refused = matches!(&verdict, Err(e) if !matches!(e, VerifyError::Cancelled));
+    if !refused && let (Ok(None), Err(e)) = (&fed, &staged) {
         return Err(store_failed(e));
     }
     match (fed, verdict) {
