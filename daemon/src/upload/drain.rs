@@ -274,9 +274,10 @@ impl<P: Process> Drainer<P> {
 
     /// Processes a batch of claimed entries as one upload (their closures overlap: each path is looked at
     /// and uploaded once, and the cache is asked about a level of the union at a time) and acknowledges
-    /// them together. Transient failures retry the whole batch; any other failure, and an entry that
-    /// cannot be resolved, sends the entries through [`Drainer::handle`] one by one, so each gets its own
-    /// verdict (what the batch already uploaded is found in the cache and not uploaded again).
+    /// them together. Transient failures retry the whole batch; any other failure sends its entries
+    /// through [`Drainer::handle_resolved`] one by one, so each gets its own verdict (what the batch
+    /// already uploaded is found in the cache and not uploaded again); an entry that cannot be resolved
+    /// goes through [`Drainer::handle`].
     async fn handle_batch(&self, batch: Vec<Claimed>) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut alone = Vec::new();
@@ -291,26 +292,27 @@ impl<P: Process> Drainer<P> {
                 None => alone.push(claimed),
             }
         }
-        if together.len() == 1 {
-            alone.extend(together.drain(..).map(|(c, _)| c));
-        }
-        if !together.is_empty() {
+        let backoff = || Backoff::new(self.config.backoff.0, self.config.backoff.1);
+        let one_by_one = if together.len() > 1 {
             let works: Vec<Work> = together.iter().map(|(_, w)| w.clone()).collect();
-            let mut backoff = Backoff::new(self.config.backoff.0, self.config.backoff.1);
             let first = together[0].0.path.clone();
-            let done = match self.process_retrying(&works, &first, &mut backoff).await {
-                Ok(()) => true,
+            match self.process_retrying(&works, &first, &mut backoff()).await {
+                Ok(()) => {
+                    outcomes.extend(together.iter().map(|_| Outcome::Acked));
+                    self.ack_all(together.into_iter().map(|(c, w)| (c, w.outputs)).collect()).await;
+                    Vec::new()
+                }
                 Err(e) => {
                     tracing::info!(entries = works.len(), error = %e, "a batch of entries failed; taking them one by one");
-                    false
+                    together
                 }
-            };
-            if done {
-                outcomes.extend(together.iter().map(|_| Outcome::Acked));
-                self.ack_all(together.into_iter().map(|(c, w)| (c, w.outputs)).collect()).await;
-            } else {
-                alone.extend(together.into_iter().map(|(c, _)| c));
             }
+        } else {
+            together
+        };
+        // Resolved entries keep their work (resolving asks Nix again); the others start from the entry.
+        for (claimed, work) in one_by_one {
+            outcomes.push(self.handle_resolved(claimed, work, backoff()).await);
         }
         for claimed in alone {
             outcomes.push(self.handle(claimed).await);
@@ -343,6 +345,11 @@ impl<P: Process> Drainer<P> {
                 }
             }
         };
+        self.handle_resolved(claimed, work, backoff).await
+    }
+
+    /// [`Drainer::handle`] from the resolved `work` on: uploaded and acknowledged, or quarantined.
+    async fn handle_resolved(&self, claimed: Claimed, work: Work, mut backoff: Backoff) -> Outcome {
         if let Err(e) = self.process_retrying(std::slice::from_ref(&work), &claimed.path, &mut backoff).await {
             let reason = e.to_string();
             return self.quarantine(claimed, &reason, &work.outputs).await;
