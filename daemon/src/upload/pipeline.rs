@@ -310,20 +310,19 @@ impl Uploader {
     /// those of its missing references.
     async fn upload_missing(&self, walk: &Walk) -> Result<ClosureReport, UploadError> {
         let closure = &walk.missing;
-        let missing: Vec<usize> = (0..closure.len()).collect();
         let mut report = ClosureReport { looked_at: walk.looked_at, ..ClosureReport::default() };
-        if missing.is_empty() {
+        if closure.is_empty() {
             return Ok(report);
         }
 
         // waiting[i]: missing references of i (other than itself) not yet published.
-        let is_missing: HashMap<&StorePath, usize> = missing.iter().map(|&i| (&closure[i].path, i)).collect();
+        let is_missing: HashMap<&StorePath, usize> = closure.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
         let mut waiting: HashMap<usize, usize> = HashMap::new();
         let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
-        for &i in &missing {
+        for (i, info) in closure.iter().enumerate() {
             let mut n = 0;
-            for r in &closure[i].references {
-                if *r != closure[i].path
+            for r in &info.references {
+                if *r != info.path
                     && let Some(&j) = is_missing.get(r)
                 {
                     n += 1;
@@ -344,8 +343,8 @@ impl Uploader {
         let (mut uploads_in_flight, mut bytes_in_flight) = (0, 0u64);
         let mut next = 0;
         loop {
-            while next < missing.len() {
-                let i = missing[next];
+            while next < closure.len() {
+                let i = next;
                 let size = closure[i].nar_size;
                 let room = uploads_in_flight < 2 * self.jobs
                     || (uploads_in_flight < SMALL_IN_FLIGHT.0 && bytes_in_flight + size <= SMALL_IN_FLIGHT.1);
