@@ -185,55 +185,24 @@ fn strs(keys: &[ObjectKey]) -> Vec<&str> {
     keys.iter().map(ObjectKey::as_str).collect()
 }
 
-/// Upserts objects (`unnest` of keys, kinds, sizes, newline-joined refs; `$5` = now): sets size and refs,
-/// `last_pushed`, clears `marked_at`.
-macro_rules! objects_upsert {
-    () => {
-        "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
-         SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
-         FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
-         ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
-         last_pushed = EXCLUDED.last_pushed, marked_at = NULL"
-    };
-}
+/// Records objects in one statement (one round trip, one commit): an optional NAR file (`$6` key, `$7`
+/// kind, `$8` size, `$9` `FileHash`; no row when `$6` is NULL) whose recorded `FileHash` is kept (a stored
+/// NAR is never replaced, so the first hash recorded is the file's), and objects (`unnest` of `$1` keys,
+/// `$2` kinds, `$3` sizes, `$4` newline-joined refs), which get their size and refs. Every row gets
+/// `last_pushed` = `$5` and loses its GC mark. The objects must not include the NAR (one statement
+/// cannot touch a row twice).
+const RECORD: &str = "WITH nar AS (\
+     INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
+     SELECT $6::text, $7::text, $8::int8, '{}', $5, $5, $9::text WHERE $6::text IS NOT NULL \
+     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
+     marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash) RETURNING 1) \
+     INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
+     SELECT k, kd, s, CASE WHEN r = '' THEN '{}'::text[] ELSE string_to_array(r, E'\\n') END, $5, $5 \
+     FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
+     ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
+     last_pushed = EXCLUDED.last_pushed, marked_at = NULL";
 
-/// Upserts one NAR file (placeholders for key, kind, size, now, `FileHash`): a `FileHash` already
-/// recorded is kept (a stored NAR is never replaced, so the first hash recorded is the file's).
-macro_rules! nar_upsert {
-    ($key:literal, $kind:literal, $size:literal, $now:literal, $hash:literal) => {
-        concat!(
-            "INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) VALUES (",
-            $key,
-            ", ",
-            $kind,
-            ", ",
-            $size,
-            ", '{}', ",
-            $now,
-            ", ",
-            $now,
-            ", ",
-            $hash,
-            ") ",
-            "ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, ",
-            "marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash)"
-        )
-    };
-}
-
-/// See [`objects_upsert`].
-const RECORD_OBJECTS: &str = objects_upsert!();
-
-/// See [`nar_upsert`]: `$1` key, `$2` kind, `$3` size, `$4` now, `$5` `FileHash`.
-const RECORD_NAR: &str = nar_upsert!("$1", "$2", "$3", "$4", "$5");
-
-/// One NAR (`$6` key, `$7` kind, `$8` size, `$9` `FileHash`) and objects (as [`RECORD_OBJECTS`]) in one
-/// statement, so one commit. The objects must not include the NAR (one statement cannot touch a row
-/// twice).
-const RECORD_PUBLISHED: &str =
-    concat!("WITH nar AS (", nar_upsert!("$6", "$7", "$8", "$5", "$9"), " RETURNING 1) ", objects_upsert!());
-
-/// [`NewObject`]s as the column arrays of [`RECORD_OBJECTS`], the last record of each key only (one
+/// [`NewObject`]s as the column arrays of [`RECORD`], the last record of each key only (one
 /// INSERT cannot touch a row twice).
 struct ObjectRows<'a> {
     keys: Vec<&'a str>,
@@ -402,13 +371,7 @@ impl Db {
         if objs.is_empty() {
             return Ok(());
         }
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(RECORD_OBJECTS).await.map_err(q("record_object"))?;
-        let rows = ObjectRows::new(objs);
-        c.execute(&stmt, &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now])
-            .await
-            .map_err(q("record_object"))?;
-        Ok(())
+        self.record("record_object", None, objs, now).await
     }
 
     /// Records what a publish wrote, in one statement (one round trip, one commit): the NAR file `nar`
@@ -420,15 +383,27 @@ impl Db {
         objs: &[NewObject],
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
+        self.record("record_published", Some((nar.0, nar.1, Some(nar.2))), objs, now).await
+    }
+
+    /// Runs [`RECORD`] for an optional NAR file (key, size, `FileHash` when known) and `objs`.
+    async fn record(
+        &self,
+        what: &'static str,
+        nar: Option<(&ObjectKey, u64, Option<&Sha256Hash>)>,
+        objs: &[NewObject],
+        now: DateTime<Utc>,
+    ) -> Result<(), DbError> {
         let c = self.client().await?;
-        let stmt = c.prepare_cached(RECORD_PUBLISHED).await.map_err(q("record_published"))?;
-        let (key, size, hash) = (nar.0.as_str(), i64::try_from(nar.1).unwrap_or(i64::MAX), nar.2.to_nix_string());
-        let kind = nar.0.kind().as_str();
-        let hash = Some(hash);
+        let stmt = c.prepare_cached(RECORD).await.map_err(q(what))?;
         let rows = ObjectRows::new(objs);
+        let key = nar.map(|n| n.0.as_str());
+        let kind = nar.map(|n| n.0.kind().as_str());
+        let size = nar.map(|n| i64::try_from(n.1).unwrap_or(i64::MAX));
+        let hash = nar.and_then(|n| n.2).map(Sha256Hash::to_nix_string);
         c.execute(&stmt, &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now, &key, &kind, &size, &hash])
             .await
-            .map_err(q("record_published"))?;
+            .map_err(q(what))?;
         Ok(())
     }
 
@@ -479,12 +454,7 @@ impl Db {
         file_hash: Option<&Sha256Hash>,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        let hash = file_hash.map(Sha256Hash::to_nix_string);
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(RECORD_NAR).await.map_err(q("record_nar"))?;
-        c.execute(&stmt, &[&key.as_str(), &key.kind().as_str(), &size, &now, &hash]).await.map_err(q("record_nar"))?;
-        Ok(())
+        self.record("record_nar", Some((key, size, file_hash)), &[], now).await
     }
 
     /// The stored NAR files among `keys` (rows not being deleted): key → (size, `FileHash` when known).
