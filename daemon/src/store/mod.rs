@@ -74,6 +74,17 @@ impl StoreError {
     }
 }
 
+/// An object for [`Store::put_many`].
+#[derive(Clone, Debug)]
+pub struct SmallObject {
+    /// Where it goes.
+    pub key: ObjectKey,
+    /// All of it.
+    pub body: Bytes,
+    /// Its `Content-Type` (S3 serves it back).
+    pub content_type: &'static str,
+}
+
 /// Metadata of a stored object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -97,8 +108,22 @@ impl Store {
     /// Writes a small object in one request (narinfo, listing, log, nix-cache-info).
     pub async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
         match self {
-            Store::Local(s) => s.put(key, body, content_type).await,
+            Store::Local(s) => s.put_many(vec![(key.clone(), body)]).await,
             Store::S3(s) => s.put(key, body, content_type).await,
+        }
+    }
+
+    /// Writes several small objects (a path's NAR, listing and log): all at once, each in one request
+    /// to S3; in one blocking task for a local directory. Returns when all are stored; on an error some
+    /// may be stored, each complete.
+    pub async fn put_many(&self, objects: Vec<SmallObject>) -> Result<(), StoreError> {
+        match self {
+            Store::Local(s) => s.put_many(objects.into_iter().map(|o| (o.key, o.body)).collect()).await,
+            Store::S3(s) => {
+                futures::future::try_join_all(objects.iter().map(|o| s.put(&o.key, o.body.clone(), o.content_type)))
+                    .await
+                    .map(drop)
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use crate::db::{Db, NewObject, UploadId};
 use crate::metrics::Metrics;
 use crate::nix::pathinfo::{LocalNix, PathInfo, dependency_order};
 use crate::nix::store_path::{StoreDir, StorePath};
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use crate::upload::nar_stream::{NarEncoding, NarStreamed, stream_nar};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
@@ -33,8 +33,17 @@ const CHUNK_QUEUE: usize = 4;
 /// the latency; the NAR bytes bound keeps big paths at twice `jobs`, as memory allows (measured: one big
 /// NAR's upload is what the memory budget is set by).
 const SMALL_IN_FLIGHT: (usize, u64) = (32, 16 << 20);
+/// A NAR this size or smaller is compressed into memory and written together with its listing and log
+/// ([`Store::put_many`]: one hand-off to a blocking thread for a local directory, where streaming it took
+/// two), and on this thread only (zstd's workers cost a thread start each and gain nothing below a few
+/// of their 1 MiB jobs). At most [`SMALL_IN_FLIGHT`] of them are in flight: ~32 MiB at worst.
+const SMALL_NAR: u64 = 1 << 20;
+/// Below this NAR size zstd's worker threads are never used (see [`SMALL_NAR`]).
+const ZSTD_WORKERS_FROM: u64 = 4 << 20;
 /// Content type of compressed NARs.
 pub const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
+/// Content type of build logs.
+const LOG_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// What one closure upload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -455,12 +464,25 @@ impl Uploader {
             return Ok(None);
         };
         let slot = Arc::clone(&self.nar_slots).acquire_owned().await.map_err(|e| UploadError::Task(e.to_string()))?;
-        // Free slots are cores with nothing to compress: this NAR gets them as zstd workers.
+        // Free slots are cores with nothing to compress: a big NAR gets them as zstd workers.
         let free = self.nar_slots.available_permits();
-        let zstd_workers = if free == 0 { 0 } else { u32::try_from(free + 1).unwrap_or(u32::MAX) };
+        let zstd_workers = if free == 0 || info.nar_size < ZSTD_WORKERS_FROM {
+            0
+        } else {
+            u32::try_from(free + 1).unwrap_or(u32::MAX)
+        };
         let started = Instant::now();
         tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
-        let streamed = self.stream_nar(info, slot, zstd_workers).await;
+        let mut objects = Vec::new();
+        let streamed = if info.nar_size <= SMALL_NAR {
+            self.encode_nar(info, slot).await.map(|(streamed, body)| {
+                let key = ObjectKey::nar(&info.nar_hash);
+                objects.push(SmallObject { key, body, content_type: NAR_CONTENT_TYPE });
+                streamed
+            })
+        } else {
+            self.stream_nar(info, slot, zstd_workers).await
+        };
         let streamed = match streamed {
             Ok(s) => s,
             Err(e) => {
@@ -468,24 +490,26 @@ impl Uploader {
                 return Err(e);
             }
         };
-        let listing = match streamed.listing {
-            Some(json) => {
-                let key = ObjectKey::listing(&info.path);
-                let body = Bytes::from(json.to_string());
-                let size = body.len() as u64;
-                self.store().put(&key, body, "application/json").await?;
-                Some(NewObject { key, size, refs: Vec::new() })
-            }
-            None => None,
-        };
+        let listing = streamed.listing.map(|json| {
+            let key = ObjectKey::listing(&info.path);
+            let body = Bytes::from(json.to_string());
+            objects.push(SmallObject { key: key.clone(), body: body.clone(), content_type: "application/json" });
+            NewObject { key, size: body.len() as u64, refs: Vec::new() }
+        });
         let (log, new_log) = match &info.deriver {
             Some(drv) if !walk.absent.contains(&ObjectKey::log(drv)) => (Some(ObjectKey::log(drv)), None),
-            Some(drv) => match self.upload_log(drv).await? {
-                Some(obj) => (Some(obj.key.clone()), Some(obj)),
+            Some(drv) => match self.read_log(drv).await {
+                Some(body) => {
+                    let key = ObjectKey::log(drv);
+                    objects.push(SmallObject { key: key.clone(), body: body.clone(), content_type: LOG_CONTENT_TYPE });
+                    (Some(key.clone()), Some(NewObject { key, size: body.len() as u64, refs: Vec::new() }))
+                }
                 None => (None, None),
             },
             None => (None, None),
         };
+        // The NAR (when small), listing and log together; a big NAR is already stored.
+        self.store().put_many(objects).await?;
         Ok(Some(PathUploaded {
             guard,
             nar: StoredNar { file_hash: streamed.file_hash, file_size: streamed.file_size },
@@ -497,21 +521,47 @@ impl Uploader {
         }))
     }
 
-    /// Writes the build log of `drv`, if Nix has one (the cache lacks it), not yet recorded.
-    async fn upload_log(&self, drv: &StorePath) -> Result<Option<NewObject>, UploadError> {
-        // A log that cannot be read is not worth failing the upload for.
-        let log = match self.nix.build_log(self.store_dir(), drv).await {
-            Ok(Some(log)) => log,
-            Ok(None) => return Ok(None),
+    /// The build log of `drv`, if Nix has one; a log that cannot be read is not worth failing the
+    /// upload for.
+    async fn read_log(&self, drv: &StorePath) -> Option<Bytes> {
+        match self.nix.build_log(self.store_dir(), drv).await {
+            Ok(log) => log.map(Bytes::from),
             Err(e) => {
                 tracing::debug!(drv = %self.store_dir().display(drv), error = %e, "no build log");
-                return Ok(None);
+                None
             }
+        }
+    }
+
+    /// A small NAR's single pass into memory: the compressed bytes, checked against Nix's record
+    /// like a streamed one (the bytes exist only if the NarHash matched).
+    async fn encode_nar(&self, info: &PathInfo, slot: OwnedSemaphorePermit) -> Result<(NarStreamed, Bytes), UploadError> {
+        let key = ObjectKey::nar(&info.nar_hash);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
+        let fs_path = self.store_dir().path_of(&info.path);
+        let display = self.store_dir().display(&info.path);
+        let (hash, size, encoding) = (info.nar_hash, info.nar_size, self.encoding);
+        let producer = tokio::task::spawn_blocking(move || {
+            let streamed = stream_nar(&fs_path, &display, hash, size, key, tx, encoding, 0);
+            drop(slot);
+            streamed
+        });
+        // Received while the pass runs (it blocks when the channel is full), to the end; an error chunk
+        // is the pass's own failure, which its result reports.
+        let collect = async {
+            let mut chunks = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                chunks.extend(chunk.ok());
+            }
+            chunks
         };
-        let key = ObjectKey::log(drv);
-        let size = log.len() as u64;
-        self.store().put(&key, Bytes::from(log), "text/plain; charset=utf-8").await?;
-        Ok(Some(NewObject { key, size, refs: Vec::new() }))
+        let (chunks, pass) = tokio::join!(collect, producer);
+        let streamed = pass.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))??;
+        let body = match <[Bytes; 1]>::try_from(chunks) {
+            Ok([one]) => one,
+            Err(chunks) => Bytes::from(chunks.concat()),
+        };
+        Ok((streamed, body))
     }
 
     /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined. The thread
