@@ -185,15 +185,15 @@ fn strs(keys: &[ObjectKey]) -> Vec<&str> {
     keys.iter().map(ObjectKey::as_str).collect()
 }
 
-/// Records objects in one statement (one round trip, one commit): an optional NAR file (`$6` key, `$7`
-/// kind, `$8` size, `$9` `FileHash`; no row when `$6` is NULL) whose recorded `FileHash` is kept (a stored
+/// Records objects in one statement (one round trip, one commit): NAR files (`unnest` of `$6` keys, `$7`
+/// kinds, `$8` sizes, `$9` `FileHash`es, NULL when unknown) whose recorded `FileHash` is kept (a stored
 /// NAR is never replaced, so the first hash recorded is the file's), and objects (`unnest` of `$1` keys,
 /// `$2` kinds, `$3` sizes, `$4` newline-joined refs), which get their size and refs. Every row gets
-/// `last_pushed` = `$5` and loses its GC mark. The objects must not include the NAR (one statement
-/// cannot touch a row twice).
+/// `last_pushed` = `$5` and loses its GC mark. No key may appear twice, nor a NAR among the objects (one
+/// statement cannot touch a row twice): [`NarRows`] and [`ObjectRows`] keep the last of each key.
 const RECORD: &str = "WITH nar AS (\
      INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed, file_hash) \
-     SELECT $6::text, $7::text, $8::int8, '{}', $5, $5, $9::text WHERE $6::text IS NOT NULL \
+     SELECT k, kd, s, '{}', $5, $5, h FROM unnest($6::text[], $7::text[], $8::int8[], $9::text[]) AS n(k, kd, s, h) \
      ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, last_pushed = EXCLUDED.last_pushed, \
      marked_at = NULL, file_hash = COALESCE(objects.file_hash, EXCLUDED.file_hash) RETURNING 1) \
      INSERT INTO objects (key, kind, size, refs, first_seen, last_pushed) \
@@ -201,6 +201,34 @@ const RECORD: &str = "WITH nar AS (\
      FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS u(k, kd, s, r) \
      ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, refs = EXCLUDED.refs, \
      last_pushed = EXCLUDED.last_pushed, marked_at = NULL";
+
+/// A stored NAR file to record: its key, size and `FileHash` when known.
+pub type NarRecord<'a> = (&'a ObjectKey, u64, Option<&'a Sha256Hash>);
+
+/// NAR files as the column arrays of [`RECORD`], the last record of each key only.
+struct NarRows<'a> {
+    keys: Vec<&'a str>,
+    kinds: Vec<&'static str>,
+    sizes: Vec<i64>,
+    hashes: Vec<Option<String>>,
+}
+
+impl<'a> NarRows<'a> {
+    fn new(nars: &[NarRecord<'a>]) -> Self {
+        let mut last = HashMap::with_capacity(nars.len());
+        for (i, n) in nars.iter().enumerate() {
+            last.insert(n.0.as_str(), i);
+        }
+        let nars: Vec<&NarRecord<'a>> =
+            nars.iter().enumerate().filter(|(i, n)| last.get(n.0.as_str()) == Some(i)).map(|(_, n)| n).collect();
+        NarRows {
+            keys: nars.iter().map(|n| n.0.as_str()).collect(),
+            kinds: nars.iter().map(|n| n.0.kind().as_str()).collect(),
+            sizes: nars.iter().map(|n| i64::try_from(n.1).unwrap_or(i64::MAX)).collect(),
+            hashes: nars.iter().map(|n| n.2.map(Sha256Hash::to_nix_string)).collect(),
+        }
+    }
+}
 
 /// [`NewObject`]s as the column arrays of [`RECORD`], the last record of each key only (one
 /// INSERT cannot touch a row twice).
@@ -371,39 +399,39 @@ impl Db {
         if objs.is_empty() {
             return Ok(());
         }
-        self.record("record_object", None, objs, now).await
+        self.record("record_object", &[], objs, now).await
     }
 
-    /// Records what a publish wrote, in one statement (one round trip, one commit): the NAR file `nar`
-    /// (key, size, `FileHash`; as [`Db::record_nar`]) and `objs` (as [`Db::record_objects`]; the narinfo
-    /// among them, never the NAR).
+    /// Records what a publish wrote, in one statement (one round trip, one commit): the NAR files `nars`
+    /// (as [`Db::record_nar`]) and `objs` (as [`Db::record_objects`]; the narinfos among them, never a
+    /// NAR). Several paths published together go in one call.
     pub async fn record_published(
         &self,
-        nar: (&ObjectKey, u64, &Sha256Hash),
+        nars: &[NarRecord<'_>],
         objs: &[NewObject],
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        self.record("record_published", Some((nar.0, nar.1, Some(nar.2))), objs, now).await
+        self.record("record_published", nars, objs, now).await
     }
 
-    /// Runs [`RECORD`] for an optional NAR file (key, size, `FileHash` when known) and `objs`.
+    /// Runs [`RECORD`] for NAR files and `objs`.
     async fn record(
         &self,
         what: &'static str,
-        nar: Option<(&ObjectKey, u64, Option<&Sha256Hash>)>,
+        nars: &[NarRecord<'_>],
         objs: &[NewObject],
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(RECORD).await.map_err(q(what))?;
         let rows = ObjectRows::new(objs);
-        let key = nar.map(|n| n.0.as_str());
-        let kind = nar.map(|n| n.0.kind().as_str());
-        let size = nar.map(|n| i64::try_from(n.1).unwrap_or(i64::MAX));
-        let hash = nar.and_then(|n| n.2).map(Sha256Hash::to_nix_string);
-        c.execute(&stmt, &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now, &key, &kind, &size, &hash])
-            .await
-            .map_err(q(what))?;
+        let n = NarRows::new(nars);
+        c.execute(
+            &stmt,
+            &[&rows.keys, &rows.kinds, &rows.sizes, &rows.refs, &now, &n.keys, &n.kinds, &n.sizes, &n.hashes],
+        )
+        .await
+        .map_err(q(what))?;
         Ok(())
     }
 
@@ -454,7 +482,7 @@ impl Db {
         file_hash: Option<&Sha256Hash>,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        self.record("record_nar", Some((key, size, file_hash)), &[], now).await
+        self.record("record_nar", &[(key, size, file_hash)], &[], now).await
     }
 
     /// The stored NAR files among `keys` (rows not being deleted): key → (size, `FileHash` when known).

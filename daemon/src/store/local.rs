@@ -411,14 +411,21 @@ fn write_chunks(
     Ok(size)
 }
 
-/// Writes and fsyncs each `(temp, destination, body)`, then renames them all into place and makes the
-/// renames durable, each directory once.
+/// Writes each `(temp, destination, body)`, fsyncs them all, then renames them all into place and
+/// makes the renames durable, each directory once.
 fn write_and_publish(dirs: &DirSyncs, staged: &[(PathBuf, PathBuf, Bytes)]) -> Result<(), StoreError> {
+    let mut files = Vec::with_capacity(staged.len());
     for (tmp, _, body) in staged {
         let mut f = std::fs::File::create(tmp).map_err(io_err("create", tmp))?;
         f.write_all(body).map_err(io_err("write", tmp))?;
+        files.push(f);
+    }
+    // All written before the first fsync: its journal commit takes every file along (ext4 and XFS
+    // commit the whole running transaction), and the fsyncs after it find little left to do.
+    for (f, (tmp, ..)) in files.iter().zip(staged) {
         f.sync_all().map_err(io_err("fsync", tmp))?;
     }
+    drop(files);
     for (tmp, dest, _) in staged {
         std::fs::rename(tmp, dest).map_err(io_err("rename into", dest))?;
     }

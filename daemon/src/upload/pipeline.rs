@@ -40,6 +40,8 @@ const SMALL_IN_FLIGHT: (usize, u64) = (32, 16 << 20);
 const SMALL_NAR: u64 = 1 << 20;
 /// Below this NAR size zstd's worker threads are never used (see [`SMALL_NAR`]).
 const ZSTD_WORKERS_FROM: u64 = 4 << 20;
+/// Narinfos published together at most (one [`Publisher::publish_many`]).
+const PUBLISH_BATCH: usize = 128;
 /// Content type of compressed NARs.
 pub const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
 /// Content type of build logs.
@@ -160,8 +162,8 @@ struct Walk {
 enum Step {
     /// Path `i`'s NAR, listing and log are stored (`None`: another upload published it meanwhile).
     Uploaded(usize, Result<Option<PathUploaded>, UploadError>),
-    /// Path `i`'s narinfo is published: its NAR size and compressed size.
-    Published(usize, Result<(u64, u64), UploadError>),
+    /// Narinfos published together: each path's index, NAR size and compressed size.
+    Published(Result<Vec<(usize, u64, u64)>, UploadError>),
 }
 
 /// Uploads closures of local store paths. Cheap to share (`Arc`); several uploads may run at once and
@@ -347,7 +349,12 @@ impl Uploader {
         // syncs, uploads its log and listing and waits to publish; the `nar_slots` semaphore keeps the
         // NARs being compressed at `jobs`. Small paths may go beyond that (see SMALL_IN_FLIGHT): their
         // time is in round trips to the store and the database, not in compression.
+        // Publishing is a group commit: one publish at a time takes every path that became ready while
+        // the previous one ran (paths ready together never refer to each other: a path is ready only
+        // once all its missing references are published).
         let mut done: HashMap<usize, PathUploaded> = HashMap::new();
+        let mut ready: Vec<(usize, PathUploaded)> = Vec::new();
+        let mut publishing = false;
         let mut tasks: FuturesUnordered<Pin<Box<dyn Future<Output = Step> + Send + '_>>> = FuturesUnordered::new();
         let (mut uploads_in_flight, mut bytes_in_flight) = (0, 0u64);
         let mut next = 0;
@@ -366,14 +373,19 @@ impl Uploader {
                 let info = &closure[i];
                 tasks.push(Box::pin(async move { Step::Uploaded(i, self.upload_path_objects(info, walk).await) }));
             }
+            if !publishing && !ready.is_empty() {
+                let batch: Vec<(usize, PathUploaded)> = ready.drain(..ready.len().min(PUBLISH_BATCH)).collect();
+                publishing = true;
+                tasks.push(Box::pin(async move { Step::Published(self.publish(closure, batch).await) }));
+            }
             let Some(step) = tasks.next().await else { break };
-            let published = match step {
+            let published: Vec<usize> = match step {
                 Step::Uploaded(i, res) => {
                     uploads_in_flight -= 1;
                     bytes_in_flight -= closure[i].nar_size;
                     match res? {
                         Some(up) if waiting.get(&i) == Some(&0) => {
-                            tasks.push(self.publish_task(closure, i, up));
+                            ready.push((i, up));
                             continue;
                         }
                         Some(up) => {
@@ -381,26 +393,31 @@ impl Uploader {
                             continue;
                         }
                         // Another upload of this process published it meanwhile.
-                        None => i,
+                        None => vec![i],
                     }
                 }
-                Step::Published(i, res) => {
-                    let (nar_size, file_size) = res?;
-                    report.uploaded += 1;
-                    report.nar_bytes += nar_size;
-                    report.file_bytes += file_size;
-                    i
+                Step::Published(res) => {
+                    publishing = false;
+                    let sizes = res?;
+                    for &(_, nar_size, file_size) in &sizes {
+                        report.uploaded += 1;
+                        report.nar_bytes += nar_size;
+                        report.file_bytes += file_size;
+                    }
+                    sizes.into_iter().map(|(i, ..)| i).collect()
                 }
             };
             // A published path may make dependents ready: their NAR done, all missing references published.
-            waiting.remove(&published);
-            for &d in dependents.get(&published).map_or(&[][..], Vec::as_slice) {
-                if let Some(w) = waiting.get_mut(&d) {
-                    *w = w.saturating_sub(1);
-                    if *w == 0
-                        && let Some(up) = done.remove(&d)
-                    {
-                        tasks.push(self.publish_task(closure, d, up));
+            for p in published {
+                waiting.remove(&p);
+                for &d in dependents.get(&p).map_or(&[][..], Vec::as_slice) {
+                    if let Some(w) = waiting.get_mut(&d) {
+                        *w = w.saturating_sub(1);
+                        if *w == 0
+                            && let Some(up) = done.remove(&d)
+                        {
+                            ready.push((d, up));
+                        }
                     }
                 }
             }
@@ -413,45 +430,44 @@ impl Uploader {
         Ok(report)
     }
 
-    /// Publishes path `i` of `closure` as a task: its sizes once the narinfo is written.
-    fn publish_task<'a>(
-        &'a self,
-        closure: &'a [PathInfo],
-        i: usize,
-        up: PathUploaded,
-    ) -> Pin<Box<dyn Future<Output = Step> + Send + 'a>> {
-        Box::pin(async move {
-            let res = self.publish(&closure[i], &up).await.map(|()| (up.nar_size, up.nar.file_size));
-            Step::Published(i, res)
-        })
-    }
-
-    async fn publish(&self, info: &PathInfo, up: &PathUploaded) -> Result<(), UploadError> {
+    /// Publishes the paths of `batch` (indices into `closure`, with what was stored for each) together:
+    /// their indices, NAR sizes and compressed sizes.
+    async fn publish(
+        &self,
+        closure: &[PathInfo],
+        batch: Vec<(usize, PathUploaded)>,
+    ) -> Result<Vec<(usize, u64, u64)>, UploadError> {
         let started = Instant::now();
-        let input = PublishInput {
-            info,
-            nar: up.nar,
-            listing: up.listing.as_ref().map(|o| o.key.clone()),
-            log: up.log.clone(),
-            unrecorded: up.listing.iter().chain(&up.new_log).cloned().collect(),
-            // The walk claimed every reference: each was in the cache then (and the claim keeps it there)
-            // or is a missing path this upload published before this one.
-            references_checked: true,
-        };
-        self.publisher.publish(&input, chrono::Utc::now()).await?;
-        up.guard.published();
-        let seconds = up.seconds + started.elapsed().as_secs_f64();
-        self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
-        let ratio = if up.nar.file_size == 0 { 0.0 } else { up.nar_size as f64 / up.nar.file_size as f64 };
-        tracing::info!(
-            path = %self.store_dir().display(&info.path),
-            nar_size = up.nar_size,
-            file_size = up.nar.file_size,
-            ratio = format_args!("{ratio:.2}"),
-            seconds = format_args!("{seconds:.3}"),
-            "uploaded"
-        );
-        Ok(())
+        let inputs: Vec<PublishInput<'_>> = batch
+            .iter()
+            .map(|(i, up)| PublishInput {
+                info: &closure[*i],
+                nar: up.nar,
+                listing: up.listing.as_ref().map(|o| o.key.clone()),
+                log: up.log.clone(),
+                unrecorded: up.listing.iter().chain(&up.new_log).cloned().collect(),
+                // The walk claimed every reference: each was in the cache then (and the claim keeps it
+                // there) or is a missing path this upload published before this one.
+                references_checked: true,
+            })
+            .collect();
+        self.publisher.publish_many(&inputs, chrono::Utc::now()).await?;
+        let waited = started.elapsed().as_secs_f64();
+        for (i, up) in &batch {
+            up.guard.published();
+            let seconds = up.seconds + waited;
+            self.metrics.record_upload(true, up.nar_size, up.nar.file_size, seconds);
+            let ratio = if up.nar.file_size == 0 { 0.0 } else { up.nar_size as f64 / up.nar.file_size as f64 };
+            tracing::info!(
+                path = %self.store_dir().display(&closure[*i].path),
+                nar_size = up.nar_size,
+                file_size = up.nar.file_size,
+                ratio = format_args!("{ratio:.2}"),
+                seconds = format_args!("{seconds:.3}"),
+                "uploaded"
+            );
+        }
+        Ok(batch.iter().map(|(i, up)| (*i, up.nar_size, up.nar.file_size)).collect())
     }
 
     /// Streams the NAR, then writes the listing and build log of one path (not its narinfo; none of
@@ -535,7 +551,11 @@ impl Uploader {
 
     /// A small NAR's single pass into memory: the compressed bytes, checked against Nix's record
     /// like a streamed one (the bytes exist only if the NarHash matched).
-    async fn encode_nar(&self, info: &PathInfo, slot: OwnedSemaphorePermit) -> Result<(NarStreamed, Bytes), UploadError> {
+    async fn encode_nar(
+        &self,
+        info: &PathInfo,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(NarStreamed, Bytes), UploadError> {
         let key = ObjectKey::nar(&info.nar_hash);
         let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
         let fs_path = self.store_dir().path_of(&info.path);

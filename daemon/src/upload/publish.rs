@@ -14,7 +14,7 @@ use crate::nix::pathinfo::PathInfo;
 use crate::nix::realisation::{DrvOutput, Realisation};
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::StoreDir;
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -119,36 +119,61 @@ impl Publisher {
     /// listing, log, the references' narinfos) in one round trip. Idempotent: publishing the same path
     /// twice writes the same bytes.
     pub async fn publish(&self, input: &PublishInput<'_>, now: DateTime<Utc>) -> Result<NarInfo, UploadError> {
-        let info = input.info;
-        let nar_key = ObjectKey::nar(&info.nar_hash);
-        let ref_keys: Vec<(ObjectKey, &crate::nix::store_path::StorePath)> =
-            info.references.iter().filter(|r| **r != info.path).map(|r| (ObjectKey::narinfo(r), r)).collect();
-        if !input.references_checked && !ref_keys.is_empty() {
-            let keys: Vec<ObjectKey> = ref_keys.iter().map(|(k, _)| k.clone()).collect();
-            let missing = self.db.missing(&keys).await?;
-            if let Some(first) = missing.first()
-                && let Some((_, path)) = ref_keys.iter().find(|(k, _)| k == first)
-            {
-                return Err(UploadError::MissingReference { path: info.path.clone(), reference: (*path).clone() });
+        let mut written = self.publish_many(std::slice::from_ref(input), now).await?;
+        written.pop().ok_or_else(|| UploadError::Task("publishing wrote no narinfo".to_owned()))
+    }
+
+    /// [`Publisher::publish`] for paths that do not refer to each other (the caller publishes a path
+    /// only after its references): the references of all checked in one query, the narinfos written
+    /// together ([`Store::put_many`]) and everything recorded in one statement. Group commit: a
+    /// drain publishing a wave of ready paths pays one round trip to the store and one to the database,
+    /// not one each per path. On an error some narinfos may be written but none is recorded; the
+    /// caller's upload fails and a later one writes the same bytes again.
+    pub async fn publish_many(
+        &self,
+        inputs: &[PublishInput<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<NarInfo>, UploadError> {
+        let ref_keys = |info: &'_ PathInfo| -> Vec<ObjectKey> {
+            info.references.iter().filter(|r| **r != info.path).map(ObjectKey::narinfo).collect()
+        };
+        let unchecked: Vec<ObjectKey> =
+            inputs.iter().filter(|i| !i.references_checked).flat_map(|i| ref_keys(i.info)).collect();
+        let missing: std::collections::HashSet<ObjectKey> = self.db.missing(&unchecked).await?.into_iter().collect();
+        if !missing.is_empty() {
+            for input in inputs.iter().filter(|i| !i.references_checked) {
+                let info = input.info;
+                if let Some(reference) = info.references.iter().find(|r| missing.contains(&ObjectKey::narinfo(r))) {
+                    return Err(UploadError::MissingReference {
+                        path: info.path.clone(),
+                        reference: reference.clone(),
+                    });
+                }
             }
         }
-        let narinfo = self.narinfo(input);
-        let text = narinfo.to_text(&self.store_dir);
-        let size = text.len() as u64;
-        let key = ObjectKey::narinfo(&info.path);
-        self.store.put(&key, Bytes::from(text), NARINFO_CONTENT_TYPE).await?;
-
-        let mut refs = vec![nar_key.clone()];
-        refs.extend(input.listing.iter().cloned());
-        refs.extend(input.log.iter().cloned());
-        let mut ref_narinfos: Vec<ObjectKey> = ref_keys.into_iter().map(|(k, _)| k).collect();
-        ref_narinfos.sort();
-        ref_narinfos.dedup();
-        refs.extend(ref_narinfos);
-        let mut rows = input.unrecorded.clone();
-        rows.push(NewObject { key, size, refs });
-        self.db.record_published((&nar_key, input.nar.file_size, &input.nar.file_hash), &rows, now).await?;
-        Ok(narinfo)
+        let narinfos: Vec<NarInfo> = inputs.iter().map(|input| self.narinfo(input)).collect();
+        let mut objects = Vec::with_capacity(inputs.len());
+        let mut rows = Vec::new();
+        let mut nars = Vec::with_capacity(inputs.len());
+        let nar_keys: Vec<ObjectKey> = inputs.iter().map(|i| ObjectKey::nar(&i.info.nar_hash)).collect();
+        for ((input, narinfo), nar_key) in inputs.iter().zip(&narinfos).zip(&nar_keys) {
+            let text = narinfo.to_text(&self.store_dir);
+            let key = ObjectKey::narinfo(&input.info.path);
+            let mut refs = vec![nar_key.clone()];
+            refs.extend(input.listing.iter().cloned());
+            refs.extend(input.log.iter().cloned());
+            let mut ref_narinfos = ref_keys(input.info);
+            ref_narinfos.sort();
+            ref_narinfos.dedup();
+            refs.extend(ref_narinfos);
+            rows.extend(input.unrecorded.iter().cloned());
+            rows.push(NewObject { key: key.clone(), size: text.len() as u64, refs });
+            objects.push(SmallObject { key, body: Bytes::from(text), content_type: NARINFO_CONTENT_TYPE });
+            nars.push((nar_key, input.nar.file_size, Some(&input.nar.file_hash)));
+        }
+        self.store.put_many(objects).await?;
+        self.db.record_published(&nars, &rows, now).await?;
+        Ok(narinfos)
     }
 }
 
@@ -303,5 +328,47 @@ mod tests {
             .await
             .expect("missing");
         assert!(missing.is_empty(), "everything recorded: {missing:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn paths_published_together_are_all_written_and_recorded_and_a_batch_mate_is_no_reference() {
+        let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
+        let db = Db::connect(&pg.url()).await.expect("db");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let key = SecretKey::generate("test-1").expect("key");
+        let store_dir = StoreDir::default();
+        let publisher = Publisher::new(Arc::clone(&store), db.clone(), store_dir, Arc::new(vec![key]));
+        let a = info("a", 3, Vec::new());
+        let b = info("b", 4, Vec::new());
+        // Same content as `a` under another name: one NAR object, recorded once.
+        let a2 = PathInfo { path: info("a2", 5, Vec::new()).path, ..a.clone() };
+        let top = info("top", 6, vec![a.path.clone()]);
+        let nar = StoredNar { file_hash: Sha256Hash([9; 32]), file_size: 99 };
+        let now = chrono::Utc::now();
+
+        // A path whose reference is only in the same batch is refused: a batch is paths that do not
+        // refer to each other, and nothing of it is recorded.
+        let err = publisher
+            .publish_many(&[PublishInput::new(&a, nar), PublishInput::new(&top, nar)], now)
+            .await
+            .expect_err("batch mate is no reference");
+        assert!(matches!(err, UploadError::MissingReference { ref path, .. } if *path == top.path), "{err}");
+        let keys = [&a, &b, &a2, &top].map(|p| ObjectKey::narinfo(&p.path));
+        assert_eq!(db.missing(&keys).await.expect("missing").len(), 4, "nothing recorded");
+
+        let written = publisher
+            .publish_many(&[PublishInput::new(&a, nar), PublishInput::new(&b, nar), PublishInput::new(&a2, nar)], now)
+            .await
+            .expect("independent paths");
+        assert_eq!(written.iter().map(|n| &n.store_path).collect::<Vec<_>>(), [&a.path, &b.path, &a2.path]);
+        for p in [&a, &b, &a2] {
+            assert!(store.head(&ObjectKey::narinfo(&p.path)).await.expect("head").is_some(), "{:?}", p.path);
+        }
+        let recorded = [ObjectKey::narinfo(&a.path), ObjectKey::narinfo(&b.path), ObjectKey::narinfo(&a2.path)];
+        let nars = [ObjectKey::nar(&a.nar_hash), ObjectKey::nar(&b.nar_hash)];
+        assert!(db.missing(&recorded).await.expect("missing").is_empty());
+        assert!(db.missing(&nars).await.expect("missing").is_empty());
+        publisher.publish(&PublishInput::new(&top, nar), now).await.expect("top, after its reference");
     }
 }

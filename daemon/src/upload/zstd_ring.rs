@@ -59,15 +59,7 @@ impl<W: Write> ZstdRingWriter<W> {
         let cctx = NonNull::new(unsafe { sys::ZSTD_createCCtx() })
             .map(Context)
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "zstd: cannot allocate a context"))?;
-        let writer = Self {
-            cctx,
-            ring: Vec::with_capacity(cap),
-            cap,
-            start: 0,
-            end: 0,
-            out: Vec::new(),
-            inner,
-        };
+        let writer = Self { cctx, ring: Vec::with_capacity(cap), cap, start: 0, end: 0, out: Vec::new(), inner };
         // SAFETY: the context is valid and exclusively ours.
         check(
             unsafe {
