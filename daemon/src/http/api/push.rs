@@ -26,7 +26,7 @@ use crate::nix::hash::Sha256Hash;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::{StoreDir, StorePath};
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::pipeline::NAR_CONTENT_TYPE;
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
@@ -763,48 +763,48 @@ pub(super) async fn refuse_unclaimed(state: &HttpState, caller: &Caller, id: i64
     }
 }
 
-/// Writes and records the `.ls` listing of `path`.
-async fn put_listing(
-    state: &HttpState,
-    path: &StorePath,
-    json: &serde_json::Value,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<ObjectKey, Response> {
-    let text = json.to_string();
-    if text.len() > state.limits.max_listing {
-        return Err(bad(format!("listing for {} is larger than {} bytes", path.basename(), state.limits.max_listing)));
+/// Names in each input the build log of its deriver when the log is in the store: logs the database
+/// knows in one query, the others looked for in the store (and recorded with the narinfo).
+async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInput<'_>]) -> Result<(), Response> {
+    let keys: Vec<ObjectKey> = inputs.iter().filter_map(|i| i.info.deriver.as_ref()).map(ObjectKey::log).collect();
+    let unknown: HashSet<ObjectKey> = state.db.missing(&keys).await.map_err(|e| db_failed(&e))?.into_iter().collect();
+    for input in inputs {
+        let Some(drv) = &input.info.deriver else { continue };
+        let key = ObjectKey::log(drv);
+        if unknown.contains(&key) {
+            match state.store.head(&key).await {
+                Ok(Some(meta)) => {
+                    input.unrecorded.push(NewObject { key: key.clone(), size: meta.size, refs: Vec::new() })
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(store_failed(&e)),
+            }
+        }
+        input.log = Some(key);
     }
-    let key = ObjectKey::listing(path);
-    let size = text.len() as u64;
-    state.store.put(&key, Bytes::from(text), "application/json").await.map_err(|e| store_failed(&e))?;
-    state
-        .db
-        .record_object(&NewObject { key: key.clone(), size, refs: Vec::new() }, now)
-        .await
-        .map_err(|e| db_failed(&e))?;
-    Ok(key)
+    Ok(())
 }
 
-/// The log key of `drv` when the log is in the store (recording it if the database did not know it yet).
-async fn record_log_if_stored(
-    state: &HttpState,
-    drv: &StorePath,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<ObjectKey>, Response> {
-    let key = ObjectKey::log(drv);
-    let known = state.db.missing(std::slice::from_ref(&key)).await.map_err(|e| db_failed(&e))?.is_empty();
-    if known {
-        return Ok(Some(key));
-    }
-    match state.store.head(&key).await {
-        Ok(Some(meta)) => {
-            let obj = NewObject { key: key.clone(), size: meta.size, refs: Vec::new() };
-            state.db.record_object(&obj, now).await.map_err(|e| db_failed(&e))?;
-            Ok(Some(key))
+/// `paths` (dependencies first) in levels: each path in the level after the last of its references
+/// among `paths`, so no two paths of a level refer to each other.
+fn levels<'a>(paths: &[&'a PathInfo]) -> Vec<Vec<&'a PathInfo>> {
+    let mut level_of: HashMap<&StorePath, usize> = HashMap::with_capacity(paths.len());
+    let mut levels: Vec<Vec<&PathInfo>> = Vec::new();
+    for &p in paths {
+        let level = p
+            .references
+            .iter()
+            .filter(|r| **r != p.path)
+            .filter_map(|r| level_of.get(r).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level_of.insert(&p.path, level);
+        if levels.len() <= level {
+            levels.resize_with(level + 1, Vec::new);
         }
-        Ok(None) => Ok(None),
-        Err(e) => Err(store_failed(&e)),
+        levels[level].push(p);
     }
+    levels
 }
 
 /// `POST /api/v1/complete`.
@@ -899,34 +899,49 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         Arc::clone(&state.sign_keys),
     );
     let now = chrono::Utc::now();
-    for p in &todo {
-        let nar = stored[&p.nar_hash];
-        let listing = match listings.get(&p.path) {
-            Some(json) => match put_listing(state, &p.path, json, now).await {
-                Ok(k) => Some(k),
-                Err(r) => return r,
-            },
-            None => None,
-        };
-        let log = match &p.deriver {
-            Some(drv) => match record_log_if_stored(state, drv, now).await {
-                Ok(k) => k,
-                Err(r) => return r,
-            },
-            None => None,
-        };
-        if let Err(e) = publisher.publish(&PublishInput { listing, log, ..PublishInput::new(p, nar) }, now).await {
-            tracing::warn!("publishing {}: {e}", p.path.basename());
+    // A level at a time (paths whose missing references are all in earlier levels): each level's
+    // listings written together, its logs looked up together and its narinfos published together
+    // (one store write, one statement: Publisher::publish_many), dependencies before dependents.
+    for level in levels(&todo) {
+        let mut inputs = Vec::with_capacity(level.len());
+        let mut listing_objects = Vec::new();
+        for p in &level {
+            let mut input = PublishInput::new(p, stored[&p.nar_hash]);
+            if let Some(json) = listings.get(&p.path) {
+                let text = json.to_string();
+                if text.len() > state.limits.max_listing {
+                    return bad(format!(
+                        "listing for {} is larger than {} bytes",
+                        p.path.basename(),
+                        state.limits.max_listing
+                    ));
+                }
+                let key = ObjectKey::listing(&p.path);
+                input.unrecorded.push(NewObject { key: key.clone(), size: text.len() as u64, refs: Vec::new() });
+                input.listing = Some(key.clone());
+                listing_objects.push(SmallObject { key, body: Bytes::from(text), content_type: "application/json" });
+            }
+            inputs.push(input);
+        }
+        if let Err(e) = state.store.put_many(listing_objects).await {
+            return store_failed(&e);
+        }
+        if let Err(r) = add_stored_logs(state, &mut inputs).await {
+            return r;
+        }
+        if let Err(e) = publisher.publish_many(&inputs, now).await {
+            let first = level.first().map_or_else(String::new, |p| p.path.basename().clone());
+            let what = if level.len() == 1 { first } else { format!("{first} and {} more", level.len() - 1) };
+            tracing::warn!("publishing {what}: {e}");
             state.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
             let status = if e.is_transient() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
-            return response::json_error(
-                status,
-                clip_to(&format!("publishing {}: {e}", p.path.basename()), MAX_ERROR_LEN),
-            );
+            return response::json_error(status, clip_to(&format!("publishing {what}: {e}"), MAX_ERROR_LEN));
         }
-        state.metrics.uploads_ok.fetch_add(1, Ordering::Relaxed);
-        add_saturating(&state.metrics.nar_bytes, p.nar_size);
-        add_saturating(&state.metrics.bytes_uploaded, nar.file_size);
+        for p in &level {
+            state.metrics.uploads_ok.fetch_add(1, Ordering::Relaxed);
+            add_saturating(&state.metrics.nar_bytes, p.nar_size);
+            add_saturating(&state.metrics.bytes_uploaded, stored[&p.nar_hash].file_size);
+        }
     }
     let ids: Vec<UploadId> = uploads.iter().map(|i| UploadId(*i)).collect();
     let root_keys: Vec<ObjectKey> = closure.roots.iter().map(ObjectKey::narinfo).collect();
@@ -1063,5 +1078,24 @@ mod tests {
         assert!(e.contains("too many"), "{e}");
         let e = validate_closure(&sd, &[format!("/nix/store/{B}-p")], &[w(A, &[])], lim(10)).expect_err("root");
         assert!(e.contains("not among the paths"), "{e}");
+    }
+
+    #[test]
+    fn levels_put_each_path_after_its_references_and_no_path_beside_one() {
+        const D: &str = "3c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+        let sd = StoreDir::default();
+        // A refers to itself, B and D; B to C; C and D to nothing. D is already cached (not in todo).
+        let paths = [w(A, &[A, B, D]), w(B, &[C]), w(C, &[]), w(D, &[])];
+        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, lim(10)).expect("valid");
+        let todo: Vec<&PathInfo> = c.paths.iter().filter(|p| p.path.hash_part() != D).collect();
+        let names: Vec<Vec<&str>> =
+            levels(&todo).iter().map(|l| l.iter().map(|p| p.path.hash_part()).collect()).collect();
+        assert_eq!(names, [vec![C], vec![B], vec![A]]);
+        // Independent paths share a level.
+        let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &[w(A, &[B, C]), w(B, &[]), w(C, &[])], lim(10))
+            .expect("valid");
+        let todo: Vec<&PathInfo> = c.paths.iter().collect();
+        let sizes: Vec<usize> = levels(&todo).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 1]);
     }
 }
