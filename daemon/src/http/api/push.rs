@@ -774,7 +774,7 @@ async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInput<'_>]) -> 
         if unknown.contains(&key) {
             match state.store.head(&key).await {
                 Ok(Some(meta)) => {
-                    input.unrecorded.push(NewObject { key: key.clone(), size: meta.size, refs: Vec::new() })
+                    input.unrecorded.push(NewObject { key: key.clone(), size: meta.size, refs: Vec::new() });
                 }
                 Ok(None) => continue,
                 Err(e) => return Err(store_failed(&e)),
