@@ -10,10 +10,10 @@
 #   - every PostgreSQL statement slower than 300 ms.
 # The store is the local backend with the objects absent (a delete of an absent file is a syscall, as
 # S3's DeleteObjects of 1 000 keys is one request); PostgreSQL runs with fsync off, like all tests.
-# Env: CARGO_TARGET_DIR (default /work/target), PROFILE (debug|release, default debug: the work is in SQL).
+# Env: CARGO_TARGET_DIR (default target/ in the repository), PROFILE (debug|release, default debug: the work is in SQL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 flags=()
 [ "${PROFILE:-debug}" = release ] && flags+=(--release)
 cargo test "${flags[@]}" -q -p niks3 --test gc_bench -- --ignored --nocapture --test-threads=1 2>&1 \

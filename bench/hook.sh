@@ -9,12 +9,12 @@
 #      mechanism itself costs) / niks3-hook / synchronous nix-copy hook.
 #
 # Prints times and ratios. Needs: root, nix (Debian nix-bin), hyperfine, python3, cargo.
-# Env: CARGO_TARGET_DIR (default /work/target-hook), RUNS (hyperfine runs for part 1, default 200),
+# Env: CARGO_TARGET_DIR (default target/ in the repository), RUNS (hyperfine runs for part 1, default 200),
 #      BUILD_RUNS (runs for part 2, default 5), BENCH_DIR (scratch on the real disk, default /var/tmp),
 #      PROFILE (release), NO_BUILD=1 to use the binary already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-hook}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 RUNS=${RUNS:-200}
 BUILD_RUNS=${BUILD_RUNS:-5}
 

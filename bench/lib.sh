@@ -88,8 +88,8 @@ bench_set_aside() {
   done
 }
 
-# bench_nix_offline [nix.conf line…]: a private Nix configuration under $W (as testkit/src/nix.rs and
-# shared/recipes/nix-offline-demo.sh do): no sandbox, no substituters, no cached narinfo answers.
+# bench_nix_offline [nix.conf line…]: a private Nix configuration under $W (as testkit/src/nix.rs
+# writes): no sandbox, no substituters, no cached narinfo answers.
 bench_nix_offline() {
   mkdir -p "$W/etc" "$W/xdg"
   {
@@ -189,7 +189,7 @@ bench_postmaster_pid() {
 }
 
 # bench_garage DIR: a fresh single-node Garage S3 server in DIR (removed first), started as
-# /work/shared/recipes/start-garage.sh and testkit/src/garage.rs do (sqlite metadata, one key, one default
+# testkit/src/garage.rs does (sqlite metadata, one key, one default
 # bucket, SigV4 enforced, region `garage`) on free ports; sets S3_ENDPOINT, S3_REGION, S3_BUCKET and
 # GARAGE_PID and exports NIKS3_S3_ACCESS_KEY / NIKS3_S3_SECRET_KEY for `niks3 serve`. Stopped at exit (or by
 # bench_stop_garage). Needs `garage` (2.x, on PATH or in ~/.cargo/bin) and openssl.
@@ -197,7 +197,7 @@ GARAGE_PID=
 bench_garage() {
   local dir=$1 port rpc admin code _
   command -v garage >/dev/null || export PATH=$HOME/.cargo/bin:$PATH
-  command -v garage >/dev/null || { echo "garage not installed (see /work/shared/recipes/start-garage.sh)" >&2; exit 2; }
+  command -v garage >/dev/null || { echo "garage not installed (scripts/install-deps.sh installs it)" >&2; exit 2; }
   bench_stop_garage
   bench_set_aside "$dir"; mkdir -p "$dir/meta" "$dir/data"
   port=$(free_port); rpc=$(free_port); admin=$(free_port)

@@ -10,11 +10,11 @@
 #   4. prints requests/s of both and the ratio (target: niks3 >= 50% of nginx).
 #
 # Needs: root, cargo, wrk, nginx, PostgreSQL server binaries (for the embedded database).
-# Env: CARGO_TARGET_DIR (default /work/target-http), N, THREADS (2), CONNS (64), DURATION (10s),
+# Env: CARGO_TARGET_DIR (default target/ in the repository), N, THREADS (2), CONNS (64), DURATION (10s),
 #      PROFILE (release), NO_BUILD=1 to use the binary already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-http}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 N=${N:-2000}; THREADS=${THREADS:-2}; CONNS=${CONNS:-64}; DURATION=${DURATION:-10s}; PROFILE=${PROFILE:-release}
 
 . bench/lib.sh

@@ -11,7 +11,7 @@
 #   nix copy: `nix copy --to file://DIR?compression=zstd` of the same closure (Nix 2.8, zstd level 3).
 # Prints NAR MiB, seconds, MiB/s and the ratio. Needs: root, nix (Debian nix-bin), PostgreSQL server
 # binaries, python3, curl, cargo.
-# Env: CARGO_TARGET_DIR (default /work/target-pipeline), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
+# Env: CARGO_TARGET_DIR (default target/ in the repository), TOTAL_MIB (1024), PARTS (8), JOBS (cores),
 #      ROUNDS (2: the pushers alternate, each one's best round is reported),
 #      LEVEL (niks3's --compression-level, default 3 = what nix copy uses),
 #      BASELINE_BIN (a directory with another build's `niks3`, e.g. of the previous commit: it joins every
@@ -20,7 +20,7 @@
 #      binaries already built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 TOTAL_MIB=${TOTAL_MIB:-1024}
 PARTS=${PARTS:-8}
 JOBS=${JOBS:-$(nproc)}

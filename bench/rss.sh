@@ -8,13 +8,13 @@
 # its spool; its peak RSS is the kernel's VmHWM of the process after the upload.
 # Needs: root, nix (Debian nix-bin), PostgreSQL server binaries, python3, curl, cargo, /usr/bin/time.
 # (Three passes over /usr/lib at most: SIZE_MIB must not exceed three times its size.)
-# Env: CARGO_TARGET_DIR (default /work/target-pipeline), SIZE_MIB (4096), PROFILE (release), NO_BUILD=1,
+# Env: CARGO_TARGET_DIR (default target/ in the repository), SIZE_MIB (4096), PROFILE (release), NO_BUILD=1,
 #      BENCH_DIR (scratch on the real disk, default /var/tmp; needs ~2.5x SIZE_MIB free).
 #      S3_ENDPOINT, S3_BUCKET, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY: push to that bucket instead of a
-#      local directory (e.g. the output of /work/shared/recipes/start-garage.sh, eval'ed).
+#      local directory (e.g. a Garage started like bench_garage in bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-pipeline}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 SIZE_MIB=${SIZE_MIB:-4096}
 . bench/lib.sh
 bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook

@@ -30,12 +30,12 @@
 # Needs: root, nix (Debian nix-bin), PostgreSQL server binaries with pg_stat_statements, psql, python3,
 # curl, cargo, /usr/bin/time, strace.
 # Env: SIZES ("1000 10000"), LAYERS (10), ROUNDS (3), JOBS (cores: niks3's --jobs),
-#      CARGO_TARGET_DIR (default /work/target-small), BENCH_DIR (scratch on the real disk, default
+#      CARGO_TARGET_DIR (default target/ in the repository), BENCH_DIR (scratch on the real disk, default
 #      /var/tmp), PROFILE (release), NO_BUILD=1 to use binaries already built, KEEP_LOGS=DIR to copy the
 #      server and PostgreSQL logs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-small}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 SIZES=${SIZES:-1000 10000}
 LAYERS=${LAYERS:-10}
 ROUNDS=${ROUNDS:-3}

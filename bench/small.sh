@@ -37,13 +37,13 @@
 # (garage and openssl for TARGET=garage|both, strace for STRACE=1, perf for PERF=1).
 # Env: N (500), LAYERS (10), JOBS (cores: niks3's --jobs and the builds' max-jobs), ROUNDS (1),
 #      TARGET (local | garage | both: the drain's store, default local), PUSH (1), STREAM (1), NCHOOK (1),
-#      STREAM_N (N), STRACE (0), PERF (0), CARGO_TARGET_DIR (default /work/target-small),
+#      STREAM_N (N), STRACE (0), PERF (0), CARGO_TARGET_DIR (default target/ in the repository),
 #      BENCH_DIR (scratch on the real disk, default /var/tmp), BENCH_FS (journal | host: see bench_scratch in
 #      bench/lib.sh; journal by default where BENCH_DIR is ext4 without a journal), PROFILE (release), NO_BUILD=1 to use
 #      binaries already built, KEEP_LOGS=DIR to copy the server logs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-small}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 N=${N:-500}
 LAYERS=${LAYERS:-10}
 JOBS=${JOBS:-$(nproc)}

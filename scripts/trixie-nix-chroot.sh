@@ -5,7 +5,7 @@
 # apt inside; `--include=nix-bin` on the debootstrap line cannot resolve nix-bin's perl DBD dependency, apt
 # inside can). Binaries built on bookworm (glibc 2.36) run unchanged inside (trixie has glibc 2.41).
 #
-# Unlike /work/shared/recipes/trixie-nix-chroot.sh, which it comes from:
+# Unlike the plain recipe (debootstrap, then apt-get install nix-bin inside), which it grew from:
 # - host apt is serialised: every apt-get of ours holds /run/lock/niks3-apt.lock (install-deps.sh takes the
 #   same lock) and waits for dpkg's own lock instead of failing on it (DPkg::Lock::Timeout);
 # - a new chroot is made in DIR.partial and renamed when complete, so an interrupted run never leaves a DIR

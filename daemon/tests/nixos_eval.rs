@@ -1,6 +1,6 @@
 //! The NixOS module (nixos/module.nix) drives `niks3` only through environment variables and flags.
 //! These tests check that the binary built from this tree accepts every one of them: the module is
-//! evaluated with `../shared/tools/eval-nixos-module` on the examples in nixos/examples (and a variant
+//! evaluated with `nixos/tests/evaluator/eval-nixos-module` on the examples in nixos/examples (and a variant
 //! with a remote database), the `NIKS3_*` variables and the `--flags` of each unit's `ExecStart` are
 //! collected, and `niks3 <subcommand> --help` must list them; then each unit's command line and
 //! environment are run for real (paths moved into a scratch directory, nothing listening) and must not
@@ -29,15 +29,9 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("daemon/ is inside the workspace").to_path_buf()
 }
 
+/// The evaluator vendored in the repository (the real nixpkgs lib and stand-ins for the rest of NixOS).
 fn eval_tool() -> PathBuf {
-    let shared = std::env::var_os("NIKS3_SHARED_DIR").map_or_else(|| workspace().join("../shared"), PathBuf::from);
-    let tool = shared.join("tools/eval-nixos-module");
-    assert!(
-        tool.exists(),
-        "{} not found: the shared tools live at ../shared (or set NIKS3_SHARED_DIR)",
-        tool.display()
-    );
-    tool
+    workspace().join("nixos/tests/evaluator/eval-nixos-module")
 }
 
 /// Evaluates the module with `config` and returns the tool's JSON.

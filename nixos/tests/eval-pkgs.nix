@@ -1,4 +1,4 @@
-# Extra stand-ins for ../../shared/tools/eval-nixos-module (its third argument), used by eval_test.py:
+# Extra stand-ins for evaluator/eval-nixos-module (its third argument), used by eval_test.py:
 # writeShellScript puts the script's text into the store with builtins.toFile, so that the test can
 # read the exact wrapper the module installs as Nix's post-build-hook instead of a placeholder path.
 let

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Evaluates nixos/module.nix with ../shared/tools/eval-nixos-module (the real nixpkgs lib, stand-ins for
+"""Evaluates nixos/module.nix with nixos/tests/evaluator/eval-nixos-module (the real nixpkgs lib, stand-ins for
 the rest of NixOS) on the example configurations and on broken ones, and checks the JSON it prints: the
 systemd units' commands, environment, credentials and hardening, the GC timer, the post-build-hook
 wrapper, and that every misconfiguration fails with a message naming the option at fault.
@@ -709,7 +709,7 @@ def hook_package_stand_in(tmp, hook_bin):
 
 
 def write_nix_conf(etc, hook):
-    """A private, offline nix.conf (as the shared recipe does) with `hook` as post-build-hook."""
+    """A private, offline nix.conf (as testkit/src/nix.rs writes) with `hook` as post-build-hook."""
     with open(f"{etc}/nix.conf", "w") as fh:
         fh.write("sandbox = false\nsubstituters =\nbuild-users-group =\nexperimental-features = nix-command\n"
                  f"narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0\npost-build-hook = {hook}\n")
@@ -1106,7 +1106,7 @@ def single_host_end_to_end():
 
 def options_documented():
     print("== every option has a description and a row in docs/nixos.md")
-    stubs = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "eval-nixos-module.d/stubs.nix")
+    stubs = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "stubs.nix")
     cmd = ["nix-instantiate", "--eval", "--strict", "--json", "--arg", "libPath", LIB, "--arg", "stubsPath", stubs,
            os.path.join(ROOT, "nixos/tests/options.nix")]
     p = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,4 +1,4 @@
-//! A throwaway single-node Garage S3 server, started exactly as `/work/shared/recipes/start-garage.sh` does:
+//! A throwaway single-node Garage S3 server (as `bench_garage` in bench/lib.sh starts one too):
 //! sqlite metadata in a temp directory, free localhost ports, one key and one default bucket, SigV4
 //! enforced, region `garage`. [`Garage::stop`] and [`Garage::resume`] kill and restart the same server (same
 //! directory, ports and data) for outage tests; dropping a [`Garage`] kills it and removes its directory.

@@ -321,7 +321,7 @@ impl NixEnv {
     }
 }
 
-/// The base configuration, as in /work/shared/recipes/nix-offline-demo.sh; builds run as `nixbld` users when
+/// The base configuration (offline: no sandbox, no substituters); builds run as `nixbld` users when
 /// `etc_group` (the Nix installation's `/etc/group`) has that group.
 fn base_conf(etc_group: &Path) -> String {
     let users_group = if group_exists(etc_group, "nixbld") { "nixbld" } else { "" };

@@ -1,7 +1,6 @@
-//! A throwaway PostgreSQL cluster from the system's server binaries, exactly like
-//! `/work/shared/recipes/start-postgres.sh`: a unix socket in a temporary directory (no TCP port to collide
-//! on), run as the `postgres` system user when we are root (initdb and postgres refuse root), fsync off.
-//! Unlike the recipe, `synchronous_commit` stays on: a committed transaction must survive
+//! A throwaway PostgreSQL cluster from the system's server binaries: a unix socket in a temporary
+//! directory (no TCP port to collide on), run as the `postgres` system user when we are root (initdb and
+//! postgres refuse root), fsync off. `synchronous_commit` stays on: a committed transaction must survive
 //! [`Postgres::stop`] (an immediate shutdown), or outage tests would see commits vanish.
 //!
 //! Starting is fast because `initdb` (about a second) runs once per machine into a cached template data
