@@ -8,6 +8,14 @@
 
 use std::ffi::OsString;
 
+/// Whether this process runs as root: then the defaults are the system's paths, and the children that
+/// refuse root (PostgreSQL's) run as another user. The owner of /proc/self is the effective user (no
+/// unsafe libc call needed).
+pub(crate) fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// The names of niks3's own variables in this process's environment.
 pub fn own_vars() -> Vec<OsString> {
     std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with("NIKS3_")).collect()

@@ -47,7 +47,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = super::push::load_token(args.auth_token_file.as_deref())?;
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    let jobs = args.jobs.unwrap_or_else(niks3::upload::default_jobs);
     let api = ApiClient::new(&args.server, token)?;
     let nix = LocalNix::default();
     let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.compression_level);
@@ -58,24 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let drainer = Drainer::new(config, Arc::new(pusher), Arc::new(Metrics::default()))
             .with_context(|| format!("opening the spool {}", args.spool_dir.display()))?;
         tracing::info!(server = %args.server, spool = %args.spool_dir.display(), "draining the spool");
-        let stats = drainer.run(shutdown_signal()).await?;
+        let stats = drainer.run(super::shutdown_signal()).await?;
         tracing::info!(acked = stats.acked, quarantined = stats.quarantined, "drainer stopped");
         anyhow::Ok(())
     })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -86,3 +86,21 @@ pub fn init_tracing(verbose: u8) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
+
+/// Resolves when SIGTERM or SIGINT arrives (`niks3 serve` and `niks3 drain` stop cleanly on either). If
+/// the handlers cannot be installed it says so and never resolves: stop with SIGKILL then.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM/SIGINT handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    let (mut term, mut int) = (term, int);
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

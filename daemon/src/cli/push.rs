@@ -72,7 +72,7 @@ fn default_state_dirs() -> Vec<PathBuf> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = load_token(args.auth_token_file.as_deref())?;
     let store_dir = StoreDir::new(&args.nix_store_dir)?;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    let jobs = args.jobs.unwrap_or_else(niks3::upload::default_jobs);
     let api = ApiClient::new(&args.server, token)?;
     let pusher = Pusher::new(api, LocalNix::default(), store_dir, jobs).with_compression_level(args.compression_level);
     let mut roots = Vec::with_capacity(args.paths.len());

@@ -30,18 +30,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    Ok(())
-}
-
 /// A future that resolves once shutdown was requested.
 async fn on_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
@@ -54,10 +42,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     config.bound_to(listener.local_addr().context("reading the bound HTTP address")?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
-        match shutdown_signal().await {
-            Ok(()) => {}
-            Err(e) => tracing::error!(error = %e, "no signal handling; stop with SIGKILL"),
-        }
+        super::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
 
@@ -130,7 +115,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         Arc::clone(&keys),
         Arc::clone(&metrics),
         stop_rx.clone(),
-    )?;
+    );
 
     eprint!("{banner}");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -145,9 +130,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "drainer task failed"),
         }
     }
-    if let Some(h) = http {
-        let _ = h.await;
-    }
+    let _ = http.await;
     let _ = cache_info.await;
     signals.abort();
     Ok(())
@@ -175,8 +158,7 @@ fn start_http(
     keys: Arc<Vec<niks3::nix::signing::SecretKey>>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let api_token = niks3::http::ApiToken::new(config.api_token.expose()).context("API token")?;
+) -> tokio::task::JoinHandle<()> {
     let state = Arc::new(niks3::http::HttpState {
         store,
         db,
@@ -187,9 +169,9 @@ fn start_http(
         cache_url: config.cache_url.clone(),
         cache_name: niks3::config::hostname(),
         metrics,
-        api_token: Some(api_token),
+        api_token: Some(config.api_token.clone()),
         limits: niks3::http::ApiLimits::default(),
         connection_limits: niks3::http::listener::Limits::default(),
     });
-    Ok(Some(tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))))
+    tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))
 }

@@ -7,7 +7,7 @@
 //! is adopted rather than fought over; it is then left running when this value is dropped. A server this
 //! value started is stopped (`pg_ctl stop -m fast`) on drop.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::process::Command;
@@ -88,7 +88,7 @@ impl EmbeddedPostgres {
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(EmbeddedError::SocketPathTooLong { path: socket });
         }
-        let run_as = if is_root() { Some(server_user().await?) } else { None };
+        let run_as = if crate::child_env::is_root() { Some(server_user().await?) } else { None };
         create_private_dir(&pg_dir, run_as.as_deref()).await?;
         let mut pg = EmbeddedPostgres { dir: pg_dir, bin, run_as, started_here: false };
         pg.init_once().await?;
@@ -295,10 +295,6 @@ fn find_bin() -> Result<PathBuf, EmbeddedError> {
 
 fn absolute(p: &Path) -> Result<PathBuf, EmbeddedError> {
     std::path::absolute(p).map_err(|source| EmbeddedError::Io { path: p.to_path_buf(), source })
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// The system user the server runs as when we are root: `postgres` if it exists, else `niks3` (created

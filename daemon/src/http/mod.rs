@@ -33,14 +33,6 @@ pub use api::auth::ApiToken;
 /// What went wrong starting the HTTP server.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The listen address is not `host:port`, `:port` or `[v6]:port`.
-    #[error("invalid HTTP listen address {input:?}: {reason}")]
-    InvalidAddr {
-        /// What was given.
-        input: String,
-        /// Why it is not usable.
-        reason: String,
-    },
     /// The socket could not be bound (in use, permission, …).
     #[error("binding HTTP listener on {addr}: {source}")]
     Bind {
@@ -79,38 +71,10 @@ pub struct HttpState {
     pub connection_limits: listener::Limits,
 }
 
-/// Parses a listen address: `host:port`, `[v6]:port`, or `:port` meaning all interfaces (`0.0.0.0`).
-pub fn parse_http_addr(input: &str) -> Result<SocketAddr, HttpError> {
-    let err = |reason: &str| HttpError::InvalidAddr { input: input.to_owned(), reason: reason.to_owned() };
-    let full = if input.starts_with(':') { format!("0.0.0.0{input}") } else { input.to_owned() };
-    if let Ok(a) = full.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if full == "localhost" || !full.contains(':') {
-        return Err(err("expected host:port"));
-    }
-    // `localhost:5751` and other names: resolve without network (only /etc/hosts style names work).
-    std::net::ToSocketAddrs::to_socket_addrs(&full)
-        .map_err(|e| err(&e.to_string()))?
-        .next()
-        .ok_or_else(|| err("the host name resolves to no address"))
-}
-
 /// Binds the listener (separately from [`serve_listener`] so that a caller learns the port of `:0` and
 /// bind failures are errors, not panics).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })
-}
-
-/// Binds `addr` and serves every route until `shutdown` completes; in-flight requests are then finished.
-pub async fn serve(
-    state: Arc<HttpState>,
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), HttpError> {
-    let listener = bind(addr).await?;
-    serve_listener(state, listener, shutdown).await;
-    Ok(())
 }
 
 /// Serves on an already bound listener until `shutdown` completes.
@@ -190,22 +154,5 @@ async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::
         }
         _ if !read_only => ("other", response::method_not_allowed()),
         _ => proxy::handle(state, &req).await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_addresses_parse_with_colon_port_meaning_all_interfaces() {
-        assert_eq!(parse_http_addr(":5751").expect(":port"), "0.0.0.0:5751".parse().expect("addr"));
-        assert_eq!(parse_http_addr("127.0.0.1:80").expect("v4"), "127.0.0.1:80".parse().expect("addr"));
-        assert_eq!(parse_http_addr("[::1]:5751").expect("v6"), "[::1]:5751".parse().expect("addr"));
-        assert!(parse_http_addr("localhost:5751").expect("name").ip().is_loopback());
-        for bad in ["", "5751", ":", ":99999", "localhost", "1.2.3.4:x"] {
-            let e = parse_http_addr(bad).expect_err(bad);
-            assert!(e.to_string().contains("invalid HTTP listen address"), "{e}");
-        }
     }
 }

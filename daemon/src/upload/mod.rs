@@ -23,6 +23,12 @@ pub mod realisations;
 pub mod retry;
 pub mod zstd_ring;
 
+/// NARs compressed at once when `--jobs` is not given (`niks3 serve`, `push` and `drain` alike): one per
+/// core, 2 when the count is unknown.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+}
+
 use crate::db::DbError;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::PathInfoError;

@@ -194,13 +194,6 @@ impl Uploader {
         }
     }
 
-    /// Whether to write `<hash>.ls` listings (default on).
-    #[must_use]
-    pub fn with_listings(mut self, on: bool) -> Self {
-        self.encoding.with_listing = on;
-        self
-    }
-
     /// Compresses NARs at zstd `level` instead of 3 (1..=9, see [`NarEncoding`]).
     #[must_use]
     pub fn with_compression_level(mut self, level: i32) -> Self {
