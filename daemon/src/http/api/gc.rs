@@ -7,6 +7,7 @@
 
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
+use super::error::ApiError;
 use super::protocol::GcRequest;
 use super::read_json;
 use crate::gc::{API_OPTION_FLOOR, GcError, GcOptions};
@@ -16,14 +17,9 @@ use std::time::Duration;
 use warp::reply::Response;
 
 /// `POST /api/v1/gc`.
-pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
-    let body: GcRequest = match read_json(req, 64 << 10).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Some(r) = below_floor(&body, caller) {
-        return r;
-    }
+pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
+    let body: GcRequest = read_json(req, 64 << 10).await?;
+    below_floor(&body, caller)?;
     let opts = GcOptions {
         older_than: Duration::from_secs(body.older_than_secs),
         failed_uploads_older_than: Duration::from_secs(body.failed_uploads_older_than_secs),
@@ -35,20 +31,18 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Re
             if !body.dry_run {
                 state.metrics.record_gc(figures);
             }
-            response::json(StatusCode::OK, &figures)
+            Ok(response::json(StatusCode::OK, &figures))
         }
-        Err(e @ GcError::AlreadyRunning) => response::json_error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ GcError::Options { .. }) => response::json_error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => {
-            tracing::warn!("GC failed: {e}");
-            response::json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
+        Err(e @ GcError::AlreadyRunning) => Err(ApiError::conflict(e.to_string())),
+        Err(e @ GcError::Options { .. }) => Err(ApiError::bad(e.to_string())),
+        // The database's own text stays in the log.
+        Err(GcError::Db(e)) => Err(e.into()),
     }
 }
 
-/// The refusal of options below [`API_OPTION_FLOOR`]: 403 for a token that is not `admin`, 400 for an
-/// admin request without `force`; `None` when the options may run.
-fn below_floor(body: &GcRequest, caller: &Caller) -> Option<Response> {
+/// Refuses options below [`API_OPTION_FLOOR`]: 403 for a token that is not `admin`, 400 for an admin
+/// request without `force`.
+fn below_floor(body: &GcRequest, caller: &Caller) -> Result<(), ApiError> {
     let floor = API_OPTION_FLOOR.as_secs();
     let low: Vec<String> = [
         ("older_than_secs", body.older_than_secs),
@@ -59,22 +53,16 @@ fn below_floor(body: &GcRequest, caller: &Caller) -> Option<Response> {
     .map(|(name, v)| format!("{name} = {v}"))
     .collect();
     if low.is_empty() || (caller.scopes.is_admin() && body.force) {
-        return None;
+        return Ok(());
     }
     let low = low.join(" and ");
-    Some(if caller.scopes.is_admin() {
-        response::json_error(
-            StatusCode::BAD_REQUEST,
-            format!("{low} is below the floor of {floor} s; send \"force\": true to go lower on purpose"),
-        )
+    Err(if caller.scopes.is_admin() {
+        ApiError::bad(format!("{low} is below the floor of {floor} s; send \"force\": true to go lower on purpose"))
     } else {
-        response::json_error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{low} is below the floor of {floor} s; only an admin token with \"force\": true may go lower \
-                 (token {:?} has scopes: {})",
-                caller.name, caller.scopes
-            ),
-        )
+        ApiError::Forbidden(format!(
+            "{low} is below the floor of {floor} s; only an admin token with \"force\": true may go lower \
+             (token {:?} has scopes: {})",
+            caller.name, caller.scopes
+        ))
     })
 }

@@ -3,6 +3,7 @@
 //! complete or abort), [`realisations`] and [`gc`].
 
 pub mod auth;
+pub mod error;
 pub mod gc;
 pub mod presign;
 pub mod protocol;
@@ -13,6 +14,7 @@ pub mod relay;
 use super::{HttpState, Request, response};
 use crate::token::Scope;
 use bytes::{Bytes, BytesMut};
+use error::ApiError;
 use futures::StreamExt;
 use http::StatusCode;
 use std::sync::Arc;
@@ -77,9 +79,9 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         ["v1", "push" | "complete" | "abort" | "gc" | "realisations"]
         | ["v1", "uploads", _, "nar" | "log", _]
         | ["v1", "uploads", _, "nar", _, "presign"] => {
-            return ("api", response::json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"));
+            return ("api", ApiError::MethodNotAllowed.into_response());
         }
-        _ => return ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),
+        _ => return ("api", ApiError::NotFound("no such API route".to_owned()).into_response()),
     };
     if !caller.allows(needs) {
         let msg = format!(
@@ -89,7 +91,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         );
         return ("api-forbidden", response::json_error(StatusCode::FORBIDDEN, msg));
     }
-    match segs.as_slice() {
+    let (label, answer) = match segs.as_slice() {
         ["v1", "push"] => ("api-push", push::announce(state, req, &caller).await),
         ["v1", "complete"] => ("api-complete", push::complete(state, req, &caller).await),
         ["v1", "abort"] => ("api-abort", push::abort(state, req, &caller).await),
@@ -107,25 +109,27 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         }
         ["v1", "realisations"] => ("api-realisations", realisations::handle(state, req).await),
         ["v1", "gc"] => ("api-gc", gc::handle(state, req, &caller).await),
-        _ => ("api", response::json_error(StatusCode::NOT_FOUND, "no such API route")),
-    }
+        _ => ("api", Err(ApiError::NotFound("no such API route".to_owned()))),
+    };
+    (label, answer.unwrap_or_else(ApiError::into_response))
 }
 
-/// Reads a JSON body of at most `limit` bytes and parses it; a bad body is a 400/413 response.
-pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> Result<T, Response> {
+/// Reads a whole body of at most `limit` bytes (413 beyond; `what` names the body in the message).
+pub async fn read_body(req: Request, limit: u64, what: &str) -> Result<Bytes, ApiError> {
     let mut body = req.body;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let chunk: Bytes =
-            chunk.map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(response::json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {limit} bytes"),
-            ));
+        let chunk: Bytes = chunk.map_err(|e| ApiError::bad(format!("reading the {what}: {e}")))?;
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::TooLarge(format!("{what} larger than {limit} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&buf)
-        .map_err(|e| response::json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    Ok(buf.freeze())
+}
+
+/// Reads a JSON body of at most `limit` bytes and parses it; a bad body is a 400, a big one a 413.
+pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
+    let buf = read_body(req, limit as u64, "request body").await?;
+    serde_json::from_slice(&buf).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }

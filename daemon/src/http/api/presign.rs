@@ -10,8 +10,9 @@
 
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
+use super::error::ApiError;
 use super::protocol::{PresignRequest, PresignResponse};
-use super::push::{bad, clip, conflict, max_compressed_size, nar_upload_target, planned_nar, store_failed};
+use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_json;
 use crate::nix::hash::Sha256Hash;
 use crate::store::Store;
@@ -24,43 +25,38 @@ use warp::reply::Response;
 const BOUND_PUT_EXPIRY: std::time::Duration = std::time::Duration::from_hours(1);
 
 /// `POST /api/v1/uploads/{id}/nar/{nix32}/presign`.
-pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
-    let (id, _, key) = match nar_upload_target(id, hash) {
-        Ok(t) => t,
-        Err(e) => return bad(e),
-    };
-    let body: PresignRequest = match read_json(req, 4096).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub async fn handle(
+    state: &Arc<HttpState>,
+    req: Request,
+    caller: &Caller,
+    id: &str,
+    hash: &str,
+) -> Result<Response, ApiError> {
+    let (id, _, key) = nar_upload_target(id, hash).map_err(ApiError::bad)?;
+    let body: PresignRequest = read_json(req, 4096).await?;
     let Ok(file_hash) = Sha256Hash::parse(&body.file_hash) else {
-        return bad(format!("file_hash {:?} is not a sha256 hash", clip(&body.file_hash)));
+        return Err(ApiError::bad(format!("file_hash {:?} is not a sha256 hash", clip(&body.file_hash))));
     };
     let Store::S3(s3) = &*state.store else {
-        return response::json_error(StatusCode::NOT_FOUND, "this server relays NARs (no presigned URLs)");
+        return Err(ApiError::NotFound("this server relays NARs (no presigned URLs)".to_owned()));
     };
-    let nar_size = match planned_nar(state, caller, id, &key).await {
-        Ok((_, Some(_))) => {
-            return conflict(format!("{key} was stored meanwhile by another push; complete without uploading it"));
+    let nar_size = match planned_nar(state, caller, id, &key).await? {
+        (_, Some(_)) => {
+            return Err(ApiError::conflict(format!(
+                "{key} was stored meanwhile by another push; complete without uploading it"
+            )));
         }
-        Ok((n, None)) => n,
-        Err(r) => return r,
+        (n, None) => n,
     };
     let largest = max_compressed_size(nar_size).min(s3.part_size());
     if body.file_size == 0 || body.file_size > largest {
-        return response::json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "a compressed NAR of {nar_size} bytes going up in one PUT has 1..={largest} bytes, not {}",
-                body.file_size
-            ),
-        );
+        return Err(ApiError::TooLarge(format!(
+            "a compressed NAR of {nar_size} bytes going up in one PUT has 1..={largest} bytes, not {}",
+            body.file_size
+        )));
     }
     let expiry = BOUND_PUT_EXPIRY.min(state.limits.presign_expiry);
-    let url = match s3.presign_put_bound(&key, expiry, body.file_size, &file_hash).await {
-        Ok(u) => u,
-        Err(e) => return store_failed(&e),
-    };
+    let url = s3.presign_put_bound(&key, expiry, body.file_size, &file_hash).await?;
     let checksum = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(file_hash.0)
@@ -71,5 +67,5 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &
     ]
     .into_iter()
     .collect();
-    response::json(StatusCode::OK, &PresignResponse { upload_url: url, headers })
+    Ok(response::json(StatusCode::OK, &PresignResponse { upload_url: url, headers }))
 }

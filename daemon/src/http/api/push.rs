@@ -15,6 +15,7 @@
 
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
+use super::error::{self, ApiError};
 use super::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, MissingLog, MissingNar, MultipartWire,
     PathInfoWire, PushRequest, PushResponse,
@@ -43,46 +44,13 @@ const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
 /// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
 const MAX_PART_URLS: usize = 100_000;
 
-/// Longest error message sent back (requests are attacker-controlled; a message quoting a 20 MB path
-/// must not become a 20 MB answer).
-const MAX_ERROR_LEN: usize = 300;
-
 /// Most distinct roots in one push: each becomes a GC closure, and a push is one tool invocation, not a
 /// dump of a whole store (send many pushes for that).
 pub const MAX_ROOTS: usize = 1024;
 
-pub(super) fn bad(msg: impl Into<String>) -> Response {
-    response::json_error(StatusCode::BAD_REQUEST, clip_to(&msg.into(), MAX_ERROR_LEN))
-}
-
-pub(super) fn conflict(msg: impl Into<String>) -> Response {
-    response::json_error(StatusCode::CONFLICT, clip_to(&msg.into(), MAX_ERROR_LEN))
-}
-
-pub(super) fn db_failed(err: &dyn std::fmt::Display) -> Response {
-    tracing::warn!("database error in push API: {err}");
-    response::json_error(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
-}
-
-pub(super) fn store_failed(err: &dyn std::fmt::Display) -> Response {
-    tracing::warn!("store error in push API: {err}");
-    response::json_error(StatusCode::BAD_GATEWAY, "object store error")
-}
-
 /// Shortens attacker-controlled text before it goes into an error message.
 pub(super) fn clip(s: &str) -> String {
-    clip_to(s, 200)
-}
-
-fn clip_to(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    error::clip(s, 200)
 }
 
 /// A validated closure: its roots and its paths, dependencies before dependents.
@@ -246,23 +214,23 @@ async fn validate_off_workers(
     state: &HttpState,
     roots: Vec<String>,
     paths: Vec<PathInfoWire>,
-) -> Result<ValidClosure, Response> {
+) -> Result<ValidClosure, ApiError> {
     let store_dir = state.store_dir.clone();
     let limits = ClosureLimits::of(&state.limits);
     let joined = tokio::task::spawn_blocking(move || validate_closure(&store_dir, &roots, &paths, limits)).await;
     match joined {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(bad(e)),
-        Err(e) => Err(response::json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("validating the closure: {e}"))),
+        Ok(Err(e)) => Err(ApiError::bad(e)),
+        Err(e) => Err(ApiError::Internal(format!("validating the closure: {e}"))),
     }
 }
 
 /// The paths of `closure` whose narinfo the cache lacks. A path already published with another NarHash
 /// is a conflict (409 naming it): a published narinfo is never replaced, and a pusher that believes its
 /// content differs should know.
-async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Result<Vec<&'a PathInfo>, Response> {
+async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Result<Vec<&'a PathInfo>, ApiError> {
     let narinfo_keys: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
-    let published = state.db.published_nars(&narinfo_keys).await.map_err(|e| db_failed(&e))?;
+    let published = state.db.published_nars(&narinfo_keys).await.map_err(|e| ApiError::Database(e.to_string()))?;
     let mut missing = Vec::new();
     for (p, key) in closure.paths.iter().zip(&narinfo_keys) {
         match published.get(key.as_str()) {
@@ -271,7 +239,7 @@ async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Resu
             Some(Some(nar)) if *nar == ObjectKey::nar(&p.nar_hash).as_str() => {}
             Some(Some(nar)) => {
                 tracing::warn!(path = %p.path.basename(), cached = %nar, pushed = %p.nar_hash, "push of a cached path with another NarHash refused");
-                return Err(conflict(format!(
+                return Err(ApiError::conflict(format!(
                     "{} is already in the cache with another NAR ({nar}), not {}; a published path is never replaced",
                     p.path.basename(),
                     p.nar_hash
@@ -289,7 +257,7 @@ async fn missing_paths<'a>(state: &HttpState, closure: &'a ValidClosure) -> Resu
 async fn learn_legacy_file_hashes(
     state: &HttpState,
     stored: &mut HashMap<String, crate::db::StoredFile>,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let legacy: Vec<ObjectKey> = stored
         .iter()
         .filter(|(_, f)| f.file_hash.is_none())
@@ -298,13 +266,15 @@ async fn learn_legacy_file_hashes(
     if legacy.is_empty() {
         return Ok(());
     }
-    let referrers = state.db.narinfos_referring_to(&legacy).await.map_err(|e| db_failed(&e))?;
+    let referrers = state.db.narinfos_referring_to(&legacy).await.map_err(|e| ApiError::Database(e.to_string()))?;
     let now = chrono::Utc::now();
     for (nar, narinfo) in referrers {
         let (Ok((_, nar_key)), Ok((_, narinfo_key))) = (ObjectKey::parse(&nar), ObjectKey::parse(&narinfo)) else {
             continue;
         };
-        let Some(text) = state.store.get(&narinfo_key).await.map_err(|e| store_failed(&e))? else { continue };
+        let Some(text) = state.store.get(&narinfo_key).await.map_err(|e| ApiError::Storage(e.to_string()))? else {
+            continue;
+        };
         let Ok(parsed) = std::str::from_utf8(&text)
             .map_err(|e| e.to_string())
             .and_then(|t| NarInfo::parse(t, &state.store_dir).map_err(|e| e.to_string()))
@@ -315,27 +285,22 @@ async fn learn_legacy_file_hashes(
         if parsed.url != nar_key.as_str() {
             continue;
         }
-        state.db.record_nar(&nar_key, file_size, Some(&file_hash), now).await.map_err(|e| db_failed(&e))?;
+        state
+            .db
+            .record_nar(&nar_key, file_size, Some(&file_hash), now)
+            .await
+            .map_err(|e| ApiError::Database(e.to_string()))?;
         stored.insert(nar, crate::db::StoredFile { size: file_size, file_hash: Some(file_hash) });
     }
     Ok(())
 }
 
 /// `POST /api/v1/push`.
-pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
-    let body: PushRequest = match read_json(req, state.limits.max_json_body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
+    let body: PushRequest = read_json(req, state.limits.max_json_body).await?;
     let dry_run = body.dry_run;
-    let closure = match validate_off_workers(state, body.roots, body.paths).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let missing_paths = match missing_paths(state, &closure).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let closure = validate_off_workers(state, body.roots, body.paths).await?;
+    let missing_paths = missing_paths(state, &closure).await?;
     // One NAR per distinct NarHash, in dependency order; those the cache already has are reused, never
     // uploaded again (an upload could replace a published NAR).
     let mut nars: Vec<(ObjectKey, &PathInfo)> = Vec::new();
@@ -349,11 +314,9 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let nar_keys: Vec<ObjectKey> = nars.iter().map(|(k, _)| k.clone()).collect();
     let mut stored_nars = match state.db.nar_files(&nar_keys).await {
         Ok(m) => m,
-        Err(e) => return db_failed(&e),
+        Err(e) => return Err(ApiError::Database(e.to_string())),
     };
-    if let Err(r) = learn_legacy_file_hashes(state, &mut stored_nars).await {
-        return r;
-    }
+    learn_legacy_file_hashes(state, &mut stored_nars).await?;
     // A NAR row still without a FileHash is referenced by no narinfo: uploading it again harms nothing.
     let to_upload: Vec<(ObjectKey, &PathInfo)> = nars
         .iter()
@@ -372,7 +335,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
                 presign_route: None,
             })
             .collect();
-        return response::json(
+        return Ok(response::json(
             StatusCode::OK,
             &PushResponse {
                 uploads: Vec::new(),
@@ -381,7 +344,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
                 compression: "zstd".to_owned(),
                 missing_logs: Vec::new(),
             },
-        );
+        ));
     }
     // Build logs of the missing paths that the cache lacks (one query); existing logs are never claimed,
     // so they cannot be uploaded again (first writer wins).
@@ -399,7 +362,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         let keys: Vec<ObjectKey> = log_keys.iter().map(|(k, _)| k.clone()).collect();
         match state.db.missing(&keys).await {
             Ok(m) => m.into_iter().collect(),
-            Err(e) => return db_failed(&e),
+            Err(e) => return Err(ApiError::Database(e.to_string())),
         }
     };
     log_keys.retain(|(k, _)| absent_logs.contains(k));
@@ -410,22 +373,22 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     claimed.extend(missing_paths.iter().map(|p| ObjectKey::listing(&p.path)));
     claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
-    let Some(first_root) = closure.roots.first() else { return bad("no roots") };
+    let Some(first_root) = closure.roots.first() else { return Err(ApiError::bad("no roots")) };
     let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
         Ok(id) => id,
-        Err(e) => return db_failed(&e),
+        Err(e) => return Err(ApiError::Database(e.to_string())),
     };
     let uploads = vec![session.0];
     let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
     if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
         abort_sessions(state, caller, &uploads).await;
-        return db_failed(&e);
+        return Err(ApiError::Database(e.to_string()));
     }
     let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
         Ok(m) => m,
-        Err(r) => {
+        Err(e) => {
             abort_sessions(state, caller, &uploads).await;
-            return r;
+            return Err(e);
         }
     };
     let missing_logs = log_keys
@@ -441,7 +404,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         nars = missing_nars.len(),
         "push announced"
     );
-    response::json(
+    Ok(response::json(
         StatusCode::OK,
         &PushResponse {
             uploads,
@@ -450,7 +413,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             compression: "zstd".to_owned(),
             missing_logs,
         },
-    )
+    ))
 }
 
 /// The largest a zstd-compressed NAR of `nar_size` bytes can be: zstd's `ZSTD_compressBound` (incompressible
@@ -469,8 +432,8 @@ async fn plan_nar_uploads(
     state: &HttpState,
     session: i64,
     nars: &[(ObjectKey, &PathInfo)],
-) -> Result<Vec<MissingNar>, Response> {
-    let mut plans: Vec<Result<(MissingNar, Option<String>), Response>> = Vec::with_capacity(nars.len());
+) -> Result<Vec<MissingNar>, ApiError> {
+    let mut plans: Vec<Result<(MissingNar, Option<String>), ApiError>> = Vec::with_capacity(nars.len());
     for chunk in nars.chunks(MULTIPART_INITIATE_CONCURRENCY) {
         let mut futs = Vec::with_capacity(chunk.len());
         for (key, p) in chunk {
@@ -497,12 +460,9 @@ async fn plan_nar_uploads(
         }
     }
     if failure.is_none() && part_urls > MAX_PART_URLS {
-        failure = Some(response::json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
-            ),
-        ));
+        failure = Some(ApiError::TooLarge(format!(
+            "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
+        )));
     }
     if failure.is_none() && !started.is_empty() {
         let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
@@ -520,7 +480,7 @@ async fn plan_nar_uploads(
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = recorded {
-            failure = Some(db_failed(&e));
+            failure = Some(ApiError::Database(e));
         }
     }
     match failure {
@@ -540,7 +500,7 @@ async fn plan_nar_upload(
     session: i64,
     key: &ObjectKey,
     p: &PathInfo,
-) -> Result<(MissingNar, Option<String>), Response> {
+) -> Result<(MissingNar, Option<String>), ApiError> {
     let mut m = MissingNar {
         path: state.store_dir.display(&p.path),
         nar_hash: p.nar_hash.to_nix_string(),
@@ -566,17 +526,17 @@ async fn plan_nar_upload(
         return Ok((m, None));
     }
     if max_size > state.limits.max_nar_upload {
-        return Err(response::json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the NAR of {} ({} bytes) may exceed the largest upload accepted ({} bytes)",
-                p.path.basename(),
-                p.nar_size,
-                state.limits.max_nar_upload
-            ),
-        ));
+        return Err(ApiError::TooLarge(format!(
+            "the NAR of {} ({} bytes) may exceed the largest upload accepted ({} bytes)",
+            p.path.basename(),
+            p.nar_size,
+            state.limits.max_nar_upload
+        )));
     }
-    let mp = s3.presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry).await.map_err(|e| store_failed(&e))?;
+    let mp = s3
+        .presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry)
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))?;
     m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls });
     Ok((m, Some(mp.upload_id)))
 }
@@ -591,12 +551,12 @@ async fn abort_multipart(state: &HttpState, key: &ObjectKey, upload_id: &str) {
 }
 
 /// The multipart uploads recorded for sessions `ids`: key → upload id.
-async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String, String>, Response> {
-    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String, String>, ApiError> {
+    let client = state.db.pool().get().await.map_err(|e| ApiError::Database(e.to_string()))?;
     let rows = client
         .query("SELECT key, multipart_id FROM upload_multiparts WHERE upload_id = ANY($1)", &[&ids])
         .await
-        .map_err(|e| db_failed(&e))?;
+        .map_err(|e| ApiError::Database(e.to_string()))?;
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
@@ -625,17 +585,18 @@ async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> (u64
 }
 
 /// `POST /api/v1/abort`.
-pub async fn abort(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
-    let body: AbortRequest = match read_json(req, state.limits.max_json_body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub async fn abort(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
+    let body: AbortRequest = read_json(req, state.limits.max_json_body).await?;
     if body.uploads.len() > state.limits.max_paths {
-        return bad(format!("too many upload ids: {} (at most {})", body.uploads.len(), state.limits.max_paths));
+        return Err(ApiError::bad(format!(
+            "too many upload ids: {} (at most {})",
+            body.uploads.len(),
+            state.limits.max_paths
+        )));
     }
     let (aborted_uploads, aborted_multiparts) = abort_sessions(state, caller, &body.uploads).await;
     tracing::info!(sessions = aborted_uploads, multiparts = aborted_multiparts, "push aborted by the client");
-    response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts })
+    Ok(response::json(StatusCode::OK, &AbortResponse { aborted_uploads, aborted_multiparts }))
 }
 
 /// Finishes the multipart upload of `key` from the client's part ETags. A refusal by S3 (bad or missing
@@ -646,24 +607,21 @@ async fn complete_multipart(
     key: &ObjectKey,
     upload_id: &str,
     etags: &[String],
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let Store::S3(s3) = &*state.store else { return Ok(()) };
     if etags.len() as u64 > crate::store::s3::MAX_PARTS {
-        return Err(bad(format!("{} parts reported for {key}", etags.len())));
+        return Err(ApiError::bad(format!("{} parts reported for {key}", etags.len())));
     }
     if let Some(e) = etags.iter().find(|e| !valid_etag(e)) {
-        return Err(bad(format!("malformed part ETag {:?} for {key}", clip(e))));
+        return Err(ApiError::bad(format!("malformed part ETag {:?} for {key}", clip(e))));
     }
     if let Err(e) = s3.complete_multipart(key, upload_id, etags.to_vec()).await {
         if e.is_transient() {
-            return Err(store_failed(&e));
+            return Err(ApiError::Storage(e.to_string()));
         }
         abort_multipart(state, key, upload_id).await;
         forget_multipart(state, sessions, key).await;
-        return Err(response::json_error(
-            StatusCode::CONFLICT,
-            format!("completing the multipart upload of {key}: {e}; push again"),
-        ));
+        return Err(ApiError::conflict(format!("completing the multipart upload of {key}: {e}; push again")));
     }
     forget_multipart(state, sessions, key).await;
     Ok(())
@@ -691,15 +649,15 @@ fn valid_etag(e: &str) -> bool {
 }
 
 /// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
-async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, Response> {
-    let client = state.db.pool().get().await.map_err(|e| db_failed(&e))?;
+async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, ApiError> {
+    let client = state.db.pool().get().await.map_err(|e| ApiError::Database(e.to_string()))?;
     let rows = client
         .query(
             "SELECT id FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
             &[&ids, &caller.session_owner()],
         )
         .await
-        .map_err(|e| db_failed(&e))?;
+        .map_err(|e| ApiError::Database(e.to_string()))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -721,18 +679,15 @@ pub(super) async fn planned_nar(
     caller: &Caller,
     id: i64,
     key: &ObjectKey,
-) -> Result<(u64, Option<(u64, Sha256Hash)>), Response> {
+) -> Result<(u64, Option<(u64, Sha256Hash)>), ApiError> {
     let nar_size = match state.db.planned_nar_size(UploadId(id), caller.session_owner(), key).await {
         Ok(Some(n)) => n,
         Ok(None) => {
-            return Err(response::json_error(
-                StatusCode::NOT_FOUND,
-                format!("upload {id} does not exist or was not told to upload {key}"),
-            ));
+            return Err(ApiError::NotFound(format!("upload {id} does not exist or was not told to upload {key}")));
         }
-        Err(e) => return Err(db_failed(&e)),
+        Err(e) => return Err(ApiError::Database(e.to_string())),
     };
-    let files = state.db.nar_files(std::slice::from_ref(key)).await.map_err(|e| db_failed(&e))?;
+    let files = state.db.nar_files(std::slice::from_ref(key)).await.map_err(|e| ApiError::Database(e.to_string()))?;
     let stored = files.get(key.as_str()).and_then(|f| f.file_hash.map(|h| (f.size, h)));
     Ok((nar_size, stored))
 }
@@ -750,24 +705,27 @@ async fn session_claims(state: &HttpState, caller: &Caller, id: i64, key: &Objec
     Ok(row.is_some())
 }
 
-/// `None` when upload session `id` claimed `key`; otherwise the response to send (404, or 503 when the
-/// database cannot say). Every upload route checks this before accepting a byte.
-pub(super) async fn refuse_unclaimed(state: &HttpState, caller: &Caller, id: i64, key: &ObjectKey) -> Option<Response> {
+/// Refuses (404, or 503 when the database cannot say) unless upload session `id` of `caller` claimed
+/// `key`. Every upload route checks this before accepting a byte.
+pub(super) async fn refuse_unclaimed(
+    state: &HttpState,
+    caller: &Caller,
+    id: i64,
+    key: &ObjectKey,
+) -> Result<(), ApiError> {
     match session_claims(state, caller, id, key).await {
-        Ok(true) => None,
-        Ok(false) => Some(response::json_error(
-            StatusCode::NOT_FOUND,
-            format!("upload {id} does not exist or did not claim {key}"),
-        )),
-        Err(e) => Some(db_failed(&e)),
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::NotFound(format!("upload {id} does not exist or did not claim {key}"))),
+        Err(e) => Err(ApiError::Database(e)),
     }
 }
 
 /// Names in each input the build log of its deriver when the log is in the store: logs the database
 /// knows in one query, the others looked for in the store (and recorded with the narinfo).
-async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInput<'_>]) -> Result<(), Response> {
+async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInput<'_>]) -> Result<(), ApiError> {
     let keys: Vec<ObjectKey> = inputs.iter().filter_map(|i| i.info.deriver.as_ref()).map(ObjectKey::log).collect();
-    let unknown: HashSet<ObjectKey> = state.db.missing(&keys).await.map_err(|e| db_failed(&e))?.into_iter().collect();
+    let unknown: HashSet<ObjectKey> =
+        state.db.missing(&keys).await.map_err(|e| ApiError::Database(e.to_string()))?.into_iter().collect();
     for input in inputs {
         let Some(drv) = &input.info.deriver else { continue };
         let key = ObjectKey::log(drv);
@@ -777,7 +735,7 @@ async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInput<'_>]) -> 
                     input.unrecorded.push(NewObject { key: key.clone(), size: meta.size, refs: Vec::new() });
                 }
                 Ok(None) => continue,
-                Err(e) => return Err(store_failed(&e)),
+                Err(e) => return Err(ApiError::Storage(e.to_string())),
             }
         }
         input.log = Some(key);
@@ -808,25 +766,19 @@ fn levels<'a>(paths: &[&'a PathInfo]) -> Vec<Vec<&'a PathInfo>> {
 }
 
 /// `POST /api/v1/complete`.
-pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Response {
-    let body: CompleteRequest = match read_json(req, state.limits.max_json_body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
+    let body: CompleteRequest = read_json(req, state.limits.max_json_body).await?;
     let CompleteRequest { uploads, roots, paths, nars, listings: listing_wires } = body;
-    let closure = match validate_off_workers(state, roots, paths).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let closure = validate_off_workers(state, roots, paths).await?;
     // One session for the whole push (rooted at its first root), or one per root from older servers.
     if uploads.is_empty() || (uploads.len() != 1 && uploads.len() != closure.roots.len()) {
-        return bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len()));
+        return Err(ApiError::bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len())));
     }
     // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
     let sessions: BTreeMap<i64, String> = {
         let client = match state.db.pool().get().await {
             Ok(c) => c,
-            Err(e) => return db_failed(&e),
+            Err(e) => return Err(ApiError::Database(e.to_string())),
         };
         match client
             .query(
@@ -836,35 +788,32 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             .await
         {
             Ok(rows) => rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect(),
-            Err(e) => return db_failed(&e),
+            Err(e) => return Err(ApiError::Database(e.to_string())),
         }
     };
     for (id, root) in uploads.iter().zip(&closure.roots) {
         if sessions.get(id).map(String::as_str) != Some(ObjectKey::narinfo(root).as_str()) {
-            return conflict(format!("upload {id} for {} does not exist (expired?); push again", root.basename()));
+            return Err(ApiError::conflict(format!(
+                "upload {id} for {} does not exist (expired?); push again",
+                root.basename()
+            )));
         }
     }
     let mut files: HashMap<Sha256Hash, (Sha256Hash, u64)> = HashMap::new();
     let mut parts: HashMap<Sha256Hash, &[String]> = HashMap::new();
     for n in &nars {
         let Ok(nh) = Sha256Hash::parse(&n.nar_hash) else {
-            return bad(format!("nars: NarHash {:?} is not a sha256 hash", clip(&n.nar_hash)));
+            return Err(ApiError::bad(format!("nars: NarHash {:?} is not a sha256 hash", clip(&n.nar_hash))));
         };
         let Ok(fh) = Sha256Hash::parse(&n.file_hash) else {
-            return bad(format!("nars: FileHash {:?} is not a sha256 hash", clip(&n.file_hash)));
+            return Err(ApiError::bad(format!("nars: FileHash {:?} is not a sha256 hash", clip(&n.file_hash))));
         };
         files.insert(nh, (fh, n.file_size));
         parts.insert(nh, &n.parts);
     }
-    let todo = match missing_paths(state, &closure).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let todo = missing_paths(state, &closure).await?;
     // Finish the multipart uploads the client filled (a retried complete finds them finished already).
-    let started = match multiparts_of(state, &uploads).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let started = multiparts_of(state, &uploads).await?;
     if !started.is_empty() {
         let mut done = HashSet::new();
         for p in &todo {
@@ -873,22 +822,17 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             if etags.is_empty() || !done.insert(key.clone()) {
                 continue;
             }
-            if let Err(r) = complete_multipart(state, &uploads, &key, upload_id, etags).await {
-                return r;
-            }
+            complete_multipart(state, &uploads, &key, upload_id, etags).await?;
         }
     }
-    let stored = match stored_nars(state, &todo, &files).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let stored = stored_nars(state, &todo, &files).await?;
     let mut listings: HashMap<StorePath, &serde_json::Value> = HashMap::new();
     for l in &listing_wires {
         let Ok(p) = state.store_dir.parse_path(&l.path) else {
-            return bad(format!("listing for {:?}: not a store path", clip(&l.path)));
+            return Err(ApiError::bad(format!("listing for {:?}: not a store path", clip(&l.path))));
         };
         if l.listing.get("version").and_then(serde_json::Value::as_u64) != Some(1) || l.listing.get("root").is_none() {
-            return bad(format!("listing for {}: not a version 1 listing", p.basename()));
+            return Err(ApiError::bad(format!("listing for {}: not a version 1 listing", p.basename())));
         }
         listings.insert(p, &l.listing);
     }
@@ -910,11 +854,11 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             if let Some(json) = listings.get(&p.path) {
                 let text = json.to_string();
                 if text.len() > state.limits.max_listing {
-                    return bad(format!(
+                    return Err(ApiError::bad(format!(
                         "listing for {} is larger than {} bytes",
                         p.path.basename(),
                         state.limits.max_listing
-                    ));
+                    )));
                 }
                 let key = ObjectKey::listing(&p.path);
                 input.unrecorded.push(NewObject { key: key.clone(), size: text.len() as u64, refs: Vec::new() });
@@ -924,18 +868,15 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             inputs.push(input);
         }
         if let Err(e) = state.store.put_many(listing_objects).await {
-            return store_failed(&e);
+            return Err(ApiError::Storage(e.to_string()));
         }
-        if let Err(r) = add_stored_logs(state, &mut inputs).await {
-            return r;
-        }
+        add_stored_logs(state, &mut inputs).await?;
         if let Err(e) = publisher.publish_many(&inputs, now).await {
             let first = level.first().map_or_else(String::new, |p| p.path.basename().clone());
             let what = if level.len() == 1 { first } else { format!("{first} and {} more", level.len() - 1) };
             tracing::warn!("publishing {what}: {e}");
             state.metrics.uploads_failed.fetch_add(1, Ordering::Relaxed);
-            let status = if e.is_transient() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::CONFLICT };
-            return response::json_error(status, clip_to(&format!("publishing {what}: {e}"), MAX_ERROR_LEN));
+            return Err(ApiError::publish(&what, &e));
         }
         for p in &level {
             state.metrics.uploads_ok.fetch_add(1, Ordering::Relaxed);
@@ -948,15 +889,15 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     match state.db.finish_uploads(&ids, &root_keys, now).await {
         Ok(()) => {}
         Err(crate::db::DbError::UploadExpired(id)) => {
-            return conflict(format!("upload {} expired meanwhile; push again", id.0));
+            return Err(ApiError::conflict(format!("upload {} expired meanwhile; push again", id.0)));
         }
-        Err(e) => return db_failed(&e),
+        Err(e) => return Err(ApiError::Database(e.to_string())),
     }
     tracing::info!(published = todo.len(), paths = closure.paths.len(), "push completed");
-    response::json(
+    Ok(response::json(
         StatusCode::OK,
         &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
-    )
+    ))
 }
 
 /// Adds to a byte counter without wrapping around (NarSizes are client-supplied).
@@ -973,9 +914,9 @@ async fn stored_nars(
     state: &HttpState,
     todo: &[&PathInfo],
     sent: &HashMap<Sha256Hash, (Sha256Hash, u64)>,
-) -> Result<HashMap<Sha256Hash, StoredNar>, Response> {
+) -> Result<HashMap<Sha256Hash, StoredNar>, ApiError> {
     let keys: Vec<ObjectKey> = todo.iter().map(|p| ObjectKey::nar(&p.nar_hash)).collect();
-    let known = state.db.nar_files(&keys).await.map_err(|e| db_failed(&e))?;
+    let known = state.db.nar_files(&keys).await.map_err(|e| ApiError::Database(e.to_string()))?;
     let mut stored: HashMap<Sha256Hash, StoredNar> = HashMap::new();
     for (p, key) in todo.iter().zip(&keys) {
         if stored.contains_key(&p.nar_hash) {
@@ -988,7 +929,7 @@ async fn stored_nars(
             if let Some((fh, size)) = claimed
                 && (fh, size) != (file_hash, f.size)
             {
-                return Err(conflict(format!(
+                return Err(ApiError::conflict(format!(
                     "the NAR of {} is stored as {file_hash} ({} bytes), not {fh} ({size} bytes) as sent",
                     p.path.basename(),
                     f.size
@@ -998,19 +939,21 @@ async fn stored_nars(
             continue;
         }
         let Some((file_hash, file_size)) = claimed else {
-            return Err(bad(format!("no FileHash/FileSize sent for the NAR of {}", p.path.basename())));
+            return Err(ApiError::bad(format!("no FileHash/FileSize sent for the NAR of {}", p.path.basename())));
         };
         match state.store.head(key).await {
             Ok(Some(meta)) if meta.size == file_size => {}
             Ok(Some(meta)) => {
-                return Err(conflict(format!(
+                return Err(ApiError::conflict(format!(
                     "the NAR of {} has {} bytes in the store, not {file_size}",
                     p.path.basename(),
                     meta.size
                 )));
             }
-            Ok(None) => return Err(conflict(format!("the NAR of {} was not uploaded ({key})", p.path.basename()))),
-            Err(e) => return Err(store_failed(&e)),
+            Ok(None) => {
+                return Err(ApiError::conflict(format!("the NAR of {} was not uploaded ({key})", p.path.basename())));
+            }
+            Err(e) => return Err(ApiError::Storage(e.to_string())),
         }
         stored.insert(p.nar_hash, StoredNar { file_hash, file_size });
     }

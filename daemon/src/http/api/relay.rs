@@ -12,13 +12,15 @@
 
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
+use super::error::ApiError;
 use super::protocol::UploadResponse;
-use super::push::{bad, clip, conflict, db_failed, max_compressed_size, nar_upload_target, planned_nar, store_failed};
+use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
+use super::read_body;
 use crate::db::NewObject;
 use crate::nix::hash::Sha256Hash;
 use crate::nix::store_path::StorePath;
 use crate::store::{ObjectKey, Store, StoreError};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
 use sha2::Digest;
@@ -88,45 +90,38 @@ pub enum VerifyError {
 }
 
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
-pub async fn upload_nar(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, hash: &str) -> Response {
-    let (id, nar_hash, key) = match nar_upload_target(id, hash) {
-        Ok(t) => t,
-        Err(e) => return bad(e),
-    };
+pub async fn upload_nar(
+    state: &Arc<HttpState>,
+    req: Request,
+    caller: &Caller,
+    id: &str,
+    hash: &str,
+) -> Result<Response, ApiError> {
+    let (id, nar_hash, key) = nar_upload_target(id, hash).map_err(ApiError::bad)?;
     let Store::Local(local) = &*state.store else {
-        return response::json_error(StatusCode::NOT_FOUND, "this server takes NARs through presigned URLs");
+        return Err(ApiError::NotFound("this server takes NARs through presigned URLs".to_owned()));
     };
-    let nar_size = match planned_nar(state, caller, id, &key).await {
+    let nar_size = match planned_nar(state, caller, id, &key).await? {
         // Uploaded meanwhile by another push: the stored NAR stays, the body is not read.
-        Ok((_, Some((size, file_hash)))) => {
-            return response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() });
+        (_, Some((size, file_hash))) => {
+            return Ok(response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() }));
         }
-        Ok((n, None)) => n,
-        Err(r) => return r,
+        (n, None) => n,
     };
     // zstd never makes a NAR bigger than this, so nothing larger is worth reading.
     let limit = state.limits.max_nar_upload.min(max_compressed_size(nar_size));
     if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
-        return response::json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("NAR larger than {limit} bytes (the most {nar_size} bytes compress to)"),
-        );
+        return Err(ApiError::TooLarge(format!(
+            "NAR larger than {limit} bytes (the most {nar_size} bytes compress to)"
+        )));
     }
-    let staged = match stage_verified(state, local, req, nar_hash, nar_size, limit).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let (staged, file_hash) = staged;
+    let (staged, file_hash) = stage_verified(state, local, req, nar_hash, nar_size, limit).await?;
     let size = staged.size();
-    if let Err(e) = local.promote(staged, &key).await {
-        return store_failed(&e);
-    }
-    if let Err(e) = state.db.record_nar(&key, size, Some(&file_hash), chrono::Utc::now()).await {
-        return db_failed(&e);
-    }
-    response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() })
+    local.promote(staged, &key).await?;
+    state.db.record_nar(&key, size, Some(&file_hash), chrono::Utc::now()).await?;
+    Ok(response::json(StatusCode::OK, &UploadResponse { size, file_hash: file_hash.to_nix_string() }))
 }
 
 /// Streams the body into a staged file while hashing it and, on a blocking thread, decompressing it to
@@ -139,7 +134,7 @@ async fn stage_verified(
     nar_hash: Sha256Hash,
     nar_size: u64,
     limit: u64,
-) -> Result<(crate::store::local::Staged, Sha256Hash), Response> {
+) -> Result<(crate::store::local::Staged, Sha256Hash), ApiError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop::new(&cancel);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
@@ -190,7 +185,7 @@ async fn stage_verified(
         Ok(Some((Sha256Hash(hasher.finalize().into()), size)))
     });
     let staged = local.stage_stream(rx).await;
-    let internal = |e: tokio::task::JoinError| response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let internal = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
     let fed = feeder.await.map_err(internal)?;
     let verdict = verifier.await.map_err(internal)?;
     // The store stopped taking the data (disk full, …): its error, not the verifier's view of a cut stream.
@@ -199,18 +194,16 @@ async fn stage_verified(
     // is a race.
     let refused = matches!(&verdict, Err(e) if !matches!(e, VerifyError::Cancelled));
     if !refused && let (Ok(None), Err(e)) = (&fed, &staged) {
-        return Err(store_failed(e));
+        return Err(ApiError::Storage(e.to_string()));
     }
     match (fed, verdict) {
-        (Err(reason), _) => Err(bad(reason)),
-        (Ok(_), Err(e)) => Err(bad(e.to_string())),
-        (Ok(None), Ok(())) => {
-            Err(response::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the store stopped reading the upload"))
-        }
+        (Err(reason), _) => Err(ApiError::bad(reason)),
+        (Ok(_), Err(e)) => Err(ApiError::bad(e.to_string())),
+        (Ok(None), Ok(())) => Err(ApiError::Internal("the store stopped reading the upload".to_owned())),
         (Ok(Some((file_hash, size))), Ok(())) => {
-            let staged = staged.map_err(|e| store_failed(&e))?;
+            let staged = staged?;
             if staged.size() != size {
-                return Err(store_failed(&format!("staged {} bytes of {size}", staged.size())));
+                return Err(ApiError::Storage(format!("staged {} bytes of {size}", staged.size())));
             }
             Ok((staged, file_hash))
         }
@@ -271,37 +264,25 @@ fn verify_zstd_nar(
     Ok(())
 }
 
-/// Reads a whole body of at most `limit` bytes.
-async fn read_body(req: Request, limit: u64) -> Result<Bytes, Response> {
-    let mut body = req.body;
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| bad(format!("reading request body: {e}")))?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(bad(format!("build log larger than {limit} bytes")));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
 /// `PUT /api/v1/uploads/{id}/log/{drv basename}`: stores a build log the session claimed.
-pub async fn upload_log(state: &Arc<HttpState>, req: Request, caller: &Caller, id: &str, drv: &str) -> Response {
-    let Ok(id) = id.parse::<i64>() else { return bad(format!("invalid upload id {:?}", clip(id))) };
+pub async fn upload_log(
+    state: &Arc<HttpState>,
+    req: Request,
+    caller: &Caller,
+    id: &str,
+    drv: &str,
+) -> Result<Response, ApiError> {
+    let Ok(id) = id.parse::<i64>() else { return Err(ApiError::bad(format!("invalid upload id {:?}", clip(id)))) };
     let drv = match StorePath::from_basename(drv) {
         Ok(p) if p.is_derivation() => p,
-        Ok(p) => return bad(format!("{} is not a .drv", p.basename())),
-        Err(e) => return bad(e.to_string()),
+        Ok(p) => return Err(ApiError::bad(format!("{} is not a .drv", p.basename()))),
+        Err(e) => return Err(ApiError::bad(e.to_string())),
     };
     let key = ObjectKey::log(&drv);
-    if let Some(refusal) = super::push::refuse_unclaimed(state, caller, id, &key).await {
-        return refusal;
-    }
+    super::push::refuse_unclaimed(state, caller, id, &key).await?;
     let limit = state.limits.max_log_upload;
-    match state.db.object_exists(&key).await {
-        Ok(true) => return same_log_or_conflict(state, req, &key, &drv, limit).await,
-        Ok(false) => {}
-        Err(e) => return db_failed(&e),
+    if state.db.object_exists(&key).await? {
+        return same_log_or_conflict(state, req, &key, &drv, limit).await;
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
     let key_s = key.to_string();
@@ -334,20 +315,15 @@ pub async fn upload_log(state: &Arc<HttpState>, req: Request, caller: &Caller, i
     let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8").await;
     match feeder.await {
         Ok(Ok(_)) => {}
-        Ok(Err(reason)) => return bad(reason),
-        Err(e) => return response::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(reason)) => return Err(ApiError::bad(reason)),
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
     }
-    let size = match stored {
-        Ok(size) => size,
-        Err(e) => return store_failed(&e),
-    };
+    let size = stored?;
     // Recorded now, unreferenced: the narinfo that keeps it alive comes with `complete`; if that never
     // comes, GC collects it.
     let obj = NewObject { key, size, refs: Vec::new() };
-    if let Err(e) = state.db.record_object(&obj, chrono::Utc::now()).await {
-        return db_failed(&e);
-    }
-    response::json(StatusCode::OK, &serde_json::json!({ "size": size }))
+    state.db.record_object(&obj, chrono::Utc::now()).await?;
+    Ok(response::json(StatusCode::OK, &serde_json::json!({ "size": size })))
 }
 
 /// A log for `drv` is in the cache already: the same bytes again are an idempotent success, other bytes
@@ -358,22 +334,18 @@ async fn same_log_or_conflict(
     key: &ObjectKey,
     drv: &StorePath,
     limit: u64,
-) -> Response {
-    let sent = match read_body(req, limit).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match state.store.get(key).await {
-        Ok(Some(existing)) if existing == sent => {
-            response::json(StatusCode::OK, &serde_json::json!({ "size": existing.len() }))
+) -> Result<Response, ApiError> {
+    let sent = read_body(req, limit, "build log").await?;
+    match state.store.get(key).await? {
+        Some(existing) if existing == sent => {
+            Ok(response::json(StatusCode::OK, &serde_json::json!({ "size": existing.len() })))
         }
-        Ok(_) => {
+        _ => {
             tracing::warn!(log = %drv.basename(), "refused to replace a build log with different content");
-            conflict(format!(
+            Err(ApiError::conflict(format!(
                 "the build log of {} is already in the cache with other content; logs are never replaced",
                 drv.basename()
-            ))
+            )))
         }
-        Err(e) => store_failed(&e),
     }
 }
