@@ -1,0 +1,318 @@
+//! `POST /api/v1/push`: validates a closure, claims its keys (one upload session) and answers which paths
+//! are missing and where to put each missing NAR: one presigned S3 `PUT` bound to the file, a presigned
+//! multipart upload (initiated here and recorded with the session), or the relay route.
+
+use super::abort::abort_sessions;
+use super::sessions::abort_multipart;
+use super::validate::{missing_paths, validate_off_workers};
+use crate::http::api::auth::Caller;
+use crate::http::api::error::ApiError;
+use crate::http::api::protocol::{MissingLog, MissingNar, MultipartWire, PushRequest, PushResponse};
+use crate::http::api::read_json;
+use crate::http::{HttpState, Request, response};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::pathinfo::PathInfo;
+use crate::nix::store_path::StorePath;
+use crate::store::{ObjectKey, Store};
+use crate::upload::pipeline::NAR_CONTENT_TYPE;
+use http::StatusCode;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use warp::reply::Response;
+
+/// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
+pub(super) const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
+
+/// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
+pub(super) const MAX_PART_URLS: usize = 100_000;
+
+/// `POST /api/v1/push`.
+pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
+    let body: PushRequest = read_json(req, state.limits.max_json_body).await?;
+    let dry_run = body.dry_run;
+    let closure = validate_off_workers(state, body.roots, body.paths).await?;
+    let missing_paths = missing_paths(state, &closure).await?;
+    // One NAR per distinct NarHash, in dependency order; those the cache already has are reused, never
+    // uploaded again (an upload could replace a published NAR).
+    let mut nars: Vec<(ObjectKey, &PathInfo)> = Vec::new();
+    let mut seen = HashSet::new();
+    for p in &missing_paths {
+        let key = ObjectKey::nar(&p.nar_hash);
+        if seen.insert(key.clone()) {
+            nars.push((key, p));
+        }
+    }
+    let nar_keys: Vec<ObjectKey> = nars.iter().map(|(k, _)| k.clone()).collect();
+    let mut stored_nars = match state.db.nar_files(&nar_keys).await {
+        Ok(m) => m,
+        Err(e) => return Err(ApiError::Database(e.to_string())),
+    };
+    learn_legacy_file_hashes(state, &mut stored_nars).await?;
+    // A NAR row still without a FileHash is referenced by no narinfo: uploading it again harms nothing.
+    let to_upload: Vec<(ObjectKey, &PathInfo)> = nars
+        .iter()
+        .filter(|(k, _)| stored_nars.get(k.as_str()).is_none_or(|f| f.file_hash.is_none()))
+        .map(|(k, p)| (k.clone(), *p))
+        .collect();
+    if dry_run {
+        let missing_nars = to_upload
+            .iter()
+            .map(|(_, p)| MissingNar {
+                path: state.store_dir.display(&p.path),
+                nar_hash: p.nar_hash.to_nix_string(),
+                upload_url: String::new(),
+                presigned: false,
+                multipart: None,
+                presign_route: None,
+            })
+            .collect();
+        return Ok(response::json(
+            StatusCode::OK,
+            &PushResponse {
+                uploads: Vec::new(),
+                missing_paths: missing_paths.iter().map(|p| state.store_dir.display(&p.path)).collect(),
+                missing_nars,
+                compression: "zstd".to_owned(),
+                missing_logs: Vec::new(),
+            },
+        ));
+    }
+    // Build logs of the missing paths that the cache lacks (one query); existing logs are never claimed,
+    // so they cannot be uploaded again (first writer wins).
+    let mut log_keys: Vec<(ObjectKey, &StorePath)> = Vec::new();
+    let mut seen_logs = HashSet::new();
+    for p in &missing_paths {
+        if let Some(drv) = &p.deriver {
+            let k = ObjectKey::log(drv);
+            if seen_logs.insert(k.clone()) {
+                log_keys.push((k, drv));
+            }
+        }
+    }
+    let absent_logs: HashSet<ObjectKey> = {
+        let keys: Vec<ObjectKey> = log_keys.iter().map(|(k, _)| k.clone()).collect();
+        match state.db.missing(&keys).await {
+            Ok(m) => m.into_iter().collect(),
+            Err(e) => return Err(ApiError::Database(e.to_string())),
+        }
+    };
+    log_keys.retain(|(k, _)| absent_logs.contains(k));
+    // One session for the whole push: it claims every narinfo of the closure (so GC keeps what the push
+    // relies on), the NARs and listings of the missing paths and the absent logs, each key once.
+    let mut claimed: Vec<ObjectKey> = closure.paths.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
+    claimed.extend(nar_keys.iter().cloned());
+    claimed.extend(missing_paths.iter().map(|p| ObjectKey::listing(&p.path)));
+    claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
+    let now = chrono::Utc::now();
+    let Some(first_root) = closure.roots.first() else { return Err(ApiError::bad("no roots")) };
+    let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
+        Ok(id) => id,
+        Err(e) => return Err(ApiError::Database(e.to_string())),
+    };
+    let uploads = vec![session.0];
+    let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
+    if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
+        abort_sessions(state, caller, &uploads).await;
+        return Err(ApiError::Database(e.to_string()));
+    }
+    let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
+        Ok(m) => m,
+        Err(e) => {
+            abort_sessions(state, caller, &uploads).await;
+            return Err(e);
+        }
+    };
+    let missing_logs = log_keys
+        .iter()
+        .map(|(_, drv)| MissingLog {
+            deriver: state.store_dir.display(drv),
+            upload_url: format!("/api/v1/uploads/{}/log/{}", session.0, drv.basename()),
+        })
+        .collect();
+    tracing::info!(
+        paths = closure.paths.len(),
+        missing = missing_paths.len(),
+        nars = missing_nars.len(),
+        "push announced"
+    );
+    Ok(response::json(
+        StatusCode::OK,
+        &PushResponse {
+            uploads,
+            missing_paths: missing_paths.iter().map(|p| state.store_dir.display(&p.path)).collect(),
+            missing_nars,
+            compression: "zstd".to_owned(),
+            missing_logs,
+        },
+    ))
+}
+
+/// NAR rows recorded before FileHashes were kept (migration 0005) have none, so they could not be reused
+/// and would be uploaded again — over a published NAR, on S3, where nothing checks the bytes first. For
+/// those a narinfo refers to, the FileHash (and FileSize) is taken from that narinfo and recorded, so the
+/// NAR is reused like any other; the ones nothing refers to stay unknown (replacing them harms nothing).
+pub(super) async fn learn_legacy_file_hashes(
+    state: &HttpState,
+    stored: &mut HashMap<String, crate::db::StoredFile>,
+) -> Result<(), ApiError> {
+    let legacy: Vec<ObjectKey> = stored
+        .iter()
+        .filter(|(_, f)| f.file_hash.is_none())
+        .filter_map(|(k, _)| ObjectKey::parse(k).ok().map(|(_, k)| k))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let referrers = state.db.narinfos_referring_to(&legacy).await.map_err(|e| ApiError::Database(e.to_string()))?;
+    let now = chrono::Utc::now();
+    for (nar, narinfo) in referrers {
+        let (Ok((_, nar_key)), Ok((_, narinfo_key))) = (ObjectKey::parse(&nar), ObjectKey::parse(&narinfo)) else {
+            continue;
+        };
+        let Some(text) = state.store.get(&narinfo_key).await.map_err(|e| ApiError::Storage(e.to_string()))? else {
+            continue;
+        };
+        let Ok(parsed) = std::str::from_utf8(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|t| NarInfo::parse(t, &state.store_dir).map_err(|e| e.to_string()))
+        else {
+            continue;
+        };
+        let (Some(file_hash), Some(file_size)) = (parsed.file_hash, parsed.file_size) else { continue };
+        if parsed.url != nar_key.as_str() {
+            continue;
+        }
+        state
+            .db
+            .record_nar(&nar_key, file_size, Some(&file_hash), now)
+            .await
+            .map_err(|e| ApiError::Database(e.to_string()))?;
+        stored.insert(nar, crate::db::StoredFile { size: file_size, file_hash: Some(file_hash) });
+    }
+    Ok(())
+}
+
+/// The largest a zstd-compressed NAR of `nar_size` bytes can be: zstd's `ZSTD_compressBound` (incompressible
+/// data is stored in raw blocks, 3 header bytes per 128 KiB) plus room for frame headers and checksum.
+pub fn max_compressed_size(nar_size: u64) -> u64 {
+    const BLOCK: u64 = 128 << 10;
+    let small_input_margin = if nar_size < BLOCK { (BLOCK - nar_size) >> 11 } else { 0 };
+    nar_size.saturating_add(nar_size >> 8).saturating_add(small_input_margin).saturating_add(64 << 10)
+}
+
+/// Where each missing NAR goes: the relay route (local store), one presigned PUT (S3, when the NAR fits in
+/// one part even incompressible), or a presigned multipart upload (S3, larger). Multipart uploads are
+/// initiated here, a few at once, and recorded under `session` so that `complete` can finish them and GC
+/// abort them. On any failure, whatever was initiated is aborted again and the error response returned.
+pub(super) async fn plan_nar_uploads(
+    state: &HttpState,
+    session: i64,
+    nars: &[(ObjectKey, &PathInfo)],
+) -> Result<Vec<MissingNar>, ApiError> {
+    let mut plans: Vec<Result<(MissingNar, Option<String>), ApiError>> = Vec::with_capacity(nars.len());
+    for chunk in nars.chunks(MULTIPART_INITIATE_CONCURRENCY) {
+        let mut futs = Vec::with_capacity(chunk.len());
+        for (key, p) in chunk {
+            futs.push(plan_nar_upload(state, session, key, p));
+        }
+        plans.extend(futures::future::join_all(futs).await);
+    }
+    let mut missing = Vec::with_capacity(plans.len());
+    let mut started: Vec<(ObjectKey, String)> = Vec::new();
+    let mut failure = None;
+    let mut part_urls = 0usize;
+    for (plan, (key, _)) in plans.into_iter().zip(nars) {
+        match plan {
+            Ok((m, upload_id)) => {
+                part_urls += m.multipart.as_ref().map_or(0, |mp| mp.part_urls.len());
+                if let Some(id) = upload_id {
+                    started.push((key.clone(), id));
+                }
+                missing.push(m);
+            }
+            Err(r) => {
+                failure.get_or_insert(r);
+            }
+        }
+    }
+    if failure.is_none() && part_urls > MAX_PART_URLS {
+        failure = Some(ApiError::TooLarge(format!(
+            "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
+        )));
+    }
+    if failure.is_none() && !started.is_empty() {
+        let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
+        let ids: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
+        let recorded = match state.db.pool().get().await {
+            Ok(c) => c
+                .execute(
+                    "INSERT INTO upload_multiparts (upload_id, key, multipart_id) \
+                     SELECT $1, k, m FROM unnest($2::text[], $3::text[]) AS t(k, m)",
+                    &[&session, &keys, &ids],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = recorded {
+            failure = Some(ApiError::Database(e));
+        }
+    }
+    match failure {
+        None => Ok(missing),
+        Some(r) => {
+            for (key, id) in &started {
+                abort_multipart(state, key, id).await;
+            }
+            Err(r)
+        }
+    }
+}
+
+/// Plans the upload of one NAR (see [`plan_nar_uploads`]); the multipart upload id when one was started.
+pub(super) async fn plan_nar_upload(
+    state: &HttpState,
+    session: i64,
+    key: &ObjectKey,
+    p: &PathInfo,
+) -> Result<(MissingNar, Option<String>), ApiError> {
+    let mut m = MissingNar {
+        path: state.store_dir.display(&p.path),
+        nar_hash: p.nar_hash.to_nix_string(),
+        upload_url: String::new(),
+        presigned: false,
+        multipart: None,
+        presign_route: None,
+    };
+    let expiry = state.limits.presign_expiry;
+    let s3 = match &*state.store {
+        Store::S3(s3) => s3,
+        Store::Local(_) => {
+            m.upload_url = format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32());
+            return Ok((m, None));
+        }
+    };
+    m.presigned = true;
+    let max_size = max_compressed_size(p.nar_size);
+    if max_size <= s3.part_size() {
+        // No URL yet: an unbound one would take any body up to S3's 5 GiB and could replace the object
+        // while it lives. The client asks `presign_route` for one bound to the file once it is compressed.
+        m.presign_route = Some(format!("/api/v1/uploads/{session}/nar/{}/presign", p.nar_hash.to_nix32()));
+        return Ok((m, None));
+    }
+    if max_size > state.limits.max_nar_upload {
+        return Err(ApiError::TooLarge(format!(
+            "the NAR of {} ({} bytes) may exceed the largest upload accepted ({} bytes)",
+            p.path.basename(),
+            p.nar_size,
+            state.limits.max_nar_upload
+        )));
+    }
+    let mp = s3
+        .presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry)
+        .await
+        .map_err(|e| ApiError::Storage(e.to_string()))?;
+    m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls });
+    Ok((m, Some(mp.upload_id)))
+}
