@@ -27,6 +27,7 @@
 pub mod embedded;
 mod migrate;
 pub mod tokens;
+mod uploads;
 
 use crate::nix::hash::Sha256Hash;
 use crate::store::ObjectKey;

@@ -1,6 +1,6 @@
 //! `POST /api/v1/abort`: ends sessions a client gave up on, aborting their multipart uploads.
 
-use super::sessions::{abort_multipart, multiparts_of, owned_sessions};
+use super::sessions::{abort_multipart, owned_sessions};
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::protocol::{AbortRequest, AbortResponse};
@@ -32,7 +32,7 @@ pub(super) async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i6
     let Ok(owned) = owned_sessions(state, caller, ids).await else { return (0, 0) };
     let ids = owned.as_slice();
     let mut multiparts = 0;
-    if let Ok(started) = multiparts_of(state, ids).await {
+    if let Ok(started) = state.db.multiparts_of(ids).await {
         for (key, id) in &started {
             if let Ok((_, key)) = ObjectKey::parse(key) {
                 abort_multipart(state, &key, id).await;
@@ -41,11 +41,9 @@ pub(super) async fn abort_sessions(state: &HttpState, caller: &Caller, ids: &[i6
         }
     }
     let mut sessions = 0;
-    if let Ok(client) = state.db.pool().get().await {
-        match client.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&ids]).await {
-            Ok(n) => sessions = n,
-            Err(e) => tracing::warn!("ending aborted upload sessions: {e}"),
-        }
+    match state.db.end_sessions(ids).await {
+        Ok(n) => sessions = n,
+        Err(e) => tracing::warn!("ending aborted upload sessions: {e}"),
     }
     (sessions, multiparts)
 }

@@ -240,24 +240,11 @@ pub(super) async fn plan_nar_uploads(
             "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
         )));
     }
-    if failure.is_none() && !started.is_empty() {
-        let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
-        let ids: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
-        let recorded = match state.db.pool().get().await {
-            Ok(c) => c
-                .execute(
-                    "INSERT INTO upload_multiparts (upload_id, key, multipart_id) \
-                     SELECT $1, k, m FROM unnest($2::text[], $3::text[]) AS t(k, m)",
-                    &[&session, &keys, &ids],
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = recorded {
-            failure = Some(ApiError::Database(e));
-        }
+    if failure.is_none()
+        && !started.is_empty()
+        && let Err(e) = state.db.record_multiparts(session, &started).await
+    {
+        failure = Some(e.into());
     }
     match failure {
         None => Ok(missing),

@@ -4,7 +4,7 @@
 //! the session.
 
 use super::clip;
-use super::sessions::{abort_multipart, multiparts_of};
+use super::sessions::abort_multipart;
 use super::validate::{missing_paths, validate_off_workers};
 use crate::db::{NewObject, UploadId};
 use crate::http::api::auth::Caller;
@@ -19,7 +19,7 @@ use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use http::StatusCode;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use warp::reply::Response;
@@ -34,22 +34,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         return Err(ApiError::bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len())));
     }
     // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
-    let sessions: BTreeMap<i64, String> = {
-        let client = match state.db.pool().get().await {
-            Ok(c) => c,
-            Err(e) => return Err(ApiError::Database(e.to_string())),
-        };
-        match client
-            .query(
-                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
-                &[&uploads, &caller.session_owner()],
-            )
-            .await
-        {
-            Ok(rows) => rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect(),
-            Err(e) => return Err(ApiError::Database(e.to_string())),
-        }
-    };
+    let sessions = state.db.owned_sessions(&uploads, caller.session_owner()).await?;
     for (id, root) in uploads.iter().zip(&closure.roots) {
         if sessions.get(id).map(String::as_str) != Some(ObjectKey::narinfo(root).as_str()) {
             return Err(ApiError::conflict(format!(
@@ -72,7 +57,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     }
     let todo = missing_paths(state, &closure).await?;
     // Finish the multipart uploads the client filled (a retried complete finds them finished already).
-    let started = multiparts_of(state, &uploads).await?;
+    let started = state.db.multiparts_of(&uploads).await?;
     if !started.is_empty() {
         let mut done = HashSet::new();
         for p in &todo {
@@ -244,14 +229,7 @@ pub(super) async fn complete_multipart(
 
 /// Drops the record of the multipart upload of `key` by `sessions` (completed or aborted).
 pub(super) async fn forget_multipart(state: &HttpState, sessions: &[i64], key: &ObjectKey) {
-    if let Ok(c) = state.db.pool().get().await
-        && let Err(e) = c
-            .execute(
-                "DELETE FROM upload_multiparts WHERE upload_id = ANY($1) AND key = $2",
-                &[&sessions, &key.as_str()],
-            )
-            .await
-    {
+    if let Err(e) = state.db.forget_multipart(sessions, key).await {
         tracing::warn!("forgetting the multipart upload of {key}: {e}");
     }
 }

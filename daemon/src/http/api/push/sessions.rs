@@ -8,7 +8,6 @@ use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::nix::hash::Sha256Hash;
 use crate::store::{ObjectKey, Store};
-use std::collections::HashMap;
 
 /// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or why
 /// not (for a 400).
@@ -41,24 +40,6 @@ pub(crate) async fn planned_nar(
     Ok((nar_size, stored))
 }
 
-/// True when upload session `id` exists, was opened by `caller` and claimed `key`.
-pub(super) async fn session_claims(
-    state: &HttpState,
-    caller: &Caller,
-    id: i64,
-    key: &ObjectKey,
-) -> Result<bool, String> {
-    let client = state.db.pool().get().await.map_err(|e| e.to_string())?;
-    let row = client
-        .query_opt(
-            "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
-            &[&id, &key.as_str(), &caller.session_owner()],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(row.is_some())
-}
-
 /// Refuses (404, or 503 when the database cannot say) unless upload session `id` of `caller` claimed
 /// `key`. Every upload route checks this before accepting a byte.
 pub(crate) async fn refuse_unclaimed(
@@ -67,34 +48,16 @@ pub(crate) async fn refuse_unclaimed(
     id: i64,
     key: &ObjectKey,
 ) -> Result<(), ApiError> {
-    match session_claims(state, caller, id, key).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::NotFound(format!("upload {id} does not exist or did not claim {key}"))),
-        Err(e) => Err(ApiError::Database(e)),
+    if state.db.session_claims(id, key, caller.session_owner()).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("upload {id} does not exist or did not claim {key}")))
     }
 }
 
 /// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
 pub(super) async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, ApiError> {
-    let client = state.db.pool().get().await.map_err(|e| ApiError::Database(e.to_string()))?;
-    let rows = client
-        .query(
-            "SELECT id FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
-            &[&ids, &caller.session_owner()],
-        )
-        .await
-        .map_err(|e| ApiError::Database(e.to_string()))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// The multipart uploads recorded for sessions `ids`: key → upload id.
-pub(super) async fn multiparts_of(state: &HttpState, ids: &[i64]) -> Result<HashMap<String, String>, ApiError> {
-    let client = state.db.pool().get().await.map_err(|e| ApiError::Database(e.to_string()))?;
-    let rows = client
-        .query("SELECT key, multipart_id FROM upload_multiparts WHERE upload_id = ANY($1)", &[&ids])
-        .await
-        .map_err(|e| ApiError::Database(e.to_string()))?;
-    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+    Ok(state.db.owned_sessions(ids, caller.session_owner()).await?.into_keys().collect())
 }
 
 /// Best effort: aborts multipart upload `upload_id` of `key` (what fails here, GC retries).

@@ -1,0 +1,78 @@
+//! Upload sessions as the push API's routes ask about them: which sessions a token owns, what a session
+//! claimed, and the S3 multipart uploads a session started (recorded so `complete` can finish them and GC
+//! abort them). Opening, claiming and finishing sessions is in `mod.rs` with the rest of the claim logic.
+//!
+//! A session's owner is the token that opened it (`None`: the seed token); another token's session is
+//! treated as unknown by every query here.
+
+use super::{Db, DbError, q};
+use crate::store::ObjectKey;
+use std::collections::{BTreeMap, HashMap};
+
+impl Db {
+    /// Of sessions `ids`, those `owner` opened, with the root each was opened for.
+    pub async fn owned_sessions(&self, ids: &[i64], owner: Option<i64>) -> Result<BTreeMap<i64, String>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
+                &[&ids, &owner],
+            )
+            .await
+            .map_err(q("owned_sessions"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
+    }
+
+    /// True when session `id` exists, was opened by `owner` and claimed `key`.
+    pub async fn session_claims(&self, id: i64, key: &ObjectKey, owner: Option<i64>) -> Result<bool, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
+                &[&id, &key.as_str(), &owner],
+            )
+            .await
+            .map_err(q("session_claims"))?;
+        Ok(row.is_some())
+    }
+
+    /// Ends sessions `ids` (their claims go with them); how many there were.
+    pub async fn end_sessions(&self, ids: &[i64]) -> Result<u64, DbError> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&ids]).await.map_err(q("end_sessions"))
+    }
+
+    /// Records the multipart uploads `started` (key, multipart id) by session `session`.
+    pub async fn record_multiparts(&self, session: i64, started: &[(ObjectKey, String)]) -> Result<(), DbError> {
+        let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
+        let ids: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO upload_multiparts (upload_id, key, multipart_id) \
+             SELECT $1, k, m FROM unnest($2::text[], $3::text[]) AS t(k, m)",
+            &[&session, &keys, &ids],
+        )
+        .await
+        .map_err(q("record_multiparts"))?;
+        Ok(())
+    }
+
+    /// The multipart uploads recorded for sessions `ids`: key → multipart id.
+    pub async fn multiparts_of(&self, ids: &[i64]) -> Result<HashMap<String, String>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT key, multipart_id FROM upload_multiparts WHERE upload_id = ANY($1)", &[&ids])
+            .await
+            .map_err(q("multiparts_of"))?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+    }
+
+    /// Drops the record of the multipart upload of `key` by sessions `ids` (completed or aborted).
+    pub async fn forget_multipart(&self, ids: &[i64], key: &ObjectKey) -> Result<(), DbError> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM upload_multiparts WHERE upload_id = ANY($1) AND key = $2", &[&ids, &key.as_str()])
+            .await
+            .map_err(q("forget_multipart"))?;
+        Ok(())
+    }
+}
