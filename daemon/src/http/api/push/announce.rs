@@ -55,17 +55,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         .map(|(k, p)| (k.clone(), *p))
         .collect();
     if dry_run {
-        let missing_nars = to_upload
-            .iter()
-            .map(|(_, p)| MissingNar {
-                path: state.store_dir.display(&p.path),
-                nar_hash: p.nar_hash.to_nix_string(),
-                upload_url: String::new(),
-                presigned: false,
-                multipart: None,
-                presign_route: None,
-            })
-            .collect();
+        let missing_nars = to_upload.iter().map(|(_, p)| missing_nar(state, p)).collect();
         return Ok(response::json(
             StatusCode::OK,
             &PushResponse {
@@ -264,14 +254,7 @@ pub(super) async fn plan_nar_upload(
     key: &ObjectKey,
     p: &PathInfo,
 ) -> Result<(MissingNar, Option<String>), ApiError> {
-    let mut m = MissingNar {
-        path: state.store_dir.display(&p.path),
-        nar_hash: p.nar_hash.to_nix_string(),
-        upload_url: String::new(),
-        presigned: false,
-        multipart: None,
-        presign_route: None,
-    };
+    let mut m = missing_nar(state, p);
     let expiry = state.limits.presign_expiry;
     let s3 = match &*state.store {
         Store::S3(s3) => s3,
@@ -302,4 +285,16 @@ pub(super) async fn plan_nar_upload(
         .map_err(|e| ApiError::Storage(e.to_string()))?;
     m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls });
     Ok((m, Some(mp.upload_id)))
+}
+
+/// The answer's entry for the NAR of `p`, not yet told where to go.
+fn missing_nar(state: &HttpState, p: &PathInfo) -> MissingNar {
+    MissingNar {
+        path: state.store_dir.display(&p.path),
+        nar_hash: p.nar_hash.to_nix_string(),
+        upload_url: String::new(),
+        presigned: false,
+        multipart: None,
+        presign_route: None,
+    }
 }
