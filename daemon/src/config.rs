@@ -85,19 +85,50 @@ pub struct ServeArgs {
     /// Public substituter URL shown on the landing page. Default: http://<http-addr>.
     #[arg(long, env = "NIKS3_CACHE_URL")]
     pub cache_url: Option<String>,
-    /// The Nix store directory of the paths served.
-    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
-    pub nix_store_dir: String,
     /// Priority announced in nix-cache-info (lower is preferred).
     #[arg(long, env = "NIKS3_PRIORITY", default_value_t = 30)]
     pub priority: u32,
-    /// NARs uploaded in parallel. Default: the number of cores.
+    /// The store directory, jobs and zstd level (shared with `push` and `drain`).
+    #[command(flatten)]
+    pub nar: NarArgs,
+}
+
+/// How NARs are read and made, the same flags for every subcommand that makes them (`serve`, `push`,
+/// `drain`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct NarArgs {
+    /// The Nix store directory the paths are in.
+    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
+    pub nix_store_dir: String,
+    /// NARs compressed and uploaded at once (`drain`: also spool entries). Default: the number of cores.
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
-    /// zstd level of uploaded NARs, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
+    /// zstd level of the NARs, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
     #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = crate::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=i64::from(crate::upload::nar_stream::MAX_ZSTD_LEVEL)))]
     pub compression_level: i32,
+}
+
+impl NarArgs {
+    /// `--jobs`, or one per core; at least 1.
+    pub fn jobs(&self) -> usize {
+        self.jobs.unwrap_or_else(crate::upload::default_jobs).max(1)
+    }
+
+    /// `--nix-store-dir`, checked.
+    pub fn store_dir(&self) -> Result<StoreDir, StorePathError> {
+        StoreDir::new(&self.nix_store_dir)
+    }
+}
+
+impl Default for NarArgs {
+    fn default() -> Self {
+        NarArgs {
+            nix_store_dir: "/nix/store".to_owned(),
+            jobs: None,
+            compression_level: crate::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -134,10 +165,8 @@ impl std::fmt::Debug for ServeArgs {
             .field("api_token_file", &self.api_token_file)
             .field("api_token", &redact(&self.api_token))
             .field("cache_url", &self.cache_url)
-            .field("nix_store_dir", &self.nix_store_dir)
             .field("priority", &self.priority)
-            .field("jobs", &self.jobs)
-            .field("compression_level", &self.compression_level)
+            .field("nar", &self.nar)
             .finish_non_exhaustive()
     }
 }
@@ -465,7 +494,7 @@ impl ServeConfig {
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
         let state_dir = resolve_state_dir(args.state_dir.as_deref())?;
         let http_addr = parse_http_addr(&args.http_addr)?;
-        let nix_store_dir = StoreDir::new(&args.nix_store_dir)?;
+        let nix_store_dir = args.nar.store_dir()?;
         let spool_dir =
             if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
         let db = resolve_db(args.db.as_deref(), args.db_file.as_deref(), || Ok(state_dir.clone()))?;
@@ -480,7 +509,7 @@ impl ServeConfig {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => derived_cache_url(http_addr),
         };
-        let jobs = args.jobs.unwrap_or_else(crate::upload::default_jobs).max(1);
+        let jobs = args.nar.jobs();
         Ok(Self {
             state_dir,
             http_addr,
@@ -498,7 +527,7 @@ impl ServeConfig {
             nix_store_dir,
             priority: args.priority,
             jobs,
-            compression_level: args.compression_level,
+            compression_level: args.nar.compression_level,
         })
     }
 
@@ -701,7 +730,6 @@ mod tests {
             db_file: Some(db_file),
             sign_key_files: vec![key_file],
             api_token_file: Some(token_file),
-            nix_store_dir: "/nix/store".to_owned(),
             priority: 40,
             ..ServeArgs::default()
         };

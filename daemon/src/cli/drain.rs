@@ -8,7 +8,6 @@ use niks3::client::ApiClient;
 use niks3::client::push::Pusher;
 use niks3::metrics::Metrics;
 use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::StoreDir;
 use niks3::upload::drain::{DrainConfig, Drainer};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,16 +27,9 @@ pub struct Args {
     /// Where the hook keeps GC roots for queued paths.
     #[arg(long, env = "NIKS3_GCROOTS_DIR", default_value = "/nix/var/nix/gcroots/niks3")]
     pub gcroots_dir: PathBuf,
-    /// The local Nix store directory.
-    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
-    pub nix_store_dir: String,
-    /// Entries (and NARs per entry) processed in parallel (default: number of cores).
-    #[arg(long, env = "NIKS3_JOBS")]
-    pub jobs: Option<usize>,
-    /// zstd level of the NARs sent, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
-    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
-          value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3::upload::nar_stream::MAX_ZSTD_LEVEL)))]
-    pub compression_level: i32,
+    /// The store directory, jobs and zstd level.
+    #[command(flatten)]
+    pub nar: niks3::config::NarArgs,
     /// Exit once the spool is empty instead of waiting for new entries.
     #[arg(long)]
     pub once: bool,
@@ -46,11 +38,12 @@ pub struct Args {
 /// Runs `niks3 drain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = super::push::load_token(args.auth_token_file.as_deref())?;
-    let store_dir = StoreDir::new(&args.nix_store_dir)?;
-    let jobs = args.jobs.unwrap_or_else(niks3::upload::default_jobs);
+    let store_dir = args.nar.store_dir()?;
+    let jobs = args.nar.jobs();
     let api = ApiClient::new(&args.server, token)?;
     let nix = LocalNix::default();
-    let pusher = Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.compression_level);
+    let pusher =
+        Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.nar.compression_level);
     let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);
     config.once = args.once;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;

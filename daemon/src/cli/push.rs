@@ -7,7 +7,6 @@ use niks3::client::ApiClient;
 use niks3::client::push::{Progress, Pusher};
 use niks3::http::ApiToken;
 use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::StoreDir;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -23,16 +22,9 @@ pub struct Args {
     /// Only list what would be uploaded.
     #[arg(long)]
     pub dry_run: bool,
-    /// NARs compressed and uploaded in parallel (default: number of cores).
-    #[arg(long, env = "NIKS3_JOBS")]
-    pub jobs: Option<usize>,
-    /// zstd level of the NARs sent, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
-    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
-          value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3::upload::nar_stream::MAX_ZSTD_LEVEL)))]
-    pub compression_level: i32,
-    /// The local Nix store directory.
-    #[arg(long, env = "NIKS3_NIX_STORE_DIR", default_value = "/nix/store")]
-    pub nix_store_dir: String,
+    /// The store directory, jobs and zstd level.
+    #[command(flatten)]
+    pub nar: niks3::config::NarArgs,
     /// Store paths (or symlinks to them, like ./result) whose closures to push.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,
@@ -71,10 +63,11 @@ fn default_state_dirs() -> Vec<PathBuf> {
 #[allow(clippy::needless_pass_by_value, reason = "every subcommand's run takes its Args by value")]
 pub fn run(args: Args) -> anyhow::Result<()> {
     let token = load_token(args.auth_token_file.as_deref())?;
-    let store_dir = StoreDir::new(&args.nix_store_dir)?;
-    let jobs = args.jobs.unwrap_or_else(niks3::upload::default_jobs);
+    let store_dir = args.nar.store_dir()?;
+    let jobs = args.nar.jobs();
     let api = ApiClient::new(&args.server, token)?;
-    let pusher = Pusher::new(api, LocalNix::default(), store_dir, jobs).with_compression_level(args.compression_level);
+    let pusher =
+        Pusher::new(api, LocalNix::default(), store_dir, jobs).with_compression_level(args.nar.compression_level);
     let mut roots = Vec::with_capacity(args.paths.len());
     for p in &args.paths {
         roots.push(pusher.resolve_arg(p)?);
