@@ -115,12 +115,22 @@ pub(super) async fn finish_leftovers(
     client: &mut deadpool_postgres::ClientWrapper,
     store: &Store,
 ) -> Result<Swept, GcError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await.map_err(q("gc leftovers: lock"))?;
-    let result = finish_leftovers_locked(client, store).await;
+    with_gc_lock(client, async |c| finish_leftovers_locked(c, store).await).await
+}
+
+/// Runs `body` holding the exclusive GC lock (a session lock: it spans the body's transactions) and
+/// releases it even when `body` failed; on a lost connection the lock went with the connection. The
+/// body's error wins over the unlock's.
+async fn with_gc_lock<T>(
+    client: &mut deadpool_postgres::ClientWrapper,
+    body: impl AsyncFnOnce(&mut deadpool_postgres::ClientWrapper) -> Result<T, GcError>,
+) -> Result<T, GcError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await.map_err(q("gc: lock"))?;
+    let result = body(client).await;
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&GC_LOCK]).await.map_err(q("gc: unlock"));
-    let swept = result?;
+    let value = result?;
     unlocked?;
-    Ok(swept)
+    Ok(value)
 }
 
 async fn finish_leftovers_locked(
@@ -230,11 +240,7 @@ async fn delete_batch(
     last: i32,
     swept: &mut Swept,
 ) -> Result<(), GcError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&GC_LOCK]).await.map_err(q("gc sweep: lock"))?;
-    let result = delete_batch_locked(client, store, marked_before, first, last, swept).await;
-    // On a lost connection the lock is gone with it; otherwise release it even after an error.
-    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&GC_LOCK]).await.map_err(q("gc sweep: unlock"));
-    result.and(unlocked.map(|_| ()))
+    with_gc_lock(client, async |c| delete_batch_locked(c, store, marked_before, first, last, swept).await).await
 }
 
 async fn delete_batch_locked(
