@@ -54,7 +54,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     });
     let metrics = Arc::new(Metrics::default());
     let banner = config.startup_banner();
-    let keys = Arc::new(load_keys(&config)?);
+    let keys = Arc::clone(&config.sign_keys);
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
     let uploader = Arc::new(
         Uploader::new(publisher, LocalNix::default(), Arc::clone(&metrics), config.jobs)
@@ -134,18 +134,6 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let _ = cache_info.await;
     signals.abort();
     Ok(())
-}
-
-/// The signing keys, read again from their files (the resolved config keeps its own copies for the
-/// banner; keys are not `Clone` on purpose).
-fn load_keys(config: &ServeConfig) -> anyhow::Result<Vec<niks3::nix::signing::SecretKey>> {
-    config
-        .sign_key_files
-        .iter()
-        .map(|f| {
-            niks3::nix::signing::SecretKey::from_file(f).with_context(|| format!("reading signing key {}", f.display()))
-        })
-        .collect()
 }
 
 /// Starts the HTTP server (read proxy, landing page, API, health, metrics) on the listener `serve` bound
