@@ -192,11 +192,10 @@ async fn collect(
 /// Aborts the multipart uploads of the failed uploads phase 1 dropped (remote pushers that never completed).
 /// Best effort: what fails here is still in the bucket, and `abort_stale_uploads` removes it by age.
 async fn abort_abandoned_multiparts(store: &Store, multiparts: &[(String, String)]) {
-    let Store::S3(s3) = store else { return };
     let mut aborted = 0u64;
     for (key, upload_id) in multiparts {
         let Ok((_, key)) = crate::store::ObjectKey::parse(key) else { continue };
-        match s3.abort_multipart(&key, upload_id).await {
+        match store.abort_multipart(&key, upload_id).await {
             Ok(()) => aborted += 1,
             Err(e) => tracing::warn!(error = %e, "could not abort an abandoned multipart upload; the next GC retries"),
         }

@@ -113,6 +113,29 @@ impl Store {
         }
     }
 
+    /// Aborts the multipart upload `upload_id` of `key` (one already gone is fine). A local directory has
+    /// no multipart uploads: nothing to do.
+    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Local(_) => Ok(()),
+            Store::S3(s) => s.abort_multipart(key, upload_id).await,
+        }
+    }
+
+    /// Completes the multipart upload `upload_id` of `key` from its parts' ETags: the object appears. A
+    /// local directory has no multipart uploads to complete (a configuration error if asked).
+    pub async fn complete_multipart(
+        &self,
+        key: &ObjectKey,
+        upload_id: &str,
+        etags: Vec<String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local(_) => Err(StoreError::Config(format!("{key}: a local directory has no multipart uploads"))),
+            Store::S3(s) => s.complete_multipart(key, upload_id, etags).await,
+        }
+    }
+
     /// Writes several small objects (a path's NAR, listing and log): all at once, each in one request
     /// to S3; in one blocking task for a local directory. Returns when all are stored; on an error some
     /// may be stored, each complete.

@@ -15,7 +15,7 @@ use crate::http::{HttpState, Request, response};
 use crate::nix::hash::Sha256Hash;
 use crate::nix::pathinfo::PathInfo;
 use crate::nix::store_path::StorePath;
-use crate::store::{ObjectKey, SmallObject, Store};
+use crate::store::{ObjectKey, SmallObject};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use http::StatusCode;
@@ -199,8 +199,9 @@ pub(super) async fn stored_nars(
     Ok(stored)
 }
 
-/// Finishes the multipart upload of `key` from the client's part ETags. A refusal by S3 (bad or missing
-/// part) aborts the upload: the client must push again. Transient failures leave it for a retry.
+/// Finishes the multipart upload of `key` from the client's part ETags (only S3 stores have them: the
+/// announce recorded one). A refusal by S3 (bad or missing part) aborts the upload: the client must push
+/// again. Transient failures leave it for a retry.
 pub(super) async fn complete_multipart(
     state: &HttpState,
     sessions: &[i64],
@@ -208,14 +209,13 @@ pub(super) async fn complete_multipart(
     upload_id: &str,
     etags: &[String],
 ) -> Result<(), ApiError> {
-    let Store::S3(s3) = &*state.store else { return Ok(()) };
     if etags.len() as u64 > crate::store::s3::MAX_PARTS {
         return Err(ApiError::bad(format!("{} parts reported for {key}", etags.len())));
     }
     if let Some(e) = etags.iter().find(|e| !valid_etag(e)) {
         return Err(ApiError::bad(format!("malformed part ETag {:?} for {key}", clip(e))));
     }
-    if let Err(e) = s3.complete_multipart(key, upload_id, etags.to_vec()).await {
+    if let Err(e) = state.store.complete_multipart(key, upload_id, etags.to_vec()).await {
         if e.is_transient() {
             return Err(ApiError::Storage(e.to_string()));
         }

@@ -7,7 +7,7 @@ use crate::http::HttpState;
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::nix::hash::Sha256Hash;
-use crate::store::{ObjectKey, Store};
+use crate::store::ObjectKey;
 
 /// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or why
 /// not (for a 400).
@@ -62,9 +62,7 @@ pub(super) async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i6
 
 /// Best effort: aborts multipart upload `upload_id` of `key` (what fails here, GC retries).
 pub(super) async fn abort_multipart(state: &HttpState, key: &ObjectKey, upload_id: &str) {
-    if let Store::S3(s3) = &*state.store
-        && let Err(e) = s3.abort_multipart(key, upload_id).await
-    {
+    if let Err(e) = state.store.abort_multipart(key, upload_id).await {
         tracing::warn!(error = %e, "could not abort a multipart upload; GC will retry");
     }
 }
