@@ -7,6 +7,7 @@ pub mod child_env;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod drain;
 pub mod gc;
 pub mod http;
 pub mod metrics;

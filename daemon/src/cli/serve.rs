@@ -6,12 +6,12 @@
 use anyhow::Context as _;
 use niks3::config::{ServeConfig, StoreChoice};
 use niks3::db::Db;
+use niks3::drain::{DrainConfig, Drainer};
 use niks3::metrics::Metrics;
 use niks3::nix::pathinfo::LocalNix;
 use niks3::store::Store;
 use niks3::store::local::LocalStore;
 use niks3::store::s3::S3Store;
-use niks3::upload::drain::{DrainConfig, Drainer};
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
 use niks3::upload::retry::Backoff;

@@ -567,9 +567,9 @@ async fn with_ticks<F: std::future::Future>(
 }
 
 /// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
-impl crate::upload::drain::Process for Pusher {
+impl crate::drain::Process for Pusher {
     type Error = ClientError;
-    async fn process(&self, works: &[crate::upload::drain::Work]) -> Result<(), Self::Error> {
+    async fn process(&self, works: &[crate::drain::Work]) -> Result<(), Self::Error> {
         let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
         let r = self.push(&outputs, false, &NoProgress).await?;
         tracing::info!(

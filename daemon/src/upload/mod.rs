@@ -11,11 +11,8 @@
 //! - [`pipeline`]: uploads the closures of local store paths (the [`pipeline::Uploader`]).
 //! - [`realisations`]: uploads the realisations of content-addressed derivation outputs (and those of
 //!   their inputs the cache lacks), each after everything it points to.
-//! - [`drain`]: watches the spool and feeds claimed entries to a [`drain::Process`] (the uploader
-//!   locally, or a remote push client for `niks3 drain`).
 //! - [`retry`]: jittered, capped exponential backoff for transient outages.
 
-pub mod drain;
 pub mod nar_stream;
 pub mod pipeline;
 pub mod publish;

@@ -616,3 +616,26 @@ fn keys_of(p: &PathInfo) -> Vec<ObjectKey> {
     }
     keys
 }
+
+/// The local drainer's work: a batch's closures in one upload, then their realisations.
+impl crate::drain::Process for Uploader {
+    type Error = crate::upload::UploadError;
+    async fn process(&self, works: &[crate::drain::Work]) -> Result<(), Self::Error> {
+        let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
+        self.upload_closure(&outputs).await?;
+        for work in works {
+            if let Some(drv) = &work.drv
+                && !work.realisations.is_empty()
+            {
+                self.upload_realisations(drv, &work.realisations).await?;
+            }
+        }
+        Ok(())
+    }
+    fn is_transient(error: &Self::Error) -> bool {
+        error.is_transient()
+    }
+    fn nix_environment(error: &Self::Error) -> Option<&crate::nix::pathinfo::PathInfoError> {
+        error.nix_environment()
+    }
+}

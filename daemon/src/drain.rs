@@ -1,4 +1,6 @@
-//! The spool drainer: turns spool entries into uploads, durably.
+//! The spool drainer: turns spool entries into uploads, durably. Shared by `niks3 serve` (entries go to
+//! the local [`crate::upload::pipeline::Uploader`]) and `niks3 drain` on a builder (entries go to a
+//! server through [`crate::client::push::Pusher`]): both implement [`Process`].
 //!
 //! It watches `new/` with inotify (and polls every couple of seconds anyway, in case inotify is
 //! unavailable or an event was lost), claims entries atomically (a rename, so two drainers never take the
@@ -68,28 +70,6 @@ pub trait Process: Send + Sync + 'static {
     /// The local Nix store error behind `error`, when the store could not be read (then the error is
     /// also transient, and is reported on `/health` and `/metrics`).
     fn nix_environment(error: &Self::Error) -> Option<&PathInfoError>;
-}
-
-impl Process for crate::upload::pipeline::Uploader {
-    type Error = crate::upload::UploadError;
-    async fn process(&self, works: &[Work]) -> Result<(), Self::Error> {
-        let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
-        self.upload_closure(&outputs).await?;
-        for work in works {
-            if let Some(drv) = &work.drv
-                && !work.realisations.is_empty()
-            {
-                self.upload_realisations(drv, &work.realisations).await?;
-            }
-        }
-        Ok(())
-    }
-    fn is_transient(error: &Self::Error) -> bool {
-        error.is_transient()
-    }
-    fn nix_environment(error: &Self::Error) -> Option<&PathInfoError> {
-        error.nix_environment()
-    }
 }
 
 /// Why an entry could not be turned into [`Work`].
