@@ -542,6 +542,27 @@ impl Uploader {
         }
     }
 
+    /// Starts the single pass over `info`'s path on a blocking thread (NAR → NarHash check → zstd →
+    /// chunks): the thread, and the chunks it sends. The thread holds `slot` (CPU work) and gives it back
+    /// when the last byte is compressed.
+    fn start_nar_pass(
+        &self,
+        info: &PathInfo,
+        slot: OwnedSemaphorePermit,
+        zstd_workers: u32,
+    ) -> (tokio::task::JoinHandle<Result<NarStreamed, UploadError>>, ChunkReceiver) {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
+        let fs_path = self.store_dir().path_of(&info.path);
+        let display = self.store_dir().display(&info.path);
+        let (hash, size, encoding, key) = (info.nar_hash, info.nar_size, self.encoding, ObjectKey::nar(&info.nar_hash));
+        let producer = tokio::task::spawn_blocking(move || {
+            let streamed = stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers);
+            drop(slot);
+            streamed
+        });
+        (producer, rx)
+    }
+
     /// A small NAR's single pass into memory: the compressed bytes, checked against Nix's record
     /// like a streamed one (the bytes exist only if the NarHash matched).
     async fn encode_nar(
@@ -549,16 +570,7 @@ impl Uploader {
         info: &PathInfo,
         slot: OwnedSemaphorePermit,
     ) -> Result<(NarStreamed, Bytes), UploadError> {
-        let key = ObjectKey::nar(&info.nar_hash);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
-        let fs_path = self.store_dir().path_of(&info.path);
-        let display = self.store_dir().display(&info.path);
-        let (hash, size, encoding) = (info.nar_hash, info.nar_size, self.encoding);
-        let producer = tokio::task::spawn_blocking(move || {
-            let streamed = stream_nar(&fs_path, &display, hash, size, key, tx, encoding, 0);
-            drop(slot);
-            streamed
-        });
+        let (producer, mut rx) = self.start_nar_pass(info, slot, 0);
         // Received while the pass runs (it blocks when the channel is full), to the end; an error chunk
         // is the pass's own failure, which its result reports.
         let collect = async {
@@ -569,7 +581,7 @@ impl Uploader {
             chunks
         };
         let (chunks, pass) = tokio::join!(collect, producer);
-        let streamed = pass.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))??;
+        let streamed = pass.map_err(nar_thread)??;
         let body = match <[Bytes; 1]>::try_from(chunks) {
             Ok([one]) => one,
             Err(chunks) => Bytes::from(chunks.concat()),
@@ -586,18 +598,9 @@ impl Uploader {
         slot: OwnedSemaphorePermit,
         zstd_workers: u32,
     ) -> Result<NarStreamed, UploadError> {
-        let key = ObjectKey::nar(&info.nar_hash);
-        let (tx, rx) = tokio::sync::mpsc::channel(CHUNK_QUEUE);
-        let fs_path = self.store_dir().path_of(&info.path);
-        let display = self.store_dir().display(&info.path);
-        let (hash, size, encoding, nar_key) = (info.nar_hash, info.nar_size, self.encoding, key.clone());
-        let producer = tokio::task::spawn_blocking(move || {
-            let streamed = stream_nar(&fs_path, &display, hash, size, nar_key, tx, encoding, zstd_workers);
-            drop(slot);
-            streamed
-        });
-        let stored = self.store().put_stream(&key, rx, NAR_CONTENT_TYPE).await;
-        let nar_result = producer.await.map_err(|e| UploadError::Task(format!("NAR thread: {e}")))?;
+        let (producer, rx) = self.start_nar_pass(info, slot, zstd_workers);
+        let stored = self.store().put_stream(&ObjectKey::nar(&info.nar_hash), rx, NAR_CONTENT_TYPE).await;
+        let nar_result = producer.await.map_err(nar_thread)?;
         match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.
             Err(e @ UploadError::HashMismatch { .. }) => Err(e),
@@ -606,6 +609,15 @@ impl Uploader {
             Err(e) => Err(stored.err().map_or(e, Into::into)),
         }
     }
+}
+
+/// The chunks a NAR pass sends (an error chunk when the pass failed).
+type ChunkReceiver = tokio::sync::mpsc::Receiver<Result<Bytes, crate::store::StoreError>>;
+
+/// A NAR thread that panicked or was cancelled.
+#[allow(clippy::needless_pass_by_value, reason = "the map_err signature")]
+fn nar_thread(e: tokio::task::JoinError) -> UploadError {
+    UploadError::Task(format!("NAR thread: {e}"))
 }
 
 /// The keys an upload of `p` writes or relies on (claimed so GC keeps them).
