@@ -143,7 +143,8 @@ impl Publisher {
         if !missing.is_empty() {
             for input in inputs.iter().filter(|i| !i.references_checked) {
                 let info = input.info;
-                if let Some(reference) = info.references.iter().find(|r| missing.contains(&ObjectKey::narinfo(r))) {
+                let mut references = info.references.iter().filter(|r| **r != info.path);
+                if let Some(reference) = references.find(|r| missing.contains(&ObjectKey::narinfo(r))) {
                     return Err(UploadError::MissingReference {
                         path: info.path.clone(),
                         reference: reference.clone(),
