@@ -3,7 +3,7 @@
 # measured with wrk on loopback in one run (so the ratio is meaningful on a shared machine).
 #
 #   1. writes N narinfo files (default 2000, ~450 bytes each, real nix32 names) into a cache directory;
-#   2. starts `niks3 serve --store-dir DIR --no-spool` (embedded PostgreSQL in a scratch state dir) and
+#   2. starts `niks3 serve --storage-dir DIR --no-spool` (embedded PostgreSQL in a scratch state dir) and
 #      nginx (worker_processes = cores, access_log off, sendfile on) with that directory as its root;
 #   3. runs wrk (THREADS threads, CONNS connections, DURATION) against each, twice, alternating, with a
 #      Lua script cycling over all N narinfo URLs, and checks every answer was a 200;
@@ -61,7 +61,7 @@ PY
 P_NIKS3=$(free_port); P_NGINX=$(free_port)
 echo "== starting niks3 serve on :$P_NIKS3" >&2
 NIKS3_API_TOKEN=bench-token-0123456789abcdefghijklmnopqrstuvwxyz bench_serve "$P_NIKS3" "$W/niks3.log" \
-  --state-dir "$W/state" --store-dir "$W/cache" --no-spool --cache-url "http://127.0.0.1:$P_NIKS3"
+  --state-dir "$W/state" --storage-dir "$W/cache" --no-spool --cache-url "http://127.0.0.1:$P_NIKS3"
 echo "== starting nginx on :$P_NGINX" >&2
 cat >"$W/nginx.conf" <<NGX
 worker_processes $(nproc);

@@ -97,7 +97,7 @@ niks3_round() { # $1: round number, $2: directory of the niks3 binary, $3: a tag
   local r=$1 t0 t1
   rm -rf "$W/state" "$W/spool" "$W/cache"
   RUST_LOG=warn BIN=$2 bench_serve "$(free_port)" "$W/serve-$r.log" --state-dir "$W/state" --spool-dir "$W/spool" \
-    --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS" \
+    --gcroots-dir "$W/roots" --storage-dir "$W/cache" --jobs "$JOBS" \
     $([ "$3" = main ] && echo --compression-level "${LEVEL:-3}")
   rm -rf "$W/staging/new"; cp -a "$W/staged-entries" "$W/staging/new"
   cpu0=$(cpu_ticks "$SERVER_PID")

@@ -50,7 +50,7 @@ if [ -n "${S3_ENDPOINT:-}" ]; then
   export NIKS3_S3_ACCESS_KEY=$S3_ACCESS_KEY NIKS3_S3_SECRET_KEY=$S3_SECRET_KEY
   BACKEND="S3 $S3_ENDPOINT"
 else
-  STORE_ARGS=(--store-dir "$W/cache"); BACKEND="local directory"
+  STORE_ARGS=(--storage-dir "$W/cache"); BACKEND="local directory"
 fi
 RUST_LOG=info bench_serve "$PORT" "$W/serve.log" --state-dir "$W/state" --spool-dir "$W/spool" \
   --gcroots-dir "$W/roots" "${STORE_ARGS[@]}"

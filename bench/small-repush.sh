@@ -130,7 +130,7 @@ push() { # TOP: `niks3 push`, its CPU (user sys) into $W/push-time
 serve() {
   PORT=$(free_port)
   RUST_LOG=${RUST_LOG:-info} bench_serve "$PORT" "$W/serve.log" --state-dir "$W/state" --spool-dir "$W/spool" \
-    --gcroots-dir "$W/roots" --store-dir "$W/cache" --jobs "$JOBS"
+    --gcroots-dir "$W/roots" --storage-dir "$W/cache" --jobs "$JOBS"
 }
 mkdir -p "$W/spool" "$W/roots"
 serve

@@ -182,7 +182,7 @@ pg_counts() { bench_pg_counts "$W/state"; }
 # start_server TAG [TARGET]: a fresh `niks3 serve` (PORT) on $W/spool and $W/state, storing into $W/cache
 # (TARGET local, the default) or a fresh Garage in $W/garage (TARGET garage).
 start_server() {
-  local store=(--store-dir "$W/cache")
+  local store=(--storage-dir "$W/cache")
   bench_set_aside "$W/state" "$W/spool" "$W/cache"
   if [ "${2:-local}" = garage ]; then
     bench_garage "$W/garage"

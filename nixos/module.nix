@@ -158,7 +158,7 @@ let
     } else optionalAttrs (cfg.database.urlFile != null) {
       NIKS3_DB_FILE = "%d/db-url";
     })
-    // optionalAttrs (cfg.storeDir != null) { NIKS3_STORE_DIR = cfg.storeDir; }
+    // optionalAttrs (cfg.storeDir != null) { NIKS3_STORAGE_DIR = cfg.storeDir; }
     // optionalAttrs useS3 {
       NIKS3_S3_ENDPOINT = cfg.s3.endpoint;
       NIKS3_S3_BUCKET = cfg.s3.bucket;

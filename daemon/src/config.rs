@@ -42,9 +42,11 @@ pub struct ServeArgs {
     /// File holding the PostgreSQL connection string.
     #[arg(long, env = "NIKS3_DB_FILE")]
     pub db_file: Option<PathBuf>,
-    /// Local object directory (instead of S3). Default when no S3 bucket is given: <state-dir>/cache.
-    #[arg(long, env = "NIKS3_STORE_DIR", conflicts_with = "s3_bucket")]
-    pub store_dir: Option<PathBuf>,
+    /// Local directory for the cache's objects (instead of an S3 bucket). Default when no S3 bucket is
+    /// given: <state-dir>/cache. `--store-dir` is its old name, kept as an alias; `--nix-store-dir` is
+    /// the Nix store.
+    #[arg(long, visible_alias = "store-dir", env = "NIKS3_STORAGE_DIR", conflicts_with = "s3_bucket")]
+    pub storage_dir: Option<PathBuf>,
     /// S3 endpoint (`host:port` or a URL); empty for AWS.
     #[arg(long, env = "NIKS3_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
@@ -155,7 +157,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("gcroots_dir", &self.gcroots_dir)
             .field("db", &redact(&self.db))
             .field("db_file", &self.db_file)
-            .field("store_dir", &self.store_dir)
+            .field("storage_dir", &self.storage_dir)
             .field("s3_endpoint", &self.s3_endpoint)
             .field("s3_bucket", &self.s3_bucket)
             .field("s3_region", &self.s3_region)
@@ -499,7 +501,7 @@ impl ServeConfig {
         let spool_dir =
             if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
         let db = resolve_db(args.db.as_deref(), args.db_file.as_deref(), || Ok(state_dir.clone()))?;
-        let store = match (&args.s3_bucket, &args.store_dir) {
+        let store = match (&args.s3_bucket, &args.storage_dir) {
             (Some(bucket), _) if !bucket.trim().is_empty() => StoreChoice::S3(resolve_s3(args, bucket.trim())?),
             (_, Some(dir)) => StoreChoice::Local(dir.clone()),
             _ => StoreChoice::Local(state_dir.join("cache")),

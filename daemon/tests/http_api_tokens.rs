@@ -178,7 +178,7 @@ impl SecondServer {
             .args(["serve", "--no-spool", "--http-addr", &format!("127.0.0.1:{port}"), "--db", &s.pg.url()])
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .arg("--store-dir")
+            .arg("--storage-dir")
             .arg(dir.join("cache"))
             .arg("--gcroots-dir")
             .arg(dir.join("gcroots"))

@@ -180,7 +180,7 @@ def server_s3():
         "NIX_REMOTE": "daemon",
     }.items():
         eq(f"env {k}", e.get(k), v)
-    check("no local store dir with S3", "NIKS3_STORE_DIR" not in e)
+    check("no local store dir with S3", "NIKS3_STORAGE_DIR" not in e)
     eq("LoadCredential: token, S3 keys, signing key", sorted(c.get("LoadCredential", [])), sorted([
         "api-token:/run/secrets/niks3/api-token",
         "s3-access-key:/run/secrets/niks3/s3-access-key",
@@ -236,7 +236,7 @@ def embedded():
           any("apiTokenFile is null" in w for w in d["warnings"]), str(d["warnings"]))
     e = env_of(d, "niks3")
     c = sc(d, "niks3")
-    eq("env NIKS3_STORE_DIR", e.get("NIKS3_STORE_DIR"), "/srv/niks3-cache")
+    eq("env NIKS3_STORAGE_DIR", e.get("NIKS3_STORAGE_DIR"), "/srv/niks3-cache")
     eq("env NIKS3_HTTP_ADDR all interfaces", e.get("NIKS3_HTTP_ADDR"), ":5751")
     check("no S3 settings", not any(k.startswith("NIKS3_S3_") for k in e), str(e))
     check("no key paths (the server generates a key)", "NIKS3_SIGN_KEY_PATHS" not in e)

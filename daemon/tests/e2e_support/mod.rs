@@ -57,7 +57,7 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Which object store the server uses.
 pub enum Backend {
-    /// `--store-dir <dir>`.
+    /// `--storage-dir <dir>`.
     Local(PathBuf),
     /// Garage.
     S3(niks3_testkit::garage::Garage),
@@ -180,7 +180,7 @@ impl World {
             args.extend(["--db".to_owned(), db.clone()]);
         }
         match &self.backend {
-            Backend::Local(dir) => args.extend(["--store-dir".to_owned(), self.arg(dir)]),
+            Backend::Local(dir) => args.extend(["--storage-dir".to_owned(), self.arg(dir)]),
             Backend::S3(g) => args.extend([
                 "--s3-endpoint".to_owned(),
                 g.endpoint.clone(),
