@@ -15,14 +15,13 @@
       version = (lib.importTOML ./Cargo.toml).workspace.package.version;
 
       # Only what cargo needs, so that editing docs or Nix files does not rebuild the binaries.
-      # A new workspace member must be added here.
+      # Every workspace crate lives under ./crates (plus the testkit), so a new crate needs no change here.
       src = lib.fileset.toSource {
         root = ./.;
         fileset = lib.fileset.unions [
           ./Cargo.toml
           ./Cargo.lock
-          ./hook
-          ./daemon
+          ./crates
           ./testkit
           ./migrations
         ];

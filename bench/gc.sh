@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/gc.sh — GC at scale: 1 000 000 objects / 100 000 closures in a real PostgreSQL (built with
-# generate_series), half of it expired. Runs the ignored test daemon/tests/gc_bench.rs, which prints:
+# generate_series), half of it expired. Runs the ignored test crates/niks3/tests/gc_bench.rs, which prints:
 #   - the baseline: one sequential read of every object and its references (the least any collector
 #     must do), measured in the same run;
 #   - GC run 1 (expire 50 000 closures, mark ~511 000 objects, grace keeps them), run 2 (delete them after

@@ -19,7 +19,7 @@ RUNS=${RUNS:-200}
 BUILD_RUNS=${BUILD_RUNS:-5}
 
 . bench/lib.sh
-bench_build "${PROFILE:-release}" -p niks3-hook
+bench_build "${PROFILE:-release}" -p niks3-spool
 HOOK=$BIN/niks3-hook
 bench_scratch hook
 ROOTS=/nix/var/nix/gcroots/niks3-bench-$$

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/nar.sh — niks3's streaming NAR writer (+ SHA-256) vs Nix serialising the same tree, same run.
 #
-# Compares `nar_hash DIR` (daemon/examples/nar_hash.rs: dump_path → HashingWriter → sink) with
+# Compares `nar_hash DIR` (crates/niks3/examples/nar_hash.rs: dump_path → HashingWriter → sink) with
 # `nix hash path DIR` (Nix's in-process NAR + hash) and `nix-store --dump DIR | sha256sum`, first checking
 # that all three agree on the hash. Prints hyperfine's table and ratios.
 # Needs: nix (Debian nix-bin), hyperfine, cargo. Env: DIR (default /usr/lib/x86_64-linux-gnu, ~1 GiB of

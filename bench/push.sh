@@ -27,7 +27,7 @@ JOBS=${JOBS:-$(nproc)}
 ROUNDS=${ROUNDS:-2}
 
 . bench/lib.sh
-bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-spool
 bench_scratch push
 bench_nix_offline "max-jobs = 2"
 

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 SIZE_MIB=${SIZE_MIB:-4096}
 . bench/lib.sh
-bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-spool
 bench_scratch rss
 BIG=
 bench_on_exit '[ -z "$BIG" ] || nix-store --delete "$BIG" >/dev/null 2>&1'

@@ -42,7 +42,7 @@ ROUNDS=${ROUNDS:-3}
 JOBS=${JOBS:-$(nproc)}
 
 . bench/lib.sh
-bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-spool
 bench_scratch repush
 bench_nix_offline
 TCK=$(getconf CLK_TCK)

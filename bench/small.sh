@@ -59,7 +59,7 @@ STRACE=${STRACE:-0}
 [ "$N" -ge "$LAYERS" ] || { echo "N must be at least LAYERS" >&2; exit 2; }
 
 . bench/lib.sh
-bench_build "${PROFILE:-release}" -p niks3 -p niks3-hook
+bench_build "${PROFILE:-release}" -p niks3 -p niks3-spool
 bench_scratch small
 bench_nix_offline "max-jobs = $JOBS"
 echo "load before: $(uptime)"

@@ -1,7 +1,7 @@
 # The niks3 packages, built from this repository's Cargo.lock (no network at build time).
 #   crate = "niks3":      the server and client (`niks3 serve|push|drain|gc|key`), plus niks3-hook beside it
 #                         (`niks3 serve` prints the post-build-hook line pointing at it);
-#   crate = "niks3-hook": only the post-build-hook, the small closure that builders install.
+#   crate = "niks3-hook": only the post-build-hook (crate niks3-spool's binary), the small closure that builders install.
 {
   lib,
   rustPlatform,
@@ -19,7 +19,8 @@ rustPlatform.buildRustPackage {
   inherit version src;
 
   cargoLock.lockFile = ../Cargo.lock;
-  cargoBuildFlags = [ "--package" crate ] ++ lib.optionals isServer [ "--package" "niks3-hook" ];
+  # niks3-hook is the binary of the niks3-spool crate (the spool library and the hook that fills it).
+  cargoBuildFlags = [ "--package" "niks3-spool" ] ++ lib.optionals isServer [ "--package" "niks3" ];
 
   # The test suite drives real Nix, PostgreSQL and Garage processes (the testkit crate): it needs a
   # writable /nix/store, network ports and the Garage binary, none of which the build sandbox has. The

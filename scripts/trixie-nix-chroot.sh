@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # trixie-nix-chroot.sh DIR — a Debian trixie chroot with Nix 2.26 (nix-bin) and PostgreSQL 17: the second Nix
-# the tests run against (testkit's `Chroot`, daemon/tests/e2e_nix_versions.rs). Run as root. Idempotent:
+# the tests run against (testkit's `Chroot`, crates/niks3/tests/e2e_nix_versions.rs). Run as root. Idempotent:
 # when DIR is complete this only checks it (~0.1 s); from nothing it takes ~3 min (debootstrap minbase, then
 # apt inside; `--include=nix-bin` on the debootstrap line cannot resolve nix-bin's perl DBD dependency, apt
 # inside can). Binaries built on bookworm (glibc 2.36) run unchanged inside (trixie has glibc 2.41).

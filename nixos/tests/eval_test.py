@@ -854,7 +854,7 @@ def s3_end_to_end():
     `niks3 key generate`; `niks3 serve` with the unit's exact environment drains the hook's spool into
     the bucket, and the path substitutes through the read proxy with the key trusted."""
     print("== end to end: the S3 setup as the module configures it (Garage, credentials, niks3 key generate)")
-    if "todo!(" in open(os.path.join(ROOT, "hook/src/lib.rs")).read() or os.geteuid() != 0:
+    if "todo!(" in open(os.path.join(ROOT, "crates/spool/src/lib.rs")).read() or os.geteuid() != 0:
         skip("S3 setup", "needs root and an implemented niks3-hook")
         return
     hook_bin = os.environ.get("NIKS3_HOOK_BIN") or cargo_bin("niks3-hook", "niks3-hook")
@@ -978,9 +978,9 @@ def single_host_end_to_end():
     print("== end to end: one machine as the module configures it (real Nix, niks3-hook, niks3 serve, PostgreSQL)")
     hook_bin = os.environ.get("NIKS3_HOOK_BIN")
     if not hook_bin:
-        lib_rs = open(os.path.join(ROOT, "hook/src/lib.rs")).read()
+        lib_rs = open(os.path.join(ROOT, "crates/spool/src/lib.rs")).read()
         if "todo!(" in lib_rs:
-            skip("hook wrapper under real Nix", "niks3-hook is not implemented in this tree (hook/src/lib.rs has todo!())")
+            skip("hook wrapper under real Nix", "niks3-hook is not implemented in this tree (crates/spool/src/lib.rs has todo!())")
             return
         hook_bin = cargo_bin("niks3-hook", "niks3-hook")
         if not hook_bin:
