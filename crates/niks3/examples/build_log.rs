@@ -8,8 +8,8 @@
 #[path = "support/args.rs"]
 mod cli_args;
 
-use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3::local::nix::LocalNix;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::time::{Duration, Instant};
 
 /// User + system CPU time of this process (all threads) and of its children that were waited for.

@@ -2,8 +2,8 @@
 //! (the same numbers as `nix hash path --base32` and `nix-store -q --size`). Exists to benchmark the writer
 //! against Nix: `bench/nar.sh` runs both with hyperfine on the same tree.
 
-use niks3::nix::hash::HashingWriter;
-use niks3::nix::nar::dump_path;
+use niks3_nix::hash::HashingWriter;
+use niks3_nix::nar::dump_path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

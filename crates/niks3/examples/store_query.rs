@@ -7,8 +7,8 @@
 #[path = "support/args.rs"]
 mod cli_args;
 
-use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::StoreDir;
+use niks3::local::nix::LocalNix;
+use niks3_nix::store_path::StoreDir;
 use std::time::Instant;
 
 #[tokio::main]

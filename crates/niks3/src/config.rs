@@ -7,9 +7,9 @@
 //! [`ServeArgs`] and [`ServeConfig`] redacts them.
 
 use crate::http::ApiToken;
-use crate::nix::signing::{KeyError, SecretKey};
-use crate::nix::store_path::{StoreDir, StorePathError};
 use crate::store::s3::S3Config;
+use niks3_nix::signing::{KeyError, SecretKey};
+use niks3_nix::store_path::{StoreDir, StorePathError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -357,7 +357,7 @@ pub fn hostname() -> String {
 /// The default state directory: /var/lib/niks3 as root, else $XDG_STATE_HOME/niks3 or
 /// ~/.local/state/niks3.
 pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
-    if crate::child_env::is_root() {
+    if crate::local::child_env::is_root() {
         return Ok(PathBuf::from("/var/lib/niks3"));
     }
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {

@@ -19,11 +19,11 @@
 //!
 //! Shutdown abandons in-flight entries: they stay in `claimed/` and are re-processed on the next start.
 
+use crate::local::nix::{LocalNix, PathInfoError};
 use crate::metrics::Metrics;
-use crate::nix::pathinfo::{LocalNix, PathInfoError};
-use crate::nix::realisation::Realisation;
-use crate::nix::store_path::{StoreDir, StorePath};
 use crate::upload::retry::Backoff;
+use niks3_nix::realisation::Realisation;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_spool::{Claimed, Entry, Spool, SpoolError, gcroots};
 use std::collections::VecDeque;
 use std::future::Future;

@@ -3,15 +3,14 @@
 //! The library holds one module per job; the `niks3` binary (`main.rs`, `cli/`) only wires them together.
 //! Data flows one way: spool → `upload` → `store` + `db`; `http` and `gc` call into those rooms.
 
-pub mod child_env;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod drain;
 pub mod gc;
 pub mod http;
+pub mod local;
 pub mod metrics;
-pub mod nix;
 pub mod store;
 pub mod token;
 pub mod upload;

@@ -9,8 +9,8 @@ mod e2e_support;
 
 use e2e_support::ca::{build_in_fresh_store, graph};
 use e2e_support::{Backend, Server, World};
-use niks3::nix::realisation::Realisation;
-use niks3::nix::signing::PublicKey;
+use niks3_nix::realisation::Realisation;
+use niks3_nix::signing::PublicKey;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -100,11 +100,11 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     // b's realisation names a's, c's names b's.
     let dep_of = |i: usize| local_realisations(&w, &drvs[i]).remove(0).dependents.into_values().collect::<Vec<_>>();
     assert_eq!(
-        dep_of(1).iter().map(niks3::nix::store_path::StorePath::basename).collect::<Vec<_>>(),
+        dep_of(1).iter().map(niks3_nix::store_path::StorePath::basename).collect::<Vec<_>>(),
         vec![outs[0].trim_start_matches("/nix/store/")]
     );
     assert_eq!(
-        dep_of(2).iter().map(niks3::nix::store_path::StorePath::basename).collect::<Vec<_>>(),
+        dep_of(2).iter().map(niks3_nix::store_path::StorePath::basename).collect::<Vec<_>>(),
         vec![outs[1].trim_start_matches("/nix/store/")]
     );
     // The GC roots the daemon added for the resolved outputs are gone with the entries.

@@ -5,9 +5,9 @@
 //! The readers here get a `bin_dir` where no Nix exists, so a log they return cannot have come from the
 //! command.
 
-use niks3::nix::build_log::{DEFAULT_LOG_DIR, LogDir};
-use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3::local::build_log::{DEFAULT_LOG_DIR, LogDir};
+use niks3::local::nix::LocalNix;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::chroot::Chroot;
 use niks3_testkit::nix::NixEnv;
 use std::path::{Path, PathBuf};

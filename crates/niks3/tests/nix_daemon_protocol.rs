@@ -4,8 +4,8 @@
 //! the next call once Nix works again — the property the drainer relies on to never quarantine an entry
 //! for an unreadable store.
 
-use niks3::nix::pathinfo::{LocalNix, PathInfoError};
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3::local::nix::{LocalNix, PathInfoError};
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

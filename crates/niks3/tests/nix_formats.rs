@@ -2,12 +2,12 @@
 //! trees, `.ls` listings equal to what `nix copy … write-nar-listing=true` writes, and narinfos written by
 //! `nix copy --to file://` that parse and re-serialise to the same bytes.
 
-use niks3::nix::hash::Sha256Hash;
-use niks3::nix::listing::listing_json;
-use niks3::nix::nar::{NarNode, dump_path, dump_path_tree, read_tree};
-use niks3::nix::narinfo::NarInfo;
-use niks3::nix::signing::PublicKey;
-use niks3::nix::store_path::StoreDir;
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::listing::listing_json;
+use niks3_nix::nar::{NarNode, dump_path, dump_path_tree, read_tree};
+use niks3_nix::narinfo::NarInfo;
+use niks3_nix::signing::PublicKey;
+use niks3_nix::store_path::StoreDir;
 use niks3_testkit::nix::NixEnv;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -296,7 +296,7 @@ fn narinfos_written_by_nix_round_trip() {
                 assert_eq!(ni.verify(std::slice::from_ref(&public), &dir), signed, "{p:?}");
                 if ni.store_path.name() == "app" {
                     assert_eq!(ni.references.len(), 2, "app refers to hello and itself");
-                    assert!(ni.deriver.as_ref().is_some_and(niks3::nix::store_path::StorePath::is_derivation));
+                    assert!(ni.deriver.as_ref().is_some_and(niks3_nix::store_path::StorePath::is_derivation));
                 }
             }
             assert_eq!(seen, 2, "app and hello");

@@ -1,10 +1,10 @@
 //! `LocalNix` against the real local Nix store: closures in dependency order (self-references included),
 //! derivation outputs, build logs, and clear errors for paths Nix does not know.
 
-use niks3::nix::hash::{HashingWriter, Sha256Hash};
-use niks3::nix::nar::dump_path;
-use niks3::nix::pathinfo::{LocalNix, PathInfoError};
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3::local::nix::{LocalNix, PathInfoError};
+use niks3_nix::hash::{HashingWriter, Sha256Hash};
+use niks3_nix::nar::dump_path;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use std::collections::HashSet;
 

@@ -5,12 +5,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use niks3::nix::hash::HashingWriter;
-use niks3::nix::nar::dump_path;
-use niks3::nix::narinfo::NarInfo;
-use niks3::nix::pathinfo::{LocalNix, PathInfo};
-use niks3::nix::signing::{PublicKey, SecretKey};
-use niks3::nix::store_path::StoreDir;
+use niks3::local::nix::LocalNix;
+use niks3_nix::hash::HashingWriter;
+use niks3_nix::nar::dump_path;
+use niks3_nix::narinfo::NarInfo;
+use niks3_nix::pathinfo::PathInfo;
+use niks3_nix::signing::{PublicKey, SecretKey};
+use niks3_nix::store_path::StoreDir;
 use niks3_testkit::nix::NixEnv;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -7,7 +7,7 @@ mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer};
 use niks3::gc::{self, GcOptions};
-use niks3::nix::hash::Sha256Hash;
+use niks3_nix::hash::Sha256Hash;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ fn nar_of(content: &[u8]) -> Nar {
     let f = dir.path().join("f");
     std::fs::write(&f, content).expect("write");
     let mut bytes = Vec::new();
-    niks3::nix::nar::dump_path(&f, &mut bytes).expect("nar");
+    niks3_nix::nar::dump_path(&f, &mut bytes).expect("nar");
     let zst = zstd::encode_all(&bytes[..], 3).expect("zstd");
     Nar { hash: Sha256Hash::digest(&bytes), size: bytes.len() as u64, zst }
 }
@@ -31,7 +31,7 @@ fn nar_of(content: &[u8]) -> Nar {
 /// A store path `/nix/store/<hash>-<name>` with a hash derived from `name`.
 fn store_path(name: &str) -> String {
     let d = Sha256Hash::digest(name.as_bytes());
-    format!("/nix/store/{}-{name}", niks3::nix::base32::encode(&d.0[..20]))
+    format!("/nix/store/{}-{name}", niks3_nix::base32::encode(&d.0[..20]))
 }
 
 fn path_info(path: &str, nar: &Nar, deriver: Option<&str>) -> Value {

@@ -7,9 +7,9 @@ mod http_support;
 
 use http_support::{Backend, TestServer};
 use niks3::client::push::to_wire;
-use niks3::nix::content_address::{CaError, check_store_path};
-use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::store_path::StoreDir;
+use niks3::local::nix::LocalNix;
+use niks3_nix::content_address::{CaError, check_store_path};
+use niks3_nix::store_path::StoreDir;
 use niks3_testkit::nix::NixEnv;
 use serde_json::json;
 

@@ -102,7 +102,7 @@ in rec { a = mk "drain-ca-a" ca "echo a ${salt} > $out"; b = mk "drain-ca-b" ca 
     let cache = s.cache_dir.clone().expect("local cache");
     for f in &dois {
         let body = std::fs::read(cache.join(f)).expect("read .doi");
-        let r = niks3::nix::realisation::Realisation::from_json(&body).expect("parse");
+        let r = niks3_nix::realisation::Realisation::from_json(&body).expect("parse");
         assert!(r.verify(&[s.key.public()]), "signed by the server's key: {f}");
     }
 

@@ -7,8 +7,8 @@
 mod http_support;
 
 use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
-use niks3::nix::hash::Sha256Hash;
 use niks3::store::ObjectKey;
+use niks3_nix::hash::Sha256Hash;
 use niks3_testkit::nix::NixEnv;
 use std::sync::atomic::Ordering;
 
@@ -42,7 +42,7 @@ async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     let meta = s.state.store.head(&ObjectKey::nar(&nar_hash)).await.expect("head").expect("big NAR in the bucket");
     assert!(meta.size > 8 << 20, "compressed random data stays above the part size: {}", meta.size);
     for p in [&top, &big] {
-        let sp = niks3::nix::store_path::StoreDir::default().parse_path(p).expect("store path");
+        let sp = niks3_nix::store_path::StoreDir::default().parse_path(p).expect("store path");
         assert!(s.state.store.head(&ObjectKey::narinfo(&sp)).await.expect("head").is_some(), "{p}");
     }
 

@@ -127,7 +127,7 @@ async fn pushed_closure_substitutes_into_a_fresh_store_with_signatures_required(
     assert!(mode & 0o100 != 0, "executable bit survived");
 
     // with another key trusted, the same cache is refused
-    let other = niks3::nix::signing::SecretKey::generate("other-1").expect("key").public().to_nix_string();
+    let other = niks3_nix::signing::SecretKey::generate("other-1").expect("key").public().to_nix_string();
     let refused = env.substitute(&s.url, "client2", &[&hello], &other).expect_err("signed by another key");
     assert!(refused.contains("lacks a valid signature"), "{refused}");
     s.shutdown().await;

@@ -6,14 +6,14 @@ mod http_support;
 
 use futures::StreamExt as _;
 use http_support::{Backend, TOKEN, TestServer};
-use niks3::nix::hash::Sha256Hash;
+use niks3_nix::hash::Sha256Hash;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// A store path `/nix/store/<hash>-<name>` with a hash derived from `name`.
 fn store_path(name: &str) -> String {
     let d = Sha256Hash::digest(name.as_bytes());
-    format!("/nix/store/{}-{name}", niks3::nix::base32::encode(&d.0[..20]))
+    format!("/nix/store/{}-{name}", niks3_nix::base32::encode(&d.0[..20]))
 }
 
 /// Announces one path with this NarHash and NarSize; returns the relay URL of its NAR.

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use niks3::nix::hash::Sha256Hash;
 use niks3::store::local::LocalStore;
 use niks3::store::{ObjectKey, Store, StoreError};
+use niks3_nix::hash::Sha256Hash;
 use rand::{RngCore, SeedableRng};
 use sha2::Digest;
 use std::time::Duration;

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use niks3::nix::hash::Sha256Hash;
 use niks3::store::s3::{S3Config, S3Store};
 use niks3::store::{ObjectKey, ObjectKind, Store, StoreError};
+use niks3_nix::hash::Sha256Hash;
 use niks3_testkit::garage::Garage;
 use rand::{RngCore, SeedableRng};
 use sha2::Digest;

@@ -4,14 +4,14 @@
 //! references), whatever the size of the closure below.
 
 use niks3::db::Db;
+use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
-use niks3::nix::pathinfo::LocalNix;
-use niks3::nix::signing::SecretKey;
-use niks3::nix::store_path::{StoreDir, StorePath};
 use niks3::store::local::LocalStore;
 use niks3::store::{ObjectKey, Store};
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
+use niks3_nix::signing::SecretKey;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use niks3_testkit::postgres::Postgres;
 use std::sync::Arc;

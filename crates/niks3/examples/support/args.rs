@@ -1,6 +1,6 @@
 //! The command line the measuring examples share: `[ROUNDS] STORE-PATH…`.
 
-use niks3::nix::store_path::{StoreDir, StorePath};
+use niks3_nix::store_path::{StoreDir, StorePath};
 
 /// The rounds (first argument when it is a number, else `default_rounds`) and the store paths after it.
 pub fn rounds_and_paths(default_rounds: usize) -> Result<(usize, Vec<StorePath>), Box<dyn std::error::Error>> {

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::Pusher;
 use niks3::drain::{DrainConfig, Drainer};
+use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
-use niks3::nix::pathinfo::LocalNix;
 use std::path::PathBuf;
 use std::sync::Arc;
 

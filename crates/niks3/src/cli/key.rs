@@ -1,7 +1,7 @@
 //! `niks3 key`: generate signing keys and print public keys, in the same formats as `nix key`.
 
 use anyhow::Context;
-use niks3::nix::signing::SecretKey;
+use niks3_nix::signing::SecretKey;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::{Progress, Pusher};
 use niks3::http::ApiToken;
-use niks3::nix::pathinfo::LocalNix;
+use niks3::local::nix::LocalNix;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use niks3::config::{ServeConfig, StoreChoice};
 use niks3::db::Db;
 use niks3::drain::{DrainConfig, Drainer};
+use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
-use niks3::nix::pathinfo::LocalNix;
 use niks3::store::Store;
 use niks3::store::local::LocalStore;
 use niks3::store::s3::S3Store;
@@ -143,7 +143,7 @@ fn start_http(
     listener: tokio::net::TcpListener,
     store: Arc<Store>,
     db: Db,
-    keys: Arc<Vec<niks3::nix::signing::SecretKey>>,
+    keys: Arc<Vec<niks3_nix::signing::SecretKey>>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -152,7 +152,7 @@ fn start_http(
         db,
         store_dir: config.nix_store_dir.clone(),
         priority: config.priority,
-        public_keys: keys.iter().map(niks3::nix::signing::SecretKey::public).collect(),
+        public_keys: keys.iter().map(niks3_nix::signing::SecretKey::public).collect(),
         sign_keys: keys,
         cache_url: config.cache_url.clone(),
         cache_name: niks3::config::hostname(),

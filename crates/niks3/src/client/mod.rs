@@ -47,7 +47,7 @@ pub enum ClientError {
     },
     /// The local Nix store could not tell us about the paths.
     #[error(transparent)]
-    PathInfo(#[from] crate::nix::pathinfo::PathInfoError),
+    PathInfo(#[from] crate::local::nix::PathInfoError),
     /// Serialising a path failed, or it does not match what Nix recorded (modified after build).
     #[error(transparent)]
     Upload(#[from] crate::upload::UploadError),
@@ -68,7 +68,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// The local Nix store query behind this error, when the store could not be read.
-    pub fn nix_environment(&self) -> Option<&crate::nix::pathinfo::PathInfoError> {
+    pub fn nix_environment(&self) -> Option<&crate::local::nix::PathInfoError> {
         match self {
             ClientError::PathInfo(e) | ClientError::Upload(crate::upload::UploadError::PathInfo(e))
                 if e.is_environment() =>
@@ -201,7 +201,7 @@ impl ApiClient {
         &self,
         route: &str,
         file_size: u64,
-        file_hash: &crate::nix::hash::Sha256Hash,
+        file_hash: &niks3_nix::hash::Sha256Hash,
     ) -> Result<crate::http::api::protocol::PresignResponse, ClientError> {
         if !route.starts_with('/') {
             return Err(ClientError::Protocol {

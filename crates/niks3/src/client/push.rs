@@ -17,13 +17,14 @@ use crate::http::api::protocol::{
     AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
     PushResponse, RealisationsRequest, UploadedNar,
 };
-use crate::nix::pathinfo::{LocalNix, PathInfo};
-use crate::nix::realisation::Realisation;
-use crate::nix::store_path::{StoreDir, StorePath};
+use crate::local::nix::LocalNix;
 use crate::store::{ObjectKey, StoreError};
 use crate::upload::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use niks3_nix::pathinfo::PathInfo;
+use niks3_nix::realisation::Realisation;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -592,7 +593,7 @@ impl crate::drain::Process for Pusher {
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
     }
-    fn nix_environment(error: &Self::Error) -> Option<&crate::nix::pathinfo::PathInfoError> {
+    fn nix_environment(error: &Self::Error) -> Option<&crate::local::nix::PathInfoError> {
         error.nix_environment()
     }
 }
@@ -639,7 +640,7 @@ impl Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::hash::Sha256Hash;
+    use niks3_nix::hash::Sha256Hash;
 
     #[test]
     fn status_errors_classify_for_the_drainer() {

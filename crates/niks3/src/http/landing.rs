@@ -11,7 +11,7 @@ use warp::reply::Response;
 
 /// Answers `GET/HEAD /`.
 pub fn handle(state: &HttpState, req: &Request) -> Response {
-    let keys: Vec<String> = state.public_keys.iter().map(crate::nix::signing::PublicKey::to_nix_string).collect();
+    let keys: Vec<String> = state.public_keys.iter().map(niks3_nix::signing::PublicKey::to_nix_string).collect();
     let page = render(&state.cache_name, &state.cache_url, &keys);
     response::bytes(
         StatusCode::OK,

@@ -17,11 +17,11 @@ mod response;
 
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::nix::signing::{PublicKey, SecretKey};
-use crate::nix::store_path::StoreDir;
 use crate::store::Store;
 use bytes::{Buf, Bytes};
 use futures::TryStreamExt;
+use niks3_nix::signing::{PublicKey, SecretKey};
+use niks3_nix::store_path::StoreDir;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

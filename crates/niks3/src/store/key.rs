@@ -5,9 +5,9 @@
 //! the layout and nothing that could escape it: no `..`, no absolute paths, no empty segments, no bytes
 //! outside the layout's alphabet, nothing longer than [`MAX_KEY_LEN`].
 
-use crate::nix::base32;
-use crate::nix::hash::Sha256Hash;
-use crate::nix::store_path::StorePath;
+use niks3_nix::base32;
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::store_path::StorePath;
 use niks3_spool::store_path;
 
 /// Longest key `parse` accepts; the longest legal key (a `log/` key with a 211-character name) is shorter.

@@ -447,7 +447,7 @@ impl S3Store {
         key: &ObjectKey,
         expiry: Duration,
         size: u64,
-        sha256: &crate::nix::hash::Sha256Hash,
+        sha256: &niks3_nix::hash::Sha256Hash,
     ) -> Result<String, StoreError> {
         use base64::Engine;
         let secs = presign_secs(expiry)?;

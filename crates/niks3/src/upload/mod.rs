@@ -27,10 +27,10 @@ pub fn default_jobs() -> usize {
 }
 
 use crate::db::DbError;
-use crate::nix::hash::Sha256Hash;
-use crate::nix::pathinfo::PathInfoError;
-use crate::nix::store_path::StorePath;
+use crate::local::nix::PathInfoError;
 use crate::store::{ObjectKey, StoreError};
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::store_path::StorePath;
 
 /// Why uploading a store path (or a closure) failed. [`UploadError::is_transient`] tells the drainer
 /// whether to keep the entry and retry later, or to quarantine it.

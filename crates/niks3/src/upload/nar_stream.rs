@@ -9,12 +9,12 @@
 //! unreadable file, panic — an error is sent down the channel first, so the store aborts the object and
 //! nothing partial becomes visible.
 
-use crate::nix::hash::{HashingWriter, Sha256Hash};
-use crate::nix::nar::{NarError, dump_path_tree};
 use crate::store::{ObjectKey, StoreError};
 use crate::upload::UploadError;
 use crate::upload::zstd_ring::ZstdRingWriter;
 use bytes::{Bytes, BytesMut};
+use niks3_nix::hash::{HashingWriter, Sha256Hash};
+use niks3_nix::nar::{NarError, dump_path_tree};
 use std::io::Write;
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -225,7 +225,7 @@ pub fn stream_nar(
     match verdict {
         Ok(tree) => {
             let (file_hash, file_size) = compressing.finish().map_err(nar_err)?;
-            let listing = encoding.with_listing.then(|| crate::nix::listing::listing_json(&tree));
+            let listing = encoding.with_listing.then(|| niks3_nix::listing::listing_json(&tree));
             Ok(NarStreamed { nar_hash, nar_size, file_hash, file_size, listing })
         }
         Err(e) => {
@@ -238,9 +238,9 @@ pub fn stream_nar(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::nar::dump_path;
     use crate::store::Store;
     use crate::store::local::LocalStore;
+    use niks3_nix::nar::dump_path;
 
     /// A small tree: a file, an executable, a symlink, a nested directory.
     fn sample_tree(root: &Path) -> std::path::PathBuf {

@@ -9,9 +9,8 @@
 //! dependencies are always published strictly before their dependents, whatever order the NARs finish in.
 
 use crate::db::{Db, NewObject, UploadId};
+use crate::local::nix::{LocalNix, PathInfoError};
 use crate::metrics::Metrics;
-use crate::nix::pathinfo::{LocalNix, PathInfo, dependency_order};
-use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use crate::upload::nar_stream::{NarEncoding, NarStreamed, stream_nar};
@@ -19,6 +18,8 @@ use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use niks3_nix::pathinfo::{PathInfo, dependency_order};
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -306,7 +307,7 @@ impl Uploader {
             next.sort();
             frontier = next;
         }
-        walk.missing = dependency_order(missing)?;
+        walk.missing = dependency_order(missing).map_err(PathInfoError::from)?;
         Ok(walk)
     }
 
@@ -647,7 +648,7 @@ impl crate::drain::Process for Uploader {
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
     }
-    fn nix_environment(error: &Self::Error) -> Option<&crate::nix::pathinfo::PathInfoError> {
+    fn nix_environment(error: &Self::Error) -> Option<&crate::local::nix::PathInfoError> {
         error.nix_environment()
     }
 }

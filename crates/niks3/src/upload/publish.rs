@@ -8,16 +8,16 @@
 //! this module checks: every reference already has a narinfo recorded (one query), otherwise it refuses.
 
 use crate::db::{Db, NewObject};
-use crate::nix::hash::Sha256Hash;
-use crate::nix::narinfo::NarInfo;
-use crate::nix::pathinfo::PathInfo;
-use crate::nix::realisation::{DrvOutput, Realisation};
-use crate::nix::signing::SecretKey;
-use crate::nix::store_path::StoreDir;
 use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::narinfo::NarInfo;
+use niks3_nix::pathinfo::PathInfo;
+use niks3_nix::realisation::{DrvOutput, Realisation};
+use niks3_nix::signing::SecretKey;
+use niks3_nix::store_path::StoreDir;
 use std::sync::Arc;
 
 /// Content type of narinfo objects (what Nix's own caches use).
@@ -280,11 +280,11 @@ mod tests {
     use super::*;
     use crate::store::local::LocalStore;
 
-    fn info(name: &str, hash_byte: u8, references: Vec<crate::nix::store_path::StorePath>) -> PathInfo {
+    fn info(name: &str, hash_byte: u8, references: Vec<niks3_nix::store_path::StorePath>) -> PathInfo {
         let hash =
             format!("{}", "0123456789abcdfghijklmnpqrsvwxyz".chars().nth(usize::from(hash_byte) % 32).unwrap_or('0'));
         PathInfo {
-            path: crate::nix::store_path::StorePath::from_basename(&format!("{}-{name}", hash.repeat(32)))
+            path: niks3_nix::store_path::StorePath::from_basename(&format!("{}-{name}", hash.repeat(32)))
                 .expect("path"),
             nar_hash: Sha256Hash([hash_byte; 32]),
             nar_size: 120,

@@ -13,12 +13,12 @@
 //! what it points to.
 
 use crate::db::Db;
-use crate::nix::pathinfo::LocalNix;
-use crate::nix::realisation::{DrvOutput, Realisation};
-use crate::nix::store_path::{StoreDir, StorePath};
+use crate::local::nix::LocalNix;
 use crate::store::ObjectKey;
 use crate::upload::UploadError;
 use crate::upload::pipeline::Uploader;
+use niks3_nix::realisation::{DrvOutput, Realisation};
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// How many levels of input derivations are searched for missing dependent realisations before giving up.
@@ -189,7 +189,7 @@ pub fn dependencies_first(all: &BTreeMap<DrvOutput, Realisation>) -> Vec<&Realis
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nix::hash::Sha256Hash;
+    use niks3_nix::hash::Sha256Hash;
 
     fn r(n: u8, deps: &[u8]) -> Realisation {
         let id = |n: u8| DrvOutput { drv_hash: Sha256Hash([n; 32]), output: "out".to_owned() };

@@ -528,7 +528,7 @@ pub fn check_realisations(cache: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(&dir).expect("realisations dir").filter_map(Result::ok) {
         let body = std::fs::read(e.path()).expect("read .doi");
-        let r = niks3::nix::realisation::Realisation::from_json(&body).expect("valid .doi");
+        let r = niks3_nix::realisation::Realisation::from_json(&body).expect("valid .doi");
         assert!(cache.join(format!("{}.narinfo", r.out_path.hash_part())).is_file(), "{} without its narinfo", r.id);
         for dep in r.dependents.keys() {
             assert!(dir.join(format!("{dep}.doi")).is_file(), "{} without its dependent {dep}", r.id);

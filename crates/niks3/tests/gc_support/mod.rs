@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use niks3::db::{Db, DbError, NewObject, UploadId};
-use niks3::nix::hash::Sha256Hash;
 use niks3::store::local::LocalStore;
 use niks3::store::{ObjectKey, Store};
+use niks3_nix::hash::Sha256Hash;
 use niks3_testkit::postgres::Postgres;
 use rand::Rng;
 use std::collections::{BTreeSet, HashMap};

@@ -14,9 +14,9 @@ use super::error::ApiError;
 use super::protocol::{PresignRequest, PresignResponse};
 use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_json;
-use crate::nix::hash::Sha256Hash;
 use crate::store::Store;
 use http::StatusCode;
+use niks3_nix::hash::Sha256Hash;
 use std::sync::Arc;
 use warp::reply::Response;
 

@@ -5,11 +5,11 @@ use super::clip;
 use crate::http::HttpState;
 use crate::http::api::error::ApiError;
 use crate::http::api::protocol::PathInfoWire;
-use crate::nix::content_address;
-use crate::nix::hash::Sha256Hash;
-use crate::nix::pathinfo::PathInfo;
-use crate::nix::store_path::{StoreDir, StorePath};
 use crate::store::ObjectKey;
+use niks3_nix::content_address;
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::pathinfo::PathInfo;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::collections::{HashMap, HashSet};
 
 /// Longest `ca` value accepted (real ones are < 100 characters).

@@ -1,6 +1,6 @@
 //! What the local Nix store knows about its paths (NarHash, NarSize, references, deriver, CA), read
-//! through the nix-daemon worker protocol ([`crate::nix::daemon`]) so that it works with every Nix version
-//! from 2.3 to the newest and Lix; build logs from Nix's log files ([`crate::nix::build_log`]), or
+//! through the nix-daemon worker protocol ([`crate::local::daemon`]) so that it works with every Nix version
+//! from 2.3 to the newest and Lix; build logs from Nix's log files ([`crate::local::build_log`]), or
 //! `nix-store --read-log` where those are out of sight; realisations through the `nix` command line (a
 //! realisation's id needs the derivation's hash modulo, which only Nix computes).
 //!
@@ -9,10 +9,11 @@
 //! we cannot read) is niks3's environment, and the entry must wait for it to be fixed, never be
 //! quarantined for it.
 
-use crate::nix::build_log::LogDir;
-use crate::nix::daemon::{Connection, DaemonError, RawPathInfo};
-use crate::nix::hash::Sha256Hash;
-use crate::nix::store_path::{StoreDir, StorePath};
+use crate::local::build_log::LogDir;
+use crate::local::daemon::{Connection, DaemonError, RawPathInfo};
+use niks3_nix::hash::Sha256Hash;
+use niks3_nix::pathinfo::{OrderError, PathInfo, topo_sort};
+use niks3_nix::store_path::{StoreDir, StorePath};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -72,6 +73,9 @@ pub enum PathInfoError {
         /// The panic or cancellation.
         reason: String,
     },
+    /// The store's references have no dependency order (a path outside the closure, or a cycle).
+    #[error("the store's references: {0}")]
+    Order(#[from] OrderError),
     /// The daemon did not answer in time (it was replaced by a fresh connection).
     #[error("the Nix daemon did not answer {during} within {}s", .after.as_secs())]
     TimedOut {
@@ -89,23 +93,6 @@ impl PathInfoError {
     pub fn is_environment(&self) -> bool {
         !matches!(self, PathInfoError::NotValid { .. })
     }
-}
-
-/// One valid path of the local store and its metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathInfo {
-    /// The path.
-    pub path: StorePath,
-    /// NAR hash Nix registered when the path became valid.
-    pub nar_hash: Sha256Hash,
-    /// NAR size Nix registered.
-    pub nar_size: u64,
-    /// Direct references (sorted; may include the path itself).
-    pub references: Vec<StorePath>,
-    /// The deriver, if registered.
-    pub deriver: Option<StorePath>,
-    /// Content address, if any.
-    pub ca: Option<String>,
 }
 
 /// The local Nix store: one worker-protocol connection (to a child `nix-daemon --stdio`, opened on first
@@ -274,7 +261,7 @@ impl LocalNix {
             next.retain(|p| !merged.contains_key(p));
             frontier = next;
         }
-        topo_sort(merged.into_values().collect())
+        Ok(topo_sort(merged.into_values().collect())?)
     }
 
     /// The outputs of a derivation that have a path in the store's records (used when the hook got no
@@ -347,7 +334,7 @@ impl LocalNix {
         let read = stdout.take(self.max_log_bytes.saturating_add(1)).read_to_end(&mut log).await;
         if log.len() as u64 > self.max_log_bytes {
             let _ = child.kill().await;
-            return Ok(Some(crate::nix::build_log::cut_at(log, self.max_log_bytes)));
+            return Ok(Some(crate::local::build_log::cut_at(log, self.max_log_bytes)));
         }
         read.map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
         let mut err = Vec::new();
@@ -375,7 +362,7 @@ impl LocalNix {
     pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.program(program));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        crate::child_env::scrub(&mut cmd);
+        crate::local::child_env::scrub(&mut cmd);
         cmd
     }
 }
@@ -437,93 +424,9 @@ fn parse_err(program: &str, reason: &str) -> PathInfoError {
     PathInfoError::Parse { program: program.to_owned(), reason: reason.to_owned() }
 }
 
-/// Orders `infos` so that every path comes after its references (self-references ignored); ties are
-/// broken by path so the order is deterministic. A reference outside the set, or a cycle, is an error.
-pub fn topo_sort(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
-    order(infos, true)
-}
-
-/// [`topo_sort`] of a part of a closure: references outside `infos` (paths already elsewhere) are
-/// ignored. A cycle is an error.
-pub fn dependency_order(infos: Vec<PathInfo>) -> Result<Vec<PathInfo>, PathInfoError> {
-    order(infos, false)
-}
-
-fn order(mut infos: Vec<PathInfo>, closed: bool) -> Result<Vec<PathInfo>, PathInfoError> {
-    use std::collections::{BTreeSet, HashMap};
-    const P: &str = "the store's references";
-    infos.sort_by(|a, b| a.path.cmp(&b.path));
-    infos.dedup_by(|a, b| a.path == b.path);
-    let index: HashMap<&StorePath, usize> = infos.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
-    let mut missing_deps = vec![0usize; infos.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); infos.len()];
-    for (i, info) in infos.iter().enumerate() {
-        for r in info.references.iter().filter(|r| **r != info.path) {
-            let Some(&j) = index.get(r) else {
-                if closed {
-                    return Err(parse_err(
-                        P,
-                        &format!("{} refers to {}, which is not in the closure", info.path.basename(), r.basename()),
-                    ));
-                }
-                continue;
-            };
-            missing_deps[i] += 1;
-            dependents[j].push(i);
-        }
-    }
-    let mut ready: BTreeSet<usize> = (0..infos.len()).filter(|&i| missing_deps[i] == 0).collect();
-    let mut order = Vec::with_capacity(infos.len());
-    while let Some(i) = ready.pop_first() {
-        order.push(i);
-        for &d in &dependents[i] {
-            missing_deps[d] -= 1;
-            if missing_deps[d] == 0 {
-                ready.insert(d);
-            }
-        }
-    }
-    if order.len() != infos.len() {
-        return Err(parse_err(P, "the references form a cycle"));
-    }
-    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sp(c: char, name: &str) -> StorePath {
-        StorePath::from_basename(&format!("{}-{name}", c.to_string().repeat(32))).expect("valid")
-    }
-
-    fn info(p: &StorePath, refs: &[&StorePath]) -> PathInfo {
-        PathInfo {
-            path: p.clone(),
-            nar_hash: Sha256Hash([0; 32]),
-            nar_size: 8,
-            references: refs.iter().map(|r| (*r).clone()).collect(),
-            deriver: None,
-            ca: None,
-        }
-    }
-
-    #[test]
-    fn topo_sort_puts_dependencies_first_and_ignores_self_references() {
-        let (a, b, c, d) = (sp('a', "a"), sp('b', "b"), sp('c', "c"), sp('d', "d"));
-        // a -> b -> c, a -> d, c -> c (self), d -> c
-        let infos = vec![info(&a, &[&b, &d]), info(&c, &[&c]), info(&b, &[&c]), info(&d, &[&c])];
-        let order: Vec<StorePath> = topo_sort(infos).expect("sortable").into_iter().map(|i| i.path).collect();
-        assert_eq!(order, vec![c, b, d, a]);
-    }
-
-    #[test]
-    fn topo_sort_rejects_dangling_references_and_cycles() {
-        let (a, b) = (sp('a', "a"), sp('b', "b"));
-        assert!(topo_sort(vec![info(&a, &[&b])]).expect_err("dangling").to_string().contains("not in the closure"));
-        assert!(topo_sort(vec![info(&a, &[&b]), info(&b, &[&a])]).expect_err("cycle").to_string().contains("cycle"));
-    }
 
     #[test]
     fn nar_hashes_are_read_in_every_form_nix_sends() {

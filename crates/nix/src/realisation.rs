@@ -1,5 +1,5 @@
-//! Realisations of content-addressed derivations: what `realisations/<id>.doi` holds, how it is signed, and
-//! reading them (and the derivation graph they hang off) from the local Nix store.
+//! Realisations of content-addressed derivations: what `realisations/<id>.doi` holds and how it is signed
+//! (reading them from the local Nix store is `niks3-local`'s).
 //!
 //! Why: a floating content-addressed (or deferred input-addressed) derivation has no output path in its
 //! `.drv`; a client with `experimental-features = ca-derivations` learns the path from the cache's
@@ -8,12 +8,12 @@
 //! (`dependentRealisations`, `id`, `outPath`, `signatures`); the signed fingerprint is the same JSON
 //! without `signatures`. Both are reproduced here byte for byte (tested against files Nix wrote).
 //!
-//! The drv hash modulo is never computed here: Nix reports it (`nix realisation info --json <drv>`).
+//! The drv hash modulo is never computed here: Nix reports it (`nix realisation info --json <drv>`), and
+//! [`Realisation::from_json_value`] reads what it says.
 
-use crate::nix::hash::Sha256Hash;
-use crate::nix::pathinfo::{LocalNix, PathInfoError};
-use crate::nix::signing::{PublicKey, SecretKey};
-use crate::nix::store_path::{StoreDir, StorePath};
+use crate::hash::Sha256Hash;
+use crate::signing::{PublicKey, SecretKey};
+use crate::store_path::StorePath;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a realisation (or its id) is not one Nix would write.
@@ -37,7 +37,7 @@ pub enum RealisationError {
 pub struct DrvOutput {
     /// SHA-256 hash modulo of the derivation.
     pub drv_hash: Sha256Hash,
-    /// The output name, checked against Nix's rules (see [`crate::store::ObjectKey::realisation`]).
+    /// The output name, checked against Nix's rules (the same rules the hook applies, `niks3_spool::check_output_name`).
     pub output: String,
 }
 
@@ -92,6 +92,12 @@ impl Realisation {
         Self::from_raw(raw)
     }
 
+    /// [`Realisation::from_json`] of one element of an already parsed `nix realisation info --json` answer.
+    pub fn from_json_value(value: serde_json::Value) -> Result<Self, RealisationError> {
+        let raw: Json = serde_json::from_value(value).map_err(|e| RealisationError::Json(e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
     fn from_raw(raw: Json) -> Result<Self, RealisationError> {
         let path =
             |p: &str| StorePath::from_basename(p).map_err(|e| RealisationError::Json(format!("store path {p:?}: {e}")));
@@ -136,86 +142,6 @@ impl Realisation {
     pub fn verify(&self, keys: &[PublicKey]) -> bool {
         let fp = self.fingerprint();
         self.signatures.iter().any(|s| keys.iter().any(|k| k.verify(fp.as_bytes(), s)))
-    }
-}
-
-impl LocalNix {
-    /// The realisations Nix registered for every output of `drv` (`nix realisation info --json`); fails
-    /// if an output of `drv` was never built here. Only the local store is asked.
-    ///
-    /// Nix 2.13 changed how a derivation's outputs are named on the command line: `<drv>^*` (2.13+; a bare
-    /// `<drv>` now means the `.drv` file itself, which has no realisation) against a bare `<drv>` (before;
-    /// `^` is then "not a valid URL"). The newer form is tried first and the answer remembered.
-    pub async fn realisations(&self, store_dir: &StoreDir, drv: &StorePath) -> Result<Vec<Realisation>, PathInfoError> {
-        use std::sync::atomic::Ordering;
-        const P: &str = "nix realisation info";
-        let full = store_dir.display(drv);
-        let caret = format!("{full}^*");
-        let old_syntax = self.old_installable_syntax.load(Ordering::Relaxed);
-        let stdout = match self.realisation_info(if old_syntax { &full } else { &caret }).await {
-            Err(PathInfoError::Failed { stderr, .. }) if !old_syntax && stderr.contains("is not a valid URL") => {
-                self.old_installable_syntax.store(true, Ordering::Relaxed);
-                self.realisation_info(&full).await?
-            }
-            other => other?,
-        };
-        let raw: Vec<serde_json::Value> = serde_json::from_slice(&stdout)
-            .map_err(|e| PathInfoError::Parse { program: P.to_owned(), reason: format!("bad JSON: {e}") })?;
-        raw.into_iter()
-            // Entries without an id are plain paths (`opaquePath`), not realisations.
-            .filter(|v| v.get("id").is_some())
-            .map(|v| {
-                let raw: Json = serde_json::from_value(v)
-                    .map_err(|e| PathInfoError::Parse { program: P.to_owned(), reason: e.to_string() })?;
-                Realisation::from_raw(raw)
-                    .map_err(|e| PathInfoError::Parse { program: P.to_owned(), reason: e.to_string() })
-            })
-            .collect()
-    }
-
-    async fn realisation_info(&self, installable: &str) -> Result<Vec<u8>, PathInfoError> {
-        let args = vec![installable.to_owned()];
-        let mut cmd = self.command("nix");
-        cmd.args(["realisation", "info", "--json", "--extra-experimental-features", "nix-command ca-derivations"]);
-        cmd.args(["--option", "substituters", "", "--"]).args(&args);
-        super::pathinfo::run(cmd, "nix realisation info", &args).await
-    }
-
-    /// The input derivations of each of `drvs` (`nix show-derivation`, which Nix 2.15+ keeps as an alias of
-    /// `nix derivation show`; only the keys of `inputDrvs` are read, the same in every version), merged and
-    /// sorted.
-    pub async fn input_derivations(
-        &self,
-        store_dir: &StoreDir,
-        drvs: &[StorePath],
-    ) -> Result<Vec<StorePath>, PathInfoError> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Drv {
-            #[serde(default)]
-            input_drvs: BTreeMap<String, serde_json::Value>,
-        }
-        const P: &str = "nix show-derivation";
-        if drvs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let args: Vec<String> = drvs.iter().map(|d| store_dir.display(d)).collect();
-        let mut cmd = self.command("nix");
-        cmd.args(["show-derivation", "--extra-experimental-features", "nix-command"]);
-        cmd.args(["--option", "substituters", "", "--"]).args(&args);
-        let stdout = super::pathinfo::run(cmd, P, &args).await?;
-        let parsed: BTreeMap<String, Drv> = serde_json::from_slice(&stdout)
-            .map_err(|e| PathInfoError::Parse { program: P.to_owned(), reason: format!("bad JSON: {e}") })?;
-        let mut inputs = BTreeSet::new();
-        for drv in parsed.values() {
-            for p in drv.input_drvs.keys() {
-                let path = store_dir
-                    .parse_path(p)
-                    .map_err(|e| PathInfoError::Parse { program: P.to_owned(), reason: e.to_string() })?;
-                inputs.insert(path);
-            }
-        }
-        Ok(inputs.into_iter().collect())
     }
 }
 

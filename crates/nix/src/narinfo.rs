@@ -1,8 +1,8 @@
 //! narinfo files: the lenient parser, the writer, the fingerprint that is signed, signing and verifying.
 
-use crate::nix::hash::Sha256Hash;
-use crate::nix::signing::{PublicKey, SecretKey};
-use crate::nix::store_path::{StoreDir, StorePath};
+use crate::hash::Sha256Hash;
+use crate::signing::{PublicKey, SecretKey};
+use crate::store_path::{StoreDir, StorePath};
 
 /// Why a narinfo could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The `.ls` file listing Nix writes beside a NAR (`write-nar-listing=true`) and `nix store ls` reads.
 
-use crate::nix::nar::NarNode;
+use crate::nar::NarNode;
 use serde_json::{Map, Value, json};
 
 /// The listing JSON for a NAR tree, as Nix writes it: `{"version":1,"root":{…}}` with `type`, `size`,

@@ -31,7 +31,7 @@ impl Sha256Hash {
         };
         match digest.len() {
             52 => {
-                let bytes = crate::nix::base32::decode(digest).map_err(|e| invalid(&e.to_string()))?;
+                let bytes = crate::base32::decode(digest).map_err(|e| invalid(&e.to_string()))?;
                 Self::from_slice(&bytes).ok_or_else(|| invalid("nix32 digest is not 32 bytes"))
             }
             64 => {
@@ -48,7 +48,7 @@ impl Sha256Hash {
     }
     /// The bare 52-character nix32 digest (used in `nar/<nix32>.nar.zst` keys).
     pub fn to_nix32(&self) -> String {
-        crate::nix::base32::encode(&self.0)
+        crate::base32::encode(&self.0)
     }
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {

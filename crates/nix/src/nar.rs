@@ -2,7 +2,7 @@
 //!
 //! The writer produces exactly the bytes of `nix-store --dump`: entries sorted by raw name bytes,
 //! only the executable bit kept, symlink targets verbatim, names as raw bytes. It never holds more than a
-//! small buffer: callers wrap the output in [`crate::nix::hash::HashingWriter`] to get NarHash/NarSize.
+//! small buffer: callers wrap the output in [`crate::hash::HashingWriter`] to get NarHash/NarSize.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
