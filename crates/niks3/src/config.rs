@@ -6,8 +6,8 @@
 //! afterwards). Secrets are read from files, written with mode 0600, and never printed: `Debug` of
 //! [`ServeArgs`] and [`ServeConfig`] redacts them.
 
-use crate::http::ApiToken;
 use crate::store::s3::S3Config;
+use niks3_api::token::ApiToken;
 use niks3_nix::signing::{KeyError, SecretKey};
 use niks3_nix::store_path::{StoreDir, StorePathError};
 use std::net::SocketAddr;

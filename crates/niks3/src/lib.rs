@@ -12,5 +12,4 @@ pub mod http;
 pub mod local;
 pub mod metrics;
 pub mod store;
-pub mod token;
 pub mod upload;

@@ -1,6 +1,7 @@
 //! Process-wide counters for `/metrics` (Prometheus text format). Passed around explicitly as
 //! `Arc<Metrics>`; there is no global registry.
 
+use niks3_api::protocol::GcFigures;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,21 +67,6 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum {}", self.sum);
         let _ = writeln!(out, "{name}_count {}", self.count);
     }
-}
-
-/// The five figures of the last GC run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct GcFigures {
-    /// In-flight uploads aborted and cleaned up.
-    pub failed_uploads_deleted: u64,
-    /// Closures forgotten for being too old.
-    pub old_closures_deleted: u64,
-    /// Objects newly marked unreachable.
-    pub objects_marked_for_deletion: u64,
-    /// Objects deleted after their grace period (or at once with --force).
-    pub objects_deleted_after_grace_period: u64,
-    /// Objects the store failed to delete (retried next run).
-    pub objects_failed_to_delete: u64,
 }
 
 impl Metrics {

@@ -4,7 +4,7 @@ mod gc_support;
 
 use gc_support::{Cache, Universe, nar_key, narinfo_key};
 use niks3::gc::{self, GcError, GcOptions};
-use niks3::metrics::GcFigures;
+use niks3_api::protocol::GcFigures;
 use std::time::Duration;
 
 const HOUR: Duration = Duration::from_hours(1);

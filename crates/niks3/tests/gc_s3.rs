@@ -6,9 +6,9 @@ mod gc_support;
 
 use gc_support::{Cache, Universe, nar_key, narinfo_key};
 use niks3::gc::{self, GcOptions};
-use niks3::metrics::GcFigures;
 use niks3::store::Store;
 use niks3::store::s3::{S3Config, S3Store};
+use niks3_api::protocol::GcFigures;
 use niks3_testkit::garage::Garage;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer};
-use niks3::http::ApiToken;
+use niks3_api::token::ApiToken;
 use serde_json::json;
 
 async fn object_rows(s: &TestServer) -> i64 {

@@ -6,8 +6,8 @@ mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer, announce_and_upload};
 use niks3::client::ApiClient;
-use niks3::http::ApiToken;
-use niks3::http::api::protocol::GcRequest;
+use niks3_api::protocol::GcRequest;
+use niks3_api::token::ApiToken;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_route_runs_the_collector_and_records_its_figures() {
@@ -17,7 +17,7 @@ async fn gc_route_runs_the_collector_and_records_its_figures() {
         .gc(&GcRequest { older_than_secs: 3600, failed_uploads_older_than_secs: 3600, force: false, dry_run: true })
         .await
         .expect("dry run");
-    assert_eq!(dry, niks3::metrics::GcFigures::default());
+    assert_eq!(dry, niks3_api::protocol::GcFigures::default());
     let metrics =
         TestServer::client().get(format!("{}/metrics", s.url)).send().await.expect("m").text().await.expect("t");
     assert!(!metrics.contains("niks3_gc_last_"), "a dry run records nothing");

@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::gc::parse_duration;
-use niks3::http::api::protocol::GcRequest;
-use niks3::metrics::GcFigures;
+use niks3_api::protocol::GcFigures;
+use niks3_api::protocol::GcRequest;
 use std::path::PathBuf;
 use std::time::Duration;
 

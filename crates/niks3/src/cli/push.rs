@@ -5,8 +5,8 @@
 use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::{Progress, Pusher};
-use niks3::http::ApiToken;
 use niks3::local::nix::LocalNix;
+use niks3_api::token::ApiToken;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

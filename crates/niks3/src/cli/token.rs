@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use niks3::config::DbArgs;
 use niks3::db::tokens::TokenInfo;
 use niks3::gc::parse_duration;
-use niks3::token::{NewSecret, Scope, Scopes, validate_name};
+use niks3_api::token::{NewSecret, Scope, Scopes, validate_name};
 use std::time::Duration;
 
 /// `niks3 token …`

@@ -5,11 +5,11 @@
 
 pub mod push;
 
-use crate::http::ApiToken;
-use crate::http::api::protocol::{
+use niks3_api::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse,
     RealisationsRequest, RealisationsResponse,
 };
+use niks3_api::token::ApiToken;
 use std::time::Duration;
 
 /// What went wrong talking to a niks3 server (or preparing what to send it).
@@ -202,19 +202,19 @@ impl ApiClient {
         route: &str,
         file_size: u64,
         file_hash: &niks3_nix::hash::Sha256Hash,
-    ) -> Result<crate::http::api::protocol::PresignResponse, ClientError> {
+    ) -> Result<niks3_api::protocol::PresignResponse, ClientError> {
         if !route.starts_with('/') {
             return Err(ClientError::Protocol {
                 what: "asking for a bound upload URL".to_owned(),
                 reason: "the presign route is not a path on the server".to_owned(),
             });
         }
-        let req = crate::http::api::protocol::PresignRequest { file_size, file_hash: file_hash.to_nix_string() };
+        let req = niks3_api::protocol::PresignRequest { file_size, file_hash: file_hash.to_nix_string() };
         self.post_json(route, &req, Duration::from_mins(1)).await
     }
 
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.
-    pub async fn gc(&self, req: &GcRequest) -> Result<crate::metrics::GcFigures, ClientError> {
+    pub async fn gc(&self, req: &GcRequest) -> Result<niks3_api::protocol::GcFigures, ClientError> {
         self.post_json("/api/v1/gc", req, Duration::from_hours(6)).await
     }
 }

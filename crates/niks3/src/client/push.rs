@@ -13,15 +13,15 @@
 //! Idempotent: pushing twice uploads nothing the second time.
 
 use super::{ApiClient, ClientError, check_status};
-use crate::http::api::protocol::{
-    AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
-    PushResponse, RealisationsRequest, UploadedNar,
-};
 use crate::local::nix::LocalNix;
 use crate::store::{ObjectKey, StoreError};
 use crate::upload::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use niks3_api::protocol::{
+    AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
+    PushResponse, RealisationsRequest, UploadedNar,
+};
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::{StoreDir, StorePath};

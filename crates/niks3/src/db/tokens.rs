@@ -5,8 +5,8 @@
 //! takes effect on all of them at the next request; there is no cache to wait for.
 
 use super::{Db, DbError, q};
-use crate::token::{Scopes, TokenError};
 use chrono::{DateTime, Utc};
+use niks3_api::token::{Scopes, TokenError};
 
 /// Identifies a row of `api_tokens` (recorded on the upload sessions the token opens).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

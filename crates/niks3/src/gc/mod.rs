@@ -24,9 +24,9 @@ mod sweep;
 pub use duration::{DurationError, parse_duration};
 
 use crate::db::{Db, DbError, GC_RUN_LOCK};
-use crate::metrics::GcFigures;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
+use niks3_api::protocol::GcFigures;
 use std::time::Duration;
 
 /// The least `older_than` and `failed_uploads_older_than` the API accepts from a token that is not

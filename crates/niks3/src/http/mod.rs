@@ -28,7 +28,6 @@ use std::sync::Arc;
 use warp::Filter;
 
 pub use api::ApiLimits;
-pub use api::auth::ApiToken;
 
 /// What went wrong starting the HTTP server.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +63,7 @@ pub struct HttpState {
     /// Counters exported at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The bearer token of the API; `None` disables `/api/v1/` (it answers 404).
-    pub api_token: Option<ApiToken>,
+    pub api_token: Option<niks3_api::token::ApiToken>,
     /// Size and count limits of API requests.
     pub limits: ApiLimits,
     /// Connection count and header timeout (see [`listener`]).

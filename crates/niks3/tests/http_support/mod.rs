@@ -4,11 +4,12 @@
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
 
 use niks3::db::Db;
-use niks3::http::{ApiLimits, ApiToken, HttpState};
+use niks3::http::{ApiLimits, HttpState};
 use niks3::metrics::Metrics;
 use niks3::store::Store;
 use niks3::store::local::LocalStore;
 use niks3::store::s3::{S3Config, S3Store};
+use niks3_api::token::ApiToken;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::StoreDir;
 use niks3_testkit::garage::Garage;

@@ -8,10 +8,10 @@
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::protocol::GcRequest;
 use super::read_json;
 use crate::gc::{API_OPTION_FLOOR, GcError, GcOptions};
 use http::StatusCode;
+use niks3_api::protocol::GcRequest;
 use std::sync::Arc;
 use std::time::Duration;
 use warp::reply::Response;

@@ -6,17 +6,16 @@ pub mod auth;
 pub mod error;
 pub mod gc;
 pub mod presign;
-pub mod protocol;
 pub mod push;
 pub mod realisations;
 pub mod relay;
 
 use super::{HttpState, Request, response};
-use crate::token::Scope;
 use bytes::{Bytes, BytesMut};
 use error::ApiError;
 use futures::StreamExt;
 use http::StatusCode;
+use niks3_api::token::Scope;
 use std::sync::Arc;
 use warp::reply::Response;
 

@@ -11,11 +11,11 @@
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::protocol::{PresignRequest, PresignResponse};
 use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_json;
 use crate::store::Store;
 use http::StatusCode;
+use niks3_api::protocol::{PresignRequest, PresignResponse};
 use niks3_nix::hash::Sha256Hash;
 use std::sync::Arc;
 use warp::reply::Response;

@@ -6,11 +6,11 @@
 
 use super::super::{HttpState, Request, response};
 use super::error::ApiError;
-use super::protocol::{RealisationsRequest, RealisationsResponse};
 use super::read_json;
 use crate::upload::UploadError;
 use crate::upload::publish::Publisher;
 use http::StatusCode;
+use niks3_api::protocol::{RealisationsRequest, RealisationsResponse};
 use niks3_nix::realisation::Realisation;
 use std::sync::Arc;
 use warp::reply::Response;

@@ -13,7 +13,6 @@
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::protocol::UploadResponse;
 use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_body;
 use crate::db::NewObject;
@@ -21,6 +20,7 @@ use crate::store::{ObjectKey, Store, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
+use niks3_api::protocol::UploadResponse;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
 use sha2::Digest;

@@ -3,11 +3,11 @@
 use super::sessions::{abort_multipart, owned_sessions};
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
-use crate::http::api::protocol::{AbortRequest, AbortResponse};
 use crate::http::api::read_json;
 use crate::http::{HttpState, Request, response};
 use crate::store::ObjectKey;
 use http::StatusCode;
+use niks3_api::protocol::{AbortRequest, AbortResponse};
 use std::sync::Arc;
 use warp::reply::Response;
 

@@ -4,8 +4,8 @@
 use super::clip;
 use crate::http::HttpState;
 use crate::http::api::error::ApiError;
-use crate::http::api::protocol::PathInfoWire;
 use crate::store::ObjectKey;
+use niks3_api::protocol::PathInfoWire;
 use niks3_nix::content_address;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::PathInfo;

@@ -1,4 +1,4 @@
-//! The JSON messages of the push API (docs/api.md), shared by the server routes and `crate::client`.
+//! The JSON messages of the push API (docs/api.md), shared by the server's routes and the client.
 //! Strings on the wire are full store paths and Nix hash strings; the server re-validates all of them.
 
 use serde::{Deserialize, Serialize};
@@ -233,4 +233,19 @@ pub struct RealisationsRequest {
 pub struct RealisationsResponse {
     /// Realisations written (all of the request's).
     pub published: usize,
+}
+
+/// The five figures of the last GC run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GcFigures {
+    /// In-flight uploads aborted and cleaned up.
+    pub failed_uploads_deleted: u64,
+    /// Closures forgotten for being too old.
+    pub old_closures_deleted: u64,
+    /// Objects newly marked unreachable.
+    pub objects_marked_for_deletion: u64,
+    /// Objects deleted after their grace period (or at once with --force).
+    pub objects_deleted_after_grace_period: u64,
+    /// Objects the store failed to delete (retried next run).
+    pub objects_failed_to_delete: u64,
 }

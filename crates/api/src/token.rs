@@ -1,6 +1,7 @@
-//! What an API token is and what it may do: the scopes, the names, and the secrets `niks3 token create`
-//! makes. Storing and looking tokens up is [`crate::db`]'s job ([`crate::db::Db::create_token`] and
-//! friends); checking a request's bearer token is [`crate::http::api::auth`]'s.
+//! What an API token is and what it may do: the seed token ([`ApiToken`], at least [`MIN_TOKEN_LEN`]
+//! characters, compared in constant time over SHA-256 digests, never printed), the scopes, the names, and
+//! the secrets `niks3 token create` makes. Both sides of the API need this: the client loads a token and
+//! sends it, the server checks it. Storing and looking tokens up is the server's database's job.
 //!
 //! Why scopes at all: every builder, CI job and the GC timer used to share one token, so any one of them
 //! leaking let the holder wipe the cache through GC (security review #3). Each holder now gets a token
@@ -8,7 +9,9 @@
 
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use subtle::ConstantTimeEq;
 
 /// Prefix of the secrets `niks3 token create` prints, so secret scanners and humans can tell what they are.
 pub const SECRET_PREFIX: &str = "niks3_";
@@ -168,6 +171,99 @@ pub fn digest(presented: &str) -> [u8; 32] {
     Sha256::digest(presented.as_bytes()).into()
 }
 
+/// Shortest token accepted: shorter ones are guessable, so the server refuses to start with one.
+pub const MIN_TOKEN_LEN: usize = 36;
+
+/// Why a token cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The token is shorter than [`MIN_TOKEN_LEN`] (the token itself is never shown).
+    #[error("the API token{} has {len} characters; at least {MIN_TOKEN_LEN} are required", .source_desc)]
+    TooShort {
+        /// Its length in characters.
+        len: usize,
+        /// Where it came from (` in <file>`, or empty).
+        source_desc: String,
+    },
+    /// The token contains whitespace or control characters inside it.
+    #[error("the API token{} contains whitespace or control characters", .source_desc)]
+    BadCharacters {
+        /// Where it came from (` in <file>`, or empty).
+        source_desc: String,
+    },
+    /// The token file could not be read.
+    #[error("reading API token file {path:?}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A validated API token. `Debug` is redacted; only a SHA-256 of it is kept for comparisons.
+#[derive(Clone)]
+pub struct ApiToken {
+    digest: [u8; 32],
+    secret: String,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+impl ApiToken {
+    /// Validates a token value (surrounding whitespace, e.g. a trailing newline, is ignored).
+    pub fn new(value: &str) -> Result<Self, AuthError> {
+        Self::validate(value, String::new())
+    }
+
+    /// Reads a token file (e.g. `--api-token-file`); errors name the file, never the token.
+    pub fn from_file(path: &Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io { path: path.to_owned(), source })?;
+        Self::validate(&text, format!(" in {}", path.display()))
+    }
+
+    fn validate(value: &str, source_desc: String) -> Result<Self, AuthError> {
+        let v = value.trim();
+        if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(AuthError::BadCharacters { source_desc });
+        }
+        let len = v.chars().count();
+        if len < MIN_TOKEN_LEN {
+            return Err(AuthError::TooShort { len, source_desc });
+        }
+        Ok(ApiToken { digest: digest(v), secret: v.to_owned() })
+    }
+
+    /// A fresh random token (48 hex characters) for first start.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut b = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut b);
+        let v = hex::encode(b);
+        ApiToken { digest: digest(&v), secret: v }
+    }
+
+    /// The token value, for writing it to a file with mode 0600 or into an `Authorization` header.
+    pub fn expose_secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// True when `presented` equals this token. Both sides are hashed first, so the comparison takes the
+    /// same time whatever the presented length, and is constant-time over the digests.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.matches_digest(&digest(presented))
+    }
+
+    /// True when `digest` is the SHA-256 of this token (constant-time).
+    pub fn matches_digest(&self, digest: &[u8; 32]) -> bool {
+        self.digest.ct_eq(digest).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +300,28 @@ mod tests {
         assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(a.digest(), digest(a.expose()));
         assert!(!format!("{a:?}").contains(hex));
+    }
+
+    #[test]
+    fn short_tokens_are_refused_without_showing_them() {
+        let e = ApiToken::new("abcdefghijklmnopqrstuvwxyz012345678").expect_err("35 chars");
+        let msg = e.to_string();
+        assert!(msg.contains("35 characters"), "{msg}");
+        assert!(!msg.contains("abcdef"), "{msg}");
+        assert!(matches!(
+            ApiToken::new("a b c d e f g h i j k l m n o p q r s t"),
+            Err(AuthError::BadCharacters { .. })
+        ));
+    }
+
+    #[test]
+    fn the_api_token_must_match_exactly_and_is_never_debug_printed() {
+        let t = ApiToken::new("0123456789abcdef0123456789abcdef0123\n").expect("36 chars");
+        assert!(t.matches("0123456789abcdef0123456789abcdef0123"));
+        assert!(!t.matches("0123456789abcdef0123456789abcdef012"));
+        assert!(!t.matches("0123456789abcdef0123456789abcdef01234"));
+        assert!(t.matches_digest(&digest("0123456789abcdef0123456789abcdef0123")));
+        assert_eq!(format!("{t:?}"), "ApiToken(<redacted>)");
+        assert!(ApiToken::generate().expose_secret().len() >= MIN_TOKEN_LEN);
     }
 }
