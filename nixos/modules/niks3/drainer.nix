@@ -46,9 +46,9 @@ in
             + "(a push token: `niks3 token create --name <host> --scope push` on the server).";
         }
       ];
-      warnings = optional (
-        hookCfg.serverUrl == null && hookCfg.tokenFile != null
-      ) "services.niks3.hook.tokenFile is unused: serverUrl is null, so the local server drains the spool.";
+      warnings =
+        optional (hookCfg.serverUrl == null && hookCfg.tokenFile != null)
+          "services.niks3.hook.tokenFile is unused: serverUrl is null, so the local server drains the spool.";
     })
 
     (mkIf (hookCfg.enable && hookCfg.serverUrl != null) {

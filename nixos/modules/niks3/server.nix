@@ -164,10 +164,7 @@ let
 in
 {
   imports = [
-    (mkRenamedOptionModule
-      [ "services" "niks3" "storeDir" ]
-      [ "services" "niks3" "storageDir" ]
-    )
+    (mkRenamedOptionModule [ "services" "niks3" "storeDir" ] [ "services" "niks3" "storageDir" ])
   ];
 
   options.services.niks3 = {
