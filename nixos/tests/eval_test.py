@@ -473,7 +473,7 @@ def flake():
     check("package.nix takes src, version, crate, rustPlatform",
           {"src", "version", "crate", "rustPlatform"} <= set(d["packageArgs"]), str(d["packageArgs"]))
     eq("nixosModules.default imports nixos/module.nix", d["moduleDefaultImports"], [os.path.join(ROOT, "nixos/module.nix")])
-    eq("checks: the three VM tests", d["checks"], {n: os.path.join(ROOT, f"checks/{n}.nix") for n in ["cache", "gc", "server-down"]})
+    eq("checks: the three VM tests", d["checks"], {n: os.path.join(ROOT, f"nixos/tests/vm/{n}.nix") for n in ["cache", "gc", "server-down"]})
     flake_text = open(os.path.join(ROOT, "flake.nix")).read()
     members = tomllib.load(open(os.path.join(ROOT, "Cargo.toml"), "rb"))["workspace"]["members"]
     # A glob member (crates/*) is covered by its folder.
@@ -491,7 +491,7 @@ VM_NODES = {
 
 
 def vm_checks():
-    print("== checks/*.nix: test scripts are Python, nodes configure the module legally")
+    print("== nixos/tests/vm/*.nix (the VM tests): test scripts are Python, nodes configure the module legally")
     for check_name, nodes in VM_NODES.items():
         d, err = nix_eval(os.path.join(ROOT, "nixos/tests/vm-checks.nix"), check=check_name)
         check(f"{check_name}: evaluates", d is not None, err[-600:])
@@ -505,7 +505,7 @@ def vm_checks():
             check(f"{check_name}: testScript is valid Python", False, f"{e.msg} at line {e.lineno}: {e.text}")
         for node in nodes:
             cfg = ("{ lib, ... }: { imports = [ ((import %s { inherit lib; }).nodes.%s) ]; }"
-                   % (os.path.join(ROOT, f"checks/{check_name}.nix"), json.dumps(node)))
+                   % (os.path.join(ROOT, f"nixos/tests/vm/{check_name}.nix"), json.dumps(node)))
             rc, nd, nerr = evaluate(cfg)
             eq(f"{check_name}/{node}: evaluates with no failed assertion", (rc, nd and nd["failedAssertions"]), (0, []))
             if not nd:

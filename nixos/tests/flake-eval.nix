@@ -27,7 +27,7 @@ let
     version = p.args.version;
     crate = p.args.crate or "niks3";
   };
-  checkFiles = import ../../checks { pkgs.testers.runNixOSTest = t: toString t; };
+  checkFiles = import ./vm { pkgs.testers.runNixOSTest = t: toString t; };
 in
 {
   inputs = builtins.attrNames flake.inputs;

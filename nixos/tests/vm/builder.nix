@@ -6,7 +6,7 @@ serverUrl:
 {
   imports = [
     ./common.nix
-    ../nixos/examples/builder-remote.nix
+    ../../examples/builder-remote.nix
   ];
   services.niks3.hook.serverUrl = lib.mkForce serverUrl;
   systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];

@@ -11,7 +11,7 @@
       # builds happen on the builder, whose drainer pushes with this token.
       imports = [
         ./common.nix
-        ../nixos/examples/embedded.nix
+        ../../examples/embedded.nix
       ];
       services.niks3 = {
         hook.enable = lib.mkForce false;

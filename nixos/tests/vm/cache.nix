@@ -13,7 +13,7 @@ in
     server = { pkgs, ... }: {
       imports = [
         ./common.nix
-        ../nixos/examples/server-s3.nix
+        ../../examples/server-s3.nix
       ];
       virtualisation.memorySize = lib.mkForce 2048;
       # Garage refuses to start with less than 1 GiB free.
