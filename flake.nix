@@ -96,10 +96,10 @@
       # The bare module, for systems whose pkgs cannot take overlays (set the two package options).
       nixosModules.niks3 = ./nixos/module.nix;
 
-      # NixOS VM tests (need KVM): `nix flake check` or `nix build .#checks.x86_64-linux.cache`.
+      # NixOS VM tests in nixos/tests/vm (need KVM): `nix flake check` or `nix build .#checks.x86_64-linux.cache`.
       checks = forAllSystems (
         pkgs:
-        import ./checks { inherit pkgs; }
+        import ./nixos/tests/vm { inherit pkgs; }
         // {
           inherit (pkgs) niks3 niks3-hook;
         }

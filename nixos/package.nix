@@ -20,7 +20,14 @@ rustPlatform.buildRustPackage {
 
   cargoLock.lockFile = ../Cargo.lock;
   # niks3-hook is the binary of the niks3-spool crate (the spool library and the hook that fills it).
-  cargoBuildFlags = [ "--package" "niks3-spool" ] ++ lib.optionals isServer [ "--package" "niks3" ];
+  cargoBuildFlags = [
+    "--package"
+    "niks3-spool"
+  ]
+  ++ lib.optionals isServer [
+    "--package"
+    "niks3"
+  ];
 
   # The test suite drives real Nix, PostgreSQL and Garage processes (the testkit crate): it needs a
   # writable /nix/store, network ports and the Garage binary, none of which the build sandbox has. The

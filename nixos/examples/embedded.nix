@@ -7,7 +7,7 @@
     enable = true;
     httpAddr = ":5751";
     openFirewall = true;
-    storeDir = "/srv/niks3-cache";
+    storageDir = "/srv/niks3-cache";
     generateSignKey = true;
     hook.enable = true;
   };

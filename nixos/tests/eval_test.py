@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Evaluates nixos/module.nix with nixos/tests/evaluator/eval-nixos-module (the real nixpkgs lib, stand-ins for
+"""Evaluates nixos/module.nix (the entry point importing the role files of nixos/modules/niks3: server, gc,
+nginx, hook, drainer) with nixos/tests/evaluator/eval-nixos-module (the real nixpkgs lib, stand-ins for
 the rest of NixOS) on the example configurations and on broken ones, and checks the JSON it prints: the
 systemd units' commands, environment, credentials and hardening, the GC timer, the post-build-hook
-wrapper, and that every misconfiguration fails with a message naming the option at fault.
+wrapper, how `settings` renders to NIKS3_* variables, the renamed storeDir option, and that every
+misconfiguration fails with a message naming the option at fault.
 
 Usage: eval_test.py REPO_ROOT EVAL_TOOL   (tests/nixos-eval.sh passes both). Prints one line per check
 and `N passed, M failed`; exits 1 if any check failed.
@@ -400,9 +402,12 @@ def rejected():
     expect_failure("partial S3", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         s3 = { endpoint = "https://s3.example.org"; bucket = "b"; }; }; }""",
                    r"all or nothing.*missing: accessKeyFile, secretKeyFile")
-    expect_failure("S3 and storeDir", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+    expect_failure("S3 and storageDir", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        storageDir = "/srv/c"; s3 = { endpoint = "e"; bucket = "b"; accessKeyFile = "/run/a"; secretKeyFile = "/run/s"; };
+      }; }""", r"storageDir and s3\.\* are two stores")
+    expect_failure("S3 and the old storeDir", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         storeDir = "/srv/c"; s3 = { endpoint = "e"; bucket = "b"; accessKeyFile = "/run/a"; secretKeyFile = "/run/s"; };
-      }; }""", r"storeDir and s3\.\* are two stores")
+      }; }""", r"storageDir and s3\.\* are two stores")
     expect_failure("nginx on a public domain without apiTokenFile", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         nginx = { enable = true; domain = "cache.example.org"; }; }; }""",
                    r"nginx publishes the push API on cache\.example\.org; set apiTokenFile")
@@ -468,7 +473,7 @@ def flake():
     check("package.nix takes src, version, crate, rustPlatform",
           {"src", "version", "crate", "rustPlatform"} <= set(d["packageArgs"]), str(d["packageArgs"]))
     eq("nixosModules.default imports nixos/module.nix", d["moduleDefaultImports"], [os.path.join(ROOT, "nixos/module.nix")])
-    eq("checks: the three VM tests", d["checks"], {n: os.path.join(ROOT, f"checks/{n}.nix") for n in ["cache", "gc", "server-down"]})
+    eq("checks: the three VM tests", d["checks"], {n: os.path.join(ROOT, f"nixos/tests/vm/{n}.nix") for n in ["cache", "gc", "server-down"]})
     flake_text = open(os.path.join(ROOT, "flake.nix")).read()
     members = tomllib.load(open(os.path.join(ROOT, "Cargo.toml"), "rb"))["workspace"]["members"]
     # A glob member (crates/*) is covered by its folder.
@@ -486,7 +491,7 @@ VM_NODES = {
 
 
 def vm_checks():
-    print("== checks/*.nix: test scripts are Python, nodes configure the module legally")
+    print("== nixos/tests/vm/*.nix (the VM tests): test scripts are Python, nodes configure the module legally")
     for check_name, nodes in VM_NODES.items():
         d, err = nix_eval(os.path.join(ROOT, "nixos/tests/vm-checks.nix"), check=check_name)
         check(f"{check_name}: evaluates", d is not None, err[-600:])
@@ -500,7 +505,7 @@ def vm_checks():
             check(f"{check_name}: testScript is valid Python", False, f"{e.msg} at line {e.lineno}: {e.text}")
         for node in nodes:
             cfg = ("{ lib, ... }: { imports = [ ((import %s { inherit lib; }).nodes.%s) ]; }"
-                   % (os.path.join(ROOT, f"checks/{check_name}.nix"), json.dumps(node)))
+                   % (os.path.join(ROOT, f"nixos/tests/vm/{check_name}.nix"), json.dumps(node)))
             rc, nd, nerr = evaluate(cfg)
             eq(f"{check_name}/{node}: evaluates with no failed assertion", (rc, nd and nd["failedAssertions"]), (0, []))
             if not nd:
@@ -999,7 +1004,7 @@ def single_host_end_to_end():
             fh.write(f"""{{ ... }}: {{ services.niks3 = {{
   enable = true; generateSignKey = true;
   httpAddr = "127.0.0.1:{port}";
-  storeDir = "{tmp}/cache";
+  storageDir = "{tmp}/cache";
   hook = {{ enable = true; spoolDir = "{tmp}/spool"; gcrootsDir = "{tmp}/gcroots"; }};
 }}; }}""")
         p = subprocess.run([TOOL, MODULE, cfg, extra], capture_output=True, text=True)
@@ -1115,8 +1120,15 @@ def options_documented():
     check("options evaluate", p.returncode == 0, p.stderr[-600:])
     if p.returncode != 0:
         return
-    options = json.loads(p.stdout)
+    declared = json.loads(p.stdout)
+    # What the manual shows: not the submodule's own machinery (settings._module.*, internal) and not
+    # the alias left by mkRenamedOptionModule (invisible).
+    options = [o for o in declared if o["visible"] and not o["internal"]]
     check("services.niks3 declares options", len(options) > 30, str(len(options)))
+    old = [o for o in declared if o["name"] == "services.niks3.storeDir"]
+    check("the old storeDir is declared (as an alias) but hidden from the manual",
+          len(old) == 1 and not old[0]["visible"], str(old))
+    role_files(options)
     undocumented = [o["name"] for o in options if len(o["description"].strip()) < 20]
     check("every option has a description", not undocumented, str(undocumented))
     doc = open(os.path.join(ROOT, "docs/nixos.md")).read()
@@ -1133,6 +1145,155 @@ def options_documented():
     check("docs/nixos.md's option table lists no option that does not exist", not unknown, str(unknown))
 
 
+# Which role file declares which options (nixos/modules/niks3/; the package is shared: default.nix).
+ROLE_OF = [
+    ("services.niks3.package", "default.nix"),
+    ("services.niks3.gc.", "gc.nix"),
+    ("services.niks3.nginx.", "nginx.nix"),
+    ("services.niks3.hook.serverUrl", "drainer.nix"),
+    ("services.niks3.hook.tokenFile", "drainer.nix"),
+    ("services.niks3.hook.", "hook.nix"),
+    ("services.niks3.", "server.nix"),
+]
+
+
+def role_files(options):
+    """Every option is declared in its role's file, and the entry point only imports the role files."""
+    roles = os.path.join(ROOT, "nixos/modules/niks3")
+    for f in ["default.nix", "server.nix", "gc.nix", "nginx.nix", "hook.nix", "drainer.nix", "lib.nix"]:
+        check(f"nixos/modules/niks3/{f} exists", os.path.isfile(os.path.join(roles, f)))
+    entry = open(MODULE).read()
+    check("nixos/module.nix only imports ./modules/niks3",
+          re.sub(r"#.*", "", entry).split() == ["{", "imports", "=", "[", "./modules/niks3", "];", "}"], entry)
+    wrong = []
+    for o in options:
+        want = next(f for prefix, f in ROLE_OF if o["name"].startswith(prefix))
+        # A directory import declares as the directory itself (default.nix).
+        got = [d[len(roles) + 1:] if d != roles else "default.nix" for d in o["declarations"] if d.startswith(roles)]
+        if got != [want]:
+            wrong.append(f"{o['name']}: {got}, want {want}")
+    check("each option is declared in its role file (server, gc, nginx, hook, drainer; package in default.nix)",
+          not wrong, "; ".join(wrong))
+
+
+def settings_rendered():
+    print("== settings (RFC 42): rendered to the server's NIKS3_* environment")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/extra.conf", "w") as fh:
+            fh.write("not a secret\n")
+        rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        settings = {
+          s3_path_style = false;
+          nix_store_dir = "/nix/store";
+          jobs = 4;
+          priority = 10;
+          http_addr = "[::]:8443";
+          compression_level = 5;
+          some_flag = true;
+          some_path = %s/extra.conf;
+          cache_url = null;
+        };
+        environment.NIKS3_JOBS = "2";
+      }; }""" % tmp)
+    eq("settings of every kind: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        e, c = env_of(d, "niks3"), sc(d, "niks3")
+        eq("bool false renders as false (s3_path_style → NIKS3_S3_PATH_STYLE)", e.get("NIKS3_S3_PATH_STYLE"), "false")
+        eq("bool true renders as true", e.get("NIKS3_SOME_FLAG"), "true")
+        eq("string as is (nix_store_dir → NIKS3_NIX_STORE_DIR)", e.get("NIKS3_NIX_STORE_DIR"), "/nix/store")
+        eq("compression_level (typed, overrides compressionLevel) renders as a string",
+           e.get("NIKS3_COMPRESSION_LEVEL"), "5")
+        eq("http_addr (typed, overrides httpAddr) → NIKS3_HTTP_ADDR", e.get("NIKS3_HTTP_ADDR"), "[::]:8443")
+        p = e.get("NIKS3_SOME_PATH", "")
+        check("a path renders as its store path", re.fullmatch(r"/nix/store/[a-z0-9]{32}-extra\.conf", p) is not None, p)
+        check("null entries are left out (cache_url = null: no NIKS3_CACHE_URL)", "NIKS3_CACHE_URL" not in e, str(e))
+        eq("environment overrides settings (NIKS3_JOBS)", e.get("NIKS3_JOBS"), "2")
+        eq("priority is the --priority argument, not the environment",
+           (c.get("ExecStart"), "NIKS3_PRIORITY" in e), (f"{STUB}niks3/bin/niks3 serve --priority 10", False))
+        g = sc(d, "niks3-gc").get("ExecStart", "")
+        check("the GC client follows settings.http_addr ([::] → [::1])", "--server http://[::1]:8443 " in g, g)
+        check("no CAP_NET_BIND_SERVICE for port 8443", c.get("AmbientCapabilities") == "", str(c.get("AmbientCapabilities")))
+        check("no secret-looking variable from settings",
+              not any(k in e for k in ("NIKS3_API_TOKEN", "NIKS3_S3_ACCESS_KEY", "NIKS3_S3_SECRET_KEY")), str(e))
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        httpAddr = "0.0.0.0:80"; priority = 50; jobs = 3; storageDir = "/srv/objects";
+        cacheUrl = "https://c.example.org"; openFirewall = true;
+      }; }""")
+    eq("typed options only: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        e, c = env_of(d, "niks3"), sc(d, "niks3")
+        st = d["services"]["niks3"]["settings"]
+        eq("the typed options set their settings entries",
+           {k: st.get(k) for k in ("http_addr", "priority", "jobs", "compression_level", "storage_dir", "cache_url")},
+           {"http_addr": "0.0.0.0:80", "priority": 50, "jobs": 3, "compression_level": 3,
+            "storage_dir": "/srv/objects", "cache_url": "https://c.example.org"})
+        eq("...and reach the environment",
+           {k: e.get(k) for k in ("NIKS3_HTTP_ADDR", "NIKS3_JOBS", "NIKS3_COMPRESSION_LEVEL", "NIKS3_STORAGE_DIR", "NIKS3_CACHE_URL")},
+           {"NIKS3_HTTP_ADDR": "0.0.0.0:80", "NIKS3_JOBS": "3", "NIKS3_COMPRESSION_LEVEL": "3",
+            "NIKS3_STORAGE_DIR": "/srv/objects", "NIKS3_CACHE_URL": "https://c.example.org"})
+        check("priority 50 on the command line", c.get("ExecStart", "").endswith("serve --priority 50"), c.get("ExecStart"))
+        eq("firewall opens the port of settings.http_addr", d["networking"]["firewall"].get("allowedTCPPorts"), [80])
+        eq("port 80 gets CAP_NET_BIND_SERVICE", c.get("AmbientCapabilities"), "CAP_NET_BIND_SERVICE")
+        check("no S3 settings without s3.*", not any(k.startswith("s3_") for k in st), str(st))
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        s3 = { endpoint = "https://s3.example.org"; bucket = "b"; accessKeyFile = "/run/a"; secretKeyFile = "/run/s"; };
+        settings.s3_region = "eu-central-1";
+      }; }""")
+    eq("S3 with a region from settings: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        e = env_of(d, "niks3")
+        st = d["services"]["niks3"]["settings"]
+        eq("s3.* set the S3 entries of settings; settings.s3_region wins over s3.region",
+           {k: st.get(k) for k in ("s3_endpoint", "s3_bucket", "s3_region", "s3_use_ssl")},
+           {"s3_endpoint": "https://s3.example.org", "s3_bucket": "b", "s3_region": "eu-central-1", "s3_use_ssl": True})
+        eq("S3 environment", {k: e.get(k) for k in ("NIKS3_S3_ENDPOINT", "NIKS3_S3_BUCKET", "NIKS3_S3_REGION", "NIKS3_S3_USE_SSL")},
+           {"NIKS3_S3_ENDPOINT": "https://s3.example.org", "NIKS3_S3_BUCKET": "b", "NIKS3_S3_REGION": "eu-central-1",
+            "NIKS3_S3_USE_SSL": "true"})
+        check("the S3 keys stay credentials", "NIKS3_S3_ACCESS_KEY" not in e and e.get("NIKS3_S3_ACCESS_KEY_FILE") == "%d/s3-access-key")
+
+    for key, option in [("api_token", "apiTokenFile"), ("api_token_file", "apiTokenFile"),
+                        ("s3_access_key", r"s3\.accessKeyFile"), ("s3_secret_key_file", r"s3\.secretKeyFile"),
+                        ("db", "database"), ("db_file", r"database\.urlFile"), ("sign_key_paths", "signKeyFiles"),
+                        ("spool_dir", r"hook\.spoolDir"), ("gcroots_dir", r"hook\.gcrootsDir"),
+                        ("no_spool", r"hook\.serverUrl"), ("state_dir", "StateDirectory")]:
+        expect_failure(f"settings.{key} (a secret or set by the module)", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        settings.%s = "/run/secrets/x"; }; }""" % key,
+                       r"services\.niks3\.settings: %s is not a setting \(set [^)]*%s" % (key, option))
+    expect_failure("settings key that is no variable name", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        settings.HTTP_ADDR = ":5751"; }; }""", r"services\.niks3\.settings: keys are the lower-case names.*not: HTTP_ADDR")
+    expect_failure("settings.http_addr without port", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        settings.http_addr = "localhost"; }; }""", r"services\.niks3\.settings\.http_addr.*not of type")
+    expect_failure("settings value that is an attribute set", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        settings.s3 = { bucket = "b"; }; }; }""", r"services\.niks3\.settings\.s3.*not of type")
+
+
+def renamed_option():
+    print("== services.niks3.storeDir is renamed to storageDir (mkRenamedOptionModule)")
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        storeDir = "/srv/old-name"; }; }""")
+    eq("the old storeDir still evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        e, c = env_of(d, "niks3"), sc(d, "niks3")
+        eq("storeDir still sets NIKS3_STORAGE_DIR", e.get("NIKS3_STORAGE_DIR"), "/srv/old-name")
+        eq("...and storageDir", d["services"]["niks3"].get("storageDir"), "/srv/old-name")
+        check("...its directory is writable and created",
+              "/srv/old-name" in c.get("ReadWritePaths", [])
+              and "d /srv/old-name 0750 niks3 niks3 - -" in d["systemd"]["tmpfiles"]["rules"])
+        check("the old name warns, naming the new one",
+              any("services.niks3.storeDir" in w and "renamed to `services.niks3.storageDir'" in w for w in d["warnings"]),
+              str(d["warnings"]))
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        storageDir = "/srv/new-name"; }; }""")
+    eq("storageDir evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        eq("storageDir sets NIKS3_STORAGE_DIR", env_of(d, "niks3").get("NIKS3_STORAGE_DIR"), "/srv/new-name")
+        eq("storageDir does not warn", d["warnings"], [])
+    expect_failure("storeDir and storageDir with different values", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        storeDir = "/srv/a"; storageDir = "/srv/b"; }; }""", r"services\.niks3\.storageDir.*conflicting definition")
+
+
 def main():
     for f in [TOOL, MODULE, EXTRA]:
         if not os.path.exists(f):
@@ -1143,6 +1304,8 @@ def main():
     builder_remote()
     variants()
     rejected()
+    settings_rendered()
+    renamed_option()
     options_documented()
     flake()
     vm_checks()

@@ -6,18 +6,28 @@
 let
   lib = import libPath;
   flake = import ../../flake.nix;
-  nixpkgs = { inherit lib; outPath = "/nixpkgs-unavailable"; };
-  self = outputs // { outPath = toString ../..; };
+  nixpkgs = {
+    inherit lib;
+    outPath = "/nixpkgs-unavailable";
+  };
+  self = outputs // {
+    outPath = toString ../..;
+  };
   outputs = flake.outputs { inherit self nixpkgs; };
   # callPackage stand-in: records which file the overlay calls with which arguments.
-  final = { callPackage = fn: args: { file = toString fn; inherit args; }; };
+  final = {
+    callPackage = fn: args: {
+      file = toString fn;
+      inherit args;
+    };
+  };
   overlay = outputs.overlays.default final { };
   pkgArgs = p: {
     inherit (p) file;
     version = p.args.version;
     crate = p.args.crate or "niks3";
   };
-  checkFiles = import ../../checks { pkgs.testers.runNixOSTest = t: toString t; };
+  checkFiles = import ./vm { pkgs.testers.runNixOSTest = t: toString t; };
 in
 {
   inputs = builtins.attrNames flake.inputs;

@@ -10,7 +10,7 @@
     imports = [ ./common.nix ];
     services.niks3 = {
       enable = true;
-      storeDir = "/srv/niks3-cache";
+      storageDir = "/srv/niks3-cache";
       generateSignKey = true;
       hook.enable = true;
       gc = {

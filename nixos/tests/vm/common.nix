@@ -2,7 +2,7 @@
 # derivations the tests build (drvs.nix, at /etc/niks3-test/drvs.nix).
 { lib, ... }:
 {
-  imports = [ ../nixos/module.nix ];
+  imports = [ ../../module.nix ];
   nix.settings = {
     # No network in the VMs: never try cache.nixos.org.
     substituters = lib.mkForce [ ];

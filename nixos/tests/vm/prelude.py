@@ -31,7 +31,7 @@ def write_secret(machine, path, value):
 
 
 def build(machine, attr, salt):
-    """Builds checks/drvs.nix's `attr` on `machine` (the post-build-hook runs); returns the out path."""
+    """Builds nixos/tests/vm/drvs.nix's `attr` on `machine` (the post-build-hook runs); returns the out path."""
     return machine.succeed(
         f"nix-build /etc/niks3-test/drvs.nix -A {attr} --argstr salt {salt} --no-out-link"
     ).strip()

@@ -4,7 +4,10 @@
 serverUrl:
 { lib, ... }:
 {
-  imports = [ ./common.nix ../nixos/examples/builder-remote.nix ];
+  imports = [
+    ./common.nix
+    ../../examples/builder-remote.nix
+  ];
   services.niks3.hook.serverUrl = lib.mkForce serverUrl;
   systemd.services.niks3-drain.wantedBy = lib.mkForce [ ];
 }

@@ -9,7 +9,10 @@
     server = {
       # The documented one-machine setup (nixos/examples/embedded.nix), less its own hook: here the
       # builds happen on the builder, whose drainer pushes with this token.
-      imports = [ ./common.nix ../nixos/examples/embedded.nix ];
+      imports = [
+        ./common.nix
+        ../../examples/embedded.nix
+      ];
       services.niks3 = {
         hook.enable = lib.mkForce false;
         apiTokenFile = "/run/secrets/niks3/api-token";

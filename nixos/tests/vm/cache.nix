@@ -11,7 +11,10 @@ in
 
   nodes = {
     server = { pkgs, ... }: {
-      imports = [ ./common.nix ../nixos/examples/server-s3.nix ];
+      imports = [
+        ./common.nix
+        ../../examples/server-s3.nix
+      ];
       virtualisation.memorySize = lib.mkForce 2048;
       # Garage refuses to start with less than 1 GiB free.
       virtualisation.diskSize = 2048;

@@ -1,0 +1,78 @@
+# A builder that pushes to a remote server: niks3-drain.service (`niks3 drain`) empties this machine's
+# spool into hook.serverUrl with this builder's own push token. Without hook.serverUrl the local server
+# drains the spool instead (server.nix), and this role adds nothing.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkOption
+    mkIf
+    mkMerge
+    types
+    optional
+    escapeShellArg
+    ;
+
+  cfg = config.services.niks3;
+  hookCfg = cfg.hook;
+  common = import ./lib.nix { inherit config lib pkgs; };
+in
+{
+  options.services.niks3.hook = {
+    serverUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://cache.example.org";
+      description = "Remote niks3 server to push to; null means the local services.niks3 drains the spool.";
+    };
+    tokenFile = common.secretFileOption "push-token" ''
+      File holding a token with the `push` scope for the remote server (required with serverUrl):
+      on the server, `niks3 token create --name <this host> --scope push`, one per builder, so each
+      can be revoked on its own (`niks3 token revoke <this host>`).
+    '';
+  };
+
+  config = mkMerge [
+    (mkIf hookCfg.enable {
+      assertions = [
+        {
+          assertion = hookCfg.serverUrl == null || hookCfg.tokenFile != null;
+          message =
+            "services.niks3.hook: serverUrl = ${toString hookCfg.serverUrl} needs hook.tokenFile "
+            + "(a push token: `niks3 token create --name <host> --scope push` on the server).";
+        }
+      ];
+      warnings =
+        optional (hookCfg.serverUrl == null && hookCfg.tokenFile != null)
+          "services.niks3.hook.tokenFile is unused: serverUrl is null, so the local server drains the spool.";
+    })
+
+    (mkIf (hookCfg.enable && hookCfg.serverUrl != null) {
+      systemd.services.niks3-drain = common.spoolUnit { } // {
+        description = "niks3 drain: push this builder's spool to ${hookCfg.serverUrl}";
+        environment.NIX_REMOTE = "daemon";
+        serviceConfig =
+          common.spoolServiceConfig { }
+          // {
+            # The drainer retries with backoff itself; this only covers crashes.
+            Restart = "always";
+            RestartSec = "10s";
+          }
+          // common.tokenClient {
+            command = "drain";
+            server = escapeShellArg hookCfg.serverUrl;
+            inherit (hookCfg) tokenFile;
+            args = [
+              "--spool-dir ${escapeShellArg hookCfg.spoolDir}"
+              "--gcroots-dir ${escapeShellArg hookCfg.gcrootsDir}"
+              "--compression-level ${toString cfg.compressionLevel}"
+            ];
+          };
+      };
+    })
+  ];
+}

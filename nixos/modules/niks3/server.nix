@@ -1,0 +1,503 @@
+# The cache server (`niks3 serve`, niks3.service): PostgreSQL bookkeeping, S3 or a local object
+# directory, signing keys, the read proxy and push API on httpAddr.
+#
+# Configuration reaches the server as NIKS3_* environment variables. `settings` (RFC 42) holds them as
+# an attribute set, key `http_addr` for NIKS3_HTTP_ADDR: the typed options below (httpAddr, priority,
+# jobs, compressionLevel, storageDir, cacheUrl, s3.*) set their entries, and any other variable of
+# `niks3 serve --help` can be added there. Secrets never go through settings: the options naming secret
+# files hand them over with LoadCredential, and settings refuses the keys of secrets and of what the
+# module derives itself.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkDefault
+    mkRenamedOptionModule
+    types
+    optional
+    optionals
+    optionalAttrs
+    concatStringsSep
+    imap0
+    escapeShellArgs
+    literalExpression
+    ;
+
+  cfg = config.services.niks3;
+  hookCfg = cfg.hook;
+  common = import ./lib.nix { inherit config lib pkgs; };
+  inherit (common)
+    user
+    group
+    stateDir
+    secretPath
+    secretFileOption
+    ;
+
+  s3Fields = {
+    inherit (cfg.s3)
+      endpoint
+      bucket
+      accessKeyFile
+      secretKeyFile
+      ;
+  };
+  s3Set = lib.attrNames (lib.filterAttrs (_: v: v != null) s3Fields);
+  s3Missing = lib.attrNames (lib.filterAttrs (_: v: v == null) s3Fields);
+  # Some s3.* set (for the assertions) / all of them set (what the service gets).
+  anyS3 = s3Set != [ ];
+  useS3 = s3Missing == [ ];
+
+  publicScheme = if cfg.nginx.forceSSL || cfg.nginx.enableACME then "https" else "http";
+  cacheUrl =
+    if cfg.cacheUrl != null then
+      cfg.cacheUrl
+    else if cfg.nginx.enable && cfg.nginx.domain != null then
+      "${publicScheme}://${cfg.nginx.domain}"
+    else
+      null;
+
+  storageDir = cfg.settings.storage_dir;
+
+  # settings keys the module sets from other options (or that name secrets): a definition in settings
+  # would bypass the credential mechanism or contradict the units, so it is refused, naming the option
+  # to use instead.
+  managedSettings = {
+    state_dir = "the state directory is ${stateDir} (StateDirectory=niks3)";
+    spool_dir = "services.niks3.hook.spoolDir";
+    gcroots_dir = "services.niks3.hook.gcrootsDir";
+    no_spool = "services.niks3.hook.serverUrl (the local server drains the spool unless it is set)";
+    db = "services.niks3.database";
+    db_file = "services.niks3.database.urlFile";
+    api_token = "services.niks3.apiTokenFile";
+    api_token_file = "services.niks3.apiTokenFile";
+    s3_access_key = "services.niks3.s3.accessKeyFile";
+    s3_access_key_file = "services.niks3.s3.accessKeyFile";
+    s3_secret_key = "services.niks3.s3.secretKeyFile";
+    s3_secret_key_file = "services.niks3.s3.secretKeyFile";
+    sign_key_paths = "services.niks3.signKeyFiles";
+  };
+  badSettings = lib.filterAttrs (n: v: managedSettings ? ${n} && v != null) cfg.settings;
+  badSettingNames = builtins.filter (n: builtins.match "[a-z0-9_]+" n == null) (
+    lib.attrNames cfg.settings
+  );
+
+  # settings entries that are command-line arguments rather than environment (an argument would
+  # override the variable).
+  argumentSettings = [ "priority" ];
+
+  renderSetting =
+    v:
+    if builtins.isBool v then
+      lib.boolToString v
+    else if builtins.isPath v then
+      "${v}"
+    else
+      toString v;
+  settingsEnv = lib.mapAttrs' (n: v: lib.nameValuePair "NIKS3_${lib.toUpper n}" (renderSetting v)) (
+    lib.filterAttrs (n: v: v != null && !(builtins.elem n argumentSettings)) cfg.settings
+  );
+
+  signKeyCreds = imap0 (i: f: {
+    name = "sign-key-${toString i}";
+    path = f;
+  }) cfg.signKeyFiles;
+
+  serverEnv = {
+    NIKS3_STATE_DIR = stateDir;
+    NIKS3_SPOOL_DIR = hookCfg.spoolDir;
+    NIKS3_GCROOTS_DIR = hookCfg.gcrootsDir;
+    # The daemon is not root: it reads the Nix database through nix-daemon.
+    NIX_REMOTE = "daemon";
+  }
+  // (
+    if cfg.database.createLocally then
+      {
+        # Peer authentication over the unix socket: the unix user niks3 is the PostgreSQL role niks3.
+        NIKS3_DB = "host=/run/postgresql user=${user} dbname=niks3";
+      }
+    else
+      optionalAttrs (cfg.database.urlFile != null) {
+        NIKS3_DB_FILE = "%d/db-url";
+      }
+  )
+  // optionalAttrs useS3 {
+    NIKS3_S3_ACCESS_KEY_FILE = "%d/s3-access-key";
+    NIKS3_S3_SECRET_KEY_FILE = "%d/s3-secret-key";
+  }
+  // optionalAttrs (cfg.signKeyFiles != [ ]) {
+    NIKS3_SIGN_KEY_PATHS = concatStringsSep ":" (map (c: "%d/${c.name}") signKeyCreds);
+  }
+  // optionalAttrs (cfg.apiTokenFile != null) { NIKS3_API_TOKEN_FILE = "%d/api-token"; }
+  // settingsEnv
+  // cfg.environment;
+
+  serverCredentials =
+    optional (cfg.apiTokenFile != null) "api-token:${cfg.apiTokenFile}"
+    ++ optionals useS3 [
+      "s3-access-key:${cfg.s3.accessKeyFile}"
+      "s3-secret-key:${cfg.s3.secretKeyFile}"
+    ]
+    ++ optional (
+      !cfg.database.createLocally && cfg.database.urlFile != null
+    ) "db-url:${cfg.database.urlFile}"
+    ++ map (c: "${c.name}:${c.path}") signKeyCreds;
+
+  # A remote server drains this machine's spool, so the local server (if any) must not race it.
+  localSpool = !(hookCfg.enable && hookCfg.serverUrl != null);
+
+  serverArgs = [
+    "serve"
+    "--priority"
+    (toString cfg.settings.priority)
+  ]
+  ++ optional (!localSpool) "--no-spool"
+  ++ cfg.extraArgs;
+in
+{
+  imports = [
+    (mkRenamedOptionModule [ "services" "niks3" "storeDir" ] [ "services" "niks3" "storageDir" ])
+  ];
+
+  options.services.niks3 = {
+    enable = mkEnableOption "the niks3 binary cache server (`niks3 serve`)";
+
+    httpAddr = mkOption {
+      type = common.listenAddress;
+      default = "127.0.0.1:5751";
+      example = ":5751";
+      description = ''
+        Address of the read proxy (a binary cache for stock Nix), the push API, /health and /metrics.
+        `:5751` means all interfaces. Keep the default behind nginx. Sets settings.http_addr.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the port of httpAddr (or 80 and 443 when nginx is enabled) in the firewall.";
+    };
+
+    cacheUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://cache.example.org";
+      defaultText = literalExpression ''"https://''${nginx.domain}" when nginx is enabled, else http://<httpAddr>'';
+      description = "Public substituter URL shown on the landing page and in the printed nix.conf lines.";
+    };
+
+    priority = mkOption {
+      type = types.ints.unsigned;
+      default = 30;
+      description = "`Priority` advertised in nix-cache-info (lower is preferred; cache.nixos.org is 40).";
+    };
+
+    jobs = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Parallel uploads; null means one per CPU core.";
+    };
+
+    compressionLevel = mkOption {
+      type = types.ints.between 1 9;
+      default = 3;
+      description = ''
+        zstd level of the NARs uploaded by the server's own spool and by this builder's niks3-drain
+        (hook.serverUrl set). 3 is Nix's own; 2 takes about a third less CPU for about 5% more bytes.
+      '';
+    };
+
+    storageDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/srv/niks3-cache";
+      description = ''
+        Local object directory (small setups, no S3). When neither this nor s3.* is set, objects go to
+        ${stateDir}/cache. The read proxy serves it. Formerly `storeDir` (still accepted, with a
+        warning): this is object storage, not a Nix store.
+      '';
+    };
+
+    s3 = {
+      endpoint = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://<account>.r2.cloudflarestorage.com";
+        description = "S3 endpoint; without a scheme, useSSL decides http or https. All s3.* or none.";
+      };
+      bucket = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "S3 bucket holding the cache.";
+      };
+      region = mkOption {
+        type = types.str;
+        default = "us-east-1";
+        example = "auto";
+        description = "S3 region (`auto` for Cloudflare R2; Garage's `s3_region`).";
+      };
+      useSSL = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Use https when the endpoint has no scheme.";
+      };
+      accessKeyFile = secretFileOption "s3-access-key" "File holding the S3 access key id (runtime path, never in the Nix store).";
+      secretKeyFile = secretFileOption "s3-secret-key" "File holding the S3 secret key (runtime path, never in the Nix store).";
+    };
+
+    database = {
+      createLocally = mkOption {
+        type = types.bool;
+        default = cfg.database.urlFile == null;
+        defaultText = literalExpression "config.services.niks3.database.urlFile == null";
+        description = ''
+          Create database and role `niks3` in this machine's services.postgresql and connect over the
+          unix socket with peer authentication (`host=/run/postgresql user=niks3 dbname=niks3`).
+        '';
+      };
+      urlFile = secretFileOption "db-url" ''
+        File holding a libpq connection string (`postgresql://user:pass@host/db` or
+        `host=… user=… dbname=…`), for a managed or remote PostgreSQL.
+      '';
+    };
+
+    apiTokenFile = secretFileOption "api-token" ''
+      File holding the seed API token (at least 36 characters): an `admin` token, allowed everything,
+      including GC below the API's floors. Give builders and CI `push` tokens and the GC timer a `gc`
+      token instead (`niks3 token create`, see hook.tokenFile and gc.tokenFile). null: the server
+      generates ${stateDir}/api-token on first start (not allowed with nginx on a public domain).
+    '';
+
+    signKeyFiles = mkOption {
+      type = types.listOf secretPath;
+      default = [ ];
+      example = [ "/run/secrets/niks3/cache-1.sec" ];
+      description = ''
+        Secret signing keys (`name:base64`, as `nix key generate-secret` or `niks3 key generate` write
+        them); every narinfo gets one Sig line per key. Empty requires generateSignKey.
+      '';
+    };
+
+    generateSignKey = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        With no signKeyFiles, let the server generate ${stateDir}/keys/<hostname>-1.sec on first start
+        (its public key is printed in the journal and on the landing page). Losing the state directory
+        then means a new key that every client must trust again.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule {
+        freeformType = types.attrsOf (
+          types.nullOr (
+            types.oneOf [
+              types.bool
+              types.int
+              types.str
+              types.path
+            ]
+          )
+        );
+        options = {
+          http_addr = mkOption {
+            type = common.listenAddress;
+            default = cfg.httpAddr;
+            defaultText = literalExpression "config.services.niks3.httpAddr";
+            description = "NIKS3_HTTP_ADDR: the server's listen address (see httpAddr).";
+          };
+          priority = mkOption {
+            type = types.ints.unsigned;
+            default = cfg.priority;
+            defaultText = literalExpression "config.services.niks3.priority";
+            description = "nix-cache-info `Priority`, passed as `--priority` (see priority).";
+          };
+          jobs = mkOption {
+            type = types.nullOr types.ints.positive;
+            default = cfg.jobs;
+            defaultText = literalExpression "config.services.niks3.jobs";
+            description = "NIKS3_JOBS: parallel uploads, null for one per core (see jobs).";
+          };
+          compression_level = mkOption {
+            type = types.ints.between 1 9;
+            default = cfg.compressionLevel;
+            defaultText = literalExpression "config.services.niks3.compressionLevel";
+            description = "NIKS3_COMPRESSION_LEVEL: the server's zstd level (see compressionLevel).";
+          };
+          storage_dir = mkOption {
+            type = types.nullOr types.str;
+            default = cfg.storageDir;
+            defaultText = literalExpression "config.services.niks3.storageDir";
+            description = "NIKS3_STORAGE_DIR: the local object directory (see storageDir).";
+          };
+          cache_url = mkOption {
+            type = types.nullOr types.str;
+            default = cacheUrl;
+            defaultText = literalExpression "config.services.niks3.cacheUrl, else https://<nginx.domain>";
+            description = "NIKS3_CACHE_URL: the public substituter URL (see cacheUrl).";
+          };
+        };
+      };
+      default = { };
+      example = {
+        http_addr = "[::]:5751";
+        s3_path_style = false;
+        nix_store_dir = "/nix/store";
+      };
+      description = ''
+        Environment of `niks3 serve` as an attribute set (RFC 42): each non-null entry becomes
+        NIKS3_<KEY> (`http_addr` → NIKS3_HTTP_ADDR); booleans render as true/false, integers and paths
+        as strings. The typed options set their entries (httpAddr, priority, jobs, compressionLevel,
+        storageDir, cacheUrl, and s3.endpoint/bucket/region/useSSL when all of s3.* is set); any other
+        variable of `niks3 serve --help` can be added. Keys naming secrets or what the module sets from
+        other options (state_dir, spool_dir, gcroots_dir, no_spool, db, db_file, api_token(_file),
+        s3_access_key(_file), s3_secret_key(_file), sign_key_paths) are refused: units are
+        world-readable, secrets go through the *File options.
+      '';
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--s3-path-style=false" ];
+      description = "Extra arguments to `niks3 serve`.";
+    };
+
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        RUST_LOG = "niks3=debug";
+      };
+      description = "Extra environment for `niks3 serve` (no secrets: units are world-readable).";
+    };
+  };
+
+  config = mkMerge [
+    # The S3 backend's non-secret settings, once all of s3.* is set (the keys go through credentials).
+    (mkIf useS3 {
+      services.niks3.settings = {
+        s3_endpoint = mkDefault cfg.s3.endpoint;
+        s3_bucket = mkDefault cfg.s3.bucket;
+        s3_region = mkDefault cfg.s3.region;
+        s3_use_ssl = mkDefault cfg.s3.useSSL;
+      };
+    })
+
+    (mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = s3Missing == [ ] || s3Set == [ ];
+          message =
+            "services.niks3.s3: endpoint, bucket, accessKeyFile and secretKeyFile are all or "
+            + "nothing; set: ${concatStringsSep ", " s3Set}; missing: ${concatStringsSep ", " s3Missing}.";
+        }
+        {
+          assertion = !(anyS3 && storageDir != null);
+          message = "services.niks3: storageDir and s3.* are two stores; set only one of them.";
+        }
+        {
+          assertion = !(cfg.database.createLocally && cfg.database.urlFile != null);
+          message =
+            "services.niks3.database: createLocally = true and urlFile are two databases; "
+            + "set createLocally = false to use the connection string from urlFile.";
+        }
+        {
+          assertion = cfg.database.createLocally || cfg.database.urlFile != null;
+          message =
+            "services.niks3.database: set urlFile (a file with a connection string) or "
+            + "createLocally = true (a local services.postgresql database).";
+        }
+        {
+          assertion = cfg.signKeyFiles != [ ] || cfg.generateSignKey;
+          message =
+            "services.niks3: signKeyFiles is empty; add a secret key file (`niks3 key generate "
+            + "--name cache-1 --secret-out cache-1.sec --public-out cache-1.pub`, kept in sops-nix) or set "
+            + "generateSignKey = true to let the server create ${stateDir}/keys/<hostname>-1.sec.";
+        }
+        {
+          assertion = badSettings == { };
+          message =
+            "services.niks3.settings: "
+            + concatStringsSep "; " (
+              lib.mapAttrsToList (n: _: "${n} is not a setting (set ${managedSettings.${n}})") badSettings
+            )
+            + ". Secrets never go into the unit's environment: the *File options hand them over as credentials.";
+        }
+        {
+          assertion = badSettingNames == [ ];
+          message =
+            "services.niks3.settings: keys are the lower-case names of NIKS3_* variables "
+            + "(http_addr for NIKS3_HTTP_ADDR); not: ${concatStringsSep ", " badSettingNames}.";
+        }
+      ];
+      warnings =
+        optional (
+          cfg.generateSignKey && cfg.signKeyFiles != [ ]
+        ) "services.niks3.generateSignKey is ignored because signKeyFiles is set."
+        ++ optional (!common.isLoopback && !cfg.nginx.enable && cfg.apiTokenFile == null) (
+          "services.niks3.httpAddr ${common.httpAddr} is reachable from the network and apiTokenFile is "
+          + "null: the push API token is generated into ${stateDir}/api-token; copy it to your builders."
+        );
+
+      services.postgresql = mkIf cfg.database.createLocally {
+        enable = true;
+        ensureDatabases = [ "niks3" ];
+        ensureUsers = [
+          {
+            name = user;
+            ensureDBOwnership = true;
+          }
+        ];
+      };
+
+      systemd.services.niks3 =
+        common.spoolUnit {
+          # postgresql-setup.service / postgresql.target: where newer NixOS runs ensureUsers; ordering
+          # after a unit that does not exist is a no-op, so this works across releases.
+          extraAfter = optionals cfg.database.createLocally [
+            "postgresql.service"
+            "postgresql-setup.service"
+            "postgresql.target"
+          ];
+          extraRequires = optional cfg.database.createLocally "postgresql.service";
+        }
+        // {
+          description = "niks3 binary cache server";
+          environment = serverEnv;
+          serviceConfig =
+            common.spoolServiceConfig {
+              extraWritable = optional (storageDir != null && common.outsideState storageDir) storageDir;
+            }
+            // {
+              Type = "notify";
+              ExecStart = "${cfg.package}/bin/niks3 ${escapeShellArgs serverArgs}";
+              Restart = "on-failure";
+              RestartSec = "5s";
+              # Let in-flight uploads finish; claimed entries are re-processed on the next start anyway.
+              TimeoutStopSec = "60s";
+              WorkingDirectory = stateDir;
+              LoadCredential = serverCredentials;
+              LimitNOFILE = 65536;
+            }
+            // optionalAttrs (common.addrPort < 1024) {
+              CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
+              AmbientCapabilities = "CAP_NET_BIND_SERVICE";
+            };
+        };
+
+      networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && !cfg.nginx.enable) [
+        common.addrPort
+      ];
+    })
+  ];
+}
