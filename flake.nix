@@ -27,10 +27,12 @@
         ];
       };
 
-      pkgsFor = system: import nixpkgs {
-        inherit system;
-        overlays = [ self.overlays.default ];
-      };
+      pkgsFor =
+        system:
+        import nixpkgs {
+          inherit system;
+          overlays = [ self.overlays.default ];
+        };
       forAllSystems = f: lib.genAttrs systems (system: f (pkgsFor system));
     in
     {
