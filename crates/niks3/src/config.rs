@@ -6,10 +6,10 @@
 //! afterwards). Secrets are read from files, written with mode 0600, and never printed: `Debug` of
 //! [`ServeArgs`] and [`ServeConfig`] redacts them.
 
-use crate::store::s3::S3Config;
 use niks3_api::token::ApiToken;
 use niks3_nix::signing::{KeyError, SecretKey};
 use niks3_nix::store_path::{StoreDir, StorePathError};
+use niks3_storage::s3::S3Config;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -225,7 +225,7 @@ impl std::fmt::Debug for DbChoice {
 
 /// Where the objects live.
 #[derive(Clone, Debug)]
-pub enum StoreChoice {
+pub enum StorageChoice {
     /// A local directory.
     Local(PathBuf),
     /// An S3 bucket (secrets redacted by `S3Config`'s `Debug`).
@@ -246,7 +246,7 @@ pub struct ServeConfig {
     /// PostgreSQL.
     pub db: DbChoice,
     /// Objects.
-    pub store: StoreChoice,
+    pub store: StorageChoice,
     /// Signing keys (at least one), read once and shared by the pipeline and the push API (keys are
     /// not `Clone`, so that no copy of a secret is made by accident).
     pub sign_keys: std::sync::Arc<Vec<SecretKey>>,
@@ -502,9 +502,9 @@ impl ServeConfig {
             if args.no_spool { None } else { Some(args.spool_dir.clone().unwrap_or_else(|| state_dir.join("spool"))) };
         let db = resolve_db(args.db.as_deref(), args.db_file.as_deref(), || Ok(state_dir.clone()))?;
         let store = match (&args.s3_bucket, &args.storage_dir) {
-            (Some(bucket), _) if !bucket.trim().is_empty() => StoreChoice::S3(resolve_s3(args, bucket.trim())?),
-            (_, Some(dir)) => StoreChoice::Local(dir.clone()),
-            _ => StoreChoice::Local(state_dir.join("cache")),
+            (Some(bucket), _) if !bucket.trim().is_empty() => StorageChoice::S3(resolve_s3(args, bucket.trim())?),
+            (_, Some(dir)) => StorageChoice::Local(dir.clone()),
+            _ => StorageChoice::Local(state_dir.join("cache")),
         };
         let (sign_keys, sign_key_files, generated_key) = resolve_keys(args, &state_dir)?;
         let (api_token, api_token_file, generated_token) = resolve_token(args, &state_dir)?;
@@ -741,7 +741,7 @@ mod tests {
         assert!(!c.generated_key && !c.generated_token);
         assert_eq!(c.sign_keys[0].public(), key.public());
         assert!(!dir.path().join("state/keys").exists() && !dir.path().join("state/api-token").exists());
-        assert!(matches!(&c.store, StoreChoice::Local(d) if d.ends_with("state/cache")));
+        assert!(matches!(&c.store, StorageChoice::Local(d) if d.ends_with("state/cache")));
         assert_eq!(c.http_addr.port(), 5751);
         assert!(c.cache_url.starts_with("http://") && c.cache_url.ends_with(":5751"), "{}", c.cache_url);
         assert!(c.startup_banner().contains(&key.public().to_nix_string()));

@@ -11,5 +11,4 @@ pub mod gc;
 pub mod http;
 pub mod local;
 pub mod metrics;
-pub mod store;
 pub mod upload;

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use niks3::db::{Db, DbError, NewObject};
-use niks3::store::ObjectKey;
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::ObjectKey;
 use niks3_testkit::postgres::Postgres;
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";

@@ -63,6 +63,8 @@ fn bad_entries_are_quarantined_with_a_reason_and_nothing_reaches_the_cache() {
         reasons.iter().any(|r| r.contains(&corrupt) && r.contains("does not match Nix's record")),
         "modified: {reasons:#?}"
     );
+    // The entry is moved before its log line is written: wait for the sixth line, then count exactly.
+    wait_for(Duration::from_secs(10), || server.log_text().matches("quarantined spool entry").count() >= 6);
     let log = server.log_text();
     assert_eq!(log.matches("quarantined spool entry").count(), 6, "one log line per entry:\n{log}");
 

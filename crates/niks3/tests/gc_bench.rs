@@ -12,8 +12,8 @@
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
 use niks3::db::Db;
 use niks3::gc::{self, GcOptions};
-use niks3::store::Store;
-use niks3::store::local::LocalStore;
+use niks3_storage::Storage;
+use niks3_storage::local::LocalStore;
 use niks3_testkit::postgres::Postgres;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ async fn gc_one_million_objects() {
     let pg = Postgres::start().expect("PostgreSQL");
     let db = Db::connect(&pg.url()).await.expect("connect");
     let dir = tempfile::tempdir().expect("dir");
-    let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+    let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
     let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).single().expect("date");
     let c = db.client().await.expect("client");
 

@@ -228,7 +228,7 @@ async fn pins_and_nix_cache_info_are_never_collected() {
     c.push(1, Cache::at(0)).await;
     c.push(2, Cache::at(0)).await;
     c.db.pin("release", &narinfo_key(1), Cache::at(0)).await.expect("pin");
-    let info = niks3::store::ObjectKey::cache_info();
+    let info = niks3_storage::ObjectKey::cache_info();
     c.store.put(&info, "StoreDir: /nix/store\n".into(), "text/plain").await.expect("put");
     c.db.record_object(&niks3::db::NewObject { key: info.clone(), size: 21, refs: vec![] }, Cache::at(0))
         .await
@@ -241,7 +241,7 @@ async fn pins_and_nix_cache_info_are_never_collected() {
 
 /// As if a run had moved `key`'s row into the tombstone table `gc_deleting` (the first step of a delete
 /// batch) and died there.
-async fn tombstone(c: &Cache, key: &niks3::store::ObjectKey) {
+async fn tombstone(c: &Cache, key: &niks3_storage::ObjectKey) {
     let client = c.db.client().await.expect("client");
     let n = client
         .execute(

@@ -7,8 +7,6 @@
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use niks3::db::Db;
 use niks3::gc::{self, GcOptions};
-use niks3::store::local::LocalStore;
-use niks3::store::{ObjectKey, Store};
 use niks3::upload::UploadError;
 use niks3::upload::publish::{PublishInput, Publisher, StoredNar};
 use niks3_nix::hash::Sha256Hash;
@@ -16,6 +14,8 @@ use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::{DrvOutput, Realisation};
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::local::LocalStore;
+use niks3_storage::{ObjectKey, Storage};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,7 @@ fn key_of(r: &Realisation) -> ObjectKey {
 struct Cache {
     _pg: niks3_testkit::postgres::Postgres,
     db: Db,
-    store: Arc<Store>,
+    store: Arc<Storage>,
     publisher: Publisher,
     _dir: tempfile::TempDir,
 }
@@ -65,7 +65,7 @@ impl Cache {
         let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
         let db = Db::connect(&pg.url()).await.expect("db");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let store = Arc::new(Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
         let key = SecretKey::generate("test-1").expect("key");
         let publisher = Publisher::new(Arc::clone(&store), db.clone(), StoreDir::default(), Arc::new(vec![key]));
         Cache { _pg: pg, db, store, publisher, _dir: dir }

@@ -6,9 +6,9 @@ mod gc_support;
 
 use gc_support::{Cache, Universe, nar_key, narinfo_key};
 use niks3::gc::{self, GcOptions};
-use niks3::store::Store;
-use niks3::store::s3::{S3Config, S3Store};
 use niks3_api::protocol::GcFigures;
+use niks3_storage::Storage;
+use niks3_storage::s3::{S3Config, S3Store};
 use niks3_testkit::garage::Garage;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ fn force() -> GcOptions {
 }
 
 async fn s3_cache(g: &Garage, u: Universe) -> Cache {
-    let store = Store::S3(
+    let store = Storage::S3(
         S3Store::new(S3Config {
             endpoint: g.endpoint.clone(),
             bucket: g.bucket.clone(),

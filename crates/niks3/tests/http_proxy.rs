@@ -6,7 +6,7 @@ mod http_support;
 
 use bytes::Bytes;
 use http_support::{Backend, TestServer, check_prometheus_text};
-use niks3::store::ObjectKey;
+use niks3_storage::ObjectKey;
 
 /// Sends `GET <path>` verbatim and returns the status and the whole response text.
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {

@@ -7,8 +7,8 @@
 mod http_support;
 
 use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
-use niks3::store::ObjectKey;
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::ObjectKey;
 use niks3_testkit::nix::NixEnv;
 use std::sync::atomic::Ordering;
 

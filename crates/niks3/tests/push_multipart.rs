@@ -13,11 +13,11 @@ use niks3::client::ApiClient;
 use niks3::client::push::to_wire;
 use niks3::gc::{self, GcOptions};
 use niks3::local::nix::LocalNix;
-use niks3::store::s3::{MIN_PART_SIZE, S3Store};
-use niks3::store::{ObjectKey, Store};
 use niks3_api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
 use niks3_api::token::ApiToken;
 use niks3_nix::store_path::StoreDir;
+use niks3_storage::s3::{MIN_PART_SIZE, S3Store};
+use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::nix::NixEnv;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,10 +25,10 @@ use std::time::Duration;
 /// [`BIG_NAR_EXPR`]'s `big` with 5 MiB parts: two full parts and a short third one.
 const EXPR: &str = BIG_NAR_EXPR;
 
-fn s3(store: &Store) -> &S3Store {
+fn s3(store: &Storage) -> &S3Store {
     match store {
-        Store::S3(s) => s,
-        Store::Local(_) => panic!("these tests need the S3 backend"),
+        Storage::S3(s) => s,
+        Storage::Local(_) => panic!("these tests need the S3 backend"),
     }
 }
 

@@ -3,16 +3,16 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use niks3::store::local::LocalStore;
-use niks3::store::{ObjectKey, Store, StoreError};
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::local::LocalStore;
+use niks3_storage::{ObjectKey, Storage, StorageError};
 use rand::{RngCore, SeedableRng};
 use sha2::Digest;
 use std::time::Duration;
 
-fn setup() -> (tempfile::TempDir, Store) {
+fn setup() -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("open"));
+    let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("open"));
     (dir, store)
 }
 
@@ -35,13 +35,14 @@ fn feed(
     data: Vec<u8>,
     chunk: usize,
     fail_after: Option<usize>,
-) -> tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>> {
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let data = Bytes::from(data);
         for (i, start) in (0..data.len()).step_by(chunk).enumerate() {
             if fail_after.is_some_and(|f| i * chunk >= f) {
-                let _ = tx.send(Err(StoreError::Source { key: "test".into(), reason: "NAR read failed".into() })).await;
+                let _ =
+                    tx.send(Err(StorageError::Source { key: "test".into(), reason: "NAR read failed".into() })).await;
                 return;
             }
             if tx.send(Ok(data.slice(start..(start + chunk).min(data.len())))).await.is_err() {
@@ -52,7 +53,7 @@ fn feed(
     rx
 }
 
-async fn read_all(store: &Store, key: &ObjectKey, range: Option<(u64, Option<u64>)>) -> (u64, Vec<u8>) {
+async fn read_all(store: &Storage, key: &ObjectKey, range: Option<(u64, Option<u64>)>) -> (u64, Vec<u8>) {
     let (meta, mut stream) = store.get_stream(key, range).await.expect("get_stream").expect("object exists");
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -110,7 +111,7 @@ async fn failed_stream_leaves_nothing() {
     let d = data(1024 * 1024, 2);
     let key = nar_key(&d);
     let err = store.put_stream(&key, feed(d, 64 * 1024, Some(512 * 1024)), "x").await.expect_err("must fail");
-    assert!(matches!(err, StoreError::Source { .. }), "{err}");
+    assert!(matches!(err, StorageError::Source { .. }), "{err}");
     assert_eq!(store.head(&key).await.expect("head"), None);
     assert!(store.list("").await.expect("list").is_empty());
     assert_eq!(tmp_files(&dir), 0, "temp file left behind");

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use niks3::store::s3::{S3Config, S3Store};
-use niks3::store::{ObjectKey, ObjectKind, Store, StoreError};
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::s3::{S3Config, S3Store};
+use niks3_storage::{ObjectKey, ObjectKind, Storage, StorageError};
 use niks3_testkit::garage::Garage;
 use rand::{RngCore, SeedableRng};
 use sha2::Digest;
@@ -27,16 +27,16 @@ fn config(g: &Garage) -> S3Config {
     }
 }
 
-fn setup() -> (Garage, Store) {
+fn setup() -> (Garage, Storage) {
     let g = Garage::start().expect("start garage");
-    let store = Store::S3(S3Store::new(config(&g)).expect("valid config"));
+    let store = Storage::S3(S3Store::new(config(&g)).expect("valid config"));
     (g, store)
 }
 
-fn s3(store: &Store) -> &S3Store {
+fn s3(store: &Storage) -> &S3Store {
     match store {
-        Store::S3(s) => s,
-        Store::Local(_) => unreachable!("these tests use S3"),
+        Storage::S3(s) => s,
+        Storage::Local(_) => unreachable!("these tests use S3"),
     }
 }
 
@@ -71,7 +71,7 @@ fn feed(
     data: Vec<u8>,
     sizes: &[usize],
     fail_after: Option<usize>,
-) -> tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>> {
+) -> tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let sizes = sizes.to_vec();
     tokio::spawn(async move {
@@ -82,7 +82,8 @@ fn feed(
                 break;
             }
             if fail_after.is_some_and(|f| pos >= f) {
-                let _ = tx.send(Err(StoreError::Source { key: "test".into(), reason: "NAR read failed".into() })).await;
+                let _ =
+                    tx.send(Err(StorageError::Source { key: "test".into(), reason: "NAR read failed".into() })).await;
                 return;
             }
             let end = (pos + size).min(data.len());
@@ -95,7 +96,7 @@ fn feed(
     rx
 }
 
-async fn read_all(store: &Store, key: &ObjectKey, range: Option<(u64, Option<u64>)>) -> (u64, Vec<u8>) {
+async fn read_all(store: &Storage, key: &ObjectKey, range: Option<(u64, Option<u64>)>) -> (u64, Vec<u8>) {
     let (meta, mut stream) = store.get_stream(key, range).await.expect("get_stream").expect("object exists");
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -181,7 +182,7 @@ async fn failed_stream_leaves_nothing() {
         let d = data(3 * PART, 7);
         let key = nar_key(&d);
         let err = store.put_stream(&key, feed(d, &[MIB], Some(fail_after)), "x").await.expect_err("must fail");
-        assert!(matches!(err, StoreError::Source { .. }), "{err}");
+        assert!(matches!(err, StorageError::Source { .. }), "{err}");
         assert_eq!(store.head(&key).await.expect("head"), None);
         assert!(store.list("").await.expect("list").is_empty());
         assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty(), "multipart upload left");
@@ -228,7 +229,7 @@ async fn presigned_put_works_with_reqwest_and_curl() {
     assert_eq!(store.get(&key2).await.expect("get"), Some(Bytes::from_static(b"hello from curl")));
 
     let too_long = store.presign_put(&key2, Duration::from_hours(8 * 24)).await;
-    assert!(matches!(too_long, Err(StoreError::Config(_))), "{too_long:?}");
+    assert!(matches!(too_long, Err(StorageError::Config(_))), "{too_long:?}");
 }
 
 /// Review #19: a presigned PUT bound to the file's size and SHA-256 accepts that file only: another
@@ -309,7 +310,7 @@ async fn abort_stale_uploads_removes_only_old_ones() {
 async fn wrong_secret_is_a_clear_permanent_error_without_the_secret() {
     let g = Garage::start().expect("start garage");
     let wrong = "0123456789abcdef0123456789abcdefWRONGSECRET";
-    let store = Store::S3(S3Store::new(S3Config { secret_key: wrong.to_owned(), ..config(&g) }).expect("config"));
+    let store = Storage::S3(S3Store::new(S3Config { secret_key: wrong.to_owned(), ..config(&g) }).expect("config"));
     let key = narinfo_key(4);
     for err in [
         store.put(&key, Bytes::from_static(b"x"), "text/plain").await.expect_err("put must fail"),
@@ -348,7 +349,7 @@ async fn outage_is_transient_and_recovers() {
 async fn extra_bucket_is_usable() {
     let g = Garage::start().expect("start garage");
     g.create_bucket("second").expect("create bucket");
-    let store = Store::S3(S3Store::new(S3Config { bucket: "second".into(), ..config(&g) }).expect("config"));
+    let store = Storage::S3(S3Store::new(S3Config { bucket: "second".into(), ..config(&g) }).expect("config"));
     store
         .put(&ObjectKey::cache_info(), Bytes::from_static(b"StoreDir: /nix/store\n"), "text/x-nix-cache-info")
         .await

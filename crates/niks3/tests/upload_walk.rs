@@ -6,12 +6,12 @@
 use niks3::db::Db;
 use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
-use niks3::store::local::LocalStore;
-use niks3::store::{ObjectKey, Store};
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::local::LocalStore;
+use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::nix::NixEnv;
 use niks3_testkit::postgres::Postgres;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ async fn overlapping_uploads_upload_each_path_once_and_a_cached_closure_costs_on
     let pg = Postgres::start().expect("postgres");
     let db = Db::connect(&pg.url()).await.expect("db");
     let cache = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::Local(LocalStore::open(cache.path().join("cache")).expect("store")));
+    let store = Arc::new(Storage::Local(LocalStore::open(cache.path().join("cache")).expect("store")));
     let keys = Arc::new(vec![SecretKey::generate("test-1").expect("key")]);
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), dir.clone(), keys);
     let uploader = Uploader::new(publisher, LocalNix::default(), Arc::new(Metrics::default()), 2);

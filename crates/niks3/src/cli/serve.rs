@@ -4,17 +4,17 @@
 //! safely: their spool entries stay claimed and are re-processed on the next start.
 
 use anyhow::Context as _;
-use niks3::config::{ServeConfig, StoreChoice};
+use niks3::config::{ServeConfig, StorageChoice};
 use niks3::db::Db;
 use niks3::drain::{DrainConfig, Drainer};
 use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
-use niks3::store::Store;
-use niks3::store::local::LocalStore;
-use niks3::store::s3::S3Store;
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
 use niks3::upload::retry::Backoff;
+use niks3_storage::Storage;
+use niks3_storage::local::LocalStore;
+use niks3_storage::s3::S3Store;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -49,8 +49,8 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     // Keep the embedded cluster alive for as long as we serve; it stops when dropped.
     let (db, _embedded) = super::open_db(&config.db).await?;
     let store = Arc::new(match &config.store {
-        StoreChoice::Local(dir) => Store::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
-        StoreChoice::S3(s3) => Store::S3(S3Store::new(s3.clone()).context("configuring S3")?),
+        StorageChoice::Local(dir) => Storage::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
+        StorageChoice::S3(s3) => Storage::S3(S3Store::new(s3.clone()).context("configuring S3")?),
     });
     let metrics = Arc::new(Metrics::default());
     let banner = config.startup_banner();
@@ -141,7 +141,7 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
 fn start_http(
     config: &ServeConfig,
     listener: tokio::net::TcpListener,
-    store: Arc<Store>,
+    store: Arc<Storage>,
     db: Db,
     keys: Arc<Vec<niks3_nix::signing::SecretKey>>,
     metrics: Arc<Metrics>,

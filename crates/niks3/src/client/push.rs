@@ -14,7 +14,6 @@
 
 use super::{ApiClient, ClientError, check_status};
 use crate::local::nix::LocalNix;
-use crate::store::{ObjectKey, StoreError};
 use crate::upload::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -25,6 +24,7 @@ use niks3_api::protocol::{
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::{ObjectKey, StorageError};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -288,7 +288,7 @@ impl Pusher {
         progress: &dyn Progress,
     ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
         let what = format!("uploading the NAR of {}", m.path);
-        let (tx, rx) = mpsc::channel::<Result<Bytes, StoreError>>(CHUNK_QUEUE);
+        let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHUNK_QUEUE);
         let fs_path = self.store_dir.path_of(&info.path);
         let display = m.path.clone();
         let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
@@ -362,7 +362,7 @@ impl Pusher {
     /// Returns the parts' ETags, or `None` when the producer reported an error (its verdict says why).
     async fn put_parts(
         &self,
-        mut rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+        mut rx: mpsc::Receiver<Result<Bytes, StorageError>>,
         mp: &MultipartWire,
         what: &str,
         sent: &Arc<AtomicU64>,
@@ -488,7 +488,7 @@ async fn put_with_retries(
 
 /// Collects the chunk stream into one buffer of at most `limit` bytes; `None` when the producer reported
 /// an error (its verdict says why) or the stream is longer than `limit`.
-async fn collect_chunks(mut rx: mpsc::Receiver<Result<Bytes, StoreError>>, limit: u64) -> Option<Bytes> {
+async fn collect_chunks(mut rx: mpsc::Receiver<Result<Bytes, StorageError>>, limit: u64) -> Option<Bytes> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = rx.recv().await {
         let chunk = chunk.ok()?;
@@ -523,12 +523,12 @@ pub fn to_wire(store_dir: &StoreDir, p: &PathInfo) -> PathInfoWire {
 
 /// The compressor's channel as a request body (`Sync`, as reqwest wants).
 struct ChunkStream {
-    rx: mpsc::Receiver<Result<Bytes, StoreError>>,
+    rx: mpsc::Receiver<Result<Bytes, StorageError>>,
     sent: Arc<AtomicU64>,
 }
 
 impl Stream for ChunkStream {
-    type Item = Result<Bytes, StoreError>;
+    type Item = Result<Bytes, StorageError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(Ok(b))) = &item {

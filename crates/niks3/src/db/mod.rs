@@ -29,10 +29,10 @@ mod migrate;
 pub mod tokens;
 mod uploads;
 
-use crate::store::ObjectKey;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::ObjectKey;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;

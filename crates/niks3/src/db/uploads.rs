@@ -6,7 +6,7 @@
 //! treated as unknown by every query here.
 
 use super::{Db, DbError, q};
-use crate::store::ObjectKey;
+use niks3_storage::ObjectKey;
 use std::collections::{BTreeMap, HashMap};
 
 impl Db {

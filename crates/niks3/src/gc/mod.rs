@@ -24,9 +24,9 @@ mod sweep;
 pub use duration::{DurationError, parse_duration};
 
 use crate::db::{Db, DbError, GC_RUN_LOCK};
-use crate::store::Store;
 use chrono::{DateTime, Utc};
 use niks3_api::protocol::GcFigures;
+use niks3_storage::Storage;
 use std::time::Duration;
 
 /// The least `older_than` and `failed_uploads_older_than` the API accepts from a token that is not
@@ -103,7 +103,7 @@ fn before(now: DateTime<Utc>, d: Duration, name: &'static str) -> Result<DateTim
 
 /// Runs one GC: drops failed uploads, forgets closures older than `older_than`, marks what nothing reaches
 /// and deletes what stayed marked for the grace period. Returns the five figures and logs them in one line.
-pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) -> Result<GcFigures, GcError> {
+pub async fn run(db: &Db, store: &Storage, opts: GcOptions, now: DateTime<Utc>) -> Result<GcFigures, GcError> {
     let closures_before = before(now, opts.older_than, "older_than")?;
     let uploads_before = before(now, opts.failed_uploads_older_than, "failed_uploads_older_than")?;
     let delete_marked_before = if opts.force { now } else { uploads_before };
@@ -151,7 +151,7 @@ pub async fn run(db: &Db, store: &Store, opts: GcOptions, now: DateTime<Utc>) ->
 /// The three phases, under the run lock.
 async fn collect(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
     opts: GcOptions,
     now: DateTime<Utc>,
     closures_before: DateTime<Utc>,
@@ -191,10 +191,10 @@ async fn collect(
 
 /// Aborts the multipart uploads of the failed uploads phase 1 dropped (remote pushers that never completed).
 /// Best effort: what fails here is still in the bucket, and `abort_stale_uploads` removes it by age.
-async fn abort_abandoned_multiparts(store: &Store, multiparts: &[(String, String)]) {
+async fn abort_abandoned_multiparts(store: &Storage, multiparts: &[(String, String)]) {
     let mut aborted = 0u64;
     for (key, upload_id) in multiparts {
-        let Ok((_, key)) = crate::store::ObjectKey::parse(key) else { continue };
+        let Ok((_, key)) = niks3_storage::ObjectKey::parse(key) else { continue };
         match store.abort_multipart(&key, upload_id).await {
             Ok(()) => aborted += 1,
             Err(e) => tracing::warn!(error = %e, "could not abort an abandoned multipart upload; the next GC retries"),

@@ -33,8 +33,8 @@
 
 use super::{GcError, count, q};
 use crate::db::GC_LOCK;
-use crate::store::{ObjectKey, ObjectKind, Store};
 use chrono::{DateTime, Utc};
+use niks3_storage::{ObjectKey, ObjectKind, Storage};
 use std::collections::HashSet;
 
 /// Objects per batch. Each batch costs a fixed number of round trips (lock, take, restore, drop, unlock)
@@ -113,7 +113,7 @@ pub(super) struct Swept {
 /// run and holds what it refers to.
 pub(super) async fn finish_leftovers(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
 ) -> Result<Swept, GcError> {
     with_gc_lock(client, async |c| finish_leftovers_locked(c, store).await).await
 }
@@ -135,7 +135,7 @@ async fn with_gc_lock<T>(
 
 async fn finish_leftovers_locked(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
 ) -> Result<Swept, GcError> {
     let keys: Vec<String> = client
         .query("SELECT key FROM gc_deleting", &[])
@@ -155,7 +155,7 @@ async fn finish_leftovers_locked(
 /// Deletes every eligible object, level by level.
 pub(super) async fn run(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
     marked_before: DateTime<Utc>,
 ) -> Result<Swept, GcError> {
     // Whole-table statements: hash joins are right (stale statistics right after marking once made the
@@ -234,7 +234,7 @@ pub(super) async fn run(
 /// Deletes the order's positions `first..=last` (all in one level), holding the exclusive GC lock throughout.
 async fn delete_batch(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
     marked_before: DateTime<Utc>,
     first: i32,
     last: i32,
@@ -245,7 +245,7 @@ async fn delete_batch(
 
 async fn delete_batch_locked(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
     marked_before: DateTime<Utc>,
     first: i32,
     last: i32,
@@ -304,7 +304,7 @@ async fn delete_batch_locked(
 /// that failed. The caller holds the exclusive GC lock.
 async fn delete_tombstoned(
     client: &mut deadpool_postgres::ClientWrapper,
-    store: &Store,
+    store: &Storage,
     keys: &[String],
 ) -> Result<HashSet<String>, GcError> {
     let mut failed: HashSet<String> = HashSet::new();

@@ -5,8 +5,8 @@
 //! `"degraded"` but still 200: the server goes on serving the cache, and entries wait in the spool.
 
 use super::{HttpState, Request, response};
-use crate::store::ObjectKey;
 use http::StatusCode;
+use niks3_storage::ObjectKey;
 use std::time::Duration;
 use warp::reply::Response;
 

@@ -1,6 +1,6 @@
 //! The HTTP face (warp): the read proxy (a Nix binary cache over HTTP), the push API, the landing page,
 //! `/health` and `/metrics`. Never builds object keys from raw request strings: everything goes through
-//! [`crate::store::ObjectKey::parse`] or validated store paths.
+//! [`niks3_storage::ObjectKey::parse`] or validated store paths.
 //!
 //! One file per thing a user asks for: [`cacheinfo`], [`proxy`] (narinfo, NARs, listings, logs,
 //! realisations), [`landing`], [`health`], [`metrics`], [`api`]. This file only binds the socket, routes a
@@ -17,11 +17,11 @@ mod response;
 
 use crate::db::Db;
 use crate::metrics::Metrics;
-use crate::store::Store;
 use bytes::{Buf, Bytes};
 use futures::TryStreamExt;
 use niks3_nix::signing::{PublicKey, SecretKey};
 use niks3_nix::store_path::StoreDir;
+use niks3_storage::Storage;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ pub enum HttpError {
 /// Everything a request handler needs. Built once by `niks3 serve` and shared (read-only) by all requests.
 pub struct HttpState {
     /// Where the objects live.
-    pub store: Arc<Store>,
+    pub store: Arc<Storage>,
     /// Bookkeeping (health checks, the push API, GC).
     pub db: Db,
     /// `StoreDir` announced in `nix-cache-info` and used to validate pushed paths.

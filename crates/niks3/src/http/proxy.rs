@@ -5,10 +5,10 @@
 //! into memory for a reader.
 
 use super::{HttpState, Request, response};
-use crate::store::{ByteStream, ObjectKey, ObjectKind, StoreError};
 use bytes::Bytes;
 use futures::Stream;
 use http::{StatusCode, header};
+use niks3_storage::{ByteStream, ObjectKey, ObjectKind, StorageError};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use warp::Reply;
@@ -205,7 +205,7 @@ fn stream_response(stream: ByteStream) -> Response {
 struct SyncStream(std::sync::Mutex<ByteStream>);
 
 impl Stream for SyncStream {
-    type Item = Result<Bytes, StoreError>;
+    type Item = Result<Bytes, StorageError>;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut().0.get_mut() {
             Ok(s) => s.as_mut().poll_next(cx),

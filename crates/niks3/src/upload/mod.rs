@@ -28,9 +28,9 @@ pub fn default_jobs() -> usize {
 
 use crate::db::DbError;
 use crate::local::nix::PathInfoError;
-use crate::store::{ObjectKey, StoreError};
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
+use niks3_storage::{ObjectKey, StorageError};
 
 /// Why uploading a store path (or a closure) failed. [`UploadError::is_transient`] tells the drainer
 /// whether to keep the entry and retry later, or to quarantine it.
@@ -38,7 +38,7 @@ use niks3_nix::store_path::StorePath;
 pub enum UploadError {
     /// The object store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageError),
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -119,7 +119,7 @@ pub enum UploadError {
     },
     /// A key built from parsed parts was refused (cannot happen for parts Nix reported; kept explicit).
     #[error(transparent)]
-    Key(#[from] crate::store::key::KeyError),
+    Key(#[from] niks3_storage::key::KeyError),
     /// A background task died (panic or cancellation).
     #[error("internal task failure: {0}")]
     Task(String),
@@ -139,7 +139,7 @@ impl UploadError {
     /// is bad (path invalid, vanished or modified): the entry is quarantined instead of retried forever.
     pub fn is_transient(&self) -> bool {
         match self {
-            UploadError::Store(e) => e.is_transient(),
+            UploadError::Storage(e) => e.is_transient(),
             UploadError::Db(e) => e.is_transient(),
             // A store niks3 cannot read (Nix missing, daemon down, an answer in an unknown format) is an
             // environment problem, not the entry's fault. A reference vanishing from the cache between our

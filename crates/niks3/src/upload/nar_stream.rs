@@ -1,7 +1,7 @@
 //! One pass over a store path on disk, in a blocking thread: NAR serialisation → SHA-256 (NarHash,
 //! NarSize) → zstd (level 3 by default; on this thread through [`ZstdRingWriter`], or on zstd's worker
 //! threads when cores are idle) → SHA-256 (FileHash, FileSize) → 1 MiB chunks over a bounded channel to
-//! [`crate::store::Store::put_stream`]. The `.ls` listing is the tree the NAR writer reports for the bytes
+//! [`niks3_storage::Storage::put_stream`]. The `.ls` listing is the tree the NAR writer reports for the bytes
 //! it wrote, so nothing is read or parsed twice and no NAR is ever held whole in memory.
 //!
 //! The promise that matters: the chunk stream ends cleanly (channel closed without an error) only after
@@ -9,12 +9,12 @@
 //! unreadable file, panic — an error is sent down the channel first, so the store aborts the object and
 //! nothing partial becomes visible.
 
-use crate::store::{ObjectKey, StoreError};
 use crate::upload::UploadError;
 use crate::upload::zstd_ring::ZstdRingWriter;
 use bytes::{Bytes, BytesMut};
 use niks3_nix::hash::{HashingWriter, Sha256Hash};
 use niks3_nix::nar::{NarError, dump_path_tree};
+use niks3_storage::{ObjectKey, StorageError};
 use std::io::Write;
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -63,17 +63,17 @@ pub struct NarStreamed {
 /// Sends 1 MiB chunks down the bounded channel (blocking when the store is slower than we are).
 /// Dropped without [`ChunkSender::finish`], it sends an error first so the store aborts the object.
 struct ChunkSender {
-    tx: Option<mpsc::Sender<Result<Bytes, StoreError>>>,
+    tx: Option<mpsc::Sender<Result<Bytes, StorageError>>>,
     buf: BytesMut,
     key: ObjectKey,
 }
 
 impl ChunkSender {
-    fn new(tx: mpsc::Sender<Result<Bytes, StoreError>>, key: ObjectKey) -> Self {
+    fn new(tx: mpsc::Sender<Result<Bytes, StorageError>>, key: ObjectKey) -> Self {
         Self { tx: Some(tx), buf: BytesMut::with_capacity(CHUNK_SIZE), key }
     }
 
-    fn send(&mut self, item: Result<Bytes, StoreError>) -> std::io::Result<()> {
+    fn send(&mut self, item: Result<Bytes, StorageError>) -> std::io::Result<()> {
         let Some(tx) = &self.tx else {
             return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "chunk channel already closed"));
         };
@@ -100,7 +100,7 @@ impl ChunkSender {
     /// Makes the store abort the object with `reason`.
     fn abort(&mut self, reason: String) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.blocking_send(Err(StoreError::Source { key: self.key.to_string(), reason }));
+            let _ = tx.blocking_send(Err(StorageError::Source { key: self.key.to_string(), reason }));
         }
     }
 }
@@ -200,7 +200,7 @@ pub fn stream_nar(
     expected_hash: Sha256Hash,
     expected_size: u64,
     key: ObjectKey,
-    tx: mpsc::Sender<Result<Bytes, StoreError>>,
+    tx: mpsc::Sender<Result<Bytes, StorageError>>,
     encoding: NarEncoding,
     zstd_workers: u32,
 ) -> Result<NarStreamed, UploadError> {
@@ -238,9 +238,9 @@ pub fn stream_nar(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
-    use crate::store::local::LocalStore;
     use niks3_nix::nar::dump_path;
+    use niks3_storage::Storage;
+    use niks3_storage::local::LocalStore;
 
     /// A small tree: a file, an executable, a symlink, a nested directory.
     fn sample_tree(root: &Path) -> std::path::PathBuf {
@@ -261,12 +261,12 @@ mod tests {
     }
 
     async fn run(
-        store: &Store,
+        store: &Storage,
         path: std::path::PathBuf,
         hash: Sha256Hash,
         size: u64,
         zstd_workers: u32,
-    ) -> (Result<NarStreamed, UploadError>, Result<u64, StoreError>, ObjectKey) {
+    ) -> (Result<NarStreamed, UploadError>, Result<u64, StorageError>, ObjectKey) {
         let key = ObjectKey::nar(&hash);
         let (tx, rx) = mpsc::channel(4);
         let k = key.clone();
@@ -288,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = sample_tree(dir.path());
         let (hash, size, nar) = nar_of(&tree);
-        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
         let (produced, stored, key) = run(&store, tree, hash, size, zstd_workers).await;
         let streamed = produced.expect("stream");
         let stored_size = stored.expect("stored");
@@ -321,7 +321,7 @@ mod tests {
         let tree = sample_tree(dir.path());
         let (_, size, _) = nar_of(&tree);
         let wrong = Sha256Hash([7; 32]);
-        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
         let (produced, stored, key) = run(&store, tree, wrong, size, zstd_workers).await;
         let err = produced.expect_err("mismatch");
         assert!(matches!(err, UploadError::HashMismatch { .. }), "{err}");
@@ -339,7 +339,7 @@ mod tests {
 
     async fn vanished_aborts_the_object(zstd_workers: u32) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
+        let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
         let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8, zstd_workers).await;
         let err = produced.expect_err("vanished");
         assert!(matches!(err, UploadError::Nar { .. }) && !err.is_transient(), "{err}");

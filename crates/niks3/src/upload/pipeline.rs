@@ -11,7 +11,6 @@
 use crate::db::{Db, NewObject, UploadId};
 use crate::local::nix::{LocalNix, PathInfoError};
 use crate::metrics::Metrics;
-use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use crate::upload::nar_stream::{NarEncoding, NarStreamed, stream_nar};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
@@ -20,6 +19,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use niks3_nix::pathinfo::{PathInfo, dependency_order};
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::{ObjectKey, SmallObject, Storage};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +35,7 @@ const CHUNK_QUEUE: usize = 4;
 /// NAR's upload is what the memory budget is set by).
 const SMALL_IN_FLIGHT: (usize, u64) = (32, 16 << 20);
 /// A NAR this size or smaller is compressed into memory and written together with its listing and log
-/// ([`Store::put_many`]: one hand-off to a blocking thread for a local directory, where streaming it took
+/// ([`Storage::put_many`]: one hand-off to a blocking thread for a local directory, where streaming it took
 /// two), and on this thread only (zstd's workers cost a thread start each and gain nothing below a few
 /// of their 1 MiB jobs). At most [`SMALL_IN_FLIGHT`] of them are in flight: ~32 MiB at worst.
 const SMALL_NAR: u64 = 1 << 20;
@@ -207,7 +207,7 @@ impl Uploader {
         &self.publisher
     }
 
-    fn store(&self) -> &Arc<Store> {
+    fn store(&self) -> &Arc<Storage> {
         self.publisher.store()
     }
 
@@ -613,7 +613,7 @@ impl Uploader {
 }
 
 /// The chunks a NAR pass sends (an error chunk when the pass failed).
-type ChunkReceiver = tokio::sync::mpsc::Receiver<Result<Bytes, crate::store::StoreError>>;
+type ChunkReceiver = tokio::sync::mpsc::Receiver<Result<Bytes, niks3_storage::StorageError>>;
 
 /// A NAR thread that panicked or was cancelled.
 #[allow(clippy::needless_pass_by_value, reason = "the map_err signature")]

@@ -8,7 +8,6 @@
 //! this module checks: every reference already has a narinfo recorded (one query), otherwise it refuses.
 
 use crate::db::{Db, NewObject};
-use crate::store::{ObjectKey, SmallObject, Store};
 use crate::upload::UploadError;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,6 +17,7 @@ use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::{DrvOutput, Realisation};
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::StoreDir;
+use niks3_storage::{ObjectKey, SmallObject, Storage};
 use std::sync::Arc;
 
 /// Content type of narinfo objects (what Nix's own caches use).
@@ -62,7 +62,7 @@ impl<'a> PublishInput<'a> {
 /// Signs and writes narinfos; cheap to clone (everything shared).
 #[derive(Clone)]
 pub struct Publisher {
-    store: Arc<Store>,
+    store: Arc<Storage>,
     db: Db,
     store_dir: StoreDir,
     keys: Arc<Vec<SecretKey>>,
@@ -70,7 +70,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher writing to `store`, recording in `db`, signing with every key in `keys`.
-    pub fn new(store: Arc<Store>, db: Db, store_dir: StoreDir, keys: Arc<Vec<SecretKey>>) -> Self {
+    pub fn new(store: Arc<Storage>, db: Db, store_dir: StoreDir, keys: Arc<Vec<SecretKey>>) -> Self {
         Self { store, db, store_dir, keys }
     }
 
@@ -80,7 +80,7 @@ impl Publisher {
     }
 
     /// The object store.
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<Storage> {
         &self.store
     }
 
@@ -125,7 +125,7 @@ impl Publisher {
 
     /// [`Publisher::publish`] for paths that do not refer to each other (the caller publishes a path
     /// only after its references): the references of all checked in one query, the narinfos written
-    /// together ([`Store::put_many`]) and everything recorded in one statement. Group commit: a
+    /// together ([`Storage::put_many`]) and everything recorded in one statement. Group commit: a
     /// drain publishing a wave of ready paths pays one round trip to the store and one to the database,
     /// not one each per path. On an error some narinfos may be written but none is recorded; the
     /// caller's upload fails and a later one writes the same bytes again.
@@ -278,7 +278,7 @@ impl std::fmt::Debug for Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::local::LocalStore;
+    use niks3_storage::local::LocalStore;
 
     fn info(name: &str, hash_byte: u8, references: Vec<niks3_nix::store_path::StorePath>) -> PathInfo {
         let hash =
@@ -299,7 +299,7 @@ mod tests {
         let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
         let db = Db::connect(&pg.url()).await.expect("db");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let store = Arc::new(Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
         let key = SecretKey::generate("test-1").expect("key");
         let public = key.public();
         let store_dir = StoreDir::default();
@@ -336,7 +336,7 @@ mod tests {
         let pg = niks3_testkit::postgres::Postgres::start().expect("postgres");
         let db = Db::connect(&pg.url()).await.expect("db");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
+        let store = Arc::new(Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store")));
         let key = SecretKey::generate("test-1").expect("key");
         let store_dir = StoreDir::default();
         let publisher = Publisher::new(Arc::clone(&store), db.clone(), store_dir, Arc::new(vec![key]));

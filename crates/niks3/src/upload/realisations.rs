@@ -14,11 +14,11 @@
 
 use crate::db::Db;
 use crate::local::nix::LocalNix;
-use crate::store::ObjectKey;
 use crate::upload::UploadError;
 use crate::upload::pipeline::Uploader;
 use niks3_nix::realisation::{DrvOutput, Realisation};
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::ObjectKey;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// How many levels of input derivations are searched for missing dependent realisations before giving up.

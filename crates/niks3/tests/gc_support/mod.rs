@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use niks3::db::{Db, DbError, NewObject, UploadId};
-use niks3::store::local::LocalStore;
-use niks3::store::{ObjectKey, Store};
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::local::LocalStore;
+use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::postgres::Postgres;
 use rand::Rng;
 use std::collections::{BTreeSet, HashMap};
@@ -101,7 +101,7 @@ impl Universe {
 pub struct Cache {
     pub pg: Postgres,
     pub db: Db,
-    pub store: Store,
+    pub store: Storage,
     pub dir: tempfile::TempDir,
     pub u: Universe,
     by_key: HashMap<String, usize>,
@@ -111,12 +111,12 @@ impl Cache {
     /// A fresh empty cache over `u`.
     pub async fn new(u: Universe) -> Self {
         let dir = tempfile::tempdir().expect("store dir");
-        let store = Store::Local(LocalStore::open(dir.path().join("cache")).expect("open local store"));
+        let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("open local store"));
         Self::with_store(u, store, dir).await
     }
 
     /// A fresh empty cache over `u` on `store` (e.g. S3); `dir` is kept alive with it.
-    pub async fn with_store(u: Universe, store: Store, dir: tempfile::TempDir) -> Self {
+    pub async fn with_store(u: Universe, store: Storage, dir: tempfile::TempDir) -> Self {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect");
         let by_key = (0..u.deps.len()).map(|i| (narinfo_key(i).as_str().to_owned(), i)).collect();
@@ -126,8 +126,8 @@ impl Cache {
     /// The local store's file for `key`.
     pub fn path_of(&self, key: &ObjectKey) -> std::path::PathBuf {
         match &self.store {
-            Store::Local(s) => s.path_of(key),
-            Store::S3(_) => unreachable!("GC tests use the local store"),
+            Storage::Local(s) => s.path_of(key),
+            Storage::S3(_) => unreachable!("GC tests use the local store"),
         }
     }
 

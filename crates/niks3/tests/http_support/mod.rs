@@ -6,12 +6,12 @@
 use niks3::db::Db;
 use niks3::http::{ApiLimits, HttpState};
 use niks3::metrics::Metrics;
-use niks3::store::Store;
-use niks3::store::local::LocalStore;
-use niks3::store::s3::{S3Config, S3Store};
 use niks3_api::token::ApiToken;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::StoreDir;
+use niks3_storage::Storage;
+use niks3_storage::local::LocalStore;
+use niks3_storage::s3::{S3Config, S3Store};
 use niks3_testkit::garage::Garage;
 use niks3_testkit::postgres::Postgres;
 use std::net::SocketAddr;
@@ -64,7 +64,7 @@ impl TestServer {
         let (store, cache_dir, garage) = match backend {
             Backend::Local => {
                 let cache = dir.path().join("cache");
-                (Store::Local(LocalStore::open(cache.clone()).expect("local store")), Some(cache), None)
+                (Storage::Local(LocalStore::open(cache.clone()).expect("local store")), Some(cache), None)
             }
             Backend::Garage | Backend::GarageWithPartSize(_) => {
                 let part_size = if let Backend::GarageWithPartSize(p) = backend { p } else { 8 << 20 };
@@ -79,7 +79,7 @@ impl TestServer {
                     part_size,
                 })
                 .expect("S3 store");
-                (Store::S3(s), None, Some(g))
+                (Storage::S3(s), None, Some(g))
             }
         };
         let key = SecretKey::generate("niks3-test-1").expect("key");

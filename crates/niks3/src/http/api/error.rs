@@ -6,9 +6,9 @@
 
 use crate::db::DbError;
 use crate::http::response;
-use crate::store::StoreError;
 use crate::upload::UploadError;
 use http::StatusCode;
+use niks3_storage::StorageError;
 use warp::reply::Response;
 
 /// Longest message sent back: messages quote what the client sent, which may be anything (a message
@@ -112,8 +112,8 @@ impl From<DbError> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
         ApiError::Storage(e.to_string())
     }
 }

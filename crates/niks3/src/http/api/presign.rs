@@ -13,10 +13,10 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_json;
-use crate::store::Store;
 use http::StatusCode;
 use niks3_api::protocol::{PresignRequest, PresignResponse};
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::Storage;
 use std::sync::Arc;
 use warp::reply::Response;
 
@@ -37,7 +37,7 @@ pub async fn handle(
     let Ok(file_hash) = Sha256Hash::parse(&body.file_hash) else {
         return Err(ApiError::bad(format!("file_hash {:?} is not a sha256 hash", clip(&body.file_hash))));
     };
-    let Store::S3(s3) = &*state.store else {
+    let Storage::S3(s3) = &*state.store else {
         return Err(ApiError::NotFound("this server relays NARs (no presigned URLs)".to_owned()));
     };
     let nar_size = match planned_nar(state, caller, id, &key).await? {
@@ -63,7 +63,7 @@ pub async fn handle(
     };
     let headers = [
         ("content-length".to_owned(), body.file_size.to_string()),
-        (crate::store::s3::CHECKSUM_HEADER.to_owned(), checksum),
+        (niks3_storage::s3::CHECKSUM_HEADER.to_owned(), checksum),
     ]
     .into_iter()
     .collect();

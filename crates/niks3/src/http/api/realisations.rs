@@ -44,7 +44,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request) -> Result<Response, Ap
             // Permanent, unlike 409 (push what is missing, then retry): the first realisation stays.
             Err(e @ UploadError::RealisationConflict { .. }) => return Err(ApiError::Unprocessable(e.to_string())),
             Err(UploadError::Db(e)) => return Err(e.into()),
-            Err(UploadError::Store(e)) => return Err(e.into()),
+            Err(UploadError::Storage(e)) => return Err(e.into()),
             Err(e) => return Err(ApiError::bad(e.to_string())),
         }
     }

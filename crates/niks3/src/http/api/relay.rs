@@ -16,13 +16,13 @@ use super::error::ApiError;
 use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
 use super::read_body;
 use crate::db::NewObject;
-use crate::store::{ObjectKey, Store, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
 use niks3_api::protocol::UploadResponse;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
+use niks3_storage::{ObjectKey, Storage, StorageError};
 use sha2::Digest;
 use std::io::Read;
 use std::sync::Arc;
@@ -98,7 +98,7 @@ pub async fn upload_nar(
     hash: &str,
 ) -> Result<Response, ApiError> {
     let (id, nar_hash, key) = nar_upload_target(id, hash).map_err(ApiError::bad)?;
-    let Store::Local(local) = &*state.store else {
+    let Storage::Local(local) = &*state.store else {
         return Err(ApiError::NotFound("this server takes NARs through presigned URLs".to_owned()));
     };
     let nar_size = match planned_nar(state, caller, id, &key).await? {
@@ -129,15 +129,15 @@ pub async fn upload_nar(
 /// otherwise the staged file is removed and the error response returned.
 async fn stage_verified(
     state: &HttpState,
-    local: &crate::store::local::LocalStore,
+    local: &niks3_storage::local::LocalStore,
     req: Request,
     nar_hash: Sha256Hash,
     nar_size: u64,
     limit: u64,
-) -> Result<(crate::store::local::Staged, Sha256Hash), ApiError> {
+) -> Result<(niks3_storage::local::Staged, Sha256Hash), ApiError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop::new(&cancel);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(UPLOAD_CHANNEL_DEPTH);
     let (vtx, vrx) = tokio::sync::mpsc::channel::<Bytes>(UPLOAD_CHANNEL_DEPTH);
     let verifier = tokio::task::spawn_blocking({
         let cancel = Arc::clone(&cancel);
@@ -151,7 +151,7 @@ async fn stage_verified(
         let mut cancel_guard = feeder_cancel;
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
-        let fail = |reason: String| StoreError::Source { key: "relayed NAR".to_owned(), reason };
+        let fail = |reason: String| StorageError::Source { key: "relayed NAR".to_owned(), reason };
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -284,7 +284,7 @@ pub async fn upload_log(
     if state.db.object_exists(&key).await? {
         return same_log_or_conflict(state, req, &key, &drv, limit).await;
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(UPLOAD_CHANNEL_DEPTH);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(UPLOAD_CHANNEL_DEPTH);
     let key_s = key.to_string();
     let mut body = req.body;
     let feeder = tokio::spawn(async move {
@@ -305,7 +305,7 @@ pub async fn upload_log(
                     }
                 }
                 Err(reason) => {
-                    let _ = tx.send(Err(StoreError::Source { key: key_s.clone(), reason: reason.clone() })).await;
+                    let _ = tx.send(Err(StorageError::Source { key: key_s.clone(), reason: reason.clone() })).await;
                     return Err(reason);
                 }
             }

@@ -5,9 +5,9 @@ use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::read_json;
 use crate::http::{HttpState, Request, response};
-use crate::store::ObjectKey;
 use http::StatusCode;
 use niks3_api::protocol::{AbortRequest, AbortResponse};
+use niks3_storage::ObjectKey;
 use std::sync::Arc;
 use warp::reply::Response;
 

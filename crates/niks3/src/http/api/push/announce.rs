@@ -9,13 +9,13 @@ use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::read_json;
 use crate::http::{HttpState, Request, response};
-use crate::store::{ObjectKey, Store};
 use crate::upload::pipeline::NAR_CONTENT_TYPE;
 use http::StatusCode;
 use niks3_api::protocol::{MissingLog, MissingNar, MultipartWire, PushRequest, PushResponse};
 use niks3_nix::narinfo::NarInfo;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::store_path::StorePath;
+use niks3_storage::{ObjectKey, Storage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use warp::reply::Response;
@@ -257,8 +257,8 @@ pub(super) async fn plan_nar_upload(
     let mut m = missing_nar(state, p);
     let expiry = state.limits.presign_expiry;
     let s3 = match &*state.store {
-        Store::S3(s3) => s3,
-        Store::Local(_) => {
+        Storage::S3(s3) => s3,
+        Storage::Local(_) => {
             m.upload_url = format!("/api/v1/uploads/{session}/nar/{}", p.nar_hash.to_nix32());
             return Ok((m, None));
         }

@@ -11,7 +11,6 @@ use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::read_json;
 use crate::http::{HttpState, Request, response};
-use crate::store::{ObjectKey, SmallObject};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use http::StatusCode;
@@ -19,6 +18,7 @@ use niks3_api::protocol::{CompleteRequest, CompleteResponse};
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::store_path::StorePath;
+use niks3_storage::{ObjectKey, SmallObject};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -209,7 +209,7 @@ pub(super) async fn complete_multipart(
     upload_id: &str,
     etags: &[String],
 ) -> Result<(), ApiError> {
-    if etags.len() as u64 > crate::store::s3::MAX_PARTS {
+    if etags.len() as u64 > niks3_storage::s3::MAX_PARTS {
         return Err(ApiError::bad(format!("{} parts reported for {key}", etags.len())));
     }
     if let Some(e) = etags.iter().find(|e| !valid_etag(e)) {

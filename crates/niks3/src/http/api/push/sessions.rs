@@ -6,8 +6,8 @@ use crate::db::UploadId;
 use crate::http::HttpState;
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
-use crate::store::ObjectKey;
 use niks3_nix::hash::Sha256Hash;
+use niks3_storage::ObjectKey;
 
 /// The session id, NarHash and NAR key of an upload route (`/api/v1/uploads/{id}/nar/{nix32}…`), or why
 /// not (for a 400).

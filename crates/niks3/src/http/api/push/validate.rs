@@ -4,12 +4,12 @@
 use super::clip;
 use crate::http::HttpState;
 use crate::http::api::error::ApiError;
-use crate::store::ObjectKey;
 use niks3_api::protocol::PathInfoWire;
 use niks3_nix::content_address;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::ObjectKey;
 use std::collections::{HashMap, HashSet};
 
 /// Longest `ca` value accepted (real ones are < 100 characters).

@@ -5,7 +5,7 @@
 //! crashed writer leaves only a temp file there, which [`LocalStore::abort_stale_uploads`] removes later.
 //! Every object key maps to `<root>/<key>`: keys are validated ([`ObjectKey`]), so none escapes the root.
 
-use super::{ByteStream, ObjectKey, ObjectMeta, StoreError};
+use super::{ByteStream, ObjectKey, ObjectMeta, StorageError};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use std::io::{ErrorKind, Write};
@@ -119,13 +119,13 @@ impl DirSync {
     }
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io { op, path: path.to_owned(), source }
 }
 
 impl LocalStore {
     /// Opens (creating if needed) the directory.
-    pub fn open(root: PathBuf) -> Result<Self, StoreError> {
+    pub fn open(root: PathBuf) -> Result<Self, StorageError> {
         for dir in std::iter::once(TMP_DIR).chain(LAYOUT_DIRS) {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
@@ -153,7 +153,7 @@ impl LocalStore {
     /// A path's NAR, listing and log go together: one hand-off to a blocking thread instead of three,
     /// and the three file fsyncs back to back join one journal commit. On failure the temp files go;
     /// objects already renamed stay (each is complete).
-    pub(super) async fn put_many(&self, objects: Vec<(ObjectKey, Bytes)>) -> Result<(), StoreError> {
+    pub(super) async fn put_many(&self, objects: Vec<(ObjectKey, Bytes)>) -> Result<(), StorageError> {
         let staged: Vec<(PathBuf, PathBuf, Bytes)> =
             objects.into_iter().map(|(key, body)| (self.temp_path(), self.path_of(&key), body)).collect();
         let first = staged.first().map_or_else(|| self.root.join(TMP_DIR), |(tmp, ..)| tmp.clone());
@@ -168,7 +168,7 @@ impl LocalStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Io { op: "write", path: first, source: std::io::Error::other(e) })?
+        .map_err(|e| StorageError::Io { op: "write", path: first, source: std::io::Error::other(e) })?
     }
 
     /// Writes `chunks` under `key`: a temp file, fsynced, renamed into place, the rename made durable;
@@ -177,9 +177,9 @@ impl LocalStore {
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         _content_type: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, StorageError> {
         let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
         let (tmp, dest, dirs) = (staged.path.clone(), self.path_of(key), std::sync::Arc::clone(&self.dirs));
         let written = tokio::task::spawn_blocking(move || {
@@ -187,7 +187,7 @@ impl LocalStore {
             publish(&dirs, &tmp, &dest).map(|()| size)
         })
         .await
-        .map_err(|e| StoreError::Io {
+        .map_err(|e| StorageError::Io {
             op: "write",
             path: staged.path.clone(),
             source: std::io::Error::other(e),
@@ -203,24 +203,24 @@ impl LocalStore {
     /// place. An `Err` from `chunks` fails the write; the file goes when the [`Staged`] is dropped.
     pub async fn stage_stream(
         &self,
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
-    ) -> Result<Staged, StoreError> {
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
+    ) -> Result<Staged, StorageError> {
         let mut staged = Staged { path: self.temp_path(), size: 0, promoted: false };
         let tmp = staged.path.clone();
         let written = tokio::task::spawn_blocking(move || write_chunks(&tmp, chunks))
             .await
-            .map_err(|e| StoreError::Io { op: "write", path: staged.path.clone(), source: std::io::Error::other(e) });
+            .map_err(|e| StorageError::Io { op: "write", path: staged.path.clone(), source: std::io::Error::other(e) });
         staged.size = written??;
         Ok(staged)
     }
 
     /// Moves a staged file into place under `key` (atomically; replacing what was there) and makes the
     /// rename durable.
-    pub async fn promote(&self, mut staged: Staged, key: &ObjectKey) -> Result<(), StoreError> {
+    pub async fn promote(&self, mut staged: Staged, key: &ObjectKey) -> Result<(), StorageError> {
         let dest = self.path_of(key);
         let tmp = staged.path.clone();
         let dirs = std::sync::Arc::clone(&self.dirs);
-        tokio::task::spawn_blocking(move || publish(&dirs, &tmp, &dest)).await.map_err(|e| StoreError::Io {
+        tokio::task::spawn_blocking(move || publish(&dirs, &tmp, &dest)).await.map_err(|e| StorageError::Io {
             op: "rename",
             path: self.path_of(key),
             source: std::io::Error::other(e),
@@ -229,7 +229,7 @@ impl LocalStore {
         Ok(())
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
+    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
         let path = self.path_of(key);
         match tokio::fs::read(&path).await {
             Ok(data) => Ok(Some(Bytes::from(data))),
@@ -244,7 +244,7 @@ impl LocalStore {
         &self,
         key: &ObjectKey,
         range: Option<(u64, Option<u64>)>,
-    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
         let path = self.path_of(key);
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -288,7 +288,7 @@ impl LocalStore {
         Ok(Some((ObjectMeta { size }, stream.boxed())))
     }
 
-    pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+    pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
         let path = self.path_of(key);
         match tokio::fs::metadata(&path).await {
             Ok(m) if m.is_file() => Ok(Some(ObjectMeta { size: m.len() })),
@@ -298,7 +298,7 @@ impl LocalStore {
         }
     }
 
-    pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
+    pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StorageError)> {
         // One blocking task per chunk of files, not one per file (a `tokio::fs` call is a blocking-pool
         // round trip each), with a few chunks in flight at once. The caller passes keys that may be
         // deleted in any order (GC splits narinfos from what they refer to before calling).
@@ -318,7 +318,7 @@ impl LocalStore {
                         .into_iter()
                         .map(|k| {
                             let path = self.path_of(&k);
-                            (k, StoreError::Io { op: "delete", path, source: std::io::Error::other(e.to_string()) })
+                            (k, StorageError::Io { op: "delete", path, source: std::io::Error::other(e.to_string()) })
                         })
                         .collect(),
                 }
@@ -332,7 +332,7 @@ impl LocalStore {
         failed
     }
 
-    pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
+    pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StorageError> {
         let dir = self.root.join(TMP_DIR);
         let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err("list", &dir))?;
@@ -356,7 +356,7 @@ impl LocalStore {
     }
 
     /// Keys of all stored objects starting with `prefix`, sorted (temporary files are not objects).
-    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -367,7 +367,7 @@ impl LocalStore {
             Ok(keys)
         })
         .await
-        .map_err(|e| StoreError::Io {
+        .map_err(|e| StorageError::Io {
             op: "list",
             path: self.root.clone(),
             source: std::io::Error::other(e),
@@ -376,7 +376,7 @@ impl LocalStore {
 }
 
 /// Collects the files under `dir` (relative names joined with `/`), skipping the temp directory.
-fn list_dir(dir: &Path, rel: &str, keys: &mut Vec<String>) -> Result<(), StoreError> {
+fn list_dir(dir: &Path, rel: &str, keys: &mut Vec<String>) -> Result<(), StorageError> {
     let entries = std::fs::read_dir(dir).map_err(io_err("list", dir))?;
     for entry in entries {
         let entry = entry.map_err(io_err("list", dir))?;
@@ -398,8 +398,8 @@ fn list_dir(dir: &Path, rel: &str, keys: &mut Vec<String>) -> Result<(), StoreEr
 /// Writes `chunks` to a new file at `tmp` and fsyncs it (blocking); its size. An `Err` chunk fails it.
 fn write_chunks(
     tmp: &Path,
-    mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
-) -> Result<u64, StoreError> {
+    mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
+) -> Result<u64, StorageError> {
     let mut f = std::fs::File::create(tmp).map_err(io_err("create", tmp))?;
     let mut size = 0u64;
     while let Some(chunk) = chunks.blocking_recv() {
@@ -413,7 +413,7 @@ fn write_chunks(
 
 /// Writes each `(temp, destination, body)`, fsyncs them all, then renames them all into place and
 /// makes the renames durable, each directory once.
-fn write_and_publish(dirs: &DirSyncs, staged: &[(PathBuf, PathBuf, Bytes)]) -> Result<(), StoreError> {
+fn write_and_publish(dirs: &DirSyncs, staged: &[(PathBuf, PathBuf, Bytes)]) -> Result<(), StorageError> {
     let mut files = Vec::with_capacity(staged.len());
     for (tmp, _, body) in staged {
         let mut f = std::fs::File::create(tmp).map_err(io_err("create", tmp))?;
@@ -441,7 +441,7 @@ fn write_and_publish(dirs: &DirSyncs, staged: &[(PathBuf, PathBuf, Bytes)]) -> R
 }
 
 /// Moves a complete, fsynced temp file into place and makes the rename durable.
-fn publish(dirs: &DirSyncs, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+fn publish(dirs: &DirSyncs, tmp: &Path, dest: &Path) -> Result<(), StorageError> {
     std::fs::rename(tmp, dest).map_err(io_err("rename into", dest))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     dirs.sync(dir).map_err(io_err("fsync directory", dir))
@@ -449,7 +449,7 @@ fn publish(dirs: &DirSyncs, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
 
 /// Absent, or a path component that is not a directory (e.g. a key under a file): either way, no object.
 /// Removes the files (absent ones count as removed); returns those that could not be removed, with why.
-fn remove_files(files: Vec<(ObjectKey, PathBuf)>) -> Vec<(ObjectKey, StoreError)> {
+fn remove_files(files: Vec<(ObjectKey, PathBuf)>) -> Vec<(ObjectKey, StorageError)> {
     let mut failed = Vec::new();
     for (key, path) in files {
         match std::fs::remove_file(&path) {

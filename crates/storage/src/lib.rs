@@ -2,7 +2,10 @@
 //! rust-s3, multipart for large objects, presigned URLs for remote uploaders) and a local directory.
 //!
 //! Keys are built only from validated parts ([`ObjectKey`]); nothing here accepts a raw caller string as a
-//! key. This module knows nothing of PostgreSQL.
+//! key. This crate knows nothing of PostgreSQL or HTTP routes: the server decides what to store, this
+//! crate how.
+
+#![forbid(unsafe_code)]
 
 pub mod key;
 pub mod local;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 /// What went wrong talking to a backend.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum StorageError {
     /// Local file system error at `path`.
     #[error("{op} {path:?}: {source}")]
     Io {
@@ -63,18 +66,18 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
+impl StorageError {
     /// True when retrying later may succeed (network, 5xx, throttling), false for configuration errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::S3 { .. } | StoreError::Io { .. } => true,
-            StoreError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            StoreError::Config(_) | StoreError::Source { .. } => false,
+            StorageError::S3 { .. } | StorageError::Io { .. } => true,
+            StorageError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            StorageError::Config(_) | StorageError::Source { .. } => false,
         }
     }
 }
 
-/// An object for [`Store::put_many`].
+/// An object for [`Storage::put_many`].
 #[derive(Clone, Debug)]
 pub struct SmallObject {
     /// Where it goes.
@@ -94,31 +97,31 @@ pub struct ObjectMeta {
 }
 
 /// A byte stream read from the store (for serving NARs without buffering them).
-pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StoreError>>;
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StorageError>>;
 
 /// A configured backend.
-pub enum Store {
+pub enum Storage {
     /// A local directory with the bucket layout.
     Local(local::LocalStore),
     /// An S3 bucket.
     S3(s3::S3Store),
 }
 
-impl Store {
+impl Storage {
     /// Writes a small object in one request (narinfo, listing, log, nix-cache-info).
-    pub async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StorageError> {
         match self {
-            Store::Local(s) => s.put_many(vec![(key.clone(), body)]).await,
-            Store::S3(s) => s.put(key, body, content_type).await,
+            Storage::Local(s) => s.put_many(vec![(key.clone(), body)]).await,
+            Storage::S3(s) => s.put(key, body, content_type).await,
         }
     }
 
     /// Aborts the multipart upload `upload_id` of `key` (one already gone is fine). A local directory has
     /// no multipart uploads: nothing to do.
-    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StoreError> {
+    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StorageError> {
         match self {
-            Store::Local(_) => Ok(()),
-            Store::S3(s) => s.abort_multipart(key, upload_id).await,
+            Storage::Local(_) => Ok(()),
+            Storage::S3(s) => s.abort_multipart(key, upload_id).await,
         }
     }
 
@@ -129,20 +132,22 @@ impl Store {
         key: &ObjectKey,
         upload_id: &str,
         etags: Vec<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         match self {
-            Store::Local(_) => Err(StoreError::Config(format!("{key}: a local directory has no multipart uploads"))),
-            Store::S3(s) => s.complete_multipart(key, upload_id, etags).await,
+            Storage::Local(_) => {
+                Err(StorageError::Config(format!("{key}: a local directory has no multipart uploads")))
+            }
+            Storage::S3(s) => s.complete_multipart(key, upload_id, etags).await,
         }
     }
 
     /// Writes several small objects (a path's NAR, listing and log): all at once, each in one request
     /// to S3; in one blocking task for a local directory. Returns when all are stored; on an error some
     /// may be stored, each complete.
-    pub async fn put_many(&self, objects: Vec<SmallObject>) -> Result<(), StoreError> {
+    pub async fn put_many(&self, objects: Vec<SmallObject>) -> Result<(), StorageError> {
         match self {
-            Store::Local(s) => s.put_many(objects.into_iter().map(|o| (o.key, o.body)).collect()).await,
-            Store::S3(s) => {
+            Storage::Local(s) => s.put_many(objects.into_iter().map(|o| (o.key, o.body)).collect()).await,
+            Storage::S3(s) => {
                 futures::future::try_join_all(objects.iter().map(|o| s.put(&o.key, o.body.clone(), o.content_type)))
                     .await
                     .map(drop)
@@ -157,20 +162,20 @@ impl Store {
     pub async fn put_stream(
         &self,
         key: &ObjectKey,
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         content_type: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, StorageError> {
         match self {
-            Store::Local(s) => s.put_stream(key, chunks, content_type).await,
-            Store::S3(s) => s.put_stream(key, chunks, content_type).await,
+            Storage::Local(s) => s.put_stream(key, chunks, content_type).await,
+            Storage::S3(s) => s.put_stream(key, chunks, content_type).await,
         }
     }
 
     /// Reads a whole small object; `None` when absent.
-    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
         match self {
-            Store::Local(s) => s.get(key).await,
-            Store::S3(s) => s.get(key).await,
+            Storage::Local(s) => s.get(key).await,
+            Storage::S3(s) => s.get(key).await,
         }
     }
 
@@ -181,53 +186,53 @@ impl Store {
         &self,
         key: &ObjectKey,
         range: Option<(u64, Option<u64>)>,
-    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
         match self {
-            Store::Local(s) => s.get_stream(key, range).await,
-            Store::S3(s) => s.get_stream(key, range).await,
+            Storage::Local(s) => s.get_stream(key, range).await,
+            Storage::S3(s) => s.get_stream(key, range).await,
         }
     }
 
     /// Size of an object, `None` when absent.
-    pub async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+    pub async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
         match self {
-            Store::Local(s) => s.head(key).await,
-            Store::S3(s) => s.head(key).await,
+            Storage::Local(s) => s.head(key).await,
+            Storage::S3(s) => s.head(key).await,
         }
     }
 
     /// Deletes objects (absent ones count as deleted); returns the keys that could not be deleted, with why.
-    pub async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
+    pub async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StorageError)> {
         match self {
-            Store::Local(s) => s.delete_many(keys).await,
-            Store::S3(s) => s.delete_many(keys).await,
+            Storage::Local(s) => s.delete_many(keys).await,
+            Storage::S3(s) => s.delete_many(keys).await,
         }
     }
 
     /// A presigned PUT URL for `key`, valid for `expiry`, so a remote client can upload straight to the
     /// bucket. `None` for the local backend (clients then upload through the server).
-    pub async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<Option<String>, StoreError> {
+    pub async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<Option<String>, StorageError> {
         match self {
-            Store::Local(_) => Ok(None),
-            Store::S3(s) => s.presign_put(key, expiry).await.map(Some),
+            Storage::Local(_) => Ok(None),
+            Storage::S3(s) => s.presign_put(key, expiry).await.map(Some),
         }
     }
 
     /// Aborts unfinished multipart uploads started more than `older_than` ago (GC phase 1); returns how
     /// many were aborted. A no-op for the local backend beyond removing stale temporary files.
-    pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
+    pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StorageError> {
         match self {
-            Store::Local(s) => s.abort_stale_uploads(older_than).await,
-            Store::S3(s) => s.abort_stale_uploads(older_than).await,
+            Storage::Local(s) => s.abort_stale_uploads(older_than).await,
+            Storage::S3(s) => s.abort_stale_uploads(older_than).await,
         }
     }
 
     /// Keys of the stored objects starting with `prefix`, sorted (for tests, audits and the GC's sweep of
     /// objects the database does not know). Lists the whole prefix: use narrow prefixes on big buckets.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         match self {
-            Store::Local(s) => s.list(prefix).await,
-            Store::S3(s) => s.list(prefix).await,
+            Storage::Local(s) => s.list(prefix).await,
+            Storage::S3(s) => s.list(prefix).await,
         }
     }
 }
@@ -241,7 +246,7 @@ mod tests {
     /// The pipeline and the HTTP server run these futures on a multi-threaded runtime.
     #[test]
     fn futures_and_streams_are_send() {
-        fn check(store: &Store, key: &ObjectKey) {
+        fn check(store: &Storage, key: &ObjectKey) {
             let (_tx, rx) = tokio::sync::mpsc::channel(1);
             assert_send(&store.put(key, Bytes::new(), "x"));
             assert_send(&store.put_stream(key, rx, "x"));
@@ -254,7 +259,7 @@ mod tests {
             assert_send(&store.list(""));
         }
         fn sync_store<T: Send + Sync>() {}
-        sync_store::<Store>();
+        sync_store::<Storage>();
         let _ = check;
     }
 }

@@ -2,11 +2,11 @@
 //! in equal parts (R2 requires equal sizes) above a threshold, presigned PUT URLs.
 //!
 //! Error mapping: an absent object (404) is `None`, never an error; an HTTP error answer becomes
-//! [`StoreError::S3Status`] (its S3 error code and message, the key and the bucket — never credentials, and
+//! [`StorageError::S3Status`] (its S3 error code and message, the key and the bucket — never credentials, and
 //! never a URL, since presigned URLs carry signatures); a failure without an answer (connection refused,
-//! timeout) becomes [`StoreError::S3`]. Retrying is the caller's job; [`StoreError::is_transient`] says when.
+//! timeout) becomes [`StorageError::S3`]. Retrying is the caller's job; [`StorageError::is_transient`] says when.
 
-use super::{ByteStream, ObjectKey, ObjectMeta, StoreError};
+use super::{ByteStream, ObjectKey, ObjectMeta, StorageError};
 use bytes::Bytes;
 use futures::StreamExt;
 use s3::command::Command;
@@ -127,12 +127,12 @@ pub struct S3Store {
 
 impl S3Store {
     /// Builds the client; does no network I/O.
-    pub fn new(config: S3Config) -> Result<Self, StoreError> {
+    pub fn new(config: S3Config) -> Result<Self, StorageError> {
         if config.bucket.is_empty() {
-            return Err(StoreError::Config("S3 bucket name is empty".to_owned()));
+            return Err(StorageError::Config("S3 bucket name is empty".to_owned()));
         }
         if config.part_size < MIN_PART_SIZE {
-            return Err(StoreError::Config(format!(
+            return Err(StorageError::Config(format!(
                 "S3 part size {} is below the minimum of {MIN_PART_SIZE} bytes",
                 config.part_size
             )));
@@ -141,10 +141,10 @@ impl S3Store {
             config
                 .region
                 .parse::<Region>()
-                .map_err(|e| StoreError::Config(format!("S3 region {:?}: {e}", config.region)))?
+                .map_err(|e| StorageError::Config(format!("S3 region {:?}: {e}", config.region)))?
         } else {
             if !(config.endpoint.starts_with("http://") || config.endpoint.starts_with("https://")) {
-                return Err(StoreError::Config(format!(
+                return Err(StorageError::Config(format!(
                     "S3 endpoint {:?} must start with http:// or https://",
                     config.endpoint
                 )));
@@ -153,8 +153,8 @@ impl S3Store {
         };
         // Never format the credentials error: it could quote what it was given.
         let credentials = Credentials::new(Some(&config.access_key), Some(&config.secret_key), None, None, None)
-            .map_err(|_| StoreError::Config("S3 credentials rejected by the client library".to_owned()))?;
-        let config_err = |e: S3Error| StoreError::Config(format!("S3 client for bucket {}: {e}", config.bucket));
+            .map_err(|_| StorageError::Config("S3 credentials rejected by the client library".to_owned()))?;
+        let config_err = |e: S3Error| StorageError::Config(format!("S3 client for bucket {}: {e}", config.bucket));
         let mut base = *Bucket::new(&config.bucket, region, credentials).map_err(config_err)?;
         if config.path_style {
             base.set_path_style();
@@ -187,11 +187,11 @@ impl S3Store {
     }
 
     /// Maps a rust-s3 error for `key` to ours.
-    fn error(&self, op: &'static str, key: &str, e: S3Error) -> StoreError {
+    fn error(&self, op: &'static str, key: &str, e: S3Error) -> StorageError {
         describe_error(op, key, &self.config, e)
     }
 
-    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+    pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StorageError> {
         self.upload_bucket(key)
             .put_object_with_content_type(key.as_str(), &body, content_type)
             .await
@@ -208,9 +208,9 @@ impl S3Store {
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
-        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+        mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         content_type: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<u64, StorageError> {
         let part_size = self.config.part_size;
         let mut buf: Vec<u8> = Vec::new();
         let mut total = 0u64;
@@ -265,7 +265,7 @@ impl S3Store {
     }
 
     /// Starts a multipart upload of `key`.
-    async fn initiate(&self, key: &ObjectKey, content_type: &str) -> Result<Multipart, StoreError> {
+    async fn initiate(&self, key: &ObjectKey, content_type: &str) -> Result<Multipart, StorageError> {
         let resp = self
             .upload_bucket(key)
             .initiate_multipart_upload(key.as_str(), content_type)
@@ -281,7 +281,7 @@ impl S3Store {
         })
     }
 
-    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StoreError> {
+    pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
         match self.bucket.get_object(key.as_str()).await {
             Ok(data) => Ok(Some(data.into_bytes())),
             Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
@@ -295,7 +295,7 @@ impl S3Store {
         &self,
         key: &ObjectKey,
         range: Option<(u64, Option<u64>)>,
-    ) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+    ) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
         let command = match range {
             None => Command::GetObject,
             Some((start, Some(end))) if end < start => return self.empty_stream(key).await,
@@ -319,7 +319,7 @@ impl S3Store {
                 .and_then(|v| v.rsplit_once('/'))
                 .and_then(|(_, total)| total.parse().ok()),
             (status, _) => {
-                return Err(StoreError::S3Status {
+                return Err(StorageError::S3Status {
                     op: "GET",
                     key: key.as_str().to_owned(),
                     status,
@@ -330,7 +330,7 @@ impl S3Store {
                 });
             }
         };
-        let size = size.ok_or_else(|| StoreError::S3 {
+        let size = size.ok_or_else(|| StorageError::S3 {
             op: "GET",
             key: key.as_str().to_owned(),
             reason: "response lacks the object size (Content-Length/Content-Range)".to_owned(),
@@ -348,7 +348,7 @@ impl S3Store {
                     Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(body))),
                     Ok(Some(Err(e))) => Some((Err(describe_error("GET", &key, &config, S3Error::Reqwest(e))), None)),
                     Err(_) => Some((
-                        Err(StoreError::S3 {
+                        Err(StorageError::S3 {
                             op: "GET",
                             key,
                             reason: format!(
@@ -366,14 +366,14 @@ impl S3Store {
     }
 
     /// The answer to a range that selects nothing: the object's size and no bytes (or `None` if absent).
-    async fn empty_stream(&self, key: &ObjectKey) -> Result<Option<(ObjectMeta, ByteStream)>, StoreError> {
+    async fn empty_stream(&self, key: &ObjectKey) -> Result<Option<(ObjectMeta, ByteStream)>, StorageError> {
         Ok(self.head(key).await?.map(|meta| (meta, futures::stream::empty().boxed())))
     }
 
-    pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
+    pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
         match self.bucket.head_object(key.as_str()).await {
             Ok((head, _)) => {
-                let size = head.content_length.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| StoreError::S3 {
+                let size = head.content_length.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| StorageError::S3 {
                     op: "HEAD",
                     key: key.as_str().to_owned(),
                     reason: "response lacks Content-Length".to_owned(),
@@ -386,7 +386,7 @@ impl S3Store {
     }
 
     /// Multi-object delete, up to 1000 keys per request.
-    pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StoreError)> {
+    pub(super) async fn delete_many(&self, keys: &[ObjectKey]) -> Vec<(ObjectKey, StorageError)> {
         let mut failed = Vec::new();
         for batch in keys.chunks(DELETE_BATCH) {
             let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(k.as_str())).collect();
@@ -400,7 +400,7 @@ impl S3Store {
                         if let Some(key) = batch.iter().find(|k| k.as_str() == err.key) {
                             failed.push((
                                 key.clone(),
-                                StoreError::S3 {
+                                StorageError::S3 {
                                     op: "DELETE",
                                     key: err.key.clone(),
                                     reason: format!("{}: {} (bucket {})", err.code, err.message, self.config.bucket),
@@ -413,13 +413,13 @@ impl S3Store {
                     let first = self.error("DELETE", "(batch)", e);
                     for key in batch {
                         let e = match &first {
-                            StoreError::S3Status { op, status, reason, .. } => StoreError::S3Status {
+                            StorageError::S3Status { op, status, reason, .. } => StorageError::S3Status {
                                 op,
                                 key: key.to_string(),
                                 status: *status,
                                 reason: reason.clone(),
                             },
-                            other => StoreError::S3 { op: "DELETE", key: key.to_string(), reason: other.to_string() },
+                            other => StorageError::S3 { op: "DELETE", key: key.to_string(), reason: other.to_string() },
                         };
                         failed.push((key.clone(), e));
                     }
@@ -429,7 +429,7 @@ impl S3Store {
         failed
     }
 
-    pub(super) async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<String, StoreError> {
+    pub(super) async fn presign_put(&self, key: &ObjectKey, expiry: Duration) -> Result<String, StorageError> {
         let secs = presign_secs(expiry)?;
         self.bucket
             .presign_put(key.as_str(), secs, None, None)
@@ -448,14 +448,14 @@ impl S3Store {
         expiry: Duration,
         size: u64,
         sha256: &niks3_nix::hash::Sha256Hash,
-    ) -> Result<String, StoreError> {
+    ) -> Result<String, StorageError> {
         use base64::Engine;
         let secs = presign_secs(expiry)?;
         let checksum = base64::engine::general_purpose::STANDARD.encode(sha256.0);
         let mut headers = http::HeaderMap::new();
         headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
         let value = http::HeaderValue::from_str(&checksum)
-            .map_err(|e| StoreError::Config(format!("checksum header for {key}: {e}")))?;
+            .map_err(|e| StorageError::Config(format!("checksum header for {key}: {e}")))?;
         headers.insert(http::HeaderName::from_static(CHECKSUM_HEADER), value);
         self.bucket
             .presign_put(key.as_str(), secs, Some(headers), None)
@@ -487,10 +487,10 @@ impl S3Store {
         content_type: &str,
         max_size: u64,
         expiry: Duration,
-    ) -> Result<PresignedMultipart, StoreError> {
+    ) -> Result<PresignedMultipart, StorageError> {
         let part_size = self.part_size_for(max_size);
         let parts = u32::try_from(max_size.div_ceil(part_size).max(1))
-            .map_err(|_| StoreError::Config(format!("{key}: {max_size} bytes need too many parts")))?;
+            .map_err(|_| StorageError::Config(format!("{key}: {max_size} bytes need too many parts")))?;
         let upload_id = self.initiate_multipart(key, content_type).await?;
         let mut part_urls = Vec::with_capacity(parts as usize);
         for n in 1..=parts {
@@ -509,7 +509,7 @@ impl S3Store {
 
     /// Starts a multipart upload whose parts a remote client sends straight to the bucket through
     /// [`S3Store::presign_part`] URLs; returns the upload id.
-    pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StoreError> {
+    pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StorageError> {
         Ok(self.initiate(key, content_type).await?.upload_id)
     }
 
@@ -521,9 +521,9 @@ impl S3Store {
         upload_id: &str,
         part_number: u32,
         expiry: Duration,
-    ) -> Result<String, StoreError> {
+    ) -> Result<String, StorageError> {
         if !(1..=MAX_PARTS).contains(&u64::from(part_number)) {
-            return Err(StoreError::Config(format!("part number {part_number} is outside 1..=10000")));
+            return Err(StorageError::Config(format!("part number {part_number} is outside 1..=10000")));
         }
         let secs = presign_secs(expiry)?;
         let queries = std::collections::HashMap::from([
@@ -543,7 +543,7 @@ impl S3Store {
         key: &ObjectKey,
         upload_id: &str,
         etags: Vec<String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         let parts = etags.into_iter().zip(1u32..).map(|(etag, part_number)| Part { part_number, etag }).collect();
         self.upload_bucket(key)
             .complete_multipart_upload(key.as_str(), upload_id, parts)
@@ -553,7 +553,7 @@ impl S3Store {
     }
 
     /// Aborts upload `upload_id` (a remote client gave up); an upload already gone counts as aborted.
-    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StoreError> {
+    pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StorageError> {
         match self.bucket.abort_upload(key.as_str(), upload_id).await {
             Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
             Err(e) => Err(self.error("abort multipart upload", key.as_str(), e)),
@@ -561,7 +561,7 @@ impl S3Store {
     }
 
     /// Unfinished multipart uploads in the bucket (all of them, following pagination).
-    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, StoreError> {
+    pub async fn pending_uploads(&self) -> Result<Vec<PendingUpload>, StorageError> {
         let pages = self
             .bucket
             .list_multiparts_uploads(None, None)
@@ -580,7 +580,7 @@ impl S3Store {
 
     /// Aborts every upload initiated before now − `older_than` (uploads with an unreadable date are left
     /// alone). Tries them all; returns the first failure if any abort failed.
-    pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StoreError> {
+    pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StorageError> {
         let cutoff = chrono::Duration::from_std(older_than).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d));
         // A cutoff before any representable date: nothing is that old.
         let Some(cutoff) = cutoff else { return Ok(0) };
@@ -606,7 +606,7 @@ impl S3Store {
     }
 
     /// Keys under `prefix`, sorted.
-    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let pages = self.bucket.list(prefix.to_owned(), None).await.map_err(|e| self.error("LIST", prefix, e))?;
         let mut keys: Vec<String> = pages.into_iter().flat_map(|p| p.contents).map(|o| o.key).collect();
         keys.sort();
@@ -626,10 +626,10 @@ struct Multipart {
 
 impl Multipart {
     /// Waits for the part uploading now, then starts uploading `data` as the next part.
-    async fn send_part(&mut self, data: Vec<u8>, store: &S3Store) -> Result<(), StoreError> {
+    async fn send_part(&mut self, data: Vec<u8>, store: &S3Store) -> Result<(), StorageError> {
         self.wait_in_flight(store).await?;
         let number = u32::try_from(self.parts.len() + 1)
-            .map_err(|_| StoreError::Config(format!("too many parts uploading {}", self.key)))?;
+            .map_err(|_| StorageError::Config(format!("too many parts uploading {}", self.key)))?;
         let (bucket, key, id, ct) =
             (Arc::clone(&self.bucket), self.key.clone(), self.upload_id.clone(), self.content_type.clone());
         self.in_flight =
@@ -637,11 +637,11 @@ impl Multipart {
         Ok(())
     }
 
-    async fn wait_in_flight(&mut self, store: &S3Store) -> Result<(), StoreError> {
+    async fn wait_in_flight(&mut self, store: &S3Store) -> Result<(), StorageError> {
         if let Some(task) = self.in_flight.take() {
             let part = task
                 .await
-                .map_err(|e| StoreError::S3 { op: "upload part", key: self.key.clone(), reason: e.to_string() })?
+                .map_err(|e| StorageError::S3 { op: "upload part", key: self.key.clone(), reason: e.to_string() })?
                 .map_err(|e| store.error("upload part", &self.key, e))?;
             self.parts.push(part);
         }
@@ -649,7 +649,7 @@ impl Multipart {
     }
 
     /// Waits for the last part; returns all parts in order.
-    async fn finish(&mut self, store: &S3Store) -> Result<Vec<Part>, StoreError> {
+    async fn finish(&mut self, store: &S3Store) -> Result<Vec<Part>, StorageError> {
         self.wait_in_flight(store).await?;
         Ok(std::mem::take(&mut self.parts))
     }
@@ -668,13 +668,13 @@ impl Multipart {
 }
 
 /// Maps a rust-s3 error to ours, naming the key and the bucket but never credentials or URLs.
-fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) -> StoreError {
+fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) -> StorageError {
     let key = key.to_owned();
     let bucket = &config.bucket;
     match e {
         S3Error::HttpFailWithBody(status, body) => {
             let detail = summarize_error_body(&body).unwrap_or_else(|| status_hint(status).to_owned());
-            StoreError::S3Status { op, key, status, reason: format!("{detail} (bucket {bucket})") }
+            StorageError::S3Status { op, key, status, reason: format!("{detail} (bucket {bucket})") }
         }
         S3Error::Reqwest(e) => {
             let e = e.without_url();
@@ -685,24 +685,24 @@ fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) ->
                 reason.push_str(&s.to_string());
                 source = s.source();
             }
-            StoreError::S3 { op, key, reason: format!("{reason} (bucket {bucket} at {})", endpoint_name(config)) }
+            StorageError::S3 { op, key, reason: format!("{reason} (bucket {bucket} at {})", endpoint_name(config)) }
         }
-        S3Error::Credentials(_) => StoreError::Config(format!("S3 credentials for bucket {bucket} are unusable")),
-        S3Error::Region(e) => StoreError::Config(format!("S3 region for bucket {bucket}: {e}")),
-        S3Error::UrlParse(e) => StoreError::Config(format!("S3 URL for bucket {bucket}: {e}")),
-        other => StoreError::S3 { op, key, reason: format!("{other} (bucket {bucket})") },
+        S3Error::Credentials(_) => StorageError::Config(format!("S3 credentials for bucket {bucket} are unusable")),
+        S3Error::Region(e) => StorageError::Config(format!("S3 region for bucket {bucket}: {e}")),
+        S3Error::UrlParse(e) => StorageError::Config(format!("S3 URL for bucket {bucket}: {e}")),
+        other => StorageError::S3 { op, key, reason: format!("{other} (bucket {bucket})") },
     }
 }
 
 /// A presigned URL lifetime in seconds, within S3's limits.
-fn presign_secs(expiry: Duration) -> Result<u32, StoreError> {
+fn presign_secs(expiry: Duration) -> Result<u32, StorageError> {
     let secs = expiry.as_secs();
     if secs == 0 || secs > MAX_PRESIGN_SECS {
-        return Err(StoreError::Config(format!(
+        return Err(StorageError::Config(format!(
             "presigned URL lifetime must be 1..={MAX_PRESIGN_SECS} seconds, got {secs}"
         )));
     }
-    u32::try_from(secs).map_err(|_| StoreError::Config("presign expiry out of range".to_owned()))
+    u32::try_from(secs).map_err(|_| StorageError::Config("presign expiry out of range".to_owned()))
 }
 
 fn endpoint_name(config: &S3Config) -> &str {
@@ -775,7 +775,7 @@ mod tests {
             let mut c = config();
             edit(&mut c);
             match S3Store::new(c) {
-                Err(StoreError::Config(msg)) => assert!(msg.contains(want), "{msg}"),
+                Err(StorageError::Config(msg)) => assert!(msg.contains(want), "{msg}"),
                 Err(e) => panic!("wrong error {e}"),
                 Ok(_) => panic!("accepted a config that should fail with {want}"),
             }
