@@ -7,6 +7,7 @@ export PATH=$HOME/.cargo/bin:$PATH
 scripts/install-deps.sh --test
 echo "== rustfmt"; cargo fmt --all --check
 echo "== clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== crate layers (docs/architecture.md)"; scripts/check-layers.py
 echo "== nix files parse"
 for f in $(git ls-files '*.nix'); do nix-instantiate --parse "$f" >/dev/null || { echo "parse failed: $f"; exit 1; }; done
 echo "== NixOS module evaluation"; tests/nixos-eval.sh

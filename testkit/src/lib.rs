@@ -4,6 +4,8 @@
 //! ([`chroot`]), single-user or with its own `nix-daemon` ([`nix_daemon`]). No mocks: these are the real
 //! programs.
 
+#![forbid(unsafe_code)]
+
 pub mod chroot;
 pub mod garage;
 pub mod nix;

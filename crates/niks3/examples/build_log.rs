@@ -8,7 +8,7 @@
 #[path = "support/args.rs"]
 mod cli_args;
 
-use niks3::local::nix::LocalNix;
+use niks3_local::nix::LocalNix;
 use niks3_nix::store_path::{StoreDir, StorePath};
 use std::time::{Duration, Instant};
 

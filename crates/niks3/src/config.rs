@@ -106,8 +106,8 @@ pub struct NarArgs {
     #[arg(long, env = "NIKS3_JOBS")]
     pub jobs: Option<usize>,
     /// zstd level of the NARs, 1-9. 3 is Nix's own; 2 takes ~35% less CPU for ~5% more bytes.
-    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = crate::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
-          value_parser = clap::value_parser!(i32).range(1..=i64::from(crate::upload::nar_stream::MAX_ZSTD_LEVEL)))]
+    #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3_local::nar_stream::DEFAULT_ZSTD_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3_local::nar_stream::MAX_ZSTD_LEVEL)))]
     pub compression_level: i32,
 }
 
@@ -128,7 +128,7 @@ impl Default for NarArgs {
         NarArgs {
             nix_store_dir: "/nix/store".to_owned(),
             jobs: None,
-            compression_level: crate::upload::nar_stream::DEFAULT_ZSTD_LEVEL,
+            compression_level: niks3_local::nar_stream::DEFAULT_ZSTD_LEVEL,
         }
     }
 }
@@ -357,7 +357,7 @@ pub fn hostname() -> String {
 /// The default state directory: /var/lib/niks3 as root, else $XDG_STATE_HOME/niks3 or
 /// ~/.local/state/niks3.
 pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
-    if crate::local::child_env::is_root() {
+    if niks3_local::child_env::is_root() {
         return Ok(PathBuf::from("/var/lib/niks3"));
     }
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {

@@ -1,6 +1,8 @@
 //! `niks3`: the cache server and its clients. Thin: parses the command line, sets up logging, and hands
 //! over to `cli/<command>.rs`, which call into the library.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use clap::Parser;

@@ -223,3 +223,22 @@ impl Metrics {
         out
     }
 }
+
+/// The drainer's reports land in the same counters `/metrics` and `/health` show.
+impl niks3_local::drain::DrainObserver for Metrics {
+    fn queue_depth(&self, depth: u64) {
+        self.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    fn queued_to_published(&self, waited: std::time::Duration) {
+        self.record_queued_to_published(waited.as_secs_f64());
+    }
+
+    fn nix_trouble(&self, cause: &str) -> bool {
+        self.record_nix_trouble(cause)
+    }
+
+    fn nix_ok(&self) -> Option<String> {
+        self.record_nix_ok()
+    }
+}

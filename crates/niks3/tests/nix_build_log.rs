@@ -5,8 +5,8 @@
 //! The readers here get a `bin_dir` where no Nix exists, so a log they return cannot have come from the
 //! command.
 
-use niks3::local::build_log::{DEFAULT_LOG_DIR, LogDir};
-use niks3::local::nix::LocalNix;
+use niks3_local::build_log::{DEFAULT_LOG_DIR, LogDir};
+use niks3_local::nix::LocalNix;
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::chroot::Chroot;
 use niks3_testkit::nix::NixEnv;

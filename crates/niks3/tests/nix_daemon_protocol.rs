@@ -4,7 +4,7 @@
 //! the next call once Nix works again — the property the drainer relies on to never quarantine an entry
 //! for an unreadable store.
 
-use niks3::local::nix::{LocalNix, PathInfoError};
+use niks3_local::nix::{LocalNix, PathInfoError};
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use std::os::unix::fs::PermissionsExt;

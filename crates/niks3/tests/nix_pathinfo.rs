@@ -1,7 +1,7 @@
 //! `LocalNix` against the real local Nix store: closures in dependency order (self-references included),
 //! derivation outputs, build logs, and clear errors for paths Nix does not know.
 
-use niks3::local::nix::{LocalNix, PathInfoError};
+use niks3_local::nix::{LocalNix, PathInfoError};
 use niks3_nix::hash::{HashingWriter, Sha256Hash};
 use niks3_nix::nar::dump_path;
 use niks3_nix::store_path::{StoreDir, StorePath};

@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use niks3::local::nix::LocalNix;
+use niks3_local::nix::LocalNix;
 use niks3_nix::hash::HashingWriter;
 use niks3_nix::nar::dump_path;
 use niks3_nix::narinfo::NarInfo;

@@ -7,7 +7,7 @@ mod http_support;
 
 use http_support::{Backend, TestServer};
 use niks3::client::push::to_wire;
-use niks3::local::nix::LocalNix;
+use niks3_local::nix::LocalNix;
 use niks3_nix::content_address::{CaError, check_store_path};
 use niks3_nix::store_path::StoreDir;
 use niks3_testkit::nix::NixEnv;

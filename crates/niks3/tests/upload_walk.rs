@@ -4,10 +4,10 @@
 //! references), whatever the size of the closure below.
 
 use niks3::db::Db;
-use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
+use niks3_local::nix::LocalNix;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_storage::local::LocalStore;

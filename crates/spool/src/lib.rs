@@ -33,6 +33,8 @@
 //! as before.
 //! std only: the hook must stay tiny and start in well under a millisecond.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BinaryHeap;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};

@@ -10,6 +10,8 @@
 //! name as `realisation=` for the daemon to resolve; they cannot get a GC root here), `NIKS3_SPOOL_DIR` (default `/var/lib/niks3/spool`; it, `tmp/` and `new/` must exist and not be symlinks: the hook creates no directory in the spool), `NIKS3_GCROOTS_DIR`
 //! (default `/nix/var/nix/gcroots/niks3`, created if missing), `NIKS3_NIX_STORE_DIR` (default `/nix/store`).
 
+#![forbid(unsafe_code)]
+
 use niks3_spool::{Entry, Spool, drv, gcroots, store_path};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,14 @@
 //! `niks3 drain --server URL --auth-token-file F [--spool-dir DIR] [--gcroots-dir DIR] [--once]`: the
-//! builder-side drainer. The pipeline's [`niks3::drain::Drainer`] (claim, process, ack only after
+//! builder-side drainer. The pipeline's [`niks3_local::drain::Drainer`] (claim, process, ack only after
 //! success, remove GC roots, retry transient failures with backoff, quarantine bad entries) with the push
 //! client as its processor, so a remote builder's spool gets the same durability as the server's own.
 
 use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::Pusher;
-use niks3::drain::{DrainConfig, Drainer};
-use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
+use niks3_local::drain::{DrainConfig, Drainer};
+use niks3_local::nix::LocalNix;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -5,8 +5,8 @@
 use anyhow::Context as _;
 use niks3::client::ApiClient;
 use niks3::client::push::{Progress, Pusher};
-use niks3::local::nix::LocalNix;
 use niks3_api::token::ApiToken;
+use niks3_local::nix::LocalNix;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

@@ -6,12 +6,12 @@
 use anyhow::Context as _;
 use niks3::config::{ServeConfig, StorageChoice};
 use niks3::db::Db;
-use niks3::drain::{DrainConfig, Drainer};
-use niks3::local::nix::LocalNix;
 use niks3::metrics::Metrics;
 use niks3::upload::pipeline::Uploader;
 use niks3::upload::publish::Publisher;
-use niks3::upload::retry::Backoff;
+use niks3_local::drain::{DrainConfig, Drainer};
+use niks3_local::nix::LocalNix;
+use niks3_local::retry::Backoff;
 use niks3_storage::Storage;
 use niks3_storage::local::LocalStore;
 use niks3_storage::s3::S3Store;
@@ -100,8 +100,12 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
                 LocalNix::default(),
                 2 * config.jobs,
             );
-            let drainer = Drainer::new(drain_config, Arc::clone(&uploader), Arc::clone(&metrics))
-                .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
+            let drainer = Drainer::new(
+                drain_config,
+                Arc::clone(&uploader),
+                Arc::clone(&metrics) as Arc<dyn niks3_local::drain::DrainObserver>,
+            )
+            .with_context(|| format!("opening the spool {}", spool_dir.display()))?;
             Some(tokio::spawn(drainer.run(on_shutdown(stop_rx.clone()))))
         }
         None => None,

@@ -10,6 +10,7 @@ use niks3_api::protocol::{
     RealisationsRequest, RealisationsResponse,
 };
 use niks3_api::token::ApiToken;
+use niks3_local::realisations::ResolveError;
 use std::time::Duration;
 
 /// What went wrong talking to a niks3 server (or preparing what to send it).
@@ -47,10 +48,16 @@ pub enum ClientError {
     },
     /// The local Nix store could not tell us about the paths.
     #[error(transparent)]
-    PathInfo(#[from] crate::local::nix::PathInfoError),
+    PathInfo(#[from] niks3_local::nix::PathInfoError),
     /// Serialising a path failed, or it does not match what Nix recorded (modified after build).
     #[error(transparent)]
-    Upload(#[from] crate::upload::UploadError),
+    Nar(#[from] niks3_local::nar_stream::NarStreamError),
+    /// Resolving the realisations a pushed realisation depends on failed.
+    #[error(transparent)]
+    Realisations(#[from] niks3_local::realisations::ResolveError<std::convert::Infallible>),
+    /// A task serialising a path died (panicked or was cancelled).
+    #[error("serialising a path: {0}")]
+    Task(String),
     /// A local argument is not a store path.
     #[error("{0}")]
     BadPath(String),
@@ -68,11 +75,9 @@ pub enum ClientError {
 
 impl ClientError {
     /// The local Nix store query behind this error, when the store could not be read.
-    pub fn nix_environment(&self) -> Option<&crate::local::nix::PathInfoError> {
+    pub fn nix_environment(&self) -> Option<&niks3_local::nix::PathInfoError> {
         match self {
-            ClientError::PathInfo(e) | ClientError::Upload(crate::upload::UploadError::PathInfo(e))
-                if e.is_environment() =>
-            {
+            ClientError::PathInfo(e) | ClientError::Realisations(ResolveError::PathInfo(e)) if e.is_environment() => {
                 Some(e)
             }
             _ => None,
@@ -89,9 +94,10 @@ impl ClientError {
             | ClientError::Protocol { .. }
             | ClientError::Config(_) => true,
             ClientError::Status { status, .. } => !matches!(*status, 400 | 413 | 422),
-            ClientError::PathInfo(e) => e.is_environment(),
-            ClientError::Upload(e) => e.is_transient(),
-            ClientError::BadPath(_) => false,
+            ClientError::PathInfo(e) | ClientError::Realisations(ResolveError::PathInfo(e)) => e.is_environment(),
+            ClientError::Realisations(_) | ClientError::Nar(_) | ClientError::Task(_) | ClientError::BadPath(_) => {
+                false
+            }
         }
     }
 }

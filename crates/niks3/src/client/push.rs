@@ -3,7 +3,7 @@
 //! 1. the closure of the roots from the local Nix store, in dependency order (one `nix path-info`);
 //! 2. one `POST /api/v1/push` learns which paths the cache lacks and where each missing NAR goes;
 //! 3. each missing NAR is serialised from disk, checked against Nix's NarHash and zstd-compressed here
-//!    ([`crate::upload::nar_stream::stream_nar`], the pipeline's single pass), several NARs in parallel,
+//!    ([`niks3_local::nar_stream::stream_nar`], the pipeline's single pass), several NARs in parallel,
 //!    in bounded memory: cut into presigned multipart parts (one part uploading while the next fills, each
 //!    part retried on its own), collected for one presigned PUT when it fits in one part (S3 wants a
 //!    Content-Length), or streamed into the relay request;
@@ -13,14 +13,14 @@
 //! Idempotent: pushing twice uploads nothing the second time.
 
 use super::{ApiClient, ClientError, check_status};
-use crate::local::nix::LocalNix;
-use crate::upload::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use niks3_api::protocol::{
     AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
     PushResponse, RealisationsRequest, UploadedNar,
 };
+use niks3_local::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
+use niks3_local::nix::LocalNix;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::{StoreDir, StorePath};
@@ -294,7 +294,7 @@ impl Pusher {
         let (hash, size, key) = (info.nar_hash, info.nar_size, ObjectKey::nar(&info.nar_hash));
         let encoding = NarEncoding { zstd_level: self.zstd_level, with_listing: true };
         let producer = tokio::task::spawn_blocking(move || {
-            crate::upload::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers)
+            niks3_local::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers)
         });
         let counter = Arc::new(AtomicU64::new(0));
         let (sent, parts) = if let Some(mp) = &m.multipart {
@@ -501,11 +501,11 @@ async fn collect_chunks(mut rx: mpsc::Receiver<Result<Bytes, StorageError>>, lim
 }
 
 async fn join_producer(
-    h: tokio::task::JoinHandle<Result<crate::upload::nar_stream::NarStreamed, crate::upload::UploadError>>,
-) -> Result<crate::upload::nar_stream::NarStreamed, ClientError> {
+    h: tokio::task::JoinHandle<Result<niks3_local::nar_stream::NarStreamed, niks3_local::nar_stream::NarStreamError>>,
+) -> Result<niks3_local::nar_stream::NarStreamed, ClientError> {
     match h.await {
         Ok(r) => Ok(r?),
-        Err(e) => Err(ClientError::Upload(crate::upload::UploadError::Task(e.to_string()))),
+        Err(e) => Err(ClientError::Task(e.to_string())),
     }
 }
 
@@ -568,9 +568,9 @@ async fn with_ticks<F: std::future::Future>(
 }
 
 /// The `niks3 drain` processor: each spool entry's outputs are pushed to the server.
-impl crate::drain::Process for Pusher {
+impl niks3_local::drain::Process for Pusher {
     type Error = ClientError;
-    async fn process(&self, works: &[crate::drain::Work]) -> Result<(), Self::Error> {
+    async fn process(&self, works: &[niks3_local::drain::Work]) -> Result<(), Self::Error> {
         let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
         let r = self.push(&outputs, false, &NoProgress).await?;
         tracing::info!(
@@ -593,7 +593,7 @@ impl crate::drain::Process for Pusher {
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
     }
-    fn nix_environment(error: &Self::Error) -> Option<&crate::local::nix::PathInfoError> {
+    fn nix_environment(error: &Self::Error) -> Option<&niks3_local::nix::PathInfoError> {
         error.nix_environment()
     }
 }
@@ -604,16 +604,21 @@ impl Pusher {
     /// database at hand every dependent is resolved from the local derivation graph and sent (the server
     /// rewrites the ones it has with the same bytes).
     async fn push_realisations(&self, drv: &StorePath, realisations: &[Realisation]) -> Result<(), ClientError> {
-        let all = crate::upload::realisations::resolve(&self.nix, &self.store_dir, drv, realisations, None)
-            .await
-            .map_err(ClientError::Upload)?;
+        let all = niks3_local::realisations::resolve(
+            &self.nix,
+            &self.store_dir,
+            drv,
+            realisations,
+            &niks3_local::realisations::AssumeNothing,
+        )
+        .await?;
         let given: std::collections::HashSet<_> = realisations.iter().map(|r| &r.id).collect();
         let extra: Vec<StorePath> =
             all.values().filter(|r| !given.contains(&r.id)).map(|r| r.out_path.clone()).collect();
         if !extra.is_empty() {
             self.push(&extra, false, &NoProgress).await?;
         }
-        let ordered = crate::upload::realisations::dependencies_first(&all);
+        let ordered = niks3_local::realisations::dependencies_first(&all);
         let mut body = Vec::with_capacity(ordered.len());
         for r in ordered {
             let json = serde_json::from_str(&r.to_json())

@@ -88,7 +88,7 @@ impl EmbeddedPostgres {
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(EmbeddedError::SocketPathTooLong { path: socket });
         }
-        let run_as = if crate::local::child_env::is_root() { Some(server_user().await?) } else { None };
+        let run_as = if niks3_local::child_env::is_root() { Some(server_user().await?) } else { None };
         create_private_dir(&pg_dir, run_as.as_deref()).await?;
         let mut pg = EmbeddedPostgres { dir: pg_dir, bin, run_as, started_here: false };
         pg.init_once().await?;
@@ -137,7 +137,7 @@ impl EmbeddedPostgres {
             }
             None => Command::new(program),
         };
-        crate::local::child_env::scrub(&mut c);
+        niks3_local::child_env::scrub(&mut c);
         c
     }
 
@@ -228,7 +228,7 @@ impl Drop for EmbeddedPostgres {
             }
             None => std::process::Command::new(program),
         };
-        crate::local::child_env::scrub_std(&mut cmd);
+        niks3_local::child_env::scrub_std(&mut cmd);
         let status = cmd
             .arg("-D")
             .arg(self.dir.join("data"))

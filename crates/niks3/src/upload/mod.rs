@@ -13,12 +13,9 @@
 //!   their inputs the cache lacks), each after everything it points to.
 //! - [`retry`]: jittered, capped exponential backoff for transient outages.
 
-pub mod nar_stream;
 pub mod pipeline;
 pub mod publish;
 pub mod realisations;
-pub mod retry;
-pub mod zstd_ring;
 
 /// NARs compressed at once when `--jobs` is not given (`niks3 serve`, `push` and `drain` alike): one per
 /// core, 2 when the count is unknown.
@@ -27,7 +24,7 @@ pub fn default_jobs() -> usize {
 }
 
 use crate::db::DbError;
-use crate::local::nix::PathInfoError;
+use niks3_local::nix::PathInfoError;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
 use niks3_storage::{ObjectKey, StorageError};
@@ -153,6 +150,18 @@ impl UploadError {
             | UploadError::RealisationConflict { .. }
             | UploadError::Key(_)
             | UploadError::Task(_) => false,
+        }
+    }
+}
+
+impl From<niks3_local::nar_stream::NarStreamError> for UploadError {
+    fn from(e: niks3_local::nar_stream::NarStreamError) -> Self {
+        use niks3_local::nar_stream::NarStreamError as E;
+        match e {
+            E::HashMismatch { path, expected, expected_size, actual, actual_size } => {
+                UploadError::HashMismatch { path, expected, expected_size, actual, actual_size }
+            }
+            E::Nar { path, reason } => UploadError::Nar { path, reason },
         }
     }
 }

@@ -9,14 +9,14 @@
 //! dependencies are always published strictly before their dependents, whatever order the NARs finish in.
 
 use crate::db::{Db, NewObject, UploadId};
-use crate::local::nix::{LocalNix, PathInfoError};
 use crate::metrics::Metrics;
 use crate::upload::UploadError;
-use crate::upload::nar_stream::{NarEncoding, NarStreamed, stream_nar};
 use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use niks3_local::nar_stream::{NarEncoding, NarStreamed, stream_nar};
+use niks3_local::nix::{LocalNix, PathInfoError};
 use niks3_nix::pathinfo::{PathInfo, dependency_order};
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_storage::{ObjectKey, SmallObject, Storage};
@@ -557,7 +557,8 @@ impl Uploader {
         let display = self.store_dir().display(&info.path);
         let (hash, size, encoding, key) = (info.nar_hash, info.nar_size, self.encoding, ObjectKey::nar(&info.nar_hash));
         let producer = tokio::task::spawn_blocking(move || {
-            let streamed = stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers);
+            let streamed =
+                stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers).map_err(UploadError::from);
             drop(slot);
             streamed
         });
@@ -631,9 +632,9 @@ fn keys_of(p: &PathInfo) -> Vec<ObjectKey> {
 }
 
 /// The local drainer's work: a batch's closures in one upload, then their realisations.
-impl crate::drain::Process for Uploader {
+impl niks3_local::drain::Process for Uploader {
     type Error = crate::upload::UploadError;
-    async fn process(&self, works: &[crate::drain::Work]) -> Result<(), Self::Error> {
+    async fn process(&self, works: &[niks3_local::drain::Work]) -> Result<(), Self::Error> {
         let outputs: Vec<StorePath> = works.iter().flat_map(|w| w.outputs.iter().cloned()).collect();
         self.upload_closure(&outputs).await?;
         for work in works {
@@ -648,7 +649,7 @@ impl crate::drain::Process for Uploader {
     fn is_transient(error: &Self::Error) -> bool {
         error.is_transient()
     }
-    fn nix_environment(error: &Self::Error) -> Option<&crate::local::nix::PathInfoError> {
+    fn nix_environment(error: &Self::Error) -> Option<&niks3_local::nix::PathInfoError> {
         error.nix_environment()
     }
 }

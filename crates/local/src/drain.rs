@@ -1,12 +1,12 @@
 //! The spool drainer: turns spool entries into uploads, durably. Shared by `niks3 serve` (entries go to
-//! the local [`crate::upload::pipeline::Uploader`]) and `niks3 drain` on a builder (entries go to a
-//! server through [`crate::client::push::Pusher`]): both implement [`Process`].
+//! the server's `Uploader`) and `niks3 drain` on a builder (entries go to a
+//! server through the client's `Pusher`): both implement [`Process`].
 //!
 //! It watches `new/` with inotify (and polls every couple of seconds anyway, in case inotify is
 //! unavailable or an event was lost), claims entries atomically (a rename, so two drainers never take the
 //! same one), and on start re-processes whatever a previous run left in `claimed/` — uploads are
-//! idempotent, so doing one twice is harmless. Each entry is handed to a [`Process`] (the local
-//! [`crate::upload::pipeline::Uploader`], or the push client of `niks3 drain`):
+//! idempotent, so doing one twice is harmless. Each entry is handed to a [`Process`] (the
+//! server's `Uploader`, or the push client of `niks3 drain`):
 //! - success → the entry is acknowledged (deleted) and the GC roots of its outputs removed;
 //! - transient failure (S3 or PostgreSQL unreachable) → the entry stays claimed and is retried with
 //!   jittered, capped exponential backoff, for as long as the outage lasts;
@@ -19,9 +19,8 @@
 //!
 //! Shutdown abandons in-flight entries: they stay in `claimed/` and are re-processed on the next start.
 
-use crate::local::nix::{LocalNix, PathInfoError};
-use crate::metrics::Metrics;
-use crate::upload::retry::Backoff;
+use crate::nix::{LocalNix, PathInfoError};
+use crate::retry::Backoff;
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_spool::{Claimed, Entry, Spool, SpoolError, gcroots};
@@ -29,11 +28,10 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-/// Entries uploaded together at most (the push API takes up to [`crate::http::api::push::MAX_ROOTS`]
+/// Entries uploaded together at most (the push API takes up to the server's `MAX_ROOTS`
 /// roots in one push; an entry has one output or a few).
 const MAX_BATCH: usize = 256;
 
@@ -104,6 +102,21 @@ pub enum DrainError {
     Spool(#[from] SpoolError),
 }
 
+/// What the drainer reports as it goes, for `/metrics` and `/health` on a server (the server's metrics
+/// implement it). A trait so that the drainer, which both the server and a builder's `niks3 drain` run,
+/// does not depend on either.
+pub trait DrainObserver: Send + Sync {
+    /// Entries waiting in the spool now.
+    fn queue_depth(&self, depth: u64);
+    /// An entry was acknowledged `waited` after the hook queued it.
+    fn queued_to_published(&self, waited: Duration);
+    /// The local Nix store could not be read because of `cause`; true when that cause is new (the
+    /// drainer then logs it at error level, once).
+    fn nix_trouble(&self, cause: &str) -> bool;
+    /// The local Nix store was read; the cause of the trouble that just ended, if any.
+    fn nix_ok(&self) -> Option<String>;
+}
+
 /// How the drainer runs.
 #[derive(Clone, Debug)]
 pub struct DrainConfig {
@@ -167,14 +180,14 @@ pub struct Drainer<P> {
     config: DrainConfig,
     spool: Spool,
     processor: Arc<P>,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn DrainObserver>,
 }
 
 impl<P: Process> Drainer<P> {
     /// Opens (creating if needed) the spool.
-    pub fn new(config: DrainConfig, processor: Arc<P>, metrics: Arc<Metrics>) -> Result<Self, DrainError> {
+    pub fn new(config: DrainConfig, processor: Arc<P>, observer: Arc<dyn DrainObserver>) -> Result<Self, DrainError> {
         let spool = Spool::open(&config.spool_dir)?;
-        Ok(Self { config, spool, processor, metrics })
+        Ok(Self { config, spool, processor, observer })
     }
 
     /// Runs until `shutdown` resolves (or, with `once`, until the spool is empty). In-flight entries are
@@ -248,7 +261,7 @@ impl<P: Process> Drainer<P> {
     async fn update_depth(&self) {
         let spool = self.spool.clone();
         if let Ok(Ok(depth)) = tokio::task::spawn_blocking(move || spool.depth()).await {
-            self.metrics.queue_depth.store(depth as u64, Ordering::Relaxed);
+            self.observer.queue_depth(depth as u64);
         }
     }
 
@@ -379,13 +392,13 @@ impl<P: Process> Drainer<P> {
 
     /// [`Drainer::ack`] for many entries, in one blocking task (a batch acknowledges hundreds at once).
     async fn ack_all(&self, done: Vec<(Claimed, Vec<StorePath>)>) {
-        if let Some(cause) = self.metrics.record_nix_ok() {
+        if let Some(cause) = self.observer.nix_ok() {
             tracing::info!(was = %cause, "the local Nix store can be read again");
         }
         let now = std::time::SystemTime::now();
         for (claimed, _) in &done {
             if let Some(waited) = queued_at(&claimed.path).and_then(|q| now.duration_since(q).ok()) {
-                self.metrics.record_queued_to_published(waited.as_secs_f64());
+                self.observer.queued_to_published(waited);
             }
         }
         let (spool, dir, store_dir) =
@@ -407,7 +420,7 @@ impl<P: Process> Drainer<P> {
     /// Records that `claimed` waits for the local Nix store: logged at error level (with the Nix version)
     /// once per distinct cause, at debug level for every further entry and retry.
     async fn nix_trouble(&self, cause: &str, entry: &std::path::Path, attempt: u32, retry_in: Duration) {
-        if self.metrics.record_nix_trouble(cause) {
+        if self.observer.nix_trouble(cause) {
             let nix = match self.config.nix.version().await {
                 Ok(v) => v,
                 Err(e) => format!("unknown ({e})"),

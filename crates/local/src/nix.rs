@@ -1,6 +1,6 @@
 //! What the local Nix store knows about its paths (NarHash, NarSize, references, deriver, CA), read
-//! through the nix-daemon worker protocol ([`crate::local::daemon`]) so that it works with every Nix version
-//! from 2.3 to the newest and Lix; build logs from Nix's log files ([`crate::local::build_log`]), or
+//! through the nix-daemon worker protocol ([`crate::daemon`]) so that it works with every Nix version
+//! from 2.3 to the newest and Lix; build logs from Nix's log files ([`crate::build_log`]), or
 //! `nix-store --read-log` where those are out of sight; realisations through the `nix` command line (a
 //! realisation's id needs the derivation's hash modulo, which only Nix computes).
 //!
@@ -9,8 +9,8 @@
 //! we cannot read) is niks3's environment, and the entry must wait for it to be fixed, never be
 //! quarantined for it.
 
-use crate::local::build_log::LogDir;
-use crate::local::daemon::{Connection, DaemonError, RawPathInfo};
+use crate::build_log::LogDir;
+use crate::daemon::{Connection, DaemonError, RawPathInfo};
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::{OrderError, PathInfo, topo_sort};
 use niks3_nix::store_path::{StoreDir, StorePath};
@@ -334,7 +334,7 @@ impl LocalNix {
         let read = stdout.take(self.max_log_bytes.saturating_add(1)).read_to_end(&mut log).await;
         if log.len() as u64 > self.max_log_bytes {
             let _ = child.kill().await;
-            return Ok(Some(crate::local::build_log::cut_at(log, self.max_log_bytes)));
+            return Ok(Some(crate::build_log::cut_at(log, self.max_log_bytes)));
         }
         read.map_err(|source| PathInfoError::Spawn { program: P.to_owned(), source })?;
         let mut err = Vec::new();
@@ -362,7 +362,7 @@ impl LocalNix {
     pub(crate) fn command(&self, program: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.program(program));
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        crate::local::child_env::scrub(&mut cmd);
+        crate::child_env::scrub(&mut cmd);
         cmd
     }
 }

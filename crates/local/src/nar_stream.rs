@@ -9,8 +9,7 @@
 //! unreadable file, panic — an error is sent down the channel first, so the store aborts the object and
 //! nothing partial becomes visible.
 
-use crate::upload::UploadError;
-use crate::upload::zstd_ring::ZstdRingWriter;
+use crate::zstd_ring::ZstdRingWriter;
 use bytes::{Bytes, BytesMut};
 use niks3_nix::hash::{HashingWriter, Sha256Hash};
 use niks3_nix::nar::{NarError, dump_path_tree};
@@ -43,6 +42,37 @@ impl Default for NarEncoding {
     fn default() -> Self {
         Self { zstd_level: DEFAULT_ZSTD_LEVEL, with_listing: true }
     }
+}
+
+/// Why a pass over a store path produced no NAR.
+#[derive(Debug, thiserror::Error)]
+pub enum NarStreamError {
+    /// The NAR serialised from disk does not match what Nix recorded when the path became valid: the
+    /// path was modified after it was built.
+    #[error(
+        "NAR of {path} does not match Nix's record: Nix has {expected} ({expected_size} bytes), disk gives {actual} ({actual_size} bytes)"
+    )]
+    HashMismatch {
+        /// The store path (full).
+        path: String,
+        /// NarHash Nix recorded.
+        expected: Sha256Hash,
+        /// NarSize Nix recorded.
+        expected_size: u64,
+        /// NarHash of what is on disk now.
+        actual: Sha256Hash,
+        /// NarSize of what is on disk now.
+        actual_size: u64,
+    },
+    /// Serialising or compressing the path failed (it vanished, is unreadable, has an unsupported file
+    /// type, or the receiver went away).
+    #[error("serialising {path}: {reason}")]
+    Nar {
+        /// The store path (full).
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// What one pass produced.
@@ -203,8 +233,8 @@ pub fn stream_nar(
     tx: mpsc::Sender<Result<Bytes, StorageError>>,
     encoding: NarEncoding,
     zstd_workers: u32,
-) -> Result<NarStreamed, UploadError> {
-    let nar_err = |reason: String| UploadError::Nar { path: display_path.to_owned(), reason };
+) -> Result<NarStreamed, NarStreamError> {
+    let nar_err = |reason: String| NarStreamError::Nar { path: display_path.to_owned(), reason };
     let mut compressing = Compressing::new(ChunkSender::new(tx, key), encoding.zstd_level, zstd_workers, expected_size)
         .map_err(nar_err)?;
     let mut nar_hashing = HashingWriter::new(&mut compressing);
@@ -213,7 +243,7 @@ pub fn stream_nar(
     let verdict = match dumped {
         Err(NarError::Write(io)) => Err(nar_err(format!("compressing or sending: {io}"))),
         Err(other) => Err(nar_err(other.to_string())),
-        Ok(_) if nar_hash != expected_hash || nar_size != expected_size => Err(UploadError::HashMismatch {
+        Ok(_) if nar_hash != expected_hash || nar_size != expected_size => Err(NarStreamError::HashMismatch {
             path: display_path.to_owned(),
             expected: expected_hash,
             expected_size,
@@ -266,7 +296,7 @@ mod tests {
         hash: Sha256Hash,
         size: u64,
         zstd_workers: u32,
-    ) -> (Result<NarStreamed, UploadError>, Result<u64, StorageError>, ObjectKey) {
+    ) -> (Result<NarStreamed, NarStreamError>, Result<u64, StorageError>, ObjectKey) {
         let key = ObjectKey::nar(&hash);
         let (tx, rx) = mpsc::channel(4);
         let k = key.clone();
@@ -324,7 +354,7 @@ mod tests {
         let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
         let (produced, stored, key) = run(&store, tree, wrong, size, zstd_workers).await;
         let err = produced.expect_err("mismatch");
-        assert!(matches!(err, UploadError::HashMismatch { .. }), "{err}");
+        assert!(matches!(err, NarStreamError::HashMismatch { .. }), "{err}");
         assert!(err.to_string().contains("does not match Nix's record"), "{err}");
         assert!(stored.is_err(), "the store must refuse the stream");
         assert!(store.head(&key).await.expect("head").is_none(), "no object may be visible");
@@ -342,7 +372,7 @@ mod tests {
         let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("store"));
         let (produced, stored, key) = run(&store, dir.path().join("gone"), Sha256Hash([1; 32]), 8, zstd_workers).await;
         let err = produced.expect_err("vanished");
-        assert!(matches!(err, UploadError::Nar { .. }) && !err.is_transient(), "{err}");
+        assert!(matches!(err, NarStreamError::Nar { .. }), "{err}");
         assert!(stored.is_err());
         assert!(store.head(&key).await.expect("head").is_none());
     }

@@ -9,7 +9,7 @@
 //! remote or chroot store, a log directory that does not exist or cannot be listed): [`LogDir::locate`]
 //! says why, and the caller decides once.
 
-use crate::local::nix::PathInfoError;
+use crate::nix::PathInfoError;
 use std::ffi::OsStr;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

@@ -147,7 +147,7 @@ impl Connection {
     pub async fn open(program: &std::path::Path) -> Result<Self, DaemonError> {
         let mut cmd = tokio::process::Command::new(program);
         cmd.arg("--stdio").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        crate::local::child_env::scrub(&mut cmd);
+        crate::child_env::scrub(&mut cmd);
         let mut child =
             cmd.spawn().map_err(|source| DaemonError::Spawn { program: program.display().to_string(), source })?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())

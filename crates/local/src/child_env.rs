@@ -11,7 +11,7 @@ use std::ffi::OsString;
 /// Whether this process runs as root: then the defaults are the system's paths, and the children that
 /// refuse root (PostgreSQL's) run as another user. The owner of /proc/self is the effective user (no
 /// unsafe libc call needed).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }

@@ -252,7 +252,7 @@ mod tests {
         let text: Vec<u8> =
             (0..200_000u32).flat_map(|i| format!("entry {} -> {}\n", i % 977, i % 131).into_bytes()).collect();
         let mut sizes = Vec::new();
-        for level in 1..=crate::upload::nar_stream::MAX_ZSTD_LEVEL {
+        for level in 1..=crate::nar_stream::MAX_ZSTD_LEVEL {
             let mut w = ZstdRingWriter::new(Vec::new(), level, u64::MAX).expect("encoder");
             w.write_all(&text).expect("write");
             let frame = w.finish().expect("finish");
