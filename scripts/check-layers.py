@@ -23,7 +23,9 @@ LAYERS = {
     "niks3-api": 1,      # the push API's contract (serde types, tokens)
     "niks3-storage": 2,  # the bucket: object keys, S3 and local backends
     "niks3-local": 3,    # this machine: local store, NAR stream, spool drainer
-    "niks3": 4,          # the server, the client and the `niks3` binary
+    "niks3-server": 4,   # everything behind `niks3 serve`
+    "niks3-client": 4,   # the API client: push, drain, gc
+    "niks3": 5,          # the `niks3` binary: argument parsing and wiring
 }
 # Crates that may have no dependencies at all, not even from crates.io.
 STD_ONLY = {"niks3-spool"}

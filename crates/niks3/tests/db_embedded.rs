@@ -1,7 +1,7 @@
 //! The embedded private cluster: created on first start, adopted when already running, restartable.
 
-use niks3::db::Db;
-use niks3::db::embedded::EmbeddedPostgres;
+use niks3_server::db::Db;
+use niks3_server::db::embedded::EmbeddedPostgres;
 
 #[tokio::test]
 async fn embedded_cluster_starts_adopts_and_restarts() {

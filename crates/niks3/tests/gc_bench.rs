@@ -10,8 +10,8 @@
 #![allow(clippy::many_single_char_names, reason = "short names for a linear script")]
 
 use chrono::{Duration as ChronoDuration, TimeZone, Utc};
-use niks3::db::Db;
-use niks3::gc::{self, GcOptions};
+use niks3_server::db::Db;
+use niks3_server::gc::{self, GcOptions};
 use niks3_storage::Storage;
 use niks3_storage::local::LocalStore;
 use niks3_testkit::postgres::Postgres;

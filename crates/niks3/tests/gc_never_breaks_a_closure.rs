@@ -9,7 +9,7 @@ mod gc_support;
 
 use chrono::Duration as ChronoDuration;
 use gc_support::{Cache, Universe, narinfo_key};
-use niks3::gc::{self, GcError, GcOptions};
+use niks3_server::gc::{self, GcError, GcOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 mod gc_support;
 
 use gc_support::{Cache, Universe, nar_key, narinfo_key};
-use niks3::gc::{self, GcError, GcOptions};
+use niks3_server::gc::{self, GcError, GcOptions};
 use niks3_api::protocol::GcFigures;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ async fn claiming_the_top_of_a_marked_closure_unmarks_all_of_it() {
     // A session GC dropped as failed cannot claim.
     c2.db.abort_upload(id).await.expect("abort");
     let err = c2.db.claim(id, &[narinfo_key(0)]).await.expect_err("session gone");
-    assert!(matches!(err, niks3::db::DbError::UploadExpired(_)), "{err}");
+    assert!(matches!(err, niks3_server::db::DbError::UploadExpired(_)), "{err}");
 }
 
 #[tokio::test]
@@ -152,11 +152,11 @@ async fn dry_run_reports_without_changing_anything() {
 async fn a_second_concurrent_run_is_refused_clearly() {
     let c = Cache::new(Universe::chain(1)).await;
     let holder = c.db.client().await.expect("client");
-    holder.execute("SELECT pg_advisory_lock($1)", &[&niks3::db::GC_RUN_LOCK]).await.expect("lock");
+    holder.execute("SELECT pg_advisory_lock($1)", &[&niks3_server::db::GC_RUN_LOCK]).await.expect("lock");
     let err = gc::run(&c.db, &c.store, opts(false), Cache::at(0)).await.expect_err("must refuse");
     assert!(matches!(err, GcError::AlreadyRunning), "{err}");
     assert!(err.to_string().contains("already running"), "{err}");
-    holder.execute("SELECT pg_advisory_unlock($1)", &[&niks3::db::GC_RUN_LOCK]).await.expect("unlock");
+    holder.execute("SELECT pg_advisory_unlock($1)", &[&niks3_server::db::GC_RUN_LOCK]).await.expect("unlock");
     gc::run(&c.db, &c.store, opts(false), Cache::at(0)).await.expect("runs once the other ended");
 }
 
@@ -230,7 +230,7 @@ async fn pins_and_nix_cache_info_are_never_collected() {
     c.db.pin("release", &narinfo_key(1), Cache::at(0)).await.expect("pin");
     let info = niks3_storage::ObjectKey::cache_info();
     c.store.put(&info, "StoreDir: /nix/store\n".into(), "text/plain").await.expect("put");
-    c.db.record_object(&niks3::db::NewObject { key: info.clone(), size: 21, refs: vec![] }, Cache::at(0))
+    c.db.record_object(&niks3_server::db::NewObject { key: info.clone(), size: 21, refs: vec![] }, Cache::at(0))
         .await
         .expect("record");
     let f = gc::run(&c.db, &c.store, opts(true), Cache::at(100)).await.expect("gc");
@@ -322,10 +322,10 @@ async fn objects_in_a_reference_cycle_are_never_ordered_for_deletion() {
     // narinfo before one that refers to it. Narinfos 0 and 1 refer to each other (and to their NARs).
     let c = Cache::new(Universe::chain(2)).await;
     let objs = [
-        niks3::db::NewObject { key: nar_key(0), size: 1, refs: vec![] },
-        niks3::db::NewObject { key: nar_key(1), size: 1, refs: vec![] },
-        niks3::db::NewObject { key: narinfo_key(0), size: 1, refs: vec![nar_key(0), narinfo_key(1)] },
-        niks3::db::NewObject { key: narinfo_key(1), size: 1, refs: vec![nar_key(1), narinfo_key(0)] },
+        niks3_server::db::NewObject { key: nar_key(0), size: 1, refs: vec![] },
+        niks3_server::db::NewObject { key: nar_key(1), size: 1, refs: vec![] },
+        niks3_server::db::NewObject { key: narinfo_key(0), size: 1, refs: vec![nar_key(0), narinfo_key(1)] },
+        niks3_server::db::NewObject { key: narinfo_key(1), size: 1, refs: vec![nar_key(1), narinfo_key(0)] },
     ];
     for o in &objs {
         c.store.put(&o.key, "x".into(), "text/plain").await.expect("put");

@@ -5,10 +5,10 @@
 //! publisher and collector; the clock is injected.
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
-use niks3::db::Db;
-use niks3::gc::{self, GcOptions};
-use niks3::upload::UploadError;
-use niks3::upload::publish::{PublishInput, Publisher, StoredNar};
+use niks3_server::db::Db;
+use niks3_server::gc::{self, GcOptions};
+use niks3_server::upload::UploadError;
+use niks3_server::upload::publish::{PublishInput, Publisher, StoredNar};
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::{DrvOutput, Realisation};

@@ -5,7 +5,7 @@
 mod gc_support;
 
 use gc_support::{Cache, Universe, nar_key, narinfo_key};
-use niks3::gc::{self, GcOptions};
+use niks3_server::gc::{self, GcOptions};
 use niks3_api::protocol::GcFigures;
 use niks3_storage::Storage;
 use niks3_storage::s3::{S3Config, S3Store};

@@ -5,7 +5,7 @@
 mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer, announce_and_upload};
-use niks3::client::ApiClient;
+use niks3_client::ApiClient;
 use niks3_api::protocol::GcRequest;
 use niks3_api::token::ApiToken;
 

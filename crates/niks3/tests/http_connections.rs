@@ -2,7 +2,7 @@
 //! requests and idle connections are closed after the header timeout, connections past the limit are closed
 //! at once, and a well-behaved client is served again as soon as the slow ones are gone.
 
-use niks3::http::listener::{Limits, serve};
+use niks3_server::http::listener::{Limits, serve};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 mod http_support;
 
 use http_support::{Backend, TOKEN, TestServer};
-use niks3::gc::{self, GcOptions};
+use niks3_server::gc::{self, GcOptions};
 use niks3_nix::hash::Sha256Hash;
 use serde_json::{Value, json};
 use std::time::Duration;

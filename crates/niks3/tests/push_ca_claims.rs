@@ -6,7 +6,7 @@
 mod http_support;
 
 use http_support::{Backend, TestServer};
-use niks3::client::push::to_wire;
+use niks3_client::push::to_wire;
 use niks3_local::nix::LocalNix;
 use niks3_nix::content_address::{CaError, check_store_path};
 use niks3_nix::store_path::StoreDir;

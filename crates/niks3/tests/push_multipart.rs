@@ -9,9 +9,9 @@ mod http_support;
 
 use chrono::Utc;
 use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
-use niks3::client::ApiClient;
-use niks3::client::push::to_wire;
-use niks3::gc::{self, GcOptions};
+use niks3_client::ApiClient;
+use niks3_client::push::to_wire;
+use niks3_server::gc::{self, GcOptions};
 use niks3_api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
 use niks3_api::token::ApiToken;
 use niks3_local::nix::LocalNix;

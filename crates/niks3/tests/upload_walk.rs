@@ -3,10 +3,10 @@
 //! walk (only its roots are looked at), and a new path on top of it two (itself, then its cached
 //! references), whatever the size of the closure below.
 
-use niks3::db::Db;
-use niks3::metrics::Metrics;
-use niks3::upload::pipeline::Uploader;
-use niks3::upload::publish::Publisher;
+use niks3_server::db::Db;
+use niks3_server::metrics::Metrics;
+use niks3_server::upload::pipeline::Uploader;
+use niks3_server::upload::publish::Publisher;
 use niks3_local::nix::LocalNix;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::{StoreDir, StorePath};

@@ -4,11 +4,11 @@
 //! client as its processor, so a remote builder's spool gets the same durability as the server's own.
 
 use anyhow::Context as _;
-use niks3::client::ApiClient;
-use niks3::client::push::Pusher;
-use niks3::metrics::Metrics;
+use niks3_client::ApiClient;
+use niks3_client::push::Pusher;
 use niks3_local::drain::{DrainConfig, Drainer};
 use niks3_local::nix::LocalNix;
+use niks3_server::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ pub struct Args {
     pub gcroots_dir: PathBuf,
     /// The store directory, jobs and zstd level.
     #[command(flatten)]
-    pub nar: niks3::config::NarArgs,
+    pub nar: niks3_server::config::NarArgs,
     /// Exit once the spool is empty instead of waiting for new entries.
     #[arg(long)]
     pub once: bool,

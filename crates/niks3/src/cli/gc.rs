@@ -2,10 +2,10 @@
 //! to collect garbage (`POST {server}/api/v1/gc` with an API token) and prints the five figures.
 
 use anyhow::Context as _;
-use niks3::client::ApiClient;
-use niks3::gc::parse_duration;
 use niks3_api::protocol::GcFigures;
 use niks3_api::protocol::GcRequest;
+use niks3_client::ApiClient;
+use niks3_server::gc::parse_duration;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -60,18 +60,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// that is the choice; keep the returned cluster alive while the database is used (it stops on drop if
 /// this call started it).
 pub(crate) async fn open_db(
-    choice: &niks3::config::DbChoice,
-) -> anyhow::Result<(niks3::db::Db, Option<niks3::db::embedded::EmbeddedPostgres>)> {
+    choice: &niks3_server::config::DbChoice,
+) -> anyhow::Result<(niks3_server::db::Db, Option<niks3_server::db::embedded::EmbeddedPostgres>)> {
     use anyhow::Context as _;
-    use niks3::db::embedded::EmbeddedPostgres;
+    use niks3_server::db::embedded::EmbeddedPostgres;
     let (url, embedded) = match choice {
-        niks3::config::DbChoice::Url(url) => (url.clone(), None),
-        niks3::config::DbChoice::Embedded(dir) => {
+        niks3_server::config::DbChoice::Url(url) => (url.clone(), None),
+        niks3_server::config::DbChoice::Embedded(dir) => {
             let pg = EmbeddedPostgres::start(dir).await.context("starting the embedded PostgreSQL")?;
             (pg.url(), Some(pg))
         }
     };
-    Ok((niks3::db::Db::connect(&url).await?, embedded))
+    Ok((niks3_server::db::Db::connect(&url).await?, embedded))
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.

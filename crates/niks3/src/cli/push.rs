@@ -1,11 +1,11 @@
 //! `niks3 push [--server URL] [--auth-token-file F] [--dry-run] PATH…`: pushes the closures of local
-//! store paths to a niks3 server ([`niks3::client::push::Pusher`]), with a progress bar on a TTY and plain
+//! store paths to a niks3 server ([`niks3_client::push::Pusher`]), with a progress bar on a TTY and plain
 //! log lines otherwise, a one-line summary, and a non-zero exit with the reason on any failure.
 
 use anyhow::Context as _;
-use niks3::client::ApiClient;
-use niks3::client::push::{Progress, Pusher};
 use niks3_api::token::ApiToken;
+use niks3_client::ApiClient;
+use niks3_client::push::{Progress, Pusher};
 use niks3_local::nix::LocalNix;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ pub struct Args {
     pub dry_run: bool,
     /// The store directory, jobs and zstd level.
     #[command(flatten)]
-    pub nar: niks3::config::NarArgs,
+    pub nar: niks3_server::config::NarArgs,
     /// Store paths (or symlinks to them, like ./result) whose closures to push.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<String>,

@@ -4,14 +4,14 @@
 //! safely: their spool entries stay claimed and are re-processed on the next start.
 
 use anyhow::Context as _;
-use niks3::config::{ServeConfig, StorageChoice};
-use niks3::db::Db;
-use niks3::metrics::Metrics;
-use niks3::upload::pipeline::Uploader;
-use niks3::upload::publish::Publisher;
 use niks3_local::drain::{DrainConfig, Drainer};
 use niks3_local::nix::LocalNix;
 use niks3_local::retry::Backoff;
+use niks3_server::config::{ServeConfig, StorageChoice};
+use niks3_server::db::Db;
+use niks3_server::metrics::Metrics;
+use niks3_server::upload::pipeline::Uploader;
+use niks3_server::upload::publish::Publisher;
 use niks3_storage::Storage;
 use niks3_storage::local::LocalStore;
 use niks3_storage::s3::S3Store;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Arguments of `niks3 serve` (defined in the library so tests and docs share them).
-pub use niks3::config::ServeArgs as Args;
+pub use niks3_server::config::ServeArgs as Args;
 
 /// Runs `niks3 serve`.
 #[allow(clippy::needless_pass_by_value, reason = "the signature every subcommand shares")]
@@ -38,7 +38,7 @@ async fn on_shutdown(mut rx: watch::Receiver<bool>) {
 async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     // Bound first: a port in use is a startup error, and with port 0 everything printed below names the
     // port the kernel picked.
-    let listener = niks3::http::bind(config.http_addr).await?;
+    let listener = niks3_server::http::bind(config.http_addr).await?;
     config.bound_to(listener.local_addr().context("reading the bound HTTP address")?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = tokio::spawn(async move {
@@ -151,7 +151,7 @@ fn start_http(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let state = Arc::new(niks3::http::HttpState {
+    let state = Arc::new(niks3_server::http::HttpState {
         store,
         db,
         store_dir: config.nix_store_dir.clone(),
@@ -159,11 +159,11 @@ fn start_http(
         public_keys: keys.iter().map(niks3_nix::signing::SecretKey::public).collect(),
         sign_keys: keys,
         cache_url: config.cache_url.clone(),
-        cache_name: niks3::config::hostname(),
+        cache_name: niks3_server::config::hostname(),
         metrics,
         api_token: Some(config.api_token.clone()),
-        limits: niks3::http::ApiLimits::default(),
-        connection_limits: niks3::http::listener::Limits::default(),
+        limits: niks3_server::http::ApiLimits::default(),
+        connection_limits: niks3_server::http::listener::Limits::default(),
     });
-    tokio::spawn(niks3::http::serve_listener(state, listener, on_shutdown(stop)))
+    tokio::spawn(niks3_server::http::serve_listener(state, listener, on_shutdown(stop)))
 }

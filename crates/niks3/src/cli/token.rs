@@ -3,10 +3,10 @@
 //! sees a new or revoked token at its next request.
 
 use anyhow::Context as _;
-use niks3::config::DbArgs;
-use niks3::db::tokens::TokenInfo;
-use niks3::gc::parse_duration;
 use niks3_api::token::{NewSecret, Scope, Scopes, validate_name};
+use niks3_server::config::DbArgs;
+use niks3_server::db::tokens::TokenInfo;
+use niks3_server::gc::parse_duration;
 use std::time::Duration;
 
 /// `niks3 token …`

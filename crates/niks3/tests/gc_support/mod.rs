@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use niks3::db::{Db, DbError, NewObject, UploadId};
+use niks3_server::db::{Db, DbError, NewObject, UploadId};
 use niks3_nix::hash::Sha256Hash;
 use niks3_storage::local::LocalStore;
 use niks3_storage::{ObjectKey, Storage};

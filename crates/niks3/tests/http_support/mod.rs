@@ -3,9 +3,9 @@
 #![allow(dead_code, reason = "each http test binary uses a different subset")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
 
-use niks3::db::Db;
-use niks3::http::{ApiLimits, HttpState};
-use niks3::metrics::Metrics;
+use niks3_server::db::Db;
+use niks3_server::http::{ApiLimits, HttpState};
+use niks3_server::metrics::Metrics;
 use niks3_api::token::ApiToken;
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::StoreDir;
@@ -84,7 +84,7 @@ impl TestServer {
         };
         let key = SecretKey::generate("niks3-test-1").expect("key");
         let sign = SecretKey::parse(&key.to_nix_string()).expect("key copy");
-        let listener = niks3::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let listener = niks3_server::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let url = format!("http://{addr}");
         let state = Arc::new(HttpState {
@@ -99,10 +99,10 @@ impl TestServer {
             metrics: Arc::new(Metrics::default()),
             api_token: token,
             limits: ApiLimits::default(),
-            connection_limits: niks3::http::listener::Limits::default(),
+            connection_limits: niks3_server::http::listener::Limits::default(),
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(niks3::http::serve_listener(Arc::clone(&state), listener, async move {
+        let task = tokio::spawn(niks3_server::http::serve_listener(Arc::clone(&state), listener, async move {
             let _ = stop_rx.await;
         }));
         TestServer { state, addr, url, dir, cache_dir, garage, pg, key, stop: Some(stop), task: Some(task) }

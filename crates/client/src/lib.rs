@@ -2,6 +2,10 @@
 //! calls ([`ApiClient`]) and the push procedure ([`push::Pusher`]: closure → what is missing → NARs
 //! serialised, checked and compressed here → uploaded straight to S3 when the server hands out presigned
 //! URLs → complete). Never prints the token or a presigned URL (both are credentials).
+//!
+//! It knows the server only through the contract (`niks3-api`), never its code.
+
+#![forbid(unsafe_code)]
 
 pub mod push;
 
