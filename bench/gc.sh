@@ -16,5 +16,5 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 flags=()
 [ "${PROFILE:-debug}" = release ] && flags+=(--release)
-cargo test "${flags[@]}" -q -p niks3 --test gc_bench -- --ignored --nocapture --test-threads=1 2>&1 \
+cargo test "${flags[@]}" -q -p niks3 --test it gc_bench:: -- --ignored --nocapture --test-threads=1 2>&1 \
   | grep -vE '^(running|test result|$)'

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 
 ROOT, TOOL = sys.argv[1], sys.argv[2]
-LIB = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "nixpkgs-lib/lib")
+LIB = os.path.join(os.path.dirname(os.path.realpath(TOOL)), "vendor/nixpkgs-lib/lib")
 MODULE = os.path.join(ROOT, "nixos/module.nix")
 EXTRA = os.path.join(ROOT, "nixos/tests/eval-pkgs.nix")
 EXAMPLES = os.path.join(ROOT, "nixos/examples")

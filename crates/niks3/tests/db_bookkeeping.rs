@@ -2,8 +2,8 @@
 //! surviving a database outage.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use niks3_server::db::{Db, DbError, NewObject};
 use niks3_nix::hash::Sha256Hash;
+use niks3_server::db::{Db, DbError, NewObject};
 use niks3_storage::ObjectKey;
 use niks3_testkit::postgres::Postgres;
 

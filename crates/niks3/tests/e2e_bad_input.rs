@@ -4,9 +4,7 @@
 //! file and one log line, while a good path queued alongside is uploaded.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{Backend, World, wait_for};
+use crate::support::e2e::{Backend, World, wait_for};
 use std::time::Duration;
 
 #[test]

@@ -5,10 +5,8 @@
 //! whose narinfo is gone.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::ca::{build_in_fresh_store, graph};
-use e2e_support::{Backend, Server, World};
+use crate::support::e2e::ca::{build_in_fresh_store, graph};
+use crate::support::e2e::{Backend, Server, World};
 use niks3_nix::realisation::Realisation;
 use niks3_nix::signing::PublicKey;
 use std::path::{Path, PathBuf};
@@ -108,7 +106,7 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
         vec![outs[1].trim_start_matches("/nix/store/")]
     );
     // The GC roots the daemon added for the resolved outputs are gone with the entries.
-    let roots_gone = e2e_support::wait_for(Duration::from_secs(10), || {
+    let roots_gone = crate::support::e2e::wait_for(Duration::from_secs(10), || {
         std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0)
     });
     assert!(roots_gone, "GC roots left behind");
@@ -129,8 +127,8 @@ fn ca_outputs_and_realisations_substitute_into_a_fresh_store_without_building() 
     assert_eq!(content.trim(), format!("c {}", outs[1]));
     // a, b and c as evaluated, plus the b that Nix resolved (built from a's output path), which is floating
     // too and was queued by its own hook run.
-    assert_eq!(e2e_support::check_realisations(cache), 4);
-    e2e_support::check_local_invariant(cache);
+    assert_eq!(crate::support::e2e::check_realisations(cache), 4);
+    crate::support::e2e::check_local_invariant(cache);
 
     // The same with another trusted key: c's narinfo is refused, so Nix falls back to building, which fails.
     // (a and b are content-addressed: Nix 2.8 accepts their narinfos without a signature, since the path
@@ -176,8 +174,8 @@ fn realisations_of_inputs_the_cache_lacks_are_found_through_the_derivation_graph
         assert!(doi_path(cache, &r).is_file(), "{} missing:\n{}", r.id, server.log_text());
     }
     assert!(w.has_narinfo(&c_out[0]));
-    e2e_support::check_local_invariant(cache);
-    e2e_support::check_realisations(cache);
+    crate::support::e2e::check_local_invariant(cache);
+    crate::support::e2e::check_realisations(cache);
 }
 
 #[test]

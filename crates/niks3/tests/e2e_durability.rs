@@ -2,9 +2,7 @@
 //! run, the daemon killed with SIGKILL in the middle of a big upload, PostgreSQL down for a while.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{Backend, GRAPH, World, check_local_invariant, wait_for};
+use crate::support::e2e::{Backend, GRAPH, World, check_local_invariant, wait_for};
 use std::time::Duration;
 
 #[test]

@@ -3,9 +3,7 @@
 //! to add to nix.conf, tells systemd it is ready, and works end to end; a second start reuses all of it.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{GRAPH, World, free_port, niks3_bin, wait_for};
+use crate::support::e2e::{GRAPH, World, free_port, niks3_bin, wait_for};
 use std::process::Stdio;
 use std::time::Duration;
 

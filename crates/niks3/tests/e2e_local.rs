@@ -3,9 +3,7 @@
 //! signatures required, reads the build log and verifies the cache.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{Backend, GRAPH, World};
+use crate::support::e2e::{Backend, GRAPH, World};
 use std::time::Duration;
 
 #[test]
@@ -48,7 +46,7 @@ fn built_paths_land_in_the_local_cache_and_substitute_with_signatures() {
     assert_eq!(metric(&http, "niks3_uploads_total{result=\"ok\"}"), 3, "three paths uploaded");
 
     // The spool is empty and the GC roots of the outputs are gone.
-    let drained = e2e_support::wait_for(Duration::from_secs(10), || {
+    let drained = crate::support::e2e::wait_for(Duration::from_secs(10), || {
         w.spool_entries("new").is_empty()
             && w.spool_entries("claimed").is_empty()
             && std::fs::read_dir(w.gcroots()).map_or(true, |d| d.count() == 0)

@@ -4,9 +4,7 @@
 //! Entries an older niks3 quarantined for such a cause come back with `niks3 spool requeue`.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{World, niks3_bin, wait_for};
+use crate::support::e2e::{World, niks3_bin, wait_for};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;

@@ -13,10 +13,8 @@
 //! Without the chroot the 2.26 cells skip loudly, or fail under `CI=true`.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::ca::{build_in_fresh_store, graph};
-use e2e_support::{Backend, GRAPH, Mode, ODD_FILE, Server, World};
+use crate::support::e2e::ca::{build_in_fresh_store, graph};
+use crate::support::e2e::{Backend, GRAPH, Mode, ODD_FILE, Server, World};
 use niks3_testkit::chroot::Chroot;
 use niks3_testkit::nix::NixEnv;
 use std::path::{Path, PathBuf};
@@ -131,9 +129,9 @@ fn cell(chroot: Option<&Chroot>, mode: Mode) {
     // (checked last: this is where a Nix whose realisations the daemon cannot read fails).
     drained_cleanly(&w, &server, &cell);
     let Backend::Local(cache) = &w.backend else { unreachable!() };
-    let realisations = e2e_support::check_realisations(cache);
+    let realisations = crate::support::e2e::check_realisations(cache);
     assert!(realisations >= 3, "{cell}: {realisations} realisations in the cache:\n{}", server.log_text());
-    e2e_support::check_local_invariant(cache);
+    crate::support::e2e::check_local_invariant(cache);
 
     // The content-addressed graph substitutes through its realisations: the builders refuse to run again.
     std::fs::write(&marker, "").expect("marker");

@@ -3,9 +3,7 @@
 //! losing anything.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{Backend, GRAPH, World};
+use crate::support::e2e::{Backend, GRAPH, World};
 use std::time::Duration;
 
 #[test]

@@ -5,10 +5,8 @@
 
 #![allow(clippy::many_single_char_names, reason = "u, n, c, a, b: the universe, its size, the cache, two roots")]
 
-mod gc_support;
-
+use crate::support::gc::{Cache, Universe, narinfo_key};
 use chrono::Duration as ChronoDuration;
-use gc_support::{Cache, Universe, narinfo_key};
 use niks3_server::gc::{self, GcError, GcOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

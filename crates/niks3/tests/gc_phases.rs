@@ -1,10 +1,8 @@
 //! Each GC phase and option on a small cache with a real PostgreSQL and a real local store.
 
-mod gc_support;
-
-use gc_support::{Cache, Universe, nar_key, narinfo_key};
-use niks3_server::gc::{self, GcError, GcOptions};
+use crate::support::gc::{Cache, Universe, nar_key, narinfo_key};
 use niks3_api::protocol::GcFigures;
+use niks3_server::gc::{self, GcError, GcOptions};
 use std::time::Duration;
 
 const HOUR: Duration = Duration::from_hours(1);

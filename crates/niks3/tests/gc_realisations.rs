@@ -5,15 +5,15 @@
 //! publisher and collector; the clock is injected.
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
-use niks3_server::db::Db;
-use niks3_server::gc::{self, GcOptions};
-use niks3_server::upload::UploadError;
-use niks3_server::upload::publish::{PublishInput, Publisher, StoredNar};
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::{DrvOutput, Realisation};
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_server::db::Db;
+use niks3_server::gc::{self, GcOptions};
+use niks3_server::upload::UploadError;
+use niks3_server::upload::publish::{PublishInput, Publisher, StoredNar};
 use niks3_storage::local::LocalStore;
 use niks3_storage::{ObjectKey, Storage};
 use std::collections::{BTreeMap, BTreeSet};

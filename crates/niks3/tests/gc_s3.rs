@@ -2,13 +2,11 @@
 //! `--force`; deleted objects are really gone from the bucket, the bucket invariant holds, and a delete
 //! that fails because S3 is down is counted, made active again, and retried by the next run.
 
-mod gc_support;
-
-use gc_support::{Cache, Universe, nar_key, narinfo_key};
-use niks3_server::gc::{self, GcOptions};
+use crate::support::gc::{Cache, Universe, nar_key, narinfo_key};
 use niks3_api::protocol::GcFigures;
+use niks3_server::gc::{self, GcOptions};
 use niks3_storage::Storage;
-use niks3_storage::s3::{S3Config, S3Store};
+use niks3_storage::s3::S3Store;
 use niks3_testkit::garage::Garage;
 use std::time::Duration;
 
@@ -19,18 +17,7 @@ fn force() -> GcOptions {
 }
 
 async fn s3_cache(g: &Garage, u: Universe) -> Cache {
-    let store = Storage::S3(
-        S3Store::new(S3Config {
-            endpoint: g.endpoint.clone(),
-            bucket: g.bucket.clone(),
-            region: g.region.clone(),
-            access_key: g.access_key.clone(),
-            secret_key: g.secret_key.clone(),
-            path_style: true,
-            part_size: 8 * 1024 * 1024,
-        })
-        .expect("valid config"),
-    );
+    let store = Storage::S3(S3Store::new(crate::support::s3_config(g, 8 << 20)).expect("valid config"));
     Cache::with_store(u, store, tempfile::tempdir().expect("dir")).await
 }
 

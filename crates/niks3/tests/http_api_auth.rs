@@ -2,9 +2,7 @@
 //! with 400, and the relay upload only accepts NARs that were claimed and decompress to their NarHash.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer};
+use crate::support::http::{Backend, TOKEN, TestServer};
 use niks3_api::token::ApiToken;
 use serde_json::json;
 

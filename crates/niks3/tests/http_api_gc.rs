@@ -2,12 +2,10 @@
 //! and the figures of a real run show up in `/metrics`.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer, announce_and_upload};
-use niks3_client::ApiClient;
+use crate::support::http::{Backend, TOKEN, TestServer, announce_and_upload};
 use niks3_api::protocol::GcRequest;
 use niks3_api::token::ApiToken;
+use niks3_client::ApiClient;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gc_route_runs_the_collector_and_records_its_figures() {

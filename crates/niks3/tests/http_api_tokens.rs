@@ -5,9 +5,7 @@
 //! GC floors hold for everyone but admin-with-force, and GC never removes an upload's temp file in flight.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer, announce_and_upload};
+use crate::support::http::{Backend, TOKEN, TestServer, announce_and_upload};
 use niks3_testkit::nix::NixEnv;
 use serde_json::json;
 use sha2::Digest;

@@ -3,9 +3,7 @@
 //! which is how docs/landing.png is made).
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TestServer};
+use crate::support::http::{Backend, TestServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn landing_page_shows_keys_and_snippets_and_escapes_hostile_values() {

@@ -2,10 +2,8 @@
 //! and content types, path traversal, and the health and metrics routes.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
+use crate::support::http::{Backend, TestServer, check_prometheus_text};
 use bytes::Bytes;
-use http_support::{Backend, TestServer, check_prometheus_text};
 use niks3_storage::ObjectKey;
 
 /// Sends `GET <path>` verbatim and returns the status and the whole response text.

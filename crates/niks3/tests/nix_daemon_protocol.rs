@@ -10,14 +10,7 @@ use niks3_testkit::nix::NixEnv;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-const EXPR: &str = r#"{ salt }: rec {
-    mk = name: script: derivation { inherit name salt; system = builtins.currentSystem; builder = "/bin/sh";
-                                    args = [ "-c" script ]; };
-    a = mk "proto-a" "echo a $salt > $out";
-    b = mk "proto-b" "echo ${a} > $out";
-    c = mk "proto-c" "echo ${b} ${a} > $out";
-    d = mk "proto-d" "echo d $salt > $out";
-}"#;
+const EXPR: &str = include_str!("fixtures/nix_daemon_protocol.nix");
 
 fn sp(dir: &StoreDir, p: &str) -> StorePath {
     dir.parse_path(p).expect("store path")

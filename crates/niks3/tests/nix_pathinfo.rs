@@ -8,16 +8,7 @@ use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_testkit::nix::NixEnv;
 use std::collections::HashSet;
 
-const EXPR: &str = r#"{ salt }: rec {
-    mk = name: script: derivation { inherit name salt; system = builtins.currentSystem; builder = "/bin/sh";
-                                    args = [ "-c" script ]; };
-    leaf = mk "leaf" "echo leaf $salt; echo leaf > $out";
-    selfref = mk "selfref" "/bin/mkdir $out; echo $out > $out/me; echo ${leaf} > $out/leaf";
-    multi = derivation { name = "multi"; inherit salt; system = builtins.currentSystem; builder = "/bin/sh";
-                         outputs = [ "out" "doc" ];
-                         args = [ "-c" "echo ${selfref} > $out; echo doc > $doc" ]; };
-    top = mk "top" "/bin/mkdir $out; echo ${multi} > $out/m; echo ${multi.doc} > $out/d; echo ${leaf} > $out/l";
-}"#;
+const EXPR: &str = include_str!("fixtures/nix_pathinfo.nix");
 
 fn sp(dir: &StoreDir, p: &str) -> StorePath {
     dir.parse_path(p).expect("store path")

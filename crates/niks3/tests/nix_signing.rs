@@ -17,14 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-const APP_EXPR: &str = r#"{ salt }: rec {
-    hello = derivation { name = "hello"; inherit salt; system = builtins.currentSystem; builder = "/bin/sh";
-                         args = [ "-c" "echo hello $salt > $out" ]; };
-    tree = derivation { name = "tree"; inherit salt; system = builtins.currentSystem; builder = "/bin/sh";
-                        args = [ "-c" "/bin/mkdir -p $out/bin; printf '#!/bin/sh\\necho tool\\n' > $out/bin/tool; /bin/chmod +x $out/bin/tool; /bin/ln -s bin/tool $out/link; echo $out > $out/self" ]; };
-    app = derivation { name = "app"; inherit salt; system = builtins.currentSystem; builder = "/bin/sh";
-                       args = [ "-c" "/bin/mkdir $out; echo ${tree}/bin/tool > $out/uses-tree; echo ${hello} > $out/uses-hello" ]; };
-}"#;
+const APP_EXPR: &str = include_str!("fixtures/nix_signing_app.nix");
 
 fn niks3(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_niks3")).args(args).output().expect("run niks3")

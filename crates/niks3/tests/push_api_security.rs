@@ -3,11 +3,9 @@
 //! error, and nothing lost, corrupted or leaked.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer};
-use niks3_server::gc::{self, GcOptions};
+use crate::support::http::{Backend, TOKEN, TestServer};
 use niks3_nix::hash::Sha256Hash;
+use niks3_server::gc::{self, GcOptions};
 use serde_json::{Value, json};
 use std::time::Duration;
 

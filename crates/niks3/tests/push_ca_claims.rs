@@ -3,9 +3,7 @@
 //! claim that names another path. Checked against paths the real Nix made: `builtins.toFile` (text:),
 //! `builtins.path` (fixed:r:sha256, "source") and flat fixed-output derivations (fixed:sha256, fixed:sha1).
 
-mod http_support;
-
-use http_support::{Backend, TestServer};
+use crate::support::http::{Backend, TestServer};
 use niks3_client::push::to_wire;
 use niks3_local::nix::LocalNix;
 use niks3_nix::content_address::{CaError, check_store_path};

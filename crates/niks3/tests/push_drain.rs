@@ -3,10 +3,7 @@
 //! garbage entries quarantined — and the result substitutes into a fresh store.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod e2e_support;
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer};
+use crate::support::http::{Backend, TOKEN, TestServer};
 use niks3_testkit::nix::NixEnv;
 use std::path::Path;
 
@@ -79,7 +76,7 @@ async fn drain_pushes_realisations_of_ca_outputs_and_the_server_checks_them() {
     let gcroots = s.dir.path().join("gcroots");
     niks3_spool::Spool::open(&spool_dir).expect("spool");
     let hook_env = [("NIKS3_SPOOL_DIR", spool_dir.as_os_str()), ("NIKS3_GCROOTS_DIR", gcroots.as_os_str())];
-    env.set_post_build_hook_with_env(&e2e_support::hook_bin(), &hook_env).expect("hook");
+    env.set_post_build_hook_with_env(&crate::support::e2e::hook_bin(), &hook_env).expect("hook");
     let expr = r#"{ salt }:
 let ca = { __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; };
   mk = name: attrs: script: derivation ({ inherit name salt; system = builtins.currentSystem;

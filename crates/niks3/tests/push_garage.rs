@@ -4,9 +4,7 @@
 //! store.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
+use crate::support::http::{BIG_NAR_EXPR, Backend, TestServer};
 use niks3_nix::hash::Sha256Hash;
 use niks3_storage::ObjectKey;
 use niks3_testkit::nix::NixEnv;
@@ -21,13 +19,8 @@ async fn push_to_s3_sends_nar_bytes_to_the_bucket_not_through_the_server() {
     let expr = BIG_NAR_EXPR;
     let top = env.build(expr, "top").expect("build top").remove(0);
     let big = env.build(expr, "big").expect("build big").remove(0);
-    let token_file = s.dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).expect("token file");
-    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
-    cmd.args(["push", "--server", &s.url, "--auth-token-file"]).arg(&token_file).arg(&top);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{log}");
+    let (ok, log) = s.push_with_cli(&env, &top).await;
+    assert!(ok, "{log}");
     assert!(log.contains("pushed 2 paths"), "{log}");
     assert!(log.contains("2 straight to S3"), "{log}");
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");

@@ -3,34 +3,13 @@
 //! `nix copy --from http://…` and signature checking on.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
-use http_support::{Backend, TOKEN, TestServer};
+use crate::support::http::{Backend, TOKEN, TestServer};
 use niks3_testkit::nix::NixEnv;
 use std::process::Output;
 use std::sync::atomic::Ordering;
 
-const EXPR: &str = r#"{ salt }:
-let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
-  builder = "/bin/sh"; args = [ "-c" script ]; };
-in rec {
-  hello = mk "push-hello" ''echo "hello ${salt}" > $out'';
-  tree = mk "push-tree" ''
-    echo "building tree ${salt}"
-    /bin/mkdir -p $out/bin $out/share/doc
-    echo "doc ${salt}" > $out/share/doc/README
-    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
-    /bin/chmod +x $out/bin/tool
-    /bin/ln -s share/doc/README $out/README-link
-  '';
-  app = mk "push-app" ''
-    /bin/mkdir -p $out
-    echo "${tree}/bin/tool" > $out/uses-tree
-    echo "${hello}" > $out/uses-hello
-  '';
-  lonely = mk "push-lonely" ''echo "lonely ${salt}" > $out'';
-}
-"#;
+/// The end-to-end tests' graph (`app` → `tree`, `hello`; `lonely` refers to nothing).
+const EXPR: &str = crate::support::e2e::GRAPH;
 
 async fn niks3(env: &NixEnv, args: Vec<String>) -> Output {
     let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));

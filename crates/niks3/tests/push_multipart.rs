@@ -5,17 +5,15 @@
 //! upload record, not by the bucket's clock) or at once when the client gives the session up.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
+use crate::support::http::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
 use chrono::Utc;
-use http_support::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
-use niks3_client::ApiClient;
-use niks3_client::push::to_wire;
-use niks3_server::gc::{self, GcOptions};
 use niks3_api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
 use niks3_api::token::ApiToken;
+use niks3_client::ApiClient;
+use niks3_client::push::to_wire;
 use niks3_local::nix::LocalNix;
 use niks3_nix::store_path::StoreDir;
+use niks3_server::gc::{self, GcOptions};
 use niks3_storage::s3::{MIN_PART_SIZE, S3Store};
 use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::nix::NixEnv;
@@ -87,13 +85,8 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     );
     api.abort(&AbortRequest { uploads: plan.uploads }).await.expect("give that plan up");
 
-    let token_file = s.dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).expect("token file");
-    let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
-    cmd.args(["push", "--server", &s.url, "--auth-token-file"]).arg(&token_file).arg(&top);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{log}");
+    let (ok, log) = s.push_with_cli(&env, &top).await;
+    assert!(ok, "{log}");
     assert!(log.contains("pushed 2 paths") && log.contains("2 straight to S3"), "{log}");
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0, "NAR bytes went through the server");
 

@@ -2,10 +2,8 @@
 //! time, which other tests running alongside would disturb.
 #![allow(clippy::many_single_char_names)] // s(erver), c(lient), r(esponse), v(alue): the tests read better short
 
-mod http_support;
-
+use crate::support::http::{Backend, TOKEN, TestServer};
 use futures::StreamExt as _;
-use http_support::{Backend, TOKEN, TestServer};
 use niks3_nix::hash::Sha256Hash;
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -3,13 +3,10 @@
 //! names the port it really bound, and that URL serves the cache to stock Nix.
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
-mod e2e_support;
-
-use e2e_support::{World, wait_for};
+use crate::support::e2e::{World, wait_for};
 use std::time::Duration;
 
-const EXPR: &str = r#"{ salt }: derivation { name = "bound-port"; inherit salt; system = builtins.currentSystem;
-  builder = "/bin/sh"; args = [ "-c" "echo bound ${salt} > $out" ]; }"#;
+const EXPR: &str = include_str!("fixtures/serve_bound_port.nix");
 
 #[test]
 fn port_zero_prints_and_serves_the_bound_port() {
@@ -20,7 +17,7 @@ fn port_zero_prints_and_serves_the_bound_port() {
     let log_path = w.dir.path().join("serve.log");
     let mut child = w
         .nix
-        .command(e2e_support::niks3_bin())
+        .command(crate::support::e2e::niks3_bin())
         .args(&args)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())

@@ -16,15 +16,7 @@ const MIB: usize = 1024 * 1024;
 const PART: usize = 8 * MIB;
 
 fn config(g: &Garage) -> S3Config {
-    S3Config {
-        endpoint: g.endpoint.clone(),
-        bucket: g.bucket.clone(),
-        region: g.region.clone(),
-        access_key: g.access_key.clone(),
-        secret_key: g.secret_key.clone(),
-        path_style: true,
-        part_size: PART,
-    }
+    crate::support::s3_config(g, PART)
 }
 
 fn setup() -> (Garage, Storage) {
@@ -389,7 +381,7 @@ async fn presigned_multipart_upload_by_a_remote_client() {
 
 /// Not a pass/fail check: prints streamed (multipart, two parts in flight at most) upload throughput
 /// against one plain PUT of the same bytes, measured in the same run.
-/// `cargo test -p niks3 --test store_s3 -- --ignored --nocapture throughput`
+/// `cargo test -p niks3 --test it store_s3::throughput -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark"]
 async fn throughput_of_put_stream_vs_single_put() {

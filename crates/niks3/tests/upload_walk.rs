@@ -3,28 +3,20 @@
 //! walk (only its roots are looked at), and a new path on top of it two (itself, then its cached
 //! references), whatever the size of the closure below.
 
+use niks3_local::nix::LocalNix;
+use niks3_nix::signing::SecretKey;
+use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_server::db::Db;
 use niks3_server::metrics::Metrics;
 use niks3_server::upload::pipeline::Uploader;
 use niks3_server::upload::publish::Publisher;
-use niks3_local::nix::LocalNix;
-use niks3_nix::signing::SecretKey;
-use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_storage::local::LocalStore;
 use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::nix::NixEnv;
 use niks3_testkit::postgres::Postgres;
 use std::sync::Arc;
 
-const EXPR: &str = r#"{ salt }: rec {
-    mk = name: script: derivation { inherit name salt; system = builtins.currentSystem; builder = "/bin/sh";
-                                    args = [ "-c" script ]; };
-    leaf = mk "leaf" "echo leaf > $out";
-    mid1 = mk "mid1" "echo ${leaf} > $out";
-    mid2 = mk "mid2" "echo ${leaf} > $out";
-    top = mk "top" "/bin/mkdir $out; echo ${mid1} > $out/a; echo ${mid2} > $out/b";
-    above = mk "above" "echo ${top} > $out";
-}"#;
+const EXPR: &str = include_str!("fixtures/upload_walk.nix");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_uploads_upload_each_path_once_and_a_cached_closure_costs_one_level() {

@@ -3,9 +3,7 @@
 //! write anything outside it (security review 2026-12, finding #1): it refuses, says so in one line, and
 //! exits 0. The spool owner here is `nobody`, racing from a real unprivileged process.
 
-mod common;
-
-use common::{files, run_hook, stderr};
+use crate::support::hook::{files, run_hook, stderr};
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -157,7 +155,7 @@ fn a_fifo_as_tmp_or_new_does_not_block_the_hook() {
         let p = scene.spool().join(sub);
         std::fs::remove_dir(&p).expect("rmdir");
         assert!(Command::new("mkfifo").arg(&p).status().expect("mkfifo").success());
-        let mut child = Command::new(common::hook_bin())
+        let mut child = Command::new(crate::support::hook::hook_bin())
             .env_clear()
             .env("NIKS3_SPOOL_DIR", scene.spool())
             .env("NIKS3_GCROOTS_DIR", scene.roots())
@@ -208,7 +206,7 @@ fn start_racer(scene: &Scene, attack: Attack) -> Child {
     };
     let exe = std::env::current_exe().expect("current test binary");
     let child = Command::new(&exe)
-        .args(["racer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args(["hook_vs_spool_owner::racer", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("NIKS3_TEST_RACER_SPOOL", scene.spool())
         .env("NIKS3_TEST_RACER_ATTACK", attack.name())
         .env("NIKS3_TEST_RACER_TARGET", target)

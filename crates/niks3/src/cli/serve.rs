@@ -152,18 +152,11 @@ fn start_http(
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let state = Arc::new(niks3_server::http::HttpState {
-        store,
-        db,
         store_dir: config.nix_store_dir.clone(),
         priority: config.priority,
-        public_keys: keys.iter().map(niks3_nix::signing::SecretKey::public).collect(),
-        sign_keys: keys,
         cache_url: config.cache_url.clone(),
-        cache_name: niks3_server::config::hostname(),
-        metrics,
         api_token: Some(config.api_token.clone()),
-        limits: niks3_server::http::ApiLimits::default(),
-        connection_limits: niks3_server::http::listener::Limits::default(),
+        ..niks3_server::http::HttpState::new(store, db, keys, metrics)
     });
     tokio::spawn(niks3_server::http::serve_listener(state, listener, on_shutdown(stop)))
 }

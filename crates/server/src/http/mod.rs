@@ -70,6 +70,29 @@ pub struct HttpState {
     pub connection_limits: listener::Limits,
 }
 
+impl HttpState {
+    /// The state `niks3 serve` and the tests start from: the public keys derived from `sign_keys` (so the
+    /// landing page can never show a key the server does not sign with), the API off, the default
+    /// limits, `/nix/store`, priority 30, the host's name. Callers set the rest with struct update syntax
+    /// (`HttpState { cache_url, ..HttpState::new(…) }`).
+    pub fn new(store: Arc<Storage>, db: Db, sign_keys: Arc<Vec<SecretKey>>, metrics: Arc<Metrics>) -> Self {
+        HttpState {
+            store,
+            db,
+            store_dir: StoreDir::default(),
+            priority: 30,
+            public_keys: sign_keys.iter().map(SecretKey::public).collect(),
+            sign_keys,
+            cache_url: String::new(),
+            cache_name: crate::config::hostname(),
+            metrics,
+            api_token: None,
+            limits: ApiLimits::default(),
+            connection_limits: listener::Limits::default(),
+        }
+    }
+}
+
 /// Binds the listener (separately from [`serve_listener`] so that a caller learns the port of `:0` and
 /// bind failures are errors, not panics).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {

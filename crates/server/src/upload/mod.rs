@@ -24,8 +24,8 @@ pub fn default_jobs() -> usize {
 }
 
 use crate::db::DbError;
+use niks3_local::nar_stream::NarStreamError;
 use niks3_local::nix::PathInfoError;
-use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
 use niks3_storage::{ObjectKey, StorageError};
 
@@ -42,36 +42,15 @@ pub enum UploadError {
     /// Nix could not tell us about a path (not valid, vanished, nix missing, …).
     #[error(transparent)]
     PathInfo(#[from] PathInfoError),
-    /// The NAR we serialised from disk does not match what Nix recorded when the path became valid: the
-    /// path was modified after it was built. Nothing was published.
-    #[error(
-        "NAR of {path} does not match Nix's record: Nix has {expected} ({expected_size} bytes), disk gives {actual} ({actual_size} bytes)"
-    )]
-    HashMismatch {
-        /// The store path (full).
-        path: String,
-        /// NarHash Nix recorded.
-        expected: Sha256Hash,
-        /// NarSize Nix recorded.
-        expected_size: u64,
-        /// NarHash of what is on disk now.
-        actual: Sha256Hash,
-        /// NarSize of what is on disk now.
-        actual_size: u64,
-    },
+    /// The NAR serialised from disk does not match what Nix recorded (the path was modified after it was
+    /// built), or serialising it failed. Nothing was published.
+    #[error(transparent)]
+    NarStream(#[from] NarStreamError),
     /// The path is gone from the local store (deleted, e.g. by a GC, before it could be uploaded).
     #[error("{path} is no longer in the local store (deleted before it could be uploaded)")]
     Vanished {
         /// The store path (full).
         path: String,
-    },
-    /// Serialising the path from disk failed (it vanished, unreadable, unsupported file type).
-    #[error("serialising {path}: {reason}")]
-    Nar {
-        /// The store path (full).
-        path: String,
-        /// What went wrong.
-        reason: String,
     },
     /// A narinfo would have been published while one of its references is not in the cache; refusing
     /// keeps the invariant "every narinfo has all its references".
@@ -143,25 +122,12 @@ impl UploadError {
             // query and the publish is a GC race: a retry recomputes what is missing and uploads it again.
             UploadError::PathInfo(e) => e.is_environment(),
             UploadError::MissingReference { .. } | UploadError::RealisationIncomplete { .. } => true,
-            UploadError::HashMismatch { .. }
+            UploadError::NarStream(_)
             | UploadError::Vanished { .. }
-            | UploadError::Nar { .. }
             | UploadError::RealisationUnresolved { .. }
             | UploadError::RealisationConflict { .. }
             | UploadError::Key(_)
             | UploadError::Task(_) => false,
-        }
-    }
-}
-
-impl From<niks3_local::nar_stream::NarStreamError> for UploadError {
-    fn from(e: niks3_local::nar_stream::NarStreamError) -> Self {
-        use niks3_local::nar_stream::NarStreamError as E;
-        match e {
-            E::HashMismatch { path, expected, expected_size, actual, actual_size } => {
-                UploadError::HashMismatch { path, expected, expected_size, actual, actual_size }
-            }
-            E::Nar { path, reason } => UploadError::Nar { path, reason },
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::upload::publish::{PublishInput, Publisher, StoredNar};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use niks3_local::nar_stream::{NarEncoding, NarStreamed, stream_nar};
+use niks3_local::nar_stream::{NarEncoding, NarStreamError, NarStreamed, stream_nar};
 use niks3_local::nix::{LocalNix, PathInfoError};
 use niks3_nix::pathinfo::{PathInfo, dependency_order};
 use niks3_nix::store_path::{StoreDir, StorePath};
@@ -605,7 +605,7 @@ impl Uploader {
         let nar_result = producer.await.map_err(nar_thread)?;
         match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.
-            Err(e @ UploadError::HashMismatch { .. }) => Err(e),
+            Err(e @ UploadError::NarStream(NarStreamError::HashMismatch { .. })) => Err(e),
             Ok(streamed) => stored.map(|_| streamed).map_err(Into::into),
             // When the store failed first, the NAR thread only saw the channel close: report the store.
             Err(e) => Err(stored.err().map_or(e, Into::into)),

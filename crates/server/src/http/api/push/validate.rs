@@ -7,7 +7,7 @@ use crate::http::api::error::ApiError;
 use niks3_api::protocol::PathInfoWire;
 use niks3_nix::content_address;
 use niks3_nix::hash::Sha256Hash;
-use niks3_nix::pathinfo::PathInfo;
+use niks3_nix::pathinfo::{PathInfo, topo_sort};
 use niks3_nix::store_path::{StoreDir, StorePath};
 use niks3_storage::ObjectKey;
 use std::collections::{HashMap, HashSet};
@@ -143,35 +143,8 @@ pub fn validate_closure(
             root_paths.push(p);
         }
     }
-    // Kahn's algorithm: a path comes after all of its references (self-references ignored).
-    let n = infos.len();
-    let mut pending: Vec<usize> = vec![0; n];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, info) in infos.iter().enumerate() {
-        for r in &info.references {
-            let j = index[r];
-            if j != i {
-                pending[i] += 1;
-                dependents[j].push(i);
-            }
-        }
-    }
-    let mut ready: Vec<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
-    let mut order = Vec::with_capacity(n);
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        for &d in &dependents[i] {
-            pending[d] -= 1;
-            if pending[d] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    if order.len() != n {
-        return Err("the references form a cycle".to_owned());
-    }
-    let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
-    let paths = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    // Every reference is in the set (checked above), so the only order error left is a cycle.
+    let paths = topo_sort(infos).map_err(|e| e.to_string())?;
     Ok(ValidClosure { roots: root_paths, paths })
 }
 

@@ -3,11 +3,9 @@
 //! from the root claiming each level before asking what is missing, stop at cached paths, write NAR then
 //! narinfo, record each object after writing it, finish). `check` verifies the promises.
 
-#![allow(dead_code)]
-
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use niks3_server::db::{Db, DbError, NewObject, UploadId};
 use niks3_nix::hash::Sha256Hash;
+use niks3_server::db::{Db, DbError, NewObject, UploadId};
 use niks3_storage::local::LocalStore;
 use niks3_storage::{ObjectKey, Storage};
 use niks3_testkit::postgres::Postgres;
@@ -99,10 +97,12 @@ impl Universe {
 
 /// PostgreSQL + local store + a universe.
 pub struct Cache {
-    pub pg: Postgres,
+    /// Held for its `Drop`: the database server lives as long as the cache.
+    _pg: Postgres,
     pub db: Db,
     pub store: Storage,
-    pub dir: tempfile::TempDir,
+    /// Held for its `Drop`: the local store's directory.
+    _dir: tempfile::TempDir,
     pub u: Universe,
     by_key: HashMap<String, usize>,
 }
@@ -120,7 +120,7 @@ impl Cache {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect");
         let by_key = (0..u.deps.len()).map(|i| (narinfo_key(i).as_str().to_owned(), i)).collect();
-        Cache { pg, db, store, dir, u, by_key }
+        Cache { _pg: pg, db, store, _dir: dir, u, by_key }
     }
 
     /// The local store's file for `key`.

@@ -2,7 +2,6 @@
 //! through real `nix-build`s, a real PostgreSQL (testkit's, or the server's embedded one) and the local or
 //! Garage backend. The Nix is the host's single-user one unless a test brings its own [`NixEnv`] (the
 //! trixie chroot's, or with a `nix-daemon`) to [`World::with_nix`].
-#![allow(dead_code, reason = "each e2e test binary uses a different subset")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
 #![allow(clippy::duration_suboptimal_units, reason = "timeouts read best in seconds")]
 
@@ -404,11 +403,6 @@ impl Server {
         assert!(ok, "server log never said {needle:?}:\n{}", self.log_text());
     }
 
-    /// Process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
     /// Sends SIGKILL and reaps.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -436,11 +430,6 @@ impl Server {
             }
         }
     }
-
-    /// True while the process runs.
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
 }
 
 impl Drop for Server {
@@ -452,47 +441,7 @@ impl Drop for Server {
 /// A small graph: `app` refers to `tree` (a directory with an executable and a symlink) and `hello`; `odd`
 /// (names with spaces and unicode, symlinks, an executable, an empty file and directory) and `drained`
 /// refer to `hello`.
-pub const GRAPH: &str = r#"{ salt }:
-let
-  mk = name: script: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
-  oddFile = "dir with spaces/ünïcødé ☃/❄ flake.txt";
-in rec {
-  hello = mk "e2e-hello" ''echo "hello ${salt}" > $out'';
-  tree = mk "e2e-tree" ''
-    set -e
-    echo "building tree ${salt}"
-    /bin/mkdir -p $out/bin $out/share/doc
-    echo "doc ${salt}" > $out/share/doc/README
-    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
-    /bin/chmod +x $out/bin/tool
-    /bin/ln -s share/doc/README $out/README-link
-  '';
-  app = mk "e2e-app" ''
-    /bin/mkdir -p $out
-    echo "building app ${salt}"
-    echo "${tree}/bin/tool" > $out/uses-tree
-    echo "${hello}" > $out/uses-hello
-  '';
-  odd = mk "e2e-odd" ''
-    set -e
-    echo "building odd ${salt}"
-    /bin/mkdir -p "$out/dir with spaces/ünïcødé ☃" $out/bin $out/empty-dir
-    printf 'snow ${salt}\n' > "$out/${oddFile}"
-    : > $out/empty
-    printf '#!/bin/sh\necho tool\n' > $out/bin/tool
-    /bin/chmod +x $out/bin/tool
-    /bin/ln -s "${oddFile}" "$out/link → flake"
-    /bin/ln -s /nonexistent/target $out/dangling
-    /bin/ln -s ${hello} $out/hello
-  '';
-  drained = mk "e2e-drained" ''echo "drained ${salt} ${hello}" > $out'';
-}
-"#;
+pub const GRAPH: &str = include_str!("../fixtures/graph.nix");
 
 /// The file in [`GRAPH`]'s `odd` (its `oddFile`) whose content is `snow <salt>\n`.
 pub const ODD_FILE: &str = "dir with spaces/ünïcødé ☃/❄ flake.txt";

@@ -1,17 +1,15 @@
 //! Shared pieces of the HTTP tests: a real PostgreSQL (testkit), a real object store (local directory or
 //! Garage) and the real warp server on a free loopback port, in-process.
-#![allow(dead_code, reason = "each http test binary uses a different subset")]
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
 
-use niks3_server::db::Db;
-use niks3_server::http::{ApiLimits, HttpState};
-use niks3_server::metrics::Metrics;
 use niks3_api::token::ApiToken;
 use niks3_nix::signing::SecretKey;
-use niks3_nix::store_path::StoreDir;
+use niks3_server::db::Db;
+use niks3_server::http::HttpState;
+use niks3_server::metrics::Metrics;
 use niks3_storage::Storage;
 use niks3_storage::local::LocalStore;
-use niks3_storage::s3::{S3Config, S3Store};
+use niks3_storage::s3::S3Store;
 use niks3_testkit::garage::Garage;
 use niks3_testkit::postgres::Postgres;
 use std::net::SocketAddr;
@@ -38,7 +36,8 @@ pub struct TestServer {
     pub url: String,
     pub dir: tempfile::TempDir,
     pub cache_dir: Option<PathBuf>,
-    pub garage: Option<Garage>,
+    /// Held for its `Drop`: the S3 server of the S3 backend.
+    _garage: Option<Garage>,
     pub pg: Postgres,
     pub key: SecretKey,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -69,16 +68,7 @@ impl TestServer {
             Backend::Garage | Backend::GarageWithPartSize(_) => {
                 let part_size = if let Backend::GarageWithPartSize(p) = backend { p } else { 8 << 20 };
                 let g = Garage::start().expect("start Garage");
-                let s = S3Store::new(S3Config {
-                    endpoint: g.endpoint.clone(),
-                    bucket: g.bucket.clone(),
-                    region: g.region.clone(),
-                    access_key: g.access_key.clone(),
-                    secret_key: g.secret_key.clone(),
-                    path_style: true,
-                    part_size,
-                })
-                .expect("S3 store");
+                let s = S3Store::new(super::s3_config(&g, part_size)).expect("S3 store");
                 (Storage::S3(s), None, Some(g))
             }
         };
@@ -87,25 +77,32 @@ impl TestServer {
         let listener = niks3_server::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let url = format!("http://{addr}");
+        // The constructor `niks3 serve` uses; only what a test chooses differs.
         let state = Arc::new(HttpState {
-            store: Arc::new(store),
-            db,
-            store_dir: StoreDir::default(),
-            priority: 30,
-            public_keys: vec![key.public()],
-            sign_keys: Arc::new(vec![sign]),
             cache_url: cache_url.map_or_else(|| url.clone(), str::to_owned),
             cache_name: name.to_owned(),
-            metrics: Arc::new(Metrics::default()),
             api_token: token,
-            limits: ApiLimits::default(),
-            connection_limits: niks3_server::http::listener::Limits::default(),
+            ..HttpState::new(Arc::new(store), db, Arc::new(vec![sign]), Arc::new(Metrics::default()))
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(niks3_server::http::serve_listener(Arc::clone(&state), listener, async move {
             let _ = stop_rx.await;
         }));
-        TestServer { state, addr, url, dir, cache_dir, garage, pg, key, stop: Some(stop), task: Some(task) }
+        TestServer { state, addr, url, dir, cache_dir, _garage: garage, pg, key, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Runs the real `niks3 push --server <this server> <path>` (token [`TOKEN`] from a file) in `env`;
+    /// whether it succeeded, and what it printed.
+    pub async fn push_with_cli(&self, env: &niks3_testkit::nix::NixEnv, path: &str) -> (bool, String) {
+        let token_file = self.dir.path().join("token");
+        std::fs::write(&token_file, TOKEN).expect("token file");
+        let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
+        cmd.args(["push", "--server", &self.url, "--auth-token-file"]).arg(&token_file).arg(path);
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     }
 
     /// Stops the server and waits for it.
@@ -269,11 +266,4 @@ pub fn check_prometheus_text(text: &str) -> Result<usize, String> {
 
 /// A closure whose `big` is 12 MiB of random bytes (incompressible: above any test part size, so it goes
 /// up as a multipart upload) and whose `top` refers to it. Build with a fresh `salt`.
-pub const BIG_NAR_EXPR: &str = r#"{ salt }:
-let mk = name: script: derivation { inherit name salt; system = builtins.currentSystem;
-  builder = "/bin/sh"; args = [ "-c" script ]; };
-in rec {
-  big = mk "big-nar" ''/bin/dd if=/dev/urandom of=$out bs=1M count=12 status=none'';
-  top = mk "big-nar-top" ''/bin/mkdir -p $out; echo "${big}" > $out/big-ref; echo ${salt} > $out/salt'';
-}
-"#;
+pub const BIG_NAR_EXPR: &str = include_str!("../fixtures/big_nar.nix");

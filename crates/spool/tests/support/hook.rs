@@ -1,6 +1,5 @@
 //! Shared test support: a private, offline Nix configuration (as testkit/src/nix.rs writes),
 //! helpers to run the real `niks3-hook` binary, and mounts for the unwritable-spool cases.
-#![allow(dead_code, reason = "each test file uses a different subset")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

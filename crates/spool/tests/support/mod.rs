@@ -1,0 +1,3 @@
+//! What the tests share: starting the real programs and checking what they left behind.
+
+pub mod hook;
