@@ -25,26 +25,12 @@
 #   - Secrets never enter the Nix store: options take runtime paths (strings, e.g. sops-nix paths) and
 #     systemd's LoadCredential copies them into $CREDENTIALS_DIRECTORY (`%d`) for the service alone.
 #     They never enter a unit's environment either: `settings` refuses the NIKS3_* names of secrets.
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+args@{ config, lib, ... }:
 let
-  inherit (lib)
-    mkIf
-    mkMerge
-    mkPackageOption
-    optional
-    imap0
-    concatStringsSep
-    hasPrefix
-    ;
-
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
-  common = import ./lib.nix { inherit config lib pkgs; };
+  common = import ./lib.nix args;
+  inherit (args) pkgs;
   inherit (common) user group stateDir;
   storageDir = cfg.settings.storage_dir;
 
@@ -59,14 +45,14 @@ let
       "services.niks3.gc.tokenFile" = cfg.gc.tokenFile;
     }
     // lib.listToAttrs (
-      imap0 (i: f: lib.nameValuePair "services.niks3.signKeyFiles[${toString i}]" f) cfg.signKeyFiles
+      lib.imap0 (i: f: lib.nameValuePair "services.niks3.signKeyFiles[${toString i}]" f) cfg.signKeyFiles
     );
   # The enabled role decides which secrets are actually used.
   usedSecrets = lib.filterAttrs (
     n: _: if n == "services.niks3.hook.tokenFile" then hookCfg.enable else cfg.enable
   ) secretOptions;
   badSecrets = lib.filterAttrs (
-    _: p: !(hasPrefix "/" p) || hasPrefix "${builtins.storeDir}/" p
+    _: p: !(lib.hasPrefix "/" p) || lib.hasPrefix "${builtins.storeDir}/" p
   ) usedSecrets;
 in
 {
@@ -78,9 +64,9 @@ in
     ./drainer.nix
   ];
 
-  options.services.niks3.package = mkPackageOption pkgs "niks3" { };
+  options.services.niks3.package = lib.mkPackageOption pkgs "niks3" { };
 
-  config = mkMerge [
+  config = lib.mkMerge [
     {
       assertions = [
         {
@@ -88,14 +74,14 @@ in
           message =
             "services.niks3: secrets must be absolute runtime paths outside ${builtins.storeDir} "
             + "(the store is world-readable; use e.g. a sops-nix path under /run/secrets): "
-            + concatStringsSep ", " (lib.mapAttrsToList (n: v: "${n} = ${v}") badSecrets);
+            + lib.concatStringsSep ", " (lib.mapAttrsToList (n: v: "${n} = ${v}") badSecrets);
         }
       ];
     }
 
     # Shared by both roles: the user the server and the drainer run as, and the directories the
     # nix-daemon's hook writes into, created with their final owner before any hook or service runs.
-    (mkIf (cfg.enable || hookCfg.enable) {
+    (lib.mkIf (cfg.enable || hookCfg.enable) {
       users.users.${user} = {
         isSystemUser = true;
         inherit group;
@@ -117,7 +103,7 @@ in
       ]
       ++ common.spoolRules hookCfg.spoolDir
       # The server's local object directory (server.nix; one definition here, where the others are).
-      ++ optional (cfg.enable && storageDir != null) "d ${storageDir} 0750 ${user} ${group} - -";
+      ++ lib.optional (cfg.enable && storageDir != null) "d ${storageDir} 0750 ${user} ${group} - -";
     })
   ];
 }

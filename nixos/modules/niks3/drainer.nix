@@ -1,30 +1,16 @@
 # A builder that pushes to a remote server: niks3-drain.service (`niks3 drain`) empties this machine's
 # spool into hook.serverUrl with this builder's own push token. Without hook.serverUrl the local server
 # drains the spool instead (server.nix), and this role adds nothing.
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+args@{ config, lib, ... }:
 let
-  inherit (lib)
-    mkOption
-    mkIf
-    mkMerge
-    types
-    optional
-    escapeShellArg
-    ;
-
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
-  common = import ./lib.nix { inherit config lib pkgs; };
+  common = import ./lib.nix args;
 in
 {
   options.services.niks3.hook = {
-    serverUrl = mkOption {
-      type = types.nullOr types.str;
+    serverUrl = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
       default = null;
       example = "https://cache.example.org";
       description = "Remote niks3 server to push to; null means the local services.niks3 drains the spool.";
@@ -36,8 +22,8 @@ in
     '';
   };
 
-  config = mkMerge [
-    (mkIf hookCfg.enable {
+  config = lib.mkMerge [
+    (lib.mkIf hookCfg.enable {
       assertions = [
         {
           assertion = hookCfg.serverUrl == null || hookCfg.tokenFile != null;
@@ -47,11 +33,11 @@ in
         }
       ];
       warnings =
-        optional (hookCfg.serverUrl == null && hookCfg.tokenFile != null)
+        lib.optional (hookCfg.serverUrl == null && hookCfg.tokenFile != null)
           "services.niks3.hook.tokenFile is unused: serverUrl is null, so the local server drains the spool.";
     })
 
-    (mkIf (hookCfg.enable && hookCfg.serverUrl != null) {
+    (lib.mkIf (hookCfg.enable && hookCfg.serverUrl != null) {
       systemd.services.niks3-drain = common.spoolUnit { } // {
         description = "niks3 drain: push this builder's spool to ${hookCfg.serverUrl}";
         environment.NIX_REMOTE = "daemon";
@@ -64,11 +50,11 @@ in
           }
           // common.tokenClient {
             command = "drain";
-            server = escapeShellArg hookCfg.serverUrl;
+            server = lib.escapeShellArg hookCfg.serverUrl;
             inherit (hookCfg) tokenFile;
             args = [
-              "--spool-dir ${escapeShellArg hookCfg.spoolDir}"
-              "--gcroots-dir ${escapeShellArg hookCfg.gcrootsDir}"
+              "--spool-dir ${lib.escapeShellArg hookCfg.spoolDir}"
+              "--gcroots-dir ${lib.escapeShellArg hookCfg.gcrootsDir}"
               "--compression-level ${toString cfg.compressionLevel}"
             ];
           };

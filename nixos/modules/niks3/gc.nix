@@ -1,16 +1,9 @@
 # Garbage collection of the cache: niks3-gc.timer runs niks3-gc.service (`niks3 gc` against the local
 # server) on a schedule, presenting a gc-scoped token, else the admin token.
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+args@{ config, lib, ... }:
 let
-  inherit (lib) mkOption mkIf types;
-
   cfg = config.services.niks3;
-  common = import ./lib.nix { inherit config lib pkgs; };
+  common = import ./lib.nix args;
 
   # The token the GC client sends: its own gc-scoped token, else the admin token (the configured file, or
   # the one the server generated on first start).
@@ -24,29 +17,29 @@ let
 in
 {
   options.services.niks3.gc = {
-    enable = mkOption {
-      type = types.bool;
+    enable = lib.mkOption {
+      type = lib.types.bool;
       default = true;
       description = "Run `niks3 gc` periodically (niks3-gc.timer → niks3-gc.service).";
     };
-    olderThan = mkOption {
+    olderThan = lib.mkOption {
       type = common.duration;
       default = "720h";
       description = "Forget closures last pushed longer ago than this (Go duration: 720h, 30d, 1h30m).";
     };
-    failedUploadsOlderThan = mkOption {
+    failedUploadsOlderThan = lib.mkOption {
       type = common.duration;
       default = "6h";
       description = "Abort uploads in flight for longer than this; also the grace period before deletion.";
     };
-    schedule = mkOption {
-      type = types.str;
+    schedule = lib.mkOption {
+      type = lib.types.str;
       default = "daily";
       example = "*-*-* 03:00:00";
       description = "When to collect (systemd OnCalendar syntax).";
     };
-    randomizedDelaySec = mkOption {
-      type = types.ints.unsigned;
+    randomizedDelaySec = lib.mkOption {
+      type = lib.types.ints.unsigned;
       default = 1800;
       description = "Random delay added to each run (RandomizedDelaySec), in seconds.";
     };
@@ -57,7 +50,7 @@ in
     '';
   };
 
-  config = mkIf (cfg.enable && cfg.gc.enable) {
+  config = lib.mkIf (cfg.enable && cfg.gc.enable) {
     systemd.services.niks3-gc = {
       description = "niks3 garbage collection";
       documentation = [ "https://github.com/niks3/niks3/blob/main/docs/nixos.md#reading-the-gc-output" ];

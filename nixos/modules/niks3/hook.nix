@@ -1,58 +1,44 @@
 # The builders' side: Nix's post-build-hook (niks3-hook, run by nix-daemon as root) queues every freshly
 # built path to a durable spool and keeps it alive with a GC root. The local server drains the spool
 # (hook.serverUrl = null), or niks3-drain.service pushes it to a remote server (drainer.nix).
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+args@{ config, lib, ... }:
 let
-  inherit (lib)
-    mkOption
-    mkEnableOption
-    mkPackageOption
-    mkIf
-    types
-    escapeShellArg
-    literalExpression
-    ;
-
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
-  common = import ./lib.nix { inherit config lib pkgs; };
+  common = import ./lib.nix args;
+  inherit (args) pkgs;
 
   hookWrapper = pkgs.writeShellScript "niks3-post-build-hook" ''
     # Installed as Nix's post-build-hook by services.niks3.hook. niks3-hook never fails a build: it
     # queues the outputs to the spool in well under a millisecond and always exits 0.
-    export NIKS3_SPOOL_DIR=${escapeShellArg hookCfg.spoolDir}
-    export NIKS3_GCROOTS_DIR=${escapeShellArg hookCfg.gcrootsDir}
-    export NIKS3_NIX_STORE_DIR=${escapeShellArg builtins.storeDir}
+    export NIKS3_SPOOL_DIR=${lib.escapeShellArg hookCfg.spoolDir}
+    export NIKS3_GCROOTS_DIR=${lib.escapeShellArg hookCfg.gcrootsDir}
+    export NIKS3_NIX_STORE_DIR=${lib.escapeShellArg builtins.storeDir}
     exec ${hookCfg.package}/bin/niks3-hook
   '';
 in
 {
   options.services.niks3.hook = {
-    enable = mkEnableOption ''
+    enable = lib.mkEnableOption ''
       the builders' side: Nix's post-build-hook queues every locally built path to the niks3 spool,
       drained by the local server (serverUrl = null) or pushed to serverUrl by niks3-drain.service
     '';
-    package = mkPackageOption pkgs "niks3-hook" { };
-    spoolDir = mkOption {
-      type = types.str;
+    package = lib.mkPackageOption pkgs "niks3-hook" { };
+    spoolDir = lib.mkOption {
+      type = lib.types.str;
       default = "${common.stateDir}/spool";
       description = "The durable queue the hook writes and the drainer empties.";
     };
-    gcrootsDir = mkOption {
-      type = types.str;
+    gcrootsDir = lib.mkOption {
+      type = lib.types.str;
       default = "/nix/var/nix/gcroots/niks3";
       description = "GC roots keeping queued paths alive in the local store until they are uploaded.";
     };
-    wrapper = mkOption {
-      type = types.package;
+    wrapper = lib.mkOption {
+      type = lib.types.package;
       readOnly = true;
       default = hookWrapper;
-      defaultText = literalExpression "pkgs.writeShellScript \"niks3-post-build-hook\" …";
+      defaultText = lib.literalExpression "pkgs.writeShellScript \"niks3-post-build-hook\" …";
       description = ''
         The script installed as nix.settings.post-build-hook (read-only). To run another hook too,
         set post-build-hook with lib.mkForce to your own script ending in `exec ''${wrapper}`.
@@ -60,7 +46,7 @@ in
     };
   };
 
-  config = mkIf hookCfg.enable {
+  config = lib.mkIf hookCfg.enable {
     assertions = [
       {
         assertion = hookCfg.serverUrl != null || cfg.enable;

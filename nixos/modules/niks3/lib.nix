@@ -1,20 +1,13 @@
-# What the niks3 role modules share: names, option types, the systemd hardening and the unit skeletons.
+# What the niks3 role modules share: names, option lib.types, the systemd hardening and the unit skeletons.
 # Not a module itself: each role file imports it with its own arguments,
-#   common = import ./lib.nix { inherit config lib pkgs; };
+#   common = import ./lib.nix args;   (args: the role module's arguments)
 {
   config,
   lib,
   pkgs,
+  ...
 }:
 let
-  inherit (lib)
-    mkOption
-    types
-    optional
-    concatStringsSep
-    hasPrefix
-    ;
-
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
 in
@@ -24,20 +17,20 @@ rec {
   stateDir = "/var/lib/niks3";
 
   # Go-style durations as `niks3 gc` parses them: 720h, 6h, 30m, 10s, 7d, 1h30m.
-  duration = types.strMatching "([0-9]+(ns|us|ms|s|m|h|d))+";
+  duration = lib.types.strMatching "([0-9]+(ns|us|ms|s|m|h|d))+";
 
   # A listen address as `niks3 serve` takes it: `HOST:PORT`, or `:PORT` for all interfaces.
-  listenAddress = types.strMatching ".*:[0-9]+";
+  listenAddress = lib.types.strMatching ".*:[0-9]+";
 
   # A runtime path to a secret; a string on purpose, so that a Nix path literal (which would be copied
   # into the world-readable store) is a type error.
-  secretPath = types.str;
+  secretPath = lib.types.str;
 
-  # An optional secret file option; `example` is the file's name under /run/secrets/niks3 (sops-nix style).
+  # An lib.optional secret file option; `example` is the file's name under /run/secrets/niks3 (sops-nix style).
   secretFileOption =
     example: description:
-    mkOption {
-      type = types.nullOr secretPath;
+    lib.mkOption {
+      type = lib.types.nullOr secretPath;
       default = null;
       example = "/run/secrets/niks3/${example}";
       inherit description;
@@ -68,7 +61,7 @@ rec {
 
   # Directories outside the state directory that a service must be able to write despite
   # ProtectSystem=strict.
-  outsideState = p: !(hasPrefix "${stateDir}/" p);
+  outsideState = p: !(lib.hasPrefix "${stateDir}/" p);
 
   # Shared systemd hardening for every niks3 unit.
   hardening = {
@@ -151,7 +144,7 @@ rec {
       ReadWritePaths = [
         hookCfg.gcrootsDir
       ]
-      ++ optional (outsideState hookCfg.spoolDir) hookCfg.spoolDir
+      ++ lib.optional (outsideState hookCfg.spoolDir) hookCfg.spoolDir
       ++ extraWritable;
     };
 
@@ -165,8 +158,8 @@ rec {
       args,
     }:
     {
-      LoadCredential = optional (tokenFile != null) "api-token:${tokenFile}";
-      ExecStart = concatStringsSep " " (
+      LoadCredential = lib.optional (tokenFile != null) "api-token:${tokenFile}";
+      ExecStart = lib.concatStringsSep " " (
         [
           "${cfg.package}/bin/niks3 ${command}"
           "--server ${server}"

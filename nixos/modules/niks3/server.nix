@@ -7,22 +7,9 @@
 # `niks3 serve --help` can be added there. Secrets never go through settings: the options naming secret
 # files hand them over with LoadCredential, and settings refuses the keys of secrets and of what the
 # module derives itself.
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+args@{ config, lib, ... }:
 let
   inherit (lib)
-    mkOption
-    mkEnableOption
-    mkIf
-    mkMerge
-    mkDefault
-    mkRenamedOptionModule
-    types
-    optional
     optionals
     optionalAttrs
     concatStringsSep
@@ -33,7 +20,7 @@ let
 
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
-  common = import ./lib.nix { inherit config lib pkgs; };
+  common = import ./lib.nix args;
   inherit (common)
     user
     group
@@ -141,12 +128,12 @@ let
   // cfg.environment;
 
   serverCredentials =
-    optional (cfg.apiTokenFile != null) "api-token:${cfg.apiTokenFile}"
+    lib.optional (cfg.apiTokenFile != null) "api-token:${cfg.apiTokenFile}"
     ++ optionals useS3 [
       "s3-access-key:${cfg.s3.accessKeyFile}"
       "s3-secret-key:${cfg.s3.secretKeyFile}"
     ]
-    ++ optional (
+    ++ lib.optional (
       !cfg.database.createLocally && cfg.database.urlFile != null
     ) "db-url:${cfg.database.urlFile}"
     ++ map (c: "${c.name}:${c.path}") signKeyCreds;
@@ -159,18 +146,18 @@ let
     "--priority"
     (toString cfg.settings.priority)
   ]
-  ++ optional (!localSpool) "--no-spool"
+  ++ lib.optional (!localSpool) "--no-spool"
   ++ cfg.extraArgs;
 in
 {
   imports = [
-    (mkRenamedOptionModule [ "services" "niks3" "storeDir" ] [ "services" "niks3" "storageDir" ])
+    (lib.mkRenamedOptionModule [ "services" "niks3" "storeDir" ] [ "services" "niks3" "storageDir" ])
   ];
 
   options.services.niks3 = {
-    enable = mkEnableOption "the niks3 binary cache server (`niks3 serve`)";
+    enable = lib.mkEnableOption "the niks3 binary cache server (`niks3 serve`)";
 
-    httpAddr = mkOption {
+    httpAddr = lib.mkOption {
       type = common.listenAddress;
       default = "127.0.0.1:5751";
       example = ":5751";
@@ -180,34 +167,34 @@ in
       '';
     };
 
-    openFirewall = mkOption {
-      type = types.bool;
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
       default = false;
       description = "Open the port of httpAddr (or 80 and 443 when nginx is enabled) in the firewall.";
     };
 
-    cacheUrl = mkOption {
-      type = types.nullOr types.str;
+    cacheUrl = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
       default = null;
       example = "https://cache.example.org";
       defaultText = literalExpression ''"https://''${nginx.domain}" when nginx is enabled, else http://<httpAddr>'';
       description = "Public substituter URL shown on the landing page and in the printed nix.conf lines.";
     };
 
-    priority = mkOption {
-      type = types.ints.unsigned;
+    priority = lib.mkOption {
+      type = lib.types.ints.unsigned;
       default = 30;
       description = "`Priority` advertised in nix-cache-info (lower is preferred; cache.nixos.org is 40).";
     };
 
-    jobs = mkOption {
-      type = types.nullOr types.ints.positive;
+    jobs = lib.mkOption {
+      type = lib.types.nullOr lib.types.ints.positive;
       default = null;
       description = "Parallel uploads; null means one per CPU core.";
     };
 
-    compressionLevel = mkOption {
-      type = types.ints.between 1 9;
+    compressionLevel = lib.mkOption {
+      type = lib.types.ints.between 1 9;
       default = 3;
       description = ''
         zstd level of the NARs uploaded by the server's own spool and by this builder's niks3-drain
@@ -215,8 +202,8 @@ in
       '';
     };
 
-    storageDir = mkOption {
-      type = types.nullOr types.str;
+    storageDir = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
       default = null;
       example = "/srv/niks3-cache";
       description = ''
@@ -227,25 +214,25 @@ in
     };
 
     s3 = {
-      endpoint = mkOption {
-        type = types.nullOr types.str;
+      endpoint = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
         default = null;
         example = "https://<account>.r2.cloudflarestorage.com";
         description = "S3 endpoint; without a scheme, useSSL decides http or https. All s3.* or none.";
       };
-      bucket = mkOption {
-        type = types.nullOr types.str;
+      bucket = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
         default = null;
         description = "S3 bucket holding the cache.";
       };
-      region = mkOption {
-        type = types.str;
+      region = lib.mkOption {
+        type = lib.types.str;
         default = "us-east-1";
         example = "auto";
         description = "S3 region (`auto` for Cloudflare R2; Garage's `s3_region`).";
       };
-      useSSL = mkOption {
-        type = types.bool;
+      useSSL = lib.mkOption {
+        type = lib.types.bool;
         default = true;
         description = "Use https when the endpoint has no scheme.";
       };
@@ -254,8 +241,8 @@ in
     };
 
     database = {
-      createLocally = mkOption {
-        type = types.bool;
+      createLocally = lib.mkOption {
+        type = lib.types.bool;
         default = cfg.database.urlFile == null;
         defaultText = literalExpression "config.services.niks3.database.urlFile == null";
         description = ''
@@ -276,8 +263,8 @@ in
       generates ${stateDir}/api-token on first start (not allowed with nginx on a public domain).
     '';
 
-    signKeyFiles = mkOption {
-      type = types.listOf secretPath;
+    signKeyFiles = lib.mkOption {
+      type = lib.types.listOf secretPath;
       default = [ ];
       example = [ "/run/secrets/niks3/cache-1.sec" ];
       description = ''
@@ -286,8 +273,8 @@ in
       '';
     };
 
-    generateSignKey = mkOption {
-      type = types.bool;
+    generateSignKey = lib.mkOption {
+      type = lib.types.bool;
       default = false;
       description = ''
         With no signKeyFiles, let the server generate ${stateDir}/keys/<hostname>-1.sec on first start
@@ -296,51 +283,51 @@ in
       '';
     };
 
-    settings = mkOption {
-      type = types.submodule {
-        freeformType = types.attrsOf (
-          types.nullOr (
-            types.oneOf [
-              types.bool
-              types.int
-              types.str
-              types.path
+    settings = lib.mkOption {
+      type = lib.types.submodule {
+        freeformType = lib.types.attrsOf (
+          lib.types.nullOr (
+            lib.types.oneOf [
+              lib.types.bool
+              lib.types.int
+              lib.types.str
+              lib.types.path
             ]
           )
         );
         options = {
-          http_addr = mkOption {
+          http_addr = lib.mkOption {
             type = common.listenAddress;
             default = cfg.httpAddr;
             defaultText = literalExpression "config.services.niks3.httpAddr";
             description = "NIKS3_HTTP_ADDR: the server's listen address (see httpAddr).";
           };
-          priority = mkOption {
-            type = types.ints.unsigned;
+          priority = lib.mkOption {
+            type = lib.types.ints.unsigned;
             default = cfg.priority;
             defaultText = literalExpression "config.services.niks3.priority";
             description = "nix-cache-info `Priority`, passed as `--priority` (see priority).";
           };
-          jobs = mkOption {
-            type = types.nullOr types.ints.positive;
+          jobs = lib.mkOption {
+            type = lib.types.nullOr lib.types.ints.positive;
             default = cfg.jobs;
             defaultText = literalExpression "config.services.niks3.jobs";
             description = "NIKS3_JOBS: parallel uploads, null for one per core (see jobs).";
           };
-          compression_level = mkOption {
-            type = types.ints.between 1 9;
+          compression_level = lib.mkOption {
+            type = lib.types.ints.between 1 9;
             default = cfg.compressionLevel;
             defaultText = literalExpression "config.services.niks3.compressionLevel";
             description = "NIKS3_COMPRESSION_LEVEL: the server's zstd level (see compressionLevel).";
           };
-          storage_dir = mkOption {
-            type = types.nullOr types.str;
+          storage_dir = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
             default = cfg.storageDir;
             defaultText = literalExpression "config.services.niks3.storageDir";
             description = "NIKS3_STORAGE_DIR: the local object directory (see storageDir).";
           };
-          cache_url = mkOption {
-            type = types.nullOr types.str;
+          cache_url = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
             default = cacheUrl;
             defaultText = literalExpression "config.services.niks3.cacheUrl, else https://<nginx.domain>";
             description = "NIKS3_CACHE_URL: the public substituter URL (see cacheUrl).";
@@ -365,15 +352,15 @@ in
       '';
     };
 
-    extraArgs = mkOption {
-      type = types.listOf types.str;
+    extraArgs = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
       default = [ ];
       example = [ "--s3-path-style=false" ];
       description = "Extra arguments to `niks3 serve`.";
     };
 
-    environment = mkOption {
-      type = types.attrsOf types.str;
+    environment = lib.mkOption {
+      type = lib.types.attrsOf lib.types.str;
       default = { };
       example = {
         RUST_LOG = "niks3=debug";
@@ -382,18 +369,18 @@ in
     };
   };
 
-  config = mkMerge [
+  config = lib.mkMerge [
     # The S3 backend's non-secret settings, once all of s3.* is set (the keys go through credentials).
-    (mkIf useS3 {
+    (lib.mkIf useS3 {
       services.niks3.settings = {
-        s3_endpoint = mkDefault cfg.s3.endpoint;
-        s3_bucket = mkDefault cfg.s3.bucket;
-        s3_region = mkDefault cfg.s3.region;
-        s3_use_ssl = mkDefault cfg.s3.useSSL;
+        s3_endpoint = lib.mkDefault cfg.s3.endpoint;
+        s3_bucket = lib.mkDefault cfg.s3.bucket;
+        s3_region = lib.mkDefault cfg.s3.region;
+        s3_use_ssl = lib.mkDefault cfg.s3.useSSL;
       };
     })
 
-    (mkIf cfg.enable {
+    (lib.mkIf cfg.enable {
       assertions = [
         {
           assertion = s3Missing == [ ] || s3Set == [ ];
@@ -441,15 +428,15 @@ in
         }
       ];
       warnings =
-        optional (
+        lib.optional (
           cfg.generateSignKey && cfg.signKeyFiles != [ ]
         ) "services.niks3.generateSignKey is ignored because signKeyFiles is set."
-        ++ optional (!common.isLoopback && !cfg.nginx.enable && cfg.apiTokenFile == null) (
+        ++ lib.optional (!common.isLoopback && !cfg.nginx.enable && cfg.apiTokenFile == null) (
           "services.niks3.httpAddr ${common.httpAddr} is reachable from the network and apiTokenFile is "
           + "null: the push API token is generated into ${stateDir}/api-token; copy it to your builders."
         );
 
-      services.postgresql = mkIf cfg.database.createLocally {
+      services.postgresql = lib.mkIf cfg.database.createLocally {
         enable = true;
         ensureDatabases = [ "niks3" ];
         ensureUsers = [
@@ -469,14 +456,14 @@ in
             "postgresql-setup.service"
             "postgresql.target"
           ];
-          extraRequires = optional cfg.database.createLocally "postgresql.service";
+          extraRequires = lib.optional cfg.database.createLocally "postgresql.service";
         }
         // {
           description = "niks3 binary cache server";
           environment = serverEnv;
           serviceConfig =
             common.spoolServiceConfig {
-              extraWritable = optional (storageDir != null && common.outsideState storageDir) storageDir;
+              extraWritable = lib.optional (storageDir != null && common.outsideState storageDir) storageDir;
             }
             // {
               Type = "notify";
@@ -495,7 +482,7 @@ in
             };
         };
 
-      networking.firewall.allowedTCPPorts = mkIf (cfg.openFirewall && !cfg.nginx.enable) [
+      networking.firewall.allowedTCPPorts = lib.mkIf (cfg.openFirewall && !cfg.nginx.enable) [
         common.addrPort
       ];
     })
