@@ -1,12 +1,11 @@
 //! The local directory backend: atomic writes (nothing partial visible, no temp files left after a failed
 //! stream), streaming and range reads, deletes of present and absent keys, stale temp file cleanup.
 
+use crate::support::{data, nar_key, narinfo_key};
 use bytes::Bytes;
 use futures::StreamExt;
-use niks3_nix::hash::Sha256Hash;
 use niks3_storage::local::LocalStore;
 use niks3_storage::{ObjectKey, Storage, StorageError};
-use rand::{RngCore, SeedableRng};
 use sha2::Digest;
 use std::time::Duration;
 
@@ -14,21 +13,6 @@ fn setup() -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Storage::Local(LocalStore::open(dir.path().join("cache")).expect("open"));
     (dir, store)
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn nar_key(data: &[u8]) -> ObjectKey {
-    ObjectKey::nar(&Sha256Hash(sha2::Sha256::digest(data).into()))
-}
-
-fn narinfo_key(n: u8) -> ObjectKey {
-    let hash: String = std::iter::repeat_n(char::from(b'0' + n % 10), 32).collect();
-    ObjectKey::parse(&format!("{hash}.narinfo")).expect("valid key").1
 }
 
 fn feed(

@@ -2,13 +2,13 @@
 //! failed uploads leaving nothing behind, range reads, presigned PUTs, batch deletes, stale multipart
 //! cleanup, bad credentials and outages.
 
+use crate::support::{data, nar_key, narinfo_key};
 use bytes::Bytes;
 use futures::StreamExt;
 use niks3_nix::hash::Sha256Hash;
 use niks3_storage::s3::{S3Config, S3Store};
 use niks3_storage::{ObjectKey, ObjectKind, Storage, StorageError};
 use niks3_testkit::garage::Garage;
-use rand::{RngCore, SeedableRng};
 use sha2::Digest;
 use std::time::Duration;
 
@@ -38,23 +38,6 @@ fn raw_bucket(g: &Garage) -> Box<s3::Bucket> {
     let creds =
         s3::creds::Credentials::new(Some(&g.access_key), Some(&g.secret_key), None, None, None).expect("credentials");
     s3::Bucket::new(&g.bucket, region, creds).expect("bucket").with_path_style()
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0; len];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn nar_key(data: &[u8]) -> ObjectKey {
-    ObjectKey::nar(&Sha256Hash(sha2::Sha256::digest(data).into()))
-}
-
-fn narinfo_key(n: u8) -> ObjectKey {
-    let hash: String = std::iter::repeat_n(char::from(b'0' + n % 10), 32).collect();
-    let (kind, key) = ObjectKey::parse(&format!("{hash}.narinfo")).expect("valid narinfo key");
-    assert_eq!(kind, ObjectKind::NarInfo);
-    key
 }
 
 /// Feeds `data` in chunks of the given sizes (cycled) through a bounded channel, optionally failing after

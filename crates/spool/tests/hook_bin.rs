@@ -1,9 +1,7 @@
 //! The `niks3-hook` binary as Nix runs it: it queues what was built, roots it, reports every problem as
 //! one `niks3-hook: …` line, and exits 0 no matter what, so a build never fails because of the cache.
 
-mod common;
-
-use common::{Mounted, Nix, files, mount, run_hook, salt, stderr};
+use crate::support::hook::{Mounted, Nix, files, mount, run_hook, salt, stderr};
 use niks3_spool::Entry;
 use std::path::{Path, PathBuf};
 
@@ -278,7 +276,7 @@ fn hook_reports_a_garbage_or_truncated_drv_and_queues_the_drv_alone() {
 fn hook_reports_non_utf8_environment_and_exits_zero() {
     use std::os::unix::ffi::OsStrExt;
     let d = Dirs::new();
-    let o = std::process::Command::new(common::hook_bin())
+    let o = std::process::Command::new(crate::support::hook::hook_bin())
         .env_clear()
         .env("NIKS3_SPOOL_DIR", d.spool())
         .env("NIKS3_GCROOTS_DIR", d.roots())
@@ -325,9 +323,7 @@ fn hook_never_fails_the_build_when_spool_is_unwritable() {
 
 #[test]
 fn hook_never_fails_the_build_when_spool_is_read_only() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spool = tmp.path().join("spool");
-    std::fs::create_dir(&spool).expect("mkdir");
+    let (_tmp, spool) = fresh_spool();
     niks3_spool::Spool::open(&spool).expect("subdirs exist before the fs turns read-only");
     mount(&["--bind", &s(&spool), &s(&spool)]);
     let _guard = Mounted(spool.clone());
@@ -337,9 +333,7 @@ fn hook_never_fails_the_build_when_spool_is_read_only() {
 
 #[test]
 fn hook_never_fails_the_build_when_disk_is_full() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spool = tmp.path().join("spool");
-    std::fs::create_dir(&spool).expect("mkdir");
+    let (_tmp, spool) = fresh_spool();
     mount(&["-t", "tmpfs", "-o", "size=16k,nr_inodes=64", "tmpfs", &s(&spool)]);
     let _guard = Mounted(spool.clone());
     niks3_spool::Spool::open(&spool).expect("subdirs");
@@ -385,7 +379,7 @@ fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc(
     let out = nix
         .cmd("nix-build")
         .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
-        .args(["--option", "post-build-hook", common::hook_bin()])
+        .args(["--option", "post-build-hook", crate::support::hook::hook_bin()])
         .env("NIKS3_SPOOL_DIR", d.spool())
         .env("NIKS3_GCROOTS_DIR", &roots.0)
         .output()
@@ -459,7 +453,7 @@ fn hook_queues_floating_and_deferred_outputs_by_name_in_a_real_ca_build() {
     let out = nix
         .cmd("nix-build")
         .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
-        .args(["--option", "post-build-hook", common::hook_bin()])
+        .args(["--option", "post-build-hook", crate::support::hook::hook_bin()])
         .args(["--option", "experimental-features", "nix-command ca-derivations"])
         .env("NIKS3_SPOOL_DIR", d.spool())
         .env("NIKS3_GCROOTS_DIR", &roots.0)
@@ -505,4 +499,12 @@ fn hook_queues_floating_and_deferred_outputs_by_name_in_a_real_ca_build() {
     rooted.dedup();
     assert_eq!(rooted.len(), 2, "b's and c's outputs: {rooted:?}");
     assert!(rooted.contains(&c_out));
+}
+
+/// An empty `spool` directory in a fresh temporary directory (removed when the first value drops).
+fn fresh_spool() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spool = tmp.path().join("spool");
+    std::fs::create_dir(&spool).expect("mkdir");
+    (tmp, spool)
 }
