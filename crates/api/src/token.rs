@@ -14,7 +14,7 @@ use std::str::FromStr;
 use subtle::ConstantTimeEq;
 
 /// Prefix of the secrets `niks3 token create` prints, so secret scanners and humans can tell what they are.
-pub const SECRET_PREFIX: &str = "niks3_";
+pub(crate) const SECRET_PREFIX: &str = "niks3_";
 
 /// Random bytes in a secret: 256 bits, hex-encoded after [`SECRET_PREFIX`].
 const SECRET_BYTES: usize = 32;

@@ -147,19 +147,19 @@ impl ApiClient {
     }
 
     /// Adds the bearer token to a request for the server's own API routes.
-    pub fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(crate) fn authorized(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         rb.bearer_auth(self.token.expose_secret())
     }
 
     /// Adds the bearer token to a request for `url` only when `url` is on the server itself: an upload URL
     /// the server hands out may be absolute (a presigned S3 URL), and a rogue server or a man in the middle
     /// must not be able to send the token elsewhere that way (security review, finding 18).
-    pub fn authorized_for(&self, rb: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn authorized_for(&self, rb: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
         if self.is_on_server(url) { self.authorized(rb) } else { rb }
     }
 
     /// True when `url` (resolved) is the server URL or below it: same scheme, host and port.
-    pub fn is_on_server(&self, url: &str) -> bool {
+    pub(crate) fn is_on_server(&self, url: &str) -> bool {
         url.strip_prefix(&self.base)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
     }
@@ -196,7 +196,7 @@ impl ApiClient {
     }
 
     /// `POST /api/v1/realisations`.
-    pub async fn publish_realisations(&self, req: &RealisationsRequest) -> Result<RealisationsResponse, ClientError> {
+    pub(crate) async fn publish_realisations(&self, req: &RealisationsRequest) -> Result<RealisationsResponse, ClientError> {
         self.post_json("/api/v1/realisations", req, Duration::from_mins(5)).await
     }
 
@@ -230,7 +230,7 @@ impl ApiClient {
 }
 
 /// Turns an error status into [`ClientError::Status`] with the server's message.
-pub async fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, ClientError> {
+pub(crate) async fn check_status(resp: reqwest::Response, what: &str) -> Result<reqwest::Response, ClientError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

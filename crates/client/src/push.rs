@@ -58,7 +58,7 @@ pub trait Progress: Send + Sync {
 }
 
 /// Progress that reports nothing.
-pub struct NoProgress;
+pub(crate) struct NoProgress;
 
 impl Progress for NoProgress {
     fn planned(&self, _: usize, _: usize, _: usize, _: u64) {}

@@ -17,7 +17,7 @@ pub fn is_root() -> bool {
 }
 
 /// The names of niks3's own variables in this process's environment.
-pub fn own_vars() -> Vec<OsString> {
+pub(crate) fn own_vars() -> Vec<OsString> {
     std::env::vars_os().map(|(k, _)| k).filter(|k| k.to_string_lossy().starts_with("NIKS3_")).collect()
 }
 

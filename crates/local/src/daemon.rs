@@ -107,7 +107,7 @@ fn io_message(during: &str, source: &std::io::Error, stderr: &str) -> String {
 
 /// What a path's entry in the daemon's database says (`ValidPathInfo` without the path).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawPathInfo {
+pub(crate) struct RawPathInfo {
     /// The deriver (full path), if recorded.
     pub deriver: Option<String>,
     /// NarHash as the daemon sends it: base16 without a prefix (every version so far); other forms are
@@ -220,7 +220,7 @@ impl Connection {
     /// Path info of each of `paths` (full store paths), in order; `None` for a path that is not valid.
     /// The requests are pipelined: all are sent before the answers are read (concurrently, so neither
     /// side's pipe buffer can fill up and stall the other).
-    pub async fn query_path_infos(&mut self, paths: &[String]) -> Result<Vec<Option<RawPathInfo>>, DaemonError> {
+    pub(crate) async fn query_path_infos(&mut self, paths: &[String]) -> Result<Vec<Option<RawPathInfo>>, DaemonError> {
         const Q: &str = "QueryPathInfo";
         let minor = self.minor;
         let Connection { to, from, stderr, .. } = self;
@@ -276,7 +276,7 @@ impl Connection {
     }
 
     /// Which of `paths` are valid in the store (no substitution).
-    pub async fn query_valid_paths(&mut self, paths: &[String]) -> Result<Vec<String>, DaemonError> {
+    pub(crate) async fn query_valid_paths(&mut self, paths: &[String]) -> Result<Vec<String>, DaemonError> {
         const Q: &str = "QueryValidPaths";
         let mut w = Wire::new(&mut self.to);
         w.u64(OP_QUERY_VALID_PATHS).await;
@@ -294,7 +294,7 @@ impl Connection {
 
     /// The outputs of derivation `drv` and their paths as the store knows them (`None` for a floating
     /// content-addressed output that was never built here).
-    pub async fn derivation_output_map(&mut self, drv: &str) -> Result<Vec<(String, Option<String>)>, DaemonError> {
+    pub(crate) async fn derivation_output_map(&mut self, drv: &str) -> Result<Vec<(String, Option<String>)>, DaemonError> {
         const Q: &str = "QueryDerivationOutputMap";
         let mut w = Wire::new(&mut self.to);
         w.u64(OP_QUERY_DERIVATION_OUTPUT_MAP).await;

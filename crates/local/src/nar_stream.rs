@@ -19,7 +19,7 @@ use std::path::Path;
 use tokio::sync::mpsc;
 
 /// Size of the chunks sent to the store.
-pub const CHUNK_SIZE: usize = 1 << 20;
+pub(crate) const CHUNK_SIZE: usize = 1 << 20;
 /// zstd level unless configured: 3 is zstd's and Nix's default (`nix copy --to '…?compression=zstd'`)
 /// and compresses real binaries ~3:1 at ~270 MiB/s per core here.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

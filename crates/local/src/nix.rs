@@ -145,7 +145,7 @@ impl LogSource {
 }
 
 /// Default of [`LocalNix::max_log_bytes`]: far above any useful log, far below memory trouble.
-pub const MAX_LOG_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_LOG_BYTES: u64 = 64 << 20;
 
 impl Default for LocalNix {
     fn default() -> Self {

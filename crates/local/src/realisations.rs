@@ -62,7 +62,7 @@ impl LocalNix {
     /// The input derivations of each of `drvs` (`nix show-derivation`, which Nix 2.15+ keeps as an alias of
     /// `nix derivation show`; only the keys of `inputDrvs` are read, the same in every version), merged and
     /// sorted.
-    pub async fn input_derivations(
+    pub(crate) async fn input_derivations(
         &self,
         store_dir: &StoreDir,
         drvs: &[StorePath],

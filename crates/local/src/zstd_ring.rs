@@ -26,7 +26,7 @@ const PIECE: usize = 1 << 20;
 
 /// Compresses everything written into one zstd frame written to `inner`; [`ZstdRingWriter::finish`]
 /// ends the frame.
-pub struct ZstdRingWriter<W: Write> {
+pub(crate) struct ZstdRingWriter<W: Write> {
     cctx: Context,
     /// Input; `ring[start..end]` is written but not yet compressed, everything before `start` (back to
     /// one window) is what zstd may still reference. Allocated once at its full `cap` and never

@@ -6,7 +6,7 @@
 
 /// Nix's 32 characters: the digits and lower-case letters without `e`, `o`, `u` and `t` (the hook's
 /// constant, so store path checks and the codec share one alphabet).
-pub const ALPHABET: &[u8; 32] = niks3_spool::store_path::NIX32;
+pub(crate) const ALPHABET: &[u8; 32] = niks3_spool::store_path::NIX32;
 
 /// Why a nixbase32 string could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,12 +30,12 @@ pub const fn encoded_len(n: usize) -> usize {
 }
 
 /// The value of one nixbase32 character, `None` outside the alphabet.
-pub fn digit_value(c: u8) -> Option<u8> {
+pub(crate) fn digit_value(c: u8) -> Option<u8> {
     ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
 }
 
 /// True when `c` belongs to Nix's base32 alphabet.
-pub fn is_nix32_char(c: u8) -> bool {
+pub(crate) fn is_nix32_char(c: u8) -> bool {
     digit_value(c).is_some()
 }
 

@@ -49,7 +49,7 @@ enum Method {
 
 /// A parsed content address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContentAddress {
+pub(crate) struct ContentAddress {
     method: Method,
     /// Algorithm name as Nix prints it (`sha256`, …).
     algo: &'static str,
@@ -98,7 +98,7 @@ impl ContentAddress {
 
     /// The hash part of the store path named `name` with this content address and `references`
     /// (`self_reference`: the path refers to itself, listed apart as Nix does).
-    pub fn store_path_hash(
+    pub(crate) fn store_path_hash(
         &self,
         store_dir: &StoreDir,
         name: &str,

@@ -41,14 +41,14 @@ pub enum NarError {
 }
 
 /// The magic string every NAR starts with.
-pub const NAR_MAGIC: &[u8] = b"nix-archive-1";
+pub(crate) const NAR_MAGIC: &[u8] = b"nix-archive-1";
 
 /// Size of the buffer file contents are streamed through.
 const COPY_BUF: usize = 64 * 1024;
 
 /// Longest token (name, symlink target, keyword) the reader accepts; file contents are not tokens.
 /// Linux limits names to 255 bytes and symlink targets to 4095; this leaves room and bounds memory.
-pub const MAX_TOKEN_LEN: u64 = 64 * 1024;
+pub(crate) const MAX_TOKEN_LEN: u64 = 64 * 1024;
 
 /// Deepest directory nesting the reader accepts (PATH_MAX / 2: no real tree is deeper).
 pub const MAX_DEPTH: usize = 2048;

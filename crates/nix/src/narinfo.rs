@@ -162,7 +162,7 @@ impl NarInfo {
         s
     }
     /// `1;<store path>;<sha256:nix32 NarHash>;<NarSize>;<comma-joined full reference paths>`.
-    pub fn fingerprint(&self, store_dir: &StoreDir) -> String {
+    pub(crate) fn fingerprint(&self, store_dir: &StoreDir) -> String {
         let refs: Vec<String> = self.sorted_references().iter().map(|r| store_dir.display(r)).collect();
         format!(
             "1;{};{};{};{}",

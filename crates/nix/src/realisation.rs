@@ -128,7 +128,7 @@ impl Realisation {
     }
 
     /// What a signature signs: the JSON without `signatures` (`Realisation::fingerprint()`).
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         serde_json::to_string(&self.to_raw(false)).unwrap_or_default()
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// Multipart part size for S3 uploads (also the single-PUT threshold). The S3 backend holds two part
 /// buffers per upload (one filling, one sending), so memory per parallel upload is about twice this.
-pub const S3_PART_SIZE: usize = 8 << 20;
+pub(crate) const S3_PART_SIZE: usize = 8 << 20;
 
 /// The flags of `niks3 serve` (see docs and `niks3 serve --help`).
 #[derive(clap::Args, Clone, Default)]
@@ -332,7 +332,7 @@ fn resolve_db(
 }
 
 /// `:5751` → all interfaces; otherwise a socket address (`host:port`, `[v6]:port`) or `localhost:port`.
-pub fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
     let invalid = |reason: &str| ConfigError::Invalid { flag: "http-addr", reason: format!("{input:?}: {reason}") };
     let full = if input.starts_with(':') { format!("0.0.0.0{input}") } else { input.to_owned() };
     if let Ok(a) = full.parse::<SocketAddr>() {
@@ -346,7 +346,7 @@ pub fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// The host name (for key names and the default cache URL).
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())
@@ -356,7 +356,7 @@ pub fn hostname() -> String {
 
 /// The default state directory: /var/lib/niks3 as root, else $XDG_STATE_HOME/niks3 or
 /// ~/.local/state/niks3.
-pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
+pub(crate) fn default_state_dir() -> Result<PathBuf, ConfigError> {
     if niks3_local::child_env::is_root() {
         return Ok(PathBuf::from("/var/lib/niks3"));
     }
@@ -545,7 +545,7 @@ impl ServeConfig {
     }
 
     /// The `niks3-hook` binary to put in `post-build-hook`: next to this executable, else on `PATH`.
-    pub fn hook_path() -> PathBuf {
+    pub(crate) fn hook_path() -> PathBuf {
         if let Ok(exe) = std::env::current_exe()
             && let Some(dir) = exe.parent()
         {

@@ -71,7 +71,7 @@ impl Histogram {
 
 impl Metrics {
     /// Records one finished path upload.
-    pub fn record_upload(&self, ok: bool, nar_bytes: u64, stored_bytes: u64, seconds: f64) {
+    pub(crate) fn record_upload(&self, ok: bool, nar_bytes: u64, stored_bytes: u64, seconds: f64) {
         if ok {
             self.uploads_ok.fetch_add(1, Ordering::Relaxed);
             self.nar_bytes.fetch_add(nar_bytes, Ordering::Relaxed);
@@ -86,21 +86,21 @@ impl Metrics {
 
     /// Records that a spool entry's closure is published, `seconds` after the hook queued it (what a
     /// builder waits between a build ending and its outputs being substitutable).
-    pub fn record_queued_to_published(&self, seconds: f64) {
+    pub(crate) fn record_queued_to_published(&self, seconds: f64) {
         if let Ok(mut h) = self.queued_to_published.lock() {
             h.observe(seconds);
         }
     }
 
     /// Records one HTTP response.
-    pub fn record_http(&self, route: &str, status: u16) {
+    pub(crate) fn record_http(&self, route: &str, status: u16) {
         if let Ok(mut m) = self.http.lock() {
             *m.entry((route.to_owned(), status)).or_default() += 1;
         }
     }
 
     /// Records the figures of a finished GC run.
-    pub fn record_gc(&self, figures: GcFigures) {
+    pub(crate) fn record_gc(&self, figures: GcFigures) {
         if let Ok(mut g) = self.gc.lock() {
             *g = Some(figures);
         }
@@ -109,7 +109,7 @@ impl Metrics {
     /// Records that an entry could not be processed because the local Nix store could not be read (`cause`
     /// says why). Returns true when the cause differs from the last one recorded, so that the caller logs
     /// each distinct cause once instead of once per entry and retry.
-    pub fn record_nix_trouble(&self, cause: &str) -> bool {
+    pub(crate) fn record_nix_trouble(&self, cause: &str) -> bool {
         let Ok(mut n) = self.nix.lock() else { return true };
         n.errors += 1;
         if n.failing.as_deref() == Some(cause) {
@@ -121,13 +121,13 @@ impl Metrics {
 
     /// Records that an entry went through: the local Nix store is readable again. Returns the cause of
     /// the failure this ends, if there was one.
-    pub fn record_nix_ok(&self) -> Option<String> {
+    pub(crate) fn record_nix_ok(&self) -> Option<String> {
         self.nix.lock().ok().and_then(|mut n| n.failing.take())
     }
 
     /// True while the drainer cannot read the local Nix store (the cause is in the log, not here: `/health`
     /// is public).
-    pub fn nix_unreadable(&self) -> bool {
+    pub(crate) fn nix_unreadable(&self) -> bool {
         self.nix.lock().is_ok_and(|n| n.failing.is_some())
     }
 

@@ -88,7 +88,7 @@ pub fn read_outputs(path: &Path) -> Result<Vec<Output>, DrvError> {
 
 /// Why a byte prefix is not (yet) an outputs list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// The input ended before the outputs list did: read more.
     Incomplete,
     /// A byte other than `expected` was found at `offset`.
@@ -106,7 +106,7 @@ pub enum ParseError {
 }
 
 /// Parses the outputs list at the start of a `.drv` (`Derive([` … `],`); ignores everything after it.
-pub fn parse_outputs(input: &[u8]) -> Result<Vec<Output>, ParseError> {
+pub(crate) fn parse_outputs(input: &[u8]) -> Result<Vec<Output>, ParseError> {
     let mut p = Parser { input, pos: 0 };
     p.literal(b"Derive([", "`Derive([`")?;
     let mut outputs = Vec::new();

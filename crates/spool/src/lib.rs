@@ -141,7 +141,7 @@ pub struct Claimed {
 }
 
 /// Entries are a few hundred bytes; anything past this is not ours and is reported malformed unread.
-pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 
 /// Attempts at finding an unused entry name before giving up (collisions need the same nanosecond).
 const NAME_ATTEMPTS: u32 = 64;

@@ -11,7 +11,7 @@ use niks3_nix::store_path::StorePath;
 use niks3_spool::store_path;
 
 /// Longest key `parse` accepts; the longest legal key (a `log/` key with a 211-character name) is shorter.
-pub const MAX_KEY_LEN: usize = 300;
+pub(crate) const MAX_KEY_LEN: usize = 300;
 
 /// How much of a rejected input an error quotes.
 const QUOTE_LEN: usize = 80;
@@ -53,22 +53,9 @@ impl ObjectKind {
         }
     }
 
-    /// The inverse of [`ObjectKind::as_str`] (reading kinds back from the database).
-    pub fn from_db_str(s: &str) -> Option<Self> {
-        Some(match s {
-            "cache-info" => ObjectKind::CacheInfo,
-            "narinfo" => ObjectKind::NarInfo,
-            "nar" => ObjectKind::Nar,
-            "listing" => ObjectKind::Listing,
-            "log" => ObjectKind::Log,
-            "realisation" => ObjectKind::Realisation,
-            _ => return None,
-        })
-    }
-
     /// True for objects whose content never changes under the same key (NARs are named by their hash), so
     /// they may be cached forever by HTTP clients and CDNs.
-    pub fn is_immutable(self) -> bool {
+    pub(crate) fn is_immutable(self) -> bool {
         matches!(self, ObjectKind::Nar)
     }
 }
@@ -360,20 +347,5 @@ mod tests {
             let e = ObjectKey::realisation(&h, bad).expect_err(bad);
             assert!(e.input.starts_with("realisations/sha256:"), "{e}");
         }
-    }
-
-    #[test]
-    fn kind_names_round_trip() {
-        for k in [
-            ObjectKind::CacheInfo,
-            ObjectKind::NarInfo,
-            ObjectKind::Nar,
-            ObjectKind::Listing,
-            ObjectKind::Log,
-            ObjectKind::Realisation,
-        ] {
-            assert_eq!(ObjectKind::from_db_str(k.as_str()), Some(k));
-        }
-        assert_eq!(ObjectKind::from_db_str("x"), None);
     }
 }

@@ -465,7 +465,7 @@ impl S3Store {
 
     /// The part size of a multipart upload of an object of at most `max_size` bytes: the configured
     /// part size, grown (in whole MiB) when needed so that [`MAX_PARTS`] parts hold `max_size`.
-    pub fn part_size_for(&self, max_size: u64) -> u64 {
+    pub(crate) fn part_size_for(&self, max_size: u64) -> u64 {
         const MIB: u64 = 1 << 20;
         let configured = self.config.part_size as u64;
         let needed = max_size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;

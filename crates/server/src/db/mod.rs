@@ -39,13 +39,13 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// Advisory lock taken shared by uploads claiming keys and exclusively by GC while it marks or deletes.
-pub const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
+pub(crate) const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
 /// Advisory lock held for a whole GC run, so two runs never overlap.
 pub const GC_RUN_LOCK: i64 = 0x6e69_6b73_0000_0003;
 /// The SQLSTATE `niks3_claim` raises when the upload session is gone (GC dropped it as failed).
 const UPLOAD_EXPIRED_SQLSTATE: &str = "NK001";
 /// Advisory lock serialising migrations between servers starting together.
-pub const MIGRATION_LOCK: i64 = 0x6e69_6b73_0000_0001;
+pub(crate) const MIGRATION_LOCK: i64 = 0x6e69_6b73_0000_0001;
 
 /// What went wrong with the database.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,7 @@ pub struct NewObject {
 
 /// A stored file as the database knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoredFile {
+pub(crate) struct StoredFile {
     /// Size in bytes as stored.
     pub size: u64,
     /// SHA-256 of the stored bytes, when recorded.
@@ -204,7 +204,7 @@ const RECORD: &str = "WITH nar AS (\
      last_pushed = EXCLUDED.last_pushed, marked_at = NULL";
 
 /// A stored NAR file to record: its key, size and `FileHash` when known.
-pub type NarRecord<'a> = (&'a ObjectKey, u64, Option<&'a Sha256Hash>);
+pub(crate) type NarRecord<'a> = (&'a ObjectKey, u64, Option<&'a Sha256Hash>);
 
 /// NAR files as the column arrays of [`RECORD`], the last record of each key only.
 struct NarRows<'a> {
@@ -271,7 +271,7 @@ impl Db {
 
     /// Builds the pool without touching the server (connections are made on first use) and without
     /// migrating; for tools that must not change the schema.
-    pub fn connect_without_migrating(url: &str) -> Result<Self, DbError> {
+    pub(crate) fn connect_without_migrating(url: &str) -> Result<Self, DbError> {
         // The parse error never echoes the string (it may hold a password).
         let cfg = tokio_postgres::Config::from_str(url)
             .map_err(|e| DbError::Config(format!("unparsable connection string: {e}")))?;
@@ -318,7 +318,7 @@ impl Db {
 
     /// [`Db::begin_upload`] for a session opened by API token `owner` (`None`: the server's own pipeline
     /// or the seed token): the push API lets only that token upload into, complete or abort it.
-    pub async fn begin_upload_for(
+    pub(crate) async fn begin_upload_for(
         &self,
         owner: Option<tokens::TokenId>,
         root: &ObjectKey,
@@ -406,7 +406,7 @@ impl Db {
     /// Records what a publish wrote, in one statement (one round trip, one commit): the NAR files `nars`
     /// (as [`Db::record_nar`]) and `objs` (as [`Db::record_objects`]; the narinfos among them, never a
     /// NAR). Several paths published together go in one call.
-    pub async fn record_published(
+    pub(crate) async fn record_published(
         &self,
         nars: &[NarRecord<'_>],
         objs: &[NewObject],
@@ -445,7 +445,7 @@ impl Db {
     /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
     /// pushed at `now` and the sessions go. One transaction. Fails with [`DbError::UploadExpired`] (naming
     /// the first id) when GC dropped any of them meanwhile: then nothing is recorded.
-    pub async fn finish_uploads(
+    pub(crate) async fn finish_uploads(
         &self,
         ids: &[UploadId],
         roots: &[ObjectKey],
@@ -476,7 +476,7 @@ impl Db {
     /// Records a NAR file now in the store, with its `FileHash` when known (upsert like
     /// [`Db::record_object`]; a `FileHash` already recorded is kept: a stored NAR is never replaced, so
     /// the first hash recorded is the file's).
-    pub async fn record_nar(
+    pub(crate) async fn record_nar(
         &self,
         key: &ObjectKey,
         size: u64,
@@ -487,7 +487,7 @@ impl Db {
     }
 
     /// The stored NAR files among `keys` (rows not being deleted): key → (size, `FileHash` when known).
-    pub async fn nar_files(&self, keys: &[ObjectKey]) -> Result<HashMap<String, StoredFile>, DbError> {
+    pub(crate) async fn nar_files(&self, keys: &[ObjectKey]) -> Result<HashMap<String, StoredFile>, DbError> {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
@@ -509,7 +509,7 @@ impl Db {
     /// For the narinfos among `keys` that are in the cache: key → the key of the NAR it points to (the
     /// first of its refs, as [`crate::upload::publish::Publisher::publish`] records them; `None` for a row
     /// without refs, which no publish writes).
-    pub async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, Option<String>>, DbError> {
+    pub(crate) async fn published_nars(&self, keys: &[ObjectKey]) -> Result<HashMap<String, Option<String>>, DbError> {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
@@ -526,7 +526,7 @@ impl Db {
 
     /// For each NAR among `nars` that some narinfo points to: (NAR key, the key of one such narinfo). One
     /// scan of the narinfos (there is no index on refs): only for NAR rows older than `file_hash`.
-    pub async fn narinfos_referring_to(&self, nars: &[ObjectKey]) -> Result<Vec<(String, String)>, DbError> {
+    pub(crate) async fn narinfos_referring_to(&self, nars: &[ObjectKey]) -> Result<Vec<(String, String)>, DbError> {
         if nars.is_empty() {
             return Ok(Vec::new());
         }
@@ -544,7 +544,7 @@ impl Db {
 
     /// Lets session `id` upload the NARs `nars` (key, announced NarSize): through the relay route, or
     /// with a presigned PUT bound to the file.
-    pub async fn allow_nar_uploads(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
+    pub(crate) async fn allow_nar_uploads(&self, id: UploadId, nars: &[(ObjectKey, u64)]) -> Result<(), DbError> {
         if nars.is_empty() {
             return Ok(());
         }
@@ -563,7 +563,7 @@ impl Db {
 
     /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist, is not
     /// `owner`'s (its `uploads.token_id`; `None`: the seed token's) or may not upload that NAR.
-    pub async fn planned_nar_size(
+    pub(crate) async fn planned_nar_size(
         &self,
         id: UploadId,
         owner: Option<i64>,

@@ -31,7 +31,7 @@ pub struct TokenInfo {
 
 /// A token that may be used now, as found by [`Db::authenticate_token`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ValidToken {
+pub(crate) struct ValidToken {
     /// Its row.
     pub id: TokenId,
     /// Its name, for logs.
@@ -132,7 +132,7 @@ impl Db {
     /// The token whose secret has SHA-256 `digest`, if it exists, is not revoked and has not expired at
     /// `now`; notes its use (at most once a minute, so a busy push does not write on every request).
     /// One round trip.
-    pub async fn authenticate_token(
+    pub(crate) async fn authenticate_token(
         &self,
         digest: &[u8; 32],
         now: DateTime<Utc>,

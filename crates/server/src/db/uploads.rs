@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 impl Db {
     /// Of sessions `ids`, those `owner` opened, with the root each was opened for.
-    pub async fn owned_sessions(&self, ids: &[i64], owner: Option<i64>) -> Result<BTreeMap<i64, String>, DbError> {
+    pub(crate) async fn owned_sessions(&self, ids: &[i64], owner: Option<i64>) -> Result<BTreeMap<i64, String>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -24,7 +24,7 @@ impl Db {
     }
 
     /// True when session `id` exists, was opened by `owner` and claimed `key`.
-    pub async fn session_claims(&self, id: i64, key: &ObjectKey, owner: Option<i64>) -> Result<bool, DbError> {
+    pub(crate) async fn session_claims(&self, id: i64, key: &ObjectKey, owner: Option<i64>) -> Result<bool, DbError> {
         let c = self.client().await?;
         let row = c
             .query_opt(
@@ -37,13 +37,13 @@ impl Db {
     }
 
     /// Ends sessions `ids` (their claims go with them); how many there were.
-    pub async fn end_sessions(&self, ids: &[i64]) -> Result<u64, DbError> {
+    pub(crate) async fn end_sessions(&self, ids: &[i64]) -> Result<u64, DbError> {
         let c = self.client().await?;
         c.execute("DELETE FROM uploads WHERE id = ANY($1)", &[&ids]).await.map_err(q("end_sessions"))
     }
 
     /// Records the multipart uploads `started` (key, multipart id) by session `session`.
-    pub async fn record_multiparts(&self, session: i64, started: &[(ObjectKey, String)]) -> Result<(), DbError> {
+    pub(crate) async fn record_multiparts(&self, session: i64, started: &[(ObjectKey, String)]) -> Result<(), DbError> {
         let keys: Vec<&str> = started.iter().map(|(k, _)| k.as_str()).collect();
         let ids: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
         let c = self.client().await?;
@@ -58,7 +58,7 @@ impl Db {
     }
 
     /// The multipart uploads recorded for sessions `ids`: key → multipart id.
-    pub async fn multiparts_of(&self, ids: &[i64]) -> Result<HashMap<String, String>, DbError> {
+    pub(crate) async fn multiparts_of(&self, ids: &[i64]) -> Result<HashMap<String, String>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query("SELECT key, multipart_id FROM upload_multiparts WHERE upload_id = ANY($1)", &[&ids])
@@ -68,7 +68,7 @@ impl Db {
     }
 
     /// Drops the record of the multipart upload of `key` by sessions `ids` (completed or aborted).
-    pub async fn forget_multipart(&self, ids: &[i64], key: &ObjectKey) -> Result<(), DbError> {
+    pub(crate) async fn forget_multipart(&self, ids: &[i64], key: &ObjectKey) -> Result<(), DbError> {
         let c = self.client().await?;
         c.execute("DELETE FROM upload_multiparts WHERE upload_id = ANY($1) AND key = $2", &[&ids, &key.as_str()])
             .await

@@ -31,13 +31,13 @@ use std::time::Duration;
 
 /// The least `older_than` and `failed_uploads_older_than` the API accepts from a token that is not
 /// `admin` or a request without `force` (security review #3: `0` wiped every closure of the cache).
-pub const API_OPTION_FLOOR: Duration = Duration::from_hours(1);
+pub(crate) const API_OPTION_FLOOR: Duration = Duration::from_hours(1);
 
 /// Temporary upload files (the local store's `.tmp/*.part`, S3 multipart uploads) younger than this are
 /// never removed by GC, whatever `failed_uploads_older_than` says: they may belong to an upload still in
 /// flight, relayed or from the server's own pipeline (security review #11). Their sessions may be dropped
 /// sooner; such an upload then fails at `complete`, instead of mid-stream.
-pub const IN_FLIGHT_MIN_AGE: Duration = Duration::from_hours(1);
+pub(crate) const IN_FLIGHT_MIN_AGE: Duration = Duration::from_hours(1);
 
 /// What a GC run does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -23,7 +23,7 @@ pub fn handle(state: &HttpState, req: &Request) -> Response {
 }
 
 /// Escapes text for HTML element content and attribute values.
-pub fn escape_html(s: &str) -> String {
+pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -39,12 +39,12 @@ pub fn escape_html(s: &str) -> String {
 }
 
 /// Escapes text for the inside of a double-quoted Nix string (`"`, `\`, `${`).
-pub fn escape_nix_string(s: &str) -> String {
+pub(crate) fn escape_nix_string(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${")
 }
 
 /// Quotes a word for a POSIX shell command line (single quotes), for the copy-paste commands.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=+@,".contains(c)) {
         return s.to_owned();
     }

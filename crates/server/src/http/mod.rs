@@ -113,7 +113,7 @@ pub async fn serve_listener(
 }
 
 /// The request body as a stream of chunks (read lazily: the NAR upload route streams it to the store).
-pub type RequestBody = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, warp::Error>> + Send + Sync>>;
+pub(crate) type RequestBody = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, warp::Error>> + Send + Sync>>;
 
 /// One request, as the handlers see it.
 pub struct Request {

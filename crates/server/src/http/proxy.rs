@@ -37,7 +37,7 @@ pub async fn handle(state: &HttpState, req: &Request) -> (&'static str, Response
 }
 
 /// Decodes `%XX` escapes; `None` for malformed escapes or a result that is not UTF-8 (no valid key is).
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }
@@ -95,7 +95,7 @@ async fn serve_whole(state: &HttpState, key: &ObjectKey, content_type: &str, cac
 
 /// What a `Range` header asks of an object of a given size.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RangeRequest {
+pub(crate) enum RangeRequest {
     /// No usable range (absent, malformed, or several ranges): send the whole object.
     Full,
     /// Bytes `start..=end`.
@@ -106,7 +106,7 @@ pub enum RangeRequest {
 
 /// Interprets a `Range` header against an object of `size` bytes (RFC 9110 §14: one `bytes=` range;
 /// malformed or multi-range headers are ignored, which the RFC allows).
-pub fn parse_range(value: &str, size: u64) -> RangeRequest {
+pub(crate) fn parse_range(value: &str, size: u64) -> RangeRequest {
     let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeRequest::Full };
     if spec.contains(',') {
         return RangeRequest::Full;

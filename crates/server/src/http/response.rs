@@ -5,13 +5,13 @@ use http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 /// `Cache-Control` of a miss: Nix asks again soon after a path is pushed, so misses must not stick.
-pub const CACHE_MISS: &str = "public, max-age=5";
+pub(crate) const CACHE_MISS: &str = "public, max-age=5";
 /// `Cache-Control` of NARs: their key is their hash, so they never change.
-pub const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+pub(crate) const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// `Cache-Control` of narinfos, listings, logs, realisations: short, so that GC and re-pushes show up.
-pub const CACHE_SHORT: &str = "public, max-age=60";
+pub(crate) const CACHE_SHORT: &str = "public, max-age=60";
 /// `Cache-Control` of pages that must always be fresh (health, metrics, API answers).
-pub const NO_STORE: &str = "no-store";
+pub(crate) const NO_STORE: &str = "no-store";
 
 /// A response with `body`, `content_type` and `cache_control`; for HEAD the body is dropped but
 /// `Content-Length` still says how long it would be.
@@ -41,24 +41,24 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
 }
 
 /// A JSON error `{"error": message}`.
-pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
 /// 404 with a short negative cache lifetime.
-pub fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, CACHE_MISS, "not found")
 }
 
 /// 405 for anything but the methods a route supports.
-pub fn method_not_allowed() -> Response {
+pub(crate) fn method_not_allowed() -> Response {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, NO_STORE, "method not allowed");
     set(&mut r, header::ALLOW, "GET, HEAD");
     r
 }
 
 /// 502 when the object store failed; the details go to the log, not to the client.
-pub fn store_failed(what: &str, err: &dyn std::fmt::Display) -> Response {
+pub(crate) fn store_failed(what: &str, err: &dyn std::fmt::Display) -> Response {
     tracing::warn!("store error serving {what}: {err}");
     text(StatusCode::BAD_GATEWAY, NO_STORE, "object store error")
 }

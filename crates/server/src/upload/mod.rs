@@ -19,7 +19,7 @@ pub mod realisations;
 
 /// NARs compressed at once when `--jobs` is not given (`niks3 serve`, `push` and `drain` alike): one per
 /// core, 2 when the count is unknown.
-pub fn default_jobs() -> usize {
+pub(crate) fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }
 

@@ -44,7 +44,7 @@ const ZSTD_WORKERS_FROM: u64 = 4 << 20;
 /// Narinfos published together at most (one [`Publisher::publish_many`]).
 const PUBLISH_BATCH: usize = 128;
 /// Content type of compressed NARs.
-pub const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
+pub(crate) const NAR_CONTENT_TYPE: &str = "application/x-nix-archive";
 /// Content type of build logs.
 const LOG_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 

@@ -21,7 +21,7 @@ use niks3_storage::{ObjectKey, SmallObject, Storage};
 use std::sync::Arc;
 
 /// Content type of narinfo objects (what Nix's own caches use).
-pub const NARINFO_CONTENT_TYPE: &str = "text/x-nix-narinfo";
+pub(crate) const NARINFO_CONTENT_TYPE: &str = "text/x-nix-narinfo";
 
 /// The compressed NAR of a path, already stored under [`ObjectKey::nar`] of the path's NarHash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl Publisher {
     /// drain publishing a wave of ready paths pays one round trip to the store and one to the database,
     /// not one each per path. On an error some narinfos may be written but none is recorded; the
     /// caller's upload fails and a later one writes the same bytes again.
-    pub async fn publish_many(
+    pub(crate) async fn publish_many(
         &self,
         inputs: &[PublishInput<'_>],
         now: DateTime<Utc>,
@@ -259,7 +259,7 @@ impl Publisher {
 }
 
 /// Content type of realisation objects (what Nix's binary cache store uses).
-pub const REALISATION_CONTENT_TYPE: &str = "application/json";
+pub(crate) const REALISATION_CONTENT_TYPE: &str = "application/json";
 
 /// The key of a realisation; its parts were validated when it was parsed, so this cannot fail in practice.
 fn realisation_key(id: &DrvOutput) -> Result<ObjectKey, UploadError> {

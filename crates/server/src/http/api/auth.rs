@@ -35,7 +35,7 @@ impl Caller {
     }
 
     /// The `uploads.token_id` of the sessions this caller opens and may touch (`None`: the seed token).
-    pub fn session_owner(&self) -> Option<i64> {
+    pub(crate) fn session_owner(&self) -> Option<i64> {
         self.token.map(|t| t.0)
     }
 

@@ -50,7 +50,7 @@ impl ApiError {
     }
 
     /// A 409 with `msg`.
-    pub fn conflict(msg: impl Into<String>) -> Self {
+    pub(crate) fn conflict(msg: impl Into<String>) -> Self {
         ApiError::Conflict(msg.into())
     }
 
@@ -119,7 +119,7 @@ impl From<StorageError> for ApiError {
 }
 
 /// `s` cut to at most `max` bytes (at a character boundary), with `…` when cut.
-pub fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

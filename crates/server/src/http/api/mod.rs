@@ -114,7 +114,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
 }
 
 /// Reads a whole body of at most `limit` bytes (413 beyond; `what` names the body in the message).
-pub async fn read_body(req: Request, limit: u64, what: &str) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request, limit: u64, what: &str) -> Result<Bytes, ApiError> {
     let mut body = req.body;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -128,7 +128,7 @@ pub async fn read_body(req: Request, limit: u64, what: &str) -> Result<Bytes, Ap
 }
 
 /// Reads a JSON body of at most `limit` bytes and parses it; a bad body is a 400, a big one a 413.
-pub async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
     let buf = read_body(req, limit as u64, "request body").await?;
     serde_json::from_slice(&buf).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }

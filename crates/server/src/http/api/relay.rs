@@ -58,7 +58,7 @@ impl Drop for CancelOnDrop {
 
 /// Why a relayed NAR was refused by the verifier.
 #[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     /// Not zstd, truncated, or trailing garbage.
     #[error("the uploaded NAR is not valid zstd: {0}")]
     Zstd(std::io::Error),
@@ -90,7 +90,7 @@ pub enum VerifyError {
 }
 
 /// `PUT /api/v1/uploads/{id}/nar/{nix32}`.
-pub async fn upload_nar(
+pub(crate) async fn upload_nar(
     state: &Arc<HttpState>,
     req: Request,
     caller: &Caller,
