@@ -196,7 +196,10 @@ impl ApiClient {
     }
 
     /// `POST /api/v1/realisations`.
-    pub(crate) async fn publish_realisations(&self, req: &RealisationsRequest) -> Result<RealisationsResponse, ClientError> {
+    pub(crate) async fn publish_realisations(
+        &self,
+        req: &RealisationsRequest,
+    ) -> Result<RealisationsResponse, ClientError> {
         self.post_json("/api/v1/realisations", req, Duration::from_mins(5)).await
     }
 

@@ -294,7 +294,10 @@ impl Connection {
 
     /// The outputs of derivation `drv` and their paths as the store knows them (`None` for a floating
     /// content-addressed output that was never built here).
-    pub(crate) async fn derivation_output_map(&mut self, drv: &str) -> Result<Vec<(String, Option<String>)>, DaemonError> {
+    pub(crate) async fn derivation_output_map(
+        &mut self,
+        drv: &str,
+    ) -> Result<Vec<(String, Option<String>)>, DaemonError> {
         const Q: &str = "QueryDerivationOutputMap";
         let mut w = Wire::new(&mut self.to);
         w.u64(OP_QUERY_DERIVATION_OUTPUT_MAP).await;

@@ -11,7 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 
 impl Db {
     /// Of sessions `ids`, those `owner` opened, with the root each was opened for.
-    pub(crate) async fn owned_sessions(&self, ids: &[i64], owner: Option<i64>) -> Result<BTreeMap<i64, String>, DbError> {
+    pub(crate) async fn owned_sessions(
+        &self,
+        ids: &[i64],
+        owner: Option<i64>,
+    ) -> Result<BTreeMap<i64, String>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query(

@@ -45,7 +45,11 @@ impl From<ResolveError<DbError>> for UploadError {
 impl Uploader {
     /// Publishes `realisations` (of outputs of `drv`, whose out paths' closures are already uploaded) and
     /// every realisation they depend on that the cache lacks, dependencies first.
-    pub(crate) async fn upload_realisations(&self, drv: &StorePath, realisations: &[Realisation]) -> Result<(), UploadError> {
+    pub(crate) async fn upload_realisations(
+        &self,
+        drv: &StorePath,
+        realisations: &[Realisation],
+    ) -> Result<(), UploadError> {
         let all = resolve(self.nix(), self.store_dir(), drv, realisations, self.db()).await?;
         // Out paths of dependents found in the graph are references of the given out paths, so normally
         // already uploaded; upload what is not (e.g. a dependent's own dependent, or after a GC).
