@@ -223,7 +223,8 @@ pub(super) async fn run(
         let mut first = start;
         while first <= end {
             let last = first.saturating_add(BATCH - 1).min(end);
-            delete_batch(client, store, marked_before, first, last, &mut swept).await?;
+            with_gc_lock(client, async |c| delete_batch(c, store, marked_before, first, last, &mut swept).await)
+                .await?;
             first = last.saturating_add(1);
         }
     }
@@ -231,19 +232,9 @@ pub(super) async fn run(
     Ok(swept)
 }
 
-/// Deletes the order's positions `first..=last` (all in one level), holding the exclusive GC lock throughout.
+/// Deletes the order's positions `first..=last` (all in one level); the caller holds the exclusive GC lock
+/// throughout ([`with_gc_lock`]).
 async fn delete_batch(
-    client: &mut deadpool_postgres::ClientWrapper,
-    store: &Storage,
-    marked_before: DateTime<Utc>,
-    first: i32,
-    last: i32,
-    swept: &mut Swept,
-) -> Result<(), GcError> {
-    with_gc_lock(client, async |c| delete_batch_locked(c, store, marked_before, first, last, swept).await).await
-}
-
-async fn delete_batch_locked(
     client: &mut deadpool_postgres::ClientWrapper,
     store: &Storage,
     marked_before: DateTime<Utc>,
