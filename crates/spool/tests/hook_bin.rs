@@ -358,6 +358,25 @@ impl Drop for RootsDir {
     }
 }
 
+/// `nix-build`s `expr` (with `salt`) with niks3-hook as the post-build-hook writing to `d`'s spool and
+/// `roots`, plus `extra` arguments; asserts the build succeeded without a word from the hook and returns
+/// the built output.
+fn build_through_hook(nix: &Nix, expr: &Path, salt: &str, d: &Dirs, roots: &RootsDir, extra: &[&str]) -> String {
+    let out = nix
+        .cmd("nix-build")
+        .args(["--no-out-link", s(expr).as_str(), "--argstr", "salt", salt])
+        .args(["--option", "post-build-hook", crate::support::hook::hook_bin()])
+        .args(extra)
+        .env("NIKS3_SPOOL_DIR", d.spool())
+        .env("NIKS3_GCROOTS_DIR", &roots.0)
+        .output()
+        .expect("run nix-build");
+    let build_err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nix-build failed: {build_err}");
+    assert!(!build_err.contains("niks3-hook:"), "hook complained: {build_err}");
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}
+
 #[test]
 fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc() {
     let nix = Nix::new();
@@ -376,18 +395,7 @@ fn hook_in_a_real_nix_build_queues_every_built_derivation_and_its_roots_stop_gc(
     );
     let d = Dirs::new();
     let roots = RootsDir(PathBuf::from(format!("/nix/var/nix/gcroots/niks3-test-{salt}")));
-    let out = nix
-        .cmd("nix-build")
-        .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
-        .args(["--option", "post-build-hook", crate::support::hook::hook_bin()])
-        .env("NIKS3_SPOOL_DIR", d.spool())
-        .env("NIKS3_GCROOTS_DIR", &roots.0)
-        .output()
-        .expect("run nix-build");
-    let build_err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nix-build failed: {build_err}");
-    assert!(!build_err.contains("niks3-hook:"), "hook complained: {build_err}");
-    let c_out = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    let c_out = build_through_hook(&nix, &expr, &salt, &d, &roots, &[]);
 
     // what Nix built, according to Nix
     let c_drv = nix.run("nix-store", &["-q", "--deriver", &c_out]);
@@ -450,19 +458,14 @@ fn hook_queues_floating_and_deferred_outputs_by_name_in_a_real_ca_build() {
     );
     let d = Dirs::new();
     let roots = RootsDir(PathBuf::from(format!("/nix/var/nix/gcroots/niks3-test-{salt}")));
-    let out = nix
-        .cmd("nix-build")
-        .args(["--no-out-link", s(&expr).as_str(), "--argstr", "salt", &salt])
-        .args(["--option", "post-build-hook", crate::support::hook::hook_bin()])
-        .args(["--option", "experimental-features", "nix-command ca-derivations"])
-        .env("NIKS3_SPOOL_DIR", d.spool())
-        .env("NIKS3_GCROOTS_DIR", &roots.0)
-        .output()
-        .expect("run nix-build");
-    let build_err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nix-build failed: {build_err}");
-    assert!(!build_err.contains("niks3-hook:"), "hook complained: {build_err}");
-    let c_out = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    let c_out = build_through_hook(
+        &nix,
+        &expr,
+        &salt,
+        &d,
+        &roots,
+        &["--option", "experimental-features", "nix-command ca-derivations"],
+    );
 
     // Nix 2.8 runs the hook for a (floating, OUT_PATHS empty), for the resolved b (floating, empty) and
     // the original b (OUT_PATHS given), for the resolved c (its path in the .drv) and the original c
