@@ -1,7 +1,7 @@
 //! The local directory backend: atomic writes (nothing partial visible, no temp files left after a failed
 //! stream), streaming and range reads, deletes of present and absent keys, stale temp file cleanup.
 
-use crate::support::{data, nar_key, narinfo_key};
+use crate::support::objects::{data, nar_key, narinfo_key};
 use bytes::Bytes;
 use futures::StreamExt;
 use niks3_storage::local::LocalStore;

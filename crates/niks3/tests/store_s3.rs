@@ -2,7 +2,7 @@
 //! failed uploads leaving nothing behind, range reads, presigned PUTs, batch deletes, stale multipart
 //! cleanup, bad credentials and outages.
 
-use crate::support::{data, nar_key, narinfo_key};
+use crate::support::objects::{data, nar_key, narinfo_key};
 use bytes::Bytes;
 use futures::StreamExt;
 use niks3_nix::hash::Sha256Hash;
