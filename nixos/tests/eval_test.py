@@ -368,12 +368,27 @@ def variants():
         check("niks3-drain present", svc(d, "niks3-drain") is not None)
         drain = sc(d, "niks3-drain").get("ExecStart", "")
         check("niks3-drain compresses at compressionLevel", drain.endswith(" --compression-level 1"), drain)
+        check("one serverUrl: one --server", drain.count("--server ") == 1, drain)
         eq("port 443 gets CAP_NET_BIND_SERVICE only", (c.get("AmbientCapabilities"), c.get("CapabilityBoundingSet")),
            ("CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE"))
         check("gc.enable = false: no GC unit or timer",
               svc(d, "niks3-gc") is None and "niks3-gc" not in d["systemd"].get("timers", {}))
         rules = d["systemd"]["tmpfiles"]["rules"]
         eq("tmpfiles rules are not duplicated with both roles", len(rules), len(set(rules)))
+
+    rc, d, err = evaluate("""{ ... }: { services.niks3.hook = { enable = true; tokenFile = "/run/secrets/t";
+        serverUrl = [ "https://a.example.org" "http://b.example.org:5751" "https://c.example.org/it's" ]; }; }""")
+    eq("hook with a list of servers: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        drain = sc(d, "niks3-drain").get("ExecStart", "")
+        check("a list of servers: one --server each, in order, shell-quoted",
+              "drain --server https://a.example.org --server http://b.example.org:5751 "
+              "--server 'https://c.example.org/it'\\''s' --auth-token-file" in drain, drain)
+        check("the unit names every server", "a.example.org, http://b.example.org:5751" in
+              svc(d, "niks3-drain").get("description", ""), svc(d, "niks3-drain").get("description"))
+    expect_failure("hook with an empty server list", """{ ... }: {
+        services.niks3.hook = { enable = true; serverUrl = [ ]; tokenFile = "/run/secrets/t"; }; }""",
+                   r"serverUrl.*(non-empty|is not of type)")
 
     rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         nginx = { enable = true; domain = "cache.lan"; enableACME = false; forceSSL = false; };
@@ -1211,7 +1226,8 @@ def settings_rendered():
         eq("priority is the --priority argument, not the environment",
            (c.get("ExecStart"), "NIKS3_PRIORITY" in e), (f"{STUB}niks3/bin/niks3 serve --priority 10", False))
         g = sc(d, "niks3-gc").get("ExecStart", "")
-        check("the GC client follows settings.http_addr ([::] → [::1])", "--server http://[::1]:8443 " in g, g)
+        # Quoted for the shell-like ExecStart syntax (systemd removes the quotes; brackets are not "safe").
+        check("the GC client follows settings.http_addr ([::] → [::1])", "--server 'http://[::1]:8443' " in g, g)
         check("no CAP_NET_BIND_SERVICE for port 8443", c.get("AmbientCapabilities") == "", str(c.get("AmbientCapabilities")))
         check("no secret-looking variable from settings",
               not any(k in e for k in ("NIKS3_API_TOKEN", "NIKS3_S3_ACCESS_KEY", "NIKS3_S3_SECRET_KEY")), str(e))

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod failover;
 pub mod push;
 
 use niks3_api::protocol::{

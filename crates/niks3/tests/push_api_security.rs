@@ -210,11 +210,18 @@ async fn the_first_realisation_log_and_narinfo_win() {
     assert_eq!(st, 404, "{body}");
     assert_eq!(get(&s, &log_key).await.1, b"building app\n");
 
-    // Two pushes racing for one absent log: the first wins, the same bytes again are fine, others a 409.
+    // Two pushes racing for one absent log. The first leases it, so the second is not asked for it …
     let drv2 = store_path("race.drv");
     let (a, b) = (nar_of(b"race a\n"), nar_of(b"race b\n"));
     let (pa, pb) = (store_path("race-a"), store_path("race-b"));
     let (_, plan_a) = post(&s, "push", &json!({ "roots": [pa], "paths": [path_info(&pa, &a, Some(&drv2))] })).await;
+    let (_, plan) = post(&s, "push", &json!({ "roots": [pb], "paths": [path_info(&pb, &b, Some(&drv2))] })).await;
+    assert_eq!(plan["missing_logs"], json!([]), "the log is leased by the first push: {plan}");
+    // … unless the first went quiet past the lease timeout: then the second takes the lease over, and
+    // if the first wakes up and uploads after all, the first bytes win, the same bytes again are fine,
+    // others a 409.
+    let c = s.state.db.client().await.expect("db");
+    c.execute("UPDATE upload_leases SET touched = touched - interval '1 day'", &[]).await.expect("age the leases");
     let (_, plan_b) = post(&s, "push", &json!({ "roots": [pb], "paths": [path_info(&pb, &b, Some(&drv2))] })).await;
     let url_a = plan_a["missing_logs"][0]["upload_url"].as_str().expect("log url a").to_owned();
     let url_b = plan_b["missing_logs"][0]["upload_url"].as_str().expect("log url b").to_owned();
@@ -396,5 +403,96 @@ async fn s3_pushes_get_only_bound_urls_and_a_stored_nar_gets_none() {
     )
     .await;
     assert_eq!((st, &done["published"]), (200, &json!(1)), "{done}");
+    s.shutdown().await;
+}
+
+/// Two pushes of overlapping closures at once (through one server here; through several sharing the
+/// database it is the same, see e2e_cluster): the path both lack is uploaded once, by the push that
+/// leased it; the other uploads only its own path and its complete waits for the shared one to be
+/// published before publishing what refers to it. A push whose lease holder gave up is told to push
+/// again, and then uploads the path itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_pushes_upload_each_path_once_and_wait_for_each_other() {
+    let s = std::sync::Arc::new(TestServer::start(Backend::Local).await);
+    let (dep, top) = (nar_of(b"shared dependency\n"), nar_of(b"top\n"));
+    let (pd, pt) = (store_path("lease-dep"), store_path("lease-top"));
+    let dep_info = path_info(&pd, &dep, None);
+    let mut top_info = path_info(&pt, &top, None);
+    top_info["references"] = json!([pd]);
+
+    let (st, plan_a) = post(&s, "push", &json!({ "roots": [pd], "paths": [dep_info] })).await;
+    assert_eq!(st, 200, "{plan_a}");
+    let (st, plan_b) = post(&s, "push", &json!({ "roots": [pt], "paths": [dep_info, top_info] })).await;
+    assert_eq!(st, 200, "{plan_b}");
+    let nars_of = |plan: &Value| -> Vec<String> {
+        plan["missing_nars"].as_array().expect("missing_nars").iter().map(|m| m["path"].to_string()).collect()
+    };
+    assert_eq!(nars_of(&plan_a), [json!(pd).to_string()], "{plan_a}");
+    assert_eq!(nars_of(&plan_b), [json!(pt).to_string()], "the shared path is the first push's: {plan_b}");
+
+    // B uploads its own NAR and completes: it waits for A's path.
+    let upload = |plan: &Value, nar: &Nar| {
+        let (s, url, zst, hash) = (
+            std::sync::Arc::clone(&s),
+            plan["missing_nars"][0]["upload_url"].as_str().expect("url").to_owned(),
+            nar.zst.clone(),
+            nar.hash.to_nix_string(),
+        );
+        async move {
+            let (st, up) = put(&s, &url, zst).await;
+            assert_eq!(st, 200, "{up}");
+            let up: Value = serde_json::from_str(&up).expect("json");
+            json!({ "nar_hash": hash, "file_hash": up["file_hash"], "file_size": up["size"] })
+        }
+    };
+    let nar_b = upload(&plan_b, &top).await;
+    let s2 = std::sync::Arc::clone(&s);
+    let body_b = json!({ "uploads": plan_b["uploads"], "roots": [pt], "paths": [dep_info, top_info], "nars": [nar_b] });
+    let complete_b = tokio::spawn(async move { post(&s2, "complete", &body_b).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!complete_b.is_finished(), "B's complete must wait for the dependency A is uploading");
+    assert_eq!(get(&s, &format!("{}.narinfo", &pt[11..43])).await.0, 404, "nothing of B published yet");
+
+    let nar_a = upload(&plan_a, &dep).await;
+    let (st, done) = post(
+        &s,
+        "complete",
+        &json!({ "uploads": plan_a["uploads"], "roots": [pd], "paths": [dep_info], "nars": [nar_a] }),
+    )
+    .await;
+    assert_eq!((st, &done["published"]), (200, &json!(1)), "{done}");
+    let (st, done) =
+        tokio::time::timeout(Duration::from_secs(20), complete_b).await.expect("B finishes").expect("join");
+    assert_eq!((st, &done["published"], &done["already_present"]), (200, &json!(1), &json!(1)), "{done}");
+    assert_eq!(get(&s, &format!("{}.narinfo", &pt[11..43])).await.0, 200);
+    assert_eq!(get(&s, &nar_key(&dep)).await.1, dep.zst, "the shared NAR, written once by A");
+
+    // A push whose lease holder gives up is told to push again, and then uploads the path itself.
+    let (e, g) = (nar_of(b"abandoned dependency\n"), nar_of(b"its dependent\n"));
+    let (pe, pg) = (store_path("lease-abandoned"), store_path("lease-dependent"));
+    let e_info = path_info(&pe, &e, None);
+    let mut g_info = path_info(&pg, &g, None);
+    g_info["references"] = json!([pe]);
+    let (_, plan_c) = post(&s, "push", &json!({ "roots": [pe], "paths": [e_info] })).await;
+    let (_, plan_f) = post(&s, "push", &json!({ "roots": [pg], "paths": [e_info, g_info] })).await;
+    assert_eq!(nars_of(&plan_f), [json!(pg).to_string()], "{plan_f}");
+    let nar_g = upload(&plan_f, &g).await;
+    let (st, aborted) = post(&s, "abort", &json!({ "uploads": plan_c["uploads"] })).await;
+    assert_eq!(st, 200, "{aborted}");
+    let body_f = json!({ "uploads": plan_f["uploads"], "roots": [pg], "paths": [e_info, g_info], "nars": [nar_g] });
+    let (st, err) = post(&s, "complete", &body_f).await;
+    assert_eq!(st, 409, "{err}");
+    assert!(err["error"].as_str().is_some_and(|m| m.contains("stopped before publishing it; push again")), "{err}");
+    assert_eq!(get(&s, &format!("{}.narinfo", &pg[11..43])).await.0, 404, "no narinfo without its dependency");
+    post(&s, "abort", &json!({ "uploads": plan_f["uploads"] })).await;
+    let (_, again) = post(&s, "push", &json!({ "roots": [pg], "paths": [e_info, g_info] })).await;
+    // The dependent's NAR went through the relay already (stored and checked): only the other is asked.
+    assert_eq!(nars_of(&again), [json!(pe).to_string()], "now this push uploads the abandoned path: {again}");
+    let nar_e = upload(&again, &e).await;
+    let body = json!({ "uploads": again["uploads"], "roots": [pg], "paths": [e_info, g_info], "nars": [nar_e] });
+    let (st, done) = post(&s, "complete", &body).await;
+    assert_eq!((st, &done["published"]), (200, &json!(2)), "{done}");
+    assert_eq!(get(&s, &format!("{}.narinfo", &pg[11..43])).await.0, 200);
+    let Ok(s) = std::sync::Arc::try_unwrap(s) else { panic!("the server is still shared") };
     s.shutdown().await;
 }

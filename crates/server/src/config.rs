@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Priority announced in nix-cache-info (lower is preferred).
     #[arg(long, env = "NIKS3_PRIORITY", default_value_t = 30)]
     pub priority: u32,
+    /// Seconds a push may go without a sign of life before another push (through any server sharing the
+    /// database) takes over the paths it was to upload (docs/deployment.md).
+    #[arg(long, env = "NIKS3_PUSH_LEASE_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub push_lease_timeout: u64,
     /// The store directory, jobs and zstd level (shared with `push` and `drain`).
     #[command(flatten)]
     pub nar: NarArgs,
@@ -270,6 +275,8 @@ pub struct ServeConfig {
     pub jobs: usize,
     /// zstd level of uploaded NARs.
     pub compression_level: i32,
+    /// How long a push's write leases outlive its last sign of life.
+    pub push_lease_timeout: std::time::Duration,
 }
 
 /// Where the database is, for commands that only need it (`niks3 token`): the same flags, environment
@@ -531,6 +538,7 @@ impl ServeConfig {
             priority: args.priority,
             jobs,
             compression_level: args.nar.compression_level,
+            push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
         })
     }
 

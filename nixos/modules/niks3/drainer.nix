@@ -1,19 +1,28 @@
 # A builder that pushes to a remote server: niks3-drain.service (`niks3 drain`) empties this machine's
-# spool into hook.serverUrl with this builder's own push token. Without hook.serverUrl the local server
-# drains the spool instead (server.nix), and this role adds nothing.
+# spool into hook.serverUrl (one server, or a list of servers sharing one bucket and database: a push
+# goes to the next when one does not answer) with this builder's own push token. Without hook.serverUrl
+# the local server drains the spool instead (server.nix), and this role adds nothing.
 args@{ config, lib, ... }:
 let
   cfg = config.services.niks3;
   hookCfg = cfg.hook;
   common = import ./lib.nix args;
+  servers = lib.toList hookCfg.serverUrl;
 in
 {
   options.services.niks3.hook = {
     serverUrl = lib.mkOption {
-      type = lib.types.nullOr lib.types.str;
+      type = lib.types.nullOr (lib.types.either lib.types.str (lib.types.nonEmptyListOf lib.types.str));
       default = null;
-      example = "https://cache.example.org";
-      description = "Remote niks3 server to push to; null means the local services.niks3 drains the spool.";
+      example = [
+        "https://cache-a.example.org"
+        "https://cache-b.example.org"
+      ];
+      description = ''
+        Remote niks3 server to push to, or a list of servers sharing one bucket and database (tried in
+        order; a push goes to the next when one does not answer, see docs/deployment.md); null means the
+        local services.niks3 drains the spool.
+      '';
     };
     tokenFile = common.secretFileOption "push-token" ''
       File holding a token with the `push` scope for the remote server (required with serverUrl):
@@ -28,7 +37,7 @@ in
         {
           assertion = hookCfg.serverUrl == null || hookCfg.tokenFile != null;
           message =
-            "services.niks3.hook: serverUrl = ${toString hookCfg.serverUrl} needs hook.tokenFile "
+            "services.niks3.hook: serverUrl = ${lib.concatStringsSep ", " servers} needs hook.tokenFile "
             + "(a push token: `niks3 token create --name <host> --scope push` on the server).";
         }
       ];
@@ -39,7 +48,7 @@ in
 
     (lib.mkIf (hookCfg.enable && hookCfg.serverUrl != null) {
       systemd.services.niks3-drain = common.spoolUnit { } // {
-        description = "niks3 drain: push this builder's spool to ${hookCfg.serverUrl}";
+        description = "niks3 drain: push this builder's spool to ${lib.concatStringsSep ", " servers}";
         environment.NIX_REMOTE = "daemon";
         serviceConfig =
           common.spoolServiceConfig { }
@@ -50,7 +59,7 @@ in
           }
           // common.tokenClient {
             command = "drain";
-            server = lib.escapeShellArg hookCfg.serverUrl;
+            inherit servers;
             inherit (hookCfg) tokenFile;
             args = [
               "--spool-dir ${lib.escapeShellArg hookCfg.spoolDir}"

@@ -63,7 +63,7 @@ in
         }
         // common.tokenClient {
           command = "gc";
-          server = common.localUrl;
+          servers = [ common.localUrl ];
           tokenFile = gcTokenSource;
           args = [
             "--older-than=${cfg.gc.olderThan}"

@@ -153,18 +153,16 @@ rec {
   tokenClient =
     {
       command,
-      server,
+      servers,
       tokenFile,
       args,
     }:
     {
       LoadCredential = lib.optional (tokenFile != null) "api-token:${tokenFile}";
       ExecStart = lib.concatStringsSep " " (
-        [
-          "${cfg.package}/bin/niks3 ${command}"
-          "--server ${server}"
-          "--auth-token-file \${CREDENTIALS_DIRECTORY}/api-token"
-        ]
+        [ "${cfg.package}/bin/niks3 ${command}" ]
+        ++ map (s: "--server ${lib.escapeShellArg s}") servers
+        ++ [ "--auth-token-file \${CREDENTIALS_DIRECTORY}/api-token" ]
         ++ args
       );
     };

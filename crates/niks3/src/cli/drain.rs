@@ -1,10 +1,13 @@
-//! `niks3 drain --server URL --auth-token-file F [--spool-dir DIR] [--gcroots-dir DIR] [--once]`: the
-//! builder-side drainer. The pipeline's [`niks3_local::drain::Drainer`] (claim, process, ack only after
+//! `niks3 drain --server URL [--server URL2 …] --auth-token-file F [--spool-dir DIR] [--gcroots-dir DIR]
+//! [--once]`: the builder-side drainer. The pipeline's [`niks3_local::drain::Drainer`] (claim, process, ack only after
 //! success, remove GC roots, retry transient failures with backoff, quarantine bad entries) with the push
 //! client as its processor, so a remote builder's spool gets the same durability as the server's own.
+//! With several servers (sharing one bucket and database) a push goes to the first that answers
+//! ([`niks3_client::failover::Failover`]).
 
 use anyhow::Context as _;
 use niks3_client::ApiClient;
+use niks3_client::failover::Failover;
 use niks3_client::push::Pusher;
 use niks3_local::drain::{DrainConfig, Drainer};
 use niks3_local::nix::LocalNix;
@@ -15,9 +18,10 @@ use std::sync::Arc;
 /// Arguments of `niks3 drain`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The niks3 server to push to.
-    #[arg(long, env = "NIKS3_SERVER_URL")]
-    pub server: String,
+    /// The niks3 server to push to. Repeat it (or give a comma-separated list in the environment) for
+    /// several servers sharing one bucket and database: a push goes to the next when one does not answer.
+    #[arg(long, env = "NIKS3_SERVER_URL", value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
     /// File holding the API token.
     #[arg(long, env = "NIKS3_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
@@ -40,17 +44,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let token = super::push::load_token(args.auth_token_file.as_deref())?;
     let store_dir = args.nar.store_dir()?;
     let jobs = args.nar.jobs();
-    let api = ApiClient::new(&args.server, token)?;
+    let clients = args.server.iter().map(|s| ApiClient::new(s, token.clone())).collect::<Result<Vec<_>, _>>()?;
     let nix = LocalNix::default();
-    let pusher =
-        Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(args.nar.compression_level);
+    let level = args.nar.compression_level;
+    let pusher = Failover::new(clients, |api| {
+        Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(level)
+    })?;
+    let servers = pusher.servers().collect::<Vec<_>>().join(", ");
     let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);
     config.once = args.once;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let drainer = Drainer::new(config, Arc::new(pusher), Arc::new(Metrics::default()))
             .with_context(|| format!("opening the spool {}", args.spool_dir.display()))?;
-        tracing::info!(server = %args.server, spool = %args.spool_dir.display(), "draining the spool");
+        tracing::info!(servers, spool = %args.spool_dir.display(), "draining the spool");
         let stats = drainer.run(super::shutdown_signal()).await?;
         tracing::info!(acked = stats.acked, quarantined = stats.quarantined, "drainer stopped");
         anyhow::Ok(())

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use niks3_api::protocol::GcFigures;
 use niks3_api::protocol::GcRequest;
-use niks3_client::ApiClient;
+use niks3_client::{ApiClient, ClientError};
 use niks3_server::gc::parse_duration;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,8 +53,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let token = super::push::load_token(args.auth_token_file.as_deref())?;
     let client = ApiClient::new(&args.server, token)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let figures = rt.block_on(client.gc(&args.request()))?;
-    print!("{}", render(&figures, args.dry_run));
+    match rt.block_on(client.gc(&args.request())) {
+        Ok(figures) => print!("{}", render(&figures, args.dry_run)),
+        // The only conflict of the GC route: a run is in progress, started through this server or
+        // another sharing the database (GC timers on every server of a fleet). The cache is being
+        // collected, which is what was asked, so this is not a failure.
+        Err(ClientError::Status { status: 409, message, .. }) => println!("not started: {message}"),
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 

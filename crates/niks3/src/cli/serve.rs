@@ -156,6 +156,10 @@ fn start_http(
         priority: config.priority,
         cache_url: config.cache_url.clone(),
         api_token: Some(config.api_token.clone()),
+        limits: niks3_server::http::api::ApiLimits {
+            lease_timeout: config.push_lease_timeout,
+            ..niks3_server::http::api::ApiLimits::default()
+        },
         ..niks3_server::http::HttpState::new(store, db, keys, metrics)
     });
     tokio::spawn(niks3_server::http::serve_listener(state, listener, on_shutdown(stop)))

@@ -42,6 +42,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0006_claim_function.sql",
         sql: include_str!("../../../../migrations/0006_claim_function.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_upload_leases.sql",
+        sql: include_str!("../../../../migrations/0007_upload_leases.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -25,6 +25,7 @@
 //!   (older than `failed_uploads_older_than`); the path must then be uploaded again from the start.
 
 pub mod embedded;
+pub(crate) mod leases;
 mod migrate;
 pub mod tokens;
 mod uploads;
@@ -259,6 +260,31 @@ impl<'a> ObjectRows<'a> {
     }
 }
 
+/// Bounds on waiting for a database that stopped answering, unless the connection string sets its own:
+/// a host that does not answer a connection attempt is given up after [`CONNECT_TIMEOUT`] (then the next
+/// host of a multi-host string is tried, so a failover to a promoted standby is found), and a connection
+/// whose server vanished mid-query (power loss, network partition: no reset ever arrives) is dropped
+/// after about [`DEAD_PEER_TIMEOUT`] instead of the kernel's two hours, so a request fails with a
+/// transient error and is retried instead of hanging.
+fn bound_waits(cfg: &mut tokio_postgres::Config) {
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if cfg.get_tcp_user_timeout().is_none() {
+        cfg.tcp_user_timeout(DEAD_PEER_TIMEOUT);
+    }
+    if cfg.get_keepalives_idle() == Duration::from_hours(2) {
+        cfg.keepalives_idle(DEAD_PEER_TIMEOUT / 2);
+        cfg.keepalives_interval(Duration::from_secs(5));
+        cfg.keepalives_retries(3);
+    }
+}
+
+/// See [`bound_waits`].
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// See [`bound_waits`].
+const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Db {
     /// Connects (a `postgres://` URL or `host=… dbname=…` string; `host` may be a socket directory) and
     /// applies pending migrations.
@@ -273,8 +299,9 @@ impl Db {
     /// migrating; for tools that must not change the schema.
     pub(crate) fn connect_without_migrating(url: &str) -> Result<Self, DbError> {
         // The parse error never echoes the string (it may hold a password).
-        let cfg = tokio_postgres::Config::from_str(url)
+        let mut cfg = tokio_postgres::Config::from_str(url)
             .map_err(|e| DbError::Config(format!("unparsable connection string: {e}")))?;
+        bound_waits(&mut cfg);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr)

@@ -34,6 +34,8 @@ pub struct ApiLimits {
     pub max_listing: usize,
     /// How long presigned upload URLs stay valid.
     pub presign_expiry: std::time::Duration,
+    /// How long a push's write leases outlive its last sign of life (`--push-lease-timeout`).
+    pub lease_timeout: std::time::Duration,
 }
 
 impl Default for ApiLimits {
@@ -45,6 +47,7 @@ impl Default for ApiLimits {
             max_log_upload: 64 << 20,
             max_listing: 16 << 20,
             presign_expiry: std::time::Duration::from_hours(1),
+            lease_timeout: std::time::Duration::from_mins(2),
         }
     }
 }

@@ -5,6 +5,7 @@
 use super::abort::abort_sessions;
 use super::sessions::abort_multipart;
 use super::validate::{missing_paths, validate_off_workers};
+use crate::db::leases::stale_before;
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::read_json;
@@ -100,6 +101,30 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         Err(e) => return Err(ApiError::Database(e.to_string())),
     };
     let uploads = vec![session.0];
+    // Of the missing paths (and absent logs), this push uploads those whose lease it takes; a path
+    // another push is uploading right now is left to it, and complete waits for its publication
+    // (db/leases.rs): so overlapping closures pushed through several servers at once write each object
+    // once.
+    let lease_keys: Vec<ObjectKey> = missing_paths
+        .iter()
+        .map(|p| ObjectKey::narinfo(&p.path))
+        .chain(log_keys.iter().map(|(k, _)| k.clone()))
+        .collect();
+    let stale_leases = stale_before(now, state.limits.lease_timeout);
+    let leased = match state.db.take_leases(session, &lease_keys, now, stale_leases).await {
+        Ok(l) => l,
+        Err(e) => {
+            abort_sessions(state, caller, &uploads).await;
+            return Err(ApiError::Database(e.to_string()));
+        }
+    };
+    let own_nars: HashSet<ObjectKey> = missing_paths
+        .iter()
+        .filter(|p| leased.contains(&ObjectKey::narinfo(&p.path)))
+        .map(|p| ObjectKey::nar(&p.nar_hash))
+        .collect();
+    let to_upload: Vec<(ObjectKey, &PathInfo)> = to_upload.into_iter().filter(|(k, _)| own_nars.contains(k)).collect();
+    log_keys.retain(|(k, _)| leased.contains(k));
     let planned: Vec<(ObjectKey, u64)> = to_upload.iter().map(|(k, p)| (k.clone(), p.nar_size)).collect();
     if let Err(e) = state.db.allow_nar_uploads(session, &planned).await {
         abort_sessions(state, caller, &uploads).await;

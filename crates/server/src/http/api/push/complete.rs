@@ -6,6 +6,7 @@
 use super::clip;
 use super::sessions::abort_multipart;
 use super::validate::{missing_paths, validate_off_workers};
+use crate::db::leases::{Holder, stale_before};
 use crate::db::{NewObject, UploadId};
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
@@ -22,6 +23,7 @@ use niks3_storage::{ObjectKey, SmallObject};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use warp::reply::Response;
 
 /// `POST /api/v1/complete`.
@@ -55,7 +57,14 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         files.insert(nh, (fh, n.file_size));
         parts.insert(nh, &n.parts);
     }
-    let todo = missing_paths(state, &closure).await?;
+    let missing = missing_paths(state, &closure).await?;
+    // The missing paths this push leased it publishes; the others another push is uploading, and this
+    // one waits for them (db/leases.rs). Nothing is taken here: this push's client uploaded the NARs of
+    // its own leases only, so a path whose holder gave up means pushing again.
+    let lease_keys: Vec<ObjectKey> = missing.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
+    let ours = state.db.held_leases(&uploads, &lease_keys, chrono::Utc::now()).await?;
+    let (todo, foreign): (Vec<&PathInfo>, Vec<&PathInfo>) =
+        missing.iter().partition(|p| ours.contains(&ObjectKey::narinfo(&p.path)));
     // Finish the multipart uploads the client filled (a retried complete finds them finished already).
     let started = state.db.multiparts_of(&uploads).await?;
     if !started.is_empty() {
@@ -86,11 +95,23 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         state.store_dir.clone(),
         Arc::clone(&state.sign_keys),
     );
-    let now = chrono::Utc::now();
     // A level at a time (paths whose missing references are all in earlier levels): each level's
     // listings written together, its logs looked up together and its narinfos published together
-    // (one store write, one statement: Publisher::publish_many), dependencies before dependents.
-    for level in levels(&todo) {
+    // (one store write, one statement: Publisher::publish_many), dependencies before dependents. Before
+    // a level, the paths of other pushes it refers to must be published: every push orders levels by
+    // the paths' own heights, so a push waits only for lower paths, and the push it waits for has
+    // published all of its own paths below the level it is at — no circle of waits.
+    let foreign_keys: HashSet<&StorePath> = foreign.iter().map(|p| &p.path).collect();
+    for level in levels(&closure.paths, &todo) {
+        let needed: Vec<&StorePath> = level
+            .iter()
+            .flat_map(|p| p.references.iter())
+            .filter(|r| foreign_keys.contains(r))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        wait_published(state, &uploads, &needed).await?;
+        let now = chrono::Utc::now();
         let mut inputs = Vec::with_capacity(level.len());
         let mut listing_objects = Vec::new();
         for p in &level {
@@ -128,6 +149,9 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             add_saturating(&state.metrics.bytes_uploaded, stored[&p.nar_hash].file_size);
         }
     }
+    // The whole closure is published when this answers (a drainer acknowledges its entry then).
+    wait_published(state, &uploads, &foreign.iter().map(|p| &p.path).collect::<Vec<_>>()).await?;
+    let now = chrono::Utc::now();
     let ids: Vec<UploadId> = uploads.iter().map(|i| UploadId(*i)).collect();
     let root_keys: Vec<ObjectKey> = closure.roots.iter().map(ObjectKey::narinfo).collect();
     match state.db.finish_uploads(&ids, &root_keys, now).await {
@@ -142,6 +166,48 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         StatusCode::OK,
         &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
     ))
+}
+
+/// Longest a complete waits for another push to publish paths this one needs.
+const MAX_LEASE_WAIT: Duration = Duration::from_mins(10);
+/// How often a waiting complete looks again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
+
+/// Waits until every path of `paths` is published by the push leasing it, keeping the leases of
+/// `sessions` touched meanwhile (this push is alive). A path nobody leases any more while it is still
+/// missing (its pusher died and the lease went stale, or the push was aborted) is a 409: this push must
+/// be made again, and will then upload the path itself. After [`MAX_LEASE_WAIT`], a 503.
+async fn wait_published(state: &HttpState, sessions: &[i64], paths: &[&StorePath]) -> Result<(), ApiError> {
+    let mut pending: Vec<ObjectKey> = paths.iter().map(|p| ObjectKey::narinfo(p)).collect();
+    let started = Instant::now();
+    let mut touched = Instant::now();
+    while !pending.is_empty() {
+        let now = chrono::Utc::now();
+        let holders = state.db.lease_holders(&pending, stale_before(now, state.limits.lease_timeout)).await?;
+        pending.retain(|k| holders.get(k) != Some(&Holder::Published));
+        if let Some(k) = pending.iter().find(|k| holders.get(*k).is_none_or(|h| *h == Holder::Nobody)) {
+            return Err(ApiError::conflict(format!(
+                "{k}: the push that was uploading it stopped before publishing it; push again"
+            )));
+        }
+        if pending.is_empty() {
+            break;
+        }
+        if started.elapsed() > MAX_LEASE_WAIT {
+            return Err(ApiError::Unavailable(format!(
+                "{} paths still being pushed by other pushes after {} s (first: {}); push again",
+                pending.len(),
+                MAX_LEASE_WAIT.as_secs(),
+                pending[0]
+            )));
+        }
+        if touched.elapsed() > state.limits.lease_timeout / 4 {
+            state.db.touch_leases(sessions, now).await?;
+            touched = Instant::now();
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+    }
+    Ok(())
 }
 
 /// The stored file of every NAR the paths of `todo` need, checked before anything is published (so a
@@ -264,26 +330,24 @@ pub(super) async fn add_stored_logs(state: &HttpState, inputs: &mut [PublishInpu
     Ok(())
 }
 
-/// `paths` (dependencies first) in levels: each path in the level after the last of its references
-/// among `paths`, so no two paths of a level refer to each other.
-pub(super) fn levels<'a>(paths: &[&'a PathInfo]) -> Vec<Vec<&'a PathInfo>> {
-    let mut level_of: HashMap<&StorePath, usize> = HashMap::with_capacity(paths.len());
-    let mut levels: Vec<Vec<&PathInfo>> = Vec::new();
-    for &p in paths {
-        let level = p
-            .references
-            .iter()
-            .filter(|r| **r != p.path)
-            .filter_map(|r| level_of.get(r).map(|l| l + 1))
-            .max()
-            .unwrap_or(0);
-        level_of.insert(&p.path, level);
-        if levels.len() <= level {
-            levels.resize_with(level + 1, Vec::new);
-        }
-        levels[level].push(p);
+/// The paths of `todo` in levels by their height in the whole `closure` (dependencies first): a path's
+/// height is one more than its highest reference's, 0 for a path without references. No two paths of
+/// a level refer to each other, and every path comes after its references.
+///
+/// The height is the path's own (its closure never changes), not its place among the paths this push
+/// lacks: every push through every server orders paths the same way, which is what keeps pushes waiting
+/// for each other's leased paths from waiting in a circle (see [`complete`]).
+pub(super) fn levels<'a>(closure: &[PathInfo], todo: &[&'a PathInfo]) -> Vec<Vec<&'a PathInfo>> {
+    let mut height: HashMap<&StorePath, usize> = HashMap::with_capacity(closure.len());
+    for p in closure {
+        let h = p.references.iter().filter(|r| **r != p.path).filter_map(|r| height.get(r)).map(|h| h + 1).max();
+        height.insert(&p.path, h.unwrap_or(0));
     }
-    levels
+    let mut levels: std::collections::BTreeMap<usize, Vec<&PathInfo>> = std::collections::BTreeMap::new();
+    for &p in todo {
+        levels.entry(height.get(&p.path).copied().unwrap_or(0)).or_default().push(p);
+    }
+    levels.into_values().collect()
 }
 
 /// Adds to a byte counter without wrapping around (NarSizes are client-supplied).

@@ -252,19 +252,29 @@ mod tests {
     #[test]
     fn levels_put_each_path_after_its_references_and_no_path_beside_one() {
         const D: &str = "3c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
+        const E: &str = "4c0pcvxgzbblkhq7cwcs8z4vgp6xfjkl";
         let sd = StoreDir::default();
         // A refers to itself, B and D; B to C; C and D to nothing. D is already cached (not in todo).
         let paths = [w(A, &[A, B, D]), w(B, &[C]), w(C, &[]), w(D, &[])];
         let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &paths, lim(10)).expect("valid");
         let todo: Vec<&PathInfo> = c.paths.iter().filter(|p| p.path.hash_part() != D).collect();
         let names: Vec<Vec<&str>> =
-            levels(&todo).iter().map(|l| l.iter().map(|p| p.path.hash_part()).collect()).collect();
+            levels(&c.paths, &todo).iter().map(|l| l.iter().map(|p| p.path.hash_part()).collect()).collect();
         assert_eq!(names, [vec![C], vec![B], vec![A]]);
         // Independent paths share a level.
         let c = validate_closure(&sd, &[format!("/nix/store/{A}-p")], &[w(A, &[B, C]), w(B, &[]), w(C, &[])], lim(10))
             .expect("valid");
         let todo: Vec<&PathInfo> = c.paths.iter().collect();
-        let sizes: Vec<usize> = levels(&todo).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = levels(&c.paths, &todo).iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 1]);
+        // Levels are heights in the whole closure, not among the missing paths: A stands on cached B
+        // and C, so it is published after E, which stands on nothing, though both are missing.
+        let paths = [w(A, &[B]), w(B, &[C]), w(C, &[]), w(E, &[])];
+        let roots = [format!("/nix/store/{A}-p"), format!("/nix/store/{E}-p")];
+        let c = validate_closure(&sd, &roots, &paths, lim(10)).expect("valid");
+        let todo: Vec<&PathInfo> = c.paths.iter().filter(|p| [A, E].contains(&p.path.hash_part())).collect();
+        let names: Vec<Vec<&str>> =
+            levels(&c.paths, &todo).iter().map(|l| l.iter().map(|p| p.path.hash_part()).collect()).collect();
+        assert_eq!(names, [vec![E], vec![A]]);
     }
 }
