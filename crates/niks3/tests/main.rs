@@ -6,6 +6,7 @@ mod db_bookkeeping;
 mod db_embedded;
 mod e2e_bad_input;
 mod e2e_ca;
+mod e2e_cluster;
 mod e2e_durability;
 mod e2e_embedded;
 mod e2e_local;

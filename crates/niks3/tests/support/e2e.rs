@@ -208,8 +208,7 @@ impl World {
             cmd.env("NIKS3_S3_ACCESS_KEY", &g.access_key).env("NIKS3_S3_SECRET_KEY", &g.secret_key);
         }
         adjust(&mut cmd);
-        let child = cmd.spawn().expect("spawn niks3 serve");
-        Server { child: Some(child), log }
+        Server::spawn(cmd, log)
     }
 
     /// Waits until the read proxy answers `nix-cache-info` with 200.
@@ -392,6 +391,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `cmd` (a `niks3 serve` whose stderr goes to `log`).
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Server {
+        let child = cmd.spawn().expect("spawn niks3 serve");
+        Server { child: Some(child), log }
+    }
+
     /// Its stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

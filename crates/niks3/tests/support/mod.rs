@@ -1,5 +1,6 @@
 //! What the tests share: starting the real programs and checking what they left behind.
 
+pub mod cluster;
 pub mod e2e;
 pub mod gc;
 pub mod http;

@@ -1,0 +1,209 @@
+//! Several niks3 servers on one database and a three-node Garage cluster (docs/deployment.md), with the
+//! real binaries: builders' overlapping closures drained through different servers at once are written
+//! once and substitute with signatures; GC started on two servers at once runs once while pushes go on;
+//! a Garage node, a niks3 server and the PostgreSQL primary fail in the middle of pushes and nothing is
+//! lost, no narinfo is served without its NAR and references.
+
+use crate::support::cluster::{Builder, Fleet, LEASE_TIMEOUT_SECS, http_status};
+use crate::support::e2e::wait_for;
+use niks3_testkit::garage_cluster::GarageCluster;
+use niks3_testkit::nix::NixEnv;
+use niks3_testkit::postgres::Postgres;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Longest a builder's drain may take here (the machine has two cores and runs everything).
+const DRAIN_TIMEOUT: Duration = Duration::from_mins(5);
+
+/// The roots each of three builders queues: overlapping closures (see fixtures/cluster.nix).
+const ROOTS: [&[&str]; 3] =
+    [&["a", "d", "leaf0", "leaf3", "leaf4"], &["b", "d", "leaf1", "leaf3", "leaf5"], &["c", "a", "leaf2", "leaf0", "leaf4"]];
+
+/// The store path hashes of the closures of `roots`.
+fn closure_hashes(nix: &NixEnv, roots: &[String]) -> BTreeSet<String> {
+    let out = nix.command("nix-store").arg("-qR").args(roots).output().expect("nix-store -qR");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim_start_matches("/nix/store/")[..32].to_owned()).collect()
+}
+
+/// Three builders, each draining through all servers in its own order, at once; returns them after
+/// every drain finished and checks each spool is empty.
+fn drain_all(fleet: &Fleet, builders: &[Builder]) -> Duration {
+    let t0 = Instant::now();
+    let n = 3;
+    let drains: Vec<_> = builders
+        .iter()
+        .enumerate()
+        .map(|(k, b)| fleet.spawn_drain(b, &(0..n).map(|i| (i + k) % n).collect::<Vec<_>>()))
+        .collect();
+    for d in drains {
+        d.finish(DRAIN_TIMEOUT);
+    }
+    for b in builders {
+        b.assert_drained();
+    }
+    t0.elapsed()
+}
+
+/// Substitutes every builder's roots into a fresh store with signatures required, builder `k` from
+/// server `servers[k % len]`.
+fn substitute_all(fleet: &Fleet, builders: &[Builder], servers: &[usize]) {
+    for (k, b) in builders.iter().enumerate() {
+        let url = fleet.url(servers[k % servers.len()]);
+        let store = fleet
+            .nix
+            .substitute(&url, &format!("client-{}-{k}", b.name), &b.roots, &fleet.public_key)
+            .unwrap_or_else(|e| panic!("{}'s roots do not substitute from {url}: {e}", b.name));
+        for r in &b.roots {
+            assert!(store.join(r.trim_start_matches('/')).exists(), "{r} missing after nix copy from {url}");
+        }
+    }
+}
+
+/// Runs `cmd`, asserts it succeeded, returns its stdout and stderr.
+fn run_text(mut cmd: std::process::Command) -> String {
+    let out = cmd.output().expect("run");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    text
+}
+
+#[test]
+fn three_servers_take_overlapping_closures_at_once_write_each_object_once_and_gc_runs_once() {
+    let garage = GarageCluster::start().expect("garage cluster");
+    let pg = Postgres::start().expect("postgres");
+    let nix = NixEnv::new().expect("nix env");
+    let fleet = Fleet::start(nix, garage, pg.url(), 3);
+    let builders: Vec<Builder> =
+        ROOTS.iter().enumerate().map(|(k, roots)| fleet.builder(&format!("builder{k}"), roots)).collect();
+    let took = drain_all(&fleet, &builders);
+    let all_roots: Vec<String> = builders.iter().flat_map(|b| b.roots.clone()).collect();
+    let want = closure_hashes(&fleet.nix, &all_roots);
+    eprintln!("three builders drained {} paths through three servers in {took:?}", want.len());
+
+    // Every closure path is published, through every node, with its NAR and references.
+    for node in 0..3 {
+        let have = fleet.check_invariant(node);
+        let lacking: Vec<_> = want.difference(&have).collect();
+        assert!(lacking.is_empty(), "node {node}: not published: {lacking:?}");
+    }
+    // Each object was written once (nix-cache-info is written by every server as it starts).
+    let counts = fleet.garage.put_counts().expect("put counts");
+    let twice: Vec<_> = counts
+        .iter()
+        .filter(|(k, c)| k.as_str() != "nix-cache-info" && c.object_writes() != 1)
+        .map(|(k, c)| format!("{k}: {c:?}"))
+        .collect();
+    assert!(twice.is_empty(), "objects not written exactly once:\n{}", twice.join("\n"));
+    let narinfos = counts.keys().filter(|k| k.ends_with(".narinfo")).count();
+    assert_eq!(narinfos, want.len(), "one narinfo write per closure path");
+    substitute_all(&fleet, &builders, &[1, 2, 0]);
+
+    // GC on two servers at once while new pushes run: at most one runs, the other is refused at once
+    // ("not started"), and the pushes and the invariant are untouched. Old closures are forgotten at
+    // once (admin token, --force): only what the new pushes claim survives.
+    let round2: Vec<Builder> = [["leaf0", "leaf5"], ["leaf2", "leaf4"], ["leaf1", "leaf3"]]
+        .iter()
+        .enumerate()
+        .map(|(k, roots)| fleet.builder(&format!("round2-builder{k}"), roots))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2)); // round 1 is now older than --older-than
+    let drains: Vec<_> = round2.iter().enumerate().map(|(k, b)| fleet.spawn_drain(b, &[k, (k + 1) % 3])).collect();
+    let gc = |i: usize| {
+        let mut cmd = fleet.nix.command(crate::support::e2e::niks3_bin());
+        cmd.args(["gc", "--server", &fleet.url(i), "--auth-token-file"])
+            .arg(fleet.dir.path().join("token"))
+            .args(["--older-than", "1s", "--failed-uploads-older-than", "1h", "--force"]);
+        cmd
+    };
+    let outs = std::thread::scope(|s| {
+        let (g0, g1) = (s.spawn(|| run_text(gc(0))), s.spawn(|| run_text(gc(1))));
+        [g0.join().expect("gc 0"), g1.join().expect("gc 1")]
+    });
+    let ran = outs.iter().filter(|o| o.contains("objects-deleted-after-grace-period:")).count();
+    let refused = outs.iter().filter(|o| o.contains("not started: GC already running")).count();
+    assert_eq!(ran + refused, 2, "each GC either ran or was refused:\n{}\n---\n{}", outs[0], outs[1]);
+    assert!(ran >= 1, "one GC ran:\n{}\n---\n{}", outs[0], outs[1]);
+
+    // A GC running elsewhere (the test holds the run lock, as a long run on another server would):
+    // a GC asked of server 2 answers at once that one is running; pushes are not held up by it.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let holder = rt.block_on(async {
+        let db = niks3_server::db::Db::connect(&fleet.db_url).await.expect("connect");
+        let c = db.client().await.expect("connection");
+        c.execute("SELECT pg_advisory_lock($1)", &[&niks3_server::db::GC_RUN_LOCK]).await.expect("lock");
+        (db, c)
+    });
+    let t = Instant::now();
+    let out = run_text(gc(2));
+    assert!(out.contains("not started: GC already running"), "{out}");
+    assert!(t.elapsed() < Duration::from_secs(10), "the refusal took {:?}", t.elapsed());
+    for d in drains {
+        d.finish(DRAIN_TIMEOUT);
+    }
+    drop(holder);
+    for b in &round2 {
+        b.assert_drained();
+    }
+    let round2_roots: Vec<String> = round2.iter().flat_map(|b| b.roots.clone()).collect();
+    let live = closure_hashes(&fleet.nix, &round2_roots);
+    for node in 0..3 {
+        let have = fleet.check_invariant(node);
+        let lacking: Vec<_> = live.difference(&have).collect();
+        assert!(lacking.is_empty(), "node {node}: the new pushes lost {lacking:?} to GC");
+    }
+    substitute_all(&fleet, &round2, &[2, 0, 1]);
+}
+
+#[test]
+fn a_garage_node_and_a_niks3_server_killed_mid_push_lose_nothing() {
+    let garage = GarageCluster::start().expect("garage cluster");
+    let pg = Postgres::start().expect("postgres");
+    let nix = NixEnv::new().expect("nix env");
+    let mut fleet = Fleet::start(nix, garage, pg.url(), 3);
+    let builders: Vec<Builder> =
+        ROOTS.iter().enumerate().map(|(k, roots)| fleet.builder(&format!("builder{k}"), roots)).collect();
+    let drains: Vec<_> = builders
+        .iter()
+        .enumerate()
+        .map(|(k, b)| fleet.spawn_drain(b, &(0..3).map(|i| (i + k) % 3).collect::<Vec<_>>()))
+        .collect();
+    // Once pushes are under way, kill Garage node 0 (server 0's endpoint) …
+    let under_way = wait_for(Duration::from_mins(2), || {
+        (0..3).any(|i| fleet.server_log(i).contains("push announced"))
+    });
+    assert!(under_way, "no push started:\n{}", fleet.server_log(0));
+    fleet.garage.kill(0);
+    // … and a little later niks3 server 1, in the middle of its pushes.
+    let t_kill = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    fleet.kill9(1);
+    for d in drains {
+        d.finish(DRAIN_TIMEOUT);
+    }
+    eprintln!(
+        "drains finished {:?} after the kills (lease timeout {LEASE_TIMEOUT_SECS} s)",
+        t_kill.elapsed()
+    );
+    let all_roots: Vec<String> = builders.iter().flat_map(|b| b.roots.clone()).collect();
+    let want = closure_hashes(&fleet.nix, &all_roots);
+    // With node 0 down, the other two hold everything (quorum 2 of 3).
+    for node in [1, 2] {
+        let lacking: Vec<_> = want.difference(&fleet.check_invariant(node)).cloned().collect();
+        assert!(lacking.is_empty(), "node {node}: not published: {lacking:?}");
+    }
+    substitute_all(&fleet, &builders, &[2]);
+    // Node 0 comes back and heals; then it serves the same.
+    fleet.garage.restart(0).expect("restart node 0");
+    fleet.garage.wait_healthy(Duration::from_mins(1)).expect("healthy");
+    fleet.garage.repair().expect("repair");
+    let lacking: Vec<_> = want.difference(&fleet.check_invariant(0)).cloned().collect();
+    assert!(lacking.is_empty(), "node 0 after healing: not published: {lacking:?}");
+    fleet.start_server(1);
+    fleet.wait_http(1);
+    substitute_all(&fleet, &builders, &[0, 1]);
+    let counts = fleet.garage.put_counts().expect("put counts");
+    let again = counts.iter().filter(|(k, c)| k.as_str() != "nix-cache-info" && c.object_writes() > 1).count();
+    eprintln!("objects written more than once across the faults: {again} of {}", counts.len());
+    assert_eq!(http_status(&format!("{}/nix-cache-info", fleet.url(1))), Some(200));
+}
