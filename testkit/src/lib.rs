@@ -8,6 +8,8 @@
 
 pub mod chroot;
 pub mod garage;
+pub mod garage_cluster;
 pub mod nix;
 pub mod nix_daemon;
 pub mod postgres;
+pub mod postgres_pair;
