@@ -7,7 +7,8 @@
 //! Fault tests kill a node ([`GarageCluster::kill`], SIGKILL like a crash), restart it on the same
 //! directory and ports ([`GarageCluster::restart`]) and heal it ([`GarageCluster::repair`]): Garage does not
 //! re-sync a node that missed writes by itself soon (its periodic anti-entropy runs every ten minutes), and a
-//! table sync only pushes what the syncing node has, so `garage repair -a tables` runs on every node.
+//! table sync only pushes what the syncing node has, so `garage repair -a tables` runs on every node. The
+//! running nodes would also redial a restarted node only every 30 s; `restart` makes them dial it at once.
 //!
 //! [`GarageCluster::put_counts`] counts, per object key, the writes the nodes received, from the request
 //! lines in their own logs, so a test can check that every object was written exactly once.
@@ -228,12 +229,16 @@ impl GarageCluster {
         }
     }
 
-    /// Heals a restarted node: launches a full metadata table sync on every node (`garage repair -a --yes
-    /// tables`: a sync pushes only what the syncing node has, so the nodes that took the writes must run it)
-    /// and a block resync (`garage repair -a --yes blocks`). Both run in the background: the object table of
-    /// the restarted node is complete within a second or so ([`GarageCluster::table_items`] to wait for it);
-    /// its missing data blocks are fetched by Garage's resync queue later (it delays new entries by twice the
-    /// RPC timeout), and until then the node serves those objects by reading the blocks from its peers.
+    /// Heals a restarted node's metadata: launches a full table sync on every node (`garage repair -a --yes
+    /// tables`; a sync only pushes what the syncing node has, so the nodes that took the writes must run it,
+    /// and Garage's own anti-entropy would wait up to ten minutes) and a block repair (`garage repair -a --yes
+    /// blocks`). Both run in the background: the restarted node's tables (objects, versions, block
+    /// references) are complete within a second or so ([`GarageCluster::table_items`] to wait for it).
+    ///
+    /// Its missing data blocks are a different matter: they enter its resync queue (visible as `resync queue
+    /// length` in `garage stats`) but with Garage 2.5 we saw no block fetched within 100 s even after the block
+    /// repair ([`GarageCluster::local_blocks`] stays behind). Reads do not suffer: a node lacking a block reads
+    /// it from a peer. So "healed" here means metadata; do not assert block counts.
     /// Needs every node running and connected ([`GarageCluster::wait_healthy`] first).
     pub fn repair(&self) -> Result<(), GarageError> {
         self.nodes[0].cli(&["repair", "-a", "--yes", "tables"])?;

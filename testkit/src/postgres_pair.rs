@@ -181,7 +181,8 @@ impl PostgresPair {
         self.promoted = true;
         let deadline = Instant::now() + WAIT_TIMEOUT;
         loop {
-            let state = self.psql(Server::Standby, "SELECT pg_is_in_recovery()::text || current_setting('transaction_read_only')");
+            let state = self
+                .psql(Server::Standby, "SELECT pg_is_in_recovery()::text || current_setting('transaction_read_only')");
             match state {
                 Ok(s) if s == "falseoff" => return Ok(()),
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),

@@ -2,6 +2,7 @@
 //! down, a restarted node healed, and the per-key write counts the fault tests rely on. S3 requests go
 //! through `curl --aws-sigv4`, so the testkit needs no S3 client.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -67,7 +68,11 @@ impl S3<'_> {
             let file = tempfile::NamedTempFile::new().expect("temp file");
             std::fs::write(file.path(), part).expect("write part");
             let mut cmd = self.curl();
-            cmd.arg("-T").arg(file.path()).arg(self.url(node, key, &format!("?partNumber={}&uploadId={upload_id}", i + 1)));
+            cmd.arg("-T").arg(file.path()).arg(self.url(
+                node,
+                key,
+                &format!("?partNumber={}&uploadId={upload_id}", i + 1),
+            ));
             let (code, _, head) = Self::run(cmd);
             assert_eq!(code, 200, "upload part {}", i + 1);
             let etag = head
@@ -75,11 +80,15 @@ impl S3<'_> {
                 .find_map(|l| l.strip_prefix("etag: ").or_else(|| l.strip_prefix("ETag: ")))
                 .expect("ETag header")
                 .trim();
-            complete.push_str(&format!("<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>", i + 1));
+            write!(complete, "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>", i + 1).expect("write");
         }
         complete.push_str("</CompleteMultipartUpload>");
         let mut cmd = self.curl();
-        cmd.args(["-X", "POST", "--data-binary", &complete]).arg(self.url(node, key, &format!("?uploadId={upload_id}")));
+        cmd.args(["-X", "POST", "--data-binary", &complete]).arg(self.url(
+            node,
+            key,
+            &format!("?uploadId={upload_id}"),
+        ));
         let (code, body, _) = Self::run(cmd);
         assert_eq!(code, 200, "complete multipart upload: {}", String::from_utf8_lossy(&body));
     }
