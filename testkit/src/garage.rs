@@ -2,6 +2,10 @@
 //! sqlite metadata in a temp directory, free localhost ports, one key and one default bucket, SigV4
 //! enforced, region `garage`. [`Garage::stop`] and [`Garage::resume`] kill and restart the same server (same
 //! directory, ports and data) for outage tests; dropping a [`Garage`] kills it and removes its directory.
+//!
+//! The pieces every Garage process needs (its config file, spawning it with a log, waiting for its S3 API,
+//! running the `garage` CLI against it) live in [`Node`], which the three-node
+//! [`GarageCluster`](crate::garage_cluster::GarageCluster) shares.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -15,9 +19,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running (or stopped) single-node Garage with one bucket and one key.
 pub struct Garage {
+    /// Declared before `dir` so that it is killed before its directory is removed.
+    node: Node,
     dir: tempfile::TempDir,
-    binary: PathBuf,
-    child: Option<Child>,
     /// `http://127.0.0.1:<port>`
     pub endpoint: String,
     /// The S3 region Garage enforces (`garage`).
@@ -28,7 +32,6 @@ pub struct Garage {
     pub access_key: String,
     /// Secret access key.
     pub secret_key: String,
-    s3_port: u16,
 }
 
 impl fmt::Debug for Garage {
@@ -37,7 +40,7 @@ impl fmt::Debug for Garage {
             .field("dir", &self.dir.path())
             .field("endpoint", &self.endpoint)
             .field("bucket", &self.bucket)
-            .field("running", &self.child.is_some())
+            .field("running", &self.node.is_running())
             .finish_non_exhaustive()
     }
 }
@@ -54,12 +57,12 @@ impl fmt::Display for GarageError {
 
 impl std::error::Error for GarageError {}
 
-fn err(msg: impl Into<String>) -> GarageError {
+pub(crate) fn err(msg: impl Into<String>) -> GarageError {
     GarageError(msg.into())
 }
 
 /// `garage` on PATH, else `~/.cargo/bin/garage`.
-fn find_binary() -> Result<PathBuf, GarageError> {
+pub(crate) fn find_binary() -> Result<PathBuf, GarageError> {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).collect())
         .unwrap_or_default();
@@ -78,9 +81,14 @@ fn free_port() -> Result<u16, GarageError> {
     l.local_addr().map(|a| a.port()).map_err(|e| err(format!("local addr: {e}")))
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let v: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     hex::encode(v)
+}
+
+/// A fresh S3 key pair in the format Garage accepts for `key import` (`GK` + 24 hex digits, 64 hex digits).
+pub(crate) fn new_key_pair() -> (String, String) {
+    (format!("GK{}", random_hex(12)), random_hex(32))
 }
 
 impl Garage {
@@ -89,41 +97,17 @@ impl Garage {
         let binary = find_binary()?;
         let dir =
             tempfile::Builder::new().prefix("niks3-garage-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
-        let (s3_port, rpc_port, admin_port) = (free_port()?, free_port()?, free_port()?);
-        let d = dir.path();
-        for sub in ["meta", "data"] {
-            std::fs::create_dir_all(d.join(sub)).map_err(|e| err(format!("create {sub}: {e}")))?;
-        }
-        let toml = format!(
-            r#"metadata_dir = "{meta}"
-data_dir = "{data}"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:{rpc_port}"
-rpc_public_addr = "127.0.0.1:{rpc_port}"
-rpc_secret = "{secret}"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:{s3_port}"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:{admin_port}"
-"#,
-            meta = d.join("meta").display(),
-            data = d.join("data").display(),
-            secret = random_hex(32),
-        );
-        std::fs::write(d.join("garage.toml"), toml).map_err(|e| err(format!("write garage.toml: {e}")))?;
+        let node = Node::create(&binary, dir.path().to_owned())?;
+        node.write_config(&NodeConfig { replication_factor: 1, rpc_secret: &random_hex(32), bootstrap_peers: &[] })?;
+        let (access_key, secret_key) = new_key_pair();
         let mut g = Garage {
+            endpoint: node.endpoint(),
             dir,
-            binary,
-            child: None,
-            endpoint: format!("http://127.0.0.1:{s3_port}"),
+            node,
             region: "garage".to_owned(),
             bucket: "niks3-test".to_owned(),
-            access_key: format!("GK{}", random_hex(12)),
-            secret_key: random_hex(32),
-            s3_port,
+            access_key,
+            secret_key,
         };
         g.resume()?;
         Ok(g)
@@ -136,102 +120,238 @@ api_bind_addr = "127.0.0.1:{admin_port}"
 
     /// True while the server process runs.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.node.is_running()
     }
 
     /// Kills the server (an abrupt outage); data and ports are kept for [`Garage::resume`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.node.kill();
     }
 
     /// Starts the server again on the same directory and ports (after [`Garage::stop`]) and waits until it
     /// answers. A no-op when it is running.
     pub fn resume(&mut self) -> Result<(), GarageError> {
-        if self.child.is_some() {
+        if self.node.is_running() {
             return Ok(());
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir().join("garage.log"))
-            .map_err(|e| err(format!("open garage.log: {e}")))?;
-        let log2 = log.try_clone().map_err(|e| err(format!("dup garage.log: {e}")))?;
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(self.dir().join("garage.toml"))
-            .args(["server", "--single-node", "--default-bucket"])
-            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key)
-            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key)
-            .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
-            .env("RUST_LOG", "garage=warn")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| err(format!("spawn {}: {e}", self.binary.display())))?;
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    /// Polls the bucket URL until Garage answers 200 or 403 (unsigned request: the API is up).
-    fn wait_ready(&mut self) -> Result<(), GarageError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.s3_port));
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(err(format!(
-                    "garage exited with {status}; see {}",
-                    self.dir().join("garage.log").display()
-                )));
-            }
-            if let Some(code) = http_status(addr, &format!("/{}", self.bucket))
-                && (code == 200 || code == 403)
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.stop();
-                return Err(err(format!(
-                    "garage did not answer on {} within {START_TIMEOUT:?}; see {}",
-                    self.endpoint,
-                    self.dir().join("garage.log").display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.node.spawn(
+            &["--single-node", "--default-bucket"],
+            &[
+                ("GARAGE_DEFAULT_ACCESS_KEY", &self.access_key),
+                ("GARAGE_DEFAULT_SECRET_KEY", &self.secret_key),
+                ("GARAGE_DEFAULT_BUCKET", &self.bucket),
+                ("RUST_LOG", "garage=warn"),
+            ],
+        )?;
+        self.node.wait_s3(&self.bucket, START_TIMEOUT)
     }
 
     /// Runs the `garage` CLI against this server (e.g. `["bucket", "list"]`); returns its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String, GarageError> {
-        let out = Command::new(&self.binary)
-            .arg("-c")
-            .arg(self.dir().join("garage.toml"))
-            .args(args)
-            .output()
-            .map_err(|e| err(format!("run garage {args:?}: {e}")))?;
-        if !out.status.success() {
-            return Err(err(format!("garage {args:?} failed: {}", String::from_utf8_lossy(&out.stderr))));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.node.cli(args)
     }
 
     /// Creates another bucket that the same key may read and write.
     pub fn create_bucket(&self, name: &str) -> Result<(), GarageError> {
-        self.cli(&["bucket", "create", name])?;
-        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.access_key])?;
+        self.node.cli(&["bucket", "create", name])?;
+        self.node.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.access_key])?;
         Ok(())
     }
 }
 
 impl Drop for Garage {
     fn drop(&mut self) {
-        self.stop();
+        self.node.kill();
+    }
+}
+
+/// What differs between the config files of a lone server and of a cluster's nodes.
+pub(crate) struct NodeConfig<'a> {
+    /// 1 for a lone server, 3 for the cluster.
+    pub replication_factor: u8,
+    /// Shared by all nodes of a cluster (64 hex digits).
+    pub rpc_secret: &'a str,
+    /// `<node id>@127.0.0.1:<rpc port>` of the other nodes: dialled at once on start, so a restarted node
+    /// rejoins in well under a second instead of waiting for its peers' 30-second reconnect timer.
+    pub bootstrap_peers: &'a [String],
+}
+
+/// One Garage server process and its directory (`garage.toml`, `meta/`, `data/`, `garage.log`, all
+/// kept across kills), with its own free ports. Killed on drop; the directory belongs to the caller.
+pub(crate) struct Node {
+    dir: PathBuf,
+    binary: PathBuf,
+    child: Option<Child>,
+    s3_port: u16,
+    rpc_port: u16,
+    admin_port: u16,
+}
+
+impl Node {
+    /// Makes `dir/meta` and `dir/data` and picks three free ports; writes no config yet.
+    pub(crate) fn create(binary: &Path, dir: PathBuf) -> Result<Self, GarageError> {
+        for sub in ["meta", "data"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|e| err(format!("create {}: {e}", path.display())))?;
+        }
+        Ok(Node {
+            dir,
+            binary: binary.to_owned(),
+            child: None,
+            s3_port: free_port()?,
+            rpc_port: free_port()?,
+            admin_port: free_port()?,
+        })
+    }
+
+    /// (Re)writes `garage.toml`; read by the server at its next start and by every CLI call.
+    pub(crate) fn write_config(&self, c: &NodeConfig<'_>) -> Result<(), GarageError> {
+        let peers: Vec<String> = c.bootstrap_peers.iter().map(|p| format!("\"{p}\"")).collect();
+        let toml = format!(
+            r#"metadata_dir = "{meta}"
+data_dir = "{data}"
+db_engine = "sqlite"
+replication_factor = {rf}
+rpc_bind_addr = "127.0.0.1:{rpc_port}"
+rpc_public_addr = "127.0.0.1:{rpc_port}"
+rpc_secret = "{secret}"
+bootstrap_peers = [{peers}]
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3_port}"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:{admin_port}"
+"#,
+            meta = self.dir.join("meta").display(),
+            data = self.dir.join("data").display(),
+            rf = c.replication_factor,
+            rpc_port = self.rpc_port,
+            secret = c.rpc_secret,
+            peers = peers.join(", "),
+            s3_port = self.s3_port,
+            admin_port = self.admin_port,
+        );
+        let path = self.config_path();
+        std::fs::write(&path, toml).map_err(|e| err(format!("write {}: {e}", path.display())))
+    }
+
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.dir.join("garage.toml")
+    }
+
+    /// The server's stdout and stderr, appended to across restarts.
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.dir.join("garage.log")
+    }
+
+    /// `http://127.0.0.1:<s3 port>`
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// `127.0.0.1:<rpc port>`, the address other nodes dial.
+    pub(crate) fn rpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.rpc_port)
+    }
+
+    /// True while we hold the process (between [`Node::spawn`] and [`Node::kill`], or until
+    /// [`Node::check_alive`] finds it gone).
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts `garage server <args>` with `envs`, logging to [`Node::log_path`]; does not wait.
+    pub(crate) fn spawn(&mut self, args: &[&str], envs: &[(&str, &str)]) -> Result<(), GarageError> {
+        let log_path = self.log_path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| err(format!("open {}: {e}", log_path.display())))?;
+        let log2 = log.try_clone().map_err(|e| err(format!("dup {}: {e}", log_path.display())))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.config_path())
+            .arg("server")
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| err(format!("spawn {}: {e}", self.binary.display())))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, like a crash) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// An error if the process has exited on its own (it is then forgotten), naming its log.
+    pub(crate) fn check_alive(&mut self) -> Result<(), GarageError> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            return Err(err(format!("garage exited with {status}; see {}", self.log_path().display())));
+        }
+        Ok(())
+    }
+
+    /// Polls `/<bucket>` on the S3 port until Garage answers 200 or 403 (unsigned request: the API is up);
+    /// kills the process and names its log if it does not within `timeout`.
+    pub(crate) fn wait_s3(&mut self, bucket: &str, timeout: Duration) -> Result<(), GarageError> {
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.s3_port));
+        loop {
+            self.check_alive()?;
+            if let Some(code) = http_status(addr, &format!("/{bucket}"))
+                && (code == 200 || code == 403)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(err(format!(
+                    "garage did not answer on {} within {timeout:?}; see {}",
+                    self.endpoint(),
+                    self.log_path().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the `garage` CLI with this node's config (it talks to this node over RPC); returns its stdout.
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<String, GarageError> {
+        let out = Command::new(&self.binary)
+            .arg("-c")
+            .arg(self.config_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| err(format!("run garage {args:?}: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "garage -c {} {args:?} failed ({}): {}",
+                self.config_path().display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

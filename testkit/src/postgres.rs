@@ -60,60 +60,66 @@ impl Postgres {
     /// Creates a new empty database in this cluster and returns its connection string, so tests can share
     /// one cluster yet never see each other's rows.
     pub fn create_database(&self) -> io::Result<String> {
-        let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
-        let name = format!("t{}_{n}", std::process::id());
-        run(
-            as_postgres(&self.bin.join("createdb")).arg("-h").arg(self.dir.path()).args(["-U", "postgres", &name]),
-            "createdb",
-        )?;
+        let name = createdb(&self.bin, self.dir.path())?;
         Ok(self.url_for(&name))
     }
 
     /// Kills the server at once (`-m immediate`), as a crash or outage would; [`Postgres::restart`] brings
     /// it back with its data.
     pub fn stop(&self) -> io::Result<()> {
-        run(
-            as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(self.dir.path().join("data")).args([
-                "stop",
-                "-m",
-                "immediate",
-                "-w",
-            ]),
-            "pg_ctl stop",
-        )
+        pg_ctl_stop_immediate(&self.bin, &self.dir.path().join("data"))
     }
 
     /// Starts the server again on the same data and socket (after [`Postgres::stop`]).
     pub fn restart(&self) -> io::Result<()> {
-        let dir = self.dir.path();
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
-            dir.display()
-        );
-        run(
-            as_postgres(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(dir.join("data"))
-                .arg("-l")
-                .arg(self.log_path())
-                .args(["-w", "-o", &opts, "start"]),
-            "pg_ctl start",
-        )
-        .map_err(|e| io::Error::other(format!("{e} (server log: {})", self.log_path().display())))
+        pg_ctl_start(&self.bin, &self.dir.path().join("data"), self.dir.path(), &self.log_path(), "")
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["stop", "-m", "immediate"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        kill_quietly(&self.bin, &self.dir.path().join("data"));
     }
+}
+
+/// Creates a database with a name unique in this process (`t<pid>_<n>`) on the server whose socket is in
+/// `socket_dir`; returns the name.
+pub(crate) fn createdb(bin: &Path, socket_dir: &Path) -> io::Result<String> {
+    let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+    let name = format!("t{}_{n}", std::process::id());
+    run(as_postgres(&bin.join("createdb")).arg("-h").arg(socket_dir).args(["-U", "postgres", &name]), "createdb")?;
+    Ok(name)
+}
+
+/// Starts the server on `data` with its socket in `socket_dir` (no TCP), fsync off, and `extra` server
+/// options (`-c name=value …`); waits until it accepts connections. The error names `log`.
+pub(crate) fn pg_ctl_start(bin: &Path, data: &Path, socket_dir: &Path, log: &Path, extra: &str) -> io::Result<()> {
+    let opts = format!(
+        "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c full_page_writes=off \
+         -c max_connections=200 {extra}",
+        socket_dir.display()
+    );
+    run(
+        as_postgres(&bin.join("pg_ctl")).arg("-D").arg(data).arg("-l").arg(log).args(["-w", "-o", &opts, "start"]),
+        "pg_ctl start",
+    )
+    .map_err(|e| io::Error::other(format!("{e} (server log: {})", log.display())))
+}
+
+/// Stops the server on `data` at once (`-m immediate`: no checkpoint, like a crash) and waits until it is gone.
+pub(crate) fn pg_ctl_stop_immediate(bin: &Path, data: &Path) -> io::Result<()> {
+    run(as_postgres(&bin.join("pg_ctl")).arg("-D").arg(data).args(["stop", "-m", "immediate", "-w"]), "pg_ctl stop")
+}
+
+/// For `Drop`: stops the server on `data` at once if it runs, ignoring every error.
+pub(crate) fn kill_quietly(bin: &Path, data: &Path) {
+    let _ = as_postgres(&bin.join("pg_ctl"))
+        .arg("-D")
+        .arg(data)
+        .args(["stop", "-m", "immediate"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The newest `/usr/lib/postgresql/<major>/bin` that has `initdb`.
@@ -137,7 +143,7 @@ fn is_root() -> bool {
 }
 
 /// A command running `program` as the `postgres` user when we are root, as ourselves otherwise.
-fn as_postgres(program: &Path) -> Command {
+pub(crate) fn as_postgres(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
@@ -148,7 +154,7 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 /// Runs a command to completion; its output goes into the error when it fails.
-fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))?;
     if out.status.success() {
         Ok(())
@@ -163,7 +169,7 @@ fn run(cmd: &mut Command, what: &str) -> io::Result<()> {
 }
 
 /// Gives `path` to the `postgres` user when we are root (it must own its data and socket directory).
-fn chown_to_postgres(path: &Path) -> io::Result<()> {
+pub(crate) fn chown_to_postgres(path: &Path) -> io::Result<()> {
     if is_root() {
         run(Command::new("chown").arg("postgres:").arg(path), "chown postgres")?;
     }
@@ -171,7 +177,7 @@ fn chown_to_postgres(path: &Path) -> io::Result<()> {
 }
 
 /// Makes `path` private to its owner and every parent traversable, so the server user can reach it.
-fn make_traversable(path: &Path) -> io::Result<()> {
+pub(crate) fn make_traversable(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
     let mut p = path.parent();
     while let Some(dir) = p {
@@ -188,7 +194,7 @@ fn make_traversable(path: &Path) -> io::Result<()> {
 /// The cached template data directory for the server in `bin` (initdb + a `niks3` database, cleanly shut
 /// down), created once per machine. Concurrent test processes each build their own and the first rename
 /// wins, so nobody ever copies a half-made template.
-fn ensure_template(bin: &Path) -> io::Result<PathBuf> {
+pub(crate) fn ensure_template(bin: &Path) -> io::Result<PathBuf> {
     let major = bin.parent().and_then(Path::file_name).and_then(|s| s.to_str()).unwrap_or("pg");
     let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
     let base = std::env::temp_dir().join(format!("niks3-testkit-pg{major}-u{uid}"));
