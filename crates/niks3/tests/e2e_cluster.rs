@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 const DRAIN_TIMEOUT: Duration = Duration::from_mins(5);
 
 /// The roots each of three builders queues: overlapping closures (see fixtures/cluster.nix).
-const ROOTS: [&[&str]; 3] =
-    [&["a", "d", "leaf0", "leaf3", "leaf4"], &["b", "d", "leaf1", "leaf3", "leaf5"], &["c", "a", "leaf2", "leaf0", "leaf4"]];
+const ROOTS: [&[&str]; 3] = [
+    &["a", "d", "leaf0", "leaf3", "leaf4"],
+    &["b", "d", "leaf1", "leaf3", "leaf5"],
+    &["c", "a", "leaf2", "leaf0", "leaf4"],
+];
 
 /// The store path hashes of the closures of `roots`.
 fn closure_hashes(nix: &NixEnv, roots: &[String]) -> BTreeSet<String> {
@@ -109,13 +112,14 @@ fn three_servers_take_overlapping_closures_at_once_write_each_object_once_and_gc
         .collect();
     std::thread::sleep(Duration::from_secs(2)); // round 1 is now older than --older-than
     let drains: Vec<_> = round2.iter().enumerate().map(|(k, b)| fleet.spawn_drain(b, &[k, (k + 1) % 3])).collect();
-    let gc = |i: usize| {
-        let mut cmd = fleet.nix.command(crate::support::e2e::niks3_bin());
-        cmd.args(["gc", "--server", &fleet.url(i), "--auth-token-file"])
-            .arg(fleet.dir.path().join("token"))
-            .args(["--older-than", "1s", "--failed-uploads-older-than", "1h", "--force"]);
-        cmd
-    };
+    let gc =
+        |i: usize| {
+            let mut cmd = fleet.nix.command(crate::support::e2e::niks3_bin());
+            cmd.args(["gc", "--server", &fleet.url(i), "--auth-token-file"])
+                .arg(fleet.dir.path().join("token"))
+                .args(["--older-than", "1s", "--failed-uploads-older-than", "1h", "--force"]);
+            cmd
+        };
     let outs = std::thread::scope(|s| {
         let (g0, g1) = (s.spawn(|| run_text(gc(0))), s.spawn(|| run_text(gc(1))));
         [g0.join().expect("gc 0"), g1.join().expect("gc 1")]
@@ -169,9 +173,7 @@ fn a_garage_node_and_a_niks3_server_killed_mid_push_lose_nothing() {
         .map(|(k, b)| fleet.spawn_drain(b, &(0..3).map(|i| (i + k) % 3).collect::<Vec<_>>()))
         .collect();
     // Once pushes are under way, kill Garage node 0 (server 0's endpoint) …
-    let under_way = wait_for(Duration::from_mins(2), || {
-        (0..3).any(|i| fleet.server_log(i).contains("push announced"))
-    });
+    let under_way = wait_for(Duration::from_mins(2), || (0..3).any(|i| fleet.server_log(i).contains("push announced")));
     assert!(under_way, "no push started:\n{}", fleet.server_log(0));
     fleet.garage.kill(0);
     // … and a little later niks3 server 1, in the middle of its pushes.
@@ -181,10 +183,7 @@ fn a_garage_node_and_a_niks3_server_killed_mid_push_lose_nothing() {
     for d in drains {
         d.finish(DRAIN_TIMEOUT);
     }
-    eprintln!(
-        "drains finished {:?} after the kills (lease timeout {LEASE_TIMEOUT_SECS} s)",
-        t_kill.elapsed()
-    );
+    eprintln!("drains finished {:?} after the kills (lease timeout {LEASE_TIMEOUT_SECS} s)", t_kill.elapsed());
     let all_roots: Vec<String> = builders.iter().flat_map(|b| b.roots.clone()).collect();
     let want = closure_hashes(&fleet.nix, &all_roots);
     // With node 0 down, the other two hold everything (quorum 2 of 3).

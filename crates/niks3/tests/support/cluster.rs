@@ -69,7 +69,7 @@ impl Fleet {
     /// Starts (or restarts, with the same port, state and database) server `i`.
     pub fn start_server(&mut self, i: usize) {
         let state = self.dir.path().join(format!("state-{i}"));
-        let log = unique(self.dir.path().join(format!("serve-{i}.log")));
+        let log = unique(&self.dir.path().join(format!("serve-{i}.log")));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = self.nix.command(niks3_bin());
         cmd.arg("serve")
@@ -96,7 +96,7 @@ impl Fleet {
     /// Waits until server `i` serves `nix-cache-info`.
     pub fn wait_http(&self, i: usize) {
         let url = format!("{}/nix-cache-info", self.url(i));
-        let ok = wait_for(Duration::from_secs(60), || http_status(&url) == Some(200));
+        let ok = wait_for(Duration::from_mins(1), || http_status(&url) == Some(200));
         assert!(ok, "server {i} never served nix-cache-info:\n{}", self.server_log(i));
     }
 
@@ -133,7 +133,7 @@ impl Fleet {
     /// Starts `niks3 drain --once` for `b`, listing the servers `order` in that order; its output goes to
     /// `<dir>/<builder>-drain.log`.
     pub fn spawn_drain(&self, b: &Builder, order: &[usize]) -> Drain {
-        let log = unique(self.dir.path().join(format!("{}-drain.log", b.name)));
+        let log = unique(&self.dir.path().join(format!("{}-drain.log", b.name)));
         let file = std::fs::File::create(&log).expect("log");
         let mut cmd = self.nix.command(niks3_bin());
         cmd.arg("drain");
@@ -244,22 +244,25 @@ impl Builder {
 
 /// The HTTP status of a GET of `url`, or `None` when nothing answered.
 pub fn http_status(url: &str) -> Option<u16> {
-    let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url]).output().ok()?;
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|c| *c != 0)
 }
 
 /// `path`, or `path` with a counter appended when it exists (restarted servers get a new log).
-fn unique(path: PathBuf) -> PathBuf {
-    (0..)
-        .map(|n| if n == 0 { path.clone() } else { PathBuf::from(format!("{}.{n}", path.display())) })
+fn unique(path: &std::path::Path) -> PathBuf {
+    (0..1000)
+        .map(|n| if n == 0 { path.to_owned() } else { PathBuf::from(format!("{}.{n}", path.display())) })
         .find(|p| !p.exists())
         .expect("a free name")
 }
 
 /// Writes a secret file (mode 0600) as the servers read it.
 fn write_secret(path: &std::path::Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).expect("secret file");
     f.write_all(text.as_bytes()).expect("write secret");
 }

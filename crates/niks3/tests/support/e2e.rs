@@ -59,7 +59,7 @@ pub enum Backend {
     /// `--storage-dir <dir>`.
     Local(PathBuf),
     /// Garage.
-    S3(niks3_testkit::garage::Garage),
+    S3(Box<niks3_testkit::garage::Garage>),
 }
 
 /// Who runs the builds, and so the hook.
@@ -98,7 +98,7 @@ impl World {
     pub fn s3() -> World {
         let dir = tempfile::Builder::new().prefix("niks3-e2e-").tempdir().expect("tempdir");
         let garage = niks3_testkit::garage::Garage::start().expect("start garage");
-        World::with_backend(dir, Backend::S3(garage))
+        World::with_backend(dir, Backend::S3(Box::new(garage)))
     }
 
     fn with_backend(dir: tempfile::TempDir, backend: Backend) -> World {
