@@ -17,6 +17,7 @@
 //!
 //! Time is injected (`now`), never read from a clock here.
 
+mod adopt;
 pub mod duration;
 mod mark;
 mod sweep;
@@ -70,6 +71,14 @@ pub enum GcError {
     /// Getting a connection or a query failed.
     #[error("GC: {0}")]
     Db(#[from] DbError),
+    /// The bucket could not be read where GC must know what is there before dropping anything.
+    #[error("GC: reading {key} from the bucket: {reason}")]
+    Storage {
+        /// The object.
+        key: String,
+        /// The store's error.
+        reason: String,
+    },
 }
 
 impl GcError {
@@ -79,6 +88,7 @@ impl GcError {
             GcError::AlreadyRunning => true,
             GcError::Options { .. } => false,
             GcError::Db(e) => e.is_transient(),
+            GcError::Storage { .. } => true,
         }
     }
 }
@@ -162,6 +172,10 @@ async fn collect(
     // Tombstones of a run that died mid-batch go first: a row put back because its object could not be
     // deleted is then marked again below, and holds what it refers to.
     let leftovers = if opts.dry_run { sweep::Swept::default() } else { sweep::finish_leftovers(client, store).await? };
+    let adopted = adopt::run(client, store, uploads_before, now, opts.dry_run).await?;
+    if adopted > 0 {
+        tracing::warn!(adopted, dry_run = opts.dry_run, "gc: published narinfos recorded again (see gc/adopt.rs)");
+    }
     let marked = mark::run(client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run).await?;
     figures.failed_uploads_deleted = marked.failed_uploads;
     figures.old_closures_deleted = marked.old_closures;

@@ -37,6 +37,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Re
         Err(e @ GcError::Options { .. }) => Err(ApiError::bad(e.to_string())),
         // The database's own text stays in the log.
         Err(GcError::Db(e)) => Err(e.into()),
+        Err(e @ GcError::Storage { .. }) => Err(ApiError::Storage(e.to_string())),
     }
 }
 
