@@ -107,40 +107,59 @@ impl GarageCluster {
             access_key,
             secret_key,
         };
+        if let Err(e) = c.form() {
+            // Keep the logs the error points to; the nodes are killed when `c` drops.
+            c.dir.disable_cleanup(true);
+            return Err(err(format!("{e} (directory kept: {})", c.dir.path().display())));
+        }
+        Ok(c)
+    }
+
+    /// The part of [`GarageCluster::start`] after the directories exist: start, connect, lay out, create.
+    fn form(&mut self) -> Result<(), GarageError> {
         let secret = random_hex(32);
-        for node in &c.nodes {
+        for node in &self.nodes {
             node.write_config(&NodeConfig { replication_factor: 3, rpc_secret: &secret, bootstrap_peers: &[] })?;
         }
         for i in 0..NODES {
-            c.nodes[i].spawn(&[], &[("RUST_LOG", RUST_LOG), ("NO_COLOR", "1")])?;
+            self.nodes[i].spawn(&[], &[("RUST_LOG", RUST_LOG), ("NO_COLOR", "1")])?;
         }
         let deadline = Instant::now() + START_TIMEOUT;
         for i in 0..NODES {
-            let id = c.wait_node_id(i, deadline)?;
-            c.ids.push(id);
+            let id = self.wait_node_id(i, deadline)?;
+            self.ids.push(id);
         }
         // Node ids exist only once a node has run (it makes its key on first start), so the bootstrap peers
         // go into the configs now: read on every later start, they make a restarted node rejoin at once.
-        for (i, node) in c.nodes.iter().enumerate() {
-            let peers: Vec<String> = (0..NODES).filter(|&j| j != i).map(|j| c.ids[j].clone()).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let peers: Vec<String> = (0..NODES).filter(|&j| j != i).map(|j| self.ids[j].clone()).collect();
             node.write_config(&NodeConfig { replication_factor: 3, rpc_secret: &secret, bootstrap_peers: &peers })?;
         }
-        c.nodes[0].cli(&["node", "connect", &c.ids[1]])?;
-        c.nodes[0].cli(&["node", "connect", &c.ids[2]])?;
-        c.nodes[1].cli(&["node", "connect", &c.ids[2]])?;
+        self.nodes[0].cli(&["node", "connect", &self.ids[1]])?;
+        self.nodes[0].cli(&["node", "connect", &self.ids[2]])?;
+        self.nodes[1].cli(&["node", "connect", &self.ids[2]])?;
         for i in 0..NODES {
-            let short = c.short_id(i).to_owned();
-            c.nodes[0].cli(&["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", &short])?;
+            let short = self.short_id(i).to_owned();
+            self.nodes[0].cli(&["layout", "assign", "-z", &format!("dc{i}"), "-c", "1G", &short])?;
         }
-        c.nodes[0].cli(&["layout", "apply", "--version", "1"])?;
-        c.wait_healthy(deadline.saturating_duration_since(Instant::now()))?;
-        c.nodes[0].cli(&["key", "import", "--yes", "-n", "niks3-test", &c.access_key, &c.secret_key])?;
-        c.nodes[0].cli(&["bucket", "create", &c.bucket])?;
-        c.nodes[0].cli(&["bucket", "allow", "--read", "--write", "--owner", &c.bucket, "--key", &c.access_key])?;
-        for node in &mut c.nodes {
-            node.wait_s3(&c.bucket, deadline.saturating_duration_since(Instant::now()))?;
+        self.nodes[0].cli(&["layout", "apply", "--version", "1"])?;
+        self.wait_healthy(deadline.saturating_duration_since(Instant::now()))?;
+        self.nodes[0].cli(&["key", "import", "--yes", "-n", "niks3-test", &self.access_key, &self.secret_key])?;
+        self.nodes[0].cli(&["bucket", "create", &self.bucket])?;
+        self.nodes[0].cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &self.bucket,
+            "--key",
+            &self.access_key,
+        ])?;
+        for node in &mut self.nodes {
+            node.wait_s3(&self.bucket, deadline.saturating_duration_since(Instant::now()))?;
         }
-        Ok(c)
+        Ok(())
     }
 
     /// The three S3 endpoints, `http://127.0.0.1:<s3 port>`, node 0 first. Any of them serves the bucket.
@@ -284,7 +303,9 @@ impl GarageCluster {
     }
 
     /// Per object key of [`GarageCluster::bucket`], the writes the three nodes received, read from their logs
-    /// (every run of a node, restarts included). Keys never written are absent.
+    /// (every run of a node, restarts included). Keys never written are absent. Only path-style requests
+    /// (`/<bucket>/<key>`, what an S3 client does against an IP endpoint) are seen: the log does not show the
+    /// Host header a virtual-host-style request names the bucket in.
     pub fn put_counts(&self) -> Result<BTreeMap<String, PutCount>, GarageError> {
         let mut counts = BTreeMap::new();
         for node in &self.nodes {
@@ -335,9 +356,15 @@ impl GarageCluster {
 }
 
 impl Drop for GarageCluster {
+    /// Kills the nodes; removes the directory unless the thread is panicking (a failed test), so that the
+    /// logs its message names are still there.
     fn drop(&mut self) {
         for node in &mut self.nodes {
             node.kill();
+        }
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("garage cluster directory kept for its logs: {}", self.dir.path().display());
         }
     }
 }

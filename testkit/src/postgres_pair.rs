@@ -261,8 +261,14 @@ impl PostgresPair {
 }
 
 impl Drop for PostgresPair {
+    /// Kills both servers; removes the directory unless the thread is panicking (a failed test), so that the
+    /// logs its message names are still there.
     fn drop(&mut self) {
         kill_quietly(&self.bin, &self.data_dir(Server::Standby));
         kill_quietly(&self.bin, &self.data_dir(Server::Primary));
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!("postgres pair directory kept for its logs: {}", self.dir.path().display());
+        }
     }
 }
