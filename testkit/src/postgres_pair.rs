@@ -219,6 +219,27 @@ impl PostgresPair {
         }
     }
 
+    /// Stops the standby from receiving WAL (its `primary_conninfo` emptied, the configuration reloaded),
+    /// as a standby that fell behind: from now on, what the primary commits is on the primary only, and a
+    /// failover ([`PostgresPair::stop_primary`], [`PostgresPair::promote_standby`]) loses all of it. Makes
+    /// asynchronous replication's window as wide as a test needs, instead of hoping to hit it.
+    pub fn pause_streaming(&self) -> io::Result<()> {
+        self.wait_replayed()?;
+        self.psql(Server::Standby, "ALTER SYSTEM SET primary_conninfo = ''")?;
+        self.psql(Server::Standby, "SELECT pg_reload_conf()")?;
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        while self.psql(Server::Standby, "SELECT count(*) FROM pg_stat_wal_receiver")? != "0" {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "the standby's WAL receiver did not stop within {WAIT_TIMEOUT:?}; {}",
+                    self.log_paths()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Runs one SQL command with `psql` in database `niks3` on `server`; returns its unaligned, tuples-only
     /// output, trimmed (e.g. `t`, or rows joined by newlines with `|` between columns).
     pub fn psql(&self, server: Server, sql: &str) -> io::Result<String> {

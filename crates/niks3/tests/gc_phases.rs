@@ -1,6 +1,6 @@
 //! Each GC phase and option on a small cache with a real PostgreSQL and a real local store.
 
-use crate::support::gc::{Cache, Universe, nar_key, narinfo_key};
+use crate::support::gc::{Cache, Universe, hash_part, nar_key, narinfo_key};
 use niks3_api::protocol::GcFigures;
 use niks3_server::gc::{self, GcError, GcOptions};
 use std::time::Duration;
@@ -354,4 +354,39 @@ async fn a_reader_holding_the_tombstone_table_does_not_stall_the_sweep() {
     t.commit().await.expect("end the reader");
     assert_eq!(tombstones(&c).await, 0);
     c.check("after a sweep beside a reader").await;
+}
+
+/// A database failover lost the records of a published path (its push's commits never reached the
+/// standby): the narinfo is in the bucket, its row and closure are not. The first run on the new
+/// timeline records it again from the bucket, so the paths it refers to are kept although their own
+/// closure expired.
+#[tokio::test]
+async fn a_narinfo_whose_record_a_failover_lost_keeps_its_references() {
+    let c = Cache::new(Universe::chain(3)).await; // 2 → 1 → 0
+    c.push(1, Cache::at(0)).await;
+    assert_eq!(gc::run(&c.db, &c.store, opts(true), Cache::at(1)).await.expect("gc"), figures(0, 0, 0, 0, 0));
+    // Path 2, pushed at 10h: its NAR's row survived, the narinfo's row and the closure were lost.
+    let (nar, _) = c.u.records(2);
+    c.store.put(&nar.key, "nar of 2".into(), "application/zstd").await.expect("put nar");
+    c.db.record_object(&nar, Cache::at(10)).await.expect("record nar");
+    let text = format!(
+        "StorePath: /nix/store/{}-p2\nURL: {}\nCompression: zstd\nReferences: {}-p1\n",
+        hash_part(2),
+        nar_key(2),
+        hash_part(1)
+    );
+    c.store.put(&narinfo_key(2), text.into(), "text/x-nix-narinfo").await.expect("put narinfo");
+    let db = c.db.client().await.expect("client");
+    // The promoted standby is on another timeline than the last run saw.
+    db.execute("UPDATE gc_runs SET timeline = timeline + 1", &[]).await.expect("another timeline");
+    // At 30h closure 1 expired; path 2 still refers to 1 (and so 0).
+    gc::run(&c.db, &c.store, opts(true), Cache::at(30)).await.expect("gc");
+    for p in 0..3 {
+        assert!(c.has(&narinfo_key(p)).await && c.has(&nar_key(p)).await, "path {p} was deleted");
+    }
+    assert!(c.db.missing(&[narinfo_key(2)]).await.expect("missing").is_empty(), "path 2 recorded again");
+    c.check("after the first run on the new timeline").await;
+    // On the same timeline nothing is listed again, and path 2 now lives as a closure of its own.
+    let f = gc::run(&c.db, &c.store, opts(true), Cache::at(40)).await.expect("gc");
+    assert_eq!(f, figures(0, 0, 0, 0, 0));
 }

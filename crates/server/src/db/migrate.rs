@@ -47,6 +47,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0007_upload_leases.sql",
         sql: include_str!("../../../../migrations/0007_upload_leases.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_gc_timeline.sql",
+        sql: include_str!("../../../../migrations/0008_gc_timeline.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

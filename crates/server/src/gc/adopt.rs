@@ -1,17 +1,18 @@
 //! Phase 0: narinfos whose record a database failover lost.
 //!
 //! With asynchronous streaming replication, promoting the standby loses the last commits the old primary
-//! acknowledged but had not streamed yet. A push whose `complete` was in that window published narinfos
-//! in the bucket, answered 200 (so its drainer forgot the entry), and its records — the narinfo rows, the
-//! closure, the end of its session — are gone. What survives is everything committed earlier, and WAL is
-//! lost only as a suffix: the push's session (opened at announce, claiming every key of the closure) and
-//! the rows of NARs stored before `complete`. Left alone, GC would drop that session as failed, find those
-//! NARs referenced by nothing it knows, and delete them — under narinfos it is serving.
+//! acknowledged but had not streamed yet. A push whose `complete` fell in that window published narinfos
+//! in the bucket and answered 200 (so its drainer forgot the entry), and their records are gone: the
+//! narinfo rows, the closure. The paths they refer to are recorded (published earlier) but nothing known
+//! holds them any more; once their own closures expire, GC would delete them under narinfos it serves.
 //!
-//! So before phase 1 drops a failed session, every narinfo key it claimed that has no row is looked for in
-//! the bucket. One that is there was published: it is recorded again from its own text (its NAR and the
-//! narinfos of its references, as the publish step records it) and kept as a closure from now on, like a
-//! fresh push. A narinfo that is not there was never published (the push failed): nothing to do.
+//! Promotion starts a new PostgreSQL timeline, and every run records the timeline it saw. A run that sees
+//! another timeline than the last run's (or that is the first) lists the bucket and records again every
+//! narinfo that has no row — from its own text: its NAR and the narinfos of its references, as the
+//! publish step records them — kept as a closure from now on, like a fresh push. So a served narinfo's
+//! references are never collected, whatever a failover lost. Listing costs one request per 1 000 objects
+//! (S3), once per failover. A narinfo written by a push still in flight is recorded a moment early; its
+//! own record then lands on the same row.
 
 use super::{GcError, q};
 use chrono::{DateTime, Utc};
@@ -28,30 +29,47 @@ struct Adopted {
 /// Narinfos fetched from the bucket at once.
 const CONCURRENCY: usize = 16;
 
-/// Records the narinfos that failed sessions (started before `uploads_before`) claimed, that have no row
-/// and that are in the bucket; returns how many. In a dry run only counts them.
+/// The current timeline, and whether it differs from the one the last run recorded (always true for the
+/// first run).
+pub(super) async fn timeline(client: &deadpool_postgres::ClientWrapper) -> Result<(i64, bool), GcError> {
+    let row = client
+        .query_one(
+            "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint, \
+                    (SELECT timeline FROM gc_runs ORDER BY id DESC LIMIT 1)",
+            &[],
+        )
+        .await
+        .map_err(q("gc: timeline"))?;
+    let (now, last): (i64, Option<i64>) = (row.get(0), row.get(1));
+    Ok((now, last != Some(now)))
+}
+
+/// Records every narinfo of the bucket that has no row (see the module doc); returns how many. In a dry
+/// run only counts them.
 pub(super) async fn run(
     client: &deadpool_postgres::ClientWrapper,
     store: &Storage,
-    uploads_before: DateTime<Utc>,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<u64, GcError> {
-    let rows = client
-        .query(
-            "SELECT DISTINCT k FROM uploads u, unnest(u.claimed) AS k \
-             WHERE u.started_at < $1 AND k LIKE '%.narinfo' \
-               AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = k)",
-            &[&uploads_before],
-        )
-        .await
-        .map_err(q("gc adopt: unrecorded narinfos of failed uploads"))?;
-    let keys: Vec<ObjectKey> =
-        rows.iter().filter_map(|r| ObjectKey::parse(r.get::<_, &str>(0)).ok()).map(|(_, k)| k).collect();
-    if keys.is_empty() {
+    let listed =
+        store.list("").await.map_err(|e| GcError::Storage { key: "(the bucket)".to_owned(), reason: e.to_string() })?;
+    let narinfos: Vec<&str> = listed.iter().map(String::as_str).filter(|k| k.ends_with(".narinfo")).collect();
+    let mut unrecorded = Vec::new();
+    for chunk in narinfos.chunks(10_000) {
+        let rows = client
+            .query(
+                "SELECT k FROM unnest($1::text[]) AS k WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = k)",
+                &[&chunk],
+            )
+            .await
+            .map_err(q("gc adopt: unrecorded narinfos"))?;
+        unrecorded.extend(rows.iter().filter_map(|r| ObjectKey::parse(r.get::<_, &str>(0)).ok()).map(|(_, k)| k));
+    }
+    if unrecorded.is_empty() {
         return Ok(0);
     }
-    let looked: Vec<Result<Option<Adopted>, GcError>> = futures::stream::iter(keys)
+    let looked: Vec<Result<Option<Adopted>, GcError>> = futures::stream::iter(unrecorded)
         .map(|key| async move {
             match store.get(&key).await {
                 Ok(Some(body)) => {
@@ -61,8 +79,8 @@ pub(super) async fn run(
                     }
                     Ok(refs.map(|refs| Adopted { key, size: body.len() as u64, refs }))
                 }
+                // Deleted since the listing (by nothing of ours: GC is this run): nothing to record.
                 Ok(None) => Ok(None),
-                // Unknown, so the session's claims must stay: the run stops before dropping anything.
                 Err(e) => Err(GcError::Storage { key: key.as_str().to_owned(), reason: e.to_string() }),
             }
         })

@@ -85,10 +85,9 @@ impl GcError {
     /// True when running again later may succeed (database down, another run in progress).
     pub fn is_transient(&self) -> bool {
         match self {
-            GcError::AlreadyRunning => true,
+            GcError::AlreadyRunning | GcError::Storage { .. } => true,
             GcError::Options { .. } => false,
             GcError::Db(e) => e.is_transient(),
-            GcError::Storage { .. } => true,
         }
     }
 }
@@ -172,9 +171,10 @@ async fn collect(
     // Tombstones of a run that died mid-batch go first: a row put back because its object could not be
     // deleted is then marked again below, and holds what it refers to.
     let leftovers = if opts.dry_run { sweep::Swept::default() } else { sweep::finish_leftovers(client, store).await? };
-    let adopted = adopt::run(client, store, uploads_before, now, opts.dry_run).await?;
-    if adopted > 0 {
-        tracing::warn!(adopted, dry_run = opts.dry_run, "gc: published narinfos recorded again (see gc/adopt.rs)");
+    let (timeline, failed_over) = adopt::timeline(client).await?;
+    if failed_over {
+        let adopted = adopt::run(client, store, now, opts.dry_run).await?;
+        tracing::info!(timeline, adopted, dry_run = opts.dry_run, "gc: new database timeline; bucket reconciled");
     }
     let marked = mark::run(client, closures_before, uploads_before, delete_marked_before, now, opts.dry_run).await?;
     figures.failed_uploads_deleted = marked.failed_uploads;
@@ -199,7 +199,7 @@ async fn collect(
     };
     figures.objects_deleted_after_grace_period = leftovers.deleted + swept.deleted;
     figures.objects_failed_to_delete = leftovers.failed + swept.failed;
-    record_run(client, now, figures).await?;
+    record_run(client, now, figures, timeline).await?;
     Ok(figures)
 }
 
@@ -220,13 +220,18 @@ async fn abort_abandoned_multiparts(store: &Storage, multiparts: &[(String, Stri
 }
 
 /// Keeps the figures of a finished run in `gc_runs`.
-async fn record_run(client: &tokio_postgres::Client, now: DateTime<Utc>, f: GcFigures) -> Result<(), GcError> {
+async fn record_run(
+    client: &tokio_postgres::Client,
+    now: DateTime<Utc>,
+    f: GcFigures,
+    timeline: i64,
+) -> Result<(), GcError> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     client
         .execute(
             "INSERT INTO gc_runs (started_at, finished_at, failed_uploads_deleted, old_closures_deleted, \
-             objects_marked_for_deletion, objects_deleted_after_grace_period, objects_failed_to_delete) \
-             VALUES ($1, $1, $2, $3, $4, $5, $6)",
+             objects_marked_for_deletion, objects_deleted_after_grace_period, objects_failed_to_delete, timeline) \
+             VALUES ($1, $1, $2, $3, $4, $5, $6, $7)",
             &[
                 &now,
                 &n(f.failed_uploads_deleted),
@@ -234,6 +239,7 @@ async fn record_run(client: &tokio_postgres::Client, now: DateTime<Utc>, f: GcFi
                 &n(f.objects_marked_for_deletion),
                 &n(f.objects_deleted_after_grace_period),
                 &n(f.objects_failed_to_delete),
+                &timeline,
             ],
         )
         .await
