@@ -289,3 +289,43 @@ fn a_postgresql_failover_mid_push_loses_no_closure_and_gc_keeps_what_served_nari
         .expect("the narinfos the failover lost substitute after GC");
     assert!(unrecorded.iter().all(|r| store.join(r.trim_start_matches('/')).exists()));
 }
+
+/// Throughput of three builders draining overlapping closures (15 paths, 35 MiB of incompressible data)
+/// through one server versus through three (each builder's first choice another server), on fresh
+/// caches, alternated and repeated; prints the wall times and their ratio. A benchmark, not a test: run
+/// it with `cargo test -p niks3 --test it -- --ignored e2e_cluster::bench --nocapture`.
+#[test]
+#[ignore = "benchmark: prints the 1 vs 3 servers drain times (docs/deployment.md)"]
+fn bench_drain_through_one_server_vs_three() {
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..3 {
+        for (which, spread) in [(0, false), (1, true)] {
+            let garage = GarageCluster::start().expect("garage cluster");
+            let pg = Postgres::start().expect("postgres");
+            let fleet = Fleet::start(NixEnv::new().expect("nix env"), garage, pg.url(), 3);
+            let builders: Vec<Builder> =
+                ROOTS.iter().enumerate().map(|(k, roots)| fleet.builder(&format!("builder{k}"), roots)).collect();
+            let t0 = Instant::now();
+            let drains: Vec<_> = builders
+                .iter()
+                .enumerate()
+                .map(|(k, b)| fleet.spawn_drain(b, &[if spread { k } else { 0 }]))
+                .collect();
+            for d in drains {
+                d.finish(DRAIN_TIMEOUT);
+            }
+            let took = t0.elapsed();
+            eprintln!("round {round}: {} server(s): {took:?}", if spread { 3 } else { 1 });
+            times[which].push(took);
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (one, three) = (median(&mut times[0]), median(&mut times[1]));
+    eprintln!(
+        "median drain: 1 server {one:?}, 3 servers {three:?}: 3 servers take {:.2}x the time of 1",
+        three.as_secs_f64() / one.as_secs_f64()
+    );
+}
