@@ -86,3 +86,31 @@ impl Process for Failover {
         error.nix_environment()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> ClientError {
+        ClientError::Status { what: "POST /api/v1/push".to_owned(), status, message: String::new() }
+    }
+
+    #[test]
+    fn only_a_server_that_did_not_answer_sends_the_push_elsewhere() {
+        for s in [502, 503, 504] {
+            assert!(status(s).server_unavailable(), "{s}");
+        }
+        // A refusal, a conflict (push again: the next attempt goes to the same server) or a server bug
+        // would be the same on every server.
+        for s in [400, 401, 403, 409, 413, 500] {
+            assert!(!status(s).server_unavailable(), "{s}");
+        }
+        assert!(!ClientError::BadPath("x".to_owned()).server_unavailable());
+    }
+
+    #[test]
+    fn no_server_is_a_configuration_error() {
+        let e = Failover::new(Vec::new(), |_| unreachable!("no client to make a pusher of")).expect_err("empty");
+        assert!(e.to_string().contains("no server"), "{e}");
+    }
+}

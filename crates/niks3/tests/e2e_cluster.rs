@@ -306,11 +306,8 @@ fn bench_drain_through_one_server_vs_three() {
             let builders: Vec<Builder> =
                 ROOTS.iter().enumerate().map(|(k, roots)| fleet.builder(&format!("builder{k}"), roots)).collect();
             let t0 = Instant::now();
-            let drains: Vec<_> = builders
-                .iter()
-                .enumerate()
-                .map(|(k, b)| fleet.spawn_drain(b, &[if spread { k } else { 0 }]))
-                .collect();
+            let drains: Vec<_> =
+                builders.iter().enumerate().map(|(k, b)| fleet.spawn_drain(b, &[if spread { k } else { 0 }])).collect();
             for d in drains {
                 d.finish(DRAIN_TIMEOUT);
             }
