@@ -376,6 +376,16 @@ def variants():
         rules = d["systemd"]["tmpfiles"]["rules"]
         eq("tmpfiles rules are not duplicated with both roles", len(rules), len(set(rules)))
 
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        private = true;
+      }; }""")
+    eq("a private cache: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        eq("private reaches the server as NIKS3_PRIVATE", env_of(d, "niks3").get("NIKS3_PRIVATE"), "true")
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """ }; }""")
+    if d:
+        eq("a public cache by default", env_of(d, "niks3").get("NIKS3_PRIVATE"), "false")
+
     rc, d, err = evaluate("""{ ... }: { services.niks3.hook = { enable = true; tokenFile = "/run/secrets/t";
         serverUrl = [ "https://a.example.org" "http://b.example.org:5751" "https://c.example.org/it's" ]; }; }""")
     eq("hook with a list of servers: evaluates", (rc, d and d["failedAssertions"]), (0, []))

@@ -302,12 +302,25 @@ impl NixEnv {
         paths: &[P],
         public_key: &str,
     ) -> Result<PathBuf, String> {
+        self.substitute_with(from, name, paths, public_key, &[])
+    }
+
+    /// [`NixEnv::substitute`] with extra `nix copy` arguments (e.g. `["--option", "netrc-file", F]`).
+    pub fn substitute_with<P: AsRef<std::ffi::OsStr>>(
+        &self,
+        from: &str,
+        name: &str,
+        paths: &[P],
+        public_key: &str,
+        extra_args: &[&str],
+    ) -> Result<PathBuf, String> {
         let store = self.chroot_store(name).map_err(|e| format!("chroot store {name}: {e}"))?;
         let out = self
             .command("nix")
             .args(["copy", "--from", from, "--to"])
             .arg(self.nix_path(&store))
             .args(["--option", "require-sigs", "true", "--option", "trusted-public-keys", public_key])
+            .args(extra_args)
             .args(paths)
             .output()
             .map_err(|e| format!("running nix copy: {e}"))?;

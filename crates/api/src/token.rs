@@ -25,7 +25,7 @@ pub const MAX_NAME_LEN: usize = 64;
 /// One thing a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
-    /// Read a private cache. Defined for the private-cache work to come; nothing requires it yet.
+    /// Read a private cache (`niks3 serve --private`).
     Read,
     /// Push: announce, upload NARs and logs, complete, abort, publish realisations.
     Push,

@@ -9,36 +9,8 @@ use crate::support::http::{Backend, TOKEN, TestServer, announce_and_upload};
 use niks3_testkit::nix::NixEnv;
 use serde_json::json;
 use sha2::Digest;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Runs `niks3 token <args> --db <the test server's database>`.
-fn token_cli(s: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_niks3"))
-        .arg("token")
-        .args(args)
-        .arg("--db")
-        .arg(s.pg.url())
-        .env_remove("NIKS3_DB_FILE")
-        .env_remove("NIKS3_DB")
-        .output()
-        .expect("run niks3 token")
-}
-
-/// `niks3 token create --name NAME --scope …`; returns the printed secret.
-fn create(s: &TestServer, name: &str, scopes: &[&str], extra: &[&str]) -> String {
-    let mut args = vec!["create", "--name", name];
-    for sc in scopes {
-        args.extend(["--scope", sc]);
-    }
-    args.extend(extra);
-    let out = token_cli(s, &args);
-    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "stdout is the secret alone: {stdout:?}");
-    lines[0].to_owned()
-}
 
 async fn post(s: &TestServer, token: &str, route: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let r = TestServer::client()
@@ -67,7 +39,7 @@ fn dry_push() -> serde_json::Value {
 async fn a_push_token_pushes_but_gets_403_on_gc() {
     let s = TestServer::start(Backend::Local).await;
     let env = NixEnv::new().expect("nix env");
-    let push = create(&s, "builder-1", &["push"], &[]);
+    let push = s.create_token("builder-1", &["push"], &[]);
     let a = env.build_script("token-push", "echo pushed > $out").expect("build");
     let (_, done) = announce_and_upload(&s, &env, &a, &push).await;
     let (status, v) = post(&s, &push, "complete", &done).await;
@@ -87,7 +59,7 @@ async fn a_push_token_pushes_but_gets_403_on_gc() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gc_token_cannot_push_and_only_admin_with_force_goes_below_the_floors() {
     let s = TestServer::start(Backend::Local).await;
-    let gc = create(&s, "gc-timer", &["gc"], &[]);
+    let gc = s.create_token("gc-timer", &["gc"], &[]);
     let (status, v) = post(&s, &gc, "push", &dry_push()).await;
     assert_eq!(status, 403, "{v}");
     assert!(v["error"].as_str().expect("error").contains("push scope"), "{v}");
@@ -110,7 +82,7 @@ async fn a_gc_token_cannot_push_and_only_admin_with_force_goes_below_the_floors(
         assert!(v["error"].as_str().expect("error").contains("floor"), "{v}");
     }
     // … for an admin token without force; an admin token with force may (the seed token is admin)
-    let admin = create(&s, "ops", &["admin"], &[]);
+    let admin = s.create_token("ops", &["admin"], &[]);
     for t in [admin.as_str(), TOKEN] {
         let (status, v) = post(&s, t, "gc", &gc_body(0, 0, false)).await;
         assert_eq!(status, 400, "{v}");
@@ -127,8 +99,8 @@ async fn a_gc_token_cannot_push_and_only_admin_with_force_goes_below_the_floors(
 async fn upload_sessions_belong_to_the_token_that_opened_them() {
     let s = TestServer::start(Backend::Local).await;
     let env = NixEnv::new().expect("nix env");
-    let one = create(&s, "builder-1", &["push"], &[]);
-    let two = create(&s, "builder-2", &["push"], &[]);
+    let one = s.create_token("builder-1", &["push"], &[]);
+    let two = s.create_token("builder-2", &["push"], &[]);
     let a = env.build_script("token-owned", "echo owned > $out").expect("build");
     let info = env.command("nix").args(["path-info", "--json", &a]).output().expect("path-info");
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
@@ -222,12 +194,12 @@ impl Drop for SecondServer {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_token_is_refused_by_every_server_sharing_the_database_within_seconds() {
     let s = TestServer::start(Backend::Local).await;
-    let push = create(&s, "laptop", &["push"], &[]);
+    let push = s.create_token("laptop", &["push"], &[]);
     let second = SecondServer::start(&s).await;
     assert_eq!(post(&s, &push, "push", &dry_push()).await.0, 200);
     assert_eq!(second.dry_push(&push).await, 200);
 
-    let out = token_cli(&s, &["revoke", "laptop"]);
+    let out = s.token_cli(&["revoke", "laptop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let revoked_at = Instant::now();
     let mut refused = false;
@@ -240,7 +212,7 @@ async fn a_revoked_token_is_refused_by_every_server_sharing_the_database_within_
     }
     assert!(refused, "the second server still accepts the revoked token after 5 s");
     assert_eq!(post(&s, &push, "push", &dry_push()).await.0, 401);
-    let list = String::from_utf8(token_cli(&s, &["list"]).stdout).expect("utf-8");
+    let list = String::from_utf8(s.token_cli(&["list"]).stdout).expect("utf-8");
     assert!(list.lines().any(|l| l.starts_with("laptop") && l.contains("revoked")), "{list}");
     // the seed token of each server is its own, and still admin
     assert_eq!(post(&s, TOKEN, "push", &dry_push()).await.0, 200);
@@ -250,20 +222,20 @@ async fn a_revoked_token_is_refused_by_every_server_sharing_the_database_within_
 async fn an_expired_token_gets_401() {
     let s = TestServer::start(Backend::Local).await;
     let created = Instant::now();
-    let push = create(&s, "ci-short", &["push"], &["--expires-in", "5s"]);
+    let push = s.create_token("ci-short", &["push"], &["--expires-in", "5s"]);
     assert_eq!(post(&s, &push, "push", &dry_push()).await.0, 200);
     assert!(created.elapsed() < Duration::from_secs(5), "too slow to see the token before it expired");
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(created.elapsed()) + Duration::from_millis(500)).await;
     let (status, v) = post(&s, &push, "push", &dry_push()).await;
     assert_eq!(status, 401, "{v}");
-    let list = String::from_utf8(token_cli(&s, &["list"]).stdout).expect("utf-8");
+    let list = String::from_utf8(s.token_cli(&["list"]).stdout).expect("utf-8");
     assert!(list.lines().any(|l| l.starts_with("ci-short") && l.contains("expired")), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_secret_is_printed_once_and_only_its_sha256_is_stored() {
     let s = TestServer::start(Backend::Local).await;
-    let secret = create(&s, "builder-9", &["push", "gc"], &["--expires-in", "30d"]);
+    let secret = s.create_token("builder-9", &["push", "gc"], &["--expires-in", "30d"]);
     assert!(secret.starts_with("niks3_") && secret.len() == 6 + 64, "256 bits, hex: {secret}");
     // used once, so last_used_at is set too
     assert_eq!(post(&s, &secret, "push", &dry_push()).await.0, 200);
@@ -290,10 +262,10 @@ async fn the_secret_is_printed_once_and_only_its_sha256_is_stored() {
     assert!(!String::from_utf8_lossy(&dump.stdout).contains(hex));
 
     // list never shows it; a second create of the same name is refused and prints nothing
-    let list = token_cli(&s, &["list"]);
+    let list = s.token_cli(&["list"]);
     let text = String::from_utf8(list.stdout).expect("utf-8");
     assert!(text.contains("builder-9") && text.contains("push,gc") && !text.contains(hex), "{text}");
-    let again = token_cli(&s, &["create", "--name", "builder-9", "--scope", "push"]);
+    let again = s.token_cli(&["create", "--name", "builder-9", "--scope", "push"]);
     assert!(!again.status.success());
     assert!(again.stdout.is_empty());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));

@@ -23,6 +23,7 @@ mod http_api_gc;
 mod http_api_tokens;
 mod http_connections;
 mod http_landing;
+mod http_private;
 mod http_proxy;
 mod nix_build_log;
 mod nix_daemon_protocol;

@@ -19,6 +19,7 @@ pub(crate) const S3_PART_SIZE: usize = 8 << 20;
 
 /// The flags of `niks3 serve` (see docs and `niks3 serve --help`).
 #[derive(clap::Args, Clone, Default)]
+#[allow(clippy::struct_excessive_bools, reason = "on/off command-line flags are bools")]
 pub struct ServeArgs {
     /// State directory (keys, token, embedded PostgreSQL, local cache). Default: /var/lib/niks3 as root,
     /// else $XDG_STATE_HOME/niks3 or ~/.local/state/niks3.
@@ -90,6 +91,10 @@ pub struct ServeArgs {
     /// Priority announced in nix-cache-info (lower is preferred).
     #[arg(long, env = "NIKS3_PRIORITY", default_value_t = 30)]
     pub priority: u32,
+    /// A private cache: reading it (narinfos, NARs, logs, nix-cache-info, /metrics) needs a token with the
+    /// `read` scope, sent as the password of Nix's netrc-file entry or as a Bearer token.
+    #[arg(long, env = "NIKS3_PRIVATE")]
+    pub private: bool,
     /// Seconds a push may go without a sign of life before another push (through any server sharing the
     /// database) takes over the paths it was to upload (docs/deployment.md).
     #[arg(long, env = "NIKS3_PUSH_LEASE_TIMEOUT", default_value_t = 120,
@@ -277,6 +282,8 @@ pub struct ServeConfig {
     pub compression_level: i32,
     /// How long a push's write leases outlive its last sign of life.
     pub push_lease_timeout: std::time::Duration,
+    /// Reading needs a `read` token.
+    pub private: bool,
 }
 
 /// Where the database is, for commands that only need it (`niks3 token`): the same flags, environment
@@ -539,6 +546,7 @@ impl ServeConfig {
             jobs,
             compression_level: args.nar.compression_level,
             push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
+            private: args.private,
         })
     }
 

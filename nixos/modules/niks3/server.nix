@@ -181,6 +181,17 @@ in
       description = "Public substituter URL shown on the landing page and in the printed nix.conf lines.";
     };
 
+    private = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        A private cache: reading it (narinfos, NARs, logs, nix-cache-info, /metrics) needs a token with
+        the `read` scope (`niks3 token create --name <client> --scope read`), which Nix sends from its
+        netrc-file (`machine <host>`, `login nix`, `password <token>`; nix.settings.netrc-file). The
+        landing page and /health stay open and show nothing secret.
+      '';
+    };
+
     priority = lib.mkOption {
       type = lib.types.ints.unsigned;
       default = 30;
@@ -325,6 +336,12 @@ in
             default = cfg.storageDir;
             defaultText = literalExpression "config.services.niks3.storageDir";
             description = "NIKS3_STORAGE_DIR: the local object directory (see storageDir).";
+          };
+          private = lib.mkOption {
+            type = lib.types.bool;
+            default = cfg.private;
+            defaultText = literalExpression "config.services.niks3.private";
+            description = "NIKS3_PRIVATE: reading the cache needs a read token (see private).";
           };
           cache_url = lib.mkOption {
             type = lib.types.nullOr lib.types.str;

@@ -156,6 +156,7 @@ fn start_http(
         priority: config.priority,
         cache_url: config.cache_url.clone(),
         api_token: Some(config.api_token.clone()),
+        private: config.private,
         limits: niks3_server::http::api::ApiLimits {
             lease_timeout: config.push_lease_timeout,
             ..niks3_server::http::api::ApiLimits::default()

@@ -57,6 +57,21 @@ impl TestServer {
         name: &str,
         cache_url: Option<&str>,
     ) -> TestServer {
+        Self::start_inner(backend, token, name, cache_url, false).await
+    }
+
+    /// Like [`TestServer::start`] for a private cache (`--private`).
+    pub async fn start_private(backend: Backend) -> TestServer {
+        Self::start_inner(backend, Some(ApiToken::new(TOKEN).expect("token")), "private cache", None, true).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        token: Option<ApiToken>,
+        name: &str,
+        cache_url: Option<&str>,
+        private: bool,
+    ) -> TestServer {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
         let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");
@@ -82,6 +97,7 @@ impl TestServer {
             cache_url: cache_url.map_or_else(|| url.clone(), str::to_owned),
             cache_name: name.to_owned(),
             api_token: token,
+            private,
             ..HttpState::new(Arc::new(store), db, Arc::new(vec![sign]), Arc::new(Metrics::default()))
         });
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -89,6 +105,34 @@ impl TestServer {
             let _ = stop_rx.await;
         }));
         TestServer { state, addr, url, dir, cache_dir, _garage: garage, pg, key, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Runs `niks3 token <args> --db <this server's database>` (the real binary).
+    pub fn token_cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_niks3"))
+            .arg("token")
+            .args(args)
+            .arg("--db")
+            .arg(self.pg.url())
+            .env_remove("NIKS3_DB_FILE")
+            .env_remove("NIKS3_DB")
+            .output()
+            .expect("run niks3 token")
+    }
+
+    /// `niks3 token create --name NAME --scope …`; returns the printed secret.
+    pub fn create_token(&self, name: &str, scopes: &[&str], extra: &[&str]) -> String {
+        let mut args = vec!["create", "--name", name];
+        for sc in scopes {
+            args.extend(["--scope", sc]);
+        }
+        args.extend(extra);
+        let out = self.token_cli(&args);
+        assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "stdout is the secret alone: {stdout:?}");
+        lines[0].to_owned()
     }
 
     /// Runs the real `niks3 push --server <this server> <path>` (token [`TOKEN`] from a file) in `env`;

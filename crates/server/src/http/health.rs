@@ -1,4 +1,5 @@
-//! `/health`: 200 when both PostgreSQL and the object store answer, 503 (with what failed) otherwise.
+//! `/health`: 200 when both PostgreSQL and the object store answer, 503 (with what failed; a private cache
+//! only says `unavailable`) otherwise.
 //! Meant for load balancers and systemd/Kubernetes probes, and open to anyone: it says which dependency is
 //! down and nothing more (the details, with bucket names, endpoints and file paths, go to the server's log;
 //! security review, finding 17). A local Nix store the drainer cannot read is shown as `"nix"` with status
@@ -48,6 +49,11 @@ pub async fn handle(state: &HttpState, _req: &Request) -> Response {
         (true, true) => "degraded",
         (true, false) => "ok",
     };
+    // A private cache tells anonymous callers only whether it works.
+    if state.private {
+        let code = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return response::json(code, &serde_json::json!({ "status": status }));
+    }
     let body = serde_json::json!({
         "status": status,
         "db": show(&db),

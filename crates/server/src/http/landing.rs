@@ -12,7 +12,7 @@ use warp::reply::Response;
 /// Answers `GET/HEAD /`.
 pub fn handle(state: &HttpState, req: &Request) -> Response {
     let keys: Vec<String> = state.public_keys.iter().map(niks3_nix::signing::PublicKey::to_nix_string).collect();
-    let page = render(&state.cache_name, &state.cache_url, &keys);
+    let page = render(&state.cache_name, &state.cache_url, &keys, state.private);
     response::bytes(
         StatusCode::OK,
         "text/html; charset=utf-8",
@@ -51,8 +51,9 @@ pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The whole page for a cache named `name` at `url` with public `keys`.
-pub fn render(name: &str, url: &str, keys: &[String]) -> String {
+/// The whole page for a cache named `name` at `url` with public `keys`; a private cache's page also
+/// says how a client presents its read token.
+pub fn render(name: &str, url: &str, keys: &[String], private: bool) -> String {
     let h = escape_html;
     let keys_space = keys.join(" ");
     let mut nix_keys = String::new();
@@ -72,6 +73,22 @@ pub fn render(name: &str, url: &str, keys: &[String]) -> String {
         escape_nix_string(url),
         nix_keys
     );
+    let private_section = if private {
+        let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or_default();
+        let netrc = format!(
+            "# /etc/nix/netrc (root-only), with a read token the cache's operator made for you\n\
+             # (niks3 token create --name you --scope read):\n\
+             machine {host}\nlogin nix\npassword <read token>\n\n\
+             # nix.conf (or nix.settings.netrc-file on NixOS):\nnetrc-file = /etc/nix/netrc\n"
+        );
+        format!(
+            "<h2>Private cache</h2>\n<p>Reading this cache needs a token with the read scope, which Nix \
+             sends from its netrc file:</p>\n<pre>{}</pre>\n",
+            h(&netrc)
+        )
+    } else {
+        String::new()
+    };
     let qurl = shell_quote(url);
     let qkeys = shell_quote(&keys_space);
     let copy = format!(
@@ -105,6 +122,7 @@ footer {{ margin-top: 2.5rem; color: #7a8190; font-size: .85rem; }}
 <p class="sub">A Nix binary cache served by niks3.</p>
 <h2>Substituter URL</h2>
 <pre>{url_h}</pre>
+{private_section}
 <h2>Public keys</h2>
 <ul>
 {key_items}</ul>
@@ -136,6 +154,7 @@ mod tests {
             "<script>alert(1)</script>",
             "http://x/\"><img src=x onerror=alert(1)>${builtins.x}",
             &["k-1:<b>".to_owned()],
+            true,
         );
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(!page.contains("<img"), "{page}");

@@ -3,8 +3,9 @@
 //! [`niks3_storage::ObjectKey::parse`] or validated store paths.
 //!
 //! One file per thing a user asks for: [`cacheinfo`], [`proxy`] (narinfo, NARs, listings, logs,
-//! realisations), [`landing`], [`health`], [`metrics`], [`api`]. This file only binds the socket, routes a
-//! request to one of them and counts the answer in the metrics.
+//! realisations), [`landing`], [`health`], [`metrics`], [`api`]; `private.rs` guards the read routes of a
+//! private cache. This file only binds the socket, routes a request to one of them and counts the answer
+//! in the metrics.
 
 pub mod api;
 pub mod cacheinfo;
@@ -12,6 +13,7 @@ pub mod health;
 pub mod landing;
 pub mod listener;
 pub mod metrics;
+mod private;
 pub mod proxy;
 mod response;
 
@@ -64,6 +66,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The bearer token of the API; `None` disables `/api/v1/` (it answers 404).
     pub api_token: Option<niks3_api::token::ApiToken>,
+    /// `--private`: reading the cache needs a `read` token (see `private.rs`).
+    pub private: bool,
     /// Size and count limits of API requests.
     pub limits: ApiLimits,
     /// Connection count and header timeout (see [`listener`]).
@@ -87,6 +91,7 @@ impl HttpState {
             cache_name: crate::config::hostname(),
             metrics,
             api_token: None,
+            private: false,
             limits: ApiLimits::default(),
             connection_limits: listener::Limits::default(),
         }
@@ -162,6 +167,21 @@ async fn dispatch(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::
         let rest = rest.to_owned();
         return api::handle(state, req, &rest).await;
     }
+    let read_only = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    if state.private && read_only && !matches!(path, "/" | "/health") {
+        if let Err(refused) = private::admit(state, &req.headers).await {
+            return ("private", refused);
+        }
+        let (route, mut resp) = route(state, req).await;
+        private::keep_private(&mut resp);
+        return (route, resp);
+    }
+    route(state, req).await
+}
+
+/// The route a non-API request goes to.
+async fn route(state: &Arc<HttpState>, req: Request) -> (&'static str, warp::reply::Response) {
+    let path = req.path.as_str();
     let read_only = req.method == http::Method::GET || req.method == http::Method::HEAD;
     match path {
         "/" => ("landing", if read_only { landing::handle(state, &req) } else { response::method_not_allowed() }),

@@ -1,4 +1,5 @@
-//! Who is calling the API: the bearer token of a request is either the seed token (loaded from a file or
+//! Who is calling the API (or reading a private cache): the token of a request (Bearer, or the password
+//! of HTTP Basic as Nix sends it from its `netrc-file`) is either the seed token (loaded from a file or
 //! the environment, at least [`MIN_TOKEN_LEN`] characters, compared in constant time over SHA-256 digests,
 //! never printed; it is `admin`) or a scoped token of `niks3 token create`, looked up in PostgreSQL by the
 //! SHA-256 of what was presented ([`crate::db::Db::authenticate_token`]). Looking a digest up in an
@@ -9,12 +10,22 @@ use crate::db::Db;
 use crate::db::tokens::{TokenDbError, TokenId};
 use niks3_api::token::{ApiToken, MIN_TOKEN_LEN, Scope, Scopes};
 
-/// The token of an `Authorization: Bearer <token>` header, trimmed; the scheme in any case (RFC 9110
-/// §11.1: auth schemes are case-insensitive).
-fn bearer(authorization: Option<&http::HeaderValue>) -> Option<&str> {
+/// The token a request presents: `Authorization: Bearer <token>`, or `Basic` with the token as the
+/// password (any user name) — what Nix sends for a substituter listed in its `netrc-file`. The scheme in
+/// any case (RFC 9110 §11.1: auth schemes are case-insensitive).
+fn presented(authorization: Option<&http::HeaderValue>) -> Option<String> {
+    use base64::Engine as _;
     let v = authorization.and_then(|v| v.to_str().ok())?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_owned());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let (_, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(password.to_owned())
 }
 
 /// Who sent an API request whose token checked out.
@@ -63,8 +74,8 @@ pub async fn authenticate(
     authorization: Option<&http::HeaderValue>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Caller, Unauthenticated> {
-    let presented = bearer(authorization).ok_or(Unauthenticated::Refused)?;
-    let digest = niks3_api::token::digest(presented);
+    let presented = presented(authorization).ok_or(Unauthenticated::Refused)?;
+    let digest = niks3_api::token::digest(&presented);
     if seed.matches_digest(&digest) {
         return Ok(Caller::seed());
     }
@@ -83,13 +94,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is() {
+    fn a_token_is_read_from_bearer_or_as_the_basic_password_and_from_nothing_else() {
+        use base64::Engine as _;
         let hv = |s: &str| http::HeaderValue::from_str(s).expect("header");
         let t = "0123456789abcdef0123456789abcdef0123";
-        assert_eq!(bearer(Some(&hv(&format!("Bearer {t}")))), Some(t));
-        assert_eq!(bearer(Some(&hv(&format!("BEARER {t} ")))), Some(t), "any case, trimmed");
-        assert_eq!(bearer(Some(&hv(&format!("Bearer{t}")))), None);
-        assert_eq!(bearer(Some(&hv(&format!("Basic {t}")))), None);
-        assert_eq!(bearer(None), None);
+        let basic = |cred: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred));
+        assert_eq!(presented(Some(&hv(&format!("Bearer {t}")))).as_deref(), Some(t));
+        assert_eq!(presented(Some(&hv(&format!("BEARER {t} ")))).as_deref(), Some(t), "any case, trimmed");
+        assert_eq!(presented(Some(&hv(&basic(&format!("nix:{t}"))))).as_deref(), Some(t), "netrc: any user");
+        assert_eq!(presented(Some(&hv(&basic(&format!(":{t}"))))).as_deref(), Some(t), "empty user name");
+        assert_eq!(presented(Some(&hv(&format!("Bearer{t}")))), None);
+        assert_eq!(presented(Some(&hv(&basic(t)))), None, "Basic without a password");
+        assert_eq!(presented(Some(&hv("Basic !!not base64!!"))), None);
+        assert_eq!(presented(Some(&hv(&format!("Digest {t}")))), None);
+        assert_eq!(presented(None), None);
     }
 }
