@@ -21,6 +21,7 @@ mod gc_s3;
 mod http_api_auth;
 mod http_api_gc;
 mod http_api_tokens;
+mod http_audit;
 mod http_connections;
 mod http_landing;
 mod http_private;

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with its own clap `Args` and a `run`.
 
+pub mod audit;
 pub mod drain;
 pub mod gc;
 pub mod key;
@@ -41,6 +42,8 @@ pub enum Command {
     /// Manage scoped, revocable API tokens (in the server's database).
     #[command(subcommand)]
     Token(token::Command),
+    /// Who pushed which closure, ran GC or changed a token, and when (the server's database).
+    Audit(audit::Args),
 }
 
 /// Dispatches to the subcommand.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(c) => key::run(c),
         Command::Spool(c) => spool::run(c),
         Command::Token(c) => token::run(c),
+        Command::Audit(a) => audit::run(a),
     }
 }
 

@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use niks3_api::token::{NewSecret, Scope, Scopes, validate_name};
 use niks3_server::config::DbArgs;
+use niks3_server::db::audit::AuditAction;
 use niks3_server::db::tokens::TokenInfo;
 use niks3_server::gc::parse_duration;
 use std::time::Duration;
@@ -62,6 +63,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 let (db, _embedded) = super::open_db(&db.resolve()?).await?;
                 let secret = NewSecret::generate();
                 db.create_token(&name, &secret.digest(), &scopes, expires_at, now).await?;
+                let detail =
+                    serde_json::json!({ "scopes": scopes.names(), "expires_at": expires_at.map(|t| t.to_rfc3339()) });
+                db.audit(&super::audit::local_operator(), AuditAction::TokenCreate, &name, &detail, now).await?;
                 let until = expires_at.map_or_else(|| "never expires".to_owned(), |t| format!("expires {}", day(t)));
                 eprintln!(
                     "created token {name:?} (scopes: {scopes}; {until}); its secret follows, shown only this once:"
@@ -77,6 +81,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             Command::Revoke { name, db } => {
                 let (db, _embedded) = super::open_db(&db.resolve()?).await?;
                 let t = db.revoke_token(&name, now).await?;
+                let detail = serde_json::json!({});
+                db.audit(&super::audit::local_operator(), AuditAction::TokenRevoke, &name, &detail, now).await?;
                 let when = t.revoked_at.map_or_else(String::new, |r| format!(" (since {})", minute(r)));
                 println!("revoked token {:?}{when}; every server sharing the database now refuses it", t.name);
                 Ok(())

@@ -109,8 +109,13 @@ impl TestServer {
 
     /// Runs `niks3 token <args> --db <this server's database>` (the real binary).
     pub fn token_cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_on_db("token", args)
+    }
+
+    /// Runs `niks3 <command> <args> --db <this server's database>` (the real binary).
+    pub fn cli_on_db(&self, command: &str, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_niks3"))
-            .arg("token")
+            .arg(command)
             .args(args)
             .arg("--db")
             .arg(self.pg.url())

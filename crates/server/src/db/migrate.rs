@@ -52,6 +52,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0008_gc_timeline.sql",
         sql: include_str!("../../../../migrations/0008_gc_timeline.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_audit_log.sql",
+        sql: include_str!("../../../../migrations/0009_audit_log.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -24,6 +24,7 @@
 //! - [`Db::finish_upload`] fails with [`DbError::UploadExpired`] if GC dropped the upload as failed
 //!   (older than `failed_uploads_older_than`); the path must then be uploaded again from the start.
 
+pub mod audit;
 pub mod embedded;
 pub(crate) mod leases;
 mod migrate;
@@ -466,7 +467,7 @@ impl Db {
     /// Ends an upload successfully: the closure `root` gets pushed_at = now and the upload row goes. One
     /// transaction. Fails with [`DbError::UploadExpired`] if GC dropped the upload meanwhile.
     pub async fn finish_upload(&self, id: UploadId, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
-        self.finish_uploads(&[id], std::slice::from_ref(root), now).await
+        self.finish_uploads(&[id], std::slice::from_ref(root), None, now).await
     }
 
     /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
@@ -476,6 +477,7 @@ impl Db {
         &self,
         ids: &[UploadId],
         roots: &[ObjectKey],
+        audit: Option<&audit::PushAudit<'_>>,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let Some(first) = ids.first() else { return Ok(()) };
@@ -496,6 +498,15 @@ impl Db {
         )
         .await
         .map_err(q("finish_upload: closures"))?;
+        if let Some(a) = audit {
+            t.execute(
+                "INSERT INTO audit_log (at, who, action, subject, detail) \
+                 SELECT $1, $2, 'push', r, $4 FROM unnest($3::text[]) r",
+                &[&now, &a.who, &a.roots, &a.detail],
+            )
+            .await
+            .map_err(q("finish_upload: audit"))?;
+        }
         t.commit().await.map_err(q("finish_upload: commit"))?;
         Ok(())
     }

@@ -264,8 +264,13 @@ impl Uploader {
         let finished = match result {
             Ok(report) => {
                 let root_keys: Vec<ObjectKey> = roots.iter().map(ObjectKey::narinfo).collect();
+                let audit = crate::db::audit::PushAudit {
+                    who: "spool",
+                    roots: roots.iter().map(|r| self.store_dir().display(r)).collect(),
+                    detail: serde_json::json!({ "published": report.uploaded, "closure_paths": report.looked_at }),
+                };
                 self.db()
-                    .finish_uploads(&[id], &root_keys, chrono::Utc::now())
+                    .finish_uploads(&[id], &root_keys, Some(&audit), chrono::Utc::now())
                     .await
                     .map(|()| report)
                     .map_err(Into::into)

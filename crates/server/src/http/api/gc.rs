@@ -9,6 +9,7 @@ use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::read_json;
+use crate::db::audit::AuditAction;
 use crate::gc::{API_OPTION_FLOOR, GcError, GcOptions};
 use http::StatusCode;
 use niks3_api::protocol::GcRequest;
@@ -30,6 +31,10 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Re
         Ok(figures) => {
             if !body.dry_run {
                 state.metrics.record_gc(figures);
+                let detail = serde_json::json!({ "figures": figures, "options": body });
+                if let Err(e) = state.db.audit(&caller.name, AuditAction::Gc, "", &detail, chrono::Utc::now()).await {
+                    tracing::warn!("recording the GC run in the audit trail: {e}");
+                }
             }
             Ok(response::json(StatusCode::OK, &figures))
         }

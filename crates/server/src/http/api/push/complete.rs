@@ -6,6 +6,7 @@
 use super::clip;
 use super::sessions::abort_multipart;
 use super::validate::{missing_paths, validate_off_workers};
+use crate::db::audit::PushAudit;
 use crate::db::leases::{Holder, stale_before};
 use crate::db::{NewObject, UploadId};
 use crate::http::api::auth::Caller;
@@ -154,7 +155,12 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let now = chrono::Utc::now();
     let ids: Vec<UploadId> = uploads.iter().map(|i| UploadId(*i)).collect();
     let root_keys: Vec<ObjectKey> = closure.roots.iter().map(ObjectKey::narinfo).collect();
-    match state.db.finish_uploads(&ids, &root_keys, now).await {
+    let audit = PushAudit {
+        who: &caller.name,
+        roots: closure.roots.iter().map(|r| state.store_dir.display(r)).collect(),
+        detail: serde_json::json!({ "published": todo.len(), "closure_paths": closure.paths.len() }),
+    };
+    match state.db.finish_uploads(&ids, &root_keys, Some(&audit), now).await {
         Ok(()) => {}
         Err(crate::db::DbError::UploadExpired(id)) => {
             return Err(ApiError::conflict(format!("upload {} expired meanwhile; push again", id.0)));
