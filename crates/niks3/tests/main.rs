@@ -20,6 +20,7 @@ mod gc_realisations;
 mod gc_s3;
 mod http_api_auth;
 mod http_api_gc;
+mod http_api_limits;
 mod http_api_tokens;
 mod http_audit;
 mod http_connections;

@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// `read` scope, sent as the password of Nix's netrc-file entry or as a Bearer token.
     #[arg(long, env = "NIKS3_PRIVATE")]
     pub private: bool,
+    /// API requests one token may send per minute (429 with Retry-After past it); 0: no limit.
+    #[arg(long, env = "NIKS3_API_REQUESTS_PER_MINUTE", default_value_t = crate::http::api::rate::DEFAULT_PER_MINUTE)]
+    pub api_requests_per_minute: u32,
+    /// Upload sessions one scoped token may have open at once (429 past it); 0: no limit.
+    #[arg(long, env = "NIKS3_MAX_UPLOAD_SESSIONS", default_value_t = 64)]
+    pub max_upload_sessions: u32,
     /// Seconds a push may go without a sign of life before another push (through any server sharing the
     /// database) takes over the paths it was to upload (docs/deployment.md).
     #[arg(long, env = "NIKS3_PUSH_LEASE_TIMEOUT", default_value_t = 120,
@@ -284,6 +290,10 @@ pub struct ServeConfig {
     pub push_lease_timeout: std::time::Duration,
     /// Reading needs a `read` token.
     pub private: bool,
+    /// API requests per token per minute (0: unlimited).
+    pub api_requests_per_minute: u32,
+    /// Open upload sessions per scoped token (0: unlimited).
+    pub max_upload_sessions: u32,
 }
 
 /// Where the database is, for commands that only need it (`niks3 token`): the same flags, environment
@@ -547,6 +557,8 @@ impl ServeConfig {
             compression_level: args.nar.compression_level,
             push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
             private: args.private,
+            api_requests_per_minute: args.api_requests_per_minute,
+            max_upload_sessions: args.max_upload_sessions,
         })
     }
 

@@ -157,8 +157,10 @@ fn start_http(
         cache_url: config.cache_url.clone(),
         api_token: Some(config.api_token.clone()),
         private: config.private,
+        api_rate: niks3_server::http::api::rate::ApiRate::new(config.api_requests_per_minute),
         limits: niks3_server::http::api::ApiLimits {
             lease_timeout: config.push_lease_timeout,
+            max_sessions_per_token: config.max_upload_sessions,
             ..niks3_server::http::api::ApiLimits::default()
         },
         ..niks3_server::http::HttpState::new(store, db, keys, metrics)

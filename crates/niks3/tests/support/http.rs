@@ -47,7 +47,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts PostgreSQL, the store, and the server with API token [`TOKEN`].
     pub async fn start(backend: Backend) -> TestServer {
-        Self::start_with(backend, Some(ApiToken::new(TOKEN).expect("token")), "test cache", None).await
+        Self::start_adjusted(backend, |_| {}).await
     }
 
     /// Like [`TestServer::start`] with a chosen token, cache name and cache URL.
@@ -57,21 +57,26 @@ impl TestServer {
         name: &str,
         cache_url: Option<&str>,
     ) -> TestServer {
-        Self::start_inner(backend, token, name, cache_url, false).await
+        let name = name.to_owned();
+        let cache_url = cache_url.map(str::to_owned);
+        Self::start_adjusted(backend, move |st| {
+            st.api_token = token;
+            st.cache_name = name;
+            if let Some(u) = cache_url {
+                st.cache_url = u;
+            }
+        })
+        .await
     }
 
     /// Like [`TestServer::start`] for a private cache (`--private`).
     pub async fn start_private(backend: Backend) -> TestServer {
-        Self::start_inner(backend, Some(ApiToken::new(TOKEN).expect("token")), "private cache", None, true).await
+        Self::start_adjusted(backend, |st| st.private = true).await
     }
 
-    async fn start_inner(
-        backend: Backend,
-        token: Option<ApiToken>,
-        name: &str,
-        cache_url: Option<&str>,
-        private: bool,
-    ) -> TestServer {
+    /// Like [`TestServer::start`] with `adjust` applied to the server's state (limits, flags) before it
+    /// serves: what `niks3 serve`'s flags would set.
+    pub async fn start_adjusted(backend: Backend, adjust: impl FnOnce(&mut HttpState)) -> TestServer {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
         let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");
@@ -93,13 +98,14 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let url = format!("http://{addr}");
         // The constructor `niks3 serve` uses; only what a test chooses differs.
-        let state = Arc::new(HttpState {
-            cache_url: cache_url.map_or_else(|| url.clone(), str::to_owned),
-            cache_name: name.to_owned(),
-            api_token: token,
-            private,
+        let mut st = HttpState {
+            cache_url: url.clone(),
+            cache_name: "test cache".to_owned(),
+            api_token: Some(ApiToken::new(TOKEN).expect("token")),
             ..HttpState::new(Arc::new(store), db, Arc::new(vec![sign]), Arc::new(Metrics::default()))
-        });
+        };
+        adjust(&mut st);
+        let state = Arc::new(st);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(niks3_server::http::serve_listener(Arc::clone(&state), listener, async move {
             let _ = stop_rx.await;

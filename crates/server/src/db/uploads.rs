@@ -27,6 +27,17 @@ impl Db {
         Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
     }
 
+    /// How many sessions token `owner` has open.
+    pub(crate) async fn open_sessions(&self, owner: i64) -> Result<u64, DbError> {
+        let c = self.client().await?;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM uploads WHERE token_id = $1", &[&owner])
+            .await
+            .map_err(q("open_sessions"))?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// True when session `id` exists, was opened by `owner` and claimed `key`.
     pub(crate) async fn session_claims(&self, id: i64, key: &ObjectKey, owner: Option<i64>) -> Result<bool, DbError> {
         let c = self.client().await?;

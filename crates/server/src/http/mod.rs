@@ -68,6 +68,8 @@ pub struct HttpState {
     pub api_token: Option<niks3_api::token::ApiToken>,
     /// `--private`: reading the cache needs a `read` token (see `private.rs`).
     pub private: bool,
+    /// Per-token API request rate (`--api-requests-per-minute`).
+    pub api_rate: api::rate::ApiRate,
     /// Size and count limits of API requests.
     pub limits: ApiLimits,
     /// Connection count and header timeout (see [`listener`]).
@@ -92,6 +94,7 @@ impl HttpState {
             metrics,
             api_token: None,
             private: false,
+            api_rate: api::rate::ApiRate::new(api::rate::DEFAULT_PER_MINUTE),
             limits: ApiLimits::default(),
             connection_limits: listener::Limits::default(),
         }

@@ -60,7 +60,7 @@ impl Caller {
 #[derive(Debug, thiserror::Error)]
 pub enum Unauthenticated {
     /// No token, or one that is unknown, revoked or expired: 401.
-    #[error("missing, unknown, revoked or expired API token")]
+    #[error("missing, invalid or expired API token")]
     Refused,
     /// The database could not be asked: 503 (the token may well be valid).
     #[error("checking the API token: {0}")]

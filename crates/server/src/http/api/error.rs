@@ -39,6 +39,8 @@ pub enum ApiError {
     Storage(String),
     /// Something transient the client may retry, with a message safe to send (503).
     Unavailable(String),
+    /// The caller is over one of its limits (open upload sessions): 429, retry later.
+    TooMany(String),
     /// A bug or a task that died (500).
     Internal(String),
 }
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Database(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Storage(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,7 +88,12 @@ impl ApiError {
             ApiError::Internal(cause) => tracing::error!("internal error in the API: {cause}"),
             _ => {}
         }
-        response::json_error(self.status(), self.public_message())
+        let mut r = response::json_error(self.status(), self.public_message());
+        if matches!(self, ApiError::TooMany(_)) {
+            // Sessions end within a push's time; a few seconds is a fair first wait.
+            response::set(&mut r, http::header::RETRY_AFTER, "5");
+        }
+        r
     }
 
     /// What the client is told.
@@ -101,7 +109,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::TooLarge(m)
             | ApiError::Unprocessable(m)
-            | ApiError::Unavailable(m) => clip(m, MAX_MESSAGE_LEN),
+            | ApiError::Unavailable(m)
+            | ApiError::TooMany(m) => clip(m, MAX_MESSAGE_LEN),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gc;
 pub mod presign;
 pub mod push;
+pub mod rate;
 pub mod realisations;
 pub mod relay;
 
@@ -36,6 +37,8 @@ pub struct ApiLimits {
     pub presign_expiry: std::time::Duration,
     /// How long a push's write leases outlive its last sign of life (`--push-lease-timeout`).
     pub lease_timeout: std::time::Duration,
+    /// Upload sessions a scoped token may have open at once (`--max-upload-sessions`); 0: no limit.
+    pub max_sessions_per_token: u32,
 }
 
 impl Default for ApiLimits {
@@ -48,6 +51,7 @@ impl Default for ApiLimits {
             max_listing: 16 << 20,
             presign_expiry: std::time::Duration::from_hours(1),
             lease_timeout: std::time::Duration::from_mins(2),
+            max_sessions_per_token: 64,
         }
     }
 }
@@ -69,6 +73,19 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
             return ("api-auth", response::json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
         }
     };
+    if let Err(wait) = state.api_rate.check(&caller.name) {
+        let secs = wait.as_secs() + 1;
+        let mut r = response::json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "token {:?} sent more than {} API requests in a minute; retry in {secs} s",
+                caller.name,
+                state.api_rate.per_minute()
+            ),
+        );
+        response::set(&mut r, http::header::RETRY_AFTER, &secs.to_string());
+        return ("api-rate", r);
+    }
     let segs: Vec<&str> = rest.split('/').collect();
     let post = req.method == http::Method::POST;
     let put = req.method == http::Method::PUT;

@@ -96,6 +96,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     claimed.extend(log_keys.iter().map(|(k, _)| k.clone()));
     let now = chrono::Utc::now();
     let Some(first_root) = closure.roots.first() else { return Err(ApiError::bad("no roots")) };
+    refuse_too_many_sessions(state, caller).await?;
     let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
         Ok(id) => id,
         Err(e) => return Err(ApiError::Database(e.to_string())),
@@ -160,6 +161,22 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             missing_logs,
         },
     ))
+}
+
+/// A scoped token may keep at most `max_sessions_per_token` upload sessions open (each holds claims and
+/// leases until it ends): past that, 429 until some end. The seed token is the server's own (its
+/// sessions are counted with the spool pipeline's) and is not limited.
+async fn refuse_too_many_sessions(state: &HttpState, caller: &Caller) -> Result<(), ApiError> {
+    let max = u64::from(state.limits.max_sessions_per_token);
+    let Some(token) = caller.token.filter(|_| max > 0) else { return Ok(()) };
+    let open = state.db.open_sessions(token.0).await.map_err(|e| ApiError::Database(e.to_string()))?;
+    if open >= max {
+        return Err(ApiError::TooMany(format!(
+            "token {:?} has {open} upload sessions open, the most allowed; complete or abort some first",
+            caller.name
+        )));
+    }
+    Ok(())
 }
 
 /// NAR rows recorded before FileHashes were kept (migration 0005) have none, so they could not be reused
