@@ -265,6 +265,14 @@ pub fn stream_nar(
     }
 }
 
+/// The largest a zstd-compressed NAR of `nar_size` bytes can be: zstd's `ZSTD_compressBound` (incompressible
+/// data is stored in raw blocks, 3 header bytes per 128 KiB) plus room for frame headers and checksum.
+pub fn max_compressed_size(nar_size: u64) -> u64 {
+    const BLOCK: u64 = 128 << 10;
+    let small_input_margin = if nar_size < BLOCK { (BLOCK - nar_size) >> 11 } else { 0 };
+    nar_size.saturating_add(nar_size >> 8).saturating_add(small_input_margin).saturating_add(64 << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +311,7 @@ mod tests {
         let producer = tokio::task::spawn_blocking(move || {
             stream_nar(&path, "/nix/store/x-test", hash, size, k, tx, NarEncoding::default(), zstd_workers)
         });
-        let stored = store.put_stream(&key, rx, "application/x-nix-archive").await;
+        let stored = store.put_stream(&key, rx, "application/x-nix-archive", None).await;
         (producer.await.expect("join"), stored, key)
     }
 

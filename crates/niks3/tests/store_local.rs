@@ -74,7 +74,7 @@ async fn streams_and_ranges() {
     let (dir, store) = setup();
     let d = data(3 * 1024 * 1024 + 17, 1);
     let key = nar_key(&d);
-    assert_eq!(store.put_stream(&key, feed(d.clone(), 100_000, None), "x").await.expect("put"), d.len() as u64);
+    assert_eq!(store.put_stream(&key, feed(d.clone(), 100_000, None), "x", None).await.expect("put"), d.len() as u64);
     assert_eq!(tmp_files(&dir), 0);
     let len = d.len() as u64;
     let (size, back) = read_all(&store, &key, None).await;
@@ -94,7 +94,7 @@ async fn failed_stream_leaves_nothing() {
     let (dir, store) = setup();
     let d = data(1024 * 1024, 2);
     let key = nar_key(&d);
-    let err = store.put_stream(&key, feed(d, 64 * 1024, Some(512 * 1024)), "x").await.expect_err("must fail");
+    let err = store.put_stream(&key, feed(d, 64 * 1024, Some(512 * 1024)), "x", None).await.expect_err("must fail");
     assert!(matches!(err, StorageError::Source { .. }), "{err}");
     assert_eq!(store.head(&key).await.expect("head"), None);
     assert!(store.list("").await.expect("list").is_empty());

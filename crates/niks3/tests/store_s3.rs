@@ -115,14 +115,16 @@ async fn small_stream_is_one_put() {
     let (g, store) = setup();
     let d = data(100 * 1024 + 7, 1);
     let key = nar_key(&d);
-    let n =
-        store.put_stream(&key, feed(d.clone(), &[7000, 1, 65536], None), "application/x-nix-nar").await.expect("put");
+    let n = store
+        .put_stream(&key, feed(d.clone(), &[7000, 1, 65536], None), "application/x-nix-nar", None)
+        .await
+        .expect("put");
     assert_eq!(n, d.len() as u64);
     assert_eq!(read_all(&store, &key, None).await, (d.len() as u64, d));
     assert!(!etag(&g, &key).await.contains('-'), "a small object must not be multipart");
     // An empty stream stores an empty object.
     let empty = nar_key(b"");
-    assert_eq!(store.put_stream(&empty, feed(Vec::new(), &[1], None), "x").await.expect("put empty"), 0);
+    assert_eq!(store.put_stream(&empty, feed(Vec::new(), &[1], None), "x", None).await.expect("put empty"), 0);
     assert_eq!(store.head(&empty).await.expect("head").map(|m| m.size), Some(0));
 }
 
@@ -133,7 +135,7 @@ async fn large_stream_is_multipart_in_equal_parts() {
         let d = data(len, len as u64);
         let key = nar_key(&d);
         let n = store
-            .put_stream(&key, feed(d.clone(), &[MIB, 3 * MIB + 1, 4096], None), "application/x-nix-nar")
+            .put_stream(&key, feed(d.clone(), &[MIB, 3 * MIB + 1, 4096], None), "application/x-nix-nar", None)
             .await
             .expect("put_stream");
         assert_eq!(n, len as u64);
@@ -149,6 +151,39 @@ async fn large_stream_is_multipart_in_equal_parts() {
     assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty());
 }
 
+/// Any object fits S3's part limit (10 000 parts; 4 here, so megabytes show what terabytes would):
+/// with a bound (a NAR's zstd bound) the parts are equal — as R2 requires — and grown to hold it;
+/// without one they double as they fill; past what the parts can hold the upload fails clearly and
+/// leaves nothing behind.
+#[tokio::test]
+async fn the_part_size_grows_so_any_size_fits_the_part_limit() {
+    let g = Garage::start().expect("start garage");
+    let store = Storage::S3(S3Store::new(config(&g)).expect("valid config").with_max_parts(4));
+    // 50 MiB in 8 MiB parts would need 7 parts: with the bound, 4 equal parts of 13 MiB.
+    let d = data(50 * MIB, 11);
+    let key = nar_key(&d);
+    let bound = Some(niks3_local::nar_stream::max_compressed_size(d.len() as u64));
+    let n = store.put_stream(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar", bound).await.expect("put");
+    assert_eq!(n, d.len() as u64);
+    assert!(etag(&g, &key).await.trim_matches('"').ends_with("-4"), "{}", etag(&g, &key).await);
+    assert_eq!(sha2::Sha256::digest(read_all(&store, &key, None).await.1), sha2::Sha256::digest(&d));
+    // Without a bound: 8, 16, 32 MiB parts hold the same 50 MiB in 3 parts.
+    let d2 = data(50 * MIB, 12);
+    let key2 = nar_key(&d2);
+    store.put_stream(&key2, feed(d2.clone(), &[MIB], None), "application/x-nix-nar", None).await.expect("put");
+    assert!(etag(&g, &key2).await.trim_matches('"').ends_with("-3"), "{}", etag(&g, &key2).await);
+    assert_eq!(sha2::Sha256::digest(read_all(&store, &key2, None).await.1), sha2::Sha256::digest(&d2));
+    // Two parts at most, no bound: 8 + 16 MiB hold 24 MiB; 30 MiB is refused and nothing is left.
+    let two = Storage::S3(S3Store::new(config(&g)).expect("valid config").with_max_parts(2));
+    let d3 = data(30 * MIB, 13);
+    let key3 = nar_key(&d3);
+    let err = two.put_stream(&key3, feed(d3, &[MIB], None), "x", None).await.expect_err("too large");
+    assert!(matches!(err, StorageError::TooLarge { .. }) && err.to_string().contains("limit of 2 parts"), "{err}");
+    assert!(!err.is_transient(), "retrying cannot help");
+    assert_eq!(store.head(&key3).await.expect("head"), None);
+    assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty(), "multipart upload left");
+}
+
 #[tokio::test]
 async fn failed_stream_leaves_nothing() {
     let (_g, store) = setup();
@@ -156,7 +191,7 @@ async fn failed_stream_leaves_nothing() {
     for fail_after in [2 * PART + MIB, 3 * MIB] {
         let d = data(3 * PART, 7);
         let key = nar_key(&d);
-        let err = store.put_stream(&key, feed(d, &[MIB], Some(fail_after)), "x").await.expect_err("must fail");
+        let err = store.put_stream(&key, feed(d, &[MIB], Some(fail_after)), "x", None).await.expect_err("must fail");
         assert!(matches!(err, StorageError::Source { .. }), "{err}");
         assert_eq!(store.head(&key).await.expect("head"), None);
         assert!(store.list("").await.expect("list").is_empty());
@@ -300,7 +335,7 @@ async fn wrong_secret_is_a_clear_permanent_error_without_the_secret() {
         assert!(!format!("{err:?}").contains(wrong), "secret leaked in Debug");
     }
     let d = data(PART + 1, 5);
-    let err = store.put_stream(&nar_key(&d), feed(d, &[MIB], None), "x").await.expect_err("multipart must fail");
+    let err = store.put_stream(&nar_key(&d), feed(d, &[MIB], None), "x", None).await.expect_err("multipart must fail");
     assert!(!err.is_transient() && !err.to_string().contains(wrong), "{err}");
 }
 
@@ -377,7 +412,7 @@ async fn throughput_of_put_stream_vs_single_put() {
     let base = t.elapsed();
     let key = nar_key(&d);
     let t = std::time::Instant::now();
-    store.put_stream(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar").await.expect("put_stream");
+    store.put_stream(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar", None).await.expect("put_stream");
     let ours = t.elapsed();
     let t = std::time::Instant::now();
     let (size, _) = read_all(&store, &key, None).await;

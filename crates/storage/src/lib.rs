@@ -64,6 +64,14 @@ pub enum StorageError {
         /// What the source reported.
         reason: String,
     },
+    /// The object is larger than the store takes in one upload (more than its part limit can hold).
+    #[error("object {key} too large: {reason}")]
+    TooLarge {
+        /// The object key being uploaded.
+        key: String,
+        /// How far it got, and the limit.
+        reason: String,
+    },
 }
 
 impl StorageError {
@@ -72,7 +80,7 @@ impl StorageError {
         match self {
             StorageError::S3 { .. } | StorageError::Io { .. } => true,
             StorageError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            StorageError::Config(_) | StorageError::Source { .. } => false,
+            StorageError::Config(_) | StorageError::Source { .. } | StorageError::TooLarge { .. } => false,
         }
     }
 }
@@ -155,19 +163,21 @@ impl Storage {
         }
     }
 
-    /// Streams an object of unknown size from `chunks` (a bounded channel, so memory stays bounded):
-    /// one PUT when it ends up small, a multipart upload otherwise. The object becomes visible only when
-    /// complete; on error nothing partial is left visible (an unfinished multipart upload is aborted).
-    /// Returns the number of bytes stored.
+    /// Streams an object from `chunks` (a bounded channel, so memory stays bounded): one PUT when it ends
+    /// up small, a multipart upload otherwise, with parts sized so that `max_size` (an upper bound of the
+    /// length, when known) fits S3's part limit. The object becomes visible only when complete; on error
+    /// nothing partial is left visible (an unfinished multipart upload is aborted). Returns the number of
+    /// bytes stored.
     pub async fn put_stream(
         &self,
         key: &ObjectKey,
         chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         content_type: &str,
+        max_size: Option<u64>,
     ) -> Result<u64, StorageError> {
         match self {
             Storage::Local(s) => s.put_stream(key, chunks, content_type).await,
-            Storage::S3(s) => s.put_stream(key, chunks, content_type).await,
+            Storage::S3(s) => s.put_stream(key, chunks, content_type, max_size).await,
         }
     }
 
@@ -249,7 +259,7 @@ mod tests {
         fn check(store: &Storage, key: &ObjectKey) {
             let (_tx, rx) = tokio::sync::mpsc::channel(1);
             assert_send(&store.put(key, Bytes::new(), "x"));
-            assert_send(&store.put_stream(key, rx, "x"));
+            assert_send(&store.put_stream(key, rx, "x", None));
             assert_send(&store.get(key));
             assert_send(&store.get_stream(key, None));
             assert_send(&store.head(key));

@@ -123,6 +123,9 @@ pub struct S3Store {
     bulk_bucket: Arc<Bucket>,
     /// Streamed downloads: no overall timeout (an idle timeout per chunk instead).
     stream_bucket: Arc<Bucket>,
+    /// Most parts of one multipart upload: S3's [`MAX_PARTS`], smaller only in tests
+    /// ([`S3Store::with_max_parts`]).
+    max_parts: u64,
 }
 
 impl S3Store {
@@ -174,7 +177,16 @@ impl S3Store {
             nar_bucket: Arc::new(nar),
             bulk_bucket: Arc::new(bulk),
             stream_bucket: Arc::new(stream),
+            max_parts: MAX_PARTS,
         })
+    }
+
+    /// The same store with at most `max_parts` parts per multipart upload (at least 1): lets a test show
+    /// the part size growing without uploading gigabytes.
+    #[must_use]
+    pub fn with_max_parts(mut self, max_parts: u64) -> Self {
+        self.max_parts = max_parts.clamp(1, MAX_PARTS);
+        self
     }
     /// The configuration (for logging; secrets are redacted by `Debug`).
     pub fn config(&self) -> &S3Config {
@@ -200,8 +212,12 @@ impl S3Store {
     }
 
     /// Buffers up to one part; a stream that ends within one part is a single PUT, a longer one a multipart
-    /// upload of `part_size` parts, one part uploading while the next fills (two part buffers, plus the copy
-    /// rust-s3 makes of the part it sends: at most three part sizes of memory per upload).
+    /// upload, one part uploading while the next fills (two part buffers, plus the copy rust-s3 makes of the
+    /// part it sends: at most three part sizes of memory per upload). With `max_size` (an upper bound of
+    /// the stream's length, e.g. the zstd bound of a NAR) the parts are equal, of
+    /// [`S3Store::part_size_for`]; without, they start at the configured size and double every tenth of
+    /// the part limit (8 MiB parts reach 8 TiB within 10 000 parts), for stores that accept unequal
+    /// parts. A stream longer than the parts can hold fails clearly (and the upload is aborted).
     /// Any failure, including an `Err` from `chunks`, aborts the multipart upload. A stream whose sender is
     /// dropped without an `Err` counts as complete: producers must send their error. If this future is
     /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it.
@@ -210,8 +226,12 @@ impl S3Store {
         key: &ObjectKey,
         mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         content_type: &str,
+        max_size: Option<u64>,
     ) -> Result<u64, StorageError> {
-        let part_size = self.config.part_size;
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let mut part_size = to_usize(max_size.map_or(self.config.part_size as u64, |m| self.part_size_for(m)));
+        let grow_every = (self.max_parts / 10).max(1);
+        let mut parts_sent = 0u64;
         let mut buf: Vec<u8> = Vec::new();
         let mut total = 0u64;
         let mut multipart: Option<Multipart> = None;
@@ -222,12 +242,26 @@ impl S3Store {
                 while !chunk.is_empty() {
                     if buf.len() == part_size {
                         // More data follows a full part: this is a multipart upload.
-                        let full = std::mem::replace(&mut buf, Vec::with_capacity(part_size));
+                        if parts_sent + 1 >= self.max_parts {
+                            return Err(StorageError::TooLarge {
+                                key: key.as_str().to_owned(),
+                                reason: format!(
+                                    "more than {parts_sent} full parts (the last {part_size} bytes) and data still \
+                                     coming: past the limit of {} parts",
+                                    self.max_parts
+                                ),
+                            });
+                        }
+                        let full = std::mem::take(&mut buf);
                         let mp = match &mut multipart {
                             Some(mp) => mp,
                             None => multipart.insert(self.initiate(key, content_type).await?),
                         };
                         mp.send_part(full, self).await?;
+                        parts_sent += 1;
+                        if max_size.is_none() && parts_sent.is_multiple_of(grow_every) {
+                            part_size = part_size.saturating_mul(2);
+                        }
                     }
                     if buf.capacity() == 0 {
                         buf.reserve_exact(part_size.min(chunk.len().max(64 * 1024)));
@@ -464,11 +498,12 @@ impl S3Store {
     }
 
     /// The part size of a multipart upload of an object of at most `max_size` bytes: the configured
-    /// part size, grown (in whole MiB) when needed so that [`MAX_PARTS`] parts hold `max_size`.
+    /// part size, grown (in whole MiB) when needed so that [`MAX_PARTS`] parts hold `max_size` — every
+    /// part the same size, as R2 requires, and any object up to S3's 5 TiB fits.
     pub(crate) fn part_size_for(&self, max_size: u64) -> u64 {
         const MIB: u64 = 1 << 20;
         let configured = self.config.part_size as u64;
-        let needed = max_size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        let needed = max_size.div_ceil(self.max_parts).div_ceil(MIB) * MIB;
         configured.max(needed)
     }
 

@@ -606,7 +606,8 @@ impl Uploader {
         zstd_workers: u32,
     ) -> Result<NarStreamed, UploadError> {
         let (producer, rx) = self.start_nar_pass(info, slot, zstd_workers);
-        let stored = self.store().put_stream(&ObjectKey::nar(&info.nar_hash), rx, NAR_CONTENT_TYPE).await;
+        let bound = niks3_local::nar_stream::max_compressed_size(info.nar_size);
+        let stored = self.store().put_stream(&ObjectKey::nar(&info.nar_hash), rx, NAR_CONTENT_TYPE, Some(bound)).await;
         let nar_result = producer.await.map_err(nar_thread)?;
         match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.

@@ -11,10 +11,11 @@
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
+use super::push::{clip, nar_upload_target, planned_nar};
 use super::read_json;
 use http::StatusCode;
 use niks3_api::protocol::{PresignRequest, PresignResponse};
+use niks3_local::nar_stream::max_compressed_size;
 use niks3_nix::hash::Sha256Hash;
 use niks3_storage::Storage;
 use std::sync::Arc;

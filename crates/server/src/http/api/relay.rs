@@ -13,13 +13,14 @@
 use super::super::{HttpState, Request, response};
 use super::auth::Caller;
 use super::error::ApiError;
-use super::push::{clip, max_compressed_size, nar_upload_target, planned_nar};
+use super::push::{clip, nar_upload_target, planned_nar};
 use super::read_body;
 use crate::db::NewObject;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::StatusCode;
 use niks3_api::protocol::UploadResponse;
+use niks3_local::nar_stream::max_compressed_size;
 use niks3_nix::hash::Sha256Hash;
 use niks3_nix::store_path::StorePath;
 use niks3_storage::{ObjectKey, Storage, StorageError};
@@ -312,7 +313,7 @@ pub async fn upload_log(
         }
         Ok(size)
     });
-    let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8").await;
+    let stored = state.store.put_stream(&key, rx, "text/plain; charset=utf-8", Some(state.limits.max_log_upload)).await;
     match feeder.await {
         Ok(Ok(_)) => {}
         Ok(Err(reason)) => return Err(ApiError::bad(reason)),

@@ -13,6 +13,7 @@ use crate::http::{HttpState, Request, response};
 use crate::upload::pipeline::NAR_CONTENT_TYPE;
 use http::StatusCode;
 use niks3_api::protocol::{MissingLog, MissingNar, MultipartWire, PushRequest, PushResponse};
+use niks3_local::nar_stream::max_compressed_size;
 use niks3_nix::narinfo::NarInfo;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::store_path::StorePath;
@@ -222,14 +223,6 @@ pub(super) async fn learn_legacy_file_hashes(
         stored.insert(nar, crate::db::StoredFile { size: file_size, file_hash: Some(file_hash) });
     }
     Ok(())
-}
-
-/// The largest a zstd-compressed NAR of `nar_size` bytes can be: zstd's `ZSTD_compressBound` (incompressible
-/// data is stored in raw blocks, 3 header bytes per 128 KiB) plus room for frame headers and checksum.
-pub fn max_compressed_size(nar_size: u64) -> u64 {
-    const BLOCK: u64 = 128 << 10;
-    let small_input_margin = if nar_size < BLOCK { (BLOCK - nar_size) >> 11 } else { 0 };
-    nar_size.saturating_add(nar_size >> 8).saturating_add(small_input_margin).saturating_add(64 << 10)
 }
 
 /// Where each missing NAR goes: the relay route (local store), one presigned PUT (S3, when the NAR fits in

@@ -19,7 +19,7 @@ mod sessions;
 mod validate;
 
 pub use abort::abort;
-pub use announce::{announce, max_compressed_size};
+pub use announce::announce;
 pub use complete::complete;
 pub(super) use sessions::{nar_upload_target, planned_nar, refuse_unclaimed};
 pub use validate::{ClosureLimits, MAX_ROOTS, ValidClosure, validate_closure};
