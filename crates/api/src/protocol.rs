@@ -196,6 +196,22 @@ pub struct AbortRequest {
     pub uploads: Vec<i64>,
 }
 
+/// `POST /api/v1/touch`: "these upload sessions are alive" — a pusher sends it every half minute while
+/// it uploads, so the paths its sessions lease are not taken over by another push however long the
+/// upload takes (docs/api.md, leases).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TouchRequest {
+    /// The sessions [`PushResponse::uploads`] opened.
+    pub uploads: Vec<i64>,
+}
+
+/// Answer to [`TouchRequest`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct TouchResponse {
+    /// Leases kept (0 once the sessions are gone or hold none).
+    pub touched: u64,
+}
+
 /// Answer to [`AbortRequest`].
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct AbortResponse {

@@ -12,7 +12,7 @@ pub mod push;
 
 use niks3_api::protocol::{
     AbortRequest, AbortResponse, CompleteRequest, CompleteResponse, GcRequest, PushRequest, PushResponse,
-    RealisationsRequest, RealisationsResponse,
+    RealisationsRequest, RealisationsResponse, TouchRequest, TouchResponse,
 };
 use niks3_api::token::ApiToken;
 use niks3_local::realisations::ResolveError;
@@ -202,6 +202,11 @@ impl ApiClient {
         req: &RealisationsRequest,
     ) -> Result<RealisationsResponse, ClientError> {
         self.post_json("/api/v1/realisations", req, Duration::from_mins(5)).await
+    }
+
+    /// `POST /api/v1/touch`: says upload sessions are alive (their leases are kept).
+    pub async fn touch(&self, req: &TouchRequest) -> Result<TouchResponse, ClientError> {
+        self.post_json("/api/v1/touch", req, Duration::from_secs(30)).await
     }
 
     /// `POST /api/v1/abort`: gives up upload sessions (their multipart uploads are aborted).

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use niks3_api::protocol::{
     AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
-    PushResponse, RealisationsRequest, UploadedNar,
+    PushResponse, RealisationsRequest, TouchRequest, UploadedNar,
 };
 use niks3_local::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use niks3_local::nix::LocalNix;
@@ -40,6 +40,9 @@ const UPLOAD_ATTEMPTS: u32 = 3;
 /// Largest upload held in memory: one presigned PUT, or one part (the server plans one PUT only for NARs
 /// that fit in one part, and parts of its configured size, 8 MiB by default).
 const MAX_BUFFERED_UPLOAD: u64 = 1 << 30;
+/// How often a pusher tells the server its sessions are alive (well within the servers' default lease
+/// timeout of 120 s).
+const LEASE_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Timeout of one presigned PUT (a part of 8 MiB, or a NAR of at most one part, over a slow uplink).
 const PART_TIMEOUT: Duration = Duration::from_mins(10);
 
@@ -153,6 +156,7 @@ impl Pusher {
             return Ok(report);
         }
         let uploads = plan.uploads.clone();
+        let _heartbeat = self.heartbeat(uploads.clone());
         match self.upload_and_complete(plan, &closure, wire, root_strings, &mut report, progress).await {
             Ok(()) => {
                 report.elapsed = t0.elapsed();
@@ -166,6 +170,23 @@ impl Pusher {
                 Err(e)
             }
         }
+    }
+
+    /// Tells the server every [`LEASE_HEARTBEAT`] that sessions `uploads` are alive, until dropped, so
+    /// the paths they lease are not taken over by another push during a long upload. A failed touch (an
+    /// older server without the route, a blip) only costs the lease's protection: the push goes on.
+    fn heartbeat(&self, uploads: Vec<i64>) -> AbortOnDrop<()> {
+        let api = self.api.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_HEARTBEAT);
+            tick.tick().await; // the first tick is immediate: the announce just touched them
+            loop {
+                tick.tick().await;
+                if let Err(e) = api.touch(&TouchRequest { uploads: uploads.clone() }).await {
+                    tracing::debug!("touching the upload sessions: {e}");
+                }
+            }
+        }))
     }
 
     /// Steps 3 and 4 of a push whose announce answered `plan`.

@@ -496,3 +496,31 @@ async fn overlapping_pushes_upload_each_path_once_and_wait_for_each_other() {
     let Ok(s) = std::sync::Arc::try_unwrap(s) else { panic!("the server is still shared") };
     s.shutdown().await;
 }
+
+/// A pusher's heartbeat (`POST /api/v1/touch`, sent by `niks3 push` every 30 s) keeps its leases however
+/// long its upload takes; a pusher that goes silent loses them after the lease timeout (1 s here) to the
+/// next push, which then uploads the path itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_keeps_a_lease_and_silence_loses_it() {
+    let s = TestServer::start_adjusted(Backend::Local, |st| st.limits.lease_timeout = Duration::from_secs(1)).await;
+    let nar = nar_of(b"a long upload\n");
+    let p = store_path("lease-heartbeat");
+    let body = json!({ "roots": [p], "paths": [path_info(&p, &nar, None)] });
+    let (_, first) = post(&s, "push", &body).await;
+    assert_eq!(first["missing_nars"].as_array().map(Vec::len), Some(1), "{first}");
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (st, t) = post(&s, "touch", &json!({ "uploads": first["uploads"] })).await;
+        assert_eq!((st, &t["touched"]), (200, &json!(1)), "{t}");
+    }
+    let (_, second) = post(&s, "push", &body).await;
+    assert_eq!(second["missing_nars"], json!([]), "kept alive for 1.6 s past a 1 s timeout: {second}");
+    // Silence: both leases go stale; the next push takes the path over.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, third) = post(&s, "push", &body).await;
+    assert_eq!(third["missing_nars"].as_array().map(Vec::len), Some(1), "taken over: {third}");
+    // A session of another token is not touched by this one (it is unknown to it).
+    let (st, t) = post(&s, "touch", &json!({ "uploads": [first["uploads"][0].as_i64().unwrap_or(0) + 1000] })).await;
+    assert_eq!((st, &t["touched"]), (200, &json!(0)), "{t}");
+    s.shutdown().await;
+}

@@ -84,13 +84,12 @@ impl Db {
         Ok(keys.iter().filter(|k| held.contains(k.as_str())).cloned().collect())
     }
 
-    /// Marks every lease of `sessions` touched at `now` (their pusher is alive).
-    pub(crate) async fn touch_leases(&self, sessions: &[i64], now: DateTime<Utc>) -> Result<(), DbError> {
+    /// Marks every lease of `sessions` touched at `now` (their pusher is alive); how many.
+    pub(crate) async fn touch_leases(&self, sessions: &[i64], now: DateTime<Utc>) -> Result<u64, DbError> {
         let c = self.client().await?;
         c.execute("UPDATE upload_leases SET touched = $2 WHERE upload_id = ANY($1)", &[&sessions, &now])
             .await
-            .map_err(q("touch_leases"))?;
-        Ok(())
+            .map_err(q("touch_leases"))
     }
 
     /// For each of `keys`: published, held by a live session, or held by nobody — read in one snapshot,

@@ -91,11 +91,14 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
     let put = req.method == http::Method::PUT;
     let needs = match segs.as_slice() {
         ["v1", "gc"] if post => Scope::Gc,
-        ["v1", "push" | "complete" | "abort" | "realisations"] | ["v1", "uploads", _, "nar", _, "presign"] if post => {
+        ["v1", "push" | "complete" | "abort" | "touch" | "realisations"]
+        | ["v1", "uploads", _, "nar", _, "presign"]
+            if post =>
+        {
             Scope::Push
         }
         ["v1", "uploads", _, "nar" | "log", _] if put => Scope::Push,
-        ["v1", "push" | "complete" | "abort" | "gc" | "realisations"]
+        ["v1", "push" | "complete" | "abort" | "touch" | "gc" | "realisations"]
         | ["v1", "uploads", _, "nar" | "log", _]
         | ["v1", "uploads", _, "nar", _, "presign"] => {
             return ("api", ApiError::MethodNotAllowed.into_response());
@@ -114,6 +117,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         ["v1", "push"] => ("api-push", push::announce(state, req, &caller).await),
         ["v1", "complete"] => ("api-complete", push::complete(state, req, &caller).await),
         ["v1", "abort"] => ("api-abort", push::abort(state, req, &caller).await),
+        ["v1", "touch"] => ("api-touch", push::touch(state, req, &caller).await),
         ["v1", "uploads", id, "nar", hash] => {
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
             ("api-upload", relay::upload_nar(state, req, &caller, &id, &hash).await)
