@@ -369,12 +369,23 @@ pub(crate) fn parse_http_addr(input: &str) -> Result<SocketAddr, ConfigError> {
     Err(invalid("expected HOST:PORT, [V6]:PORT or :PORT"))
 }
 
-/// The host name (for key names and the default cache URL).
+/// The host name (for key names and the default cache URL): the kernel's, else the configured one in
+/// /etc/hostname, else `localhost`.
+///
+/// Why the second: the NixOS module runs the server with `ProcSubset=pid`, which hides /proc/sys, so the
+/// kernel's name cannot be read there (without this, the generated key was named `localhost-1` under the
+/// real systemd of nixos/tests/systemd-vm); NixOS writes networking.hostName to /etc/hostname.
 pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    hostname_from(&[Path::new("/proc/sys/kernel/hostname"), Path::new("/etc/hostname")])
+}
+
+/// The first non-empty first line of `files`, else `localhost`.
+fn hostname_from(files: &[&Path]) -> String {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .find(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
@@ -676,6 +687,20 @@ mod tests {
             let err = parse_http_addr(bad).expect_err(bad).to_string();
             assert!(err.contains("--http-addr"), "{err}");
         }
+    }
+
+    #[test]
+    fn hostname_falls_back_to_etc_hostname_when_proc_sys_is_hidden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hidden = dir.path().join("proc-sys-kernel-hostname"); // absent, as under ProcSubset=pid
+        let etc = dir.path().join("etc-hostname");
+        std::fs::write(&etc, "cache-host\n").expect("write");
+        assert_eq!(hostname_from(&[&hidden, &etc]), "cache-host");
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, "kernel-name\n").expect("write");
+        assert_eq!(hostname_from(&[&kernel, &etc]), "kernel-name");
+        std::fs::write(&etc, "\n").expect("write");
+        assert_eq!(hostname_from(&[&hidden, &etc]), "localhost");
     }
 
     #[test]

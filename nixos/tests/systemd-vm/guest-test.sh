@@ -50,10 +50,17 @@ url=http://127.0.0.1:5751
 # A fresh one-line derivation per call (offline: its builder is /bin/sh), built as an ordinary user
 # through nix-daemon, so the post-build-hook runs inside the daemon, as root, as on NixOS.
 build() {
-  local tag=$1
-  runuser -u tester -- env NIX_REMOTE=daemon nix-build --no-out-link -E \
+  local tag=$1 p
+  p=$(runuser -u tester -- env NIX_REMOTE=daemon nix-build --no-out-link -E \
     "derivation { name = \"niks3-vm-$tag\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo $tag $(date +%s%N) > \$out\" ]; }" \
-    2>/tmp/build-$tag.err
+    2>/tmp/build-$tag.err)
+  if [ -n "$p" ] && [ -e "$p" ]; then
+    ok "build $tag: nix-build as an ordinary user through nix-daemon made $p"
+  else
+    bad "build $tag: nix-build as an ordinary user through nix-daemon failed" "$(tail -c 600 /tmp/build-$tag.err | tr '\n' ' ')"
+  fi
+  check "build $tag: the hook said nothing (it queued the path)" bash -c "! grep -q niks3-hook: /tmp/build-$tag.err"
+  built=$p
 }
 narinfo_of() { printf '%s/%s.narinfo' "$url" "$(basename "$1" | cut -c1-32)"; }
 served() { curl -fsS "$(narinfo_of "$1")" | grep -q '^Sig: '; }
@@ -66,6 +73,7 @@ substitute() {
     --option trusted-public-keys "$1" --option require-sigs true "$2" && [ -e "$dir$2" ]
 }
 cached() { # cached TAG PATH — the path is served, signed, and substitutes with the cache's key
+  [ -n "$2" ] || { bad "$1: nothing was built, so nothing to look for in the cache"; return; }
   wait_until 120 served "$2" && ok "$1: $2 is served by the read proxy with a Sig line" ||
     { bad "$1: $2 is not served" "$(curl -sS "$(narinfo_of "$2")" 2>&1 | head -c 300)"; return; }
   check "$1: substitutes into an empty store with signatures required" substitute "$(pubkey)" "$2"
@@ -93,21 +101,23 @@ for d in /var/lib/niks3/spool /var/lib/niks3/spool/new /srv/niks3-cache; do
 done
 check "/health answers" curl -fsS "$url/health"
 check "nix-cache-info says Priority: 30" bash -c "curl -fsS $url/nix-cache-info | grep -qx 'Priority: 30'"
-check "the generated signing key is named for the host (niks3-vm-1)" grep -q '^niks3-vm-1:' /var/lib/niks3/keys/niks3-vm-1.pub
+check "the generated signing key is named for the host (niks3-vm-1)" \
+  bash -c "grep -q '^niks3-vm-1:' /var/lib/niks3/keys/niks3-vm-1.pub || { ls -la /var/lib/niks3/keys; exit 1; }"
 
 say "== a build through nix-daemon runs the module's hook wrapper; the server drains, signs, serves"
 hook=$(sed -n 's/^post-build-hook = //p' /etc/nix/nix.conf)
 check "nix.conf's post-build-hook is the module's wrapper ($hook), a registered store path" \
   nix-store --check-validity "$hook"
-p1=$(build one)
-check "nix-build as an ordinary user through nix-daemon succeeds" test -n "$p1" -a -e "$p1"
-check "the hook said nothing (it queued the path)" bash -c "! grep -q niks3-hook: /tmp/build-one.err"
+build one
+p1=$built
 cached "first build" "$p1"
 refused() { ! substitute "$@" 2>/dev/null; }
 check "a wrong trusted key is refused (lacks a valid signature)" \
   refused niks3-vm-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= "$p1"
-check "the spool is empty again and the GC root is gone" \
-  bash -c "[ -z \"\$(ls -A /var/lib/niks3/spool/new /var/lib/niks3/spool/claimed)\" ] && [ -z \"\$(ls -A /nix/var/nix/gcroots/niks3)\" ]"
+spool_empty() { [ -z "$(ls -A /var/lib/niks3/spool/new /var/lib/niks3/spool/claimed /var/lib/niks3/spool/quarantine)" ]; }
+check "the server emptied the spool (nothing left, nothing quarantined)" wait_until 30 spool_empty
+check "the server removed the path's GC root (ReadWritePaths=/nix/var/nix/gcroots/niks3)" \
+  wait_until 30 test ! -e "/nix/var/nix/gcroots/niks3/$(basename "$p1")"
 
 say "== niks3-gc.service runs GC with its credential"
 check "systemctl start niks3-gc.service succeeds" systemctl start niks3-gc.service
@@ -118,12 +128,14 @@ check "the server logged the run" bash -c "journalctl -b -u niks3 -o cat | grep 
 check "the GC did not remove a live path" served "$p1"
 
 say "== systemctl restart and kill -9 of the server lose nothing"
-p2=$(build two)
+build two
+p2=$built
 systemctl restart niks3.service
 check "niks3.service is active again after systemctl restart" systemctl is-active --quiet niks3.service
 cached "built just before a restart" "$p2"
 cached "built before the restart, still there" "$p1"
-p3=$(build three)
+build three
+p3=$built
 before=$(prop niks3.service NRestarts)
 systemctl kill --signal=SIGKILL niks3.service
 check "systemd restarts niks3 after kill -9 (Restart=on-failure)" \
@@ -153,10 +165,13 @@ systemctl start multi-user.target
 check "niks3-drain.service is active" wait_until 30 systemctl is-active --quiet niks3-drain.service
 main=$(prop niks3-drain.service MainPID)
 check "niks3-drain runs as niks3" test "$(ps -o user= -p "$main")" = niks3
-p4=$(build four)
+build four
+p4=$built
 cached "built on the builder, pushed by niks3-drain" "$p4"
-check "niks3-drain pushed it (its journal names the path)" \
-  bash -c "journalctl -b -u niks3-drain -o cat | grep -q $(basename "$p4")"
+check "niks3-drain pushed it through the push API" \
+  bash -c "journalctl -b -u niks3-drain -o cat | grep -q 'pushed to http://127.0.0.1:5751 .*published=1'"
+check "niks3-drain emptied the spool and removed the GC root" \
+  wait_until 30 bash -c "$(declare -f spool_empty); spool_empty && test ! -e /nix/var/nix/gcroots/niks3/$(basename "$p4")"
 check "systemctl start niks3-gc.service with the gc token succeeds" systemctl start niks3-gc.service
 check "the gc token was handed over as the credential" \
   bash -c "systemctl cat niks3-gc.service | grep -qx 'LoadCredential=api-token:/run/secrets/niks3/gc-token'"
@@ -165,6 +180,8 @@ check "the paths are still served after GC" bash -c "for p in $p1 $p2 $p3 $p4; d
 say "== systemd-analyze security"
 for u in niks3.service niks3-drain.service niks3-gc.service; do
   score=$(systemd-analyze security --no-pager "$u" 2>/dev/null | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
-  say "  exposure $u: $score"
+  if [ "$u" = niks3.service ]; then
+    systemd-analyze security --no-pager "$u" 2>&1 | sed 's/^/  # /' >&3
+  fi
   check "$u exposure level $score is at most 2.0" awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }'
 done

@@ -101,13 +101,26 @@ for config, prefix in [("server", ""), ("builder", "usr/local/lib/niks3-vm/confi
             os.unlink(path)
         os.symlink(l["target"], path)
     store_paths.update(d["storePaths"])
+# They are the scripts of vm-pkgs.nix's writeShellScript (builtins.toFile, which cannot set the
+# executable bit that nixpkgs' writeShellScript sets): installed 0555, as in a real store.
+os.makedirs(f"{root}/nix/store", exist_ok=True)
 for p in sorted(store_paths):
-    if not os.path.exists(p):
-        sys.exit(f"{p}, named by a rendered file, is not in this machine's store")
-    shutil.copy2(p, root + p)
+    if not os.path.isfile(p):
+        sys.exit(f"{p}, named by a rendered file, is not a file in this machine's store")
+    shutil.copyfile(p, root + p)
+    os.chmod(root + p, 0o555)
 with open(f"{root}/usr/local/lib/niks3-vm/store-paths", "w") as fh:
     fh.write("".join(p + "\n" for p in sorted(store_paths)))
 PY
+# Where Debian's Nix differs from NixOS's in what the module relies on: Debian lets only the group
+# nix-users reach the daemon's socket (its tmpfiles.d/nix-daemon.conf makes the directory root:nix-users
+# 0770 at every boot); NixOS lets anyone connect and nix-daemon's allowed-users decides (the module adds
+# niks3 to extra-allowed-users). An /etc/tmpfiles.d file of the same name replaces Debian's.
+mkdir -p "$merged/etc/tmpfiles.d"
+sed 's|^d     /nix/var/nix/daemon-socket 770 root nix-users$|d     /nix/var/nix/daemon-socket 755 root root|' \
+  "$merged/usr/lib/tmpfiles.d/nix-daemon.conf" >"$merged/etc/tmpfiles.d/nix-daemon.conf"
+grep -q '^d     /nix/var/nix/daemon-socket 755 root root$' "$merged/etc/tmpfiles.d/nix-daemon.conf" ||
+  die "Debian's tmpfiles.d/nix-daemon.conf changed: make the daemon's socket reachable by all users again"
 install -D -m 0755 "$bin/niks3" "$merged/opt/niks3/bin/niks3"
 install -D -m 0755 "$bin/niks3-hook" "$merged/opt/niks3-hook/bin/niks3-hook"
 install -D -m 0755 "$here/guest-test.sh" "$merged/usr/local/lib/niks3-vm/guest-test.sh"
