@@ -93,9 +93,16 @@ rec {
     LockPersonality = true;
     MemoryDenyWriteExecute = true;
     SystemCallArchitectures = "native";
+    # Other users' uids are unmapped inside the service (files of root, such as the store, stay
+    # readable; nix-daemon and PostgreSQL still see the real niks3 uid on their sockets). server.nix
+    # turns it off for a port below 1024: a capability inside a user namespace cannot bind it.
+    PrivateUsers = true;
     SystemCallFilter = [
       "@system-service"
       "~@privileged"
+      # setrlimit, setpriority, sched_setaffinity & co.: nothing niks3 or its nix-daemon --stdio child
+      # needs (checked under systemd by nixos/tests/systemd-vm).
+      "~@resources"
     ];
     SystemCallErrorNumber = "EPERM";
     CapabilityBoundingSet = "";

@@ -496,6 +496,7 @@ in
             // optionalAttrs (common.addrPort < 1024) {
               CapabilityBoundingSet = "CAP_NET_BIND_SERVICE";
               AmbientCapabilities = "CAP_NET_BIND_SERVICE";
+              PrivateUsers = false;
             };
         };
 

@@ -114,7 +114,7 @@ cached "first build" "$p1"
 refused() { ! substitute "$@" 2>/dev/null; }
 check "a wrong trusted key is refused (lacks a valid signature)" \
   refused niks3-vm-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= "$p1"
-spool_empty() { [ -z "$(ls -A /var/lib/niks3/spool/new /var/lib/niks3/spool/claimed /var/lib/niks3/spool/quarantine)" ]; }
+spool_empty() { [ -z "$(find /var/lib/niks3/spool/new /var/lib/niks3/spool/claimed /var/lib/niks3/spool/quarantine -mindepth 1)" ]; }
 check "the server emptied the spool (nothing left, nothing quarantined)" wait_until 30 spool_empty
 check "the server removed the path's GC root (ReadWritePaths=/nix/var/nix/gcroots/niks3)" \
   wait_until 30 test ! -e "/nix/var/nix/gcroots/niks3/$(basename "$p1")"
@@ -126,6 +126,21 @@ check "niks3-gc printed the five figures" \
   bash -c "journalctl -b -u niks3-gc -o cat | grep -q '^objects-failed-to-delete: 0$'"
 check "the server logged the run" bash -c "journalctl -b -u niks3 -o cat | grep -q 'gc finished'"
 check "the GC did not remove a live path" served "$p1"
+
+say "== while the server is stopped, builds queue; the GC root keeps them alive; the server drains them at start"
+systemctl stop niks3.service
+build queued
+pq=$built
+root=/nix/var/nix/gcroots/niks3/$(basename "$pq")
+check "the hook queued the path in spool/new while the server was down" \
+  bash -c "grep -lq '$pq' /var/lib/niks3/spool/new/*"
+check "the hook made its GC root ($root -> $pq)" test "$(readlink "$root")" = "$pq"
+check "nix-store --delete refuses the queued path (it is alive)" bash -c "! nix-store --delete '$pq' 2>/dev/null"
+systemctl start niks3.service
+cached "queued while the server was down" "$pq"
+check "the server removed the GC root once uploaded (ReadWritePaths=/nix/var/nix/gcroots/niks3)" \
+  wait_until 30 test ! -e "$root"
+check "the server emptied the spool" wait_until 30 spool_empty
 
 say "== systemctl restart and kill -9 of the server lose nothing"
 build two
