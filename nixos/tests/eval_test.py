@@ -108,6 +108,9 @@ def check_hardening(d, name):
         ("RestrictAddressFamilies", ["AF_UNIX", "AF_INET", "AF_INET6"]),
         ("CapabilityBoundingSet", ""),
         ("SystemCallArchitectures", "native"),
+        # Both checked to work under a real systemd by nixos/tests/systemd-vm.
+        ("PrivateUsers", True),
+        ("SystemCallFilter", ["@system-service", "~@privileged", "~@resources"]),
     ]:
         eq(f"{name}: {key}={want}", c.get(key), want)
 
@@ -371,6 +374,9 @@ def variants():
         check("one serverUrl: one --server", drain.count("--server ") == 1, drain)
         eq("port 443 gets CAP_NET_BIND_SERVICE only", (c.get("AmbientCapabilities"), c.get("CapabilityBoundingSet")),
            ("CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE"))
+        eq("port 443: the server runs without PrivateUsers (a capability in a user namespace cannot bind it)",
+           c.get("PrivateUsers"), False)
+        eq("port 443: niks3-drain keeps PrivateUsers", sc(d, "niks3-drain").get("PrivateUsers"), True)
         check("gc.enable = false: no GC unit or timer",
               svc(d, "niks3-gc") is None and "niks3-gc" not in d["systemd"].get("timers", {}))
         rules = d["systemd"]["tmpfiles"]["rules"]
@@ -1320,6 +1326,62 @@ def renamed_option():
         storeDir = "/srv/a"; storageDir = "/srv/b"; }; }""", r"services\.niks3\.storageDir.*conflicting definition")
 
 
+SYSTEMD_VM = os.path.join(ROOT, "nixos/tests/systemd-vm")
+
+
+def render_for_vm(config_file):
+    """nixos/tests/systemd-vm/render.nix on a configuration: (exit code, parsed JSON or None, stderr)."""
+    p = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+                        "--arg", "libPath", LIB, "--arg", "modulePath", MODULE,
+                        "--arg", "configPath", config_file,
+                        "--arg", "extraPkgsPath", os.path.join(SYSTEMD_VM, "vm-pkgs.nix"),
+                        os.path.join(SYSTEMD_VM, "render.nix")], capture_output=True, text=True)
+    try:
+        data = json.loads(p.stdout) if p.returncode == 0 else None
+    except json.JSONDecodeError:
+        data = None
+    return p.returncode, data, p.stderr
+
+
+def systemd_vm_render():
+    """The renderer of the systemd VM check (nixos/tests/systemd-vm/run.sh boots its output): the VM's
+    configurations render with NixOS's rules, name no stand-in package, and what it cannot render is an
+    error rather than something left out."""
+    print("== systemd VM check: what render.nix makes of its configurations")
+    for config in ("server", "builder"):
+        rc, d, err = render_for_vm(os.path.join(SYSTEMD_VM, "configs", f"{config}.nix"))
+        check(f"configs/{config}.nix renders with no failed assertion", rc == 0 and d and not d["failedAssertions"],
+              err[-600:] or str(d and d["failedAssertions"]))
+        if not d:
+            continue
+        files = {f["path"]: f["text"] for f in d["files"]}
+        check(f"{config}: no file names a stand-in package", not any(STUB in t for t in files.values()),
+              ", ".join(p for p, t in files.items() if STUB in t))
+        unit = files.get("etc/systemd/system/niks3.service", "")
+        for line in ["ExecStart=/opt/niks3/bin/niks3 serve --priority 30" + (" --no-spool" if config == "builder" else ""),
+                     'Environment="PATH=/usr/bin:', 'Environment="NIX_REMOTE=daemon"', "SystemCallFilter=~@resources",
+                     "RestrictAddressFamilies=AF_INET6", "[Install]\nWantedBy=multi-user.target"]:
+            check(f"{config}: niks3.service has {line.splitlines()[-1]!r}", line in unit, unit[-400:])
+        check(f"{config}: an empty LoadCredential list renders no line (attrsToSection)",
+              "LoadCredential" not in unit, unit)
+        check(f"{config}: multi-user.target wants niks3.service",
+              {"path": "etc/systemd/system/multi-user.target.wants/niks3.service", "target": "../niks3.service"} in d["links"])
+        hook = files.get("etc/nix/nix.conf", "")
+        check(f"{config}: nix.conf's post-build-hook is a real store path (the wrapper's text)",
+              len(d["storePaths"]) == 1 and f"post-build-hook = {d['storePaths'][0]}" in hook, hook)
+        if config == "builder":
+            drain = files.get("etc/systemd/system/niks3-drain.service", "")
+            check("builder: niks3-drain.service hands over the push token",
+                  "LoadCredential=api-token:/run/secrets/niks3/push-token" in drain, drain[-400:])
+    with tempfile.TemporaryDirectory() as tmp:
+        bad = os.path.join(tmp, "bad.nix")
+        with open(bad, "w") as fh:
+            fh.write(f'{{ ... }}: {{ imports = [ {SYSTEMD_VM}/configs/server.nix ]; systemd.services.niks3.script = "true"; }}\n')
+        rc, d, err = render_for_vm(bad)
+        check("a unit option render.nix does not implement (script) is an error naming it",
+              rc != 0 and "niks3.service sets script" in err, err[-400:])
+
+
 def main():
     for f in [TOOL, MODULE, EXTRA]:
         if not os.path.exists(f):
@@ -1335,6 +1397,7 @@ def main():
     options_documented()
     flake()
     vm_checks()
+    systemd_vm_render()
     single_host_end_to_end()
     s3_end_to_end()
     print(f"{passed} passed, {failed} failed" + (f" ({skipped} skipped)" if skipped else ""))

@@ -180,11 +180,9 @@ let
     let
       def = checkKnown "service" name def0;
       path = (def.path or [ ]) ++ defaultPath;
-      environment =
-        (def.environment or { })
-        // {
-          PATH = "${lib.makeBinPath path}:${lib.makeSearchPathOutput "bin" "sbin" path}";
-        };
+      environment = (def.environment or { }) // {
+        PATH = "${lib.makeBinPath path}:${lib.makeSearchPathOutput "bin" "sbin" path}";
+      };
       env = globalEnvironment // environment;
     in
     commonUnitText def (
@@ -308,7 +306,9 @@ let
       else if !(u.isSystemUser or false) then
         throw "render.nix: users.users.${n} is not a system user; only system users are rendered"
       else
-        "u ${n} -:${u.group} ${builtins.toJSON (u.description or "")} ${u.home or "/var/empty"} ${vm.nologin}\n"
+        "u ${n} -:${u.group} ${
+          builtins.toJSON (u.description or "")
+        } ${u.home or "/var/empty"} ${vm.nologin}\n"
     ) (evaluated.users.users or { })
   );
 
