@@ -74,7 +74,7 @@ substitute() {
 }
 cached() { # cached TAG PATH — the path is served, signed, and substitutes with the cache's key
   [ -n "$2" ] || { bad "$1: nothing was built, so nothing to look for in the cache"; return; }
-  wait_until 120 served "$2" && ok "$1: $2 is served by the read proxy with a Sig line" ||
+  wait_until 60 served "$2" && ok "$1: $2 is served by the read proxy with a Sig line" ||
     { bad "$1: $2 is not served" "$(curl -sS "$(narinfo_of "$2")" 2>&1 | head -c 300)"; return; }
   check "$1: substitutes into an empty store with signatures required" substitute "$(pubkey)" "$2"
 }
@@ -103,6 +103,12 @@ check "/health answers" curl -fsS "$url/health"
 check "nix-cache-info says Priority: 30" bash -c "curl -fsS $url/nix-cache-info | grep -qx 'Priority: 30'"
 check "the generated signing key is named for the host (niks3-vm-1)" \
   bash -c "grep -q '^niks3-vm-1:' /var/lib/niks3/keys/niks3-vm-1.pub || { ls -la /var/lib/niks3/keys; exit 1; }"
+
+if ! systemctl is-active --quiet niks3.service; then
+  bad "niks3.service is not running after boot: the checks that need the server would only wait for it" \
+    "$(systemctl status --no-pager niks3.service 2>&1 | tail -n 8 | tr '\n' ' ')"
+  exit 1
+fi
 
 say "== a build through nix-daemon runs the module's hook wrapper; the server drains, signs, serves"
 hook=$(sed -n 's/^post-build-hook = //p' /etc/nix/nix.conf)
