@@ -184,12 +184,14 @@ check "the switched niks3.service runs with --no-spool" \
 systemctl restart niks3.service
 systemctl start multi-user.target
 check "niks3-drain.service is active" wait_until 30 systemctl is-active --quiet niks3-drain.service
+check "niks3-drain is given both servers, in order" \
+  bash -c "systemctl cat niks3-drain.service | grep -q '^ExecStart=.* --server http://127.0.0.1:5752 --server http://127.0.0.1:5751 '"
 main=$(prop niks3-drain.service MainPID)
 check "niks3-drain runs as niks3" test "$(ps -o user= -p "$main")" = niks3
 build four
 p4=$built
 cached "built on the builder, pushed by niks3-drain" "$p4"
-check "niks3-drain pushed it through the push API" \
+check "niks3-drain pushed it through the push API, to the second server when the first did not answer" \
   bash -c "journalctl -b -u niks3-drain -o cat | grep -q 'pushed to http://127.0.0.1:5751 .*published=1'"
 check "niks3-drain emptied the spool and removed the GC root" \
   wait_until 30 bash -c "$(declare -f spool_empty); spool_empty && test ! -e /nix/var/nix/gcroots/niks3/$(basename "$p4")"
