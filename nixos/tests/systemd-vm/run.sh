@@ -15,7 +15,7 @@
 #      credential, restart and kill -9, the switch to the builder, and the `systemd-analyze security`
 #      exposure, writes its results to a virtio serial port and powers off.
 # Prints the guest's result lines; exits 0 iff the guest reported `vm-check: N passed, 0 failed`.
-# Needs root (the image is assembled with a mount), qemu-system-x86_64, mkfs.ext4, nix-instantiate,
+# Needs root (the image keeps the base's owners and is assembled with a mount), qemu-system-x86_64, mkfs.ext4, nix-instantiate,
 # python3 and cargo. NIKS3_VM_CACHE (default /var/cache/niks3-test) holds the base root;
 # NIKS3_VM_TIMEOUT (default 900) bounds the VM's run in seconds; NIKS3_VM_KEEP=1 keeps the scratch
 # directory (the console log, the rendered files, the image) for a post-mortem.
@@ -26,7 +26,7 @@ cache=${NIKS3_VM_CACHE:-/var/cache/niks3-test}
 timeout=${NIKS3_VM_TIMEOUT:-900}
 say() { printf 'systemd-vm: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
-[ "$(id -u)" = 0 ] || die "must run as root (the VM's image is assembled with an overlay mount)"
+[ "$(id -u)" = 0 ] || die "must run as root (the VM's files keep their owners; the image is assembled with a mount)"
 for c in qemu-system-x86_64 mkfs.ext4 nix-instantiate python3 cargo; do
   command -v "$c" >/dev/null || die "$c not found (scripts/install-deps.sh --test installs what is missing)"
 done
@@ -68,10 +68,13 @@ render() {
 render server
 render builder
 
-# 2. The VM's root: an overlay on the cached base, so the base stays untouched and nothing is copied.
+# 2. The VM's root: an overlay on the cached base, so the base stays untouched and nothing is copied;
+# where overlayfs is not allowed (some containers), a copy (~1 GB, a few seconds more).
 mkdir -p "$scratch/upper" "$scratch/work" "$merged"
-mount -t overlay overlay -o "lowerdir=$base,upperdir=$scratch/upper,workdir=$scratch/work" "$merged" ||
-  die "cannot mount an overlay of $base on $merged"
+if ! mount -t overlay overlay -o "lowerdir=$base,upperdir=$scratch/upper,workdir=$scratch/work" "$merged" 2>/dev/null; then
+  say "no overlay mount here; copying $base"
+  cp -a --reflink=auto "$base/." "$merged/" || die "cannot copy $base to $merged"
+fi
 python3 - "$scratch" "$merged" <<'PY' || die "installing the rendered files failed"
 """Writes the rendered files: the server configuration at the VM's root, the builder configuration
 under /usr/local/lib/niks3-vm/configs/builder (guest-test.sh switches to it); copies the store paths
@@ -157,7 +160,7 @@ ln -sf ../niks3-vm-test.service "$merged/etc/systemd/system/multi-user.target.wa
 say "mkfs.ext4 -d (the VM's disk)"
 img=$scratch/disk.img
 mkfs.ext4 -q -F -L niks3-vm -d "$merged" "$img" 4G || die "mkfs.ext4 -d $merged failed"
-umount "$merged"
+if mountpoint -q "$merged"; then umount "$merged"; fi
 t1=$(date +%s)
 say "image ready in $((t1 - t0)) s; booting (qemu TCG, at most $timeout s)"
 
