@@ -63,7 +63,8 @@ impl FromStr for Scope {
     }
 }
 
-/// The scopes a token holds (a small set; `admin` implies every other scope).
+/// The scopes a token holds (a small set; `admin` implies every other scope). The default, the empty
+/// set, is what an OIDC caller holds when no rule of its issuer gave it anything.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Scopes(Vec<Scope>);
 
@@ -105,7 +106,11 @@ impl Scopes {
 }
 
 impl fmt::Display for Scopes {
+    /// `push,gc`; `none` for the empty set (an OIDC caller no rule gave anything).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
         f.write_str(&self.names().join(","))
     }
 }

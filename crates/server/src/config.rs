@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// `read` scope, sent as the password of Nix's netrc-file entry or as a Bearer token.
     #[arg(long, env = "NIKS3_PRIVATE")]
     pub private: bool,
+    /// OIDC: a TOML or JSON file of trusted issuers (URL, audience) and the rules mapping their tokens'
+    /// claims to scopes (docs/api.md "OIDC"). CI jobs then push with their platform's JWT, no secret.
+    #[arg(long, env = "NIKS3_OIDC_CONFIG")]
+    pub oidc_config: Option<PathBuf>,
     /// API requests one token may send per minute (429 with Retry-After past it); 0: no limit.
     #[arg(long, env = "NIKS3_API_REQUESTS_PER_MINUTE", default_value_t = crate::http::api::rate::DEFAULT_PER_MINUTE)]
     pub api_requests_per_minute: u32,
@@ -184,6 +188,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("api_token", &redact(&self.api_token))
             .field("cache_url", &self.cache_url)
             .field("priority", &self.priority)
+            .field("oidc_config", &self.oidc_config)
             .field("nar", &self.nar)
             .finish_non_exhaustive()
     }
@@ -216,6 +221,9 @@ pub enum ConfigError {
     /// The Nix store directory is invalid.
     #[error("--nix-store-dir: {0}")]
     StoreDir(#[from] StorePathError),
+    /// `--oidc-config` is unusable.
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::config::OidcConfigError),
     /// No state directory could be chosen.
     #[error("no state directory: pass --state-dir (HOME and XDG_STATE_HOME are unset)")]
     NoStateDir,
@@ -290,6 +298,8 @@ pub struct ServeConfig {
     pub push_lease_timeout: std::time::Duration,
     /// Reading needs a `read` token.
     pub private: bool,
+    /// The OIDC issuers and rules of `--oidc-config`, read and checked at start.
+    pub oidc: Option<std::sync::Arc<crate::oidc::Oidc>>,
     /// API requests per token per minute (0: unlimited).
     pub api_requests_per_minute: u32,
     /// Open upload sessions per scoped token (0: unlimited).
@@ -568,6 +578,10 @@ impl ServeConfig {
             compression_level: args.nar.compression_level,
             push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
             private: args.private,
+            oidc: match &args.oidc_config {
+                Some(f) => Some(std::sync::Arc::new(crate::oidc::Oidc::load(f)?)),
+                None => None,
+            },
             api_requests_per_minute: args.api_requests_per_minute,
             max_upload_sessions: args.max_upload_sessions,
         })

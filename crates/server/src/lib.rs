@@ -12,4 +12,5 @@ pub mod db;
 pub mod gc;
 pub mod http;
 pub mod metrics;
+pub mod oidc;
 pub mod upload;

@@ -57,6 +57,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0009_audit_log.sql",
         sql: include_str!("../../../../migrations/0009_audit_log.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_upload_oidc_owner.sql",
+        sql: include_str!("../../../../migrations/0010_upload_oidc_owner.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

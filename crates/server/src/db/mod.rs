@@ -29,7 +29,7 @@ pub mod embedded;
 pub(crate) mod leases;
 mod migrate;
 pub mod tokens;
-mod uploads;
+pub mod uploads;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -341,14 +341,14 @@ impl Db {
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
     ) -> Result<UploadId, DbError> {
-        self.begin_upload_for(None, root, claimed, now).await
+        self.begin_upload_for(&uploads::SessionOwner::Server, root, claimed, now).await
     }
 
-    /// [`Db::begin_upload`] for a session opened by API token `owner` (`None`: the server's own pipeline
-    /// or the seed token): the push API lets only that token upload into, complete or abort it.
+    /// [`Db::begin_upload`] for a session opened by `owner` (an API token, an OIDC subject, or the server's
+    /// own pipeline and the seed token): the push API lets only that owner upload into, complete or abort it.
     pub(crate) async fn begin_upload_for(
         &self,
-        owner: Option<tokens::TokenId>,
+        owner: &uploads::SessionOwner,
         root: &ObjectKey,
         claimed: &[ObjectKey],
         now: DateTime<Utc>,
@@ -357,12 +357,14 @@ impl Db {
             let c = self.client().await?;
             let stmt = c
                 .prepare_cached(
-                    "INSERT INTO uploads (root, claimed, started_at, token_id) VALUES ($1, '{}', $2, $3) RETURNING id",
+                    "INSERT INTO uploads (root, claimed, started_at, token_id, oidc_subject) \
+                     VALUES ($1, '{}', $2, $3, $4) RETURNING id",
                 )
                 .await
                 .map_err(q("begin_upload"))?;
+            let (token, oidc) = owner.columns();
             let row =
-                c.query_one(&stmt, &[&root.as_str(), &now, &owner.map(|t| t.0)]).await.map_err(q("begin_upload"))?;
+                c.query_one(&stmt, &[&root.as_str(), &now, &token, &oidc]).await.map_err(q("begin_upload"))?;
             UploadId(row.get(0))
         };
         if !claimed.is_empty()
@@ -600,19 +602,20 @@ impl Db {
     }
 
     /// The NarSize session `id` announced for the NAR `key`; `None` when the session does not exist, is not
-    /// `owner`'s (its `uploads.token_id`; `None`: the seed token's) or may not upload that NAR.
+    /// `owner`'s or may not upload that NAR.
     pub(crate) async fn planned_nar_size(
         &self,
         id: UploadId,
-        owner: Option<i64>,
+        owner: &uploads::SessionOwner,
         key: &ObjectKey,
     ) -> Result<Option<u64>, DbError> {
         let c = self.client().await?;
         let row = c
             .query_opt(
                 "SELECT n.nar_size FROM upload_nars n JOIN uploads u ON u.id = n.upload_id \
-                 WHERE n.upload_id = $1 AND n.key = $2 AND u.token_id IS NOT DISTINCT FROM $3",
-                &[&id.0, &key.as_str(), &owner],
+                 WHERE n.upload_id = $1 AND n.key = $2 AND u.token_id IS NOT DISTINCT FROM $3 \
+                 AND u.oidc_subject IS NOT DISTINCT FROM $4",
+                &[&id.0, &key.as_str(), &owner.columns().0, &owner.columns().1],
             )
             .await
             .map_err(q("planned_nar_size"))?;

@@ -2,36 +2,67 @@
 //! claimed, and the S3 multipart uploads a session started (recorded so `complete` can finish them and GC
 //! abort them). Opening, claiming and finishing sessions is in `mod.rs` with the rest of the claim logic.
 //!
-//! A session's owner is the token that opened it (`None`: the seed token); another token's session is
-//! treated as unknown by every query here.
+//! A session's owner is the token that opened it ([`SessionOwner`]); another owner's session is treated
+//! as unknown by every query here.
 
+use super::tokens::TokenId;
 use super::{Db, DbError, q};
 use niks3_storage::ObjectKey;
 use std::collections::{BTreeMap, HashMap};
+
+/// Who opened an upload session, and so who alone may upload into, complete or abort it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// The server's own pipeline, or the seed token (both columns NULL).
+    Server,
+    /// A scoped API token (`uploads.token_id`).
+    Token(TokenId),
+    /// An OIDC subject, by its name `oidc:<issuer>#<sub>` (`uploads.oidc_subject`, migration 0010): it
+    /// has no row to point at, and must not share the seed token's NULLs.
+    Oidc(String),
+}
+
+impl SessionOwner {
+    /// The values of `uploads.token_id` and `uploads.oidc_subject` for this owner.
+    pub(crate) fn columns(&self) -> (Option<i64>, Option<&str>) {
+        match self {
+            SessionOwner::Server => (None, None),
+            SessionOwner::Token(t) => (Some(t.0), None),
+            SessionOwner::Oidc(name) => (None, Some(name.as_str())),
+        }
+    }
+}
 
 impl Db {
     /// Of sessions `ids`, those `owner` opened, with the root each was opened for.
     pub(crate) async fn owned_sessions(
         &self,
         ids: &[i64],
-        owner: Option<i64>,
+        owner: &SessionOwner,
     ) -> Result<BTreeMap<i64, String>, DbError> {
         let c = self.client().await?;
+        let (token, oidc) = owner.columns();
         let rows = c
             .query(
-                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2",
-                &[&ids, &owner],
+                "SELECT id, root FROM uploads WHERE id = ANY($1) AND token_id IS NOT DISTINCT FROM $2 \
+                 AND oidc_subject IS NOT DISTINCT FROM $3",
+                &[&ids, &token, &oidc],
             )
             .await
             .map_err(q("owned_sessions"))?;
         Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect())
     }
 
-    /// How many sessions token `owner` has open.
-    pub(crate) async fn open_sessions(&self, owner: i64) -> Result<u64, DbError> {
+    /// How many sessions `owner` has open.
+    pub(crate) async fn open_sessions(&self, owner: &SessionOwner) -> Result<u64, DbError> {
         let c = self.client().await?;
+        let (token, oidc) = owner.columns();
         let n: i64 = c
-            .query_one("SELECT count(*) FROM uploads WHERE token_id = $1", &[&owner])
+            .query_one(
+                "SELECT count(*) FROM uploads WHERE token_id IS NOT DISTINCT FROM $1 \
+                 AND oidc_subject IS NOT DISTINCT FROM $2",
+                &[&token, &oidc],
+            )
             .await
             .map_err(q("open_sessions"))?
             .get(0);
@@ -39,12 +70,19 @@ impl Db {
     }
 
     /// True when session `id` exists, was opened by `owner` and claimed `key`.
-    pub(crate) async fn session_claims(&self, id: i64, key: &ObjectKey, owner: Option<i64>) -> Result<bool, DbError> {
+    pub(crate) async fn session_claims(
+        &self,
+        id: i64,
+        key: &ObjectKey,
+        owner: &SessionOwner,
+    ) -> Result<bool, DbError> {
         let c = self.client().await?;
+        let (token, oidc) = owner.columns();
         let row = c
             .query_opt(
-                "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3",
-                &[&id, &key.as_str(), &owner],
+                "SELECT 1 FROM uploads WHERE id = $1 AND $2 = ANY(claimed) AND token_id IS NOT DISTINCT FROM $3 \
+                 AND oidc_subject IS NOT DISTINCT FROM $4",
+                &[&id, &key.as_str(), &token, &oidc],
             )
             .await
             .map_err(q("session_claims"))?;

@@ -68,6 +68,8 @@ pub struct HttpState {
     pub api_token: Option<niks3_api::token::ApiToken>,
     /// `--private`: reading the cache needs a `read` token (see `private.rs`).
     pub private: bool,
+    /// `--oidc-config`: the trusted OIDC issuers and their rules; `None`: JWTs are not accepted.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Per-token API request rate (`--api-requests-per-minute`).
     pub api_rate: api::rate::ApiRate,
     /// Size and count limits of API requests.
@@ -94,6 +96,7 @@ impl HttpState {
             metrics,
             api_token: None,
             private: false,
+            oidc: None,
             api_rate: api::rate::ApiRate::new(api::rate::DEFAULT_PER_MINUTE),
             limits: ApiLimits::default(),
             connection_limits: listener::Limits::default(),

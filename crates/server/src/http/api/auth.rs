@@ -4,10 +4,13 @@
 //! never printed; it is `admin`) or a scoped token of `niks3 token create`, looked up in PostgreSQL by the
 //! SHA-256 of what was presented ([`crate::db::Db::authenticate_token`]). Looking a digest up in an
 //! index tells an attacker nothing about the secret itself, and each request sees revocations made by any
-//! server sharing the database.
+//! server sharing the database. A token shaped like a JWT, when `--oidc-config` is set, is an OIDC token
+//! instead: verified and given scopes by [`crate::oidc`].
 
 use crate::db::Db;
 use crate::db::tokens::{TokenDbError, TokenId};
+use crate::db::uploads::SessionOwner;
+use crate::oidc::{Oidc, OidcIdentity, OidcRefusal};
 use niks3_api::token::{ApiToken, MIN_TOKEN_LEN, Scope, Scopes};
 
 /// The token a request presents: `Authorization: Bearer <token>`, or `Basic` with the token as the
@@ -28,12 +31,24 @@ fn presented(authorization: Option<&http::HeaderValue>) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// Whose credential a request carried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// The seed token.
+    Seed,
+    /// A scoped token (its row).
+    Token(TokenId),
+    /// A verified OIDC token.
+    Oidc(OidcIdentity),
+}
+
 /// Who sent an API request whose token checked out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's row; `None` for the seed token.
-    pub token: Option<TokenId>,
-    /// The token's name for logs (`seed` for the seed token).
+    /// Whose credential it is.
+    pub principal: Principal,
+    /// The name for logs, the audit trail and rate limits: the token's name, `seed`, or
+    /// `oidc:<issuer>#<sub>`.
     pub name: String,
     /// What it may do.
     pub scopes: Scopes,
@@ -42,12 +57,28 @@ pub struct Caller {
 impl Caller {
     /// The seed token: the server's own admin token.
     pub fn seed() -> Self {
-        Caller { token: None, name: "seed".to_owned(), scopes: Scopes::admin() }
+        Caller { principal: Principal::Seed, name: "seed".to_owned(), scopes: Scopes::admin() }
     }
 
-    /// The `uploads.token_id` of the sessions this caller opens and may touch (`None`: the seed token).
-    pub(crate) fn session_owner(&self) -> Option<i64> {
-        self.token.map(|t| t.0)
+    /// Who owns the upload sessions this caller opens and may touch: each scoped token and each OIDC
+    /// subject its own, the seed token those of the server.
+    pub(crate) fn session_owner(&self) -> SessionOwner {
+        match &self.principal {
+            Principal::Seed => SessionOwner::Server,
+            Principal::Token(t) => SessionOwner::Token(*t),
+            Principal::Oidc(_) => SessionOwner::Oidc(self.name.clone()),
+        }
+    }
+
+    /// What the audit trail keeps about this caller beside its name: for an OIDC caller, the claims the
+    /// rule that gave it its scopes matched.
+    pub(crate) fn audit_detail(&self) -> Option<serde_json::Value> {
+        match &self.principal {
+            Principal::Oidc(id) => Some(serde_json::json!({
+                "issuer": id.issuer, "subject": id.subject, "matched_claims": id.matched,
+            })),
+            Principal::Seed | Principal::Token(_) => None,
+        }
     }
 
     /// True when the caller may use routes needing `scope`.
@@ -65,12 +96,17 @@ pub enum Unauthenticated {
     /// The database could not be asked: 503 (the token may well be valid).
     #[error("checking the API token: {0}")]
     Unavailable(#[from] TokenDbError),
+    /// An OIDC token's issuer is trusted but its keys could not be fetched, and none are cached: 503.
+    #[error("checking the OIDC token: {0}")]
+    OidcUnavailable(String),
 }
 
-/// Checks the `Authorization` header against the seed token and the tokens in the database, as of `now`.
+/// Checks the `Authorization` header against the seed token, the OIDC issuers (`oidc`, when the token
+/// is a JWT) and the tokens in the database, as of `now`.
 pub async fn authenticate(
     seed: &ApiToken,
     db: &Db,
+    oidc: Option<&Oidc>,
     authorization: Option<&http::HeaderValue>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Caller, Unauthenticated> {
@@ -79,12 +115,28 @@ pub async fn authenticate(
     if seed.matches_digest(&digest) {
         return Ok(Caller::seed());
     }
+    if let Some(oidc) = oidc
+        && crate::oidc::looks_like_jwt(&presented)
+    {
+        return match oidc.authenticate(&presented, now.timestamp()).await {
+            Ok((identity, scopes)) => {
+                let name = identity.name();
+                tracing::debug!(caller = %name, %scopes, matched = ?identity.matched, "OIDC token accepted");
+                Ok(Caller { principal: Principal::Oidc(identity), name, scopes })
+            }
+            Err(OidcRefusal::Rejected(why)) => {
+                tracing::info!("OIDC token refused: {why}");
+                Err(Unauthenticated::Refused)
+            }
+            Err(OidcRefusal::Unavailable(why)) => Err(Unauthenticated::OidcUnavailable(why)),
+        };
+    }
     // Nothing this short was ever issued: no need to ask the database.
     if presented.chars().count() < MIN_TOKEN_LEN {
         return Err(Unauthenticated::Refused);
     }
     match db.authenticate_token(&digest, now).await? {
-        Some(t) => Ok(Caller { token: Some(t.id), name: t.name, scopes: t.scopes }),
+        Some(t) => Ok(Caller { principal: Principal::Token(t.id), name: t.name, scopes: t.scopes }),
         None => Err(Unauthenticated::Refused),
     }
 }

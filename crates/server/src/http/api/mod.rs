@@ -61,14 +61,14 @@ impl Default for ApiLimits {
 pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'static str, Response) {
     let Some(seed) = &state.api_token else { return ("api", response::not_found()) };
     let auth = req.headers.get(http::header::AUTHORIZATION);
-    let caller = match auth::authenticate(seed, &state.db, auth, chrono::Utc::now()).await {
+    let caller = match auth::authenticate(seed, &state.db, state.oidc.as_deref(), auth, chrono::Utc::now()).await {
         Ok(c) => c,
         Err(e @ auth::Unauthenticated::Refused) => {
             let mut r = response::json_error(StatusCode::UNAUTHORIZED, e.to_string());
             response::set(&mut r, http::header::WWW_AUTHENTICATE, "Bearer");
             return ("api-auth", r);
         }
-        Err(e @ auth::Unauthenticated::Unavailable(_)) => {
+        Err(e @ (auth::Unauthenticated::Unavailable(_) | auth::Unauthenticated::OidcUnavailable(_))) => {
             tracing::warn!("{e}");
             return ("api-auth", response::json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
         }

@@ -98,7 +98,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let now = chrono::Utc::now();
     let Some(first_root) = closure.roots.first() else { return Err(ApiError::bad("no roots")) };
     refuse_too_many_sessions(state, caller).await?;
-    let session = match state.db.begin_upload_for(caller.token, &ObjectKey::narinfo(first_root), &claimed, now).await {
+    let session = match state.db.begin_upload_for(&caller.session_owner(), &ObjectKey::narinfo(first_root), &claimed, now).await {
         Ok(id) => id,
         Err(e) => return Err(ApiError::Database(e.to_string())),
     };
@@ -164,13 +164,16 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     ))
 }
 
-/// A scoped token may keep at most `max_sessions_per_token` upload sessions open (each holds claims and
-/// leases until it ends): past that, 429 until some end. The seed token is the server's own (its
-/// sessions are counted with the spool pipeline's) and is not limited.
+/// A scoped token or an OIDC subject may keep at most `max_sessions_per_token` upload sessions open (each
+/// holds claims and leases until it ends): past that, 429 until some end. The seed token is the server's
+/// own (its sessions are counted with the spool pipeline's) and is not limited.
 async fn refuse_too_many_sessions(state: &HttpState, caller: &Caller) -> Result<(), ApiError> {
     let max = u64::from(state.limits.max_sessions_per_token);
-    let Some(token) = caller.token.filter(|_| max > 0) else { return Ok(()) };
-    let open = state.db.open_sessions(token.0).await.map_err(|e| ApiError::Database(e.to_string()))?;
+    let owner = caller.session_owner();
+    if max == 0 || owner == crate::db::uploads::SessionOwner::Server {
+        return Ok(());
+    }
+    let open = state.db.open_sessions(&owner).await.map_err(|e| ApiError::Database(e.to_string()))?;
     if open >= max {
         return Err(ApiError::TooMany(format!(
             "token {:?} has {open} upload sessions open, the most allowed; complete or abort some first",

@@ -37,7 +37,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         return Err(ApiError::bad(format!("{} upload ids for {} roots", uploads.len(), closure.roots.len())));
     }
     // Each session must still exist (GC aborts stale ones), be the caller's and belong to its root.
-    let sessions = state.db.owned_sessions(&uploads, caller.session_owner()).await?;
+    let sessions = state.db.owned_sessions(&uploads, &caller.session_owner()).await?;
     for (id, root) in uploads.iter().zip(&closure.roots) {
         if sessions.get(id).map(String::as_str) != Some(ObjectKey::narinfo(root).as_str()) {
             return Err(ApiError::conflict(format!(
@@ -158,7 +158,13 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let audit = PushAudit {
         who: &caller.name,
         roots: closure.roots.iter().map(|r| state.store_dir.display(r)).collect(),
-        detail: serde_json::json!({ "published": todo.len(), "closure_paths": closure.paths.len() }),
+        detail: {
+            let mut d = serde_json::json!({ "published": todo.len(), "closure_paths": closure.paths.len() });
+            if let Some(oidc) = caller.audit_detail() {
+                d["oidc"] = oidc;
+            }
+            d
+        },
     };
     match state.db.finish_uploads(&ids, &root_keys, Some(&audit), now).await {
         Ok(()) => {}

@@ -28,7 +28,7 @@ pub(crate) async fn planned_nar(
     id: i64,
     key: &ObjectKey,
 ) -> Result<(u64, Option<(u64, Sha256Hash)>), ApiError> {
-    let nar_size = match state.db.planned_nar_size(UploadId(id), caller.session_owner(), key).await {
+    let nar_size = match state.db.planned_nar_size(UploadId(id), &caller.session_owner(), key).await {
         Ok(Some(n)) => n,
         Ok(None) => {
             return Err(ApiError::NotFound(format!("upload {id} does not exist or was not told to upload {key}")));
@@ -48,7 +48,7 @@ pub(crate) async fn refuse_unclaimed(
     id: i64,
     key: &ObjectKey,
 ) -> Result<(), ApiError> {
-    if state.db.session_claims(id, key, caller.session_owner()).await? {
+    if state.db.session_claims(id, key, &caller.session_owner()).await? {
         Ok(())
     } else {
         Err(ApiError::NotFound(format!("upload {id} does not exist or did not claim {key}")))
@@ -57,7 +57,7 @@ pub(crate) async fn refuse_unclaimed(
 
 /// Of sessions `ids`, those `caller` opened (another token's session is treated as unknown).
 pub(super) async fn owned_sessions(state: &HttpState, caller: &Caller, ids: &[i64]) -> Result<Vec<i64>, ApiError> {
-    Ok(state.db.owned_sessions(ids, caller.session_owner()).await?.into_keys().collect())
+    Ok(state.db.owned_sessions(ids, &caller.session_owner()).await?.into_keys().collect())
 }
 
 /// Best effort: aborts multipart upload `upload_id` of `key` (what fails here, GC retries).
