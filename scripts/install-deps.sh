@@ -6,7 +6,8 @@
 #           /var/cache/niks3-test/trixie; scripts/trixie-nix-chroot.sh, ~3 min once), the second Nix the tests use;
 #           qemu-system-x86 (without recommends) and the Debian bookworm root the systemd VM check boots, at
 #           $NIKS3_VM_CACHE/bookworm-vm (default /var/cache/niks3-test; nixos/tests/systemd-vm/base-image.sh,
-#           ~5 min once)
+#           ~5 min once); and the OpenID provider of the OIDC tests: Node and the npm package oidc-provider (pinned,
+#           as in testkit/src/oidc.rs) in $NIKS3_TEST_OIDC_PROVIDER_DIR (default /var/cache/niks3-test/oidc-provider)
 # Host apt runs one at a time: under /run/lock/niks3-apt.lock (trixie-nix-chroot.sh takes it too), waiting for
 # dpkg's lock rather than failing on it.
 set -euo pipefail
@@ -20,6 +21,8 @@ if [ $want_test = 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 host_apt() { flock /run/lock/niks3-apt.lock apt-get -o DPkg::Lock::Timeout=300 "$@"; }
 if [ ${#need[@]} -gt 0 ]; then
@@ -53,6 +56,14 @@ if [ $want_test = 1 ]; then
   if ! garage --version 2>/dev/null | grep -Eq '(v|cargo:)2\.5\.0\b'; then
     echo "install-deps: cargo install garage 2.5.0 (one time, several minutes)" >&2
     cargo install garage --locked --version 2.5.0 --no-default-features --features bundled-libs,sqlite
+  fi
+  oidc_version=9.13.3
+  oidc_dir=${NIKS3_TEST_OIDC_PROVIDER_DIR:-/var/cache/niks3-test/oidc-provider}
+  if ! grep -qs "\"version\": \"$oidc_version\"" "$oidc_dir/node_modules/oidc-provider/package.json"; then
+    echo "install-deps: npm install oidc-provider@$oidc_version into $oidc_dir" >&2
+    mkdir -p "$oidc_dir"
+    [ -f "$oidc_dir/package.json" ] || echo '{"name": "niks3-test-oidc", "private": true}' > "$oidc_dir/package.json"
+    flock "$oidc_dir/.install.lock" npm install --no-audit --no-fund --prefix "$oidc_dir" "oidc-provider@$oidc_version" >/dev/null
   fi
   [ -z "$chroot_pid" ] || wait "$chroot_pid" || { echo "install-deps: scripts/trixie-nix-chroot.sh failed" >&2; exit 1; }
   [ -z "$vm_pid" ] || wait "$vm_pid" || { echo "install-deps: nixos/tests/systemd-vm/base-image.sh failed" >&2; exit 1; }
