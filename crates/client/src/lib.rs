@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod failover;
+pub mod oidc;
 pub mod push;
 
 use niks3_api::protocol::{

@@ -25,6 +25,7 @@ mod http_api_tokens;
 mod http_audit;
 mod http_connections;
 mod http_landing;
+mod http_oidc;
 mod http_private;
 mod http_proxy;
 mod nix_build_log;

@@ -22,9 +22,9 @@ pub struct Args {
     /// several servers sharing one bucket and database: a push goes to the next when one does not answer.
     #[arg(long, env = "NIKS3_SERVER_URL", value_delimiter = ',', required = true)]
     pub server: Vec<String>,
-    /// File holding the API token.
-    #[arg(long, env = "NIKS3_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    /// An API token or an OIDC token.
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
     /// The spool the post-build hook fills.
     #[arg(long, env = "NIKS3_SPOOL_DIR", default_value = "/var/lib/niks3/spool")]
     pub spool_dir: PathBuf,
@@ -41,7 +41,7 @@ pub struct Args {
 
 /// Runs `niks3 drain`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let token = super::push::load_token(args.auth_token_file.as_deref())?;
+    let token = args.credentials.load()?;
     let store_dir = args.nar.store_dir()?;
     let jobs = args.nar.jobs();
     let clients = args.server.iter().map(|s| ApiClient::new(s, token.clone())).collect::<Result<Vec<_>, _>>()?;

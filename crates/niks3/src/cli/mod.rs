@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each with its own clap `Args` and a `run`.
 
 pub mod audit;
+pub mod credentials;
 pub mod drain;
 pub mod gc;
 pub mod key;

@@ -1,4 +1,4 @@
-//! `niks3 push [--server URL] [--auth-token-file F] [--dry-run] PATH…`: pushes the closures of local
+//! `niks3 push [--server URL] [--auth-token-file F | --oidc-token-file F | --oidc-audience AUD] [--dry-run] PATH…`: pushes the closures of local
 //! store paths to a niks3 server ([`niks3_client::push::Pusher`]), with a progress bar on a TTY and plain
 //! log lines otherwise, a one-line summary, and a non-zero exit with the reason on any failure.
 
@@ -16,9 +16,9 @@ pub struct Args {
     /// The niks3 server.
     #[arg(long, env = "NIKS3_SERVER_URL", default_value = "http://127.0.0.1:5751")]
     pub server: String,
-    /// File holding the API token (default: the token a local `niks3 serve` generated, if readable).
-    #[arg(long, env = "NIKS3_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    /// An API token or an OIDC token.
+    #[command(flatten)]
+    pub credentials: super::credentials::Credentials,
     /// Only list what would be uploaded.
     #[arg(long)]
     pub dry_run: bool,
@@ -62,7 +62,7 @@ fn default_state_dirs() -> Vec<PathBuf> {
 /// Runs `niks3 push`.
 #[allow(clippy::needless_pass_by_value, reason = "every subcommand's run takes its Args by value")]
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let token = load_token(args.auth_token_file.as_deref())?;
+    let token = args.credentials.load()?;
     let store_dir = args.nar.store_dir()?;
     let jobs = args.nar.jobs();
     let api = ApiClient::new(&args.server, token)?;

@@ -124,6 +124,9 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     eprint!("{banner}");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(cache_url = %config.cache_url, http_addr = %config.http_addr, "serving");
+    if let Some(oidc) = &config.oidc {
+        tracing::info!(issuers = ?oidc.issuers(), "accepting OIDC tokens of these issuers (--oidc-config)");
+    }
 
     on_shutdown(stop_rx.clone()).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -157,6 +160,7 @@ fn start_http(
         cache_url: config.cache_url.clone(),
         api_token: Some(config.api_token.clone()),
         private: config.private,
+        oidc: config.oidc.clone(),
         api_rate: niks3_server::http::api::rate::ApiRate::new(config.api_requests_per_minute),
         limits: niks3_server::http::api::ApiLimits {
             lease_timeout: config.push_lease_timeout,
