@@ -391,6 +391,20 @@ def variants():
     rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """ }; }""")
     if d:
         eq("a public cache by default", env_of(d, "niks3").get("NIKS3_PRIVATE"), "false")
+        eq("no OIDC by default", env_of(d, "niks3").get("NIKS3_OIDC_CONFIG"), None)
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        oidcConfigFile = "/etc/niks3/oidc.toml";
+      }; }""")
+    eq("oidcConfigFile: evaluates", (rc, d and d["failedAssertions"]), (0, []))
+    if d:
+        eq("oidcConfigFile reaches the server as NIKS3_OIDC_CONFIG", env_of(d, "niks3").get("NIKS3_OIDC_CONFIG"),
+           "/etc/niks3/oidc.toml")
+    rc, d, err = evaluate("""{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        oidcConfigFile = "/etc/niks3/oidc.yaml";
+      }; }""")
+    check("oidcConfigFile of another format: refused, naming the option",
+          d is not None and any("oidcConfigFile" in m and ".toml or .json" in m for m in d["failedAssertions"]),
+          d and d["failedAssertions"])
 
     rc, d, err = evaluate("""{ ... }: { services.niks3.hook = { enable = true; tokenFile = "/run/secrets/t";
         serverUrl = [ "https://a.example.org" "http://b.example.org:5751" "https://c.example.org/it's" ]; }; }""")

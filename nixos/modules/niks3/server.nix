@@ -192,6 +192,19 @@ in
       '';
     };
 
+    oidcConfigFile = lib.mkOption {
+      type = lib.types.nullOr (lib.types.either lib.types.path lib.types.str);
+      default = null;
+      example = literalExpression "./niks3-oidc.toml";
+      description = ''
+        OIDC: a TOML or JSON file (told apart by its extension) of the OpenID issuers whose JWTs may be
+        used as API tokens (issuer URL, audience) and the rules mapping their claims to scopes, so CI jobs
+        (GitHub Actions, GitLab, Kubernetes) push without a stored secret; see docs/api.md "OIDC". It holds
+        no secret: a path (copied to the store) or a string naming a file on the machine, passed as
+        NIKS3_OIDC_CONFIG.
+      '';
+    };
+
     priority = lib.mkOption {
       type = lib.types.ints.unsigned;
       default = 30;
@@ -337,6 +350,12 @@ in
             defaultText = literalExpression "config.services.niks3.storageDir";
             description = "NIKS3_STORAGE_DIR: the local object directory (see storageDir).";
           };
+          oidc_config = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = if cfg.oidcConfigFile == null then null else "${cfg.oidcConfigFile}";
+            defaultText = literalExpression "config.services.niks3.oidcConfigFile";
+            description = "NIKS3_OIDC_CONFIG: the trusted OIDC issuers and their rules (see oidcConfigFile).";
+          };
           private = lib.mkOption {
             type = lib.types.bool;
             default = cfg.private;
@@ -399,6 +418,15 @@ in
 
     (lib.mkIf cfg.enable {
       assertions = [
+        {
+          assertion =
+            cfg.settings.oidc_config == null
+            || lib.hasSuffix ".toml" cfg.settings.oidc_config
+            || lib.hasSuffix ".json" cfg.settings.oidc_config;
+          message =
+            "services.niks3.oidcConfigFile ${toString cfg.settings.oidc_config} must end in .toml or .json "
+            + "(niks3 tells the format by the extension).";
+        }
         {
           assertion = s3Missing == [ ] || s3Set == [ ];
           message =
