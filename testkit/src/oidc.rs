@@ -12,6 +12,7 @@
 //! use when missing (under a lock, so parallel tests install it once).
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,7 +71,10 @@ pub struct OidcProvider {
 
 impl fmt::Debug for OidcProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OidcProvider").field("issuer", &self.issuer()).field("dir", &self.dir.path()).finish()
+        f.debug_struct("OidcProvider")
+            .field("issuer", &self.issuer())
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,7 +128,9 @@ fn json_str(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
             c => out.push(c),
         }
     }
@@ -135,7 +141,11 @@ fn json_str(s: &str) -> String {
 fn form_escape(s: &str) -> String {
     s.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }
@@ -145,7 +155,8 @@ impl OidcProvider {
     pub fn start(clients: &[OidcClient]) -> Result<Self, OidcError> {
         let install_dir = install_dir();
         ensure_installed(&install_dir)?;
-        let dir = tempfile::Builder::new().prefix("niks3-oidc-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
+        let dir =
+            tempfile::Builder::new().prefix("niks3-oidc-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
         std::fs::write(dir.path().join("provider.mjs"), SCRIPT).map_err(|e| err(format!("writing the script: {e}")))?;
         let secret = hex::encode((0..24).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
         let mut p =
@@ -292,9 +303,14 @@ impl OidcProvider {
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(|e| err(format!("read: {e}")))?;
         let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| err(format!("bad answer {text:?}")))?;
+        let status =
+            text.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| err(format!("bad answer {text:?}")))?;
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
         Ok((status, body))
     }
 }

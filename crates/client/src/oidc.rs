@@ -31,8 +31,10 @@ pub async fn github_actions_token(url: &str, request_token: &str, audience: &str
         .await
         .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() })?;
     let resp = crate::check_status(resp, &what).await?;
-    let body: serde_json::Value =
-        resp.json().await.map_err(|e| ClientError::Protocol { what: what.clone(), reason: e.without_url().to_string() })?;
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| ClientError::Protocol { what: what.clone(), reason: e.without_url().to_string() })?;
     body.get("value")
         .and_then(|v| v.as_str())
         .filter(|v| !v.is_empty())

@@ -142,20 +142,25 @@ async fn jwts_of_a_trusted_issuer_get_the_scopes_of_their_rules_and_every_forger
     assert_refused(&s, &with_header(&good, &json!({"alg": "none", "kid": header["kid"]})), "alg none, kid").await;
     // HS256 "signed" with what an attacker can guess: the issuer's public key (algorithm confusion).
     let jwks: Value = serde_json::from_str(&p.get("/jwks").expect("jwks")).expect("json");
-    let n = jwks["keys"][0]["n"].as_str().expect("RSA modulus").to_owned();
+    let modulus = jwks["keys"][0]["n"].as_str().expect("RSA modulus").to_owned();
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = header["kid"].as_str().map(str::to_owned);
-    for secret in [n.as_bytes().to_vec(), jwks["keys"][0].to_string().into_bytes(), b"secret".to_vec()] {
-        let forged = jsonwebtoken::encode(&hs, &part(&good, 1), &jsonwebtoken::EncodingKey::from_secret(&secret).expect("HMAC key"))
-            .expect("encode");
+    for secret in [modulus.as_bytes().to_vec(), jwks["keys"][0].to_string().into_bytes(), b"secret".to_vec()] {
+        let forged = jsonwebtoken::encode(
+            &hs,
+            &part(&good, 1),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).expect("HMAC key"),
+        )
+        .expect("encode");
         assert_refused(&s, &forged, "HS256 with a guessed secret").await;
     }
     // Another job's signature under main's claims.
     let other = p.token("other", AUD).expect("token");
-    let o: Vec<&str> = other.split('.').collect();
-    let g: Vec<&str> = good.split('.').collect();
-    assert_refused(&s, &format!("{}.{}.{}", o[0], g[1], o[2]), "payload swapped").await;
-    assert_refused(&s, &format!("{}.{}.{}x", g[0], g[1], &g[2][..g[2].len() - 1]), "signature altered").await;
+    let theirs: Vec<&str> = other.split('.').collect();
+    let ours: Vec<&str> = good.split('.').collect();
+    assert_refused(&s, &format!("{}.{}.{}", theirs[0], ours[1], theirs[2]), "payload swapped").await;
+    let altered = format!("{}.{}.{}x", ours[0], ours[1], &ours[2][..ours[2].len() - 1]);
+    assert_refused(&s, &altered, "signature altered").await;
     // Expired: the short token lived 1 s, the leeway is 1 s.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_refused(&s, &short, "expired").await;
@@ -236,6 +241,9 @@ fn github_token_endpoint(p: &OidcProvider, request_token: &str, n: usize) -> (St
     (url, h)
 }
 
+/// One way of handing `niks3 push` its JWT: a name, the arguments, the environment.
+type Run<'a> = (&'a str, Vec<String>, Vec<(&'a str, String)>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oidc_subject_pushes_with_niks3_push_owns_its_sessions_and_is_audited() {
     let p = OidcProvider::start(&[OidcClient::new("main", MAIN)]).expect("start the OpenID provider");
@@ -269,7 +277,7 @@ async fn an_oidc_subject_pushes_with_niks3_push_owns_its_sessions_and_is_audited
     let jwt_file = dir.path().join("jwt");
     std::fs::write(&jwt_file, format!("{jwt}\n")).expect("jwt file");
     let (url, endpoint) = github_token_endpoint(&p, "gh-request-token", 2);
-    let runs: Vec<(&str, Vec<String>, Vec<(&str, String)>)> = vec![
+    let runs: Vec<Run<'_>> = vec![
         ("file", vec!["--oidc-token-file".to_owned(), jwt_file.to_string_lossy().into_owned()], vec![]),
         ("env", vec![], vec![("NIKS3_OIDC_TOKEN", jwt.clone())]),
         (

@@ -363,8 +363,7 @@ impl Db {
                 .await
                 .map_err(q("begin_upload"))?;
             let (token, oidc) = owner.columns();
-            let row =
-                c.query_one(&stmt, &[&root.as_str(), &now, &token, &oidc]).await.map_err(q("begin_upload"))?;
+            let row = c.query_one(&stmt, &[&root.as_str(), &now, &token, &oidc]).await.map_err(q("begin_upload"))?;
             UploadId(row.get(0))
         };
         if !claimed.is_empty()

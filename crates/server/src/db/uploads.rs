@@ -70,12 +70,7 @@ impl Db {
     }
 
     /// True when session `id` exists, was opened by `owner` and claimed `key`.
-    pub(crate) async fn session_claims(
-        &self,
-        id: i64,
-        key: &ObjectKey,
-        owner: &SessionOwner,
-    ) -> Result<bool, DbError> {
+    pub(crate) async fn session_claims(&self, id: i64, key: &ObjectKey, owner: &SessionOwner) -> Result<bool, DbError> {
         let c = self.client().await?;
         let (token, oidc) = owner.columns();
         let row = c

@@ -26,33 +26,32 @@ pub(super) async fn admit(state: &HttpState, headers: &http::HeaderMap) -> Resul
     };
     // Without the seed token the API is off, and so is every way in.
     let Some(seed) = &state.api_token else { return Err(unauthorized()) };
-    let caller =
-        match auth::authenticate(
-            seed,
-            &state.db,
-            state.oidc.as_deref(),
-            headers.get(http::header::AUTHORIZATION),
-            chrono::Utc::now(),
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(Unauthenticated::Refused) => return Err(unauthorized()),
-            Err(e @ Unauthenticated::Unavailable(_)) => {
-                tracing::warn!("{e}");
-                return Err(response::json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "checking the token: database unavailable",
-                ));
-            }
-            Err(e @ Unauthenticated::OidcUnavailable(_)) => {
-                tracing::warn!("{e}");
-                return Err(response::json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "checking the token: the OIDC issuer's keys are unavailable",
-                ));
-            }
-        };
+    let caller = match auth::authenticate(
+        seed,
+        &state.db,
+        state.oidc.as_deref(),
+        headers.get(http::header::AUTHORIZATION),
+        chrono::Utc::now(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(Unauthenticated::Refused) => return Err(unauthorized()),
+        Err(e @ Unauthenticated::Unavailable(_)) => {
+            tracing::warn!("{e}");
+            return Err(response::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "checking the token: database unavailable",
+            ));
+        }
+        Err(e @ Unauthenticated::OidcUnavailable(_)) => {
+            tracing::warn!("{e}");
+            return Err(response::json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "checking the token: the OIDC issuer's keys are unavailable",
+            ));
+        }
+    };
     if caller.allows(Scope::Read) {
         return Ok(());
     }

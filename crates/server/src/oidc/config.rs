@@ -164,7 +164,9 @@ impl OidcConfig {
 pub(crate) fn check_issuer_url(url: &str) -> Result<(), String> {
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
     let ok = url.strip_prefix("https://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
-        || loopback.iter().any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
+        || loopback
+            .iter()
+            .any(|p| url.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/'])));
     if ok { Ok(()) } else { Err("must be an https:// URL (http:// only on 127.0.0.1, localhost or [::1])".to_owned()) }
 }
 

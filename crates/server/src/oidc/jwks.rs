@@ -212,15 +212,11 @@ impl IssuerKeys {
         if discovery.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
             return Err(doc(format!("its issuer is not {:?} (OpenID Connect Discovery §4.3)", self.issuer)));
         }
-        let jwks_uri = discovery
-            .get("jwks_uri")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| doc("no jwks_uri".to_owned()))?
-            .to_owned();
+        let jwks_uri =
+            discovery.get("jwks_uri").and_then(|v| v.as_str()).ok_or_else(|| doc("no jwks_uri".to_owned()))?.to_owned();
         super::config::check_issuer_url(&jwks_uri).map_err(|e| doc(format!("jwks_uri {jwks_uri:?} {e}")))?;
         let jwks: serde_json::Value = self.get_json(&jwks_uri).await?;
-        let keys = parse_jwks(&jwks)
-            .map_err(|reason| FetchError::Document { url: jwks_uri.clone(), reason })?;
+        let keys = parse_jwks(&jwks).map_err(|reason| FetchError::Document { url: jwks_uri.clone(), reason })?;
         Ok(KeySet { keys, fetched: Instant::now() })
     }
 
@@ -233,7 +229,10 @@ impl IssuerKeys {
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_DOCUMENT {
-                return Err(FetchError::Document { url: url.to_owned(), reason: format!("larger than {MAX_DOCUMENT} bytes") });
+                return Err(FetchError::Document {
+                    url: url.to_owned(),
+                    reason: format!("larger than {MAX_DOCUMENT} bytes"),
+                });
             }
             body.extend_from_slice(&chunk);
         }
@@ -285,9 +284,23 @@ mod tests {
             "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
             "e": "AQAB"});
         let oct = serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0"});
-        let enc = { let mut k = rsa.clone(); k["kid"] = "e".into(); k["use"] = "enc".into(); k };
-        let no_kid = { let mut k = rsa.clone(); k.as_object_mut().expect("o").remove("kid"); k };
-        let mislabelled = { let mut k = rsa.clone(); k["kid"] = "m".into(); k["alg"] = "HS256".into(); k };
+        let enc = {
+            let mut k = rsa.clone();
+            k["kid"] = "e".into();
+            k["use"] = "enc".into();
+            k
+        };
+        let no_kid = {
+            let mut k = rsa.clone();
+            k.as_object_mut().expect("o").remove("kid");
+            k
+        };
+        let mislabelled = {
+            let mut k = rsa.clone();
+            k["kid"] = "m".into();
+            k["alg"] = "HS256".into();
+            k
+        };
         let keys = parse_jwks(&serde_json::json!({"keys": [rsa, oct, enc, no_kid, mislabelled]})).expect("jwks");
         assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["r"]);
         assert_eq!(keys["r"].alg, Some(Algorithm::RS256));

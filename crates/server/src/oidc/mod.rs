@@ -30,7 +30,7 @@ pub struct Oidc {
 }
 
 struct Issuer {
-    issuer: String,
+    url: String,
     audience: String,
     rules: Vec<Rule>,
     keys: IssuerKeys,
@@ -39,7 +39,7 @@ struct Issuer {
 impl std::fmt::Debug for Oidc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Oidc")
-            .field("issuers", &self.issuers.iter().map(|i| i.issuer.as_str()).collect::<Vec<_>>())
+            .field("issuers", &self.issuers.iter().map(|i| i.url.as_str()).collect::<Vec<_>>())
             .field("leeway_seconds", &self.leeway_seconds)
             .finish()
     }
@@ -94,7 +94,7 @@ impl Oidc {
             .into_iter()
             .map(|c| Issuer {
                 keys: IssuerKeys::new(&c.issuer, http.clone(), timing),
-                issuer: c.issuer,
+                url: c.issuer,
                 audience: c.audience,
                 rules: c.rules,
             })
@@ -104,7 +104,7 @@ impl Oidc {
 
     /// The configured issuers' URLs (for the start-up log).
     pub fn issuers(&self) -> Vec<&str> {
-        self.issuers.iter().map(|i| i.issuer.as_str()).collect()
+        self.issuers.iter().map(|i| i.url.as_str()).collect()
     }
 
     /// Verifies `token` as of `now` (Unix seconds) and applies its issuer's rules: who it is and what it
@@ -113,7 +113,7 @@ impl Oidc {
         let trusted: Vec<TrustedIssuer<'_>> = self
             .issuers
             .iter()
-            .map(|i| TrustedIssuer { issuer: &i.issuer, audience: &i.audience, keys: &i.keys })
+            .map(|i| TrustedIssuer { issuer: &i.url, audience: &i.audience, keys: &i.keys })
             .collect();
         let verified = match verify::verify(token, &trusted, now, self.leeway_seconds).await {
             Ok(v) => v,
@@ -122,7 +122,7 @@ impl Oidc {
             }
             Err(e) => return Err(e.into()),
         };
-        let issuer = self.issuers.iter().find(|i| i.issuer == verified.issuer);
+        let issuer = self.issuers.iter().find(|i| i.url == verified.issuer);
         let grant = issuer.map(|i| rules::grant(&i.rules, &verified.claims)).unwrap_or_default();
         let identity = OidcIdentity { issuer: verified.issuer, subject: verified.subject, matched: grant.matched };
         Ok((identity, grant.scopes))

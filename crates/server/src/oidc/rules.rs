@@ -112,7 +112,10 @@ mod tests {
     }
 
     fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        v.as_object().cloned().expect("object")
+        match v {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]
@@ -126,7 +129,9 @@ mod tests {
         assert_eq!(g.scopes.to_string(), "push");
         assert_eq!(g.matched.get("repository").map(String::as_str), Some("org/app"));
         assert!(!g.matched.contains_key("event_name"), "only the deciding rule's claims are kept");
-        let pr = claims(serde_json::json!({"repository": "org/app", "ref": "refs/heads/main", "event_name": "pull_request"}));
+        let pr = claims(
+            serde_json::json!({"repository": "org/app", "ref": "refs/heads/main", "event_name": "pull_request"}),
+        );
         let g = grant(&rules, &pr);
         assert!(!g.scopes.allows(Scope::Push));
         assert_eq!(g.matched.get("event_name").map(String::as_str), Some("pull_request"));

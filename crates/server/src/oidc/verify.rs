@@ -129,12 +129,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
 }
 
 /// Verifies `token` against `issuers` as of `now` (Unix seconds).
-pub async fn verify(
-    token: &str,
-    issuers: &[TrustedIssuer<'_>],
-    now: i64,
-    leeway: u64,
-) -> Result<Verified, Rejected> {
+pub async fn verify(token: &str, issuers: &[TrustedIssuer<'_>], now: i64, leeway: u64) -> Result<Verified, Rejected> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(Rejected::Malformed("not three parts".to_owned()));
@@ -216,7 +211,10 @@ mod tests {
     use super::*;
 
     fn claims(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        v.as_object().cloned().expect("object")
+        match v {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
     }
 
     #[test]
@@ -238,7 +236,8 @@ mod tests {
         let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let payload = b64(serde_json::json!({"iss": "https://issuer.example", "sub": "x", "exp": 9_999_999_999_i64}));
         // An issuer that cannot be reached: any fetch would fail with Unavailable, not the errors expected.
-        let keys = IssuerKeys::new("https://issuer.example", reqwest::Client::new(), super::super::jwks::KeyTiming::default());
+        let keys =
+            IssuerKeys::new("https://issuer.example", reqwest::Client::new(), super::super::jwks::KeyTiming::default());
         let trusted = [TrustedIssuer { issuer: "https://issuer.example", audience: "a", keys: &keys }];
         for (alg, want_unsigned) in [("none", true), ("NONE", true), ("HS256", false), ("HS512", false)] {
             let token = format!("{}.{payload}.", b64(serde_json::json!({"alg": alg, "kid": "k"})));

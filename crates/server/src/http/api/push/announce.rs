@@ -98,7 +98,11 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let now = chrono::Utc::now();
     let Some(first_root) = closure.roots.first() else { return Err(ApiError::bad("no roots")) };
     refuse_too_many_sessions(state, caller).await?;
-    let session = match state.db.begin_upload_for(&caller.session_owner(), &ObjectKey::narinfo(first_root), &claimed, now).await {
+    let session = match state
+        .db
+        .begin_upload_for(&caller.session_owner(), &ObjectKey::narinfo(first_root), &claimed, now)
+        .await
+    {
         Ok(id) => id,
         Err(e) => return Err(ApiError::Database(e.to_string())),
     };
