@@ -161,8 +161,9 @@ async fn jwts_of_a_trusted_issuer_get_the_scopes_of_their_rules_and_every_forger
     assert_refused(&s, &format!("{}.{}.{}", theirs[0], ours[1], theirs[2]), "payload swapped").await;
     let altered = format!("{}.{}.{}x", ours[0], ours[1], &ours[2][..ours[2].len() - 1]);
     assert_refused(&s, &altered, "signature altered").await;
-    // Expired: the short token lived 1 s, the leeway is 1 s.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Expired: the short token lived 1 s, the leeway is 1 s; times are whole seconds (its iat rounded
+    // down, the server's clock too), so 3 s after it was issued it is past for sure.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_refused(&s, &short, "expired").await;
     // A kid the issuer never had: one refetch (the cache may be stale), then refused; the next ones are
     // refused from the cache without asking the issuer again.
