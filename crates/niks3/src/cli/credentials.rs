@@ -26,14 +26,15 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The token to send: `--oidc-token-file`, else `NIKS3_OIDC_TOKEN`, else one requested from GitHub
-    /// Actions for `--oidc-audience`, else the API token ([`super::push::load_token`]).
+    /// The token to send: what a flag names first (`--oidc-token-file`, `--auth-token-file`, a token
+    /// requested from GitHub Actions for `--oidc-audience`), else `NIKS3_OIDC_TOKEN`, else the API token
+    /// of the environment or of a local server ([`super::push::load_token`]).
     pub fn load(&self) -> anyhow::Result<ApiToken> {
         if let Some(f) = &self.oidc_token_file {
             return ApiToken::from_file(f).with_context(|| format!("the OIDC token in {}", f.display()));
         }
-        if let Some(v) = std::env::var("NIKS3_OIDC_TOKEN").ok().filter(|v| !v.trim().is_empty()) {
-            return ApiToken::new(&v).context("NIKS3_OIDC_TOKEN");
+        if let Some(f) = &self.auth_token_file {
+            return super::push::load_token(Some(f));
         }
         if let Some(audience) = &self.oidc_audience {
             let var = |name: &str| {
@@ -52,6 +53,9 @@ impl Credentials {
             let jwt = rt.block_on(niks3_client::oidc::github_actions_token(&url, &request_token, audience))?;
             return ApiToken::new(&jwt).context("the OIDC token GitHub Actions answered");
         }
-        super::push::load_token(self.auth_token_file.as_deref())
+        if let Some(v) = std::env::var("NIKS3_OIDC_TOKEN").ok().filter(|v| !v.trim().is_empty()) {
+            return ApiToken::new(&v).context("NIKS3_OIDC_TOKEN");
+        }
+        super::push::load_token(None)
     }
 }
