@@ -4,8 +4,8 @@
 //! a Garage node, a niks3 server and the PostgreSQL primary fail in the middle of pushes and nothing is
 //! lost, no narinfo is served without its NAR and references.
 
-use crate::support::cluster::{Builder, Fleet, LEASE_TIMEOUT_SECS, http_status};
-use crate::support::e2e::wait_for;
+use crate::support::cluster::{Builder, Fleet, LEASE_TIMEOUT_SECS};
+use crate::support::e2e::{http_status, wait_for};
 use niks3_testkit::garage_cluster::GarageCluster;
 use niks3_testkit::nix::NixEnv;
 use niks3_testkit::postgres::Postgres;

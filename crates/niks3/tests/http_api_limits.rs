@@ -9,13 +9,7 @@ use niks3_server::http::api::rate::ApiRate;
 use serde_json::{Value, json};
 
 async fn post(s: &TestServer, token: &str, route: &str, body: &Value) -> (u16, Option<String>, Value) {
-    let r = TestServer::client()
-        .post(format!("{}/api/v1/{route}", s.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("POST");
+    let r = s.post_api_as(token, route, body).await;
     let status = r.status().as_u16();
     let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
     (status, retry, r.json().await.unwrap_or(Value::Null))

@@ -13,13 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 async fn post(s: &TestServer, token: &str, route: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let r = TestServer::client()
-        .post(format!("{}/api/v1/{route}", s.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {route}: {e}"));
+    let r = s.post_api_as(token, route, body).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }

@@ -30,13 +30,8 @@ async fn pushes_gc_runs_and_token_changes_are_recorded_with_who_did_them() {
     cmd.args(["push", "--server", &s.url, "--auth-token-file"]).arg(&token_file).arg(&out);
     let res = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3 push")).await.expect("join");
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
-    let r = TestServer::client()
-        .post(format!("{}/api/v1/gc", s.url))
-        .bearer_auth(&gc)
-        .json(&serde_json::json!({ "older_than_secs": 30 * 86_400, "failed_uploads_older_than_secs": 6 * 3600 }))
-        .send()
-        .await
-        .expect("gc");
+    let gc_body = serde_json::json!({ "older_than_secs": 30 * 86_400, "failed_uploads_older_than_secs": 6 * 3600 });
+    let r = s.post_api_as(&gc, "gc", &gc_body).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert!(s.token_cli(&["revoke", "builder-7"]).status.success());
 

@@ -53,13 +53,7 @@ async fn server(path: &Path, adjust: impl FnOnce(&mut niks3_server::http::HttpSt
 }
 
 async fn post(s: &TestServer, token: &str, route: &str, body: &Value) -> (u16, Value) {
-    let r = TestServer::client()
-        .post(format!("{}/api/v1/{route}", s.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .expect("POST");
+    let r = s.post_api_as(token, route, body).await;
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 

@@ -3,7 +3,7 @@
 //! Garage cluster — server `i` talks to Garage node `i % 3` — and builders whose spools the real
 //! `niks3 drain` empties into them, each builder listing the servers in its own order.
 
-use super::e2e::{Server, free_port, niks3_bin, wait_for};
+use super::e2e::{Server, free_port, http_status, niks3_bin, wait_for};
 use super::http::TOKEN;
 use niks3_nix::signing::SecretKey;
 use niks3_storage::s3::{S3Config, S3Store};
@@ -12,7 +12,7 @@ use niks3_testkit::garage_cluster::GarageCluster;
 use niks3_testkit::nix::NixEnv;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Overlapping closures (see the file's comment).
@@ -240,15 +240,6 @@ impl Builder {
         let roots: Vec<_> = std::fs::read_dir(&self.gcroots).map(|d| d.flatten().collect()).unwrap_or_default();
         assert!(roots.is_empty(), "{}: GC roots left: {roots:?}", self.name);
     }
-}
-
-/// The HTTP status of a GET of `url`, or `None` when nothing answered.
-pub fn http_status(url: &str) -> Option<u16> {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|c| *c != 0)
 }
 
 /// `path`, or `path` with a counter appended when it exists (restarted servers get a new log).

@@ -266,11 +266,7 @@ impl World {
 
     /// HTTP status of GET `path` on the read proxy (`None` when unreachable).
     pub fn http_status(&self, path: &str) -> Option<u16> {
-        let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}{path}", self.url())])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|c| *c != 0)
+        http_status(&format!("{}{path}", self.url()))
     }
 
     /// Waits until every path of every closure of `outs` has a narinfo in the cache.
@@ -382,6 +378,15 @@ impl Drop for World {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
     }
+}
+
+/// The HTTP status of a GET of `url` (curl, at most 5 s), or `None` when nothing answered.
+pub fn http_status(url: &str) -> Option<u16> {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|c| *c != 0)
 }
 
 /// A running `niks3 serve`.

@@ -172,9 +172,14 @@ impl TestServer {
 
     /// `POST <url>/api/v1/<route>` with the JSON `body` and the test token; the response, whatever its status.
     pub async fn post_api(&self, route: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.post_api_as(TOKEN, route, body).await
+    }
+
+    /// `POST /api/v1/<route>` with `body` as JSON and bearer `token`.
+    pub async fn post_api_as(&self, token: &str, route: &str, body: &serde_json::Value) -> reqwest::Response {
         Self::client()
             .post(format!("{}/api/v1/{route}", self.url))
-            .header("authorization", format!("Bearer {TOKEN}"))
+            .bearer_auth(token)
             .json(body)
             .send()
             .await
