@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,12 +75,6 @@ pub(crate) fn find_binary() -> Result<PathBuf, GarageError> {
     })
 }
 
-/// A port free right now on 127.0.0.1 (the OS picks it; it stays free long enough for Garage to bind).
-fn free_port() -> Result<u16, GarageError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind a free port: {e}")))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| err(format!("local addr: {e}")))
-}
-
 pub(crate) fn random_hex(bytes: usize) -> String {
     let v: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     hex::encode(v)
@@ -93,7 +87,21 @@ pub(crate) fn new_key_pair() -> (String, String) {
 
 impl Garage {
     /// Starts a fresh server with its own directory, ports, key and bucket `niks3-test`.
+    ///
+    /// A server that does not come up (another test's server took a port between our probe and its bind) is
+    /// tried again with new ports, twice at most; the last error names its log and quotes its end.
     pub fn start() -> Result<Self, GarageError> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(g) => return Ok(g),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| err("garage did not start")))
+    }
+
+    fn start_once() -> Result<Self, GarageError> {
         let binary = find_binary()?;
         let dir =
             tempfile::Builder::new().prefix("niks3-garage-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
@@ -194,13 +202,14 @@ impl Node {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|e| err(format!("create {}: {e}", path.display())))?;
         }
+        let ports = crate::ports::free_ports(3).ok_or_else(|| err("no three free ports on 127.0.0.1"))?;
         Ok(Node {
             dir,
             binary: binary.to_owned(),
             child: None,
-            s3_port: free_port()?,
-            rpc_port: free_port()?,
-            admin_port: free_port()?,
+            s3_port: ports[0],
+            rpc_port: ports[1],
+            admin_port: ports[2],
         })
     }
 
@@ -299,7 +308,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             && let Ok(Some(status)) = child.try_wait()
         {
             self.child = None;
-            return Err(err(format!("garage exited with {status}; see {}", self.log_path().display())));
+            return Err(err(format!("garage exited with {status}; {}", self.log_excerpt())));
         }
         Ok(())
     }
@@ -319,13 +328,22 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             if Instant::now() > deadline {
                 self.kill();
                 return Err(err(format!(
-                    "garage did not answer on {} within {timeout:?}; see {}",
+                    "garage did not answer on {} within {timeout:?}; {}",
                     self.endpoint(),
-                    self.log_path().display()
+                    self.log_excerpt()
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// "see <log>" and the log's last lines: the directory may be gone by the time someone reads the error.
+    fn log_excerpt(&self) -> String {
+        let path = self.log_path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        format!("see {} which ends:\n{tail}", path.display())
     }
 
     /// Runs the `garage` CLI with this node's config (it talks to this node over RPC); returns its stdout.

@@ -3,7 +3,7 @@
 //! Garage S3 server ([`garage`]) or a three-node Garage cluster with replication factor 3 for fault tests
 //! ([`garage_cluster`]), and a private, offline Nix configuration ([`nix`]) for the host's Nix 2.8 or the Nix
 //! 2.26 of a Debian trixie chroot ([`chroot`]), single-user or with its own `nix-daemon` ([`nix_daemon`]), and
-//! a real OpenID provider issuing JWTs ([`oidc`]). The
+//! a real OpenID provider issuing JWTs ([`oidc`]), on ports no outgoing connection can take ([`ports`]). The
 //! single servers start in well under a second on a quiet machine, the pair and the cluster in one to three.
 //! No mocks: these are the real programs.
 
@@ -15,5 +15,6 @@ pub mod garage_cluster;
 pub mod nix;
 pub mod nix_daemon;
 pub mod oidc;
+pub mod ports;
 pub mod postgres;
 pub mod postgres_pair;

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,11 +117,6 @@ pub fn ensure_installed(dir: &Path) -> Result<(), OidcError> {
     Ok(())
 }
 
-fn free_port() -> Result<u16, OidcError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind a free port: {e}")))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| err(format!("local addr: {e}")))
-}
-
 fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
@@ -159,8 +154,14 @@ impl OidcProvider {
             tempfile::Builder::new().prefix("niks3-oidc-").tempdir().map_err(|e| err(format!("temp dir: {e}")))?;
         std::fs::write(dir.path().join("provider.mjs"), SCRIPT).map_err(|e| err(format!("writing the script: {e}")))?;
         let secret = hex::encode((0..24).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
-        let mut p =
-            OidcProvider { child: None, dir, port: free_port()?, clients: clients.to_vec(), secret, install_dir };
+        let mut p = OidcProvider {
+            child: None,
+            dir,
+            port: crate::ports::free_port().ok_or_else(|| err("no free port on 127.0.0.1"))?,
+            clients: clients.to_vec(),
+            secret,
+            install_dir,
+        };
         p.spawn(false)?;
         Ok(p)
     }

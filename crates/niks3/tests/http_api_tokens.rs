@@ -136,7 +136,7 @@ struct SecondServer {
 
 impl SecondServer {
     async fn start(s: &TestServer) -> SecondServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = crate::support::e2e::free_port();
         let dir = s.dir.path().join("second");
         let child = Command::new(env!("CARGO_BIN_EXE_niks3"))
             .args(["serve", "--no-spool", "--http-addr", &format!("127.0.0.1:{port}"), "--db", &s.pg.url()])

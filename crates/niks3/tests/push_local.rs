@@ -145,7 +145,7 @@ async fn push_fails_clearly_on_bad_token_bad_path_or_unreachable_server() {
     assert!(text(&out).contains("/etc/passwd"), "{}", text(&out));
     let out = niks3(&env, run(s.url.clone(), &good, &format!("{lonely}/nonexistent"))).await;
     assert!(!out.status.success());
-    let port = { std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port() };
+    let port = crate::support::e2e::free_port();
     let out = niks3(&env, run(format!("http://127.0.0.1:{port}"), &good, &lonely)).await;
     assert!(!out.status.success());
     assert!(text(&out).contains("POST /api/v1/push"), "{}", text(&out));

@@ -36,10 +36,9 @@ pub fn hook_bin() -> PathBuf {
     hook
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 outside the ephemeral range (see `niks3_testkit::ports`).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    niks3_testkit::ports::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// Polls `cond` every 100 ms until it holds or `timeout` passes.
