@@ -339,6 +339,7 @@ def variants():
         environment.RUST_LOG = "niks3=debug";
         extraArgs = [ "--jobs" "4" ];
         compressionLevel = 7;
+        maxNarSize = "8G";
       }; }""")
     eq("remote database: evaluates", (rc, d and d["failedAssertions"]), (0, []))
     if d:
@@ -351,6 +352,7 @@ def variants():
         eq("two signing keys, colon-separated", e.get("NIKS3_SIGN_KEY_PATHS"), "%d/sign-key-0:%d/sign-key-1")
         eq("extra env passed through", e.get("RUST_LOG"), "niks3=debug")
         eq("compressionLevel reaches the server", e.get("NIKS3_COMPRESSION_LEVEL"), "7")
+        eq("maxNarSize reaches the server", e.get("NIKS3_MAX_NAR_SIZE"), "8G")
         check("extraArgs appended", c.get("ExecStart", "").endswith("serve --priority 30 --jobs 4"), c.get("ExecStart"))
         g = sc(d, "niks3-gc").get("ExecStart", "")
         check("GC maps 0.0.0.0 to loopback", "--server http://127.0.0.1:8080 " in g, g)
@@ -406,7 +408,8 @@ def variants():
           d is not None and any("oidcConfigFile" in m and ".toml or .json" in m for m in d["failedAssertions"]),
           d and d["failedAssertions"])
 
-    rc, d, err = evaluate("""{ ... }: { services.niks3.hook = { enable = true; tokenFile = "/run/secrets/t";
+    rc, d, err = evaluate("""{ ... }: { services.niks3.maxNarSize = "4GiB"; services.niks3.hook = { enable = true;
+        tokenFile = "/run/secrets/t";
         serverUrl = [ "https://a.example.org" "http://b.example.org:5751" "https://c.example.org/it's" ]; }; }""")
     eq("hook with a list of servers: evaluates", (rc, d and d["failedAssertions"]), (0, []))
     if d:
@@ -414,6 +417,7 @@ def variants():
         check("a list of servers: one --server each, in order, shell-quoted",
               "drain --server https://a.example.org --server http://b.example.org:5751 "
               "--server 'https://c.example.org/it'\\''s' --auth-token-file" in drain, drain)
+        check("maxNarSize reaches niks3-drain", drain.endswith(" --max-nar-size 4GiB"), drain)
         check("the unit names every server", "a.example.org, http://b.example.org:5751" in
               svc(d, "niks3-drain").get("description", ""), svc(d, "niks3-drain").get("description"))
     expect_failure("hook with an empty server list", """{ ... }: {
@@ -484,6 +488,8 @@ def rejected():
         gc.olderThan = "30 days"; }; }""", r"services\.niks3\.gc\.olderThan.*not of type")
     expect_failure("compressionLevel outside 1..9", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         compressionLevel = 19; }; }""", r"services\.niks3\.compressionLevel.*not of type")
+    expect_failure("maxNarSize not a size", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
+        maxNarSize = "8 gigs"; }; }""", r"services\.niks3\.maxNarSize.*not of type")
     expect_failure("httpAddr without port", """{ ... }: { services.niks3 = {""" + BASE_SERVER + """
         httpAddr = "localhost"; }; }""", r"services\.niks3\.httpAddr.*not of type")
     expect_failure("setting the read-only hook.wrapper", """{ pkgs, ... }: {

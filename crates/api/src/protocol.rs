@@ -32,6 +32,10 @@ pub struct PushRequest {
     /// Only report what is missing: claim nothing, hand out no upload URLs.
     #[serde(default)]
     pub dry_run: bool,
+    /// This pusher's `--max-nar-size`: missing paths with a larger NAR are left out (the server applies
+    /// the smaller of this and its own limit). Send the same value with the complete request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nar_size: Option<u64>,
 }
 
 /// One NAR the server lacks.
@@ -138,6 +142,10 @@ pub struct PushResponse {
     /// Build logs the cache lacks for the missing paths (optional to upload).
     #[serde(default)]
     pub missing_logs: Vec<MissingLog>,
+    /// Missing paths left out because their NAR is over the size limit: not uploaded, not published;
+    /// their referrers are published and name them (the closure is recorded as incomplete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_paths: Vec<String>,
 }
 
 /// What the client measured of an uploaded NAR file.
@@ -168,6 +176,9 @@ pub struct CompleteRequest {
     /// File listings of the missing paths (optional).
     #[serde(default)]
     pub listings: Vec<ListingWire>,
+    /// The push request's `max_nar_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nar_size: Option<u64>,
 }
 
 /// Answer to [`CompleteRequest`].

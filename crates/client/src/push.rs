@@ -86,6 +86,8 @@ pub struct PushReport {
     pub presigned_uploads: usize,
     /// Narinfos the server wrote.
     pub published: usize,
+    /// Missing paths left out because their NAR is over the size limit (this pusher's or the server's).
+    pub skipped_paths: Vec<String>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -103,13 +105,22 @@ pub struct Pusher {
     pub jobs: usize,
     /// zstd level of the NARs (the server stores what it is sent).
     pub zstd_level: i32,
+    /// `--max-nar-size`: sent with the push; the server leaves out missing paths with a larger NAR.
+    pub max_nar_size: Option<u64>,
 }
 
 impl Pusher {
     /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
     /// at zstd's default level 3.
     pub fn new(api: ApiClient, nix: LocalNix, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL }
+        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL, max_nar_size: None }
+    }
+
+    /// Leaves out missing paths whose NAR is larger than `max` bytes (`None`: only the server's limit).
+    #[must_use]
+    pub fn with_max_nar_size(mut self, max: Option<u64>) -> Self {
+        self.max_nar_size = max;
+        self
     }
 
     /// Compresses NARs at zstd `level` instead (1..=9, see [`NarEncoding`]).
@@ -140,13 +151,21 @@ impl Pusher {
         let closure = self.nix.closure(&self.store_dir, roots).await?;
         let wire: Vec<PathInfoWire> = closure.iter().map(|p| to_wire(&self.store_dir, p)).collect();
         let root_strings: Vec<String> = roots.iter().map(|r| self.store_dir.display(r)).collect();
-        let plan =
-            self.api.announce(&PushRequest { roots: root_strings.clone(), paths: wire.clone(), dry_run }).await?;
+        let plan = self
+            .api
+            .announce(&PushRequest {
+                roots: root_strings.clone(),
+                paths: wire.clone(),
+                dry_run,
+                max_nar_size: self.max_nar_size,
+            })
+            .await?;
         let by_path: HashMap<String, &PathInfo> =
             closure.iter().map(|p| (self.store_dir.display(&p.path), p)).collect();
         let mut report = PushReport {
             closure_paths: closure.len(),
             missing_paths: plan.missing_paths.clone(),
+            skipped_paths: plan.skipped_paths.clone(),
             ..PushReport::default()
         };
         let nar_total: u64 = plan.missing_nars.iter().filter_map(|m| by_path.get(&m.path)).map(|p| p.nar_size).sum();
@@ -249,7 +268,14 @@ impl Pusher {
         }
         let done = self
             .api
-            .complete(&CompleteRequest { uploads: plan.uploads, roots: root_strings, paths: wire, nars, listings })
+            .complete(&CompleteRequest {
+                uploads: plan.uploads,
+                roots: root_strings,
+                paths: wire,
+                nars,
+                listings,
+                max_nar_size: self.max_nar_size,
+            })
             .await?;
         report.published = done.published;
         Ok(())

@@ -42,6 +42,7 @@ mod push_local;
 mod push_multipart;
 mod push_relay_zstd_bomb;
 mod serve_bound_port;
+mod size_policy;
 mod store_local;
 mod store_s3;
 mod support;

@@ -38,6 +38,7 @@ async fn push_request(root: &str) -> PushRequest {
         roots: vec![root.to_owned()],
         paths: infos.iter().map(|p| to_wire(&dir, p)).collect(),
         dry_run: false,
+        max_nar_size: None,
     }
 }
 
@@ -161,6 +162,7 @@ async fn interrupted_multipart_push_publishes_nothing_and_gc_aborts_its_upload()
             paths: req.paths,
             nars: vec![nar],
             listings: vec![],
+            max_nar_size: None,
         })
         .await
         .expect_err("session gone");
@@ -192,6 +194,7 @@ async fn bad_part_etags_abort_the_upload_and_a_client_can_give_a_session_up() {
         paths: req.paths.clone(),
         nars,
         listings: vec![],
+        max_nar_size: None,
     };
     let err = api.complete(&complete(vec![nar(vec!["<x/>".to_owned()])])).await.expect_err("malformed ETag");
     assert!(err.to_string().contains("malformed part ETag"), "{err}");

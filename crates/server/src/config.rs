@@ -129,6 +129,35 @@ pub struct NarArgs {
     #[arg(long, env = "NIKS3_COMPRESSION_LEVEL", default_value_t = niks3_local::nar_stream::DEFAULT_ZSTD_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=i64::from(niks3_local::nar_stream::MAX_ZSTD_LEVEL)))]
     pub compression_level: i32,
+    /// Paths whose NAR is larger than this (bytes; K, M, G, T suffixes are powers of 1024) are not
+    /// uploaded: each is skipped with one log line and counted in `/metrics`, its referrers are still
+    /// uploaded (their narinfos name it; clients substitute or build it elsewhere) and the closure is
+    /// recorded as incomplete. For `push`/`drain` it is this pusher's limit; the server applies the
+    /// smaller of its own and the pusher's. Default: no limit.
+    #[arg(long, env = "NIKS3_MAX_NAR_SIZE", value_parser = parse_byte_size)]
+    pub max_nar_size: Option<u64>,
+}
+
+/// A byte count: digits, optionally followed by K, M, G or T (powers of 1024; a trailing `B` or `iB` is
+/// accepted too, so `4G`, `4GiB` and `4294967296` are the same). Zero is refused: it would skip every path.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 4G, 512M, 1073741824)"))?;
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B').to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (K, M, G or T)")),
+    };
+    let bytes = n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("a size of 0 would skip every path".to_owned());
+    }
+    Ok(bytes)
 }
 
 impl NarArgs {
@@ -149,6 +178,7 @@ impl Default for NarArgs {
             nix_store_dir: "/nix/store".to_owned(),
             jobs: None,
             compression_level: niks3_local::nar_stream::DEFAULT_ZSTD_LEVEL,
+            max_nar_size: None,
         }
     }
 }
@@ -296,6 +326,8 @@ pub struct ServeConfig {
     pub compression_level: i32,
     /// How long a push's write leases outlive its last sign of life.
     pub push_lease_timeout: std::time::Duration,
+    /// Paths with a larger NAR are not uploaded (`--max-nar-size`).
+    pub max_nar_size: Option<u64>,
     /// Reading needs a `read` token.
     pub private: bool,
     /// The OIDC issuers and rules of `--oidc-config`, read and checked at start.
@@ -577,6 +609,7 @@ impl ServeConfig {
             jobs,
             compression_level: args.nar.compression_level,
             push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
+            max_nar_size: args.nar.max_nar_size,
             private: args.private,
             oidc: match &args.oidc_config {
                 Some(f) => Some(std::sync::Arc::new(crate::oidc::Oidc::load(f)?)),
@@ -700,6 +733,19 @@ mod tests {
         for bad in ["", "5751", "host", ":x", "1.2.3.4:99999"] {
             let err = parse_http_addr(bad).expect_err(bad).to_string();
             assert!(err.contains("--http-addr"), "{err}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("1073741824"), Ok(1 << 30));
+        for same in ["4G", "4g", "4GiB", "4 GB", "4096M"] {
+            assert_eq!(parse_byte_size(same), Ok(4 << 30), "{same}");
+        }
+        assert_eq!(parse_byte_size("1T"), Ok(1 << 40));
+        for bad in ["", "G", "0", "0G", "4X", "-1", "1.5G", "99999999999999999999", "17179869184T"] {
+            let err = parse_byte_size(bad).expect_err(bad);
+            assert!(!err.is_empty(), "{bad}");
         }
     }
 

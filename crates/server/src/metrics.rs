@@ -24,6 +24,8 @@ pub struct Metrics {
     pub nar_bytes: AtomicU64,
     /// Bytes received through the HTTP API (NARs relayed for the local backend).
     pub api_bytes_received: AtomicU64,
+    /// Store paths left out because their NAR is over `--max-nar-size` (spool and push API).
+    pub paths_skipped: AtomicU64,
     latency: Mutex<Histogram>,
     queued_to_published: Mutex<Histogram>,
     http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
@@ -164,6 +166,13 @@ impl Metrics {
             "Uncompressed NAR bytes uploaded.",
             "counter",
             self.nar_bytes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "niks3_paths_skipped_total",
+            "Store paths not uploaded because their NAR is over --max-nar-size.",
+            "counter",
+            self.paths_skipped.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -65,7 +65,8 @@ in
               "--spool-dir ${lib.escapeShellArg hookCfg.spoolDir}"
               "--gcroots-dir ${lib.escapeShellArg hookCfg.gcrootsDir}"
               "--compression-level ${toString cfg.compressionLevel}"
-            ];
+            ]
+            ++ lib.optional (cfg.maxNarSize != null) "--max-nar-size ${lib.escapeShellArg cfg.maxNarSize}";
           };
       };
     })

@@ -21,6 +21,8 @@ rec {
 
   # A listen address as `niks3 serve` takes it: `HOST:PORT`, or `:PORT` for all interfaces.
   listenAddress = lib.types.strMatching ".*:[0-9]+";
+  # A byte count as `--max-nar-size` takes it: digits and an optional K, M, G or T (powers of 1024).
+  byteSize = lib.types.strMatching "[0-9]+ ?([KMGTkmgt](i?B)?)?";
 
   # A runtime path to a secret; a string on purpose, so that a Nix path literal (which would be copied
   # into the world-readable store) is a type error.

@@ -226,6 +226,18 @@ in
       '';
     };
 
+    maxNarSize = lib.mkOption {
+      type = lib.types.nullOr common.byteSize;
+      default = null;
+      example = "8G";
+      description = ''
+        Paths whose NAR is larger than this are not cached (`--max-nar-size`, for the server's spool,
+        the pushes it accepts, and this builder's niks3-drain): each is skipped with one log line and
+        counted in `niks3_paths_skipped_total`; its referrers are still cached and name it, so clients
+        substitute or build the skipped path elsewhere. null: no limit.
+      '';
+    };
+
     storageDir = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
       default = null;
@@ -344,6 +356,12 @@ in
             defaultText = literalExpression "config.services.niks3.compressionLevel";
             description = "NIKS3_COMPRESSION_LEVEL: the server's zstd level (see compressionLevel).";
           };
+          max_nar_size = lib.mkOption {
+            type = lib.types.nullOr common.byteSize;
+            default = cfg.maxNarSize;
+            defaultText = literalExpression "config.services.niks3.maxNarSize";
+            description = "NIKS3_MAX_NAR_SIZE: paths with a larger NAR are not cached (see maxNarSize).";
+          };
           storage_dir = lib.mkOption {
             type = lib.types.nullOr lib.types.str;
             default = cfg.storageDir;
@@ -380,7 +398,7 @@ in
         Environment of `niks3 serve` as an attribute set (RFC 42): each non-null entry becomes
         NIKS3_<KEY> (`http_addr` → NIKS3_HTTP_ADDR); booleans render as true/false, integers and paths
         as strings. The typed options set their entries (httpAddr, priority, jobs, compressionLevel,
-        storageDir, cacheUrl, and s3.endpoint/bucket/region/useSSL when all of s3.* is set); any other
+        maxNarSize, storageDir, cacheUrl, and s3.endpoint/bucket/region/useSSL when all of s3.* is set); any other
         variable of `niks3 serve --help` can be added. Keys naming secrets or what the module sets from
         other options (state_dir, spool_dir, gcroots_dir, no_spool, db, db_file, api_token(_file),
         s3_access_key(_file), s3_secret_key(_file), sign_key_paths) are refused: units are

@@ -46,9 +46,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = args.nar.jobs();
     let clients = args.server.iter().map(|s| ApiClient::new(s, token.clone())).collect::<Result<Vec<_>, _>>()?;
     let nix = LocalNix::default();
-    let level = args.nar.compression_level;
+    let (level, max_nar_size) = (args.nar.compression_level, args.nar.max_nar_size);
     let pusher = Failover::new(clients, |api| {
-        Pusher::new(api, nix.clone(), store_dir.clone(), jobs).with_compression_level(level)
+        Pusher::new(api, nix.clone(), store_dir.clone(), jobs)
+            .with_compression_level(level)
+            .with_max_nar_size(max_nar_size)
     })?;
     let servers = pusher.servers().collect::<Vec<_>>().join(", ");
     let mut config = DrainConfig::new(args.spool_dir.clone(), args.gcroots_dir.clone(), store_dir, nix, jobs);

@@ -66,8 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store_dir = args.nar.store_dir()?;
     let jobs = args.nar.jobs();
     let api = ApiClient::new(&args.server, token)?;
-    let pusher =
-        Pusher::new(api, LocalNix::default(), store_dir, jobs).with_compression_level(args.nar.compression_level);
+    let pusher = Pusher::new(api, LocalNix::default(), store_dir, jobs)
+        .with_compression_level(args.nar.compression_level)
+        .with_max_nar_size(args.nar.max_nar_size);
     let mut roots = Vec::with_capacity(args.paths.len());
     for p in &args.paths {
         roots.push(pusher.resolve_arg(p)?);
@@ -82,6 +83,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .block_on(pusher.push(&roots, args.dry_run, progress.as_ref()))
         .with_context(|| format!("pushing to {}", args.server))?;
     drop(progress);
+    for p in &report.skipped_paths {
+        eprintln!("niks3: skipped {p}: its NAR is over the size limit (--max-nar-size, this push's or the server's)");
+    }
     if args.dry_run {
         for p in &report.missing_paths {
             println!("{p}");
@@ -108,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         secs,
         report.nar_bytes as f64 / 1_048_576.0 / secs.max(0.001),
-        report.closure_paths - report.missing_paths.len(),
+        report.closure_paths - report.missing_paths.len() - report.skipped_paths.len(),
         report.closure_paths
     );
     Ok(())

@@ -58,7 +58,8 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));
     let uploader = Arc::new(
         Uploader::new(publisher, LocalNix::default(), Arc::clone(&metrics), config.jobs)
-            .with_compression_level(config.compression_level),
+            .with_compression_level(config.compression_level)
+            .with_max_nar_size(config.max_nar_size),
     );
 
     // nix-cache-info: written before READY=1 when the store is reachable, else retried in the background.
@@ -165,6 +166,7 @@ fn start_http(
         limits: niks3_server::http::api::ApiLimits {
             lease_timeout: config.push_lease_timeout,
             max_sessions_per_token: config.max_upload_sessions,
+            max_nar_size: config.max_nar_size,
             ..niks3_server::http::api::ApiLimits::default()
         },
         ..niks3_server::http::HttpState::new(store, db, keys, metrics)

@@ -149,10 +149,15 @@ impl TestServer {
     /// Runs the real `niks3 push --server <this server> <path>` (token [`TOKEN`] from a file) in `env`;
     /// whether it succeeded, and what it printed.
     pub async fn push_with_cli(&self, env: &niks3_testkit::nix::NixEnv, path: &str) -> (bool, String) {
+        self.push_with_cli_args(env, &[path]).await
+    }
+
+    /// [`TestServer::push_with_cli`] with more arguments (flags, then paths).
+    pub async fn push_with_cli_args(&self, env: &niks3_testkit::nix::NixEnv, args: &[&str]) -> (bool, String) {
         let token_file = self.dir.path().join("token");
         std::fs::write(&token_file, TOKEN).expect("token file");
         let mut cmd = env.command(env!("CARGO_BIN_EXE_niks3"));
-        cmd.args(["push", "--server", &self.url, "--auth-token-file"]).arg(&token_file).arg(path);
+        cmd.args(["push", "--server", &self.url, "--auth-token-file"]).arg(&token_file).args(args);
         let out = tokio::task::spawn_blocking(move || cmd.output().expect("run niks3")).await.expect("join");
         (
             out.status.success(),

@@ -164,6 +164,8 @@ pub struct Stats {
     pub narinfos: u64,
     /// Closures (pushed roots) remembered.
     pub closures: u64,
+    /// Of those, closures pushed without some paths (over `--max-nar-size`).
+    pub incomplete_closures: u64,
     /// Uploads in flight.
     pub uploads: u64,
     /// Objects marked unreachable, waiting for their grace period.
@@ -468,16 +470,18 @@ impl Db {
     /// Ends an upload successfully: the closure `root` gets pushed_at = now and the upload row goes. One
     /// transaction. Fails with [`DbError::UploadExpired`] if GC dropped the upload meanwhile.
     pub async fn finish_upload(&self, id: UploadId, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
-        self.finish_uploads(&[id], std::slice::from_ref(root), None, now).await
+        self.finish_uploads(&[id], std::slice::from_ref(root), &[], None, now).await
     }
 
     /// Ends the upload sessions `ids` of one push successfully: every root in `roots` becomes a closure
-    /// pushed at `now` and the sessions go. One transaction. Fails with [`DbError::UploadExpired`] (naming
+    /// pushed at `now`, incomplete by the store paths in `skipped` (left out by the size policy), and the
+    /// sessions go. One transaction. Fails with [`DbError::UploadExpired`] (naming
     /// the first id) when GC dropped any of them meanwhile: then nothing is recorded.
     pub(crate) async fn finish_uploads(
         &self,
         ids: &[UploadId],
         roots: &[ObjectKey],
+        skipped: &[String],
         audit: Option<&audit::PushAudit<'_>>,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
@@ -493,9 +497,11 @@ impl Db {
             return Err(DbError::UploadExpired(*first));
         }
         t.execute(
-            "INSERT INTO closures (root, pushed_at) SELECT DISTINCT r, $2::timestamptz FROM unnest($1::text[]) r \
-             ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at)",
-            &[&strs(roots), &now],
+            "INSERT INTO closures (root, pushed_at, skipped) \
+             SELECT DISTINCT r, $2::timestamptz, $3::text[] FROM unnest($1::text[]) r \
+             ON CONFLICT (root) DO UPDATE SET pushed_at = GREATEST(closures.pushed_at, EXCLUDED.pushed_at), \
+             skipped = EXCLUDED.skipped",
+            &[&strs(roots), &now, &skipped],
         )
         .await
         .map_err(q("finish_upload: closures"))?;
@@ -685,7 +691,8 @@ impl Db {
                    (SELECT count(*) FROM closures), \
                    (SELECT count(*) FROM uploads), \
                    (SELECT count(*) FROM objects WHERE marked_at IS NOT NULL), \
-                   (SELECT count(*) FROM pins)",
+                   (SELECT count(*) FROM pins), \
+                   (SELECT count(*) FROM closures WHERE cardinality(skipped) > 0)",
                 &[],
             )
             .await
@@ -699,6 +706,7 @@ impl Db {
             uploads: n(4),
             marked: n(5),
             pins: n(6),
+            incomplete_closures: n(7),
         })
     }
 }

@@ -59,6 +59,9 @@ pub struct ClosureReport {
     pub nar_bytes: u64,
     /// Compressed bytes uploaded.
     pub file_bytes: u64,
+    /// Paths left out because their NAR is over the size limit ([`Uploader::with_max_nar_size`]); the
+    /// closure is recorded as incomplete by them.
+    pub skipped: Vec<StorePath>,
 }
 
 /// Paths being uploaded by this process and those it published lately, so that concurrent uploads of
@@ -157,6 +160,8 @@ struct Walk {
     claimed_at: HashMap<StorePath, Instant>,
     /// Paths looked at.
     looked_at: usize,
+    /// Missing paths over the size limit: not uploaded, their references not walked.
+    skipped: Vec<StorePath>,
 }
 
 /// What finished in [`Uploader::upload_missing`]'s set of tasks.
@@ -177,6 +182,7 @@ pub struct Uploader {
     locks: PathLocks,
     jobs: usize,
     encoding: NarEncoding,
+    max_nar_size: Option<u64>,
 }
 
 impl Uploader {
@@ -192,7 +198,18 @@ impl Uploader {
             locks: PathLocks::default(),
             jobs,
             encoding: NarEncoding::default(),
+            max_nar_size: None,
         }
+    }
+
+    /// Leaves out paths whose NAR is larger than `max` bytes (`--max-nar-size`): each is logged once and
+    /// counted, its referrers are still uploaded and name it, and the closure is recorded as incomplete.
+    /// A spool entry whose root is over the limit is done (acknowledged), not failed: retrying would not
+    /// make the NAR smaller.
+    #[must_use]
+    pub fn with_max_nar_size(mut self, max: Option<u64>) -> Self {
+        self.max_nar_size = max;
+        self
     }
 
     /// Compresses NARs at zstd `level` instead of 3 (1..=9, see [`NarEncoding`]).
@@ -264,13 +281,18 @@ impl Uploader {
         let finished = match result {
             Ok(report) => {
                 let root_keys: Vec<ObjectKey> = roots.iter().map(ObjectKey::narinfo).collect();
+                let skipped: Vec<String> = report.skipped.iter().map(|p| self.store_dir().display(p)).collect();
+                let mut detail = serde_json::json!({ "published": report.uploaded, "closure_paths": report.looked_at });
+                if !skipped.is_empty() {
+                    detail["skipped"] = serde_json::json!(skipped);
+                }
                 let audit = crate::db::audit::PushAudit {
                     who: "spool",
                     roots: roots.iter().map(|r| self.store_dir().display(r)).collect(),
-                    detail: serde_json::json!({ "published": report.uploaded, "closure_paths": report.looked_at }),
+                    detail,
                 };
                 self.db()
-                    .finish_uploads(&[id], &root_keys, Some(&audit), chrono::Utc::now())
+                    .finish_uploads(&[id], &root_keys, &skipped, Some(&audit), chrono::Utc::now())
                     .await
                     .map(|()| report)
                     .map_err(Into::into)
@@ -304,6 +326,17 @@ impl Uploader {
             let mut next = Vec::new();
             for info in infos {
                 if walk.absent.contains(&ObjectKey::narinfo(&info.path)) {
+                    if let Some(max) = self.max_nar_size.filter(|max| info.nar_size > *max) {
+                        self.metrics.paths_skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            path = %self.store_dir().display(&info.path),
+                            nar_size = info.nar_size,
+                            max_nar_size = max,
+                            "skipped: its NAR is over --max-nar-size (referrers are uploaded without it)"
+                        );
+                        walk.skipped.push(info.path);
+                        continue;
+                    }
                     walk.claimed_at.insert(info.path.clone(), claimed_at);
                     next.extend(info.references.iter().filter(|r| seen.insert((*r).clone())).cloned());
                     missing.push(info);
@@ -320,7 +353,8 @@ impl Uploader {
     /// those of its missing references.
     async fn upload_missing(&self, walk: &Walk) -> Result<ClosureReport, UploadError> {
         let closure = &walk.missing;
-        let mut report = ClosureReport { looked_at: walk.looked_at, ..ClosureReport::default() };
+        let mut report =
+            ClosureReport { looked_at: walk.looked_at, skipped: walk.skipped.clone(), ..ClosureReport::default() };
         if closure.is_empty() {
             return Ok(report);
         }
@@ -446,8 +480,9 @@ impl Uploader {
                 log: up.log.clone(),
                 unrecorded: up.listing.iter().chain(&up.new_log).cloned().collect(),
                 // The walk claimed every reference: each was in the cache then (and the claim keeps it
-                // there) or is a missing path this upload published before this one.
+                // there) or is a missing path this upload published before this one (or one it skipped).
                 references_checked: true,
+                skipped_references: None,
             })
             .collect();
         self.publisher.publish_many(&inputs, chrono::Utc::now()).await?;

@@ -18,6 +18,7 @@ use niks3_nix::realisation::{DrvOutput, Realisation};
 use niks3_nix::signing::SecretKey;
 use niks3_nix::store_path::StoreDir;
 use niks3_storage::{ObjectKey, SmallObject, Storage};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Content type of narinfo objects (what Nix's own caches use).
@@ -49,13 +50,24 @@ pub struct PublishInput<'a> {
     /// The caller has checked that every reference is in the cache and its upload session holds a claim
     /// on each (the local pipeline's walk did): the check is not repeated.
     pub references_checked: bool,
+    /// Narinfo keys of references that are absent on purpose (left out by the size policy, `--max-nar-size`):
+    /// the check accepts them missing.
+    pub skipped_references: Option<&'a HashSet<ObjectKey>>,
 }
 
 impl<'a> PublishInput<'a> {
     /// `info` with its stored NAR and nothing else: no listing or log, references checked by the
     /// publisher.
     pub fn new(info: &'a PathInfo, nar: StoredNar) -> Self {
-        PublishInput { info, nar, listing: None, log: None, unrecorded: Vec::new(), references_checked: false }
+        PublishInput {
+            info,
+            nar,
+            listing: None,
+            log: None,
+            unrecorded: Vec::new(),
+            references_checked: false,
+            skipped_references: None,
+        }
     }
 }
 
@@ -144,7 +156,11 @@ impl Publisher {
             for input in inputs.iter().filter(|i| !i.references_checked) {
                 let info = input.info;
                 let mut references = info.references.iter().filter(|r| **r != info.path);
-                if let Some(reference) = references.find(|r| missing.contains(&ObjectKey::narinfo(r))) {
+                let skipped = |key: &ObjectKey| input.skipped_references.is_some_and(|s| s.contains(key));
+                if let Some(reference) = references.find(|r| {
+                    let key = ObjectKey::narinfo(r);
+                    missing.contains(&key) && !skipped(&key)
+                }) {
                     return Err(UploadError::MissingReference {
                         path: info.path.clone(),
                         reference: reference.clone(),

@@ -39,6 +39,9 @@ pub struct ApiLimits {
     pub lease_timeout: std::time::Duration,
     /// Upload sessions a scoped token may have open at once (`--max-upload-sessions`); 0: no limit.
     pub max_sessions_per_token: u32,
+    /// Missing paths with a larger NAR are left out of pushes (`--max-nar-size`; a push may ask for a
+    /// smaller limit of its own).
+    pub max_nar_size: Option<u64>,
 }
 
 impl Default for ApiLimits {
@@ -52,6 +55,7 @@ impl Default for ApiLimits {
             presign_expiry: std::time::Duration::from_hours(1),
             lease_timeout: std::time::Duration::from_mins(2),
             max_sessions_per_token: 64,
+            max_nar_size: None,
         }
     }
 }

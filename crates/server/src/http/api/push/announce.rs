@@ -4,7 +4,7 @@
 
 use super::abort::abort_sessions;
 use super::sessions::abort_multipart;
-use super::validate::{missing_paths, validate_off_workers};
+use super::validate::{missing_paths, skip_oversized, validate_off_workers};
 use crate::db::leases::stale_before;
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
@@ -31,9 +31,10 @@ pub(super) const MAX_PART_URLS: usize = 100_000;
 /// `POST /api/v1/push`.
 pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
     let body: PushRequest = read_json(req, state.limits.max_json_body).await?;
-    let dry_run = body.dry_run;
+    let (dry_run, asked_limit) = (body.dry_run, body.max_nar_size);
     let closure = validate_off_workers(state, body.roots, body.paths).await?;
-    let missing_paths = missing_paths(state, &closure).await?;
+    let (missing_paths, skipped) = skip_oversized(state, asked_limit, missing_paths(state, &closure).await?);
+    let skipped_paths: Vec<String> = skipped.iter().map(|p| state.store_dir.display(&p.path)).collect();
     // One NAR per distinct NarHash, in dependency order; those the cache already has are reused, never
     // uploaded again (an upload could replace a published NAR).
     let mut nars: Vec<(ObjectKey, &PathInfo)> = Vec::new();
@@ -66,6 +67,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
                 missing_nars,
                 compression: "zstd".to_owned(),
                 missing_logs: Vec::new(),
+                skipped_paths,
             },
         ));
     }
@@ -153,6 +155,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     tracing::info!(
         paths = closure.paths.len(),
         missing = missing_paths.len(),
+        skipped = skipped_paths.len(),
         nars = missing_nars.len(),
         "push announced"
     );
@@ -164,6 +167,7 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
             missing_nars,
             compression: "zstd".to_owned(),
             missing_logs,
+            skipped_paths,
         },
     ))
 }

@@ -5,7 +5,7 @@
 
 use super::clip;
 use super::sessions::abort_multipart;
-use super::validate::{missing_paths, validate_off_workers};
+use super::validate::{missing_paths, skip_oversized, validate_off_workers};
 use crate::db::audit::PushAudit;
 use crate::db::leases::{Holder, stale_before};
 use crate::db::{NewObject, UploadId};
@@ -30,7 +30,7 @@ use warp::reply::Response;
 /// `POST /api/v1/complete`.
 pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
     let body: CompleteRequest = read_json(req, state.limits.max_json_body).await?;
-    let CompleteRequest { uploads, roots, paths, nars, listings: listing_wires } = body;
+    let CompleteRequest { uploads, roots, paths, nars, listings: listing_wires, max_nar_size } = body;
     let closure = validate_off_workers(state, roots, paths).await?;
     // One session for the whole push (rooted at its first root), or one per root from older servers.
     if uploads.is_empty() || (uploads.len() != 1 && uploads.len() != closure.roots.len()) {
@@ -58,7 +58,9 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         files.insert(nh, (fh, n.file_size));
         parts.insert(nh, &n.parts);
     }
-    let missing = missing_paths(state, &closure).await?;
+    let (missing, skipped) = skip_oversized(state, max_nar_size, missing_paths(state, &closure).await?);
+    // Referrers of the skipped paths are published naming them (the closure is recorded as incomplete).
+    let skipped_keys: HashSet<ObjectKey> = skipped.iter().map(|p| ObjectKey::narinfo(&p.path)).collect();
     // The missing paths this push leased it publishes; the others another push is uploading, and this
     // one waits for them (db/leases.rs). Nothing is taken here: this push's client uploaded the NARs of
     // its own leases only, so a path whose holder gave up means pushing again.
@@ -117,6 +119,7 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         let mut listing_objects = Vec::new();
         for p in &level {
             let mut input = PublishInput::new(p, stored[&p.nar_hash]);
+            input.skipped_references = Some(&skipped_keys);
             if let Some(json) = listings.get(&p.path) {
                 let text = json.to_string();
                 if text.len() > state.limits.max_listing {
@@ -155,28 +158,40 @@ pub async fn complete(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
     let now = chrono::Utc::now();
     let ids: Vec<UploadId> = uploads.iter().map(|i| UploadId(*i)).collect();
     let root_keys: Vec<ObjectKey> = closure.roots.iter().map(ObjectKey::narinfo).collect();
+    let skipped_paths: Vec<String> = skipped.iter().map(|p| state.store_dir.display(&p.path)).collect();
     let audit = PushAudit {
         who: &caller.name,
         roots: closure.roots.iter().map(|r| state.store_dir.display(r)).collect(),
         detail: {
             let mut d = serde_json::json!({ "published": todo.len(), "closure_paths": closure.paths.len() });
+            if !skipped_paths.is_empty() {
+                d["skipped"] = serde_json::json!(skipped_paths);
+            }
             if let Some(oidc) = caller.audit_detail() {
                 d["oidc"] = oidc;
             }
             d
         },
     };
-    match state.db.finish_uploads(&ids, &root_keys, Some(&audit), now).await {
+    match state.db.finish_uploads(&ids, &root_keys, &skipped_paths, Some(&audit), now).await {
         Ok(()) => {}
         Err(crate::db::DbError::UploadExpired(id)) => {
             return Err(ApiError::conflict(format!("upload {} expired meanwhile; push again", id.0)));
         }
         Err(e) => return Err(ApiError::Database(e.to_string())),
     }
-    tracing::info!(published = todo.len(), paths = closure.paths.len(), "push completed");
+    for p in &skipped {
+        state.metrics.paths_skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            path = %state.store_dir.display(&p.path),
+            nar_size = p.nar_size,
+            "skipped: its NAR is over the size limit (referrers are published without it)"
+        );
+    }
+    tracing::info!(published = todo.len(), skipped = skipped.len(), paths = closure.paths.len(), "push completed");
     Ok(response::json(
         StatusCode::OK,
-        &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() },
+        &CompleteResponse { published: todo.len(), already_present: closure.paths.len() - todo.len() - skipped.len() },
     ))
 }
 

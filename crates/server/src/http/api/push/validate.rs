@@ -192,6 +192,24 @@ pub(super) async fn missing_paths<'a>(
     Ok(missing)
 }
 
+/// Splits the missing paths into those to upload and those whose NAR is over the size limit: the
+/// server's `--max-nar-size` or, if smaller, the one the push asked for (`asked`). The second are left
+/// out of the push (docs/api.md "Size limit").
+pub(super) fn skip_oversized<'a>(
+    state: &HttpState,
+    asked: Option<u64>,
+    missing: Vec<&'a PathInfo>,
+) -> (Vec<&'a PathInfo>, Vec<&'a PathInfo>) {
+    let limit = match (state.limits.max_nar_size, asked) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match limit {
+        None => (missing, Vec::new()),
+        Some(max) => missing.into_iter().partition(|p| p.nar_size <= max),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::complete::levels;
