@@ -129,3 +129,30 @@ async fn a_push_leaves_out_paths_over_the_smaller_of_its_own_and_the_servers_lim
     assert!(text.lines().any(|l| l == "niks3_paths_skipped_total 1"), "{text}");
     s.shutdown().await;
 }
+
+/// Through the real hook, spool and `niks3 serve --max-nar-size`: the big path's own spool entry is
+/// acknowledged (not quarantined, not retried), the referrer's closure is cached without it, and the
+/// server's log names it once.
+#[test]
+fn the_daemon_acknowledges_the_entry_of_a_path_over_the_limit() {
+    use crate::support::e2e::World;
+    use std::time::Duration;
+    let w = World::local();
+    let server = w.serve_with(|cmd| {
+        cmd.args(["--max-nar-size", "100K"]);
+    });
+    let big = w.build(EXPR, "big");
+    let top = w.build(EXPR, "top");
+    let small = w.build(EXPR, "small");
+    let ok =
+        crate::support::e2e::wait_for(Duration::from_secs(60), || w.has_narinfo(&top[0]) && w.has_narinfo(&small[0]));
+    assert!(ok, "top and small not cached:\n{}", server.log_text());
+    w.wait_drained(&server);
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", w.quarantine_reasons());
+    assert!(!w.has_narinfo(&big[0]), "the big path was cached");
+    let log = server.log_text();
+    let skipped = log.lines().filter(|l| l.contains("skipped") && l.contains(big[0].as_str())).count();
+    assert!(skipped >= 1, "no log line names the skipped path:\n{log}");
+    let top_info = w.narinfo_text(&top[0]).expect("top's narinfo");
+    assert!(top_info.contains(big[0].trim_start_matches("/nix/store/")), "{top_info}");
+}
