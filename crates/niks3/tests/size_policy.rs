@@ -145,7 +145,7 @@ fn the_daemon_acknowledges_the_entry_of_a_path_over_the_limit() {
     let top = w.build(EXPR, "top");
     let small = w.build(EXPR, "small");
     let ok =
-        crate::support::e2e::wait_for(Duration::from_secs(60), || w.has_narinfo(&top[0]) && w.has_narinfo(&small[0]));
+        crate::support::e2e::wait_for(Duration::from_mins(1), || w.has_narinfo(&top[0]) && w.has_narinfo(&small[0]));
     assert!(ok, "top and small not cached:\n{}", server.log_text());
     w.wait_drained(&server);
     assert!(w.spool_entries("quarantine").is_empty(), "{}", w.quarantine_reasons());
