@@ -44,5 +44,6 @@ mod push_relay_zstd_bomb;
 mod serve_bound_port;
 mod store_local;
 mod store_s3;
+mod store_s3_faults;
 mod support;
 mod upload_walk;

@@ -10,6 +10,7 @@
 pub mod key;
 pub mod local;
 pub mod s3;
+pub mod throttle;
 
 pub use key::{ObjectKey, ObjectKind};
 
