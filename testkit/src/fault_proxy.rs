@@ -361,7 +361,7 @@ fn serve_connection(client: TcpStream, upstream: SocketAddr, faults: &Mutex<Faul
 /// Sends one request upstream on a fresh connection and reads the whole answer (to EOF).
 fn forward(upstream: SocketAddr, head: &Head, body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect_timeout(&upstream, Duration::from_secs(10))?;
-    up.set_read_timeout(Some(Duration::from_secs(120)))?;
+    up.set_read_timeout(Some(Duration::from_mins(2)))?;
     up.write_all(&upstream_head(&head.raw))?;
     up.write_all(body)?;
     up.flush()?;

@@ -3,7 +3,8 @@
 //! is stored is byte for byte what was sent, a flipped byte is refused by the store (never stored), and
 //! the adaptive request limit drops under throttling and shows in `/metrics`.
 
-use crate::support::http::{BIG_NAR_EXPR, Backend, TestServer};
+use crate::support::e2e::{Backend, GRAPH, World};
+use crate::support::http::{self as http_support, BIG_NAR_EXPR, TestServer};
 use crate::support::objects::{data, nar_key};
 use bytes::Bytes;
 use niks3_nix::hash::Sha256Hash;
@@ -216,7 +217,9 @@ async fn a_byte_flipped_on_the_wire_is_refused_not_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_push_through_a_rough_link_completes_and_substitutes() {
-    let s = TestServer::start(Backend::GarageBehindFaultProxy { max_requests: 8, retry: quick_retries() }).await;
+    let s =
+        TestServer::start(http_support::Backend::GarageBehindFaultProxy { max_requests: 8, retry: quick_retries() })
+            .await;
     let env = niks3_testkit::nix::NixEnv::new().expect("nix env");
     let top = env.build(BIG_NAR_EXPR, "top").expect("build top").remove(0);
     let big = env.build(BIG_NAR_EXPR, "big").expect("build big").remove(0);
@@ -235,9 +238,40 @@ async fn a_push_through_a_rough_link_completes_and_substitutes() {
     let chroot = env.substitute(&s.url, "client", &[&top], &s.key.public().to_nix_string()).expect("nix copy");
     let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
     assert_eq!(copied, std::fs::read(&big).expect("big local"));
-    let text = s.state.metrics.render();
-    assert!(text.contains("niks3_s3_concurrency_limit "), "{text}");
+    let text = reqwest::get(format!("{}/metrics", s.url)).await.expect("GET /metrics").text().await.expect("body");
+    assert_eq!(metric(&text, "niks3_s3_concurrency_max"), 8, "{text}");
+    assert!(metric(&text, "niks3_s3_concurrency_limit") >= 1, "{text}");
     s.shutdown().await;
+}
+
+#[test]
+fn the_drainer_through_a_rough_link_uploads_everything_and_substitutes() {
+    let mut w = World::s3();
+    let Backend::S3(g) = &w.backend else { unreachable!("an S3 world") };
+    let proxy = FaultProxy::start(&g.endpoint).expect("start proxy");
+    w.s3_endpoint = Some(proxy.url());
+    let server = w.serve_with(|c| {
+        c.args(["--s3-max-requests", "8"]);
+    });
+    w.wait_http(&server);
+    let public_key = w.public_key();
+    proxy.set_faults(rough_link());
+    let app = w.build(GRAPH, "app");
+    w.wait_uploaded(&app, &server, Duration::from_mins(3));
+    w.wait_drained(&server);
+    proxy.set_faults(Faults::default());
+    eprintln!("{}", proxy.counts().summary());
+    assert!(w.spool_entries("quarantine").is_empty(), "{}", server.log_text());
+    let statuses = proxy.counts().flipped_statuses.lock().expect("lock").clone();
+    assert!(statuses.iter().all(|&st| st == 400), "a corrupted body was accepted: {}", proxy.counts().summary());
+    // Real Nix checks every NAR against its NarHash.
+    w.nix.substitute(&w.url(), "through-faults", &app, &public_key).expect("substitute");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("{}/metrics", w.url())])
+        .output()
+        .expect("curl /metrics");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(metric(&text, "niks3_s3_concurrency_max"), 8, "{text}");
 }
 
 /// Not a pass/fail check: prints the upload throughput with 10% injected 503 SlowDown against none,

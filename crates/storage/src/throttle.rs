@@ -302,6 +302,6 @@ mod tests {
         }
         assert!(p.delay(1, None) <= Duration::from_millis(100));
         assert!(p.delay(1, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
-        assert!(p.delay(1, Some(Duration::from_secs(3600))) <= Duration::from_secs(1), "Retry-After is capped");
+        assert!(p.delay(1, Some(Duration::from_hours(1))) <= Duration::from_secs(1), "Retry-After is capped");
     }
 }
