@@ -103,13 +103,23 @@ pub struct Pusher {
     pub jobs: usize,
     /// zstd level of the NARs (the server stores what it is sent).
     pub zstd_level: i32,
+    /// False once a part's `ETag` never matched its MD5 (a bucket encrypting with KMS): later parts are
+    /// not sent three times for nothing.
+    etags_are_md5: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pusher {
     /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
     /// at zstd's default level 3.
     pub fn new(api: ApiClient, nix: LocalNix, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL }
+        Pusher {
+            api,
+            nix,
+            store_dir,
+            jobs: jobs.max(1),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            etags_are_md5: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
     }
 
     /// Compresses NARs at zstd `level` instead (1..=9, see [`NarEncoding`]).
@@ -436,8 +446,9 @@ impl Pusher {
             let len = part.len() as u64;
             let (http, url, what_n, sent) =
                 (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
+            let checked = Arc::clone(&self.etags_are_md5);
             in_flight = Some(AbortOnDrop(tokio::spawn(async move {
-                let etag = put_part_checked(http, url, part, what_n).await?;
+                let etag = put_part_checked(http, url, part, what_n, &checked).await?;
                 sent.fetch_add(len, Ordering::Relaxed);
                 Ok(etag)
             })));
@@ -497,12 +508,14 @@ const PART_CHECK_ATTEMPTS: u32 = 3;
 /// a part is the hex MD5 of the bytes they stored (unless the bucket encrypts with KMS or customer keys),
 /// so a part whose `ETag` differs from the MD5 of what was sent arrived corrupted: it is sent again (the
 /// same part number replaces it). If the `ETag` never matches, the store does not use MD5 `ETag`s: the
-/// part is taken with a warning (nothing to check against), as before this check existed.
+/// part is taken with a warning (nothing to check against), as before this check existed, and `checked`
+/// turns false so that the push's later parts are sent once.
 async fn put_part_checked(
     http: reqwest::Client,
     url: String,
     part: Bytes,
     what: String,
+    checked: &std::sync::atomic::AtomicBool,
 ) -> Result<Option<String>, ClientError> {
     let md5 = format!("{:x}", md5::compute(&part));
     let mut attempt = 1;
@@ -511,10 +524,11 @@ async fn put_part_checked(
             put_with_retries(http.clone(), url.clone(), std::collections::BTreeMap::new(), part.clone(), what.clone())
                 .await?;
         let Some(tag) = etag.as_deref().map(|t| t.trim_matches('"').to_ascii_lowercase()) else { return Ok(etag) };
-        if tag == md5 {
+        if tag == md5 || !checked.load(Ordering::Relaxed) {
             return Ok(etag);
         }
         if attempt >= PART_CHECK_ATTEMPTS {
+            checked.store(false, Ordering::Relaxed);
             tracing::warn!(
                 "{what}: the store's ETag is not the MD5 of the part after {attempt} tries; taking it unchecked \
                  (a bucket encrypting with KMS has such ETags)"
