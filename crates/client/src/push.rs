@@ -107,13 +107,24 @@ pub struct Pusher {
     pub zstd_level: i32,
     /// `--max-nar-size`: sent with the push; the server leaves out missing paths with a larger NAR.
     pub max_nar_size: Option<u64>,
+    /// False once a part's `ETag` never matched its MD5 (a bucket encrypting with KMS): later parts are
+    /// not sent three times for nothing.
+    etags_are_md5: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pusher {
     /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
     /// at zstd's default level 3.
     pub fn new(api: ApiClient, nix: LocalNix, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL, max_nar_size: None }
+        Pusher {
+            api,
+            nix,
+            store_dir,
+            jobs: jobs.max(1),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            max_nar_size: None,
+            etags_are_md5: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
     }
 
     /// Leaves out missing paths whose NAR is larger than `max` bytes (`None`: only the server's limit).
@@ -462,8 +473,9 @@ impl Pusher {
             let len = part.len() as u64;
             let (http, url, what_n, sent) =
                 (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
+            let checked = Arc::clone(&self.etags_are_md5);
             in_flight = Some(AbortOnDrop(tokio::spawn(async move {
-                let etag = put_with_retries(http, url, std::collections::BTreeMap::new(), part, what_n).await?;
+                let etag = put_part_checked(http, url, part, what_n, &checked).await?;
                 sent.fetch_add(len, Ordering::Relaxed);
                 Ok(etag)
             })));
@@ -494,8 +506,70 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// `PUT`s `body` to a presigned URL (no token: the URL is the credential), retrying transient failures;
-/// returns the `ETag` S3 answered, if any.
+/// Attempts of one presigned `PUT` (a part or a whole small NAR) before the NAR's upload fails: enough to
+/// ride out a store shedding load (503 SlowDown) without re-reading and re-compressing the NAR.
+const PUT_ATTEMPTS: u32 = 8;
+
+/// S3 error codes meaning the body arrived other than it was sent: sending it again is the fix.
+const CORRUPTED_IN_TRANSIT: [&str; 4] = ["BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"];
+
+/// True for an S3 answer saying the body was corrupted on the way (400 `BadDigest` and kin).
+fn corrupted_in_transit(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { status: 400, message, .. }
+        if CORRUPTED_IN_TRANSIT.iter().any(|code| message.contains(&format!("<Code>{code}</Code>"))))
+}
+
+/// The `Retry-After` of an answer, when it is a number of seconds (S3 stores and proxies send that form).
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Times a part is sent again because its `ETag` is not the MD5 of what was sent.
+const PART_CHECK_ATTEMPTS: u32 = 3;
+
+/// `PUT`s one part to its presigned URL and checks what the store received. A part URL cannot carry a
+/// checksum the store would verify: the server signs all part URLs when the push is announced, before the
+/// parts exist, and AWS refuses an unsigned `Content-MD5` on a presigned URL (403 "headers present in the
+/// request which were not signed"; Garage would accept it). But the `ETag` S3, Garage and MinIO answer for
+/// a part is the hex MD5 of the bytes they stored (unless the bucket encrypts with KMS or customer keys),
+/// so a part whose `ETag` differs from the MD5 of what was sent arrived corrupted: it is sent again (the
+/// same part number replaces it). If the `ETag` never matches, the store does not use MD5 `ETag`s: the
+/// part is taken with a warning (nothing to check against), as before this check existed, and `checked`
+/// turns false so that the push's later parts are sent once.
+async fn put_part_checked(
+    http: reqwest::Client,
+    url: String,
+    part: Bytes,
+    what: String,
+    checked: &std::sync::atomic::AtomicBool,
+) -> Result<Option<String>, ClientError> {
+    let md5 = format!("{:x}", md5::compute(&part));
+    let mut attempt = 1;
+    loop {
+        let etag =
+            put_with_retries(http.clone(), url.clone(), std::collections::BTreeMap::new(), part.clone(), what.clone())
+                .await?;
+        let Some(tag) = etag.as_deref().map(|t| t.trim_matches('"').to_ascii_lowercase()) else { return Ok(etag) };
+        if tag == md5 || !checked.load(Ordering::Relaxed) {
+            return Ok(etag);
+        }
+        if attempt >= PART_CHECK_ATTEMPTS {
+            checked.store(false, Ordering::Relaxed);
+            tracing::warn!(
+                "{what}: the store's ETag is not the MD5 of the part after {attempt} tries; taking it unchecked \
+                 (a bucket encrypting with KMS has such ETags)"
+            );
+            return Ok(etag);
+        }
+        tracing::warn!("{what}: the store's ETag {tag} is not the MD5 {md5} of the part sent; sending it again");
+        attempt += 1;
+    }
+}
+
+/// `PUT`s `body` to a presigned URL (no token: the URL is the credential), retrying transient failures
+/// (throttling, resets, a bound URL's body refused as corrupted) with jittered backoff that honours
+/// `Retry-After`; returns the `ETag` S3 answered, if any.
 async fn put_with_retries(
     http: reqwest::Client,
     url: String,
@@ -503,6 +577,11 @@ async fn put_with_retries(
     body: Bytes,
     what: String,
 ) -> Result<Option<String>, ClientError> {
+    let policy = niks3_storage::throttle::RetryPolicy {
+        attempts: PUT_ATTEMPTS,
+        base: Duration::from_millis(250),
+        cap: Duration::from_secs(30),
+    };
     let mut attempt = 1;
     loop {
         let mut rb = http.put(&url).header(http::header::CONTENT_LENGTH, body.len());
@@ -516,16 +595,20 @@ async fn put_with_retries(
             .send()
             .await
             .map_err(|e| ClientError::Transport { what: what.clone(), source: e.without_url() });
-        let result = match sent {
-            Ok(resp) => check_status(resp, &what)
-                .await
-                .map(|resp| resp.headers().get(http::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned)),
-            Err(e) => Err(e),
+        let (result, wait) = match sent {
+            Ok(resp) => {
+                let wait = retry_after(&resp);
+                let result = check_status(resp, &what).await.map(|resp| {
+                    resp.headers().get(http::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned)
+                });
+                (result, wait)
+            }
+            Err(e) => (Err(e), None),
         };
         match result {
-            Err(e) if e.is_transient() && attempt < UPLOAD_ATTEMPTS => {
+            Err(e) if (e.is_transient() || corrupted_in_transit(&e)) && attempt < PUT_ATTEMPTS => {
                 tracing::warn!("{e} (attempt {attempt}); retrying");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+                tokio::time::sleep(policy.delay(attempt, wait)).await;
                 attempt += 1;
             }
             other => return other,
@@ -702,6 +785,19 @@ mod tests {
         assert!(s(409).is_transient());
         assert!(s(503).is_transient());
         assert!(!ClientError::BadPath("x".into()).is_transient());
+    }
+
+    #[test]
+    fn a_body_corrupted_in_transit_is_sent_again_other_400s_are_not() {
+        let s = |status, code: &str| ClientError::Status {
+            what: String::new(),
+            status,
+            message: format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>"),
+        };
+        assert!(corrupted_in_transit(&s(400, "BadDigest")));
+        assert!(corrupted_in_transit(&s(400, "XAmzContentSHA256Mismatch")));
+        assert!(!corrupted_in_transit(&s(400, "InvalidPart")));
+        assert!(!corrupted_in_transit(&s(403, "BadDigest")));
     }
 
     #[test]

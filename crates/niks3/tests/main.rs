@@ -45,5 +45,6 @@ mod serve_bound_port;
 mod size_policy;
 mod store_local;
 mod store_s3;
+mod store_s3_faults;
 mod support;
 mod upload_walk;

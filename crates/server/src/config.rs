@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Path-style bucket addressing (Garage, MinIO).
     #[arg(long, env = "NIKS3_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub s3_path_style: bool,
+    /// Most S3 requests in flight at once (uploads, parts, HEADs); the server lowers this while the store
+    /// throttles (503 SlowDown, 429) and raises it back slowly. At least 1.
+    #[arg(long, env = "NIKS3_S3_MAX_REQUESTS", default_value_t = 32)]
+    pub s3_max_requests: usize,
     /// Signing key file (repeatable; env: colon-separated). Default: generated in <state-dir>/keys.
     #[arg(long = "sign-key-file", env = "NIKS3_SIGN_KEY_PATHS", value_delimiter = ':')]
     pub sign_key_files: Vec<PathBuf>,
@@ -211,6 +215,7 @@ impl std::fmt::Debug for ServeArgs {
             .field("s3_endpoint", &self.s3_endpoint)
             .field("s3_bucket", &self.s3_bucket)
             .field("s3_region", &self.s3_region)
+            .field("s3_max_requests", &self.s3_max_requests)
             .field("s3_access_key", &redact(&self.s3_access_key))
             .field("s3_secret_key", &redact(&self.s3_secret_key))
             .field("sign_key_files", &self.sign_key_files)
@@ -565,6 +570,7 @@ fn resolve_s3(args: &ServeArgs, bucket: &str) -> Result<S3Config, ConfigError> {
         secret_key,
         path_style: args.s3_path_style,
         part_size: S3_PART_SIZE,
+        max_requests: args.s3_max_requests.max(1),
     })
 }
 

@@ -3,8 +3,8 @@
 
 use niks3_api::protocol::GcFigures;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Upper bounds (seconds) of the upload latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0];
@@ -31,6 +31,8 @@ pub struct Metrics {
     http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
     gc: Mutex<Option<GcFigures>>,
     nix: Mutex<NixHealth>,
+    /// The S3 backend's adaptive request limit (none with a local store).
+    s3_throttle: OnceLock<Arc<niks3_storage::throttle::Throttle>>,
 }
 
 /// Whether the drainer can read the local Nix store, as last seen.
@@ -133,6 +135,11 @@ impl Metrics {
         self.nix.lock().is_ok_and(|n| n.failing.is_some())
     }
 
+    /// Shows the S3 backend's adaptive request limit in `/metrics` (set once, at startup).
+    pub fn watch_s3_throttle(&self, throttle: Arc<niks3_storage::throttle::Throttle>) {
+        let _ = self.s3_throttle.set(throttle);
+    }
+
     /// Renders everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -196,6 +203,45 @@ impl Metrics {
                 "counter",
                 n.errors,
             );
+        }
+        if let Some(t) = self.s3_throttle.get() {
+            let s = t.stats();
+            for (name, help, kind, v) in [
+                (
+                    "niks3_s3_concurrency_limit",
+                    "S3 requests allowed in flight now (halved while the store throttles, grown back slowly).",
+                    "gauge",
+                    s.limit,
+                ),
+                (
+                    "niks3_s3_concurrency_max",
+                    "The configured most S3 requests in flight (--s3-max-requests).",
+                    "gauge",
+                    s.max,
+                ),
+                (
+                    "niks3_s3_concurrency_limit_lowest",
+                    "The lowest the S3 request limit has been since start.",
+                    "gauge",
+                    s.lowest,
+                ),
+                ("niks3_s3_requests_in_flight", "S3 requests in flight now.", "gauge", s.in_flight),
+                (
+                    "niks3_s3_throttled_total",
+                    "S3 answers that signalled overload (429, 503 SlowDown, reset connections).",
+                    "counter",
+                    s.throttled,
+                ),
+                ("niks3_s3_retries_total", "S3 requests sent again after a transient failure.", "counter", s.retries),
+                (
+                    "niks3_s3_concurrency_decreases_total",
+                    "Times the S3 request limit was halved.",
+                    "counter",
+                    s.decreases,
+                ),
+            ] {
+                counter(&mut out, name, help, kind, v);
+            }
         }
         if let Ok(h) = self.latency.lock() {
             h.render(&mut out, "niks3_upload_duration_seconds", "Time to upload one store path.");

@@ -10,6 +10,7 @@
 pub mod key;
 pub mod local;
 pub mod s3;
+pub mod throttle;
 
 pub use key::{ObjectKey, ObjectKind};
 
@@ -53,6 +54,18 @@ pub enum StorageError {
         /// The S3 error code and message (or a hint when the answer had no body), with the bucket.
         reason: String,
     },
+    /// The S3 server refused the body of a request for `key` as other than what was sent (`BadDigest` and
+    /// kin: a byte changed or went missing on the wire). Nothing was stored; transient: sending it again
+    /// over a link that corrupts some requests succeeds, and an entry must not be quarantined for it.
+    #[error("S3 {op} {key}: the body arrived corrupted: {reason}")]
+    Corrupted {
+        /// The request (`PUT`, `upload part`, …).
+        op: &'static str,
+        /// The object key.
+        key: String,
+        /// The S3 error code and message, with the bucket.
+        reason: String,
+    },
     /// The backend configuration is unusable (missing bucket, bad endpoint, unreadable key file, …).
     #[error("store configuration: {0}")]
     Config(String),
@@ -78,7 +91,7 @@ impl StorageError {
     /// True when retrying later may succeed (network, 5xx, throttling), false for configuration errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            StorageError::S3 { .. } | StorageError::Io { .. } => true,
+            StorageError::S3 { .. } | StorageError::Io { .. } | StorageError::Corrupted { .. } => true,
             StorageError::S3Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             StorageError::Config(_) | StorageError::Source { .. } | StorageError::TooLarge { .. } => false,
         }

@@ -4,8 +4,21 @@
 //! Error mapping: an absent object (404) is `None`, never an error; an HTTP error answer becomes
 //! [`StorageError::S3Status`] (its S3 error code and message, the key and the bucket — never credentials, and
 //! never a URL, since presigned URLs carry signatures); a failure without an answer (connection refused,
-//! timeout) becomes [`StorageError::S3`]. Retrying is the caller's job; [`StorageError::is_transient`] says when.
+//! timeout) becomes [`StorageError::S3`].
+//!
+//! Throttling: every request but streamed downloads and listings goes through [`S3Store::request`], which holds
+//! a permit of the backend's [`Throttle`] (an adaptive limit on requests in flight, shared by every
+//! upload of the server) and retries the request itself, with jittered backoff, when the store is
+//! overloaded (429, 503 `SlowDown`, a reset connection) or the body was corrupted in transit
+//! (`BadDigest`: rust-s3 sends `Content-MD5` and a signed `x-amz-content-sha256` with every `PutObject`
+//! and `UploadPart`, so the store refuses bytes that changed on the wire). What is still failing after
+//! [`RetryPolicy::attempts`] goes to the caller, whose [`StorageError::is_transient`] says whether to
+//! retry later (the drainer retries whole entries). rust-s3's errors carry no headers, so a
+//! `Retry-After` of the store cannot be read here (`HttpFailWithBody` holds the status and the body only;
+//! AWS documents exponential backoff for `SlowDown`, not a header): the jittered backoff alone sets the pace. Streamed downloads and listings are not gated:
+//! a slow reader would hold a permit for as long as it reads.
 
+use super::throttle::{Outcome, RetryPolicy, Throttle};
 use super::{ByteStream, ObjectKey, ObjectMeta, StorageError};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -62,6 +75,9 @@ pub struct S3Config {
     pub path_style: bool,
     /// Part size for multipart uploads (≥ 8 MiB); also the threshold above which multipart is used.
     pub part_size: usize,
+    /// Most requests in flight to this bucket at once (the adaptive limit starts here and never goes
+    /// above; see [`Throttle`]); at least 1.
+    pub max_requests: usize,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -72,6 +88,7 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .field("part_size", &self.part_size)
+            .field("max_requests", &self.max_requests)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +143,8 @@ pub struct S3Store {
     /// Most parts of one multipart upload: S3's [`MAX_PARTS`], smaller only in tests
     /// ([`S3Store::with_max_parts`]).
     max_parts: u64,
+    /// The adaptive limit on requests in flight, shared by all uploads to this bucket.
+    throttle: Arc<Throttle>,
 }
 
 impl S3Store {
@@ -171,6 +190,7 @@ impl S3Store {
         let nar = bulk.with_extra_headers(nar_headers).map_err(config_err)?;
         let mut stream = base;
         stream.set_request_timeout(None);
+        let throttle = Arc::new(Throttle::new(config.max_requests, RetryPolicy::default()));
         Ok(S3Store {
             config,
             bucket: Arc::new(bucket),
@@ -178,6 +198,7 @@ impl S3Store {
             bulk_bucket: Arc::new(bulk),
             stream_bucket: Arc::new(stream),
             max_parts: MAX_PARTS,
+            throttle,
         })
     }
 
@@ -188,6 +209,28 @@ impl S3Store {
         self.max_parts = max_parts.clamp(1, MAX_PARTS);
         self
     }
+    /// The same store with another retry schedule (tests: short delays).
+    #[must_use]
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.throttle = Arc::new(Throttle::new(self.config.max_requests, policy));
+        self
+    }
+
+    /// The adaptive request limit of this bucket (for `/metrics`).
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
+    }
+
+    /// Sends one request (`attempt` builds it afresh each time) under the bucket's [`Throttle`], retrying
+    /// throttled and corrupted ones; see the module doc.
+    async fn request<T, F, Fut>(&self, op: &'static str, key: &str, attempt: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, S3Error>>,
+    {
+        throttled(&self.throttle, op, key, &self.config, attempt).await
+    }
+
     /// The configuration (for logging; secrets are redacted by `Debug`).
     pub fn config(&self) -> &S3Config {
         &self.config
@@ -204,10 +247,9 @@ impl S3Store {
     }
 
     pub(super) async fn put(&self, key: &ObjectKey, body: Bytes, content_type: &str) -> Result<(), StorageError> {
-        self.upload_bucket(key)
-            .put_object_with_content_type(key.as_str(), &body, content_type)
-            .await
-            .map_err(|e| self.error("PUT", key.as_str(), e))?;
+        let bucket = self.upload_bucket(key);
+        self.request("PUT", key.as_str(), || bucket.put_object_with_content_type(key.as_str(), &body, content_type))
+            .await?;
         Ok(())
     }
 
@@ -272,19 +314,13 @@ impl S3Store {
             }
             match &mut multipart {
                 None => {
-                    let body = std::mem::take(&mut buf);
-                    self.upload_bucket(key)
-                        .put_object_with_content_type(key.as_str(), &body, content_type)
-                        .await
-                        .map_err(|e| self.error("PUT", key.as_str(), e))?;
+                    let body = Bytes::from(std::mem::take(&mut buf));
+                    self.put(key, body, content_type).await?;
                 }
                 Some(mp) => {
                     mp.send_part(std::mem::take(&mut buf), self).await?;
-                    let parts = mp.finish(self).await?;
-                    self.upload_bucket(key)
-                        .complete_multipart_upload(key.as_str(), &mp.upload_id, parts)
-                        .await
-                        .map_err(|e| self.error("complete multipart upload", key.as_str(), e))?;
+                    let parts = mp.finish().await?;
+                    self.complete(key, &mp.upload_id, parts).await?;
                 }
             }
             Ok(total)
@@ -300,27 +336,32 @@ impl S3Store {
 
     /// Starts a multipart upload of `key`.
     async fn initiate(&self, key: &ObjectKey, content_type: &str) -> Result<Multipart, StorageError> {
+        let bucket = self.upload_bucket(key);
         let resp = self
-            .upload_bucket(key)
-            .initiate_multipart_upload(key.as_str(), content_type)
-            .await
-            .map_err(|e| self.error("initiate multipart upload", key.as_str(), e))?;
+            .request("initiate multipart upload", key.as_str(), || {
+                bucket.initiate_multipart_upload(key.as_str(), content_type)
+            })
+            .await?;
         Ok(Multipart {
             key: key.as_str().to_owned(),
             upload_id: resp.upload_id,
             content_type: content_type.to_owned(),
             bucket: Arc::clone(self.upload_bucket(key)),
+            throttle: Arc::clone(&self.throttle),
             parts: Vec::new(),
             in_flight: None,
         })
     }
 
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
-        match self.bucket.get_object(key.as_str()).await {
-            Ok(data) => Ok(Some(data.into_bytes())),
-            Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
-            Err(e) => Err(self.error("GET", key.as_str(), e)),
-        }
+        self.request("GET", key.as_str(), || async {
+            match self.bucket.get_object(key.as_str()).await {
+                Ok(data) => Ok(Some(data.into_bytes())),
+                Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// One GET (no HEAD first); `meta.size` is the whole object's size, from `Content-Length` or the total
@@ -405,8 +446,17 @@ impl S3Store {
     }
 
     pub(super) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StorageError> {
-        match self.bucket.head_object(key.as_str()).await {
-            Ok((head, _)) => {
+        let head = self
+            .request("HEAD", key.as_str(), || async {
+                match self.bucket.head_object(key.as_str()).await {
+                    Ok((head, _)) => Ok(Some(head)),
+                    Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        match head {
+            Some(head) => {
                 let size = head.content_length.and_then(|n| u64::try_from(n).ok()).ok_or_else(|| StorageError::S3 {
                     op: "HEAD",
                     key: key.as_str().to_owned(),
@@ -414,8 +464,7 @@ impl S3Store {
                 })?;
                 Ok(Some(ObjectMeta { size }))
             }
-            Err(S3Error::HttpFailWithBody(404, _)) => Ok(None),
-            Err(e) => Err(self.error("HEAD", key.as_str(), e)),
+            None => Ok(None),
         }
     }
 
@@ -424,7 +473,7 @@ impl S3Store {
         let mut failed = Vec::new();
         for batch in keys.chunks(DELETE_BATCH) {
             let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(k.as_str())).collect();
-            match self.bucket.delete_objects(ids).await {
+            match self.request("DELETE", "(batch)", || self.bucket.delete_objects(ids.clone())).await {
                 Ok(result) => {
                     for err in result.errors {
                         // Absent objects count as deleted.
@@ -443,8 +492,7 @@ impl S3Store {
                         }
                     }
                 }
-                Err(e) => {
-                    let first = self.error("DELETE", "(batch)", e);
+                Err(first) => {
                     for key in batch {
                         let e = match &first {
                             StorageError::S3Status { op, status, reason, .. } => StorageError::S3Status {
@@ -580,19 +628,51 @@ impl S3Store {
         etags: Vec<String>,
     ) -> Result<(), StorageError> {
         let parts = etags.into_iter().zip(1u32..).map(|(etag, part_number)| Part { part_number, etag }).collect();
-        self.upload_bucket(key)
-            .complete_multipart_upload(key.as_str(), upload_id, parts)
-            .await
-            .map_err(|e| self.error("complete multipart upload", key.as_str(), e))?;
+        self.complete(key, upload_id, parts).await
+    }
+
+    /// Completes an upload, retried like any request. When a retry finds the upload gone (`NoSuchUpload`)
+    /// an earlier attempt completed it and only its answer was lost (a cut connection): the object must
+    /// be there, which a HEAD checks.
+    async fn complete(&self, key: &ObjectKey, upload_id: &str, parts: Vec<Part>) -> Result<(), StorageError> {
+        let bucket = self.upload_bucket(key);
+        let mut sent_before = false;
+        let completed_here = self
+            .request("complete multipart upload", key.as_str(), || {
+                let retry = std::mem::replace(&mut sent_before, true);
+                let parts = parts.clone();
+                async move {
+                    match bucket.complete_multipart_upload(key.as_str(), upload_id, parts).await {
+                        Err(S3Error::HttpFailWithBody(404, body))
+                            if retry && error_code(&body) == Some("NoSuchUpload") =>
+                        {
+                            Ok(false)
+                        }
+                        other => other.map(|_| true),
+                    }
+                }
+            })
+            .await?;
+        if !completed_here && self.head(key).await?.is_none() {
+            return Err(StorageError::S3Status {
+                op: "complete multipart upload",
+                key: key.as_str().to_owned(),
+                status: 404,
+                reason: format!("the upload vanished and no object took its place (bucket {})", self.config.bucket),
+            });
+        }
         Ok(())
     }
 
     /// Aborts upload `upload_id` (a remote client gave up); an upload already gone counts as aborted.
     pub async fn abort_multipart(&self, key: &ObjectKey, upload_id: &str) -> Result<(), StorageError> {
-        match self.bucket.abort_upload(key.as_str(), upload_id).await {
-            Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
-            Err(e) => Err(self.error("abort multipart upload", key.as_str(), e)),
-        }
+        self.request("abort multipart upload", key.as_str(), || async {
+            match self.bucket.abort_upload(key.as_str(), upload_id).await {
+                Ok(()) | Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// Unfinished multipart uploads in the bucket (all of them, following pagination).
@@ -655,37 +735,46 @@ struct Multipart {
     upload_id: String,
     content_type: String,
     bucket: Arc<Bucket>,
+    throttle: Arc<Throttle>,
     parts: Vec<Part>,
-    in_flight: Option<JoinHandle<Result<Part, S3Error>>>,
+    in_flight: Option<JoinHandle<Result<Part, StorageError>>>,
 }
 
 impl Multipart {
     /// Waits for the part uploading now, then starts uploading `data` as the next part.
     async fn send_part(&mut self, data: Vec<u8>, store: &S3Store) -> Result<(), StorageError> {
-        self.wait_in_flight(store).await?;
+        self.wait_in_flight().await?;
         let number = u32::try_from(self.parts.len() + 1)
             .map_err(|_| StorageError::Config(format!("too many parts uploading {}", self.key)))?;
         let (bucket, key, id, ct) =
             (Arc::clone(&self.bucket), self.key.clone(), self.upload_id.clone(), self.content_type.clone());
-        self.in_flight =
-            Some(tokio::spawn(async move { bucket.put_multipart_chunk(data, &key, number, &id, &ct).await }));
+        let (throttle, config) = (Arc::clone(&self.throttle), store.config.clone());
+        // Each attempt sends a copy (rust-s3 takes the part by value): one more part of memory per upload
+        // while a part is in flight, the price of retrying a part without the caller re-reading the NAR.
+        self.in_flight = Some(tokio::spawn(async move {
+            throttled(&throttle, "upload part", &key, &config, || {
+                bucket.put_multipart_chunk(data.clone(), &key, number, &id, &ct)
+            })
+            .await
+        }));
         Ok(())
     }
 
-    async fn wait_in_flight(&mut self, store: &S3Store) -> Result<(), StorageError> {
+    async fn wait_in_flight(&mut self) -> Result<(), StorageError> {
         if let Some(task) = self.in_flight.take() {
-            let part = task
-                .await
-                .map_err(|e| StorageError::S3 { op: "upload part", key: self.key.clone(), reason: e.to_string() })?
-                .map_err(|e| store.error("upload part", &self.key, e))?;
+            let part = task.await.map_err(|e| StorageError::S3 {
+                op: "upload part",
+                key: self.key.clone(),
+                reason: e.to_string(),
+            })??;
             self.parts.push(part);
         }
         Ok(())
     }
 
     /// Waits for the last part; returns all parts in order.
-    async fn finish(&mut self, store: &S3Store) -> Result<Vec<Part>, StorageError> {
-        self.wait_in_flight(store).await?;
+    async fn finish(&mut self) -> Result<Vec<Part>, StorageError> {
+        self.wait_in_flight().await?;
         Ok(std::mem::take(&mut self.parts))
     }
 
@@ -702,6 +791,100 @@ impl Multipart {
     }
 }
 
+/// Sends one request under `throttle`: waits for a permit, tries, reports the outcome, and retries
+/// (after a jittered delay, with a new permit) what [`classify`] calls throttled or retryable, up to the
+/// policy's attempts. `attempt` builds the request afresh each time.
+async fn throttled<T, F, Fut>(
+    throttle: &Arc<Throttle>,
+    op: &'static str,
+    key: &str,
+    config: &S3Config,
+    mut attempt: F,
+) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, S3Error>>,
+{
+    let policy = throttle.policy();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let permit = throttle.acquire().await;
+        let result = attempt().await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Success,
+            Err(e) => classify(e),
+        };
+        throttle.finish(permit, outcome);
+        match result {
+            Ok(value) => return Ok(value),
+            Err(e) if matches!(outcome, Outcome::Throttled | Outcome::Retry) && tries < policy.attempts => {
+                let e = describe_error(op, key, config, e);
+                // rust-s3 keeps the answer's headers from us: no Retry-After (see the module doc).
+                let delay = policy.delay(tries, None);
+                tracing::debug!(error = %e, attempt = tries, retry_in_ms = delay.as_millis() as u64, "retrying an S3 request");
+                throttle.note_retry();
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(describe_error(op, key, config, e)),
+        }
+    }
+}
+
+/// S3 error codes that mean the body arrived other than it was sent (a byte changed or went missing on
+/// the wire): sending it again is the fix.
+const CORRUPTED_IN_TRANSIT: [&str; 5] =
+    ["BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody", "RequestTimeout"];
+
+/// What a failed request says about the store: overload (halve the limit, retry), a transient failure
+/// (retry), or something request-level retries do not fix (give up here; [`StorageError::is_transient`]
+/// still tells the caller whether to try again later, as for an outage).
+fn classify(e: &S3Error) -> Outcome {
+    match e {
+        S3Error::HttpFailWithBody(429 | 503, _) => Outcome::Throttled,
+        S3Error::HttpFailWithBody(status, body) => {
+            let code = error_code(body);
+            if code == Some("SlowDown") {
+                Outcome::Throttled
+            } else if matches!(status, 408 | 500 | 502 | 504) || code.is_some_and(|c| CORRUPTED_IN_TRANSIT.contains(&c))
+            {
+                Outcome::Retry
+            } else {
+                Outcome::Fatal
+            }
+        }
+        // The store is down or does not answer in time: an outage, not overload, and not for seconds of
+        // request-level retries (a timeout already took minutes): the caller's slower retry handles it.
+        S3Error::Reqwest(e) if e.is_connect() || e.is_timeout() => Outcome::Fatal,
+        S3Error::Reqwest(e) => {
+            // A connection the store (or a proxy in front of it) cut is how some stores shed load.
+            let mut source: Option<&dyn std::error::Error> = Some(e);
+            while let Some(s) = source {
+                if let Some(io) = s.downcast_ref::<std::io::Error>()
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    )
+                {
+                    return Outcome::Throttled;
+                }
+                source = s.source();
+            }
+            Outcome::Retry
+        }
+        _ => Outcome::Fatal,
+    }
+}
+
+/// The `<Code>` of an S3 XML error body.
+fn error_code(body: &str) -> Option<&str> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let len = body[start..].find("</Code>")?;
+    Some(body[start..start + len].trim())
+}
+
 /// Maps a rust-s3 error to ours, naming the key and the bucket but never credentials or URLs.
 fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) -> StorageError {
     let key = key.to_owned();
@@ -709,7 +892,12 @@ fn describe_error(op: &'static str, key: &str, config: &S3Config, e: S3Error) ->
     match e {
         S3Error::HttpFailWithBody(status, body) => {
             let detail = summarize_error_body(&body).unwrap_or_else(|| status_hint(status).to_owned());
-            StorageError::S3Status { op, key, status, reason: format!("{detail} (bucket {bucket})") }
+            let reason = format!("{detail} (bucket {bucket})");
+            if error_code(&body).is_some_and(|c| CORRUPTED_IN_TRANSIT.contains(&c)) {
+                StorageError::Corrupted { op, key, reason }
+            } else {
+                StorageError::S3Status { op, key, status, reason }
+            }
         }
         S3Error::Reqwest(e) => {
             let e = e.without_url();
@@ -789,6 +977,7 @@ mod tests {
             secret_key: "supersecretvalue".to_owned(),
             path_style: true,
             part_size: 8 << 20,
+            max_requests: 4,
         }
     }
 
@@ -827,5 +1016,27 @@ mod tests {
         assert!(e.to_string().contains("access denied") && e.to_string().contains("bucket b"), "{e}");
         let e = describe_error("GET", "k", &config(), S3Error::HttpFailWithBody(503, String::new()));
         assert!(e.is_transient(), "{e}");
+    }
+
+    #[test]
+    fn overload_and_corruption_are_retried_verdicts_are_not() {
+        let body =
+            |code: &str| format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>");
+        let cases = [
+            (503, body("SlowDown"), Outcome::Throttled),
+            (429, String::new(), Outcome::Throttled),
+            // Some stores answer SlowDown with another status.
+            (400, body("SlowDown"), Outcome::Throttled),
+            (400, body("BadDigest"), Outcome::Retry),
+            (400, body("InvalidDigest"), Outcome::Retry),
+            (400, body("XAmzContentSHA256Mismatch"), Outcome::Retry),
+            (500, body("InternalError"), Outcome::Retry),
+            (403, body("AccessDenied"), Outcome::Fatal),
+            (400, body("InvalidPart"), Outcome::Fatal),
+            (404, body("NoSuchUpload"), Outcome::Fatal),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(classify(&S3Error::HttpFailWithBody(status, body.clone())), want, "{status} {body}");
+        }
     }
 }

@@ -53,6 +53,9 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
         StorageChoice::S3(s3) => Storage::S3(S3Store::new(s3.clone()).context("configuring S3")?),
     });
     let metrics = Arc::new(Metrics::default());
+    if let Storage::S3(s3) = &*store {
+        metrics.watch_s3_throttle(Arc::clone(s3.throttle()));
+    }
     let banner = config.startup_banner();
     let keys = Arc::clone(&config.sign_keys);
     let publisher = Publisher::new(Arc::clone(&store), db.clone(), config.nix_store_dir.clone(), Arc::clone(&keys));

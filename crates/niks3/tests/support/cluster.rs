@@ -165,6 +165,7 @@ impl Fleet {
                 secret_key: self.garage.secret_key.clone(),
                 path_style: true,
                 part_size: 8 << 20,
+                max_requests: 16,
             })
             .expect("S3 store"),
         )

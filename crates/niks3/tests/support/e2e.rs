@@ -83,6 +83,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub backend: Backend,
     pub port: u16,
+    /// The S3 endpoint `niks3 serve` is given instead of Garage's own (a fault proxy in front of it).
+    pub s3_endpoint: Option<String>,
 }
 
 impl World {
@@ -104,7 +106,8 @@ impl World {
         let nix = NixEnv::new().expect("nix env");
         let pg = Postgres::start().expect("postgres");
         let db_url = Some(pg.url());
-        World { nix, pg: Some(pg), db_url, dir, backend, port: free_port() }.with_hook(Mode::SingleUser)
+        World { nix, pg: Some(pg), db_url, dir, backend, port: free_port(), s3_endpoint: None }
+            .with_hook(Mode::SingleUser)
     }
 
     /// A world on `nix` (any Nix, with its configuration as the test made it; a daemon is started here for
@@ -115,7 +118,8 @@ impl World {
         // The embedded PostgreSQL runs as the `postgres` user: it must be able to traverse to the state dir.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
         let cache = dir.path().join("cache");
-        World { nix, pg: None, db_url: None, dir, backend: Backend::Local(cache), port: free_port() }.with_hook(mode)
+        World { nix, pg: None, db_url: None, dir, backend: Backend::Local(cache), port: free_port(), s3_endpoint: None }
+            .with_hook(mode)
     }
 
     /// Installs `niks3-hook` with this world's spool and GC roots directory: in the test's `nix.conf`
@@ -181,7 +185,7 @@ impl World {
             Backend::Local(dir) => args.extend(["--storage-dir".to_owned(), self.arg(dir)]),
             Backend::S3(g) => args.extend([
                 "--s3-endpoint".to_owned(),
-                g.endpoint.clone(),
+                self.s3_endpoint.clone().unwrap_or_else(|| g.endpoint.clone()),
                 "--s3-bucket".to_owned(),
                 g.bucket.clone(),
                 "--s3-region".to_owned(),

@@ -10,6 +10,7 @@ use niks3_server::metrics::Metrics;
 use niks3_storage::Storage;
 use niks3_storage::local::LocalStore;
 use niks3_storage::s3::S3Store;
+use niks3_testkit::fault_proxy::FaultProxy;
 use niks3_testkit::garage::Garage;
 use niks3_testkit::postgres::Postgres;
 use std::net::SocketAddr;
@@ -27,6 +28,10 @@ pub enum Backend {
     Garage,
     /// A fresh Garage, the store uploading (and presigning) multipart parts of this many bytes.
     GarageWithPartSize(usize),
+    /// A fresh Garage reached through a fault-injecting proxy (faithful until the test sets faults on
+    /// [`TestServer::fault_proxy`]): the server's requests and the presigned URLs it hands out both go
+    /// through it. The store retries quickly and allows at most `max_requests` requests at once.
+    GarageBehindFaultProxy { max_requests: usize, retry: niks3_storage::throttle::RetryPolicy },
 }
 
 /// A running server and everything it stands on; dropping it stops them all.
@@ -38,6 +43,8 @@ pub struct TestServer {
     pub cache_dir: Option<PathBuf>,
     /// Held for its `Drop`: the S3 server of the S3 backend.
     _garage: Option<Garage>,
+    /// The proxy in front of Garage ([`Backend::GarageBehindFaultProxy`]).
+    pub fault_proxy: Option<FaultProxy>,
     pub pg: Postgres,
     pub key: SecretKey,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -80,6 +87,7 @@ impl TestServer {
         let pg = Postgres::start().expect("start PostgreSQL");
         let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
         let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");
+        let mut fault_proxy = None;
         let (store, cache_dir, garage) = match backend {
             Backend::Local => {
                 let cache = dir.path().join("cache");
@@ -91,7 +99,21 @@ impl TestServer {
                 let s = S3Store::new(super::s3_config(&g, part_size)).expect("S3 store");
                 (Storage::S3(s), None, Some(g))
             }
+            Backend::GarageBehindFaultProxy { max_requests, retry } => {
+                let g = Garage::start().expect("start Garage");
+                let proxy = FaultProxy::start(&g.endpoint).expect("start the fault proxy");
+                let mut config = super::s3_config(&g, 8 << 20);
+                config.endpoint = proxy.url();
+                config.max_requests = max_requests;
+                let s = S3Store::new(config).expect("S3 store").with_retry_policy(retry);
+                fault_proxy = Some(proxy);
+                (Storage::S3(s), None, Some(g))
+            }
         };
+        let metrics = Arc::new(Metrics::default());
+        if let Storage::S3(s3) = &store {
+            metrics.watch_s3_throttle(Arc::clone(s3.throttle()));
+        }
         let key = SecretKey::generate("niks3-test-1").expect("key");
         let sign = SecretKey::parse(&key.to_nix_string()).expect("key copy");
         let listener = niks3_server::http::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
@@ -102,7 +124,7 @@ impl TestServer {
             cache_url: url.clone(),
             cache_name: "test cache".to_owned(),
             api_token: Some(ApiToken::new(TOKEN).expect("token")),
-            ..HttpState::new(Arc::new(store), db, Arc::new(vec![sign]), Arc::new(Metrics::default()))
+            ..HttpState::new(Arc::new(store), db, Arc::new(vec![sign]), metrics)
         };
         adjust(&mut st);
         let state = Arc::new(st);
@@ -110,7 +132,19 @@ impl TestServer {
         let task = tokio::spawn(niks3_server::http::serve_listener(Arc::clone(&state), listener, async move {
             let _ = stop_rx.await;
         }));
-        TestServer { state, addr, url, dir, cache_dir, _garage: garage, pg, key, stop: Some(stop), task: Some(task) }
+        TestServer {
+            state,
+            addr,
+            url,
+            dir,
+            cache_dir,
+            _garage: garage,
+            fault_proxy,
+            pg,
+            key,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Runs `niks3 token <args> --db <this server's database>` (the real binary).

@@ -19,5 +19,6 @@ pub fn s3_config(g: &Garage, part_size: usize) -> S3Config {
         secret_key: g.secret_key.clone(),
         path_style: true,
         part_size,
+        max_requests: 16,
     }
 }
