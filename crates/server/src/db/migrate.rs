@@ -62,6 +62,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0010_upload_oidc_owner.sql",
         sql: include_str!("../../../../migrations/0010_upload_oidc_owner.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_resumable_multiparts.sql",
+        sql: include_str!("../../../../migrations/0011_resumable_multiparts.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -185,7 +185,16 @@ async fn collect(
         return Ok(figures);
     }
     abort_abandoned_multiparts(store, &marked.abandoned_multiparts).await;
-    match store.abort_stale_uploads(opts.failed_uploads_older_than.max(IN_FLIGHT_MIN_AGE)).await {
+    // The multipart uploads of the sessions still in flight are not stale, however old (a restarted
+    // daemon continues one an earlier process started: issue 18).
+    let in_flight: std::collections::HashSet<String> = client
+        .query("SELECT multipart_id FROM upload_multiparts", &[])
+        .await
+        .map_err(q("gc: multipart uploads in flight"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    match store.abort_stale_uploads_except(opts.failed_uploads_older_than.max(IN_FLIGHT_MIN_AGE), &in_flight).await {
         Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; the next GC retries"),
