@@ -466,7 +466,7 @@ async fn an_interrupted_multipart_upload_is_continued_sending_only_the_missing_p
     // and the upload is dropped mid-way. The 9th part was in flight: wait until the bucket holds it.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let first = {
-        let head = Bytes::from(d[..9 * part + 1].to_vec());
+        let head = Bytes::from(d[..=9 * part].to_vec());
         let sender = tx.clone();
         tokio::spawn(async move {
             for chunk in head.chunks(MIB) {
@@ -491,7 +491,7 @@ async fn an_interrupted_multipart_upload_is_continued_sending_only_the_missing_p
     };
     let upload_id = tokio::select! {
         r = upload => panic!("the stalled upload ended: {r:?}"),
-        id = tokio::time::timeout(Duration::from_secs(60), parts_held) => id.expect("9 parts within 60 s"),
+        id = tokio::time::timeout(Duration::from_mins(1), parts_held) => id.expect("9 parts within a minute"),
     };
     first.await.expect("feeder");
     drop(tx);
