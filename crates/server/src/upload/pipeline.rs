@@ -620,7 +620,7 @@ impl Uploader {
         let key = ObjectKey::nar(&info.nar_hash);
         let stored = self.store().put_stream_resumable(&key, rx, NAR_CONTENT_TYPE, Some(bound), &journal).await;
         if let Ok(s) = &stored {
-            self.metrics.record_resumed(s.size - s.sent);
+            self.metrics.record_resumed(s.size.saturating_sub(s.sent));
         }
         let nar_result = producer.await.map_err(nar_thread)?;
         match nar_result {
