@@ -3,7 +3,8 @@
 //!
 //! Keys are built only from validated parts ([`ObjectKey`]); nothing here accepts a raw caller string as a
 //! key. This crate knows nothing of PostgreSQL or HTTP routes: the server decides what to store, this
-//! crate how.
+//! crate how. (Where an interrupted multipart upload is remembered, so that the next upload of its key
+//! continues it, is the server's business too: it hands an [`UploadJournal`] in.)
 
 #![forbid(unsafe_code)]
 
