@@ -101,3 +101,35 @@ async fn a_delete_that_fails_while_s3_is_down_is_counted_reactivated_and_retried
     assert!(bucket_keys(&c).await.is_empty(), "all gone from the bucket");
     c.check("after the retry").await;
 }
+
+/// Issue 18: a daemon killed mid-upload leaves its session and the multipart upload it recorded there as
+/// resumable (migration 0012). Until a restart continues it, it is abandoned like a push's: GC phase 1
+/// drops the session once it is older than `failed_uploads_older_than` and aborts the upload with it.
+#[tokio::test]
+async fn phase_1_aborts_the_resumable_upload_a_killed_daemon_left() {
+    let g = Garage::start().expect("start garage");
+    let c = s3_cache(&g, Universe::chain(1)).await;
+    let Storage::S3(s3) = &c.store else { unreachable!("an S3 cache") };
+    let key = nar_key(0);
+    let upload_id = s3.initiate_multipart(&key, "application/x-nix-archive").await.expect("initiate");
+    let client = c.db.client().await.expect("client");
+    let session: i64 = client
+        .query_one(
+            "INSERT INTO uploads (root, claimed, started_at) VALUES ($1, '{}', $2) RETURNING id",
+            &[&narinfo_key(0).as_str(), &Cache::at(0)],
+        )
+        .await
+        .expect("session")
+        .get(0);
+    client
+        .execute(
+            "INSERT INTO upload_multiparts (upload_id, key, multipart_id, resumable) VALUES ($1, $2, $3, true)",
+            &[&session, &key.as_str(), &upload_id],
+        )
+        .await
+        .expect("record the upload");
+    drop(client);
+    let f = gc::run(&c.db, &c.store, force(), Cache::at(30)).await.expect("gc");
+    assert_eq!(f.failed_uploads_deleted, 1, "{f:?}");
+    assert!(s3.pending_uploads().await.expect("list uploads").is_empty(), "the abandoned upload is aborted");
+}

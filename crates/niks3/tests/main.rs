@@ -12,6 +12,7 @@ mod e2e_embedded;
 mod e2e_local;
 mod e2e_nix_unreadable;
 mod e2e_nix_versions;
+mod e2e_resume;
 mod e2e_s3;
 mod gc_bench;
 mod gc_never_breaks_a_closure;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use niks3_nix::hash::Sha256Hash;
 use niks3_storage::s3::{S3Config, S3Store};
-use niks3_storage::{ObjectKey, ObjectKind, Storage, StorageError};
+use niks3_storage::{ObjectKey, ObjectKind, Storage, StorageError, UploadJournal};
 use niks3_testkit::garage::Garage;
 use sha2::Digest;
 use std::time::Duration;
@@ -426,4 +426,118 @@ async fn throughput_of_put_stream_vs_single_put() {
         base.as_secs_f64() / ours.as_secs_f64(),
         mibs(read)
     );
+}
+
+/// An [`UploadJournal`] in memory: at most one recorded upload, handed over once.
+#[derive(Default)]
+struct MemJournal(std::sync::Mutex<Option<String>>);
+
+impl UploadJournal for MemJournal {
+    fn take_over<'a>(&'a self, _key: &'a ObjectKey) -> futures::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move { self.0.lock().expect("journal").take() })
+    }
+    fn started<'a>(&'a self, _key: &'a ObjectKey, upload_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move { *self.0.lock().expect("journal") = Some(upload_id.to_owned()) })
+    }
+}
+
+impl MemJournal {
+    fn recorded(&self) -> Option<String> {
+        self.0.lock().expect("journal").clone()
+    }
+}
+
+/// Issue 18 (resume): an upload cut off after 9 of its 10 parts (its future dropped, as a killed process
+/// leaves it) is continued by the next upload of the key: the 9 parts the bucket holds are checked (size
+/// and MD5 = ETag) and not sent again, only the missing one is; a part whose bytes differ is sent again;
+/// an upload the journal names that is gone (GC aborted it) means a fresh upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_multipart_upload_is_continued_sending_only_the_missing_parts() {
+    let g = Garage::start().expect("start garage");
+    let part = 5 * MIB;
+    let store = Storage::S3(S3Store::new(crate::support::s3_config(&g, part)).expect("valid config"));
+    let d = data(9 * part + part / 2, 21);
+    let len = d.len() as u64;
+    let key = nar_key(&d);
+    let bound = Some(niks3_local::nar_stream::max_compressed_size(len));
+    let journal = MemJournal::default();
+
+    // The first attempt: 9 full parts and one more byte, then the producer stalls (channel held open)
+    // and the upload is dropped mid-way. The 9th part was in flight: wait until the bucket holds it.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first = {
+        let head = Bytes::from(d[..=9 * part].to_vec());
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            for chunk in head.chunks(MIB) {
+                sender.send(Ok(Bytes::copy_from_slice(chunk))).await.expect("send");
+            }
+        })
+    };
+    let upload = {
+        let store_ref = &store;
+        let (key, journal) = (&key, &journal);
+        async move { store_ref.put_stream_resumable(key, rx, "application/x-nix-nar", bound, journal).await }
+    };
+    let parts_held = async {
+        loop {
+            if let Some(id) = journal.recorded()
+                && s3(&store).list_parts(&key, &id).await.expect("list parts").len() == 9
+            {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let upload_id = tokio::select! {
+        r = upload => panic!("the stalled upload ended: {r:?}"),
+        id = tokio::time::timeout(Duration::from_mins(1), parts_held) => id.expect("9 parts within a minute"),
+    };
+    first.await.expect("feeder");
+    drop(tx);
+    assert_eq!(store.head(&key).await.expect("head"), None, "nothing visible yet");
+
+    // The second attempt with the same bytes sends only part 10.
+    let stored = store
+        .put_stream_resumable(&key, feed(d.clone(), &[MIB], None), "application/x-nix-nar", bound, &journal)
+        .await
+        .expect("continued upload");
+    assert_eq!(stored.size, len);
+    assert_eq!(stored.reused_parts, 9, "{stored:?}");
+    assert_eq!(stored.sent, len - 9 * part as u64, "{stored:?}");
+    assert_eq!(sha2::Sha256::digest(read_all(&store, &key, None).await.1), sha2::Sha256::digest(&d));
+    assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty(), "multipart upload left");
+    eprintln!("resume: {} of {len} bytes sent again ({} parts reused)", stored.sent, stored.reused_parts);
+
+    // Parts that differ are sent again: interrupt an upload of `d2` again, then continue it with bytes
+    // that differ in part 2.
+    let d2 = data(9 * part + part / 2, 22);
+    let key2 = nar_key(&d2);
+    let mp = s3(&store).initiate_multipart(&key2, "x").await.expect("initiate");
+    for n in 1..=9u32 {
+        let at = (n as usize - 1) * part;
+        raw_bucket(&g).put_multipart_chunk(d2[at..at + part].to_vec(), key2.as_str(), n, &mp, "x").await.expect("part");
+    }
+    let mut d2b = d2.clone();
+    d2b[part + 7] ^= 0xff;
+    let journal2 = MemJournal(std::sync::Mutex::new(Some(mp)));
+    let stored = store
+        .put_stream_resumable(&key2, feed(d2b.clone(), &[MIB], None), "x", bound, &journal2)
+        .await
+        .expect("continued upload");
+    assert_eq!((stored.reused_parts, stored.sent), (8, len - 8 * part as u64), "{stored:?}");
+    assert_eq!(sha2::Sha256::digest(read_all(&store, &key2, None).await.1), sha2::Sha256::digest(&d2b));
+
+    // The journal names an upload that is gone (aborted): a fresh upload, recorded in the journal.
+    let d3 = data(2 * part + 1, 23);
+    let key3 = nar_key(&d3);
+    let journal3 = MemJournal(std::sync::Mutex::new(Some(upload_id)));
+    let stored = store
+        .put_stream_resumable(&key3, feed(d3.clone(), &[MIB], None), "x", None, &journal3)
+        .await
+        .expect("fresh upload");
+    assert_eq!((stored.reused_parts, stored.sent), (0, d3.len() as u64));
+    assert!(journal3.recorded().is_some(), "the fresh upload is recorded");
+    assert_eq!(sha2::Sha256::digest(read_all(&store, &key3, None).await.1), sha2::Sha256::digest(&d3));
+    assert!(s3(&store).pending_uploads().await.expect("list uploads").is_empty(), "multipart upload left");
 }

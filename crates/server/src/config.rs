@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// throttles (503 SlowDown, 429) and raises it back slowly. At least 1.
     #[arg(long, env = "NIKS3_S3_MAX_REQUESTS", default_value_t = 32)]
     pub s3_max_requests: usize,
+    /// Most parts per multipart upload (S3's 10 000 when unset). For tests only: a small limit makes
+    /// the part size grow from a NAR's size without uploading terabytes.
+    #[arg(long, env = "NIKS3_S3_MAX_PARTS", hide = true)]
+    pub s3_max_parts: Option<u64>,
     /// Signing key file (repeatable; env: colon-separated). Default: generated in <state-dir>/keys.
     #[arg(long = "sign-key-file", env = "NIKS3_SIGN_KEY_PATHS", value_delimiter = ':')]
     pub sign_key_files: Vec<PathBuf>,
@@ -327,6 +331,8 @@ pub struct ServeConfig {
     pub priority: u32,
     /// Parallel NAR uploads.
     pub jobs: usize,
+    /// Most parts per S3 multipart upload, when lower than S3's limit (tests, `--s3-max-parts`).
+    pub s3_max_parts: Option<u64>,
     /// zstd level of uploaded NARs.
     pub compression_level: i32,
     /// How long a push's write leases outlive its last sign of life.
@@ -613,6 +619,7 @@ impl ServeConfig {
             nix_store_dir,
             priority: args.priority,
             jobs,
+            s3_max_parts: args.s3_max_parts,
             compression_level: args.nar.compression_level,
             push_lease_timeout: std::time::Duration::from_secs(args.push_lease_timeout),
             max_nar_size: args.nar.max_nar_size,

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub api_bytes_received: AtomicU64,
     /// Store paths left out because their NAR is over `--max-nar-size` (spool and push API).
     pub paths_skipped: AtomicU64,
+    /// Compressed bytes not sent again because an interrupted multipart upload left them in the bucket.
+    pub bytes_resumed: AtomicU64,
     latency: Mutex<Histogram>,
     queued_to_published: Mutex<Histogram>,
     http: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
@@ -86,6 +88,11 @@ impl Metrics {
         if let Ok(mut h) = self.latency.lock() {
             h.observe(seconds);
         }
+    }
+
+    /// Records `bytes` of a NAR that an interrupted upload had already sent (0: nothing to record).
+    pub(crate) fn record_resumed(&self, bytes: u64) {
+        self.bytes_resumed.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Records that a spool entry's closure is published, `seconds` after the hook queued it (what a
@@ -180,6 +187,13 @@ impl Metrics {
             "Store paths not uploaded because their NAR is over --max-nar-size.",
             "counter",
             self.paths_skipped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "niks3_resumed_bytes_total",
+            "Compressed bytes an interrupted multipart upload had sent, reused instead of sent again.",
+            "counter",
+            self.bytes_resumed.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -3,7 +3,8 @@
 //!
 //! Keys are built only from validated parts ([`ObjectKey`]); nothing here accepts a raw caller string as a
 //! key. This crate knows nothing of PostgreSQL or HTTP routes: the server decides what to store, this
-//! crate how.
+//! crate how. (Where an interrupted multipart upload is remembered, so that the next upload of its key
+//! continues it, is the server's business too: it hands an [`UploadJournal`] in.)
 
 #![forbid(unsafe_code)]
 
@@ -117,6 +118,29 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// Where the multipart uploads of streamed objects are remembered, so that an upload cut short (its
+/// process killed) can be continued by the next upload of the same key instead of started over: the
+/// server keeps this in PostgreSQL, next to the upload session (this crate knows nothing of sessions).
+/// Both methods are best effort: a journal that cannot answer means a fresh upload, never a failure.
+pub trait UploadJournal: Send + Sync {
+    /// The unfinished multipart upload of `key` that an earlier upload recorded and nobody continues any
+    /// more, taken over (so no other upload continues it too); `None` when there is none.
+    fn take_over<'a>(&'a self, key: &'a ObjectKey) -> futures::future::BoxFuture<'a, Option<String>>;
+    /// Records that multipart upload `upload_id` of `key` was started (before its first part is sent).
+    fn started<'a>(&'a self, key: &'a ObjectKey, upload_id: &'a str) -> futures::future::BoxFuture<'a, ()>;
+}
+
+/// What [`Storage::put_stream_resumable`] stored, and what it had to send for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streamed {
+    /// Bytes stored (the object's size).
+    pub size: u64,
+    /// Bytes sent to the store: `size`, less the parts an earlier, interrupted upload had already sent.
+    pub sent: u64,
+    /// Parts of an earlier upload reused (each checked to hold exactly the bytes it would have sent).
+    pub reused_parts: u32,
+}
+
 /// A byte stream read from the store (for serving NARs without buffering them).
 pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, StorageError>>;
 
@@ -190,7 +214,30 @@ impl Storage {
     ) -> Result<u64, StorageError> {
         match self {
             Storage::Local(s) => s.put_stream(key, chunks, content_type).await,
-            Storage::S3(s) => s.put_stream(key, chunks, content_type, max_size).await,
+            Storage::S3(s) => s.put_stream(key, chunks, content_type, max_size, None).await.map(|s| s.size),
+        }
+    }
+
+    /// [`Storage::put_stream`] that continues the multipart upload of `key` an earlier, interrupted upload
+    /// left (found through `journal`) and records the one it starts there: a part the bucket already holds
+    /// is not sent again when its size and MD5 (its ETag) match the bytes this stream has for it, so a
+    /// deterministic stream (a NAR compressed with the same settings) sends only what is missing. A part
+    /// that differs is sent again; an earlier upload that is gone (completed, or aborted by GC) means a
+    /// fresh one. A local directory has nothing to continue: it writes the whole stream.
+    pub async fn put_stream_resumable(
+        &self,
+        key: &ObjectKey,
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
+        content_type: &str,
+        max_size: Option<u64>,
+        journal: &dyn UploadJournal,
+    ) -> Result<Streamed, StorageError> {
+        match self {
+            Storage::Local(s) => {
+                let size = s.put_stream(key, chunks, content_type).await?;
+                Ok(Streamed { size, sent: size, reused_parts: 0 })
+            }
+            Storage::S3(s) => s.put_stream(key, chunks, content_type, max_size, Some(journal)).await,
         }
     }
 
@@ -244,9 +291,20 @@ impl Storage {
     /// Aborts unfinished multipart uploads started more than `older_than` ago (GC phase 1); returns how
     /// many were aborted. A no-op for the local backend beyond removing stale temporary files.
     pub async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StorageError> {
+        self.abort_stale_uploads_except(older_than, &std::collections::HashSet::new()).await
+    }
+
+    /// [`Storage::abort_stale_uploads`], leaving alone the multipart uploads whose ids are in `keep`:
+    /// those the uploads in flight recorded (one a restarted daemon is continuing was started long ago,
+    /// yet is not stale).
+    pub async fn abort_stale_uploads_except(
+        &self,
+        older_than: Duration,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<u64, StorageError> {
         match self {
             Storage::Local(s) => s.abort_stale_uploads(older_than).await,
-            Storage::S3(s) => s.abort_stale_uploads(older_than).await,
+            Storage::S3(s) => s.abort_stale_uploads(older_than, keep).await,
         }
     }
 

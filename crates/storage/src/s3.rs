@@ -19,7 +19,7 @@
 //! a slow reader would hold a permit for as long as it reads.
 
 use super::throttle::{Outcome, RetryPolicy, Throttle};
-use super::{ByteStream, ObjectKey, ObjectMeta, StorageError};
+use super::{ByteStream, ObjectKey, ObjectMeta, StorageError, Streamed, UploadJournal};
 use bytes::Bytes;
 use futures::StreamExt;
 use s3::command::Command;
@@ -29,6 +29,7 @@ use s3::request::Request as _;
 use s3::request::tokio_backend::ReqwestRequest;
 use s3::serde_types::{ObjectIdentifier, Part};
 use s3::{Bucket, Region};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -262,14 +263,18 @@ impl S3Store {
     /// parts. A stream longer than the parts can hold fails clearly (and the upload is aborted).
     /// Any failure, including an `Err` from `chunks`, aborts the multipart upload. A stream whose sender is
     /// dropped without an `Err` counts as complete: producers must send their error. If this future is
-    /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it.
+    /// dropped mid-upload, the multipart upload stays until [`S3Store::abort_stale_uploads`] removes it —
+    /// or, with a `journal`, until the next upload of `key` continues it (see
+    /// [`super::Storage::put_stream_resumable`]; the part boundaries are the same both times, as they
+    /// depend only on `max_size` and the configuration).
     pub(super) async fn put_stream(
         &self,
         key: &ObjectKey,
         mut chunks: tokio::sync::mpsc::Receiver<Result<Bytes, StorageError>>,
         content_type: &str,
         max_size: Option<u64>,
-    ) -> Result<u64, StorageError> {
+        journal: Option<&dyn UploadJournal>,
+    ) -> Result<Streamed, StorageError> {
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let mut part_size = to_usize(max_size.map_or(self.config.part_size as u64, |m| self.part_size_for(m)));
         let grow_every = (self.max_parts / 10).max(1);
@@ -297,7 +302,7 @@ impl S3Store {
                         let full = std::mem::take(&mut buf);
                         let mp = match &mut multipart {
                             Some(mp) => mp,
-                            None => multipart.insert(self.initiate(key, content_type).await?),
+                            None => multipart.insert(self.start_multipart(key, content_type, journal).await?),
                         };
                         mp.send_part(full, self).await?;
                         parts_sent += 1;
@@ -316,14 +321,24 @@ impl S3Store {
                 None => {
                     let body = Bytes::from(std::mem::take(&mut buf));
                     self.put(key, body, content_type).await?;
+                    Ok(Streamed { size: total, sent: total, reused_parts: 0 })
                 }
                 Some(mp) => {
                     mp.send_part(std::mem::take(&mut buf), self).await?;
                     let parts = mp.finish().await?;
-                    self.complete(key, &mp.upload_id, parts).await?;
+                    self.complete(key, &mp.upload_id, parts).await.map_err(|e| mp.vanished(e))?;
+                    if mp.reused_parts > 0 {
+                        tracing::info!(
+                            key = key.as_str(),
+                            reused_parts = mp.reused_parts,
+                            reused_bytes = total - mp.sent,
+                            sent_bytes = mp.sent,
+                            "continued an interrupted multipart upload"
+                        );
+                    }
+                    Ok(Streamed { size: total, sent: mp.sent, reused_parts: mp.reused_parts })
                 }
             }
-            Ok(total)
         }
         .await;
         if result.is_err()
@@ -334,6 +349,79 @@ impl S3Store {
         result
     }
 
+    /// The multipart upload a stream of `key` goes into: the one `journal` hands over, with the parts
+    /// the bucket holds for it, or a new one (recorded in `journal`). An upload handed over that cannot
+    /// be listed (gone: completed, or aborted by GC) is replaced by a new one.
+    async fn start_multipart(
+        &self,
+        key: &ObjectKey,
+        content_type: &str,
+        journal: Option<&dyn UploadJournal>,
+    ) -> Result<Multipart, StorageError> {
+        let Some(journal) = journal else { return self.initiate(key, content_type).await };
+        if let Some(upload_id) = journal.take_over(key).await {
+            match self.list_parts(key, &upload_id).await {
+                Ok(held) => {
+                    tracing::debug!(key = key.as_str(), parts = held.len(), "continuing a multipart upload");
+                    let mut mp = self.multipart(key, upload_id, content_type);
+                    mp.held = held;
+                    mp.continued = true;
+                    return Ok(mp);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "an interrupted multipart upload cannot be continued; starting afresh");
+                    // Still there but unusable: leave nothing behind (gone already is fine too).
+                    if let Err(abort) = self.abort_multipart(key, &upload_id).await {
+                        tracing::debug!(error = %abort, "could not abort it; GC will");
+                    }
+                }
+            }
+        }
+        let mp = self.initiate(key, content_type).await?;
+        journal.started(key, &mp.upload_id).await;
+        Ok(mp)
+    }
+
+    /// The parts the bucket holds for the unfinished upload `upload_id` of `key` (ListParts, every page),
+    /// by part number. rust-s3 has no ListParts, so this is a presigned `GET ?uploadId=` sent with
+    /// reqwest. Public for tests and diagnostics (what an interrupted upload left).
+    pub async fn list_parts(&self, key: &ObjectKey, upload_id: &str) -> Result<HashMap<u32, HeldPart>, StorageError> {
+        let err = |reason: String| StorageError::S3 { op: "list parts", key: key.as_str().to_owned(), reason };
+        let client =
+            reqwest::Client::builder().timeout(SMALL_REQUEST_TIMEOUT).build().map_err(|e| err(e.to_string()))?;
+        let mut held = HashMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let mut queries = HashMap::from([("uploadId".to_owned(), upload_id.to_owned())]);
+            if let Some(m) = &marker {
+                queries.insert("part-number-marker".to_owned(), m.clone());
+            }
+            let url = self
+                .bucket
+                .presign_get(key.as_str(), 300, Some(queries))
+                .await
+                .map_err(|e| self.error("presign list parts", key.as_str(), e))?;
+            let response = client.get(url).send().await.map_err(|e| err(e.without_url().to_string()))?;
+            let status = response.status().as_u16();
+            let body = response.text().await.map_err(|e| err(e.without_url().to_string()))?;
+            if status != 200 {
+                let reason = summarize_error_body(&body).unwrap_or_else(|| status_hint(status).to_owned());
+                return Err(StorageError::S3Status {
+                    op: "list parts",
+                    key: key.as_str().to_owned(),
+                    status,
+                    reason: format!("{reason} (bucket {})", self.config.bucket),
+                });
+            }
+            let (page, next) = parse_list_parts(&body).ok_or_else(|| err("unreadable ListParts answer".to_owned()))?;
+            held.extend(page);
+            match next {
+                Some(m) if marker.as_deref() != Some(m.as_str()) => marker = Some(m),
+                _ => return Ok(held),
+            }
+        }
+    }
+
     /// Starts a multipart upload of `key`.
     async fn initiate(&self, key: &ObjectKey, content_type: &str) -> Result<Multipart, StorageError> {
         let bucket = self.upload_bucket(key);
@@ -342,15 +430,24 @@ impl S3Store {
                 bucket.initiate_multipart_upload(key.as_str(), content_type)
             })
             .await?;
-        Ok(Multipart {
+        Ok(self.multipart(key, resp.upload_id, content_type))
+    }
+
+    /// Upload `upload_id` of `key` with no parts known yet.
+    fn multipart(&self, key: &ObjectKey, upload_id: String, content_type: &str) -> Multipart {
+        Multipart {
             key: key.as_str().to_owned(),
-            upload_id: resp.upload_id,
+            upload_id,
             content_type: content_type.to_owned(),
             bucket: Arc::clone(self.upload_bucket(key)),
             throttle: Arc::clone(&self.throttle),
             parts: Vec::new(),
             in_flight: None,
-        })
+            held: HashMap::new(),
+            sent: 0,
+            reused_parts: 0,
+            continued: false,
+        }
     }
 
     pub(super) async fn get(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
@@ -694,15 +791,20 @@ impl S3Store {
     }
 
     /// Aborts every upload initiated before now − `older_than` (uploads with an unreadable date are left
-    /// alone). Tries them all; returns the first failure if any abort failed.
-    pub(super) async fn abort_stale_uploads(&self, older_than: Duration) -> Result<u64, StorageError> {
+    /// alone), except those whose id is in `keep`. Tries them all; returns the first failure if any abort
+    /// failed.
+    pub(super) async fn abort_stale_uploads(
+        &self,
+        older_than: Duration,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<u64, StorageError> {
         let cutoff = chrono::Duration::from_std(older_than).ok().and_then(|d| chrono::Utc::now().checked_sub_signed(d));
         // A cutoff before any representable date: nothing is that old.
         let Some(cutoff) = cutoff else { return Ok(0) };
         let mut aborted = 0;
         let mut first_error = None;
         for upload in self.pending_uploads().await? {
-            if upload.initiated.is_none_or(|t| t > cutoff) {
+            if upload.initiated.is_none_or(|t| t > cutoff) || keep.contains(&upload.upload_id) {
                 continue;
             }
             match self.bucket.abort_upload(&upload.key, &upload.upload_id).await {
@@ -729,6 +831,15 @@ impl S3Store {
     }
 }
 
+/// A part an unfinished upload holds in the bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldPart {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag, unquoted: the hex MD5 of its bytes (S3 and Garage, unencrypted).
+    pub etag: String,
+}
+
 /// One multipart upload in progress: the parts done and the one uploading.
 struct Multipart {
     key: String,
@@ -738,14 +849,45 @@ struct Multipart {
     throttle: Arc<Throttle>,
     parts: Vec<Part>,
     in_flight: Option<JoinHandle<Result<Part, StorageError>>>,
+    /// Parts the bucket already holds (continuing an interrupted upload): reused when they match.
+    held: HashMap<u32, HeldPart>,
+    /// Bytes sent in parts (not reused).
+    sent: u64,
+    /// Parts reused from `held`.
+    reused_parts: u32,
+    /// True when this upload continues an interrupted one.
+    continued: bool,
 }
 
 impl Multipart {
-    /// Waits for the part uploading now, then starts uploading `data` as the next part.
+    /// Waits for the part uploading now, then starts uploading `data` as the next part — or, when the
+    /// bucket already holds this part with exactly these bytes (same size, ETag = MD5), reuses it.
     async fn send_part(&mut self, data: Vec<u8>, store: &S3Store) -> Result<(), StorageError> {
         self.wait_in_flight().await?;
         let number = u32::try_from(self.parts.len() + 1)
             .map_err(|_| StorageError::Config(format!("too many parts uploading {}", self.key)))?;
+        let data = match self.held.remove(&number) {
+            Some(held) if held.size == data.len() as u64 => {
+                let (data, md5) = tokio::task::spawn_blocking(move || {
+                    let md5 = format!("{:x}", md5::compute(&data));
+                    (data, md5)
+                })
+                .await
+                .map_err(|e| StorageError::S3 {
+                    op: "upload part",
+                    key: self.key.clone(),
+                    reason: e.to_string(),
+                })?;
+                if md5 == held.etag {
+                    self.parts.push(Part { part_number: number, etag: format!("\"{md5}\"") });
+                    self.reused_parts += 1;
+                    return Ok(());
+                }
+                data
+            }
+            _ => data,
+        };
+        self.sent += data.len() as u64;
         let (bucket, key, id, ct) =
             (Arc::clone(&self.bucket), self.key.clone(), self.upload_id.clone(), self.content_type.clone());
         let (throttle, config) = (Arc::clone(&self.throttle), store.config.clone());
@@ -762,11 +904,10 @@ impl Multipart {
 
     async fn wait_in_flight(&mut self) -> Result<(), StorageError> {
         if let Some(task) = self.in_flight.take() {
-            let part = task.await.map_err(|e| StorageError::S3 {
-                op: "upload part",
-                key: self.key.clone(),
-                reason: e.to_string(),
-            })??;
+            let part = task
+                .await
+                .map_err(|e| StorageError::S3 { op: "upload part", key: self.key.clone(), reason: e.to_string() })?
+                .map_err(|e| self.vanished(e))?;
             self.parts.push(part);
         }
         Ok(())
@@ -776,6 +917,20 @@ impl Multipart {
     async fn finish(&mut self) -> Result<Vec<Part>, StorageError> {
         self.wait_in_flight().await?;
         Ok(std::mem::take(&mut self.parts))
+    }
+
+    /// A continued upload that is gone mid-way (404: GC aborted it as stale, or another uploader of the
+    /// same key completed it) is worth retrying — afresh, as its record goes with the failed attempt — so
+    /// its 404 becomes a transient error.
+    fn vanished(&self, e: StorageError) -> StorageError {
+        match e {
+            StorageError::S3Status { op, key, status: 404, reason } if self.continued => StorageError::S3 {
+                op,
+                key,
+                reason: format!("the continued multipart upload is gone ({reason}); a retry starts afresh"),
+            },
+            other => other,
+        }
     }
 
     /// Best effort: stops the part in flight and aborts the upload (GC retries what fails here).
@@ -789,6 +944,30 @@ impl Multipart {
             tracing::warn!(error = %e, "could not abort a failed multipart upload; GC will retry");
         }
     }
+}
+
+/// The parts of a ListParts answer (part number → size and unquoted ETag) and the marker of the next
+/// page when it is truncated; `None` when the XML lacks what a part must have.
+fn parse_list_parts(xml: &str) -> Option<(HashMap<u32, HeldPart>, Option<String>)> {
+    fn tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+        let start = body.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = body[start..].find(&format!("</{name}>"))?;
+        Some(body[start..start + len].trim())
+    }
+    let mut parts = HashMap::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<Part>") {
+        let end = rest[start..].find("</Part>")? + start;
+        let part = &rest[start..end];
+        let number = tag(part, "PartNumber")?.parse().ok()?;
+        let size = tag(part, "Size")?.parse().ok()?;
+        let etag = tag(part, "ETag")?.replace("&quot;", "").replace('"', "");
+        parts.insert(number, HeldPart { size, etag });
+        rest = &rest[end..];
+    }
+    let truncated = tag(xml, "IsTruncated").is_some_and(|t| t == "true");
+    let next = if truncated { tag(xml, "NextPartNumberMarker").map(str::to_owned) } else { None };
+    Some((parts, next))
 }
 
 /// Sends one request under `throttle`: waits for a permit, tries, reports the outcome, and retries
@@ -1038,5 +1217,22 @@ mod tests {
         for (status, body, want) in cases {
             assert_eq!(classify(&S3Error::HttpFailWithBody(status, body.clone())), want, "{status} {body}");
         }
+    }
+
+    #[test]
+    fn list_parts_answers_are_read_with_their_pages() {
+        let page = "<?xml version=\"1.0\"?><ListPartsResult><Bucket>b</Bucket><Key>nar/x</Key>\
+            <UploadId>u</UploadId><PartNumberMarker>0</PartNumberMarker><NextPartNumberMarker>2</NextPartNumberMarker>\
+            <MaxParts>2</MaxParts><IsTruncated>true</IsTruncated>\
+            <Part><PartNumber>1</PartNumber><LastModified>2026-12-07T21:00:00Z</LastModified>\
+            <ETag>&quot;0123abcd&quot;</ETag><Size>8388608</Size></Part>\
+            <Part><PartNumber>2</PartNumber><ETag>\"4567ef\"</ETag><Size>5</Size></Part></ListPartsResult>";
+        let (parts, next) = parse_list_parts(page).expect("readable");
+        assert_eq!(next.as_deref(), Some("2"));
+        assert_eq!(parts[&1], HeldPart { size: 8_388_608, etag: "0123abcd".to_owned() });
+        assert_eq!(parts[&2], HeldPart { size: 5, etag: "4567ef".to_owned() });
+        let last = "<ListPartsResult><IsTruncated>false</IsTruncated></ListPartsResult>";
+        assert_eq!(parse_list_parts(last), Some((HashMap::new(), None)));
+        assert_eq!(parse_list_parts("<ListPartsResult><Part><PartNumber>x</PartNumber></Part>"), None);
     }
 }

@@ -50,7 +50,13 @@ async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let (db, _embedded) = super::open_db(&config.db).await?;
     let store = Arc::new(match &config.store {
         StorageChoice::Local(dir) => Storage::Local(LocalStore::open(dir.clone()).context("opening the local store")?),
-        StorageChoice::S3(s3) => Storage::S3(S3Store::new(s3.clone()).context("configuring S3")?),
+        StorageChoice::S3(s3) => {
+            let store = S3Store::new(s3.clone()).context("configuring S3")?;
+            Storage::S3(match config.s3_max_parts {
+                Some(n) => store.with_max_parts(n),
+                None => store,
+            })
+        }
     });
     let metrics = Arc::new(Metrics::default());
     if let Storage::S3(s3) = &*store {

@@ -5,6 +5,7 @@ pub mod e2e;
 pub mod gc;
 pub mod http;
 pub mod objects;
+pub mod throttle;
 
 use niks3_storage::s3::S3Config;
 use niks3_testkit::garage::Garage;

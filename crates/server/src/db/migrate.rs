@@ -67,6 +67,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0011_closures_skipped.sql",
         sql: include_str!("../../../../migrations/0011_closures_skipped.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_resumable_multiparts.sql",
+        sql: include_str!("../../../../migrations/0012_resumable_multiparts.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

@@ -115,6 +115,52 @@ impl Db {
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
     }
 
+    /// Records multipart upload `multipart_id` of `key`, started by the server's own pipeline in session
+    /// `session`, as one a later upload may continue (migration 0012). Replaces the session's earlier
+    /// record for `key`, if any.
+    pub(crate) async fn record_resumable_multipart(
+        &self,
+        session: i64,
+        key: &ObjectKey,
+        multipart_id: &str,
+    ) -> Result<(), DbError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO upload_multiparts (upload_id, key, multipart_id, resumable) VALUES ($1, $2, $3, true) \
+             ON CONFLICT (upload_id, key) DO UPDATE SET multipart_id = EXCLUDED.multipart_id, resumable = true",
+            &[&session, &key.as_str(), &multipart_id],
+        )
+        .await
+        .map_err(q("record_resumable_multipart"))?;
+        Ok(())
+    }
+
+    /// Takes over the resumable multipart upload of `key` another session recorded (the newest, if
+    /// several): moves its row into `session`, in one statement, so two uploads never both continue it;
+    /// returns its multipart id. Rows of `session` itself are left alone.
+    ///
+    /// Whether the other session's process is dead is not known here: sessions have no heartbeat. A
+    /// live one (another server uploading the same NAR at this moment) loses the race at worst: both
+    /// send the same deterministic parts, the first to complete wins, the other's completion fails and
+    /// its retry starts afresh (it finds the NAR stored meanwhile only through the next claim).
+    pub(crate) async fn take_over_multipart(&self, session: i64, key: &ObjectKey) -> Result<Option<String>, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "WITH old AS ( \
+                   SELECT m.upload_id FROM upload_multiparts m JOIN uploads u ON u.id = m.upload_id \
+                   WHERE m.key = $2 AND m.resumable AND m.upload_id <> $1 \
+                   AND NOT EXISTS (SELECT 1 FROM upload_multiparts s WHERE s.upload_id = $1 AND s.key = $2) \
+                   ORDER BY u.started_at DESC LIMIT 1 FOR UPDATE OF m SKIP LOCKED) \
+                 UPDATE upload_multiparts m SET upload_id = $1 FROM old \
+                 WHERE m.upload_id = old.upload_id AND m.key = $2 RETURNING m.multipart_id",
+                &[&session, &key.as_str()],
+            )
+            .await
+            .map_err(q("take_over_multipart"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Drops the record of the multipart upload of `key` by sessions `ids` (completed or aborted).
     pub(crate) async fn forget_multipart(&self, ids: &[i64], key: &ObjectKey) -> Result<(), DbError> {
         let c = self.client().await?;

@@ -185,11 +185,7 @@ async fn collect(
         return Ok(figures);
     }
     abort_abandoned_multiparts(store, &marked.abandoned_multiparts).await;
-    match store.abort_stale_uploads(opts.failed_uploads_older_than.max(IN_FLIGHT_MIN_AGE)).await {
-        Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; the next GC retries"),
-    }
+    abort_stale_multiparts(client, store, opts).await;
     // Nothing eligible when the mark transaction committed: claims since then only make fewer rows
     // eligible, so there is nothing to sweep (this skips building the work tables over every marked row).
     let swept = if marked.deletable == 0 {
@@ -201,6 +197,28 @@ async fn collect(
     figures.objects_failed_to_delete = leftovers.failed + swept.failed;
     record_run(client, now, figures, timeline).await?;
     Ok(figures)
+}
+
+/// Aborts the multipart uploads in the bucket older than `failed_uploads_older_than` (at least
+/// [`IN_FLIGHT_MIN_AGE`]), except those the sessions still in flight recorded: those are not stale, however
+/// old (a restarted daemon continues one an earlier process started: issue 18). Best effort: what fails
+/// here, or everything when the recorded ones cannot be read, waits for the next run.
+async fn abort_stale_multiparts(client: &deadpool_postgres::ClientWrapper, store: &Storage, opts: GcOptions) {
+    let in_flight: std::collections::HashSet<String> = match client
+        .query("SELECT multipart_id FROM upload_multiparts", &[])
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the multipart uploads in flight; the next GC aborts stale ones");
+            return;
+        }
+    };
+    match store.abort_stale_uploads_except(opts.failed_uploads_older_than.max(IN_FLIGHT_MIN_AGE), &in_flight).await {
+        Ok(n) if n > 0 => tracing::info!(aborted = n, "aborted stale multipart uploads"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not abort stale multipart uploads; the next GC retries"),
+    }
 }
 
 /// Aborts the multipart uploads of the failed uploads phase 1 dropped (remote pushers that never completed).

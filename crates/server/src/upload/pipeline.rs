@@ -41,6 +41,12 @@ const SMALL_IN_FLIGHT: (usize, u64) = (32, 16 << 20);
 const SMALL_NAR: u64 = 1 << 20;
 /// Below this NAR size zstd's worker threads are never used (see [`SMALL_NAR`]).
 const ZSTD_WORKERS_FROM: u64 = 4 << 20;
+/// From this NAR size on zstd's worker threads are always used (at least one), even when every core has a
+/// NAR of its own: zstd's output is the same whatever the number of workers, but not the same as on the
+/// NAR's own thread, and an interrupted upload can only be continued with the same bytes (issue 18). The
+/// price, ~10% more CPU per byte while cores are contended, is paid only by NARs big enough that being
+/// able to resume them is worth it.
+const ZSTD_WORKERS_ALWAYS_FROM: u64 = 64 << 20;
 /// Narinfos published together at most (one [`Publisher::publish_many`]).
 const PUBLISH_BATCH: usize = 128;
 /// Content type of compressed NARs.
@@ -150,8 +156,9 @@ struct PathUploaded {
 }
 
 /// What [`Uploader::walk`] found: the paths to upload, and every key it claimed that the cache lacks.
-#[derive(Default)]
 struct Walk {
+    /// The upload session the keys were claimed in (big NARs record their multipart uploads in it).
+    session: UploadId,
     /// Paths whose narinfo the cache lacks, dependencies first.
     missing: Vec<PathInfo>,
     /// Claimed keys with no live row (narinfos, NARs, listings, logs).
@@ -315,7 +322,14 @@ impl Uploader {
     async fn walk(&self, id: UploadId, roots: &[StorePath]) -> Result<Walk, UploadError> {
         let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
         let mut frontier = roots.to_vec();
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            session: id,
+            missing: Vec::new(),
+            absent: HashSet::new(),
+            claimed_at: HashMap::new(),
+            looked_at: 0,
+            skipped: Vec::new(),
+        };
         let mut missing = Vec::new();
         while !frontier.is_empty() {
             let infos = self.nix.path_infos(self.store_dir(), &frontier).await?;
@@ -516,11 +530,8 @@ impl Uploader {
         let slot = Arc::clone(&self.nar_slots).acquire_owned().await.map_err(|e| UploadError::Task(e.to_string()))?;
         // Free slots are cores with nothing to compress: a big NAR gets them as zstd workers.
         let free = self.nar_slots.available_permits();
-        let zstd_workers = if free == 0 || info.nar_size < ZSTD_WORKERS_FROM {
-            0
-        } else {
-            u32::try_from(free + 1).unwrap_or(u32::MAX)
-        };
+        let use_workers = info.nar_size >= ZSTD_WORKERS_ALWAYS_FROM || (free > 0 && info.nar_size >= ZSTD_WORKERS_FROM);
+        let zstd_workers = if use_workers { u32::try_from(free + 1).unwrap_or(u32::MAX) } else { 0 };
         let started = Instant::now();
         tracing::debug!(path = %self.store_dir().display(&info.path), nar_size = info.nar_size, "uploading");
         let mut objects = Vec::new();
@@ -531,7 +542,7 @@ impl Uploader {
                 streamed
             })
         } else {
-            self.stream_nar(info, slot, zstd_workers).await
+            self.stream_nar(info, slot, zstd_workers, walk.session).await
         };
         let streamed = match streamed {
             Ok(s) => s,
@@ -633,16 +644,25 @@ impl Uploader {
 
     /// The single pass: the blocking NAR/zstd thread and the store's `put_stream`, joined. The thread
     /// holds `slot` (CPU work) and gives it back when the last byte is compressed, so the next NAR
-    /// starts while the store still syncs or sends this one's tail.
+    /// starts while the store still syncs or sends this one's tail. A multipart upload is recorded in
+    /// `session`, and one an interrupted upload of the same NAR left is continued (issue 18): the NAR and
+    /// its compression are deterministic, so the parts already in the bucket are the ones this pass
+    /// would send (each is checked before it is skipped).
     async fn stream_nar(
         &self,
         info: &PathInfo,
         slot: OwnedSemaphorePermit,
         zstd_workers: u32,
+        session: UploadId,
     ) -> Result<NarStreamed, UploadError> {
         let (producer, rx) = self.start_nar_pass(info, slot, zstd_workers);
         let bound = niks3_local::nar_stream::max_compressed_size(info.nar_size);
-        let stored = self.store().put_stream(&ObjectKey::nar(&info.nar_hash), rx, NAR_CONTENT_TYPE, Some(bound)).await;
+        let journal = SessionJournal { db: self.db(), session };
+        let key = ObjectKey::nar(&info.nar_hash);
+        let stored = self.store().put_stream_resumable(&key, rx, NAR_CONTENT_TYPE, Some(bound), &journal).await;
+        if let Ok(s) = &stored {
+            self.metrics.record_resumed(s.size.saturating_sub(s.sent));
+        }
         let nar_result = producer.await.map_err(nar_thread)?;
         match nar_result {
             // A mismatch is the real story even though the store (rightly) refused the stream.
@@ -651,6 +671,33 @@ impl Uploader {
             // When the store failed first, the NAR thread only saw the channel close: report the store.
             Err(e) => Err(stored.err().map_or(e, Into::into)),
         }
+    }
+}
+
+/// The multipart uploads of one upload session, in PostgreSQL (`upload_multiparts`, migration 0012).
+/// Best effort both ways: the database failing means a fresh upload, or one the next attempt cannot
+/// continue (GC aborts it), never a failed upload.
+struct SessionJournal<'a> {
+    db: &'a Db,
+    session: UploadId,
+}
+
+impl niks3_storage::UploadJournal for SessionJournal<'_> {
+    fn take_over<'a>(&'a self, key: &'a ObjectKey) -> futures::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            self.db.take_over_multipart(self.session.0, key).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, %key, "cannot look for an interrupted upload to continue");
+                None
+            })
+        })
+    }
+
+    fn started<'a>(&'a self, key: &'a ObjectKey, upload_id: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.db.record_resumable_multipart(self.session.0, key, upload_id).await {
+                tracing::warn!(error = %e, %key, "cannot record a multipart upload; if interrupted, it starts over");
+            }
+        })
     }
 }
 
