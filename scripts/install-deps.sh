@@ -7,7 +7,8 @@
 #           qemu-system-x86 (without recommends) and the Debian bookworm root the systemd VM check boots, at
 #           $NIKS3_VM_CACHE/bookworm-vm (default /var/cache/niks3-test; nixos/tests/systemd-vm/base-image.sh,
 #           ~5 min once); and the OpenID provider of the OIDC tests: Node and the npm package oidc-provider (pinned,
-#           as in testkit/src/oidc.rs) in $NIKS3_TEST_OIDC_PROVIDER_DIR (default /var/cache/niks3-test/oidc-provider)
+#           as in testkit/src/oidc.rs) in $NIKS3_TEST_OIDC_PROVIDER_DIR (default /var/cache/niks3-test/oidc-provider);
+#           and cargo-fuzz (pinned; scripts/fuzz.sh, the fuzz smoke run; a few minutes once)
 # Host apt runs one at a time: under /run/lock/niks3-apt.lock (trixie-nix-chroot.sh takes it too), waiting for
 # dpkg's lock rather than failing on it.
 set -euo pipefail
@@ -56,6 +57,10 @@ if [ $want_test = 1 ]; then
   if ! garage --version 2>/dev/null | grep -Eq '(v|cargo:)2\.5\.0\b'; then
     echo "install-deps: cargo install garage 2.5.0 (one time, several minutes)" >&2
     cargo install garage --locked --version 2.5.0 --no-default-features --features bundled-libs,sqlite
+  fi
+  if ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.2$'; then
+    echo "install-deps: cargo install cargo-fuzz 0.13.2 (one time, a few minutes)" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2
   fi
   oidc_version=9.13.3
   oidc_dir=${NIKS3_TEST_OIDC_PROVIDER_DIR:-/var/cache/niks3-test/oidc-provider}

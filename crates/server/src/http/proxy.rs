@@ -95,7 +95,7 @@ async fn serve_whole(state: &HttpState, key: &ObjectKey, content_type: &str, cac
 
 /// What a `Range` header asks of an object of a given size.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum RangeRequest {
+pub enum RangeRequest {
     /// No usable range (absent, malformed, or several ranges): send the whole object.
     Full,
     /// Bytes `start..=end`.
@@ -106,7 +106,9 @@ pub(crate) enum RangeRequest {
 
 /// Interprets a `Range` header against an object of `size` bytes (RFC 9110 §14: one `bytes=` range;
 /// malformed or multi-range headers are ignored, which the RFC allows).
-pub(crate) fn parse_range(value: &str, size: u64) -> RangeRequest {
+///
+/// Public for the fuzz target `fuzz/fuzz_targets/range_header.rs`, which feeds it arbitrary headers.
+pub fn parse_range(value: &str, size: u64) -> RangeRequest {
     let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeRequest::Full };
     if spec.contains(',') {
         return RangeRequest::Full;

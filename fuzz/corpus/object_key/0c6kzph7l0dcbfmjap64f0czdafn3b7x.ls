@@ -1,0 +1,1 @@
+0c6kzph7l0dcbfmjap64f0czdafn3b7x.ls
