@@ -7,8 +7,9 @@ use niks3_nix::listing::listing_json;
 use niks3_nix::nar::read_tree;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(tree) = read_tree(&mut &data[..]) {
-        let listing = listing_json(&tree);
+    if let Ok(tree) = read_tree(&mut &data[..])
+        && let Some(listing) = listing_json(&tree)
+    {
         assert_eq!(listing["version"], 1);
     }
 });

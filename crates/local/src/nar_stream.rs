@@ -255,7 +255,7 @@ pub fn stream_nar(
     match verdict {
         Ok(tree) => {
             let (file_hash, file_size) = compressing.finish().map_err(nar_err)?;
-            let listing = encoding.with_listing.then(|| niks3_nix::listing::listing_json(&tree));
+            let listing = if encoding.with_listing { niks3_nix::listing::listing_json(&tree) } else { None };
             Ok(NarStreamed { nar_hash, nar_size, file_hash, file_size, listing })
         }
         Err(e) => {

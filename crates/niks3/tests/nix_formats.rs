@@ -193,7 +193,7 @@ fn nix_listing(env: &NixEnv, cache: &Path, path: &str) -> serde_json::Value {
 
 fn our_listing(path: &str) -> serde_json::Value {
     let nar = our_dump(Path::new(path));
-    listing_json(&read_tree(&mut nar.as_slice()).expect("read_tree"))
+    listing_json(&read_tree(&mut nar.as_slice()).expect("read_tree")).expect("a listing")
 }
 
 /// A derivation that builds an awkward tree; our listing of its output equals the one Nix writes.

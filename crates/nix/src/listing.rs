@@ -10,11 +10,35 @@ use serde_json::{Map, Value, json};
 /// Nix 2.8 copies such name bytes into its JSON verbatim (making the file invalid UTF-8); a JSON value
 /// cannot hold them, so they become U+FFFD here — what any UTF-8 JSON reader makes of Nix's file when
 /// decoding it lossily. All other names and targets are exact.
-pub fn listing_json(root: &NarNode) -> serde_json::Value {
-    json!({ "version": 1, "root": node_json(root) })
+///
+/// `None` for a tree nested deeper than [`MAX_LISTING_DEPTH`]: building, writing and freeing the JSON
+/// recurses once per level, and a tree as deep as the NAR reader allows (2048) overflows the 2 MiB stack
+/// of a tokio thread, which aborts the process — a build output could crash the cache. A listing is
+/// optional (the NAR and narinfo do not need it), so such a path is cached without one.
+pub fn listing_json(root: &NarNode) -> Option<serde_json::Value> {
+    (depth(root) <= MAX_LISTING_DEPTH).then(|| json!({ "version": 1, "root": node_json(root) }))
 }
 
-/// One node; recursion depth is bounded by the reader's `MAX_DEPTH`.
+/// Deepest directory nesting a listing is made for: what the NAR writer archives
+/// ([`crate::nar::MAX_DUMP_DEPTH`]), far deeper than real store paths, and shallow enough for a 2 MiB
+/// stack in a debug build. Deeper trees come only from NARs read from elsewhere.
+pub const MAX_LISTING_DEPTH: usize = crate::nar::MAX_DUMP_DEPTH;
+
+/// How deeply `root` nests directories (0 for a file), without recursion.
+fn depth(root: &NarNode) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(root, 0usize)];
+    while let Some((node, d)) = stack.pop() {
+        if let NarNode::Directory { entries } = node {
+            let d = d + 1;
+            deepest = deepest.max(d);
+            stack.extend(entries.iter().map(|(_, child)| (child, d)));
+        }
+    }
+    deepest
+}
+
+/// One node; recursion depth is bounded by [`MAX_LISTING_DEPTH`].
 fn node_json(node: &NarNode) -> Value {
     let mut obj = Map::new();
     match node {
@@ -63,7 +87,7 @@ mod tests {
             ],
         };
         assert_eq!(
-            listing_json(&tree),
+            listing_json(&tree).expect("shallow"),
             json!({"version": 1, "root": {"type": "directory", "entries": {
                 "bin": {"type": "directory", "entries": {"x": {"type": "regular", "size": 3, "executable": true, "narOffset": 400}}},
                 "link": {"type": "symlink", "target": "bin/x"},

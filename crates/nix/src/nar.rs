@@ -24,6 +24,12 @@ pub enum NarError {
     /// Writing the NAR to its sink failed.
     #[error("writing NAR: {0}")]
     Write(std::io::Error),
+    /// Writing a NAR: `path` is nested deeper than [`MAX_DUMP_DEPTH`] directories.
+    #[error("{path:?} is nested deeper than {MAX_DUMP_DEPTH} directories; niks3 does not archive such trees")]
+    TooDeep {
+        /// The directory past the limit.
+        path: PathBuf,
+    },
     /// A file type NAR cannot represent (socket, device, fifo) at `path`.
     #[error("{path:?} has an unsupported file type")]
     UnsupportedFileType {
@@ -53,6 +59,13 @@ pub(crate) const MAX_TOKEN_LEN: u64 = 64 * 1024;
 /// Deepest directory nesting the reader accepts (PATH_MAX / 2: no real tree is deeper).
 pub const MAX_DEPTH: usize = 2048;
 
+/// Deepest directory nesting the writer archives. It recurses once per level (~4 KiB of stack each in a
+/// debug build), and a chain of directories as deep as a path can name (~2000) overflows the 2 MiB stack
+/// of a tokio thread, which aborts the whole process: a build output must not be able to crash the
+/// cache. Real store paths nest a few dozen levels; a deeper one fails to upload with
+/// [`NarError::TooDeep`] (a clear, permanent error: the entry is quarantined with it).
+pub const MAX_DUMP_DEPTH: usize = 256;
+
 /// Writes the NAR serialisation of `path` to `out`. Returns the number of bytes written.
 pub fn dump_path(path: &Path, out: &mut dyn Write) -> Result<u64, NarError> {
     dump_path_tree(path, out).map(|(written, _)| written)
@@ -66,7 +79,7 @@ pub fn dump_path_tree(path: &Path, out: &mut dyn Write) -> Result<(u64, NarNode)
     let mut w =
         NarWriter { out: std::io::BufWriter::with_capacity(8 * 1024, out), written: 0, buf: vec![0u8; COPY_BUF] };
     w.token(NAR_MAGIC)?;
-    let tree = w.node(path)?;
+    let tree = w.node(path, 0)?;
     w.out.flush().map_err(NarError::Write)?;
     Ok((w.written, tree))
 }
@@ -99,8 +112,8 @@ impl<W: Write> NarWriter<W> {
         self.padding(bytes.len() as u64)
     }
 
-    /// Writes one node and returns what it wrote.
-    fn node(&mut self, path: &Path) -> Result<NarNode, NarError> {
+    /// Writes one node, `depth` directories below the root, and returns what it wrote.
+    fn node(&mut self, path: &Path, depth: usize) -> Result<NarNode, NarError> {
         let io = |source| NarError::Io { path: path.to_owned(), source };
         let meta = std::fs::symlink_metadata(path).map_err(io)?;
         let ft = meta.file_type();
@@ -127,6 +140,9 @@ impl<W: Write> NarWriter<W> {
             self.token(&target)?;
             NarNode::Symlink { target }
         } else if ft.is_dir() {
+            if depth >= MAX_DUMP_DEPTH {
+                return Err(NarError::TooDeep { path: path.to_owned() });
+            }
             self.token(b"directory")?;
             let mut names: Vec<OsString> = std::fs::read_dir(path)
                 .map_err(io)?
@@ -141,7 +157,7 @@ impl<W: Write> NarWriter<W> {
                 self.token(b"name")?;
                 self.token(name.as_bytes())?;
                 self.token(b"node")?;
-                let child = self.node(&path.join(&name))?;
+                let child = self.node(&path.join(&name), depth + 1)?;
                 self.token(b")")?;
                 entries.push((name.into_vec(), child));
             }
@@ -542,6 +558,61 @@ mod tests {
         }
         let err = read_tree(&mut v.as_slice()).expect_err("too deep");
         assert!(err.to_string().contains("nested deeper"), "{err}");
+    }
+
+    /// The deepest tree the reader accepts, read, (not) listed and dropped on a thread with a 2 MiB stack
+    /// (a tokio worker's or blocking thread's): none of it may overflow (found by the fuzzing work: the
+    /// listing of a 2047-deep NAR overflowed such a stack, which aborts the whole process).
+    #[test]
+    fn the_deepest_accepted_tree_is_read_listed_and_dropped_on_a_small_stack() {
+        let mut v = nar(&[NAR_MAGIC]);
+        for _ in 0..MAX_DEPTH - 1 {
+            for t in [b"(".as_slice(), b"type", b"directory", b"entry", b"(", b"name", b"d", b"node"] {
+                tok(&mut v, t);
+            }
+        }
+        for t in [b"(".as_slice(), b"type", b"regular", b"contents", b"x", b")"] {
+            tok(&mut v, t);
+        }
+        for _ in 0..MAX_DEPTH - 1 {
+            tok(&mut v, b")");
+            tok(&mut v, b")");
+        }
+        let worker = std::thread::Builder::new().stack_size(2 << 20).spawn(move || {
+            let tree = read_tree(&mut v.as_slice()).expect("as deep as allowed");
+            let listing = crate::listing::listing_json(&tree);
+            drop(tree);
+            listing.is_none()
+        });
+        let skipped = worker.expect("spawn").join().expect("no stack overflow");
+        assert!(skipped, "a tree deeper than the listing's limit gets no listing");
+    }
+
+    /// A directory chain as deep as a path name allows (PATH_MAX) is refused, and one at the writer's
+    /// limit archived, on a 2 MiB stack (a tokio thread's): the writer recurses once per level and must
+    /// not overflow where a build output can reach.
+    #[test]
+    fn deep_directories_are_refused_or_archived_without_overflowing_a_small_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = |name: &str, levels: usize| {
+            let root = dir.path().join(name);
+            let deepest = (0..levels).fold(root.clone(), |p, _| p.join("d"));
+            std::fs::create_dir_all(&deepest).expect("deep directories");
+            std::fs::write(deepest.join("f"), b"x").expect("file");
+            root
+        };
+        let too_deep = chain("too-deep", (4000 - dir.path().as_os_str().len()) / 2);
+        let at_limit = chain("at-limit", MAX_DUMP_DEPTH - 1);
+        let worker = std::thread::Builder::new().stack_size(2 << 20).spawn(move || {
+            let err = dump_path_tree(&too_deep, &mut std::io::sink()).expect_err("too deep");
+            let (written, tree) = dump_path_tree(&at_limit, &mut std::io::sink()).expect("at the limit");
+            (err, written, crate::listing::listing_json(&tree).is_some())
+        });
+        let (err, written, listed) = worker.expect("spawn").join().expect("no stack overflow");
+        assert!(matches!(err, NarError::TooDeep { .. }), "{err}");
+        assert!(err.to_string().contains("nested deeper than 256"), "{err}");
+        assert!(written > 100 * MAX_DUMP_DEPTH as u64, "{written}");
+        assert!(listed, "what the writer archives gets a listing");
     }
 
     proptest::proptest! {
