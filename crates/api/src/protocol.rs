@@ -97,6 +97,24 @@ pub struct MultipartWire {
     pub part_size: u64,
     /// Presigned URL of part 1, 2, … (enough for the largest the compressed NAR can be).
     pub part_urls: Vec<String>,
+    /// Parts the bucket already holds because this upload continues one an earlier push of the same
+    /// owner started and never finished (killed part way). The compressed stream is deterministic, so a
+    /// client reuses part `number` without sending it when its own part has the same `size` and its MD5
+    /// is `etag`; any other part it `PUT`s as usual (replacing the held one). Empty for a fresh upload,
+    /// and absent from the JSON then, so older clients and servers read each other unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_parts: Vec<HeldPartWire>,
+}
+
+/// A part an interrupted multipart upload left in the bucket (see [`MultipartWire::held_parts`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPartWire {
+    /// Its part number (1-based).
+    pub number: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its ETag as the bucket lists it, unquoted: the hex MD5 of its bytes on S3, Garage and MinIO.
+    pub etag: String,
 }
 
 impl std::fmt::Debug for MultipartWire {
@@ -105,6 +123,7 @@ impl std::fmt::Debug for MultipartWire {
         f.debug_struct("MultipartWire")
             .field("part_size", &self.part_size)
             .field("parts", &self.part_urls.len())
+            .field("held_parts", &self.held_parts.len())
             .finish()
     }
 }

@@ -16,8 +16,8 @@ use super::{ApiClient, ClientError, check_status};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use niks3_api::protocol::{
-    AbortRequest, CompleteRequest, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire, PushRequest,
-    PushResponse, RealisationsRequest, TouchRequest, UploadedNar,
+    AbortRequest, CompleteRequest, HeldPartWire, ListingWire, MissingLog, MissingNar, MultipartWire, PathInfoWire,
+    PushRequest, PushResponse, RealisationsRequest, TouchRequest, UploadedNar,
 };
 use niks3_local::nar_stream::{DEFAULT_ZSTD_LEVEL, NarEncoding};
 use niks3_local::nix::LocalNix;
@@ -46,8 +46,12 @@ const LEASE_HEARTBEAT: Duration = Duration::from_secs(30);
 /// Timeout of one presigned PUT (a part of 8 MiB, or a NAR of at most one part, over a slow uplink).
 const PART_TIMEOUT: Duration = Duration::from_mins(10);
 
-/// One finished NAR upload: what was sent, its listing, whether presigned, its NAR size.
-type Done = (UploadedNar, Option<serde_json::Value>, bool, u64);
+/// One finished NAR upload: what was sent, its listing, whether presigned, its NAR size, and how many of
+/// its compressed bytes an interrupted push had uploaded already (reused, not sent).
+type Done = (UploadedNar, Option<serde_json::Value>, bool, u64, u64);
+
+/// One NAR uploaded: what was sent, its listing, and the compressed bytes reused from an interrupted push.
+type Uploaded = (UploadedNar, Option<serde_json::Value>, u64);
 
 /// Receives progress events (a progress bar on a TTY, log lines otherwise, nothing for the drainer).
 pub trait Progress: Send + Sync {
@@ -88,6 +92,10 @@ pub struct PushReport {
     pub published: usize,
     /// Missing paths left out because their NAR is over the size limit (this pusher's or the server's).
     pub skipped_paths: Vec<String>,
+    /// Of the compressed bytes uploaded, those an interrupted earlier push had already put in the bucket:
+    /// parts of a multipart upload the server handed back to be continued, reused (same size and MD5)
+    /// instead of sent again.
+    pub resumed_bytes: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -244,9 +252,14 @@ impl Pusher {
             if jobs.len() < self.jobs { u32::try_from(self.jobs / jobs.len().max(1)).unwrap_or(u32::MAX) } else { 0 };
         let results: Vec<Result<Done, ClientError>> = futures::stream::iter(jobs)
             .map(|(info, m)| async move {
-                let (up, listing) = self.upload_with_retries(&info, &m, zstd_workers, progress).await?;
+                // A multipart NAR is always compressed on zstd workers (at least one): their output is the
+                // same whatever their number, but not the same as on this thread, and a push killed part
+                // way can only be continued (its held parts reused) if the parts come out byte for byte
+                // the same — as the server's own pipeline does for its big NARs.
+                let workers = if m.multipart.is_some() { zstd_workers.max(1) } else { zstd_workers };
+                let (up, listing, reused) = self.upload_with_retries(&info, &m, workers, progress).await?;
                 progress.nar_done(&m.path, info.nar_size, up.file_size);
-                Ok((up, listing, m.presigned, info.nar_size))
+                Ok((up, listing, m.presigned, info.nar_size, reused))
             })
             .buffer_unordered(self.jobs)
             .collect()
@@ -254,13 +267,14 @@ impl Pusher {
         let mut nars = Vec::with_capacity(results.len());
         let mut listing_of: HashMap<String, serde_json::Value> = HashMap::new();
         for r in results {
-            let (up, listing, presigned, nar_size) = r?;
+            let (up, listing, presigned, nar_size, reused) = r?;
             if let Some(l) = listing {
                 listing_of.insert(up.nar_hash.clone(), l);
             }
             report.nars_uploaded += 1;
             report.nar_bytes += nar_size;
             report.file_bytes += up.file_size;
+            report.resumed_bytes += reused;
             report.presigned_uploads += usize::from(presigned);
             nars.push(up);
         }
@@ -298,7 +312,7 @@ impl Pusher {
         m: &MissingNar,
         zstd_workers: u32,
         progress: &dyn Progress,
-    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
+    ) -> Result<Uploaded, ClientError> {
         let mut attempt = 1;
         loop {
             match self.upload_one(info, m, zstd_workers, progress).await {
@@ -337,14 +351,15 @@ impl Pusher {
         }
     }
 
-    /// Serialises, checks, compresses and uploads one NAR; returns what was sent and the NAR's listing.
+    /// Serialises, checks, compresses and uploads one NAR; returns what was sent, the NAR's listing and
+    /// the compressed bytes reused from an interrupted push.
     async fn upload_one(
         &self,
         info: &PathInfo,
         m: &MissingNar,
         zstd_workers: u32,
         progress: &dyn Progress,
-    ) -> Result<(UploadedNar, Option<serde_json::Value>), ClientError> {
+    ) -> Result<Uploaded, ClientError> {
         let what = format!("uploading the NAR of {}", m.path);
         let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(CHUNK_QUEUE);
         let fs_path = self.store_dir.path_of(&info.path);
@@ -355,12 +370,16 @@ impl Pusher {
             niks3_local::nar_stream::stream_nar(&fs_path, &display, hash, size, key, tx, encoding, zstd_workers)
         });
         let counter = Arc::new(AtomicU64::new(0));
+        let mut reused = 0;
         let (sent, parts) = if let Some(mp) = &m.multipart {
             let uploaded = with_ticks(self.put_parts(rx, mp, &what, &counter), &counter, info.nar_size, progress).await;
             // A part that failed stops reading the NAR, and the producer then fails too: report the part's
             // error. If the producer failed first (hash mismatch, unreadable file), its verdict is the cause.
             match uploaded {
-                Ok(Some(etags)) => (join_producer(producer).await?, etags),
+                Ok(Some((etags, reused_bytes))) => {
+                    reused = reused_bytes;
+                    (join_producer(producer).await?, etags)
+                }
                 Ok(None) => {
                     join_producer(producer).await?;
                     return Err(ClientError::Protocol { what, reason: "the NAR stream ended early".to_owned() });
@@ -412,24 +431,28 @@ impl Pusher {
             file_size: sent.file_size,
             parts,
         };
-        Ok((up, sent.listing))
+        Ok((up, sent.listing, reused))
     }
 
     /// Cuts the compressed NAR into parts of exactly `mp.part_size` bytes (the last one shorter) and `PUT`s
-    /// each to its presigned URL, one part uploading while the next fills: at most two parts in memory.
-    /// Returns the parts' ETags, or `None` when the producer reported an error (its verdict says why).
+    /// each to its presigned URL, one part uploading while the next fills: at most two parts in memory. A
+    /// part the bucket already holds with exactly these bytes (`mp.held_parts`: same size, ETag = MD5;
+    /// the server continues an interrupted push's upload) is not sent again. Returns the parts' ETags and
+    /// the bytes reused, or `None` when the producer reported an error (its verdict says why).
     async fn put_parts(
         &self,
         mut rx: mpsc::Receiver<Result<Bytes, StorageError>>,
         mp: &MultipartWire,
         what: &str,
         sent: &Arc<AtomicU64>,
-    ) -> Result<Option<Vec<String>>, ClientError> {
+    ) -> Result<Option<(Vec<String>, u64)>, ClientError> {
         let protocol = |reason: String| ClientError::Protocol { what: what.to_owned(), reason };
         let part_size = usize::try_from(mp.part_size)
             .ok()
             .filter(|&s| s > 0 && s as u64 <= MAX_BUFFERED_UPLOAD)
             .ok_or_else(|| protocol(format!("unusable part size {}", mp.part_size)))?;
+        let held: HashMap<usize, &HeldPartWire> = mp.held_parts.iter().map(|h| (h.number as usize, h)).collect();
+        let mut reused = 0u64;
         let mut etags = Vec::new();
         let mut in_flight: Option<AbortOnDrop<Result<Option<String>, ClientError>>> = None;
         let mut buf = BytesMut::with_capacity(part_size);
@@ -471,6 +494,19 @@ impl Pusher {
                 buf.reserve(part_size);
             }
             let len = part.len() as u64;
+            if let Some(etag) = held_etag(held.get(&(started + 1)).copied(), &part).await {
+                if let Some(task) = in_flight.take() {
+                    etags.push(
+                        task.join(what)
+                            .await?
+                            .ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
+                    );
+                }
+                etags.push(etag);
+                reused += len;
+                sent.fetch_add(len, Ordering::Relaxed);
+                continue;
+            }
             let (http, url, what_n, sent) =
                 (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
             let checked = Arc::clone(&self.etags_are_md5);
@@ -484,8 +520,18 @@ impl Pusher {
             etags
                 .push(task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?);
         }
-        Ok(Some(etags))
+        Ok(Some((etags, reused)))
     }
+}
+
+/// The ETag to complete with when the bucket already holds `part` byte for byte: `held` (the part of the
+/// same number an interrupted push left) has its size and its ETag is the part's MD5 — hashed off the
+/// async threads. `None`: the part is sent (and replaces the held one).
+async fn held_etag(held: Option<&HeldPartWire>, part: &Bytes) -> Option<String> {
+    let held = held.filter(|h| h.size == part.len() as u64)?;
+    let bytes = part.clone();
+    let md5 = tokio::task::spawn_blocking(move || format!("{:x}", md5::compute(&bytes))).await.ok()?;
+    (md5 == held.etag.trim_matches('"').to_ascii_lowercase()).then(|| format!("\"{md5}\""))
 }
 
 /// A spawned task that is cancelled when its handle is dropped (a failed upload stops its other part).

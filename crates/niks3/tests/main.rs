@@ -42,6 +42,7 @@ mod push_garage;
 mod push_local;
 mod push_multipart;
 mod push_relay_zstd_bomb;
+mod push_resume;
 mod serve_bound_port;
 mod size_policy;
 mod store_local;

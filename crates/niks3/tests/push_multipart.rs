@@ -7,7 +7,9 @@
 
 use crate::support::http::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
 use chrono::Utc;
-use niks3_api::protocol::{AbortRequest, CompleteRequest, MissingNar, PushRequest, PushResponse, UploadedNar};
+use niks3_api::protocol::{
+    AbortRequest, CompleteRequest, HeldPartWire, MissingNar, PushRequest, PushResponse, UploadedNar,
+};
 use niks3_api::token::ApiToken;
 use niks3_client::ApiClient;
 use niks3_client::push::to_wire;
@@ -224,5 +226,63 @@ async fn bad_part_etags_abort_the_upload_and_a_client_can_give_a_session_up() {
     let n: i64 =
         c.query_one("SELECT count(*) FROM uploads WHERE id = ANY($1)", &[&plan.uploads]).await.expect("count").get(0);
     assert_eq!(n, 0, "sessions ended");
+    s.shutdown().await;
+}
+
+/// Resume (issue 18): a push killed part way leaves its multipart upload and session behind. While its
+/// lease is fresh nobody else uploads the path; once it is stale another token's push gets an upload of
+/// its own (never someone else's), and the owner's next push gets the interrupted one back — same upload,
+/// same parts, and the parts the bucket holds, which `niks3 push` then does not send again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_multipart_upload_is_handed_back_to_its_owner_only() {
+    let lease = Duration::from_secs(3);
+    let s =
+        TestServer::start_adjusted(Backend::GarageWithPartSize(MIN_PART_SIZE), |st| st.limits.lease_timeout = lease)
+            .await;
+    let env = NixEnv::new().expect("nix env");
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let req = push_request(&big).await;
+    let plan = api.announce(&req).await.expect("announce");
+    let mp = big_nar(&plan, &big).multipart.clone().expect("multipart plan");
+    assert!(mp.held_parts.is_empty(), "a fresh upload holds nothing");
+
+    // Alive (its lease fresh): a second push of the same owner is not asked for the NAR at all.
+    let live = api.announce(&req).await.expect("announce while the first push is alive");
+    assert!(live.missing_nars.is_empty(), "{live:?}");
+    api.abort(&AbortRequest { uploads: live.uploads }).await.expect("give the second push up");
+
+    // The first push sends part 1, then dies.
+    let r = TestServer::client().put(&mp.part_urls[0]).body(vec![7u8; MIN_PART_SIZE]).send().await.expect("PUT");
+    assert!(r.status().is_success(), "{}", r.status());
+    let etag = r.headers()["etag"].to_str().expect("ETag").trim_matches('"').to_owned();
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
+
+    // Another token: its own fresh upload; the interrupted one is not handed out.
+    let secret = s.create_token("builder-2", &["push"], &[]);
+    let other = ApiClient::new(&s.url, ApiToken::new(&secret).expect("token")).expect("client");
+    let theirs = other.announce(&req).await.expect("announce as another token");
+    assert!(big_nar(&theirs, &big).multipart.as_ref().expect("multipart").held_parts.is_empty());
+    assert_eq!(s3(&s.state.store).pending_uploads().await.expect("list").len(), 2, "a second upload");
+    other.abort(&AbortRequest { uploads: theirs.uploads }).await.expect("give that push up");
+
+    // The owner again: the interrupted upload, with part 1 held, cut as before.
+    let again = api.announce(&req).await.expect("announce again");
+    let resumed = big_nar(&again, &big).multipart.clone().expect("multipart");
+    assert_eq!(resumed.held_parts, vec![HeldPartWire { number: 1, size: MIN_PART_SIZE as u64, etag }]);
+    assert_eq!((resumed.part_size, resumed.part_urls.len()), (mp.part_size, mp.part_urls.len()));
+    let pending = s3(&s.state.store).pending_uploads().await.expect("list");
+    assert_eq!(pending.len(), 1, "the same upload, continued: {pending:?}");
+    assert_eq!(multipart_rows(&s).await, 1, "its record moved, not copied");
+    let c = s.state.db.client().await.expect("db");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM upload_multiparts WHERE upload_id = ANY($1)", &[&again.uploads])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "recorded under the new session");
+    let r = api.abort(&AbortRequest { uploads: again.uploads }).await.expect("abort");
+    assert_eq!(r.aborted_multiparts, 1);
+    assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty());
     s.shutdown().await;
 }

@@ -668,21 +668,35 @@ impl S3Store {
         max_size: u64,
         expiry: Duration,
     ) -> Result<PresignedMultipart, StorageError> {
+        let upload_id = self.initiate_multipart(key, content_type).await?;
+        match self.presign_parts(key, upload_id.clone(), max_size, expiry).await {
+            Ok(mp) => Ok(mp),
+            Err(e) => {
+                if let Err(abort) = self.abort_multipart(key, &upload_id).await {
+                    tracing::warn!(error = %abort, "could not abort a multipart upload; GC will retry");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Presigns a PUT URL for every part of the existing multipart upload `upload_id` of `key` that an
+    /// object of at most `max_size` bytes may need, as [`S3Store::presign_multipart`] does for a new one.
+    /// The part size depends only on `max_size` and the configuration, so an upload continued with the
+    /// same configuration is cut exactly as when it started (and its held parts can be reused).
+    pub async fn presign_parts(
+        &self,
+        key: &ObjectKey,
+        upload_id: String,
+        max_size: u64,
+        expiry: Duration,
+    ) -> Result<PresignedMultipart, StorageError> {
         let part_size = self.part_size_for(max_size);
         let parts = u32::try_from(max_size.div_ceil(part_size).max(1))
             .map_err(|_| StorageError::Config(format!("{key}: {max_size} bytes need too many parts")))?;
-        let upload_id = self.initiate_multipart(key, content_type).await?;
         let mut part_urls = Vec::with_capacity(parts as usize);
         for n in 1..=parts {
-            match self.presign_part(key, &upload_id, n, expiry).await {
-                Ok(url) => part_urls.push(url),
-                Err(e) => {
-                    if let Err(abort) = self.abort_multipart(key, &upload_id).await {
-                        tracing::warn!(error = %abort, "could not abort a multipart upload; GC will retry");
-                    }
-                    return Err(e);
-                }
-            }
+            part_urls.push(self.presign_part(key, &upload_id, n, expiry).await?);
         }
         Ok(PresignedMultipart { upload_id, part_size, part_urls })
     }

@@ -100,13 +100,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let secs = report.elapsed.as_secs_f64();
     eprintln!(
-        "niks3: pushed {} paths ({} NARs, {} → {} compressed{}) in {:.1} s, {:.1} MiB/s; {} of {} paths were already cached",
+        "niks3: pushed {} paths ({} NARs, {} → {} compressed{}{}) in {:.1} s, {:.1} MiB/s; {} of {} paths were already cached",
         report.published,
         report.nars_uploaded,
         human(report.nar_bytes),
         human(report.file_bytes),
         if report.presigned_uploads > 0 {
             format!(", {} straight to S3", report.presigned_uploads)
+        } else {
+            String::new()
+        },
+        // Parts an interrupted push had uploaded, which the bucket kept and this push did not send again.
+        if report.resumed_bytes > 0 {
+            format!(
+                ", {} ({} bytes) resumed from an interrupted push",
+                human(report.resumed_bytes),
+                report.resumed_bytes
+            )
         } else {
             String::new()
         },

@@ -2,6 +2,7 @@
 //! Garage) and the real warp server on a free loopback port, in-process.
 #![allow(clippy::missing_panics_doc, reason = "test support: panics are test failures")]
 
+use super::throttle::Throttle;
 use niks3_api::token::ApiToken;
 use niks3_nix::signing::SecretKey;
 use niks3_server::db::Db;
@@ -32,6 +33,10 @@ pub enum Backend {
     /// [`TestServer::fault_proxy`]): the server's requests and the presigned URLs it hands out both go
     /// through it. The store retries quickly and allows at most `max_requests` requests at once.
     GarageBehindFaultProxy { max_requests: usize, retry: niks3_storage::throttle::RetryPolicy },
+    /// A fresh Garage reached through a proxy that slows what is sent to it to this many bytes per second
+    /// and counts it ([`Throttle`]): the server's requests and the presigned URLs it hands out both go
+    /// through it, so a pusher's S3 bytes are counted and an upload lasts long enough to be killed.
+    GarageThrottled(u64),
 }
 
 /// A running server and everything it stands on; dropping it stops them all.
@@ -45,6 +50,11 @@ pub struct TestServer {
     _garage: Option<Garage>,
     /// The proxy in front of Garage ([`Backend::GarageBehindFaultProxy`]).
     pub fault_proxy: Option<FaultProxy>,
+    /// The slowing, counting proxy in front of Garage ([`Backend::GarageThrottled`]).
+    pub throttle: Option<Throttle>,
+    /// The bucket reached directly, not through [`TestServer::throttle`] ([`Backend::GarageThrottled`]):
+    /// what a test looks at without slowing or counting it.
+    pub direct_s3: Option<S3Store>,
     pub pg: Postgres,
     pub key: SecretKey,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -88,6 +98,7 @@ impl TestServer {
         let db = Db::connect(&pg.url()).await.expect("connect to PostgreSQL");
         let dir = tempfile::Builder::new().prefix("niks3-http-").tempdir().expect("tempdir");
         let mut fault_proxy = None;
+        let (mut throttle, mut direct_s3) = (None, None);
         let (store, cache_dir, garage) = match backend {
             Backend::Local => {
                 let cache = dir.path().join("cache");
@@ -108,6 +119,15 @@ impl TestServer {
                 let s = S3Store::new(config).expect("S3 store").with_retry_policy(retry);
                 fault_proxy = Some(proxy);
                 (Storage::S3(s), None, Some(g))
+            }
+            Backend::GarageThrottled(bytes_per_sec) => {
+                let g = Garage::start().expect("start Garage");
+                let proxy = Throttle::start(g.endpoint.trim_start_matches("http://"), bytes_per_sec);
+                direct_s3 = Some(S3Store::new(super::s3_config(&g, 8 << 20)).expect("S3 store"));
+                let mut config = super::s3_config(&g, 8 << 20);
+                config.endpoint.clone_from(&proxy.endpoint);
+                throttle = Some(proxy);
+                (Storage::S3(S3Store::new(config).expect("S3 store")), None, Some(g))
             }
         };
         let metrics = Arc::new(Metrics::default());
@@ -140,6 +160,8 @@ impl TestServer {
             cache_dir,
             _garage: garage,
             fault_proxy,
+            throttle,
+            direct_s3,
             pg,
             key,
             stop: Some(stop),

@@ -161,6 +161,41 @@ impl Db {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Takes over the multipart upload of `key` that an earlier push of `owner` started and never finished
+    /// (the newest, if several): moves its row into `session`, in one statement, so two pushes never both
+    /// continue it; returns its multipart id. Only a push row (not `resumable`: the daemon's are taken
+    /// over by [`Db::take_over_multipart`]) of a session `owner` opened qualifies — another token's
+    /// upload is never handed out — and only when that session looks dead: none of its leases was
+    /// touched since `stale_before` (a live pusher touches them every 30 s). Rows of `session` itself are
+    /// left alone.
+    pub(crate) async fn take_over_push_multipart(
+        &self,
+        session: i64,
+        owner: &SessionOwner,
+        key: &ObjectKey,
+        stale_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>, DbError> {
+        let c = self.client().await?;
+        let (token, oidc) = owner.columns();
+        let row = c
+            .query_opt(
+                "WITH old AS ( \
+                   SELECT m.upload_id FROM upload_multiparts m JOIN uploads u ON u.id = m.upload_id \
+                   WHERE m.key = $2 AND NOT m.resumable AND m.upload_id <> $1 \
+                   AND u.token_id IS NOT DISTINCT FROM $3 AND u.oidc_subject IS NOT DISTINCT FROM $4 \
+                   AND NOT EXISTS (SELECT 1 FROM upload_leases l WHERE l.upload_id = m.upload_id \
+                                   AND l.touched >= $5) \
+                   AND NOT EXISTS (SELECT 1 FROM upload_multiparts s WHERE s.upload_id = $1 AND s.key = $2) \
+                   ORDER BY u.started_at DESC LIMIT 1 FOR UPDATE OF m SKIP LOCKED) \
+                 UPDATE upload_multiparts m SET upload_id = $1 FROM old \
+                 WHERE m.upload_id = old.upload_id AND m.key = $2 RETURNING m.multipart_id",
+                &[&session, &key.as_str(), &token, &oidc, &stale_before],
+            )
+            .await
+            .map_err(q("take_over_push_multipart"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Drops the record of the multipart upload of `key` by sessions `ids` (completed or aborted).
     pub(crate) async fn forget_multipart(&self, ids: &[i64], key: &ObjectKey) -> Result<(), DbError> {
         let c = self.client().await?;

@@ -3,20 +3,24 @@
 //! multipart upload (initiated here and recorded with the session), or the relay route.
 
 use super::abort::abort_sessions;
+use super::complete::forget_multipart;
 use super::sessions::abort_multipart;
 use super::validate::{missing_paths, skip_oversized, validate_off_workers};
 use crate::db::leases::stale_before;
+use crate::db::uploads::SessionOwner;
 use crate::http::api::auth::Caller;
 use crate::http::api::error::ApiError;
 use crate::http::api::read_json;
 use crate::http::{HttpState, Request, response};
 use crate::upload::pipeline::NAR_CONTENT_TYPE;
+use chrono::{DateTime, Utc};
 use http::StatusCode;
-use niks3_api::protocol::{MissingLog, MissingNar, MultipartWire, PushRequest, PushResponse};
+use niks3_api::protocol::{HeldPartWire, MissingLog, MissingNar, MultipartWire, PushRequest, PushResponse};
 use niks3_local::nar_stream::max_compressed_size;
 use niks3_nix::narinfo::NarInfo;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::store_path::StorePath;
+use niks3_storage::s3::S3Store;
 use niks3_storage::{ObjectKey, Storage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -138,7 +142,8 @@ pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> 
         abort_sessions(state, caller, &uploads).await;
         return Err(ApiError::Database(e.to_string()));
     }
-    let missing_nars = match plan_nar_uploads(state, session.0, &to_upload).await {
+    let owner = caller.session_owner();
+    let missing_nars = match plan_nar_uploads(state, session.0, &owner, stale_leases, &to_upload).await {
         Ok(m) => m,
         Err(e) => {
             abort_sessions(state, caller, &uploads).await;
@@ -239,17 +244,22 @@ pub(super) async fn learn_legacy_file_hashes(
 /// Where each missing NAR goes: the relay route (local store), one presigned PUT (S3, when the NAR fits in
 /// one part even incompressible), or a presigned multipart upload (S3, larger). Multipart uploads are
 /// initiated here, a few at once, and recorded under `session` so that `complete` can finish them and GC
-/// abort them. On any failure, whatever was initiated is aborted again and the error response returned.
+/// abort them — or, when an earlier push of `owner` was killed part way through one (its leases untouched
+/// since `stale_leases`), taken over and continued (see [`resume_multipart`]). On any failure, whatever
+/// was initiated is aborted again and the error response returned (the caller's `abort_sessions` aborts
+/// the continued ones, now recorded under `session`).
 pub(super) async fn plan_nar_uploads(
     state: &HttpState,
     session: i64,
+    owner: &SessionOwner,
+    stale_leases: DateTime<Utc>,
     nars: &[(ObjectKey, &PathInfo)],
 ) -> Result<Vec<MissingNar>, ApiError> {
     let mut plans: Vec<Result<(MissingNar, Option<String>), ApiError>> = Vec::with_capacity(nars.len());
     for chunk in nars.chunks(MULTIPART_INITIATE_CONCURRENCY) {
         let mut futs = Vec::with_capacity(chunk.len());
         for (key, p) in chunk {
-            futs.push(plan_nar_upload(state, session, key, p));
+            futs.push(plan_nar_upload(state, session, owner, stale_leases, key, p));
         }
         plans.extend(futures::future::join_all(futs).await);
     }
@@ -293,10 +303,13 @@ pub(super) async fn plan_nar_uploads(
     }
 }
 
-/// Plans the upload of one NAR (see [`plan_nar_uploads`]); the multipart upload id when one was started.
+/// Plans the upload of one NAR (see [`plan_nar_uploads`]); the multipart upload id when one was started
+/// (one continued is recorded under `session` already).
 pub(super) async fn plan_nar_upload(
     state: &HttpState,
     session: i64,
+    owner: &SessionOwner,
+    stale_leases: DateTime<Utc>,
     key: &ObjectKey,
     p: &PathInfo,
 ) -> Result<(MissingNar, Option<String>), ApiError> {
@@ -325,12 +338,67 @@ pub(super) async fn plan_nar_upload(
             state.limits.max_nar_upload
         )));
     }
+    if let Some(continued) = resume_multipart(state, s3, session, owner, stale_leases, key, max_size).await {
+        m.multipart = Some(continued);
+        return Ok((m, None));
+    }
     let mp = s3
         .presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry)
         .await
         .map_err(|e| ApiError::Storage(e.to_string()))?;
-    m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls });
+    m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls, held_parts: Vec::new() });
     Ok((m, Some(mp.upload_id)))
+}
+
+/// Issue 18, resume: the multipart upload of `key` an earlier push of `owner` started and never finished
+/// (a `niks3 push` killed part way: its session and upload stay until GC), taken over into `session` and
+/// handed out again — URLs for every part, cut exactly as before (the part size depends only on the
+/// NAR's size and the configuration), and the parts the bucket holds, which the client reuses when its
+/// own part has the same size and MD5. Only once that push's leases went stale (it stopped touching
+/// them; this push just took the path's lease, so that one is), and only for the same owner: an upload
+/// is never handed to another token. `None` means start afresh: nothing to continue, or the bucket no
+/// longer has it (GC aborted it, or the listing failed), whose record is then dropped.
+async fn resume_multipart(
+    state: &HttpState,
+    s3: &S3Store,
+    session: i64,
+    owner: &SessionOwner,
+    stale_leases: DateTime<Utc>,
+    key: &ObjectKey,
+    max_size: u64,
+) -> Option<MultipartWire> {
+    let upload_id = match state.db.take_over_push_multipart(session, owner, key, stale_leases).await {
+        Ok(Some(id)) => id,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("looking for an interrupted multipart upload of {key}: {e}; starting afresh");
+            return None;
+        }
+    };
+    let held = match s3.list_parts(key, &upload_id).await {
+        Ok(held) => held,
+        Err(e) => {
+            // Gone (404) or unreadable: what is left in the bucket, GC's age-based sweep aborts.
+            tracing::info!("the interrupted multipart upload of {key} cannot be continued ({e}); starting afresh");
+            forget_multipart(state, &[session], key).await;
+            return None;
+        }
+    };
+    let mp = match s3.presign_parts(key, upload_id.clone(), max_size, state.limits.presign_expiry).await {
+        Ok(mp) => mp,
+        Err(e) => {
+            tracing::warn!("presigning the parts of the interrupted multipart upload of {key}: {e}; starting afresh");
+            abort_multipart(state, key, &upload_id).await;
+            forget_multipart(state, &[session], key).await;
+            return None;
+        }
+    };
+    let mut held_parts: Vec<HeldPartWire> =
+        held.into_iter().map(|(number, part)| HeldPartWire { number, size: part.size, etag: part.etag }).collect();
+    held_parts.sort_unstable_by_key(|p| p.number);
+    let held_bytes: u64 = held_parts.iter().map(|p| p.size).sum();
+    tracing::info!(%key, held_parts = held_parts.len(), held_bytes, "continuing an interrupted multipart upload of a push");
+    Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls, held_parts })
 }
 
 /// The answer's entry for the NAR of `p`, not yet told where to go.
