@@ -14,14 +14,7 @@ fn audit(s: &TestServer, args: &[&str]) -> String {
 async fn pushes_gc_runs_and_token_changes_are_recorded_with_who_did_them() {
     let s = TestServer::start(Backend::Local).await;
     let env = NixEnv::new().expect("nix env");
-    let out = env
-        .build(
-            r#"{ salt }: { p = derivation { name = "audited"; inherit salt; system = builtins.currentSystem;
-                 builder = "/bin/sh"; args = [ "-c" "echo ${salt} > $out" ]; }; }"#,
-            "p",
-        )
-        .expect("build")
-        .remove(0);
+    let out = env.build_script("audited", "echo ${salt} > $out").expect("build");
     let push = s.create_token("builder-7", &["push"], &[]);
     let gc = s.create_token("gc-timer", &["gc"], &[]);
     let token_file = s.dir.path().join("builder-7.token");

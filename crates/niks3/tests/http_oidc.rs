@@ -256,14 +256,7 @@ async fn an_oidc_subject_pushes_with_niks3_push_owns_its_sessions_and_is_audited
     .expect("config");
     let s = server(&cfg, |st| st.limits.max_sessions_per_token = 2).await;
     let env = NixEnv::new().expect("nix env");
-    let built = env
-        .build(
-            r#"{ salt }: { p = derivation { name = "oidc-pushed"; inherit salt; system = builtins.currentSystem;
-                 builder = "/bin/sh"; args = [ "-c" "echo ${salt} > $out" ]; }; }"#,
-            "p",
-        )
-        .expect("build")
-        .remove(0);
+    let built = env.build_script("oidc-pushed", "echo ${salt} > $out").expect("build");
     let name = format!("oidc:{}#main", p.issuer());
 
     // niks3 push with the JWT in a file, then in NIKS3_OIDC_TOKEN, then fetched from GitHub Actions'

@@ -26,14 +26,7 @@ fn basic(user: &str, token: &str) -> String {
 async fn a_private_cache_is_read_with_a_read_token_from_nixs_netrc_and_by_nobody_else() {
     let s = TestServer::start_private(Backend::Local).await;
     let env = NixEnv::new().expect("nix env");
-    let out = env
-        .build(
-            r#"{ salt }: { p = derivation { name = "private-path"; inherit salt; system = builtins.currentSystem;
-                 builder = "/bin/sh"; args = [ "-c" "echo secret sauce ${salt} > $out" ]; }; }"#,
-            "p",
-        )
-        .expect("build")
-        .remove(0);
+    let out = env.build_script("private-path", "echo secret sauce ${salt} > $out").expect("build");
     let (ok, log) = s.push_with_cli(&env, &out).await;
     assert!(ok, "pushing to a private cache works as before: {log}");
     let read = s.create_token("reader", &["read"], &[]);
