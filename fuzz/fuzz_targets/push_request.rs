@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use niks3_api::protocol::{
-    AbortRequest, CompleteRequest, GcRequest, PresignRequest, PushRequest, RealisationsRequest, TouchRequest,
+    AbortRequest, CompleteRequest, GcRequest, PartPresignRequest, PresignRequest, PushRequest, RealisationsRequest,
+    TouchRequest,
 };
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::StoreDir;
@@ -27,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = serde_json::from_slice::<PresignRequest>(data);
+    let _ = serde_json::from_slice::<PartPresignRequest>(data);
     let _ = serde_json::from_slice::<AbortRequest>(data);
     let _ = serde_json::from_slice::<TouchRequest>(data);
     let _ = serde_json::from_slice::<GcRequest>(data);

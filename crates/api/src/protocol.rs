@@ -48,8 +48,8 @@ pub struct MissingNar {
     /// Where to `PUT` the zstd-compressed NAR: a path on the server (starting with `/`, needs the bearer
     /// token) when the backend is not S3; empty for S3, where `presign_route` or `multipart` says how.
     pub upload_url: String,
-    /// True when `upload_url` (or the part URLs) are presigned S3 URLs (send no `Authorization` header
-    /// there).
+    /// True when the NAR goes to presigned S3 URLs (`upload_url`, or the ones its routes answer): send no
+    /// `Authorization` header there.
     pub presigned: bool,
     /// Set for NARs that may be larger than one part: upload them in parts instead (`upload_url` is then
     /// empty) and report each part's `ETag` in [`UploadedNar::parts`].
@@ -77,7 +77,8 @@ pub struct PresignRequest {
 pub struct PresignResponse {
     /// The presigned URL (a credential: never log it).
     pub upload_url: String,
-    /// Headers to send with the `PUT` (`content-length`, `x-amz-checksum-sha256`).
+    /// Headers to send with the `PUT` (`content-length`, and `x-amz-checksum-sha256` for a whole file or
+    /// `content-md5` for a part).
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
@@ -89,14 +90,19 @@ impl std::fmt::Debug for PresignResponse {
 }
 
 /// A presigned multipart upload: the compressed NAR cut into parts of exactly `part_size` bytes (the last
-/// one shorter), part `n` `PUT` to `part_urls[n - 1]` with its `Content-Length`. Parts beyond the end of
-/// the data are left unused.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// one shorter). For each part the client `POST`s a [`PartPresignRequest`] to `part_route` once the part
+/// is compressed and `PUT`s it to the URL of the [`PresignResponse`], with its signed headers
+/// (`content-length` and `content-md5`): S3 refuses any other bytes, so a part corrupted on the wire is
+/// refused (400 `BadDigest`) and sent again, never stored. No part URL is handed out before its bytes
+/// exist: an unbound one would take any body (security review #19).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MultipartWire {
     /// Size of every part but the last.
     pub part_size: u64,
-    /// Presigned URL of part 1, 2, … (enough for the largest the compressed NAR can be).
-    pub part_urls: Vec<String>,
+    /// A server path (bearer token) to `POST` a [`PartPresignRequest`] to for each part. Empty from a
+    /// server older than bound parts (it sent unbound `part_urls`, which this client no longer uses).
+    #[serde(default)]
+    pub part_route: String,
     /// Parts the bucket already holds because this upload continues one an earlier push of the same
     /// owner started and never finished (killed part way). The compressed stream is deterministic, so a
     /// client reuses part `number` without sending it when its own part has the same `size` and its MD5
@@ -104,6 +110,17 @@ pub struct MultipartWire {
     /// and absent from the JSON then, so older clients and servers read each other unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_parts: Vec<HeldPartWire>,
+}
+
+/// `POST <part_route>`: "give me a URL for exactly this part" (see [`MultipartWire`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartPresignRequest {
+    /// Its part number, 1-based.
+    pub part: u32,
+    /// Its size in bytes: `part_size`, or less for the last part.
+    pub size: u64,
+    /// The MD5 of its bytes, base64 (the `Content-MD5` header's form).
+    pub md5: String,
 }
 
 /// A part an interrupted multipart upload left in the bucket (see [`MultipartWire::held_parts`]).
@@ -115,17 +132,6 @@ pub struct HeldPartWire {
     pub size: u64,
     /// Its ETag as the bucket lists it, unquoted: the hex MD5 of its bytes on S3, Garage and MinIO.
     pub etag: String,
-}
-
-impl std::fmt::Debug for MultipartWire {
-    /// The URLs carry signatures: only their number is shown.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MultipartWire")
-            .field("part_size", &self.part_size)
-            .field("parts", &self.part_urls.len())
-            .field("held_parts", &self.held_parts.len())
-            .finish()
-    }
 }
 
 /// A build log the server lacks for one of the missing paths.

@@ -233,6 +233,27 @@ impl ApiClient {
         self.post_json(route, &req, Duration::from_mins(1)).await
     }
 
+    /// `POST <route>` (a multipart upload's part route): a presigned URL for part `part`, bound to its
+    /// `size` bytes with MD5 `md5`, and the headers to send with it.
+    pub async fn presign_part(
+        &self,
+        route: &str,
+        part: u32,
+        size: u64,
+        md5: &[u8; 16],
+    ) -> Result<niks3_api::protocol::PresignResponse, ClientError> {
+        use base64::Engine;
+        if !route.starts_with('/') {
+            return Err(ClientError::Protocol {
+                what: format!("asking for the URL of part {part}"),
+                reason: "the part route is not a path on the server".to_owned(),
+            });
+        }
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5);
+        let req = niks3_api::protocol::PartPresignRequest { part, size, md5 };
+        self.post_json(route, &req, Duration::from_mins(1)).await
+    }
+
     /// `POST /api/v1/gc`: runs GC on the server and returns its five figures.
     pub async fn gc(&self, req: &GcRequest) -> Result<niks3_api::protocol::GcFigures, ClientError> {
         self.post_json("/api/v1/gc", req, Duration::from_hours(6)).await

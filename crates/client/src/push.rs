@@ -115,24 +115,13 @@ pub struct Pusher {
     pub zstd_level: i32,
     /// `--max-nar-size`: sent with the push; the server leaves out missing paths with a larger NAR.
     pub max_nar_size: Option<u64>,
-    /// False once a part's `ETag` never matched its MD5 (a bucket encrypting with KMS): later parts are
-    /// not sent three times for nothing.
-    etags_are_md5: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Pusher {
     /// A pusher with `jobs` parallel NARs (each holds at most two parts of a NAR in memory), compressing
     /// at zstd's default level 3.
     pub fn new(api: ApiClient, nix: LocalNix, store_dir: StoreDir, jobs: usize) -> Self {
-        Pusher {
-            api,
-            nix,
-            store_dir,
-            jobs: jobs.max(1),
-            zstd_level: DEFAULT_ZSTD_LEVEL,
-            max_nar_size: None,
-            etags_are_md5: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        }
+        Pusher { api, nix, store_dir, jobs: jobs.max(1), zstd_level: DEFAULT_ZSTD_LEVEL, max_nar_size: None }
     }
 
     /// Leaves out missing paths whose NAR is larger than `max` bytes (`None`: only the server's limit).
@@ -434,11 +423,13 @@ impl Pusher {
         Ok((up, sent.listing, reused))
     }
 
-    /// Cuts the compressed NAR into parts of exactly `mp.part_size` bytes (the last one shorter) and `PUT`s
-    /// each to its presigned URL, one part uploading while the next fills: at most two parts in memory. A
-    /// part the bucket already holds with exactly these bytes (`mp.held_parts`: same size, ETag = MD5;
-    /// the server continues an interrupted push's upload) is not sent again. Returns the parts' ETags and
-    /// the bytes reused, or `None` when the producer reported an error (its verdict says why).
+    /// Cuts the compressed NAR into parts of exactly `mp.part_size` bytes (the last one shorter); for each,
+    /// asks `mp.part_route` for a URL bound to its size and MD5 and `PUT`s it there, one part uploading
+    /// while the next fills: at most two parts in memory. S3 checks the signed `Content-MD5`, so a part
+    /// corrupted on the way is refused (`BadDigest`) and sent again. A part the bucket already holds with
+    /// exactly these bytes (`mp.held_parts`: same size, ETag = MD5; the server continues an interrupted
+    /// push's upload) is not sent again. Returns the parts' ETags and the bytes reused, or `None` when the
+    /// producer reported an error (its verdict says why).
     async fn put_parts(
         &self,
         mut rx: mpsc::Receiver<Result<Bytes, StorageError>>,
@@ -447,11 +438,16 @@ impl Pusher {
         sent: &Arc<AtomicU64>,
     ) -> Result<Option<(Vec<String>, u64)>, ClientError> {
         let protocol = |reason: String| ClientError::Protocol { what: what.to_owned(), reason };
+        if mp.part_route.is_empty() {
+            return Err(protocol(
+                "the server gave no route for part URLs (a niks3 server older than this client: upgrade it)".to_owned(),
+            ));
+        }
         let part_size = usize::try_from(mp.part_size)
             .ok()
             .filter(|&s| s > 0 && s as u64 <= MAX_BUFFERED_UPLOAD)
             .ok_or_else(|| protocol(format!("unusable part size {}", mp.part_size)))?;
-        let held: HashMap<usize, &HeldPartWire> = mp.held_parts.iter().map(|h| (h.number as usize, h)).collect();
+        let held: HashMap<u32, &HeldPartWire> = mp.held_parts.iter().map(|h| (h.number, h)).collect();
         let mut reused = 0u64;
         let mut etags = Vec::new();
         let mut in_flight: Option<AbortOnDrop<Result<Option<String>, ClientError>>> = None;
@@ -477,41 +473,32 @@ impl Pusher {
             if buf.is_empty() && started > 0 {
                 break;
             }
-            let Some(url) = mp.part_urls.get(started) else {
-                return Err(protocol(format!(
-                    "the compressed NAR is larger than the {} parts of {} bytes the server planned",
-                    mp.part_urls.len(),
-                    mp.part_size
-                )));
-            };
-            if let Some(task) = in_flight.take() {
-                etags.push(
-                    task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
-                );
-            }
+            let number = u32::try_from(started + 1).map_err(|_| protocol("more than 2^32 parts".to_owned()))?;
             let part = std::mem::replace(&mut buf, BytesMut::new()).freeze();
             if !ended {
                 buf.reserve(part_size);
             }
             let len = part.len() as u64;
-            if let Some(etag) = held_etag(held.get(&(started + 1)).copied(), &part).await {
-                if let Some(task) = in_flight.take() {
-                    etags.push(
-                        task.join(what)
-                            .await?
-                            .ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
-                    );
-                }
-                etags.push(etag);
+            let bytes = part.clone();
+            let md5: [u8; 16] = tokio::task::spawn_blocking(move || md5::compute(&bytes).0)
+                .await
+                .map_err(|e| protocol(format!("hashing part {number}: {e}")))?;
+            if let Some(task) = in_flight.take() {
+                etags.push(
+                    task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
+                );
+            }
+            if let Some(h) = held.get(&number).filter(|h| h.size == len && held_matches(h, &md5)) {
+                etags.push(format!("\"{}\"", h.etag.trim_matches('"').to_ascii_lowercase()));
                 reused += len;
                 sent.fetch_add(len, Ordering::Relaxed);
                 continue;
             }
-            let (http, url, what_n, sent) =
-                (self.api.http().clone(), url.clone(), format!("{what} (part {})", started + 1), Arc::clone(sent));
-            let checked = Arc::clone(&self.etags_are_md5);
+            let (api, route, what_n, sent) =
+                (self.api.clone(), mp.part_route.clone(), format!("{what} (part {number})"), Arc::clone(sent));
             in_flight = Some(AbortOnDrop(tokio::spawn(async move {
-                let etag = put_part_checked(http, url, part, what_n, &checked).await?;
+                let bound = api.presign_part(&route, number, len, &md5).await?;
+                let etag = put_with_retries(api.http().clone(), bound.upload_url, bound.headers, part, what_n).await?;
                 sent.fetch_add(len, Ordering::Relaxed);
                 Ok(etag)
             })));
@@ -524,14 +511,11 @@ impl Pusher {
     }
 }
 
-/// The ETag to complete with when the bucket already holds `part` byte for byte: `held` (the part of the
-/// same number an interrupted push left) has its size and its ETag is the part's MD5 — hashed off the
-/// async threads. `None`: the part is sent (and replaces the held one).
-async fn held_etag(held: Option<&HeldPartWire>, part: &Bytes) -> Option<String> {
-    let held = held.filter(|h| h.size == part.len() as u64)?;
-    let bytes = part.clone();
-    let md5 = tokio::task::spawn_blocking(move || format!("{:x}", md5::compute(&bytes))).await.ok()?;
-    (md5 == held.etag.trim_matches('"').to_ascii_lowercase()).then(|| format!("\"{md5}\""))
+/// True when the part an interrupted push left (`held`, of the same number and size) has the bytes whose
+/// MD5 is `md5`: its ETag is their hex MD5 (S3, Garage and MinIO, unencrypted buckets).
+fn held_matches(held: &HeldPartWire, md5: &[u8; 16]) -> bool {
+    let hex = format!("{:x}", md5::Digest(*md5));
+    held.etag.trim_matches('"').eq_ignore_ascii_case(&hex)
 }
 
 /// A spawned task that is cancelled when its handle is dropped (a failed upload stops its other part).
@@ -569,48 +553,6 @@ fn corrupted_in_transit(e: &ClientError) -> bool {
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let v = resp.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// Times a part is sent again because its `ETag` is not the MD5 of what was sent.
-const PART_CHECK_ATTEMPTS: u32 = 3;
-
-/// `PUT`s one part to its presigned URL and checks what the store received. A part URL cannot carry a
-/// checksum the store would verify: the server signs all part URLs when the push is announced, before the
-/// parts exist, and AWS refuses an unsigned `Content-MD5` on a presigned URL (403 "headers present in the
-/// request which were not signed"; Garage would accept it). But the `ETag` S3, Garage and MinIO answer for
-/// a part is the hex MD5 of the bytes they stored (unless the bucket encrypts with KMS or customer keys),
-/// so a part whose `ETag` differs from the MD5 of what was sent arrived corrupted: it is sent again (the
-/// same part number replaces it). If the `ETag` never matches, the store does not use MD5 `ETag`s: the
-/// part is taken with a warning (nothing to check against), as before this check existed, and `checked`
-/// turns false so that the push's later parts are sent once.
-async fn put_part_checked(
-    http: reqwest::Client,
-    url: String,
-    part: Bytes,
-    what: String,
-    checked: &std::sync::atomic::AtomicBool,
-) -> Result<Option<String>, ClientError> {
-    let md5 = format!("{:x}", md5::compute(&part));
-    let mut attempt = 1;
-    loop {
-        let etag =
-            put_with_retries(http.clone(), url.clone(), std::collections::BTreeMap::new(), part.clone(), what.clone())
-                .await?;
-        let Some(tag) = etag.as_deref().map(|t| t.trim_matches('"').to_ascii_lowercase()) else { return Ok(etag) };
-        if tag == md5 || !checked.load(Ordering::Relaxed) {
-            return Ok(etag);
-        }
-        if attempt >= PART_CHECK_ATTEMPTS {
-            checked.store(false, Ordering::Relaxed);
-            tracing::warn!(
-                "{what}: the store's ETag is not the MD5 of the part after {attempt} tries; taking it unchecked \
-                 (a bucket encrypting with KMS has such ETags)"
-            );
-            return Ok(etag);
-        }
-        tracing::warn!("{what}: the store's ETag {tag} is not the MD5 {md5} of the part sent; sending it again");
-        attempt += 1;
-    }
 }
 
 /// `PUT`s `body` to a presigned URL (no token: the URL is the credential), retrying transient failures

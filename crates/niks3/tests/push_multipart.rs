@@ -8,7 +8,7 @@
 use crate::support::http::{BIG_NAR_EXPR, Backend, TOKEN, TestServer};
 use chrono::Utc;
 use niks3_api::protocol::{
-    AbortRequest, CompleteRequest, HeldPartWire, MissingNar, PushRequest, PushResponse, UploadedNar,
+    AbortRequest, CompleteRequest, HeldPartWire, MissingNar, MultipartWire, PushRequest, PushResponse, UploadedNar,
 };
 use niks3_api::token::ApiToken;
 use niks3_client::ApiClient;
@@ -51,6 +51,18 @@ fn big_nar<'a>(plan: &'a PushResponse, big: &str) -> &'a MissingNar {
     m
 }
 
+/// `PUT`s `body` as part `n` of `mp` the way `niks3 push` does: a URL bound to its size and MD5 from the
+/// part route, sent with the headers it names.
+async fn put_part(api: &ApiClient, mp: &MultipartWire, n: u32, body: Vec<u8>) -> reqwest::Response {
+    let md5 = md5::compute(&body).0;
+    let bound = api.presign_part(&mp.part_route, n, body.len() as u64, &md5).await.expect("presign part");
+    let mut put = TestServer::client().put(&bound.upload_url);
+    for (k, v) in &bound.headers {
+        put = put.header(k.as_str(), v.as_str());
+    }
+    put.body(body).send().await.expect("PUT part")
+}
+
 async fn multipart_rows(s: &TestServer) -> i64 {
     let c = s.state.db.client().await.expect("db");
     c.query_one("SELECT count(*) FROM upload_multiparts", &[]).await.expect("count").get(0)
@@ -69,8 +81,8 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     let top = env.build(EXPR, "top").expect("build top").remove(0);
     let big = env.build(EXPR, "big").expect("build big").remove(0);
 
-    // The plan: the big NAR in 5 MiB parts (enough URLs for its largest compressed size), the small one
-    // in one PUT. A dry run starts nothing.
+    // The plan: the big NAR in 5 MiB parts (each part's URL asked for once it is compressed), the small
+    // one in one PUT. A dry run starts nothing.
     let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
     let mut req = push_request(&top).await;
     req.dry_run = true;
@@ -80,7 +92,8 @@ async fn big_nar_goes_to_the_bucket_in_equal_presigned_parts_and_substitutes() {
     req.dry_run = false;
     let plan = api.announce(&req).await.expect("announce");
     let mp = big_nar(&plan, &big).multipart.as_ref().expect("the big NAR goes multipart");
-    assert_eq!((mp.part_size, mp.part_urls.len()), (MIN_PART_SIZE as u64, 3));
+    assert_eq!(mp.part_size, MIN_PART_SIZE as u64);
+    assert!(mp.part_route.ends_with("/part"), "{mp:?}");
     let small = plan.missing_nars.iter().find(|m| m.path == top).expect("top is missing");
     assert!(
         small.multipart.is_none() && small.presigned && small.upload_url.is_empty() && small.presign_route.is_some(),
@@ -121,11 +134,9 @@ async fn interrupted_multipart_push_publishes_nothing_and_gc_aborts_its_upload()
     let m = big_nar(&plan, &big);
     let mp = m.multipart.as_ref().expect("multipart plan");
     assert_eq!(mp.part_size, MIN_PART_SIZE as u64);
-    assert_eq!(mp.part_urls.len(), 3, "12 MiB, even incompressible, needs three 5 MiB parts");
 
     // The client sends one part, then dies.
-    let part = vec![7u8; MIN_PART_SIZE];
-    let r = TestServer::client().put(&mp.part_urls[0]).body(part).send().await.expect("PUT part 1");
+    let r = put_part(&api, mp, 1, vec![7u8; MIN_PART_SIZE]).await;
     assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(s.state.metrics.api_bytes_received.load(Ordering::Relaxed), 0);
     assert_eq!(narinfo_status(&s, &big).await, 404, "nothing visible");
@@ -253,7 +264,7 @@ async fn an_interrupted_multipart_upload_is_handed_back_to_its_owner_only() {
     api.abort(&AbortRequest { uploads: live.uploads }).await.expect("give the second push up");
 
     // The first push sends part 1, then dies.
-    let r = TestServer::client().put(&mp.part_urls[0]).body(vec![7u8; MIN_PART_SIZE]).send().await.expect("PUT");
+    let r = put_part(&api, &mp, 1, vec![7u8; MIN_PART_SIZE]).await;
     assert!(r.status().is_success(), "{}", r.status());
     let etag = r.headers()["etag"].to_str().expect("ETag").trim_matches('"').to_owned();
     tokio::time::sleep(lease + Duration::from_millis(500)).await;
@@ -270,7 +281,8 @@ async fn an_interrupted_multipart_upload_is_handed_back_to_its_owner_only() {
     let again = api.announce(&req).await.expect("announce again");
     let resumed = big_nar(&again, &big).multipart.clone().expect("multipart");
     assert_eq!(resumed.held_parts, vec![HeldPartWire { number: 1, size: MIN_PART_SIZE as u64, etag }]);
-    assert_eq!((resumed.part_size, resumed.part_urls.len()), (mp.part_size, mp.part_urls.len()));
+    assert_eq!(resumed.part_size, mp.part_size);
+    assert_ne!(resumed.part_route, mp.part_route, "asked through the new session");
     let pending = s3(&s.state.store).pending_uploads().await.expect("list");
     assert_eq!(pending.len(), 1, "the same upload, continued: {pending:?}");
     assert_eq!(multipart_rows(&s).await, 1, "its record moved, not copied");
@@ -285,4 +297,107 @@ async fn an_interrupted_multipart_upload_is_handed_back_to_its_owner_only() {
     assert_eq!(r.aborted_multiparts, 1);
     assert!(s3(&s.state.store).pending_uploads().await.expect("list").is_empty());
     s.shutdown().await;
+}
+
+/// Issue 18, integrity in transit: a part's URL exists only once its bytes do, bound to their size and
+/// MD5 (`Content-Length` and `Content-MD5` signed), so S3 refuses other bytes — a part corrupted on the
+/// wire is never stored. The route hands out URLs only for parts the announced NAR can need, in the
+/// caller's own session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_url_takes_only_the_bytes_it_was_asked_for() {
+    let s = TestServer::start(Backend::GarageWithPartSize(MIN_PART_SIZE)).await;
+    let env = NixEnv::new().expect("nix env");
+    let top = env.build(EXPR, "top").expect("build top").remove(0);
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let plan = api.announce(&push_request(&top).await).await.expect("announce");
+    let mp = big_nar(&plan, &big).multipart.clone().expect("multipart plan");
+    let route = mp.part_route.trim_start_matches("/api/v1/").to_owned();
+
+    // The refusals on a small last part (3): the store answers before reading much of a wrong request,
+    // and a big body would then meet a closed connection instead of the answer.
+    let part = vec![7u8; 1000];
+    let md5 = md5::compute(&part).0;
+    let bound = api.presign_part(&mp.part_route, 3, part.len() as u64, &md5).await.expect("presign part 3");
+    assert_eq!(bound.headers.keys().collect::<Vec<_>>(), ["content-length", "content-md5"]);
+    let send = |url: String, body: Vec<u8>, headers: Vec<(String, String)>| {
+        let mut put = TestServer::client().put(url);
+        for (k, v) in headers {
+            put = put.header(k, v);
+        }
+        async move {
+            let r = put.body(body).send().await.expect("PUT");
+            let status = r.status().as_u16();
+            (status, r.text().await.expect("body"))
+        }
+    };
+    // The body sets Content-Length itself (a header saying otherwise would cut or pad what is sent).
+    let signed: Vec<(String, String)> =
+        bound.headers.clone().into_iter().filter(|(k, _)| k != "content-length").collect();
+    // Other bytes of the same length (one flipped, as on a bad link): 400 BadDigest.
+    let mut flipped = part.clone();
+    flipped[500] ^= 0x20;
+    let (status, text) = send(bound.upload_url.clone(), flipped, signed.clone()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("BadDigest") || text.contains("InvalidDigest"), "{text}");
+    // Another length, or no Content-MD5: the signature does not cover the request.
+    let (status, text) = send(bound.upload_url.clone(), vec![7u8; 1001], signed.clone()).await;
+    assert_eq!(status, 403, "{text}");
+    // (Garage: 400 "signed header `content-md5` is not present"; AWS: 403 SignatureDoesNotMatch.)
+    let (status, text) = send(bound.upload_url.clone(), part.clone(), Vec::new()).await;
+    assert!(matches!(status, 400 | 403) && (text.contains("content-md5") || text.contains("Signature")), "{text}");
+    let held = s3(&s.state.store).list_parts(&nar_key(&big).await, &pending_id(&s).await).await.expect("parts");
+    assert!(held.is_empty(), "nothing stored: {held:?}");
+    // The bytes asked for (a whole part 1): stored, the ETag their MD5.
+    let r = put_part(&api, &mp, 1, vec![7u8; MIN_PART_SIZE]).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let hex = format!("{:x}", md5::compute(vec![7u8; MIN_PART_SIZE]));
+    assert_eq!(r.headers()["etag"].to_str().expect("ETag").trim_matches('"'), hex);
+
+    // What the plan cannot need is refused before anything is signed.
+    let b64 = |d: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(d)
+    };
+    let ask = |part: u32, size: u64, md5: String| serde_json::json!({"part": part, "size": size, "md5": md5});
+    for (body, status, says) in [
+        (ask(0, 1, b64(&md5)), 400, "parts 1..=3"),
+        (ask(4, 1, b64(&md5)), 400, "parts 1..=3"),
+        (ask(1, MIN_PART_SIZE as u64 + 1, b64(&md5)), 413, "1..=5242880"),
+        (ask(1, 0, b64(&md5)), 413, "1..=5242880"),
+        (ask(1, 1, b64(&[1, 2, 3])), 400, "not a base64 MD5"),
+        (ask(1, 1, "%%".to_owned()), 400, "not a base64 MD5"),
+    ] {
+        let r = s.post_api(&route, &body).await;
+        let code = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        assert_eq!(code, status, "{body}: {text}");
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    // Another token's session is unknown; a NAR of the session that goes up in one PUT has no parts.
+    let secret = s.create_token("builder-2", &["push"], &[]);
+    let r = s.post_api_as(&secret, &route, &ask(1, 1, b64(&md5))).await;
+    assert_eq!(r.status().as_u16(), 404, "{}", r.text().await.expect("body"));
+    let small = plan.missing_nars.iter().find(|m| m.path == top).expect("top is missing");
+    let small_route =
+        small.presign_route.as_ref().expect("one PUT").trim_start_matches("/api/v1/").replace("/presign", "/part");
+    let r = s.post_api(&small_route, &ask(1, 1, b64(&md5))).await;
+    let text = r.text().await.expect("body");
+    assert!(text.contains("no multipart upload"), "{text}");
+    api.abort(&AbortRequest { uploads: plan.uploads }).await.expect("abort");
+    s.shutdown().await;
+}
+
+/// The key of the NAR of store path `path` (its NarHash from the test's Nix).
+async fn nar_key(path: &str) -> ObjectKey {
+    let dir = StoreDir::default();
+    let p = dir.parse_path(path).expect("path");
+    let infos = LocalNix::default().closure(&dir, std::slice::from_ref(&p)).await.expect("closure");
+    ObjectKey::nar(&infos.into_iter().find(|i| i.path == p).expect("in its closure").nar_hash)
+}
+
+/// The id of the one multipart upload in flight.
+async fn pending_id(s: &TestServer) -> String {
+    let c = s.state.db.client().await.expect("db");
+    c.query_one("SELECT multipart_id FROM upload_multiparts", &[]).await.expect("one upload").get(0)
 }

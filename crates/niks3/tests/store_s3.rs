@@ -378,8 +378,19 @@ async fn presigned_multipart_upload_by_a_remote_client() {
     let mut etags = Vec::new();
     for (i, part) in d.chunks(PART).enumerate() {
         let n = u32::try_from(i + 1).expect("few parts");
-        let url = s3.presign_part(&key, &id, n, Duration::from_mins(10)).await.expect("presign part");
-        let resp = client.put(&url).body(part.to_vec()).send().await.expect("PUT part");
+        let md5 = md5::compute(part).0;
+        let len = part.len() as u64;
+        let url = s3.presign_part_bound(&key, &id, n, Duration::from_mins(10), len, &md5).await.expect("presign part");
+        let resp = client
+            .put(&url)
+            .header("content-md5", {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(md5)
+            })
+            .body(part.to_vec())
+            .send()
+            .await
+            .expect("PUT part");
         assert!(resp.status().is_success(), "part {n}: {}", resp.status());
         etags.push(resp.headers()["etag"].to_str().expect("ascii etag").to_owned());
     }
@@ -394,7 +405,9 @@ async fn presigned_multipart_upload_by_a_remote_client() {
     s3.abort_multipart(&key2, &id2).await.expect("abort");
     s3.abort_multipart(&key2, &id2).await.expect("aborting twice is fine");
     assert!(s3.pending_uploads().await.expect("list").is_empty());
-    assert!(s3.presign_part(&key2, &id2, 0, Duration::from_mins(1)).await.is_err(), "part numbers start at 1");
+    let presign = |n| s3.presign_part_bound(&key2, &id2, n, Duration::from_mins(1), 1, &[0; 16]);
+    assert!(presign(0).await.is_err(), "part numbers start at 1");
+    assert!(presign(10_001).await.is_err(), "and end at 10 000");
 }
 
 /// Not a pass/fail check: prints streamed (multipart, two parts in flight at most) upload throughput

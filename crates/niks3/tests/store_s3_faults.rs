@@ -176,23 +176,33 @@ async fn a_byte_flipped_on_the_wire_is_refused_not_stored() {
     assert_eq!(direct.head(&key).await.expect("head"), None);
     assert_eq!(direct.head(&big_key).await.expect("head"), None);
 
-    // A presigned part as `niks3 push` sends it: the URL (UNSIGNED-PAYLOAD: it was signed before the
-    // bytes existed) lets a corrupted body through, but the ETag tells: it is the MD5 of what was stored,
-    // not of what was sent (the client sends such a part again).
+    // A presigned part as `niks3 push` sends it: the URL is bound to the part's size and MD5
+    // (Content-Length and Content-MD5 signed), so a flipped byte is refused (400 BadDigest), nothing is
+    // stored, and the same request sent again intact is taken.
     let s3 = s3(&store);
     let http = reqwest::Client::new();
     let part = data(PART, 3);
-    let md5 = format!("{:x}", md5::compute(&part));
+    let md5 = md5::compute(&part).0;
+    let content_md5 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(md5)
+    };
     let upload = s3.initiate_multipart(&big_key, "application/x-nix-nar").await.expect("initiate");
-    let url = s3.presign_part(&big_key, &upload, 1, Duration::from_mins(5)).await.expect("presign");
+    let url = s3
+        .presign_part_bound(&big_key, &upload, 1, Duration::from_mins(5), part.len() as u64, &md5)
+        .await
+        .expect("presign");
+    let put = || http.put(&url).header("content-md5", &content_md5).body(part.clone()).send();
     proxy.set_faults(Faults { flip_request_byte: 1.0, ..Faults::default() });
-    let corrupted = http.put(&url).body(part.clone()).send().await.expect("PUT");
-    assert_eq!(corrupted.status(), 200, "Garage stores a corrupted presigned part");
-    let etag = corrupted.headers()["etag"].to_str().expect("ascii").trim_matches('"').to_owned();
-    assert_ne!(etag, md5, "the ETag is the MD5 of the corrupted bytes");
+    let before = flipped().len();
+    let corrupted = put().await.expect("PUT");
+    assert_eq!(corrupted.status(), 400, "{}", corrupted.text().await.expect("body"));
+    assert_eq!(flipped().len(), before + 1, "the proxy flipped a byte of that PUT");
     proxy.set_faults(Faults::default());
-    let ok = http.put(&url).body(part).send().await.expect("PUT");
-    assert_eq!(ok.headers()["etag"].to_str().expect("ascii").trim_matches('"'), md5, "intact: the ETag is its MD5");
+    assert!(s3.list_parts(&big_key, &upload).await.expect("list parts").is_empty(), "the corrupted part is not stored");
+    let ok = put().await.expect("PUT");
+    let hex = format!("{:x}", md5::Digest(md5));
+    assert_eq!(ok.headers()["etag"].to_str().expect("ascii").trim_matches('"'), hex, "intact: the ETag is its MD5");
     s3.abort_multipart(&big_key, &upload).await.expect("abort");
 
     // A URL bound to the file (x-amz-checksum-sha256 signed in): a flipped byte is refused.
@@ -235,9 +245,8 @@ async fn a_push_through_a_rough_link_completes_and_substitutes() {
     eprintln!("{}", proxy.counts().summary());
     assert!(ok, "{log}\n{}", proxy.counts().summary());
     assert!(log.contains("pushed 2 paths"), "{log}");
-    // A flipped presigned part is stored (the URL cannot bind its checksum) and sent again by the client
-    // when its ETag is not the MD5 of the part; a flipped bound PUT or server request is refused. Either
-    // way, real Nix checks every NAR against its NarHash.
+    // A flipped presigned part, bound PUT or server request is refused by the store (their checksums are
+    // signed) and sent again; real Nix then checks every NAR against its NarHash.
     let chroot = env.substitute(&s.url, "client", &[&top], &s.key.public().to_nix_string()).expect("nix copy");
     let copied = std::fs::read(chroot.join(big.trim_start_matches('/'))).expect("big copied");
     assert_eq!(copied, std::fs::read(&big).expect("big local"));

@@ -97,28 +97,6 @@ impl std::fmt::Debug for S3Config {
 /// Most parts one multipart upload may have (S3's limit).
 pub const MAX_PARTS: u64 = 10_000;
 
-/// A multipart upload handed to a remote client: where to `PUT` each part. The URLs are credentials
-/// (they carry a signature): never log them.
-#[derive(Clone)]
-pub struct PresignedMultipart {
-    /// The S3 upload id (recorded so that GC can abort the upload if the client never finishes it).
-    pub upload_id: String,
-    /// Every part but the last has exactly this many bytes (R2 requires equal part sizes).
-    pub part_size: u64,
-    /// Presigned `PUT` URL of part 1, 2, … (as many as the largest possible object needs).
-    pub part_urls: Vec<String>,
-}
-
-impl std::fmt::Debug for PresignedMultipart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PresignedMultipart")
-            .field("upload_id", &self.upload_id)
-            .field("part_size", &self.part_size)
-            .field("parts", &self.part_urls.len())
-            .finish_non_exhaustive()
-    }
-}
-
 /// An unfinished multipart upload found in the bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingUpload {
@@ -645,7 +623,7 @@ impl S3Store {
     /// The part size of a multipart upload of an object of at most `max_size` bytes: the configured
     /// part size, grown (in whole MiB) when needed so that [`MAX_PARTS`] parts hold `max_size` — every
     /// part the same size, as R2 requires, and any object up to S3's 5 TiB fits.
-    pub(crate) fn part_size_for(&self, max_size: u64) -> u64 {
+    pub fn part_size_for(&self, max_size: u64) -> u64 {
         const MIB: u64 = 1 << 20;
         let configured = self.config.part_size as u64;
         let needed = max_size.div_ceil(self.max_parts).div_ceil(MIB) * MIB;
@@ -657,65 +635,29 @@ impl S3Store {
         self.config.part_size as u64
     }
 
-    /// Starts a multipart upload of at most `max_size` bytes for a remote client: initiates it and
-    /// presigns a PUT URL for every part it may need (equal parts of [`S3Store::part_size_for`] bytes, the
-    /// last one shorter). The client uses as many as its data fills and reports their ETags for
-    /// [`S3Store::complete_multipart`]. If presigning fails the upload is aborted again.
-    pub async fn presign_multipart(
-        &self,
-        key: &ObjectKey,
-        content_type: &str,
-        max_size: u64,
-        expiry: Duration,
-    ) -> Result<PresignedMultipart, StorageError> {
-        let upload_id = self.initiate_multipart(key, content_type).await?;
-        match self.presign_parts(key, upload_id.clone(), max_size, expiry).await {
-            Ok(mp) => Ok(mp),
-            Err(e) => {
-                if let Err(abort) = self.abort_multipart(key, &upload_id).await {
-                    tracing::warn!(error = %abort, "could not abort a multipart upload; GC will retry");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Presigns a PUT URL for every part of the existing multipart upload `upload_id` of `key` that an
-    /// object of at most `max_size` bytes may need, as [`S3Store::presign_multipart`] does for a new one.
-    /// The part size depends only on `max_size` and the configuration, so an upload continued with the
-    /// same configuration is cut exactly as when it started (and its held parts can be reused).
-    pub async fn presign_parts(
-        &self,
-        key: &ObjectKey,
-        upload_id: String,
-        max_size: u64,
-        expiry: Duration,
-    ) -> Result<PresignedMultipart, StorageError> {
-        let part_size = self.part_size_for(max_size);
-        let parts = u32::try_from(max_size.div_ceil(part_size).max(1))
-            .map_err(|_| StorageError::Config(format!("{key}: {max_size} bytes need too many parts")))?;
-        let mut part_urls = Vec::with_capacity(parts as usize);
-        for n in 1..=parts {
-            part_urls.push(self.presign_part(key, &upload_id, n, expiry).await?);
-        }
-        Ok(PresignedMultipart { upload_id, part_size, part_urls })
-    }
-
     /// Starts a multipart upload whose parts a remote client sends straight to the bucket through
-    /// [`S3Store::presign_part`] URLs; returns the upload id.
+    /// [`S3Store::presign_part_bound`] URLs; returns the upload id.
     pub async fn initiate_multipart(&self, key: &ObjectKey, content_type: &str) -> Result<String, StorageError> {
         Ok(self.initiate(key, content_type).await?.upload_id)
     }
 
-    /// A presigned URL for `PUT`ting part `part_number` (1-based, ≤ 10 000) of upload `upload_id`; the
-    /// `ETag` header of the answer is what [`S3Store::complete_multipart`] needs for that part.
-    pub async fn presign_part(
+    /// A presigned URL for `PUT`ting part `part_number` (1-based, ≤ 10 000) of upload `upload_id` that only
+    /// accepts a body of exactly `size` bytes whose MD5 is `md5`: `Content-Length` and `Content-MD5` are
+    /// signed headers, so the uploader must send both and S3 refuses other bytes (400 `BadDigest`), as
+    /// [`S3Store::presign_put_bound`] does for a whole object. Content-MD5 rather than a SHA-256 checksum:
+    /// every S3 store verifies it on `UploadPart`, while AWS takes `x-amz-checksum-*` on a part only when
+    /// the upload was initiated with that algorithm. The `ETag` header of the answer is what
+    /// [`S3Store::complete_multipart`] needs for that part.
+    pub async fn presign_part_bound(
         &self,
         key: &ObjectKey,
         upload_id: &str,
         part_number: u32,
         expiry: Duration,
+        size: u64,
+        md5: &[u8; 16],
     ) -> Result<String, StorageError> {
+        use base64::Engine;
         if !(1..=MAX_PARTS).contains(&u64::from(part_number)) {
             return Err(StorageError::Config(format!("part number {part_number} is outside 1..=10000")));
         }
@@ -724,8 +666,13 @@ impl S3Store {
             ("partNumber".to_owned(), part_number.to_string()),
             ("uploadId".to_owned(), upload_id.to_owned()),
         ]);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
+        let value = http::HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(md5))
+            .map_err(|e| StorageError::Config(format!("Content-MD5 header for {key}: {e}")))?;
+        headers.insert(http::HeaderName::from_static("content-md5"), value);
         self.bucket
-            .presign_put(key.as_str(), secs, None, Some(queries))
+            .presign_put(key.as_str(), secs, Some(headers), Some(queries))
             .await
             .map_err(|e| self.error("presign upload part", key.as_str(), e))
     }

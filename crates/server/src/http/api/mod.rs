@@ -96,7 +96,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
     let needs = match segs.as_slice() {
         ["v1", "gc"] if post => Scope::Gc,
         ["v1", "push" | "complete" | "abort" | "touch" | "realisations"]
-        | ["v1", "uploads", _, "nar", _, "presign"]
+        | ["v1", "uploads", _, "nar", _, "presign" | "part"]
             if post =>
         {
             Scope::Push
@@ -104,7 +104,7 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         ["v1", "uploads", _, "nar" | "log", _] if put => Scope::Push,
         ["v1", "push" | "complete" | "abort" | "touch" | "gc" | "realisations"]
         | ["v1", "uploads", _, "nar" | "log", _]
-        | ["v1", "uploads", _, "nar", _, "presign"] => {
+        | ["v1", "uploads", _, "nar", _, "presign" | "part"] => {
             return ("api", ApiError::MethodNotAllowed.into_response());
         }
         _ => return ("api", ApiError::NotFound("no such API route".to_owned()).into_response()),
@@ -133,6 +133,10 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, rest: &str) -> (&'stat
         ["v1", "uploads", id, "nar", hash, "presign"] => {
             let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
             ("api-presign", presign::handle(state, req, &caller, &id, &hash).await)
+        }
+        ["v1", "uploads", id, "nar", hash, "part"] => {
+            let (id, hash) = ((*id).to_owned(), (*hash).to_owned());
+            ("api-presign-part", presign::handle_part(state, req, &caller, &id, &hash).await)
         }
         ["v1", "realisations"] => ("api-realisations", realisations::handle(state, req).await),
         ["v1", "gc"] => ("api-gc", gc::handle(state, req, &caller).await),

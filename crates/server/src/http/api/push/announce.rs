@@ -29,9 +29,6 @@ use warp::reply::Response;
 /// Multipart uploads initiated at once while answering a push (each is one S3 round trip).
 pub(super) const MULTIPART_INITIATE_CONCURRENCY: usize = 8;
 
-/// Most presigned part URLs one push answer carries (a bound on the answer's size and the presigning work).
-pub(super) const MAX_PART_URLS: usize = 100_000;
-
 /// `POST /api/v1/push`.
 pub async fn announce(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Result<Response, ApiError> {
     let body: PushRequest = read_json(req, state.limits.max_json_body).await?;
@@ -266,11 +263,9 @@ pub(super) async fn plan_nar_uploads(
     let mut missing = Vec::with_capacity(plans.len());
     let mut started: Vec<(ObjectKey, String)> = Vec::new();
     let mut failure = None;
-    let mut part_urls = 0usize;
     for (plan, (key, _)) in plans.into_iter().zip(nars) {
         match plan {
             Ok((m, upload_id)) => {
-                part_urls += m.multipart.as_ref().map_or(0, |mp| mp.part_urls.len());
                 if let Some(id) = upload_id {
                     started.push((key.clone(), id));
                 }
@@ -280,11 +275,6 @@ pub(super) async fn plan_nar_uploads(
                 failure.get_or_insert(r);
             }
         }
-    }
-    if failure.is_none() && part_urls > MAX_PART_URLS {
-        failure = Some(ApiError::TooLarge(format!(
-            "the missing NARs need {part_urls} part uploads (at most {MAX_PART_URLS}); push fewer paths at once"
-        )));
     }
     if failure.is_none()
         && !started.is_empty()
@@ -314,7 +304,6 @@ pub(super) async fn plan_nar_upload(
     p: &PathInfo,
 ) -> Result<(MissingNar, Option<String>), ApiError> {
     let mut m = missing_nar(state, p);
-    let expiry = state.limits.presign_expiry;
     let s3 = match &*state.store {
         Storage::S3(s3) => s3,
         Storage::Local(_) => {
@@ -338,23 +327,26 @@ pub(super) async fn plan_nar_upload(
             state.limits.max_nar_upload
         )));
     }
-    if let Some(continued) = resume_multipart(state, s3, session, owner, stale_leases, key, max_size).await {
-        m.multipart = Some(continued);
+    // No part URLs yet either: the client asks `part_route` for each part, bound to its size and MD5.
+    let wire = |held_parts| MultipartWire {
+        part_size: s3.part_size_for(max_size),
+        part_route: format!("/api/v1/uploads/{session}/nar/{}/part", p.nar_hash.to_nix32()),
+        held_parts,
+    };
+    if let Some(held_parts) = resume_multipart(state, s3, session, owner, stale_leases, key).await {
+        m.multipart = Some(wire(held_parts));
         return Ok((m, None));
     }
-    let mp = s3
-        .presign_multipart(key, NAR_CONTENT_TYPE, max_size, expiry)
-        .await
-        .map_err(|e| ApiError::Storage(e.to_string()))?;
-    m.multipart = Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls, held_parts: Vec::new() });
-    Ok((m, Some(mp.upload_id)))
+    let upload_id = s3.initiate_multipart(key, NAR_CONTENT_TYPE).await.map_err(|e| ApiError::Storage(e.to_string()))?;
+    m.multipart = Some(wire(Vec::new()));
+    Ok((m, Some(upload_id)))
 }
 
 /// Issue 18, resume: the multipart upload of `key` an earlier push of `owner` started and never finished
 /// (a `niks3 push` killed part way: its session and upload stay until GC), taken over into `session` and
-/// handed out again — URLs for every part, cut exactly as before (the part size depends only on the
-/// NAR's size and the configuration), and the parts the bucket holds, which the client reuses when its
-/// own part has the same size and MD5. Only once that push's leases went stale (it stopped touching
+/// handed out again, cut exactly as before (the part size depends only on the NAR's size and the
+/// configuration): the parts the bucket holds, which the client reuses when its own part has the same
+/// size and MD5. Only once that push's leases went stale (it stopped touching
 /// them; this push just took the path's lease, so that one is), and only for the same owner: an upload
 /// is never handed to another token. `None` means start afresh: nothing to continue, or the bucket no
 /// longer has it (GC aborted it, or the listing failed), whose record is then dropped.
@@ -365,8 +357,7 @@ async fn resume_multipart(
     owner: &SessionOwner,
     stale_leases: DateTime<Utc>,
     key: &ObjectKey,
-    max_size: u64,
-) -> Option<MultipartWire> {
+) -> Option<Vec<HeldPartWire>> {
     let upload_id = match state.db.take_over_push_multipart(session, owner, key, stale_leases).await {
         Ok(Some(id)) => id,
         Ok(None) => return None,
@@ -384,21 +375,12 @@ async fn resume_multipart(
             return None;
         }
     };
-    let mp = match s3.presign_parts(key, upload_id.clone(), max_size, state.limits.presign_expiry).await {
-        Ok(mp) => mp,
-        Err(e) => {
-            tracing::warn!("presigning the parts of the interrupted multipart upload of {key}: {e}; starting afresh");
-            abort_multipart(state, key, &upload_id).await;
-            forget_multipart(state, &[session], key).await;
-            return None;
-        }
-    };
     let mut held_parts: Vec<HeldPartWire> =
         held.into_iter().map(|(number, part)| HeldPartWire { number, size: part.size, etag: part.etag }).collect();
     held_parts.sort_unstable_by_key(|p| p.number);
     let held_bytes: u64 = held_parts.iter().map(|p| p.size).sum();
     tracing::info!(%key, held_parts = held_parts.len(), held_bytes, "continuing an interrupted multipart upload of a push");
-    Some(MultipartWire { part_size: mp.part_size, part_urls: mp.part_urls, held_parts })
+    Some(held_parts)
 }
 
 /// The answer's entry for the NAR of `p`, not yet told where to go.
