@@ -21,7 +21,8 @@ use http::StatusCode;
 use niks3_api::protocol::{PartPresignRequest, PresignRequest, PresignResponse};
 use niks3_local::nar_stream::max_compressed_size;
 use niks3_nix::hash::Sha256Hash;
-use niks3_storage::Storage;
+use niks3_storage::s3::S3Store;
+use niks3_storage::{ObjectKey, Storage};
 use std::sync::Arc;
 use warp::reply::Response;
 
@@ -42,17 +43,7 @@ pub async fn handle(
     let Ok(file_hash) = Sha256Hash::parse(&body.file_hash) else {
         return Err(ApiError::bad(format!("file_hash {:?} is not a sha256 hash", clip(&body.file_hash))));
     };
-    let Storage::S3(s3) = &*state.store else {
-        return Err(ApiError::NotFound("this server relays NARs (no presigned URLs)".to_owned()));
-    };
-    let nar_size = match planned_nar(state, caller, id, &key).await? {
-        (_, Some(_)) => {
-            return Err(ApiError::conflict(format!(
-                "{key} was stored meanwhile by another push; complete without uploading it"
-            )));
-        }
-        (n, None) => n,
-    };
+    let (s3, nar_size) = missing_nar(state, caller, id, &key).await?;
     let largest = max_compressed_size(nar_size).min(s3.part_size());
     if body.file_size == 0 || body.file_size > largest {
         return Err(ApiError::TooLarge(format!(
@@ -94,17 +85,7 @@ pub async fn handle_part(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::bad(format!("md5 {:?} is not a base64 MD5 (16 bytes)", clip(&body.md5))))?;
-    let Storage::S3(s3) = &*state.store else {
-        return Err(ApiError::NotFound("this server relays NARs (no presigned URLs)".to_owned()));
-    };
-    let nar_size = match planned_nar(state, caller, id, &key).await? {
-        (_, Some(_)) => {
-            return Err(ApiError::conflict(format!(
-                "{key} was stored meanwhile by another push; complete without uploading it"
-            )));
-        }
-        (n, None) => n,
-    };
+    let (s3, nar_size) = missing_nar(state, caller, id, &key).await?;
     let upload_id = state.db.multiparts_of(&[id]).await?.remove(key.as_str()).ok_or_else(|| {
         ApiError::NotFound(format!("upload {id} has no multipart upload of {key} (it goes up in one PUT)"))
     })?;
@@ -131,4 +112,23 @@ pub async fn handle_part(
         .into_iter()
         .collect();
     Ok(response::json(StatusCode::OK, &PresignResponse { upload_url: url, headers }))
+}
+
+/// The S3 store and the announced NarSize of NAR `key`, which session `id` of `caller` was told to upload
+/// and nobody has stored meanwhile (409: complete reuses the stored one).
+async fn missing_nar<'a>(
+    state: &'a HttpState,
+    caller: &Caller,
+    id: i64,
+    key: &ObjectKey,
+) -> Result<(&'a S3Store, u64), ApiError> {
+    let Storage::S3(s3) = &*state.store else {
+        return Err(ApiError::NotFound("this server relays NARs (no presigned URLs)".to_owned()));
+    };
+    match planned_nar(state, caller, id, key).await? {
+        (_, Some(_)) => Err(ApiError::conflict(format!(
+            "{key} was stored meanwhile by another push; complete without uploading it"
+        ))),
+        (n, None) => Ok((s3, n)),
+    }
 }
