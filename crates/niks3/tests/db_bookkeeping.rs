@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use niks3_nix::hash::Sha256Hash;
+use niks3_server::db::pins::PinDbError;
 use niks3_server::db::{Db, DbError, NewObject};
 use niks3_storage::ObjectKey;
 use niks3_testkit::postgres::Postgres;
@@ -178,11 +179,23 @@ async fn pins_unmark_their_closure() {
     .expect("record");
     let c = db.client().await.expect("client");
     c.execute("UPDATE objects SET marked_at = $1", &[&t0()]).await.expect("mark all");
-    db.pin("release", &narinfo(1), t0()).await.expect("pin");
+    let path = "/nix/store/pinned";
+    assert_eq!(db.pin("release", &narinfo(1), path, "local:ops", t0()).await.expect("pin"), None);
     assert_eq!(db.stats().await.expect("stats").marked, 0);
-    assert_eq!(db.pins().await.expect("pins"), vec![("release".to_owned(), narinfo(1).as_str().to_owned())]);
-    assert!(db.unpin("release").await.expect("unpin"));
-    assert!(!db.unpin("release").await.expect("unpin twice"));
+    let pins = db.pins().await.expect("pins");
+    assert_eq!(pins.len(), 1);
+    assert_eq!((pins[0].name.as_str(), pins[0].root.as_str()), ("release", narinfo(1).as_str()));
+    assert_eq!((pins[0].what(), pins[0].created_by.as_deref()), (path, Some("local:ops")));
+    // Only what the cache holds can be pinned.
+    let e = db.pin("other", &narinfo(9), "/nix/store/absent", "local:ops", t0()).await.expect_err("not cached");
+    assert!(matches!(e, PinDbError::NotInCache(ref p) if p == "/nix/store/absent"), "{e}");
+    assert_eq!(db.unpin("release", "local:ops", t0()).await.expect("unpin").root, narinfo(1).as_str());
+    let e = db.unpin("release", "local:ops", t0()).await.expect_err("unpin twice");
+    assert!(matches!(e, PinDbError::NoSuchPin(_)), "{e}");
+    let trail = db.audit_log(&niks3_server::db::audit::AuditQuery { limit: 10, ..Default::default() }).await;
+    let actions: Vec<String> =
+        trail.expect("audit").into_iter().map(|r| format!("{} {}", r.action, r.subject)).collect();
+    assert_eq!(actions, [format!("unpin {path}"), format!("pin {path}")], "one row each, refusals none");
 }
 
 #[tokio::test]

@@ -225,7 +225,7 @@ async fn pins_and_nix_cache_info_are_never_collected() {
     let c = Cache::new(Universe::chain(3)).await;
     c.push(1, Cache::at(0)).await;
     c.push(2, Cache::at(0)).await;
-    c.db.pin("release", &narinfo_key(1), Cache::at(0)).await.expect("pin");
+    c.db.pin("release", &narinfo_key(1), "/nix/store/one", "local:ops", Cache::at(0)).await.expect("pin");
     let info = niks3_storage::ObjectKey::cache_info();
     c.store.put(&info, "StoreDir: /nix/store\n".into(), "text/plain").await.expect("put");
     c.db.record_object(&niks3_server::db::NewObject { key: info.clone(), size: 21, refs: vec![] }, Cache::at(0))

@@ -1,8 +1,9 @@
 //! OIDC (docs/api.md "OIDC"): JWTs issued by a real OpenID provider (testkit's `oidc-provider`) are
 //! verified against its published keys and given scopes by the rules of `--oidc-config`; every kind of
 //! bad token gets the same 401; the key cache refetches on rotation (rate-limited) and keeps verifying
-//! while the issuer is down; an OIDC subject owns its upload sessions and is audited by name and claims;
-//! `niks3 push` sends a JWT from a file, the environment, or GitHub Actions' token endpoint.
+//! while the issuer is down; an OIDC subject owns its upload sessions, has its own request rate and is
+//! audited (pushes and GC runs) by name and claims; `niks3 push` sends a JWT from a file, the environment,
+//! or GitHub Actions' token endpoint.
 
 use crate::support::gc::hash_part;
 use crate::support::http::{Backend, TOKEN, TestServer};
@@ -319,5 +320,55 @@ async fn an_oidc_subject_pushes_with_niks3_push_owns_its_sessions_and_is_audited
     assert!(e["error"].as_str().is_some_and(|m| m.contains(&name) && m.contains("2 upload sessions")), "{e}");
     let (_, a) = post(&s, &jwt, "abort", &json!({ "uploads": oidc_plan["uploads"] })).await;
     assert_eq!(a["aborted_uploads"], 1, "its own session: {a}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oidc_subject_past_its_request_rate_gets_429_and_others_go_on_and_its_gc_runs_are_audited() {
+    // Not on main: the push rule does not match it, the GC rule after it does.
+    const OPS: &str = r#"{"repository": "org/ops", "ref": "refs/tags/nightly", "event_name": "schedule"}"#;
+    let clients = [OidcClient::new("main", MAIN), OidcClient::new("main-2", MAIN), OidcClient::new("gc-job", OPS)];
+    let p = OidcProvider::start(&clients).expect("start the OpenID provider");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("oidc.toml");
+    let gc_rule = "[[issuers.rules]]\nclaims = { repository = \"org/ops\" }\nscopes = [\"gc\"]\n";
+    std::fs::write(&cfg, format!("{}{gc_rule}", rules_toml(&p.issuer()))).expect("config");
+    let s = server(&cfg, |st| st.api_rate = niks3_server::http::api::rate::ApiRate::new(3)).await;
+    let who = |sub: &str| format!("oidc:{}#{sub}", p.issuer());
+
+    // Three requests in the minute, then 429 with Retry-After — for a fresh JWT of the same subject too:
+    // the budget is the subject's, not the token's.
+    let main = p.token("main", AUD).expect("token");
+    for n in 0..3 {
+        assert_eq!(post(&s, &main, "push", &push_of(10 + n)).await.0, 200, "request {n}");
+    }
+    for jwt in [main, p.token("main", AUD).expect("another token")] {
+        let r = s.post_api_as(&jwt, "push", &push_of(20)).await;
+        assert_eq!(r.status(), 429);
+        let wait: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+        assert!((1..=21).contains(&wait), "one request back within 60/3 s: {wait}");
+        let e: Value = r.json().await.expect("json");
+        let msg = e["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(&who("main")) && msg.contains("more than 3 API requests in a minute"), "{e}");
+    }
+    // Another subject with the same claims, and a scoped token, each have their own budget.
+    let (st, e) = post(&s, &p.token("main-2", AUD).expect("token"), "push", &push_of(21)).await;
+    assert_eq!(st, 200, "another subject: {e}");
+    let token = s.create_token("builder", &["push"], &[]);
+    assert_eq!(post(&s, &token, "push", &push_of(22)).await.0, 200, "a token");
+
+    // A GC run by an OIDC subject is audited with its issuer, subject and the claims its rule matched.
+    let gc = json!({ "older_than_secs": 30 * 86_400, "failed_uploads_older_than_secs": 6 * 3600 });
+    let (st, e) = post(&s, &p.token("gc-job", AUD).expect("token"), "gc", &gc).await;
+    assert_eq!(st, 200, "{e}");
+    let out = s.cli_on_db("audit", &["--who", &who("gc-job")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trail = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(trail.lines().count(), 2, "the header and the run:\n{trail}");
+    let detail: Value = serde_json::from_str(&trail[trail.find('{').expect("detail")..]).expect("json detail");
+    assert_eq!(detail["oidc"]["issuer"], p.issuer(), "{trail}");
+    assert_eq!(detail["oidc"]["subject"], "gc-job", "{trail}");
+    assert_eq!(detail["oidc"]["matched_claims"], json!({ "repository": "org/ops" }), "{trail}");
+    assert!(detail["figures"].is_object(), "{trail}");
     s.shutdown().await;
 }

@@ -17,6 +17,7 @@ mod e2e_s3;
 mod gc_bench;
 mod gc_never_breaks_a_closure;
 mod gc_phases;
+mod gc_pins;
 mod gc_realisations;
 mod gc_s3;
 mod http_api_auth;

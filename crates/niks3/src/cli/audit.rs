@@ -1,6 +1,6 @@
 //! `niks3 audit [--since WHEN] [--who NAME] [--path /nix/store/…]`: the audit trail (who pushed which
-//! closure, ran GC or changed a token, and when), read directly from the database `niks3 serve` uses —
-//! so, like `niks3 token`, only for whoever may reach that database.
+//! closure, ran GC, pinned a path or changed a token, and when), read directly from the database
+//! `niks3 serve` uses — so, like `niks3 token`, only for whoever may reach that database.
 
 use anyhow::Context as _;
 use niks3_server::config::DbArgs;
@@ -17,7 +17,7 @@ pub struct Args {
     /// Only what this token (name), `seed`, `spool` or `local:<user>` did.
     #[arg(long)]
     pub who: Option<String>,
-    /// Only the pushes of this root store path (or what concerned this token name).
+    /// Only the pushes and pins of this root store path (or what concerned this token name).
     #[arg(long)]
     pub path: Option<String>,
     /// At most this many rows, newest first.

@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod drain;
 pub mod gc;
 pub mod key;
+pub mod pin;
 pub mod push;
 pub mod serve;
 pub mod spool;
@@ -43,7 +44,11 @@ pub enum Command {
     /// Manage scoped, revocable API tokens (in the server's database).
     #[command(subcommand)]
     Token(token::Command),
-    /// Who pushed which closure, ran GC or changed a token, and when (the server's database).
+    /// Pin store paths so GC never collects their closures (in the server's database).
+    #[command(subcommand)]
+    Pin(pin::Command),
+    /// Who pushed which closure, ran GC, pinned a path or changed a token, and when (the server's
+    /// database).
     Audit(audit::Args),
 }
 
@@ -57,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(c) => key::run(c),
         Command::Spool(c) => spool::run(c),
         Command::Token(c) => token::run(c),
+        Command::Pin(c) => pin::run(c),
         Command::Audit(a) => audit::run(a),
     }
 }

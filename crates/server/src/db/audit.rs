@@ -1,7 +1,7 @@
-//! The audit trail (migration 0009): who pushed which closure, ran GC or changed a token, and when —
-//! the answer to "who published this path?". Pushes are written in the transaction that records the
-//! closure ([`super::Db::finish_uploads`]), so a push is in the trail exactly when it is in the cache's
-//! books; the rest right after what they record.
+//! The audit trail (migrations 0009, 0013): who pushed which closure, ran GC, pinned a path or changed a
+//! token, and when — the answer to "who published this path?". Pushes and pins are written in the
+//! transaction that records them ([`super::Db::finish_uploads`], [`super::Db::pin`]), so they are in the
+//! trail exactly when they are in the cache's books; the rest right after what they record.
 
 use super::{Db, DbError, q};
 use chrono::{DateTime, Utc};
@@ -17,6 +17,10 @@ pub enum AuditAction {
     TokenCreate,
     /// A token was revoked.
     TokenRevoke,
+    /// A pin was made or pointed elsewhere (the subject is the store path; the detail holds its name).
+    Pin,
+    /// A pin was removed (the subject is the store path it pinned).
+    Unpin,
 }
 
 impl AuditAction {
@@ -27,6 +31,8 @@ impl AuditAction {
             AuditAction::Gc => "gc",
             AuditAction::TokenCreate => "token-create",
             AuditAction::TokenRevoke => "token-revoke",
+            AuditAction::Pin => "pin",
+            AuditAction::Unpin => "unpin",
         }
     }
 }

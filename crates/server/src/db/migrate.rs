@@ -72,6 +72,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0012_resumable_multiparts.sql",
         sql: include_str!("../../../../migrations/0012_resumable_multiparts.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_pin_audit.sql",
+        sql: include_str!("../../../../migrations/0013_pin_audit.sql"),
+    },
 ];
 
 /// Applies the pending migrations; returns how many were applied by this call.

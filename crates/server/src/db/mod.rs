@@ -28,6 +28,7 @@ pub mod audit;
 pub mod embedded;
 pub(crate) mod leases;
 mod migrate;
+pub mod pins;
 pub mod tokens;
 pub mod uploads;
 
@@ -633,45 +634,6 @@ impl Db {
         let c = self.client().await?;
         c.execute("DELETE FROM uploads WHERE id = $1", &[&id.0]).await.map_err(q("abort_upload"))?;
         Ok(())
-    }
-
-    /// Pins the closure of `root` under `name` so GC never collects it (replaces a pin of the same name)
-    /// and clears the marks on everything it reaches, under the same lock uploads take.
-    pub async fn pin(&self, name: &str, root: &ObjectKey, now: DateTime<Utc>) -> Result<(), DbError> {
-        let mut c = self.client().await?;
-        let t = c.transaction().await.map_err(q("pin: begin"))?;
-        t.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK]).await.map_err(q("pin: lock"))?;
-        t.execute(
-            "INSERT INTO pins (name, root, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET root = EXCLUDED.root, created_at = EXCLUDED.created_at",
-            &[&name, &root.as_str(), &now],
-        )
-        .await
-        .map_err(q("pin: insert"))?;
-        t.execute(
-            "WITH RECURSIVE r(key) AS (SELECT $1::text UNION \
-               SELECT unnest(o.refs) FROM objects o JOIN r ON o.key = r.key) \
-             UPDATE objects SET marked_at = NULL FROM r WHERE objects.key = r.key AND objects.marked_at IS NOT NULL",
-            &[&root.as_str()],
-        )
-        .await
-        .map_err(q("pin: unmark"))?;
-        t.commit().await.map_err(q("pin: commit"))?;
-        Ok(())
-    }
-
-    /// Removes a pin; true if it existed.
-    pub async fn unpin(&self, name: &str) -> Result<bool, DbError> {
-        let c = self.client().await?;
-        let n = c.execute("DELETE FROM pins WHERE name = $1", &[&name]).await.map_err(q("unpin"))?;
-        Ok(n > 0)
-    }
-
-    /// The pins as `(name, root key)`, sorted by name.
-    pub async fn pins(&self) -> Result<Vec<(String, String)>, DbError> {
-        let c = self.client().await?;
-        let rows = c.query("SELECT name, root FROM pins ORDER BY name", &[]).await.map_err(q("pins"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Number of closures remembered.

@@ -31,7 +31,10 @@ pub async fn handle(state: &Arc<HttpState>, req: Request, caller: &Caller) -> Re
         Ok(figures) => {
             if !body.dry_run {
                 state.metrics.record_gc(figures);
-                let detail = serde_json::json!({ "figures": figures, "options": body });
+                let mut detail = serde_json::json!({ "figures": figures, "options": body });
+                if let Some(oidc) = caller.audit_detail() {
+                    detail["oidc"] = oidc;
+                }
                 if let Err(e) = state.db.audit(&caller.name, AuditAction::Gc, "", &detail, chrono::Utc::now()).await {
                     tracing::warn!("recording the GC run in the audit trail: {e}");
                 }
