@@ -201,10 +201,14 @@ check "the gc token was handed over as the credential" \
 check "the paths are still served after GC" bash -c "for p in $p1 $p2 $p3 $p4; do curl -fsS \$(printf '%s/%s.narinfo' $url \$(basename \$p | cut -c1-32)) >/dev/null || exit 1; done"
 
 say "== systemd-analyze security"
+# Each unit measures 1.1 here (systemd 252); without PrivateUsers it is 1.2, so the bound is the
+# measured score: a restriction dropped from the module fails this check (docs/testing.md).
+max_exposure=1.1
 for u in niks3.service niks3-drain.service niks3-gc.service; do
   score=$(systemd-analyze security --no-pager "$u" 2>/dev/null | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
   if [ "$u" = niks3.service ]; then
     systemd-analyze security --no-pager "$u" 2>&1 | sed 's/^/  # /' >&3
   fi
-  check "$u exposure level $score is at most 2.0" awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 2.0) }'
+  check "$u exposure level $score is at most $max_exposure" \
+    awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s != "" && s + 0 <= m + 0) }'
 done
