@@ -605,6 +605,9 @@ def render_unit(name, unit, kind):
     return "\n".join(lines) + "\n"
 
 
+MAX_OFFLINE_EXPOSURE = 1.2
+
+
 def systemd_units(d, example):
     """systemd-analyze verify (no unknown keys, bad values or syscall groups) and the exposure score."""
     if not shutil.which("systemd-analyze"):
@@ -629,8 +632,11 @@ def systemd_units(d, example):
             p = subprocess.run(["systemd-analyze", "security", "--offline=true", f], capture_output=True, text=True)
             m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", p.stdout)
             score = float(m.group(1)) if m else None
-            check(f"{example}: {os.path.basename(f)} exposure level {score} <= 2.0 (systemd-analyze security)",
-                  score is not None and score <= 2.0, p.stdout[-400:] + p.stderr[-400:])
+            # The measured score (host systemd, offline): a module change loosening any scored setting
+            # (PrivateUsers, ~@resources: 1.4 without either) fails here, and in the VM check (1.1 there).
+            check(f"{example}: {os.path.basename(f)} exposure level {score} <= {MAX_OFFLINE_EXPOSURE} "
+                  "(systemd-analyze security)",
+                  score is not None and score <= MAX_OFFLINE_EXPOSURE, p.stdout[-400:] + p.stderr[-400:])
         for t in d["systemd"].get("timers", {}).values():
             cal = t["timerConfig"]["OnCalendar"]
             p = subprocess.run(["systemd-analyze", "calendar", cal], capture_output=True, text=True)
