@@ -420,7 +420,11 @@ impl Server {
     pub fn signal(&self, signal: &str) {
         if let Some(c) = &self.child {
             let status = Command::new("kill").arg(format!("-{signal}")).arg(c.id().to_string()).status();
-            assert!(status.as_ref().is_ok_and(|s| s.success()), "kill -{signal} {}: {status:?}", c.id());
+            assert!(
+                status.as_ref().is_ok_and(std::process::ExitStatus::success),
+                "kill -{signal} {}: {status:?}",
+                c.id()
+            );
         }
     }
 
