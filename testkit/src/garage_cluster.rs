@@ -203,8 +203,16 @@ impl GarageCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         self.node_mut(i).spawn(&[], &[("RUST_LOG", RUST_LOG), ("NO_COLOR", "1")])?;
         self.wait_node_id(i, deadline)?;
+        // `node id` answers before the restarted node's RPC listener may be up (it has been seen to dial
+        // its peers already and still refuse their `node connect`): retry until the deadline.
         for j in (0..NODES).filter(|&j| j != i && self.is_running(j)) {
-            self.nodes[j].cli(&["node", "connect", &self.ids[i]])?;
+            loop {
+                match self.nodes[j].cli(&["node", "connect", &self.ids[i]]) {
+                    Ok(_) => break,
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let bucket = self.bucket.clone();
         self.node_mut(i).wait_s3(&bucket, deadline.saturating_duration_since(Instant::now()))

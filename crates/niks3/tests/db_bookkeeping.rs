@@ -7,6 +7,7 @@ use niks3_server::db::pins::PinDbError;
 use niks3_server::db::{Db, DbError, NewObject};
 use niks3_storage::ObjectKey;
 use niks3_testkit::postgres::Postgres;
+use niks3_testkit::postgres_pair::{PostgresPair, Server};
 
 const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -224,6 +225,56 @@ async fn a_database_outage_is_transient_and_the_pool_recovers() {
     }
     assert!(ok, "pool recovered after restart");
     assert!(db.missing(&[narinfo(1)]).await.expect("missing after restart").is_empty(), "data survived");
+}
+
+/// `--db` naming a primary and its standby, in the `key=value` form (`host=/a,/b …`) and the URL form
+/// (`postgresql://%2Fa,%2Fb/niks3?target_session_attrs=read-write`, socket directories percent-encoded):
+/// each connects and migrates on the primary, and once the primary is gone and the standby promoted each
+/// pool lands its writes on the former standby.
+#[tokio::test]
+async fn a_multi_host_connection_string_in_either_form_writes_to_the_primary_and_follows_a_failover() {
+    let mut pair = PostgresPair::start().expect("primary and standby");
+    let socket = |s: Server| pair.socket_dir(s).display().to_string().replace('/', "%2F");
+    let forms = [
+        pair.url(),
+        format!(
+            "postgresql://postgres@{},{}/niks3?target_session_attrs=read-write",
+            socket(Server::Primary),
+            socket(Server::Standby)
+        ),
+    ];
+    assert!(forms[0].starts_with("host=/") && forms[0].contains(','), "{}", forms[0]);
+    let mut dbs = Vec::new();
+    for (n, url) in (0u64..).zip(&forms) {
+        let db = Db::connect(url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        db.record_object(&obj(narinfo(n), vec![]), t0()).await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        dbs.push(db);
+    }
+    let count = "SELECT count(*) FROM objects";
+    assert_eq!(pair.psql(Server::Primary, count).expect("psql"), "2");
+    pair.wait_replayed().expect("standby catches up");
+
+    pair.stop_primary().expect("stop the primary");
+    pair.promote_standby().expect("promote the standby");
+    for (n, (url, db)) in (10u64..).zip(forms.iter().zip(&dbs)) {
+        let t = std::time::Instant::now();
+        let mut last = None;
+        while t.elapsed() < std::time::Duration::from_secs(30) {
+            match db.record_object(&obj(narinfo(n), vec![]), t0()).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.is_transient(), "{url}: {e}");
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        }
+        assert!(last.is_none(), "{url}: no write within 30 s of the promotion: {last:?}");
+    }
+    assert_eq!(pair.psql(Server::Standby, count).expect("psql"), "4", "both pools wrote to the promoted standby");
 }
 
 #[tokio::test]

@@ -105,6 +105,34 @@ impl Fleet {
         self.servers[i].as_ref().map(Server::log_text).unwrap_or_default()
     }
 
+    /// Pushes server `i` announced and has not yet ended, from its log: `push announced` lines less
+    /// `push completed` and `push aborted by the client` ones. A push that ended in an error and was not
+    /// aborted still counts, so a caller relying on this checks the consequence too (a drainer failing
+    /// over).
+    pub fn pushes_in_flight(&self, i: usize) -> usize {
+        let log = self.server_log(i);
+        let ended = log.matches("push completed").count() + log.matches("push aborted by the client").count();
+        log.matches("push announced").count().saturating_sub(ended)
+    }
+
+    /// Waits up to `timeout` until server `i` has a push in flight and leaves it frozen (SIGSTOP) with that
+    /// push unfinished: the log is read again once the server is stopped, so the push cannot end between
+    /// the look and whatever the caller does next (a kill). False if no push was caught in flight.
+    pub fn freeze_mid_push(&self, i: usize, timeout: Duration) -> bool {
+        let server = self.servers[i].as_ref().expect("server running");
+        wait_for(timeout, || {
+            if self.pushes_in_flight(i) == 0 {
+                return false;
+            }
+            server.signal("STOP");
+            let caught = self.pushes_in_flight(i) > 0;
+            if !caught {
+                server.signal("CONT");
+            }
+            caught
+        })
+    }
+
     /// Kills server `i` with SIGKILL (a crash: no shutdown, its sessions left behind).
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut s) = self.servers[i].take() {

@@ -416,6 +416,18 @@ impl Server {
         assert!(ok, "server log never said {needle:?}:\n{}", self.log_text());
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) with kill(1); a no-op once the server was killed.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill").arg(format!("-{signal}")).arg(c.id().to_string()).status();
+            assert!(
+                status.as_ref().is_ok_and(std::process::ExitStatus::success),
+                "kill -{signal} {}: {status:?}",
+                c.id()
+            );
+        }
+    }
+
     /// Sends SIGKILL and reaps.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -42,7 +42,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// Advisory lock taken shared by uploads claiming keys and exclusively by GC while it marks or deletes.
-pub(crate) const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
+pub const GC_LOCK: i64 = 0x6e69_6b73_0000_0002;
 /// Advisory lock held for a whole GC run, so two runs never overlap.
 pub const GC_RUN_LOCK: i64 = 0x6e69_6b73_0000_0003;
 /// The SQLSTATE `niks3_claim` raises when the upload session is gone (GC dropped it as failed).
@@ -284,6 +284,17 @@ fn bound_waits(cfg: &mut tokio_postgres::Config) {
     }
 }
 
+/// Parses a connection string (`--db`): a `postgres://`/`postgresql://` URL or `key=value` pairs, either
+/// with several comma-separated hosts (a primary and its standbys, with `target_session_attrs=read-write`
+/// to land on the writable one), with [`bound_waits`] applied.
+fn parse_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    // The parse error never echoes the string (it may hold a password).
+    let mut cfg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| DbError::Config(format!("unparsable connection string: {e}")))?;
+    bound_waits(&mut cfg);
+    Ok(cfg)
+}
+
 /// See [`bound_waits`].
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// See [`bound_waits`].
@@ -302,10 +313,7 @@ impl Db {
     /// Builds the pool without touching the server (connections are made on first use) and without
     /// migrating; for tools that must not change the schema.
     pub(crate) fn connect_without_migrating(url: &str) -> Result<Self, DbError> {
-        // The parse error never echoes the string (it may hold a password).
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| DbError::Config(format!("unparsable connection string: {e}")))?;
-        bound_waits(&mut cfg);
+        let cfg = parse_config(url)?;
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr)
@@ -670,5 +678,63 @@ impl Db {
             pins: n(6),
             incomplete_closures: n(7),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+    /// `--db` with several hosts, in both forms docs/configuration.md shows: TCP hosts in a URL, socket
+    /// directories as `host=/a,/b`, and socket directories in a URL (percent-encoded, as the URL's path
+    /// is the database name).
+    #[test]
+    fn multi_host_connection_strings_in_url_and_key_value_form_parse_to_the_same_hosts() {
+        let tcp = |h: &str| Host::Tcp(h.to_owned());
+        let unix = |p: &str| Host::Unix(p.into());
+        let cases = [
+            (
+                "postgresql://niks3:secret@db-a.example.org:5432,db-b.example.org:5433/niks3?target_session_attrs=read-write",
+                vec![tcp("db-a.example.org"), tcp("db-b.example.org")],
+                vec![5432, 5433],
+            ),
+            ("postgresql://h1,h2/niks3?target_session_attrs=read-write", vec![tcp("h1"), tcp("h2")], vec![]),
+            (
+                "host=db-a.example.org,db-b.example.org port=5432,5433 user=niks3 password=secret dbname=niks3 \
+                 target_session_attrs=read-write",
+                vec![tcp("db-a.example.org"), tcp("db-b.example.org")],
+                vec![5432, 5433],
+            ),
+            (
+                "host=/run/pg-a,/run/pg-b user=niks3 dbname=niks3 target_session_attrs=read-write",
+                vec![unix("/run/pg-a"), unix("/run/pg-b")],
+                vec![],
+            ),
+            (
+                "postgresql://niks3@%2Frun%2Fpg-a,%2Frun%2Fpg-b/niks3?target_session_attrs=read-write",
+                vec![unix("/run/pg-a"), unix("/run/pg-b")],
+                vec![],
+            ),
+        ];
+        for (url, hosts, ports) in cases {
+            let cfg = parse_config(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(cfg.get_hosts(), hosts.as_slice(), "{url}");
+            if !ports.is_empty() {
+                assert_eq!(cfg.get_ports(), ports.as_slice(), "{url}");
+            }
+            assert_eq!(cfg.get_dbname(), Some("niks3"), "{url}");
+            assert_eq!(cfg.get_target_session_attrs(), TargetSessionAttrs::ReadWrite, "{url}");
+            // A host that does not answer is given up, so the next one is tried.
+            assert_eq!(cfg.get_connect_timeout(), Some(&CONNECT_TIMEOUT), "{url}");
+            Db::connect_without_migrating(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_unparsable_connection_string_is_a_configuration_error_without_the_secret() {
+        let e = parse_config("postgresql://niks3:hunter2@h1,h2/niks3?target_session_attrs=sometimes").expect_err("bad");
+        assert!(matches!(e, DbError::Config(_)), "{e:?}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }
