@@ -401,3 +401,50 @@ async fn pending_id(s: &TestServer) -> String {
     let c = s.state.db.client().await.expect("db");
     c.query_one("SELECT multipart_id FROM upload_multiparts", &[]).await.expect("one upload").get(0)
 }
+
+/// Not a pass/fail check: what binding each part costs `niks3 push` — the part route's round trip
+/// (session and plan checks in PostgreSQL, a presignature) against the `PUT` of one 5 MiB part to Garage,
+/// both measured here in the same run, alternated. The client asks for part n+1's URL while part n
+/// uploads, so the added time per part is at most the ratio printed, and nothing when uploads are slower.
+/// `cargo test -p niks3 --test it push_multipart::bench -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark"]
+async fn bench_part_route_round_trip_vs_part_upload() {
+    let s = TestServer::start(Backend::GarageWithPartSize(MIN_PART_SIZE)).await;
+    let env = NixEnv::new().expect("nix env");
+    let big = env.build(EXPR, "big").expect("build big").remove(0);
+    let api = ApiClient::new(&s.url, ApiToken::new(TOKEN).expect("token")).expect("client");
+    let plan = api.announce(&push_request(&big).await).await.expect("announce");
+    let mp = big_nar(&plan, &big).multipart.clone().expect("multipart plan");
+    let part: Vec<u8> = (0..MIN_PART_SIZE).map(|i| (i * 7919 % 251) as u8).collect();
+    let md5 = md5::compute(&part).0;
+    let (mut asks, mut puts) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let bound = api.presign_part(&mp.part_route, 1, part.len() as u64, &md5).await.expect("presign");
+        asks.push(t.elapsed());
+        let mut put = TestServer::client().put(&bound.upload_url);
+        for (k, v) in bound.headers.iter().filter(|(k, _)| *k != "content-length") {
+            put = put.header(k.as_str(), v.as_str());
+        }
+        let t = std::time::Instant::now();
+        let r = put.body(part.clone()).send().await.expect("PUT");
+        assert!(r.status().is_success(), "{}", r.status());
+        puts.push(t.elapsed());
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (ask, put) = (median(&mut asks), median(&mut puts));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "part route {:.1} ms vs 5 MiB part PUT {:.1} ms (medians of 20): ratio {:.3}; load {}",
+        ask.as_secs_f64() * 1e3,
+        put.as_secs_f64() * 1e3,
+        ask.as_secs_f64() / put.as_secs_f64(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    api.abort(&AbortRequest { uploads: plan.uploads }).await.expect("abort");
+    s.shutdown().await;
+}
