@@ -115,3 +115,22 @@ async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
+
+/// A plain-text table as the `list` commands print it: the head row, then `rows`, each column as wide as
+/// its widest cell, two spaces apart, no trailing blanks.
+fn table<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
+    use std::fmt::Write as _;
+    let mut widths = head.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let head = head.map(str::to_owned);
+    for r in std::iter::once(&head).chain(rows) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}

@@ -77,7 +77,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
 
 /// The table `niks3 pin list` prints (UTC times, `-` for an unknown author).
 fn render(pins: &[PinInfo]) -> String {
-    use std::fmt::Write as _;
     if pins.is_empty() {
         return "no pins\n".to_owned();
     }
@@ -92,19 +91,7 @@ fn render(pins: &[PinInfo]) -> String {
             ]
         })
         .collect();
-    let head = ["NAME", "PINNED (UTC)", "BY", "STORE PATH"].map(str::to_owned);
-    let mut widths = head.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&head).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    super::table(["NAME", "PINNED (UTC)", "BY", "STORE PATH"], &rows)
 }
 
 #[cfg(test)]

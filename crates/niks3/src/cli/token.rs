@@ -103,7 +103,6 @@ fn day(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// The table `niks3 token list` prints (UTC times, `-` for none).
 fn render(tokens: &[TokenInfo], now: chrono::DateTime<chrono::Utc>) -> String {
-    use std::fmt::Write as _;
     let opt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or_else(|| "-".to_owned(), minute);
     let rows: Vec<[String; 6]> = tokens
         .iter()
@@ -125,19 +124,7 @@ fn render(tokens: &[TokenInfo], now: chrono::DateTime<chrono::Utc>) -> String {
             ]
         })
         .collect();
-    let head = ["NAME", "SCOPES", "STATUS", "CREATED (UTC)", "EXPIRES", "LAST USED"].map(str::to_owned);
-    let mut widths = head.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&head).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    super::table(["NAME", "SCOPES", "STATUS", "CREATED (UTC)", "EXPIRES", "LAST USED"], &rows)
 }
 
 #[cfg(test)]
