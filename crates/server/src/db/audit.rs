@@ -77,6 +77,24 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// Appends one row through `c`: a client, or the transaction of the change the row records (so the row
+/// exists exactly when the change does).
+pub(super) async fn append(
+    c: &impl deadpool_postgres::GenericClient,
+    who: &str,
+    action: AuditAction,
+    subject: &str,
+    detail: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute(
+        "INSERT INTO audit_log (at, who, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&now, &who, &action.as_str(), &subject, detail],
+    )
+    .await
+    .map(drop)
+}
+
 impl Db {
     /// Appends one row.
     pub async fn audit(
@@ -88,13 +106,7 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO audit_log (at, who, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[&now, &who, &action.as_str(), &subject, detail],
-        )
-        .await
-        .map_err(q("audit"))?;
-        Ok(())
+        append(&c, who, action, subject, detail, now).await.map_err(q("audit"))
     }
 
     /// The rows `query` selects, newest first.

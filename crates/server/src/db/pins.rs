@@ -3,7 +3,7 @@
 //! however old its pushes get. Making and removing a pin write their audit row ([`AuditAction::Pin`],
 //! [`AuditAction::Unpin`]) in the same transaction, so a pin exists exactly when the trail says so.
 
-use super::audit::AuditAction;
+use super::audit::{self, AuditAction};
 use super::{Db, DbError, GC_LOCK, q};
 use chrono::{DateTime, Utc};
 use niks3_storage::ObjectKey;
@@ -128,12 +128,7 @@ impl Db {
         if let Some(p) = &replaced {
             detail["replaced"] = serde_json::json!(p.what());
         }
-        t.execute(
-            "INSERT INTO audit_log (at, who, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[&now, &who, &AuditAction::Pin.as_str(), &store_path, &detail],
-        )
-        .await
-        .map_err(q("pin: audit"))?;
+        audit::append(&t, who, AuditAction::Pin, store_path, &detail, now).await.map_err(q("pin: audit"))?;
         t.commit().await.map_err(q("pin: commit"))?;
         Ok(replaced)
     }
@@ -152,12 +147,7 @@ impl Db {
             .map_err(q("unpin"))?;
         let Some(pin) = row.map(|r| info(&r)) else { return Err(PinDbError::NoSuchPin(name.to_owned())) };
         let detail = serde_json::json!({ "name": name });
-        t.execute(
-            "INSERT INTO audit_log (at, who, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-            &[&now, &who, &AuditAction::Unpin.as_str(), &pin.what(), &detail],
-        )
-        .await
-        .map_err(q("unpin: audit"))?;
+        audit::append(&t, who, AuditAction::Unpin, pin.what(), &detail, now).await.map_err(q("unpin: audit"))?;
         t.commit().await.map_err(q("unpin: commit"))?;
         Ok(pin)
     }
