@@ -24,6 +24,7 @@ use niks3_local::nix::LocalNix;
 use niks3_nix::pathinfo::PathInfo;
 use niks3_nix::realisation::Realisation;
 use niks3_nix::store_path::{StoreDir, StorePath};
+use niks3_storage::s3::etag_is_md5;
 use niks3_storage::{ObjectKey, StorageError};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -488,8 +489,8 @@ impl Pusher {
                     task.join(what).await?.ok_or_else(|| protocol("S3 answered a part without an ETag".to_owned()))?,
                 );
             }
-            if let Some(h) = held.get(&number).filter(|h| h.size == len && held_matches(h, &md5)) {
-                etags.push(format!("\"{}\"", h.etag.trim_matches('"').to_ascii_lowercase()));
+            if held.get(&number).is_some_and(|h| h.size == len && etag_is_md5(&h.etag, &md5)) {
+                etags.push(format!("\"{:x}\"", md5::Digest(md5)));
                 reused += len;
                 sent.fetch_add(len, Ordering::Relaxed);
                 continue;
@@ -509,13 +510,6 @@ impl Pusher {
         }
         Ok(Some((etags, reused)))
     }
-}
-
-/// True when the part an interrupted push left (`held`, of the same number and size) has the bytes whose
-/// MD5 is `md5`: its ETag is their hex MD5 (S3, Garage and MinIO, unencrypted buckets).
-fn held_matches(held: &HeldPartWire, md5: &[u8; 16]) -> bool {
-    let hex = format!("{:x}", md5::Digest(*md5));
-    held.etag.trim_matches('"').eq_ignore_ascii_case(&hex)
 }
 
 /// A spawned task that is cancelled when its handle is dropped (a failed upload stops its other part).

@@ -801,6 +801,14 @@ pub struct HeldPart {
     pub etag: String,
 }
 
+/// True when `etag` (as S3 lists or answers it, quoted or not) is the hex MD5 `md5`: the part it names
+/// holds exactly the bytes hashed (S3, Garage and MinIO; not buckets encrypting with KMS or customer
+/// keys). How an interrupted upload's held parts are checked before being reused, by the server's own
+/// uploads and by `niks3 push`.
+pub fn etag_is_md5(etag: &str, md5: &[u8; 16]) -> bool {
+    etag.trim_matches('"').eq_ignore_ascii_case(&format!("{:x}", md5::Digest(*md5)))
+}
+
 /// One multipart upload in progress: the parts done and the one uploading.
 struct Multipart {
     key: String,
@@ -830,7 +838,7 @@ impl Multipart {
         let data = match self.held.remove(&number) {
             Some(held) if held.size == data.len() as u64 => {
                 let (data, md5) = tokio::task::spawn_blocking(move || {
-                    let md5 = format!("{:x}", md5::compute(&data));
+                    let md5 = md5::compute(&data).0;
                     (data, md5)
                 })
                 .await
@@ -839,8 +847,8 @@ impl Multipart {
                     key: self.key.clone(),
                     reason: e.to_string(),
                 })?;
-                if md5 == held.etag {
-                    self.parts.push(Part { part_number: number, etag: format!("\"{md5}\"") });
+                if etag_is_md5(&held.etag, &md5) {
+                    self.parts.push(Part { part_number: number, etag: format!("\"{:x}\"", md5::Digest(md5)) });
                     self.reused_parts += 1;
                     return Ok(());
                 }
@@ -1178,6 +1186,17 @@ mod tests {
         for (status, body, want) in cases {
             assert_eq!(classify(&S3Error::HttpFailWithBody(status, body.clone())), want, "{status} {body}");
         }
+    }
+
+    #[test]
+    fn a_held_part_matches_only_the_md5_of_its_bytes() {
+        let md5 = md5::compute(b"part").0;
+        let hex = format!("{:x}", md5::Digest(md5));
+        for etag in [hex.clone(), format!("\"{hex}\""), hex.to_ascii_uppercase()] {
+            assert!(etag_is_md5(&etag, &md5), "{etag}");
+        }
+        assert!(!etag_is_md5(&hex, &md5::compute(b"other").0));
+        assert!(!etag_is_md5(&format!("{hex}-2"), &md5), "a multipart object's ETag is no part's MD5");
     }
 
     #[test]
